@@ -1,0 +1,55 @@
+"""Float models trained once per configuration and reused from the cache."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from npusim.data import load_dataset
+
+from .checkpoint import cache_dir, config_hash, load_checkpoint, save_checkpoint
+from .registry import create_model
+from .training import train
+
+log = logging.getLogger(__name__)
+
+
+def float_config(model: str, data: str, epochs: int, seed: int = 0, width: float = 1.0,
+                 lr: float = 0.1, batch_size: int = 128) -> dict[str, Any]:
+    """The configuration that identifies a float training run (and its cache entry)."""
+    return {"kind": "float", "model": model, "data": data, "epochs": epochs, "seed": seed,
+            "width": width, "lr": lr, "batch_size": batch_size}
+
+
+def train_float(model: str, data: str, epochs: int, seed: int = 0, width: float = 1.0,
+                lr: float = 0.1, batch_size: int = 128, out: str | Path | None = None,
+                root: str | None = None, use_cache: bool = True, progress: bool | None = None
+                ) -> tuple[Path, dict[str, Any]]:
+    """Train a float model on a data set (or reuse the cached run); return (checkpoint, meta)."""
+    cfg = float_config(model, data, epochs, seed, width, lr, batch_size)
+    cached = cache_dir() / "float" / f"{model}-{data}-{config_hash(cfg)}.pt"
+    if use_cache and cached.is_file() and cached.with_suffix(".json").is_file():
+        log.info("reusing cached float model %s", cached)
+        net, meta = load_checkpoint(cached)
+        if out is not None and Path(out) != cached:
+            save_checkpoint(net, out, {k: v for k, v in meta.items() if k != "versions"})
+            return Path(out), meta
+        return cached, meta
+    train_set = load_dataset(data, "train", root=root)
+    test_set = load_dataset(data, "test", root=root)
+    kwargs = {"num_classes": train_set.num_classes, "in_channels": train_set.input_shape[0],
+              "width": width}
+    net = create_model(model, **kwargs)
+    result = train(net, train_set, epochs, test=test_set, lr=lr, batch_size=batch_size,
+                   seed=seed, progress=progress)
+    meta = {"model": model, "model_kwargs": kwargs, "dataset": data, "config": cfg,
+            "test_acc": result.test_acc, "train_seconds": result.seconds,
+            "epoch_seconds": result.history["epoch_s"].tolist(),
+            "history": result.history.to_dict(orient="list")}
+    if use_cache:
+        save_checkpoint(net, cached, meta)
+    if out is not None:
+        save_checkpoint(net, out, meta)
+        return Path(out), meta
+    return cached, meta

@@ -1,0 +1,238 @@
+"""The integer arithmetic shared by the simulator and the training library (DESIGN §2).
+
+One home per rule: rounding shifts, fixed-point requantization (TFLite double rounding and
+the single-rounding conventions), ONNX Runtime's float requantization, wrap/saturate, the
+multiplier decomposition and the accumulator bounds. Nothing here imports torch or numba.
+
+The element-wise functions are written branch-free over integer operators so that the very
+same Python function runs vectorised on NumPy int64 arrays (as `quantize` uses it) and, through
+numba's ``register_jitable``, on scalars inside the simulator's kernels (the API itself knows
+nothing of numba). Branches only test the rounding
+code, which is one value per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+from numba.extending import register_jitable
+
+Rounding = Literal["half_away", "half_up", "half_even"]
+ScaleMode = Literal["fixed", "pow2", "float"]
+
+# Rounding codes used inside kernels (one per layer).
+TFLITE_DOUBLE = 0  # gemmlowp SaturatingRoundingDoublingHighMul + RoundingDivideByPOT
+HALF_UP = 1  # (x + 2^(s-1)) >> s, arithmetic shift: ties toward +inf
+HALF_EVEN = 2  # ties to even (Gemmini, MLAS, ONNX)
+HALF_AWAY = 3  # single rounding, ties away from zero (= RoundingDivideByPOT)
+
+_ROUNDING_NAMES = ("half_away", "half_up", "half_even")
+
+
+def rounding_code(rounding: str, scale_mode: str = "fixed") -> int:
+    """Kernel code for a requantization: TFLite double rounding only for `fixed` + `half_away`."""
+    if rounding not in _ROUNDING_NAMES:
+        raise ValueError(f"rounding must be one of {_ROUNDING_NAMES}, got {rounding!r}")
+    if rounding == "half_away":
+        return TFLITE_DOUBLE if scale_mode == "fixed" else HALF_AWAY
+    return HALF_UP if rounding == "half_up" else HALF_EVEN
+
+
+def shift_code(rounding: str) -> int:
+    """Kernel code for a plain rounding right shift (no multiplier) under a convention."""
+    if rounding not in _ROUNDING_NAMES:
+        raise ValueError(f"rounding must be one of {_ROUNDING_NAMES}, got {rounding!r}")
+    return {"half_away": HALF_AWAY, "half_up": HALF_UP, "half_even": HALF_EVEN}[rounding]
+
+
+@register_jitable
+def wrap(v, bits):
+    """Two's-complement wrap of `v` into a signed `bits`-bit range (bits <= 62)."""
+    half = 1 << (bits - 1)
+    return ((v + half) & ((half << 1) - 1)) - half
+
+
+@register_jitable
+def saturate(v, bits):
+    """Clamp `v` into a signed `bits`-bit range."""
+    hi = (1 << (bits - 1)) - 1
+    lo = -hi - 1
+    return v + (lo - v) * (v < lo) + (hi - v) * (v > hi)
+
+
+@register_jitable
+def clamp(v, lo, hi):
+    """Clamp `v` into [lo, hi] (branch-free, works on arrays and scalars)."""
+    return v + (lo - v) * (v < lo) + (hi - v) * (v > hi)
+
+
+@register_jitable
+def out_of_range(v, bits):
+    """1 where `v` does not fit a signed `bits`-bit range, else 0."""
+    hi = (1 << (bits - 1)) - 1
+    return (v > hi) | (v < -hi - 1)
+
+
+@register_jitable
+def rounding_shift(x, s, code):
+    """``x / 2^s`` rounded to an integer under `code`; ``s <= 0`` is an exact left shift.
+
+    `s` may be a scalar or broadcast against `x` (per-channel shifts).
+    """
+    left = (-s) * (s < 0)
+    right = s * (s > 0)
+    x = x << left
+    half = (1 << right) >> 1
+    if code == HALF_UP:
+        return (x + half) >> right
+    mask = (1 << right) - 1
+    rem = x & mask
+    q = x >> right
+    if code == HALF_EVEN:
+        return q + ((rem > half) | ((rem == half) & (right > 0) & ((q & 1) == 1)))
+    # HALF_AWAY (and TFLITE_DOUBLE's final step): gemmlowp RoundingDivideByPOT
+    threshold = (mask >> 1) + (x < 0)
+    return q + (rem > threshold)
+
+
+@register_jitable
+def srdhm(a, m0, multiplier_bits):
+    """gemmlowp SaturatingRoundingDoublingHighMul generalised to a Q(B-1) multiplier.
+
+    ``(a*m0 + nudge) / 2^(B-1)`` truncated toward zero, nudge ``2^(B-2)`` or ``1 - 2^(B-2)``;
+    the saturating case ``a == m0 == INT_MIN`` cannot occur because multipliers are >= 0.
+    """
+    b1 = multiplier_bits - 1
+    p = a * m0
+    s = p + (1 << (b1 - 1)) - (p < 0) * ((1 << b1) - 1)
+    q = s >> b1
+    return q + ((s < 0) & ((s & ((1 << b1) - 1)) != 0))
+
+
+@register_jitable
+def requant_fixed(acc, m0, n, code, multiplier_bits):
+    """``R(acc) ~= acc * m0 * 2^-n`` under a rounding code (before zero point and clamp).
+
+    TFLITE_DOUBLE is TFLite's MultiplyByQuantizedMultiplier with ``shift = (B-1) - n``:
+    ``RoundingDivideByPOT(SRDHM(acc << max(shift, 0), m0), max(-shift, 0))``. The other codes
+    round the exact product once.
+    """
+    if code == TFLITE_DOUBLE:
+        e = (multiplier_bits - 1) - n
+        left = e * (e > 0)
+        right = (-e) * (e < 0)
+        return rounding_shift(srdhm(acc << left, m0, multiplier_bits), right, HALF_AWAY)
+    return rounding_shift(acc * m0, n, code)
+
+
+@register_jitable
+def requant_float(acc, multiplier, zp, qmin, qmax):
+    """ONNX Runtime MLAS requantization: float32 multiply, clamp, round half to even, + zp."""
+    f = np.float32(acc) * multiplier
+    f = np.minimum(np.maximum(f, np.float32(qmin - zp)), np.float32(qmax - zp))
+    return np.int64(np.rint(f)) + zp
+
+
+def ort_multiplier(s_x, s_w, s_y) -> np.ndarray:
+    """The multiplier ORT builds for QLinearConv: ``f32(f32(s_x*s_w)/s_y)`` in float32."""
+    sx = np.float32(s_x)
+    sw = np.asarray(s_w, dtype=np.float32)
+    sy = np.float32(s_y)
+    return ((sx * sw).astype(np.float32) / sy).astype(np.float32)
+
+
+def _round_half_away(v: float) -> int:
+    """std::round: nearest integer, ties away from zero (exact for |v| < 2^52)."""
+    return int(math.copysign(math.floor(abs(v) + 0.5), v))
+
+
+def decompose_multiplier(
+    m: float, scale_mode: ScaleMode = "fixed", multiplier_bits: int = 32, max_shift: int = 62
+) -> tuple[int, int]:
+    """Decompose a positive real multiplier into ``(m0, n)`` with ``m ~= m0 * 2^-n``.
+
+    `fixed` follows TFLite's QuantizeMultiplier generalised to a Q(B-1) multiplier: ``frexp``,
+    ``m0 = round_half_away(q * 2^(B-1))``, renormalise when it reaches ``2^(B-1)``. When the
+    shift would exceed `max_shift`, low bits of ``m0`` are rounded away (half away) so the
+    shifter range holds; a multiplier that vanishes that way is flushed to ``(0, 0)``.
+    `pow2` gives ``m0 = 1`` and ``n = round_half_even(-log2 m)`` (nearest in the log domain,
+    may be negative: an exact left shift). `float` needs no decomposition (returns (0, 0)).
+    Raises ValueError for a negative or non-finite multiplier or one too large to represent.
+    """
+    if not math.isfinite(m) or m < 0:
+        raise ValueError(f"multiplier must be finite and >= 0, got {m!r}")
+    if scale_mode == "float" or m == 0.0:
+        return 0, 0
+    if scale_mode == "pow2":
+        n = -int(np.rint(math.log2(m)))
+        if n > max_shift:
+            return 0, 0
+        return 1, n
+    if scale_mode != "fixed":
+        raise ValueError(f"scale_mode must be 'fixed', 'pow2' or 'float', got {scale_mode!r}")
+    if not 2 <= multiplier_bits <= 53:
+        raise ValueError(f"multiplier_bits must be in [2, 53], got {multiplier_bits}")
+    b1 = multiplier_bits - 1
+    q, e = math.frexp(m)
+    m0 = _round_half_away(q * (1 << b1))
+    if m0 == 1 << b1:
+        m0 //= 2
+        e += 1
+    n = b1 - e
+    if n > max_shift:
+        drop = n - max_shift
+        m0 = int(rounding_shift(m0, drop, HALF_AWAY)) if drop < 62 else 0
+        n = max_shift
+        if m0 == 0:
+            return 0, 0
+        if m0 == 1 << b1:  # rounding carried into a new bit: still representable one shift up
+            m0 //= 2
+            n -= 1
+    if n < 0:
+        raise ValueError(
+            f"multiplier {m!r} is too large for a {multiplier_bits}-bit fixed-point multiplier"
+        )
+    return m0, n
+
+
+def bits_needed(lo: int, hi: int) -> int:
+    """Smallest signed width whose range holds every integer in [lo, hi] (at least 1)."""
+    lo, hi = int(lo), int(hi)
+    b = 1
+    while not (-(1 << (b - 1)) <= lo and hi <= (1 << (b - 1)) - 1):
+        b += 1
+    return b
+
+
+def int_range(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
+    """The integer range of a `bits`-bit value (narrow: symmetric signed range)."""
+    if signed:
+        hi = (1 << (bits - 1)) - 1
+        return (-hi if narrow else -hi - 1), hi
+    return 0, (1 << bits) - 1
+
+
+def a2q_l1_limit(acc_bits: int, input_bits: int, input_signed: bool) -> float:
+    """A2Q: the largest weight L1 norm that cannot overflow a signed `acc_bits` accumulator.
+
+    ``||q||_1 <= (2^(P-1) - 1) * 2^(1{signed} - N)`` (Colbert et al., ICCV 2023; Brevitas
+    ``get_upper_bound_on_l1_norm``).
+    """
+    return ((1 << (acc_bits - 1)) - 1) * 2.0 ** (int(input_signed) - input_bits)
+
+
+def a2q_plus_l1_limit(acc_bits: int, input_bits: int) -> float:
+    """A2Q+: the relaxed budget for zero-centred weights, ``(2^P - 2) / (2^N - 1)``."""
+    return ((1 << acc_bits) - 2) / ((1 << input_bits) - 1)
+
+
+def dtype_bound_bits(k: int, x_bits: int, x_signed: bool, w_bits: int) -> int:
+    """Worst-case accumulator bits of a K-term dot product from the data types alone.
+
+    ``P >= alpha + log2(1 + 2^-alpha) + 1`` with ``alpha = log2 K + N + M - 1 - 1{signed x}``
+    (A2Q, Colbert et al. 2023), rounded up to whole bits.
+    """
+    alpha = math.log2(k) + x_bits + w_bits - 1 - int(x_signed)
+    return math.ceil(alpha + math.log2(1 + 2.0 ** -alpha) + 1 - 1e-12)

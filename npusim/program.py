@@ -1,0 +1,393 @@
+"""The IntegerProgram file: the only interface between `quantize` and the simulator (DESIGN §3).
+
+One ``.safetensors`` file read with ``safetensors.numpy`` (nothing is unpickled): named integer
+arrays plus a JSON manifest in the header metadata under the key ``npusim``. Loading validates
+the format and version, ops, attributes, dtypes, shapes, the range of every integer array
+against its declared bits and the graph wiring, and names the first offending node and field.
+Writing is atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_NAME = "npusim.integer_program"
+FORMAT_VERSION = 1
+METADATA_KEY = "npusim"
+
+
+class ProgramError(ValueError):
+    """An IntegerProgram that is malformed; the message names the file, node and field."""
+
+
+# op -> (number of inputs, required attrs, arrays the node owns)
+OPS: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {
+    "conv2d": (1, ("stride", "padding", "groups", "requant"), ("weight", "bias")),
+    "linear": (1, ("requant",), ("weight", "bias")),
+    "add": (2, (), ()),
+    "maxpool2d": (1, ("kernel", "stride", "padding"), ()),
+    "avgpool2d": (1, ("kernel", "stride"), ()),
+    "global_avgpool": (1, (), ()),
+    "flatten": (1, (), ()),
+    "embed": (1, (), ("lut",)),
+}
+# ops that requantize their result with per-channel (m0, n) arrays when attrs["requant"] holds
+REQUANT_OPS = {"conv2d", "linear", "add", "avgpool2d", "global_avgpool"}
+
+_DTYPE_FOR_BITS = ((8, np.int8), (16, np.int16), (32, np.int32), (64, np.int64))
+
+
+def storage_dtype(bits: int, signed: bool) -> np.dtype:
+    """Smallest of int8/int16/int32/int64 (uint8 for unsigned <= 8 bits) holding the range."""
+    if not signed and bits <= 8:
+        return np.dtype(np.uint8)
+    need = bits if signed else bits + 1
+    for width, dt in _DTYPE_FOR_BITS:
+        if need <= width:
+            return np.dtype(dt)
+    raise ValueError(f"{bits}-bit {'signed' if signed else 'unsigned'} values need more than 64 bits")
+
+
+@dataclass
+class TensorSpec:
+    """A named tensor: shape (without batch for activations), bit width, sign, scale, zero point."""
+
+    shape: tuple[int, ...]
+    bits: int
+    signed: bool
+    scale: float | list[float] = 1.0
+    zero_point: int = 0
+
+    def int_range(self) -> tuple[int, int]:
+        if self.signed:
+            return -(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1
+        return 0, (1 << self.bits) - 1
+
+    def scales(self) -> np.ndarray:
+        """The scale as a float64 array (per channel or a single element)."""
+        return np.atleast_1d(np.asarray(self.scale, dtype=np.float64))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "bits": self.bits, "signed": self.signed,
+                "scale": self.scale, "zero_point": self.zero_point}
+
+
+@dataclass
+class Node:
+    """One op of the graph: its inputs and output are tensor names."""
+
+    name: str
+    op: str
+    inputs: list[str]
+    output: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "op": self.op, "inputs": list(self.inputs),
+                "output": self.output, "attrs": self.attrs}
+
+
+@dataclass
+class IntegerProgram:
+    """An exported integer network: nodes in execution order, tensor table and arrays."""
+
+    nodes: list[Node]
+    tensors: dict[str, TensorSpec]
+    arrays: dict[str, np.ndarray]
+    input: str
+    outputs: list[str]
+    requant: dict[str, Any]
+    quant_config: dict[str, Any] = field(default_factory=dict)
+    producer: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def array(self, node: str, key: str) -> np.ndarray:
+        return self.arrays[f"{node}.{key}"]
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "producer": self.producer,
+            "quant_config": self.quant_config,
+            "requant": self.requant,
+            "input": self.input,
+            "outputs": list(self.outputs),
+            "meta": self.meta,
+            "tensors": {k: v.to_json() for k, v in self.tensors.items()},
+            "nodes": [n.to_json() for n in self.nodes],
+        }
+
+    def validate(self, where: str = "<program>") -> "IntegerProgram":
+        """Check the program fully; raise ProgramError naming `where`, the node and the field."""
+        _validate(self, where)
+        return self
+
+
+def save_program(program: IntegerProgram, path: str | os.PathLike) -> Path:
+    """Validate and write `program` atomically to `path` (.safetensors)."""
+    from safetensors.numpy import save
+
+    path = Path(path)
+    program.validate(str(path))
+    tensors = {k: np.ascontiguousarray(v) for k, v in program.arrays.items()}
+    data = save(tensors, metadata={METADATA_KEY: json.dumps(program.manifest(), sort_keys=True)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_program(path: str | os.PathLike) -> IntegerProgram:
+    """Read and fully validate an IntegerProgram file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise ProgramError(f"{where}: file not found")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except ProgramError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ProgramError(f"{where}: not a readable safetensors file ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if METADATA_KEY not in metadata:
+        raise ProgramError(f"{where}: no '{METADATA_KEY}' manifest in the safetensors metadata")
+    try:
+        manifest = json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as e:
+        raise ProgramError(f"{where}: manifest is not valid JSON ({e.msg})") from None
+    return program_from_manifest(manifest, arrays, where)
+
+
+def program_from_manifest(manifest: Any, arrays: dict[str, np.ndarray], where: str) -> IntegerProgram:
+    """Build and validate a program from a parsed manifest and its arrays."""
+    if not isinstance(manifest, dict):
+        raise ProgramError(f"{where}: manifest must be a JSON object")
+    if manifest.get("format") != FORMAT_NAME:
+        raise ProgramError(f"{where}: format: expected {FORMAT_NAME!r}, got {manifest.get('format')!r}")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise ProgramError(f"{where}: version: expected {FORMAT_VERSION}, got {manifest.get('version')!r}")
+    known = {"format", "version", "producer", "quant_config", "requant", "input", "outputs",
+             "meta", "tensors", "nodes"}
+    unknown = sorted(set(manifest) - known)
+    if unknown:
+        raise ProgramError(f"{where}: unknown manifest key {unknown[0]!r}")
+    for key in ("requant", "input", "outputs", "tensors", "nodes"):
+        if key not in manifest:
+            raise ProgramError(f"{where}: manifest: missing key {key!r}")
+    tensors: dict[str, TensorSpec] = {}
+    if not isinstance(manifest["tensors"], dict):
+        raise ProgramError(f"{where}: tensors: expected an object")
+    for name, spec in manifest["tensors"].items():
+        ctx = f"{where}: tensor {name!r}"
+        if not isinstance(spec, dict):
+            raise ProgramError(f"{ctx}: expected an object")
+        extra = sorted(set(spec) - {"shape", "bits", "signed", "scale", "zero_point"})
+        if extra:
+            raise ProgramError(f"{ctx}: unknown field {extra[0]!r}")
+        for k in ("shape", "bits", "signed"):
+            if k not in spec:
+                raise ProgramError(f"{ctx}: missing field {k!r}")
+        tensors[name] = TensorSpec(tuple(spec["shape"]), spec["bits"], spec["signed"],
+                                   spec.get("scale", 1.0), spec.get("zero_point", 0))
+    if not isinstance(manifest["nodes"], list):
+        raise ProgramError(f"{where}: nodes: expected a list")
+    nodes = []
+    for i, nd in enumerate(manifest["nodes"]):
+        if not isinstance(nd, dict):
+            raise ProgramError(f"{where}: nodes[{i}]: expected an object")
+        extra = sorted(set(nd) - {"name", "op", "inputs", "output", "attrs"})
+        if extra:
+            raise ProgramError(f"{where}: nodes[{i}]: unknown field {extra[0]!r}")
+        for k in ("name", "op", "inputs", "output"):
+            if k not in nd:
+                raise ProgramError(f"{where}: nodes[{i}]: missing field {k!r}")
+        nodes.append(Node(nd["name"], nd["op"], list(nd["inputs"]), nd["output"],
+                          dict(nd.get("attrs", {}))))
+    prog = IntegerProgram(
+        nodes=nodes, tensors=tensors, arrays=dict(arrays), input=manifest["input"],
+        outputs=list(manifest["outputs"]), requant=dict(manifest["requant"]),
+        quant_config=manifest.get("quant_config", {}), producer=manifest.get("producer", {}),
+        meta=manifest.get("meta", {}),
+    )
+    return prog.validate(where)
+
+
+_REQUANT_KEYS = {"scale_mode", "multiplier_bits", "max_shift", "rounding", "add_frac_bits"}
+
+
+def _validate(p: IntegerProgram, where: str) -> None:
+    def fail(msg: str) -> None:
+        raise ProgramError(f"{where}: {msg}")
+
+    rq = p.requant
+    if set(rq) != _REQUANT_KEYS:
+        missing = sorted(_REQUANT_KEYS - set(rq))
+        fail(f"requant: missing key {missing[0]!r}" if missing
+             else f"requant: unknown key {sorted(set(rq) - _REQUANT_KEYS)[0]!r}")
+    if rq["scale_mode"] not in ("fixed", "pow2", "float"):
+        fail(f"requant.scale_mode: expected fixed|pow2|float, got {rq['scale_mode']!r}")
+    if rq["rounding"] not in ("half_away", "half_up", "half_even"):
+        fail(f"requant.rounding: expected half_away|half_up|half_even, got {rq['rounding']!r}")
+    if not (isinstance(rq["multiplier_bits"], int) and 2 <= rq["multiplier_bits"] <= 32):
+        fail(f"requant.multiplier_bits: expected an int in [2, 32], got {rq['multiplier_bits']!r}")
+
+    for name, t in p.tensors.items():
+        ctx = f"tensor {name!r}"
+        if not (isinstance(t.bits, int) and not isinstance(t.bits, bool) and 1 <= t.bits <= 64):
+            fail(f"{ctx}: bits: expected an int in [1, 64], got {t.bits!r}")
+        if not isinstance(t.signed, bool):
+            fail(f"{ctx}: signed: expected true/false, got {t.signed!r}")
+        if not all(isinstance(d, int) and d >= 0 for d in t.shape):
+            fail(f"{ctx}: shape: expected non-negative ints, got {list(t.shape)!r}")
+        if not isinstance(t.zero_point, int):
+            fail(f"{ctx}: zero_point: expected an int, got {t.zero_point!r}")
+        lo, hi = t.int_range()
+        if not lo <= t.zero_point <= hi:
+            fail(f"{ctx}: zero_point {t.zero_point} outside its {t.bits}-bit range")
+        sc = t.scale if isinstance(t.scale, list) else [t.scale]
+        if not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in sc):
+            fail(f"{ctx}: scale: expected positive finite numbers")
+
+    for key, arr in p.arrays.items():
+        if key not in p.tensors:
+            fail(f"array {key!r}: not in the tensor table")
+        t = p.tensors[key]
+        if tuple(arr.shape) != tuple(t.shape):
+            fail(f"array {key!r}: shape {list(arr.shape)} does not match declared {list(t.shape)}")
+        if arr.dtype.kind not in "iu":
+            fail(f"array {key!r}: dtype {arr.dtype} is not an integer type")
+        if arr.size:
+            lo, hi = t.int_range()
+            amin, amax = int(arr.min()), int(arr.max())
+            if amin < lo or amax > hi:
+                fail(f"array {key!r}: values [{amin}, {amax}] outside the declared "
+                     f"{t.bits}-bit {'signed' if t.signed else 'unsigned'} range [{lo}, {hi}]")
+
+    if p.input not in p.tensors:
+        fail(f"input: tensor {p.input!r} is not in the tensor table")
+    produced = {p.input}
+    names = set()
+    for node in p.nodes:
+        ctx = f"node {node.name!r}"
+        if node.name in names:
+            fail(f"{ctx}: duplicate node name")
+        names.add(node.name)
+        if node.op not in OPS:
+            fail(f"{ctx}: op: unknown op {node.op!r} (known: {', '.join(OPS)})")
+        n_in, attrs, owned = OPS[node.op]
+        if len(node.inputs) != n_in:
+            fail(f"{ctx}: inputs: {node.op} takes {n_in} input(s), got {len(node.inputs)}")
+        for src in node.inputs:
+            if src not in produced:
+                fail(f"{ctx}: inputs: {src!r} is not produced by an earlier node (dangling input)")
+        for a in attrs:
+            if a not in node.attrs:
+                fail(f"{ctx}: attrs: missing {a!r}")
+        for key in owned:
+            if f"{node.name}.{key}" not in p.arrays:
+                fail(f"{ctx}: missing array {node.name}.{key!r}")
+        requant = node.op in REQUANT_OPS and node.attrs.get("requant", True)
+        if requant:
+            for key in ("multiplier", "shift"):
+                if f"{node.name}.{key}" not in p.arrays:
+                    fail(f"{ctx}: missing array {node.name}.{key!r}")
+            clamp = node.attrs.get("clamp")
+            if not (isinstance(clamp, list) and len(clamp) == 2 and clamp[0] <= clamp[1]):
+                fail(f"{ctx}: attrs.clamp: expected [lo, hi] with lo <= hi, got {clamp!r}")
+        if node.output not in p.tensors:
+            fail(f"{ctx}: output: tensor {node.output!r} is not in the tensor table")
+        if node.output in produced:
+            fail(f"{ctx}: output: tensor {node.output!r} is produced twice")
+        _check_shapes(p, node, fail)
+        produced.add(node.output)
+    for out in p.outputs:
+        if out not in produced:
+            fail(f"outputs: tensor {out!r} is not produced by any node")
+
+
+def _conv_out(size: int, k: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - k) // stride + 1
+
+
+def _check_shapes(p: IntegerProgram, node: Node, fail) -> None:
+    """Check that a node's declared output shape follows from its inputs, arrays and attrs."""
+    ctx = f"node {node.name!r}"
+    ins = [p.tensors[i].shape for i in node.inputs]
+    out = tuple(p.tensors[node.output].shape)
+    a = node.attrs
+    if node.op == "conv2d":
+        w = p.arrays[f"{node.name}.weight"]
+        if w.ndim != 4 or len(ins[0]) != 3:
+            fail(f"{ctx}: weight must be 4-D and the input (C, H, W)")
+        c, h, wd = ins[0]
+        groups = a["groups"]
+        if not isinstance(groups, int) or groups < 1 or c % groups or w.shape[0] % groups:
+            fail(f"{ctx}: attrs.groups: {groups!r} does not divide channels {c} and {w.shape[0]}")
+        if w.shape[1] * groups != c:
+            fail(f"{ctx}: weight: shape {list(w.shape)} does not match {c} input channels "
+                 f"with groups={groups}")
+        for k in ("stride", "padding"):
+            if not isinstance(a[k], int) or a[k] < (1 if k == "stride" else 0):
+                fail(f"{ctx}: attrs.{k}: invalid value {a[k]!r}")
+        expect = (w.shape[0], _conv_out(h, w.shape[2], a["stride"], a["padding"]),
+                  _conv_out(wd, w.shape[3], a["stride"], a["padding"]))
+    elif node.op == "linear":
+        w = p.arrays[f"{node.name}.weight"]
+        if w.ndim != 2 or len(ins[0]) != 1 or w.shape[1] != ins[0][0]:
+            fail(f"{ctx}: weight: shape {list(w.shape)} does not match input {list(ins[0])}")
+        expect = (w.shape[0],)
+    elif node.op in ("conv2d", "linear"):
+        return
+    elif node.op == "add":
+        if tuple(ins[0]) != tuple(ins[1]):
+            fail(f"{ctx}: inputs: shapes {list(ins[0])} and {list(ins[1])} differ")
+        expect = tuple(ins[0])
+    elif node.op in ("maxpool2d", "avgpool2d"):
+        c, h, wd = ins[0]
+        k, s, pad = a["kernel"], a["stride"], a.get("padding", 0)
+        expect = (c, _conv_out(h, k, s, pad), _conv_out(wd, k, s, pad))
+    elif node.op == "global_avgpool":
+        expect = (ins[0][0], 1, 1)
+    elif node.op == "flatten":
+        expect = (int(np.prod(ins[0])),)
+    elif node.op == "embed":
+        lut = p.arrays[f"{node.name}.lut"]
+        if lut.ndim != 3 or lut.shape[0] != ins[0][0] or lut.shape[1] != 256:
+            fail(f"{ctx}: lut: expected shape ({ins[0][0]}, 256, d), got {list(lut.shape)}")
+        expect = (ins[0][0] * lut.shape[2], *ins[0][1:])
+    else:  # pragma: no cover - OPS and this function are kept in step
+        return
+    if tuple(expect) != out:
+        fail(f"{ctx}: output: shape {list(out)} does not match the computed {list(expect)}")
+    if node.op in ("conv2d", "linear"):
+        o = out[0]
+        for key in ("bias", "multiplier", "shift"):
+            arr = p.arrays.get(f"{node.name}.{key}")
+            if arr is not None and arr.shape != (o,):
+                fail(f"{ctx}: {key}: shape {list(arr.shape)}, expected [{o}]")

@@ -1,0 +1,109 @@
+"""Float training, checkpoints and the cache."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models import create_model
+from models.cached import train_float
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.training import evaluate, make_batches, train
+from npusim.data import load_dataset
+
+
+@pytest.fixture(scope="module")
+def synth():
+    kw = dict(n=192, num_classes=4, shape=(1, 12, 12), seed=3)
+    return load_dataset("synthetic", "train", **kw), load_dataset("synthetic", "test", **kw)
+
+
+def test_one_epoch_smoke_training_learns(synth):
+    train_set, test_set = synth
+    model = create_model("resnet8", num_classes=4, in_channels=1, width=0.5)
+    before = evaluate(model, test_set)
+    result = train(model, train_set, epochs=2, test=test_set, lr=0.05, batch_size=32, seed=1)
+    assert list(result.history.columns[:4]) == ["epoch", "train_loss", "train_acc", "epoch_s"]
+    assert len(result.history) == 2
+    assert result.test_acc == pytest.approx(evaluate(model, test_set))
+    # prototypes plus noise are easy: two epochs must beat chance clearly
+    assert result.test_acc > max(before, 0.5)
+    # the data set statistics reached the model
+    assert torch.allclose(model.input_norm.mean, torch.tensor(train_set.mean, dtype=torch.float32))
+
+
+def test_training_is_deterministic(synth):
+    train_set, _ = synth
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = create_model("resnet8", num_classes=4, in_channels=1, width=0.25)
+        train(model, train_set, epochs=1, batch_size=64, seed=7)
+        outs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_augmentation_translates_and_keeps_values():
+    data = load_dataset("mnist5k", "test").subset(64)
+    (plain, y1), = list(make_batches(data, 64, shuffle=False))
+    (aug, y2), = list(make_batches(data, 64, shuffle=False, augment=True, seed=0))
+    assert torch.equal(y1, y2)
+    assert aug.shape == plain.shape
+    assert not torch.equal(aug, plain)
+    # translation by <= 2 pixels with zero fill: total ink can only shrink, never grow
+    assert bool((aug.sum((1, 2, 3)) <= plain.sum((1, 2, 3)) + 1e-3).all())
+    assert set(np.unique(aug.numpy())) <= set(np.unique(plain.numpy())) | {0.0}
+
+
+def test_checkpoint_round_trip(tmp_path, synth):
+    model = create_model("resnet8", num_classes=4, in_channels=1, width=0.5)
+    train(model, synth[0], epochs=1, batch_size=64)
+    path = tmp_path / "m.pt"
+    save_checkpoint(model, path, {"model": "resnet8", "test_acc": 0.5,
+                                  "model_kwargs": {"num_classes": 4, "in_channels": 1, "width": 0.5}})
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["model"] == "resnet8" and "torch" in meta["versions"]
+    loaded, meta2 = load_checkpoint(path)
+    x = torch.from_numpy(synth[1].images[:8]).float()
+    model.eval()
+    assert torch.equal(loaded(x), model(x))
+    assert meta2["test_acc"] == 0.5
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "x.pt").write_bytes(b"garbage")
+    (tmp_path / "x.json").write_text(json.dumps({"model": "resnet8", "model_kwargs": {}}))
+    with pytest.raises(CheckpointError, match=r"x\.pt: cannot read checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"x\.json: not valid JSON"):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+def test_checkpoint_refuses_pickled_objects(tmp_path):
+    # weights_only=True: a checkpoint holding an arbitrary object must not load
+    path = tmp_path / "evil.pt"
+    torch.save({"x": object()}, path)
+    path.with_suffix(".json").write_text(json.dumps({"model": "resnet8", "model_kwargs": {}}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_train_float_reuses_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NPUSIM_CACHE", str(tmp_path))
+    kw = dict(model="resnet8", data="digits", epochs=1, width=0.25, batch_size=256)
+    path1, meta1 = train_float(**kw)
+    mtime = path1.stat().st_mtime_ns
+    import models.cached as cached
+
+    def boom(*a, **k):
+        raise AssertionError("retrained although cached")
+
+    monkeypatch.setattr(cached, "train", boom)
+    path2, meta2 = train_float(**kw)
+    assert path2 == path1 and path1.stat().st_mtime_ns == mtime
+    assert meta2["test_acc"] == meta1["test_acc"]
