@@ -1,0 +1,350 @@
+"""The virtual NPU: runs an IntegerProgram bit-accurately on an `NPUConfig` (DESIGN §2, §5).
+
+`Simulator(config).run(program, images)` checks that the NPU can run the program (refusing it
+with a one-line reason otherwise), then executes every node with the numba kernels and returns
+the integer outputs and a per-layer statistics table.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from npusim import kernels as K
+from npusim.arith import bits_needed, dtype_bound_bits
+from npusim.program import IntegerProgram, Node
+from npusim.requant import NodeRequant, RequantSettings, node_requant
+
+if TYPE_CHECKING:
+    from npusim.config import NPUConfig
+
+log = logging.getLogger(__name__)
+
+
+class SimulationError(ValueError):
+    """The NPU cannot run this program, or the input is wrong; one-line reason."""
+
+
+@dataclass
+class SimResult:
+    """What a simulation produced."""
+
+    outputs: dict[str, np.ndarray]
+    stats: pd.DataFrame
+    traces: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def logits(self) -> np.ndarray:
+        """The program's (first) output as integers, (N, classes)."""
+        return next(iter(self.outputs.values()))
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """Argmax of the integer logits; ties go to the lowest index."""
+        return np.argmax(self.logits.reshape(len(self.logits), -1), axis=1)
+
+    def accuracy(self, labels: np.ndarray) -> float:
+        """Top-1 accuracy against integer labels."""
+        return float(np.mean(self.predictions == np.asarray(labels)))
+
+
+@dataclass
+class _Plan:
+    node: Node
+    rq: NodeRequant | None
+    k: int = 0
+    macs: int = 0
+    bound_dtype: int = 0
+    bound_l1: int = 0
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+
+
+def _l1_bound_bits(w: np.ndarray, bias: np.ndarray, xlo: int, xhi: int) -> int:
+    """Exact worst-case accumulator range from the weights and the input range, in bits.
+
+    Every running sum (bias plus any subset of products) lies in
+    ``[bias + sum(min(w*xlo, w*xhi)), bias + sum(max(w*xlo, w*xhi))]`` because each product's
+    interval contains 0; this is the per-channel weight-L1 bound of A2Q made exact.
+    """
+    wf = w.reshape(w.shape[0], -1).astype(object)
+    lo_terms = np.minimum(wf * xlo, wf * xhi).sum(axis=1)
+    hi_terms = np.maximum(wf * xlo, wf * xhi).sum(axis=1)
+    b = bias.astype(object)
+    return bits_needed(int((b + lo_terms).min()), int((b + hi_terms).max()))
+
+
+class Simulator:
+    """A bit-accurate integer NPU described by an `NPUConfig`."""
+
+    def __init__(self, config: "NPUConfig") -> None:
+        self.config = config
+        rq = config.requant
+        self.settings = RequantSettings(rq.scale_mode, rq.multiplier_bits, rq.max_shift,
+                                        rq.rounding, rq.add_frac_bits)
+
+    # ------------------------------------------------------------------ checks
+    def plan(self, program: IntegerProgram) -> list[_Plan]:
+        """Check the program against this NPU and derive every node's parameters."""
+        cfg = self.config
+        prec = cfg.precision
+        t = program.tensors
+        plans = []
+        for node in program.nodes:
+            ctx = f"node {node.name!r}"
+            rq = None
+            p = _Plan(node, None)
+            if node.op in ("conv2d", "linear"):
+                w = program.arrays[f"{node.name}.weight"]
+                wt, xt = t[f"{node.name}.weight"], t[node.inputs[0]]
+                if wt.bits > cfg.array.max_weight_bits:
+                    raise SimulationError(
+                        f"{ctx}: {wt.bits}-bit weights but the NPU datapath takes at most "
+                        f"{cfg.array.max_weight_bits} (array.max_weight_bits)")
+                if xt.bits > cfg.array.max_input_bits:
+                    raise SimulationError(
+                        f"{ctx}: {xt.bits}-bit inputs but the NPU datapath takes at most "
+                        f"{cfg.array.max_input_bits} (array.max_input_bits)")
+                xlo, xhi = xt.int_range()
+                xlo, xhi = xlo - xt.zero_point, xhi - xt.zero_point
+                wmax = int(np.abs(w).max()) if w.size else 0
+                prod = bits_needed(min(xlo * wmax, -xhi * wmax), max(xhi * wmax, -xlo * wmax))
+                widest = prec.pe_acc_bits if cfg.array.dataflow != "os" else prec.acc_bits
+                if prod > min(widest, prec.acc_bits):
+                    raise SimulationError(
+                        f"{ctx}: a single product needs {prod} bits but the accumulator has "
+                        f"{min(widest, prec.acc_bits)} (precision.acc_bits/pe_acc_bits)")
+                p.k = int(np.prod(w.shape[1:]))
+                p.macs = p.k * int(np.prod(t[node.output].shape))
+                p.weight = w.astype(np.int64)
+                p.bias = program.arrays[f"{node.name}.bias"].astype(np.int64)
+                p.bound_dtype = dtype_bound_bits(p.k, xt.bits, xt.signed, wt.bits)
+                p.bound_l1 = _l1_bound_bits(p.weight, p.bias, xlo, xhi)
+                if node.op == "linear":
+                    p.weight = p.weight.reshape(*w.shape, 1, 1)
+            requant = node.op in ("conv2d", "linear", "add", "avgpool2d", "global_avgpool") \
+                and node.attrs.get("requant", True)
+            if requant:
+                try:
+                    rq = node_requant(program, node, self.settings)
+                except ValueError as e:
+                    raise SimulationError(f"{ctx}: {e}") from None
+                if self.settings.scale_mode == "fixed":
+                    self._check_product_width(program, node, rq, p)
+                self._check_stored(program, node, rq)
+            p.rq = rq
+            plans.append(p)
+        return plans
+
+    def _check_product_width(self, program: IntegerProgram, node: Node, rq: NodeRequant,
+                             p: _Plan) -> None:
+        """acc * m0 (after TFLite's left shift for M >= 1) must fit a 64-bit register.
+
+        The accumulator reaching requantization is bounded by the exact weight bound, and in
+        wrap/saturate modes also by the accumulator width.
+        """
+        from npusim.arith import TFLITE_DOUBLE
+
+        prec = self.config.precision
+        b = self.settings.multiplier_bits
+        xt = program.tensors[node.inputs[0]]
+        if node.op in ("conv2d", "linear"):
+            width = p.bound_l1 if prec.acc_mode == "exact" else min(prec.acc_bits, p.bound_l1)
+        elif node.op == "add":
+            width = max(program.tensors[i].bits for i in node.inputs) + 1
+        else:  # pooling sums: input bits plus the window's growth
+            c, h, w = xt.shape
+            window = node.attrs.get("kernel", 1) ** 2 if node.op == "avgpool2d" else h * w
+            width = xt.bits + 1 + math.ceil(math.log2(max(window, 1)))
+        left = 0
+        if self.settings.code == TFLITE_DOUBLE and rq.n.size:
+            left = int(np.max(np.maximum((b - 1) - rq.n, 0)))
+        if width + b + left > 64:
+            raise SimulationError(
+                f"node {node.name!r}: the requantization product needs {width}+{b}"
+                f"{'+' + str(left) if left else ''} bits, more than a 64-bit register "
+                f"(narrow requant.multiplier_bits or precision.acc_bits)")
+
+    def _check_stored(self, program: IntegerProgram, node: Node, rq: NodeRequant) -> None:
+        """When the NPU uses the program's own requant settings, its stored multipliers must be
+        exactly what the shared decomposition gives (else the file was not made by it)."""
+        if RequantSettings.from_dict(program.requant) != self.settings:
+            return
+        if self.settings.scale_mode == "float":
+            return
+        m0 = program.arrays.get(f"{node.name}.multiplier")
+        sh = program.arrays.get(f"{node.name}.shift")
+        if m0 is None or sh is None:
+            return
+        if not (np.array_equal(m0.astype(np.int64), rq.m0) and np.array_equal(sh.astype(np.int64), rq.n)):
+            raise SimulationError(
+                f"node {node.name!r}: stored multiplier/shift disagree with the scales in the "
+                f"tensor table under the program's requant settings")
+
+    # ------------------------------------------------------------------ running
+    def run(self, program: IntegerProgram, images: np.ndarray, trace: bool = False,
+            batch_size: int = 256) -> SimResult:
+        """Simulate `images` (uint8 (N, C, H, W)) through `program`."""
+        in_spec = program.tensors[program.input]
+        images = np.asarray(images)
+        if images.ndim != 1 + len(in_spec.shape) or tuple(images.shape[1:]) != tuple(in_spec.shape):
+            raise SimulationError(f"images: expected shape (N, {', '.join(map(str, in_spec.shape))}), "
+                                  f"got {tuple(images.shape)}")
+        lo, hi = in_spec.int_range()
+        if images.dtype.kind not in "iu" or (images.size and (images.min() < lo or images.max() > hi)):
+            raise SimulationError(f"images: expected integers in [{lo}, {hi}] ({in_spec.bits}-bit "
+                                  f"{'signed' if in_spec.signed else 'unsigned'}), got {images.dtype}")
+        plans = self.plan(program)
+        n_img = len(images)
+        outs: dict[str, list[np.ndarray]] = {o: [] for o in program.outputs}
+        traces: dict[str, list[np.ndarray]] = {}
+        stats = {p.node.name: np.zeros((0, K.N_STATS), np.int64) for p in plans}
+        for start in range(0, max(n_img, 1), batch_size):
+            chunk = images[start:start + batch_size].astype(np.int64)
+            vals, st = self._run_batch(program, plans, chunk)
+            for o in program.outputs:
+                outs[o].append(vals[o])
+            if trace:
+                for p in plans:
+                    traces.setdefault(p.node.output, []).append(vals[p.node.output])
+            for name, s in st.items():
+                stats[name] = np.concatenate([stats[name], s])
+        result = SimResult(
+            outputs={o: np.concatenate(v) for o, v in outs.items()},
+            stats=self._stats_table(program, plans, stats, n_img),
+            traces={k: np.concatenate(v) for k, v in traces.items()},
+        )
+        return result
+
+    def _run_batch(self, program, plans, x0):
+        cfg = self.config
+        prec = cfg.precision
+        s = self.settings
+        vals = {program.input: x0}
+        st = {}
+        order = K.ORDER_CODES[cfg.array.dataflow]
+        scale_float = s.scale_mode == "float"
+        for p in plans:
+            node = p.node
+            t_out = program.tensors[node.output]
+            zp_y = t_out.zero_point
+            lo, hi = node.attrs.get("clamp", t_out.int_range())
+            x = vals[node.inputs[0]]
+            n = len(x)
+            rq = p.rq
+            if node.op in ("conv2d", "linear"):
+                xt = program.tensors[node.inputs[0]]
+                if node.op == "linear":
+                    x4 = x.reshape(n, -1, 1, 1)
+                    stride, pad, groups = 1, 0, 1
+                else:
+                    stride, pad, groups = node.attrs["stride"], node.attrs["padding"], node.attrs["groups"]
+                    x4 = x
+                if pad:
+                    x4 = np.pad(x4, ((0, 0), (0, 0), (pad, pad), (pad, pad)),
+                                constant_values=xt.zero_point)
+                out = np.empty((n, *t_out.shape) if node.op == "conv2d"
+                               else (n, t_out.shape[0], 1, 1), np.int64)
+                stat = np.zeros((n, K.N_STATS), np.int64)
+                requant = rq is not None
+                m0, nsh, mf = (rq.m0, rq.n, rq.mf) if requant else _dummy_rq(p.weight.shape[0])
+                K.conv_kernel(np.ascontiguousarray(x4), p.weight, p.bias, stride, groups,
+                              xt.zero_point, order, cfg.array.rows,
+                              prec.pe_acc_bits, K.MODE_CODES[prec.pe_mode],
+                              prec.acc_bits, K.MODE_CODES[prec.acc_mode],
+                              requant, m0, nsh, mf, scale_float, s.code,
+                              s.multiplier_bits, zp_y, lo, hi, out, stat)
+                y = out if node.op == "conv2d" else out.reshape(n, -1)
+                st[node.name] = stat
+            elif node.op == "add":
+                a, b = vals[node.inputs[0]], vals[node.inputs[1]]
+                ta, tb = program.tensors[node.inputs[0]], program.tensors[node.inputs[1]]
+                out = np.empty((n, a[0].size), np.int64)
+                K.add_kernel(a.reshape(n, -1), b.reshape(n, -1), ta.zero_point, tb.zero_point,
+                             rq.m0[0], rq.n[0], rq.m0[1], rq.n[1], rq.mf[0], rq.mf[1],
+                             s.add_frac_bits, scale_float, s.code, s.shift_code,
+                             s.multiplier_bits, zp_y, lo, hi, out)
+                y = out.reshape(a.shape)
+            elif node.op in ("maxpool2d", "avgpool2d", "global_avgpool"):
+                xt = program.tensors[node.inputs[0]]
+                is_max = node.op == "maxpool2d"
+                if node.op == "global_avgpool":
+                    k, stride, pad = x.shape[2], 1, 0
+                    if x.shape[2] != x.shape[3]:
+                        raise SimulationError(f"node {node.name!r}: global pooling needs a square map")
+                else:
+                    k, stride, pad = node.attrs["kernel"], node.attrs["stride"], node.attrs.get("padding", 0)
+                if pad:
+                    fill = np.iinfo(np.int64).min if is_max else xt.zero_point
+                    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=fill)
+                out = np.empty((n, *t_out.shape), np.int64)
+                if is_max:
+                    m0, nsh, mf = 0, 0, np.float32(0)
+                    lo, hi = t_out.int_range()
+                else:
+                    m0, nsh, mf = int(rq.m0[0]), int(rq.n[0]), rq.mf[0]
+                K.pool_kernel(np.ascontiguousarray(x), k, stride, is_max, xt.zero_point, m0, nsh,
+                              mf, scale_float, s.code, s.multiplier_bits, zp_y, lo, hi, out)
+                y = out
+            elif node.op == "flatten":
+                y = x.reshape(n, -1)
+            elif node.op == "embed":
+                lut = program.arrays[f"{node.name}.lut"].astype(np.int64)
+                y = np.empty((n, *t_out.shape), np.int64)
+                K.embed_kernel(np.ascontiguousarray(x), lut, y)
+            else:  # pragma: no cover - the program loader rejects unknown ops
+                raise SimulationError(f"node {node.name!r}: unsupported op {node.op!r}")
+            vals[node.output] = y
+        return vals, st
+
+    def _stats_table(self, program, plans, stats, n_img) -> pd.DataFrame:
+        prec = self.config.precision
+        rows = []
+        for p in plans:
+            node = p.node
+            s = stats[p.node.name]
+            row = {"layer": node.name, "op": node.op,
+                   "output_shape": "x".join(map(str, program.tensors[node.output].shape)),
+                   "images": n_img, "macs_per_image": p.macs}
+            if len(s):
+                run_lo, run_hi = int(s[:, K.ST_RUN_MIN].min()), int(s[:, K.ST_RUN_MAX].max())
+                pe_lo, pe_hi = int(s[:, K.ST_PE_MIN].min()), int(s[:, K.ST_PE_MAX].max())
+                row.update({
+                    "nonzero_macs": int(s[:, K.ST_NZ].sum()),
+                    "pe_overflows": int(s[:, K.ST_PE_OVF].sum()),
+                    "acc_overflows": int(s[:, K.ST_ACC_OVF].sum()),
+                    "acc_min": int(s[:, K.ST_ACC_MIN].min()),
+                    "acc_max": int(s[:, K.ST_ACC_MAX].max()),
+                    "running_min": run_lo, "running_max": run_hi,
+                    "observed_bits": bits_needed(min(run_lo, 0), max(run_hi, 0))
+                    if run_lo <= run_hi else 1,
+                    "pe_observed_bits": bits_needed(min(pe_lo, 0), max(pe_hi, 0))
+                    if pe_lo <= pe_hi else 0,
+                    "bound_dtype_bits": p.bound_dtype, "bound_l1_bits": p.bound_l1,
+                    "pe_acc_bits": prec.pe_acc_bits, "acc_bits": prec.acc_bits,
+                })
+            rows.append(row)
+        df = pd.DataFrame(rows)
+        int_cols = ["nonzero_macs", "pe_overflows", "acc_overflows", "acc_min", "acc_max",
+                    "running_min", "running_max", "observed_bits", "pe_observed_bits",
+                    "bound_dtype_bits", "bound_l1_bits", "pe_acc_bits", "acc_bits"]
+        for c in int_cols:
+            if c in df:
+                df[c] = df[c].astype("Int64")
+        return df
+
+
+def _dummy_rq(o: int):
+    return np.zeros(o, np.int64), np.zeros(o, np.int64), np.zeros(o, np.float32)
+
+
+def overflow_rate(stats: pd.DataFrame) -> float:
+    """Overflow events per MAC over the whole network (both levels)."""
+    macs = float((stats["macs_per_image"] * stats["images"]).sum())
+    events = float(stats[["pe_overflows", "acc_overflows"]].fillna(0).to_numpy().sum())
+    return events / macs if macs else math.nan
