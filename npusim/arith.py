@@ -1,5 +1,7 @@
 """The integer arithmetic shared by the simulator and the training library (DESIGN §2).
 
+Its API takes and returns NumPy arrays and Python numbers; numba is an implementation detail.
+
 One home per rule: rounding shifts, fixed-point requantization (TFLite double rounding and
 the single-rounding conventions), ONNX Runtime's float requantization, wrap/saturate, the
 multiplier decomposition and the accumulator bounds. Nothing here imports torch or numba.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numba
 import numpy as np
 from numba.extending import register_jitable
 
@@ -133,6 +136,86 @@ def requant_float(acc, multiplier, zp, qmin, qmax):
     f = np.float32(acc) * multiplier
     f = np.minimum(np.maximum(f, np.float32(qmin - zp)), np.float32(qmax - zp))
     return np.int64(np.rint(f)) + zp
+
+
+@register_jitable
+def requant_one(acc, m0, n, mf, scale_float, code, mbits, zp, lo, hi):
+    """``clamp(zp + R(acc), lo, hi)`` for one value, fixed/pow2 or float (ORT) convention."""
+    if scale_float:
+        return requant_float(acc, mf, zp, lo, hi)
+    y = requant_fixed(acc, m0, n, code, mbits) + zp
+    if y < lo:
+        return lo
+    if y > hi:
+        return hi
+    return y
+
+
+@register_jitable
+def add_one(a, b, m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac, scale_float, code, shift_code, mbits,
+            zp_y, lo, hi):
+    """Residual add of two zero-point-free values: each rescaled to the output scale with
+    `frac` extra fractional bits, summed, rounded once more, offset and clamped. The float
+    mode is ORT-style: ``round_half_even(f32(a)*Ma + f32(b)*Mb)``."""
+    if scale_float:
+        f = np.float32(a) * mf_a + np.float32(b) * mf_b
+        f = min(max(f, np.float32(lo - zp_y)), np.float32(hi - zp_y))
+        return np.int64(np.rint(f)) + zp_y
+    ta = requant_fixed(a, m0_a, n_a - frac, code, mbits)
+    tb = requant_fixed(b, m0_b, n_b - frac, code, mbits)
+    y = rounding_shift(ta + tb, frac, shift_code) + zp_y
+    if y < lo:
+        return lo
+    if y > hi:
+        return hi
+    return y
+
+
+@numba.njit(parallel=True, cache=True)
+def _requant_kernel(acc, m0, n, mf, scale_float, code, mbits, zp, lo, hi, out):
+    for i in numba.prange(acc.shape[0]):
+        for c in range(acc.shape[1]):
+            for j in range(acc.shape[2]):
+                out[i, c, j] = requant_one(acc[i, c, j], m0[c], n[c], mf[c], scale_float, code,
+                                           mbits, zp, lo, hi)
+
+
+@numba.njit(parallel=True, cache=True)
+def _add_kernel(a, b, m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac, scale_float, code, shift_code,
+                mbits, zp_y, lo, hi, out):
+    for i in numba.prange(a.shape[0]):
+        for j in range(a.shape[1]):
+            out[i, j] = add_one(a[i, j], b[i, j], m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac,
+                                scale_float, code, shift_code, mbits, zp_y, lo, hi)
+
+
+def requantize(acc: np.ndarray, m0: np.ndarray, n: np.ndarray, mf: np.ndarray, scale_float: bool,
+               code: int, mbits: int, zp: int, lo: int, hi: int) -> np.ndarray:
+    """Requantize int64 accumulators (N, C, ...) with per-channel (axis 1) parameters."""
+    acc = np.ascontiguousarray(acc, dtype=np.int64)
+    shape = acc.shape
+    a3 = acc.reshape(shape[0], shape[1], -1)
+    out = np.empty_like(a3)
+    c = shape[1]
+    _requant_kernel(a3, np.broadcast_to(np.asarray(m0, np.int64), (c,)).copy(),
+                    np.broadcast_to(np.asarray(n, np.int64), (c,)).copy(),
+                    np.broadcast_to(np.asarray(mf, np.float32), (c,)).copy(),
+                    bool(scale_float), int(code), int(mbits), int(zp), int(lo), int(hi), out)
+    return out.reshape(shape)
+
+
+def residual_add(a: np.ndarray, b: np.ndarray, zp_a: int, zp_b: int, m0: np.ndarray, n: np.ndarray,
+                 mf: np.ndarray, frac: int, scale_float: bool, code: int, shift_code: int,
+                 mbits: int, zp_y: int, lo: int, hi: int) -> np.ndarray:
+    """Residual add of two int64 tensors of one shape; (m0, n, mf) hold one entry per input."""
+    shape = a.shape
+    a2 = (np.asarray(a, np.int64) - zp_a).reshape(shape[0], -1)
+    b2 = (np.asarray(b, np.int64) - zp_b).reshape(shape[0], -1)
+    out = np.empty_like(a2)
+    _add_kernel(a2, b2, int(m0[0]), int(n[0]), int(m0[1]), int(n[1]), np.float32(mf[0]),
+                np.float32(mf[1]), int(frac), bool(scale_float), int(code), int(shift_code),
+                int(mbits), int(zp_y), int(lo), int(hi), out)
+    return out.reshape(shape)
 
 
 def ort_multiplier(s_x, s_w, s_y) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from npusim.arith import TFLITE_DOUBLE, requant_fixed, requant_float, rounding_shift, wrap
+from npusim.arith import TFLITE_DOUBLE, requant_one, wrap
 
 EXACT, WRAP, SATURATE = 0, 1, 2
 MODE_CODES = {"exact": EXACT, "wrap": WRAP, "saturate": SATURATE}
@@ -38,19 +38,6 @@ def _level_add(held, v, bits, mode):
             s = hi if s > hi else lo
         return s, 1
     return s, 0
-
-
-@numba.njit(inline="always")
-def _requant(acc, m0, n, mf, scale_float, code, mbits, zp, lo, hi):
-    """clamp(zp + R(acc), lo, hi) in the fixed/pow2 or the float (ORT) convention."""
-    if scale_float:
-        return requant_float(acc, mf, zp, lo, hi)
-    y = requant_fixed(acc, m0, n, code, mbits) + zp
-    if y < lo:
-        return lo
-    if y > hi:
-        return hi
-    return y
 
 
 @numba.njit(parallel=True, cache=True)
@@ -129,7 +116,7 @@ def conv_kernel(x, w, bias, stride, groups, zp_x,
                     if acc > acc_max:
                         acc_max = acc
                     if requant:
-                        out[b, o, oy, ox] = _requant(acc, m0[o], nshift[o], mf[o], scale_float,
+                        out[b, o, oy, ox] = requant_one(acc, m0[o], nshift[o], mf[o], scale_float,
                                                      code, mbits, zp_y, lo, hi)
                     else:
                         out[b, o, oy, ox] = acc
@@ -142,25 +129,6 @@ def conv_kernel(x, w, bias, stride, groups, zp_x,
         stats[b, ST_PE_MAX] = pe_max
         stats[b, ST_ACC_MIN] = acc_min
         stats[b, ST_ACC_MAX] = acc_max
-
-
-@numba.njit(parallel=True, cache=True)
-def add_kernel(a, b, zp_a, zp_b, m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac, scale_float, code,
-               shift_code, mbits, zp_y, lo, hi, out):
-    """Residual add: each input rescaled to the output scale (with `frac` extra fractional
-    bits), summed, rounded, offset and clamped. Arrays are flattened per image: (N, L)."""
-    N, L = a.shape
-    for i in numba.prange(N):
-        for j in range(L):
-            if scale_float:
-                f = np.float32(a[i, j] - zp_a) * mf_a + np.float32(b[i, j] - zp_b) * mf_b
-                f = min(max(f, np.float32(lo - zp_y)), np.float32(hi - zp_y))
-                out[i, j] = np.int64(np.rint(f)) + zp_y
-            else:
-                ta = requant_fixed(a[i, j] - zp_a, m0_a, n_a - frac, code, mbits)
-                tb = requant_fixed(b[i, j] - zp_b, m0_b, n_b - frac, code, mbits)
-                y = rounding_shift(ta + tb, frac, shift_code) + zp_y
-                out[i, j] = lo if y < lo else (hi if y > hi else y)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -187,7 +155,7 @@ def pool_kernel(x, kernel, stride, is_max, zp_x, m0, nshift, mf, scale_float, co
                         for i in range(kernel):
                             for j in range(kernel):
                                 s += x[b, c, oy * stride + i, ox * stride + j] - zp_x
-                        out[b, c, oy, ox] = _requant(s, m0, nshift, mf, scale_float, code,
+                        out[b, c, oy, ox] = requant_one(s, m0, nshift, mf, scale_float, code,
                                                      mbits, zp_y, lo, hi)
 
 
@@ -205,5 +173,5 @@ def embed_kernel(x, lut, out):
                         out[b, c * d + j, h, w_] = lut[c, p, j]
 
 
-__all__ = ["conv_kernel", "add_kernel", "pool_kernel", "embed_kernel", "MODE_CODES",
+__all__ = ["conv_kernel", "pool_kernel", "embed_kernel", "MODE_CODES",
            "ORDER_CODES", "N_STATS", "TFLITE_DOUBLE"]

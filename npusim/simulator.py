@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from npusim import kernels as K
+from npusim import arith
 from npusim.arith import bits_needed, dtype_bound_bits
 from npusim.program import IntegerProgram, Node
 from npusim.requant import NodeRequant, RequantSettings, node_requant
@@ -264,12 +265,10 @@ class Simulator:
             elif node.op == "add":
                 a, b = vals[node.inputs[0]], vals[node.inputs[1]]
                 ta, tb = program.tensors[node.inputs[0]], program.tensors[node.inputs[1]]
-                out = np.empty((n, a[0].size), np.int64)
-                K.add_kernel(a.reshape(n, -1), b.reshape(n, -1), ta.zero_point, tb.zero_point,
-                             rq.m0[0], rq.n[0], rq.m0[1], rq.n[1], rq.mf[0], rq.mf[1],
-                             s.add_frac_bits, scale_float, s.code, s.shift_code,
-                             s.multiplier_bits, zp_y, lo, hi, out)
-                y = out.reshape(a.shape)
+                out = arith.residual_add(a, b, ta.zero_point, tb.zero_point, rq.m0, rq.n, rq.mf,
+                                         s.add_frac_bits, scale_float, s.code, s.shift_code,
+                                         s.multiplier_bits, zp_y, lo, hi)
+                y = out
             elif node.op in ("maxpool2d", "avgpool2d", "global_avgpool"):
                 xt = program.tensors[node.inputs[0]]
                 is_max = node.op == "maxpool2d"

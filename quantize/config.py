@@ -1,0 +1,131 @@
+"""`QuantConfig`: what to quantize, how, and how the integer program requantizes.
+
+A frozen pydantic model with a JSON round trip; unknown keys and impossible values are refused
+with a one-line message naming the field.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Method = Literal["ste", "pact", "lsq", "lglsq", "dsq"]
+Bits = int
+
+
+class QuantConfigError(ValueError):
+    """An invalid quantization configuration (one line naming the field)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LayerOverride(_Strict):
+    """Per-layer bit widths for layers whose name matches `pattern` (fnmatch syntax)."""
+
+    pattern: str
+    weight_bits: int | None = Field(None, ge=2, le=16)
+    act_bits: int | None = Field(None, ge=2, le=16)
+
+
+class RequantConfig(_Strict):
+    """Requantization used at export and in the integer-exact evaluation (DESIGN §2)."""
+
+    scale_mode: Literal["fixed", "pow2", "float"] = "fixed"
+    multiplier_bits: int = Field(32, ge=2, le=32)
+    max_shift: int = Field(62, ge=0, le=62)
+    rounding: Literal["half_away", "half_up", "half_even"] = "half_away"
+    add_frac_bits: int = Field(20, ge=0, le=30)
+
+
+class QuantConfig(_Strict):
+    """A quantization-aware-training configuration.
+
+    Bit-width policy: `act_bits` is the width of every conv/linear *input*; tensors that only
+    feed residual adds use `residual_bits`; the first conv's weights and the classifier's
+    weights and input use `first_layer_bits` / `last_layer_bits` (None: the global widths).
+    """
+
+    method: Method = "lsq"
+    weight_bits: int = Field(4, ge=2, le=16)
+    act_bits: int = Field(4, ge=2, le=16)
+    first_layer_bits: int | None = Field(8, ge=2, le=16)
+    last_layer_bits: int | None = Field(8, ge=2, le=16)
+    residual_bits: int = Field(8, ge=2, le=16)
+    per_channel_weights: bool = True
+    narrow_weights: bool = True
+    overrides: tuple[LayerOverride, ...] = ()
+    options: dict[str, Any] = Field(default_factory=dict)
+    requant: RequantConfig = RequantConfig()
+    acc_bits: int = Field(32, ge=2, le=62)
+    bn_freeze_frac: float = Field(0.3, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _acc_holds_a_product(self) -> "QuantConfig":
+        widest_w = max(self.weight_bits, self.first_layer_bits or 0, self.last_layer_bits or 0,
+                       *(o.weight_bits or 0 for o in self.overrides))
+        widest_a = max(self.act_bits, 8, self.residual_bits,
+                       *(o.act_bits or 0 for o in self.overrides))
+        need = widest_w + widest_a  # signed weight x unsigned activation
+        if self.acc_bits < need:
+            raise ValueError(f"acc_bits: {self.acc_bits} bits cannot hold one {widest_w}x"
+                             f"{widest_a}-bit product (needs {need})")
+        if self.requant.scale_mode == "fixed" and self.acc_bits + self.requant.multiplier_bits > 64:
+            raise ValueError("acc_bits: acc_bits + requant.multiplier_bits exceeds 64")
+        from quantize.quantizers import make_quantizer
+
+        try:  # the method's options are validated by the quantizer that will use them
+            make_quantizer(self.method, 4, True, **self.options)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"options: {str(e).splitlines()[0]}") from None
+        return self
+
+    # -------------------------------------------------------------- helpers
+    def layer_bits(self, name: str, kind: Literal["weight", "act"], default: int) -> int:
+        """`default` unless an override pattern matches `name` (the last match wins)."""
+        bits = default
+        for o in self.overrides:
+            if fnmatch.fnmatchcase(name, o.pattern):
+                v = o.weight_bits if kind == "weight" else o.act_bits
+                if v is not None:
+                    bits = v
+        return bits
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<json>") -> "QuantConfig":
+        try:
+            return cls.model_validate(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise QuantConfigError(f"{source}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        except ValidationError as e:
+            raise QuantConfigError(f"{source}: {_first_error(e)}") from None
+
+    @classmethod
+    def make(cls, **kwargs: Any) -> "QuantConfig":
+        """Build a config, turning validation errors into one-line `QuantConfigError`s."""
+        try:
+            return cls(**kwargs)
+        except ValidationError as e:
+            raise QuantConfigError(_first_error(e)) from None
+
+    def short_name(self) -> str:
+        return f"{self.method}-W{self.weight_bits}A{self.act_bits}"
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "config"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    msg = msg.removeprefix("Value error, ")
+    if msg.startswith(loc.split(".")[-1] + ":"):
+        return msg
+    return f"{loc}: {msg}"

@@ -1,0 +1,454 @@
+"""`quantize_model`: a fake-quant network whose quantizers sit exactly where the NPU quantizes.
+
+The float model is traced with torch.fx (our building blocks are leaves), and each block is
+replaced by its quantized counterpart:
+- raw uint8 input; the data set's normalisation is folded into the first conv's weights and
+  bias *before* its weight quantizer (its padding is done on raw pixels, as the NPU does);
+- conv + BN (+ ReLU/ReLU6) -> integer conv, per-channel requantization, output quantizer;
+- residual add -> both inputs already quantized by their producers, output quantizer;
+- max pooling exact; average pooling requantized; the classifier stops at its accumulator.
+
+Batch norm during QAT: for the first ``1 - bn_freeze_frac`` of the epochs BN uses batch
+statistics (running statistics keep updating); for the rest they are frozen and the forward
+uses the folded form the NPU computes: ``z = g * conv(x, w_hat) + |g| * s_x * s_w * bias_int``
+with ``g = gamma / sigma`` and the bias rounded to its integer, so the last epochs train the
+function that is exported. Evaluation always uses the folded form. The integer weights are the
+quantized *unfolded* conv weights; ``g`` goes into each channel's requant multiplier.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from models.layers import Add, ConvBNAct, InputNorm
+from quantize.config import QuantConfig
+from quantize.quantizers import Quantizer, make_quantizer
+
+log = logging.getLogger(__name__)
+
+_PASSTHROUGH = (nn.Identity, nn.Flatten, nn.MaxPool2d)
+_LEAVES = (InputNorm, ConvBNAct, Add, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+           nn.Flatten, nn.Linear, nn.Identity)
+
+
+class QuantizeError(ValueError):
+    """A model `quantize_model` cannot map onto the NPU (names the module)."""
+
+
+class _Tracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
+
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+class QConv(nn.Module):
+    """Conv2d + BN (+ activation) with a per-channel weight quantizer and an output quantizer."""
+
+    def __init__(self, block: ConvBNAct, wq: Quantizer, oq: Quantizer,
+                 fold: InputNorm | None = None) -> None:
+        super().__init__()
+        self.conv = block.conv
+        self.bn = block.bn
+        self.act = {nn.ReLU: "relu", nn.ReLU6: "relu6"}.get(type(block.act))
+        if self.act is None and not isinstance(block.act, nn.Identity):
+            raise QuantizeError(f"unsupported activation {type(block.act).__name__}")
+        self.wq, self.oq = wq, oq
+        self.padding = self.conv.padding[0]
+        self.fold = fold is not None
+        if fold is not None:
+            self.padding = fold.padding
+            self.register_buffer("norm_mean", fold.mean.clone())
+            self.register_buffer("norm_std", fold.std.clone())
+        self.bn_frozen = False
+
+    def folded_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conv weight and bias with the input normalisation folded in (raw-pixel units)."""
+        w = self.conv.weight
+        if not self.fold:
+            return w, torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+        std = self.norm_std.view(1, -1, 1, 1)
+        mean = self.norm_mean.view(1, -1, 1, 1)
+        return w / (255.0 * std), -(w * mean / std).sum(dim=(1, 2, 3))
+
+    def bn_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``g = gamma/sigma`` and ``b = beta - g*mu`` from the running statistics."""
+        bn = self.bn
+        g = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        return g, bn.bias - g * bn.running_mean
+
+    def integer_bias(self, s_x: torch.Tensor) -> torch.Tensor:
+        """The int32 bias at scale ``s_x * s_w * |g|`` (rounded with STE)."""
+        w, bias_f = self.folded_weight()
+        g, b = self.bn_affine()
+        s_w = self.wq._forward_scale(w)
+        return _round_ste((g * bias_f + b) / (s_x * s_w * g.abs()))
+
+    def forward(self, x: torch.Tensor, s_x: torch.Tensor) -> torch.Tensor:
+        w, bias_f = self.folded_weight()
+        w_hat = self.wq(w)
+        z = F.conv2d(x, w_hat, None, self.conv.stride, self.padding, 1, self.conv.groups)
+        if self.training and not self.bn_frozen:
+            z = self.bn(z + bias_f.view(1, -1, 1, 1))
+        else:
+            g, _ = self.bn_affine()
+            s_w = self.wq._forward_scale(w)
+            bias_int = self.integer_bias(s_x)
+            z = g.view(1, -1, 1, 1) * z + (g.abs() * s_x * s_w * bias_int).view(1, -1, 1, 1)
+        if self.act == "relu":
+            z = F.relu(z)
+        elif self.act == "relu6":
+            z = F.relu6(z)
+        return self.oq(z)
+
+
+class QLinear(nn.Module):
+    """The classifier: per-tensor weight quantizer, integer bias, output = the accumulator."""
+
+    def __init__(self, linear: nn.Linear, wq: Quantizer) -> None:
+        super().__init__()
+        self.linear, self.wq = linear, wq
+
+    def integer_bias(self, s_x: torch.Tensor) -> torch.Tensor:
+        b = self.linear.bias
+        if b is None:
+            return torch.zeros(self.linear.out_features)
+        return _round_ste(b / (s_x * self.wq._forward_scale(self.linear.weight)))
+
+    def forward(self, x: torch.Tensor, s_x: torch.Tensor) -> torch.Tensor:
+        w_hat = self.wq(self.linear.weight)
+        s_w = self.wq._forward_scale(self.linear.weight)
+        return F.linear(x, w_hat) + self.integer_bias(s_x) * s_x * s_w
+
+
+class QAdd(nn.Module):
+    """Residual add of two quantized tensors, optional ReLU, output quantizer."""
+
+    def __init__(self, add: Add, oq: Quantizer) -> None:
+        super().__init__()
+        self.relu = isinstance(add.act, nn.ReLU)
+        if not self.relu and not isinstance(add.act, nn.Identity):
+            raise QuantizeError(f"unsupported activation after add: {type(add.act).__name__}")
+        self.oq = oq
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        z = a + b
+        return self.oq(F.relu(z) if self.relu else z)
+
+
+class QAvgPool(nn.Module):
+    """Average pooling (global, or kernel == stride without padding) with an output quantizer."""
+
+    def __init__(self, kernel: int | None, oq: Quantizer) -> None:
+        super().__init__()
+        self.kernel, self.oq = kernel, oq
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.mean(dim=(2, 3), keepdim=True) if self.kernel is None else \
+            F.avg_pool2d(x, self.kernel, self.kernel)
+        return self.oq(z)
+
+
+@dataclass
+class QNode:
+    """One step of the quantized graph: `inputs` and `name` are tensor names."""
+
+    name: str
+    kind: str  # conv | linear | add | avgpool | maxpool | flatten
+    inputs: list[str]
+    module: str | None  # key in QuantizedModel.layers (None for flatten)
+    attrs: dict[str, Any]
+
+
+class QuantizedModel(nn.Module):
+    """A fake-quant network executing `QNode`s in order; remembers the config that made it."""
+
+    def __init__(self, nodes: list[QNode], layers: nn.ModuleDict, output: str,
+                 config: QuantConfig, input_shape: tuple[int, int, int], meta: dict[str, Any]):
+        super().__init__()
+        self.nodes = nodes
+        self.layers = layers
+        self.output = output
+        self.config = config
+        self.input_shape = tuple(input_shape)
+        self.meta = meta
+        self.aliases: dict[str, str] = {}
+
+    def quantizers(self) -> dict[str, Quantizer]:
+        return {n: m for n, m in self.named_modules() if isinstance(m, Quantizer)}
+
+    def quant_parameters(self) -> list[nn.Parameter]:
+        params = []
+        for q in self.quantizers().values():
+            params.extend(q.quant_parameters())
+        return params
+
+    def set_bn_frozen(self, frozen: bool) -> None:
+        """Freeze BN statistics: the training forward becomes the folded integer form."""
+        for m in self.modules():
+            if isinstance(m, QConv):
+                m.bn_frozen = frozen
+                m.bn.eval() if frozen else m.bn.train(self.training)
+
+    def train(self, mode: bool = True) -> "QuantizedModel":
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, QConv) and m.bn_frozen:
+                m.bn.eval()
+        return self
+
+    def set_progress(self, frac: float) -> None:
+        for q in self.quantizers().values():
+            q.set_progress(frac)
+
+    def tensor_scale(self, name: str) -> torch.Tensor:
+        """The (detached) scale of a tensor: 1 for the raw input, else its producer's."""
+        producer = self._producers()[name]
+        if producer is None:
+            return torch.tensor(1.0)
+        return producer.oq.scale().detach()
+
+    def _producers(self) -> dict[str, Any]:
+        prod: dict[str, Any] = {"input": None}
+        for n in self.nodes:
+            if n.kind in ("conv", "add", "avgpool"):
+                prod[n.name] = self.layers[n.module]
+            elif n.kind in ("maxpool", "flatten"):
+                prod[n.name] = prod[n.inputs[0]]
+        return prod
+
+    def forward(self, x: torch.Tensor, return_all: bool = False):
+        """Logits (float, = integer accumulator x scale); `return_all` gives every tensor."""
+        env = {"input": x}
+        scales = {"input": torch.tensor(1.0)}
+        for n in self.nodes:
+            ins = [env[i] for i in n.inputs]
+            if n.kind == "conv":
+                mod = self.layers[n.module]
+                y = mod(ins[0], scales[n.inputs[0]])
+                scales[n.name] = mod.oq.scale().detach()
+            elif n.kind == "linear":
+                y = self.layers[n.module](ins[0], scales[n.inputs[0]])
+                scales[n.name] = torch.tensor(float("nan"))
+            elif n.kind == "add":
+                mod = self.layers[n.module]
+                y = mod(*ins)
+                scales[n.name] = mod.oq.scale().detach()
+            elif n.kind == "avgpool":
+                mod = self.layers[n.module]
+                y = mod(ins[0])
+                scales[n.name] = mod.oq.scale().detach()
+            elif n.kind == "maxpool":
+                a = n.attrs
+                y = F.max_pool2d(ins[0], a["kernel"], a["stride"], a["padding"])
+                scales[n.name] = scales[n.inputs[0]]
+            elif n.kind == "flatten":
+                y = ins[0].flatten(1)
+                scales[n.name] = scales[n.inputs[0]]
+            else:  # pragma: no cover
+                raise QuantizeError(f"unknown node kind {n.kind}")
+            env[n.name] = y
+        return env if return_all else env[self.output]
+
+
+def _int(v: Any) -> int:
+    return int(v[0]) if isinstance(v, (tuple, list)) else int(v)
+
+
+def quantize_model(model: nn.Module, config: QuantConfig,
+                   input_shape: tuple[int, int, int] | None = None) -> QuantizedModel:
+    """Build the fake-quant version of a `models/` network under `config`.
+
+    The float weights are copied (the float model is left untouched). Weight quantizers are
+    initialised from the weights at once; activation quantizers on their first batch (see
+    `calibrate`).
+    """
+    import copy
+
+    model = copy.deepcopy(model).eval()
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as e:
+        raise QuantizeError(f"cannot trace model: {str(e).splitlines()[0]}") from None
+    modules = dict(model.named_modules())
+    alias: dict[str, str] = {}
+    norm_for: dict[str, InputNorm] = {}
+    raw: list[tuple[str, str, nn.Module | None, list[str]]] = []  # (name, kind, module, inputs)
+    output = None
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            alias[node.name] = "input"
+            continue
+        if node.op == "output":
+            output = alias[node.args[0].name]
+            continue
+        if node.op != "call_module":
+            raise QuantizeError(f"{node.name}: only module calls can be quantized, found "
+                                f"{node.op} {node.target} (build models from models.layers)")
+        mod = modules[node.target]
+        ins = [alias[a.name] for a in node.args if isinstance(a, torch.fx.Node)]
+        name = node.target
+        if isinstance(mod, nn.Identity):
+            alias[node.name] = ins[0]
+            continue
+        if isinstance(mod, InputNorm):
+            if ins != ["input"]:
+                raise QuantizeError(f"{name}: InputNorm must read the raw input")
+            alias[node.name] = f"norm:{name}"
+            norm_for[f"norm:{name}"] = mod
+            continue
+        alias[node.name] = name
+        raw.append((name, _kind(mod, name), mod, ins))
+    if output is None:
+        raise QuantizeError("model has no output")
+
+    # consumers of each tensor, looking through passthrough ops
+    consumers: dict[str, list[tuple[str, str]]] = {}
+    for name, kind, _, ins in raw:
+        for i in ins:
+            consumers.setdefault(i, []).append((name, kind))
+    kinds = {name: kind for name, kind, _, _ in raw}
+    last_linear = [n for n, k, _, _ in raw if k == "linear"]
+    if not last_linear or last_linear[-1] != _through(output, raw):
+        raise QuantizeError("the model must end in a Linear classifier (optionally flattened)")
+    classifier = last_linear[-1]
+    first_conv = next((n for n, k, _, ins in raw if k == "conv"), None)
+
+    def consumer_bits(tensor: str) -> int:
+        """Width of a tensor from its consumers: conv/linear inputs use the activation
+        widths (last layer's for the classifier); tensors feeding only adds the residual's."""
+        bits = 0
+        stack = [tensor]
+        while stack:
+            t = stack.pop()
+            for cname, ckind in consumers.get(t, []):
+                if ckind in ("maxpool", "flatten"):
+                    stack.append(cname)
+                elif ckind == "linear" and cname == classifier:
+                    bits = max(bits, config.last_layer_bits or config.act_bits)
+                elif ckind in ("conv", "linear"):
+                    bits = max(bits, config.layer_bits(cname, "act", config.act_bits))
+                elif ckind == "avgpool":
+                    bits = max(bits, consumer_bits(cname))
+                else:  # add or graph output
+                    bits = max(bits, config.residual_bits)
+        return bits or config.residual_bits
+
+    def act_quantizer(tensor: str, signed: bool) -> Quantizer:
+        bits = consumer_bits(tensor)
+        return make_quantizer(config.method, bits, signed, narrow=False, per_channel=False,
+                              role="activation", **config.options)
+
+    def signed_of(tensor: str) -> bool:
+        for name, kind, mod, ins in raw:
+            if name == tensor:
+                if kind == "conv":
+                    return isinstance(mod.act, nn.Identity)
+                if kind == "add":
+                    return isinstance(mod.act, nn.Identity)
+                if kind in ("maxpool", "flatten", "avgpool"):
+                    return signed_of(ins[0])
+        return False  # the raw input is unsigned
+
+    layers = nn.ModuleDict()
+    qnodes: list[QNode] = []
+    for name, kind, mod, ins in raw:
+        key = name.replace(".", "__")
+        if kind == "conv":
+            fold = norm_for.get(ins[0])
+            if fold is not None:
+                ins = ["input"]
+            elif ins[0].startswith("norm:"):
+                raise QuantizeError(f"{name}: InputNorm must feed the first conv only")
+            wbits = config.layer_bits(
+                name, "weight",
+                (config.first_layer_bits or config.weight_bits) if name == first_conv
+                else config.weight_bits)
+            wq = make_quantizer(config.method, wbits, True, narrow=config.narrow_weights,
+                                per_channel=config.per_channel_weights,
+                                channels=mod.conv.out_channels, role="weight", **config.options)
+            signed = isinstance(mod.act, nn.Identity)
+            q = QConv(mod, wq, act_quantizer(name, signed), fold)
+            with torch.no_grad():
+                wq.init_from(q.folded_weight()[0])
+            layers[key] = q
+            attrs = {}
+        elif kind == "linear":
+            if name != classifier:
+                raise QuantizeError(f"{name}: only the final Linear classifier is supported")
+            wbits = config.layer_bits(name, "weight", config.last_layer_bits or config.weight_bits)
+            wq = make_quantizer(config.method, wbits, True, narrow=config.narrow_weights,
+                                per_channel=False, role="weight", **config.options)
+            with torch.no_grad():
+                wq.init_from(mod.weight)
+            layers[key] = QLinear(mod, wq)
+            attrs = {}
+        elif kind == "add":
+            layers[key] = QAdd(mod, act_quantizer(name, isinstance(mod.act, nn.Identity)))
+            attrs = {}
+        elif kind == "avgpool":
+            kernel = None
+            if isinstance(mod, nn.AvgPool2d):
+                kernel = _int(mod.kernel_size)
+                if _int(mod.stride) != kernel or _int(mod.padding) != 0:
+                    raise QuantizeError(f"{name}: only non-overlapping average pooling is supported")
+            elif _int(mod.output_size) != 1:
+                raise QuantizeError(f"{name}: only global adaptive average pooling is supported")
+            layers[key] = QAvgPool(kernel, act_quantizer(name, signed_of(ins[0])))
+            attrs = {"kernel": kernel}
+        elif kind == "maxpool":
+            attrs = {"kernel": _int(mod.kernel_size), "stride": _int(mod.stride),
+                     "padding": _int(mod.padding)}
+            if mod.dilation not in (1, (1, 1)) or mod.ceil_mode:
+                raise QuantizeError(f"{name}: dilated or ceil-mode max pooling is not supported")
+            key = None
+        else:  # flatten
+            key = None
+            attrs = {}
+        qnodes.append(QNode(name, kind, ins, key, attrs))
+    if input_shape is None:
+        input_shape = getattr(model, "input_shape", None)
+    meta = {"model_class": type(model).__name__}
+    return QuantizedModel(qnodes, layers, output, config, tuple(input_shape or ()), meta)
+
+
+def _kind(mod: nn.Module, name: str) -> str:
+    if isinstance(mod, ConvBNAct):
+        return "conv"
+    if isinstance(mod, nn.Linear):
+        return "linear"
+    if isinstance(mod, Add):
+        return "add"
+    if isinstance(mod, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+        return "avgpool"
+    if isinstance(mod, nn.MaxPool2d):
+        return "maxpool"
+    if isinstance(mod, nn.Flatten):
+        return "flatten"
+    raise QuantizeError(f"{name}: module {type(mod).__name__} has no integer counterpart")
+
+
+def _through(output: str, raw) -> str:
+    """The producer behind passthrough ops (flatten) of a tensor."""
+    by_name = {n: (k, ins) for n, k, _, ins in raw}
+    while output in by_name and by_name[output][0] == "flatten":
+        output = by_name[output][1][0]
+    return output
+
+
+@torch.no_grad()
+def calibrate(qmodel: QuantizedModel, images: torch.Tensor) -> None:
+    """Initialise the activation quantizers from one batch (eval mode, running BN stats)."""
+    was = qmodel.training
+    qmodel.eval()
+    qmodel(images)
+    qmodel.train(was)
