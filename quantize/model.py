@@ -33,6 +33,8 @@ from quantize.quantizers import Quantizer, make_quantizer
 
 log = logging.getLogger(__name__)
 
+# The NPU's input: raw uint8 pixels, read at scale 1/255.
+INPUT_SCALE = 1.0 / 255.0
 _PASSTHROUGH = (nn.Identity, nn.Flatten, nn.MaxPool2d)
 _LEAVES = (InputNorm, ConvBNAct, Add, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
            nn.Flatten, nn.Linear, nn.Identity)
@@ -49,6 +51,16 @@ class _Tracer(torch.fx.Tracer):
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
+
+
+# The bias is an int32 preload of the accumulator. A channel whose weight scale is tiny (weights
+# decayed to ~0) can ask for a bias beyond int32; it is saturated there, in the fake-quant
+# forward and at export alike, as a 32-bit bias register would.
+BIAS_LIMIT = 2 ** 31 - 1
+
+
+def _int_bias(x: torch.Tensor) -> torch.Tensor:
+    return _round_ste(x).clamp(-BIAS_LIMIT, BIAS_LIMIT)
 
 
 class QConv(nn.Module):
@@ -72,13 +84,19 @@ class QConv(nn.Module):
         self.bn_frozen = False
 
     def folded_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The conv weight and bias with the input normalisation folded in (raw-pixel units)."""
+        """The conv weight and bias with the input normalisation folded in.
+
+        The folded conv reads the raw pixels as uint8 integers at scale 1/255 (values in
+        [0, 1]), so ``(x/255 - mean)/std`` becomes weights ``w/std`` and bias
+        ``-sum(w * mean/std)``. Keeping the 1/255 in the input's scale rather than in the
+        weights keeps the weight step sizes O(1), where LSQ's step gradient is well scaled.
+        """
         w = self.conv.weight
         if not self.fold:
             return w, torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
         std = self.norm_std.view(1, -1, 1, 1)
         mean = self.norm_mean.view(1, -1, 1, 1)
-        return w / (255.0 * std), -(w * mean / std).sum(dim=(1, 2, 3))
+        return w / std, -(w * mean / std).sum(dim=(1, 2, 3))
 
     def bn_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``g = gamma/sigma`` and ``b = beta - g*mu`` from the running statistics."""
@@ -87,11 +105,11 @@ class QConv(nn.Module):
         return g, bn.bias - g * bn.running_mean
 
     def integer_bias(self, s_x: torch.Tensor) -> torch.Tensor:
-        """The int32 bias at scale ``s_x * s_w * |g|`` (rounded with STE)."""
+        """The int32 bias at scale ``s_x * s_w * |g|`` (rounded with STE, saturated to int32)."""
         w, bias_f = self.folded_weight()
         g, b = self.bn_affine()
         s_w = self.wq._forward_scale(w)
-        return _round_ste((g * bias_f + b) / (s_x * s_w * g.abs()))
+        return _int_bias((g * bias_f + b) / (s_x * s_w * g.abs()))
 
     def forward(self, x: torch.Tensor, s_x: torch.Tensor) -> torch.Tensor:
         w, bias_f = self.folded_weight()
@@ -122,7 +140,7 @@ class QLinear(nn.Module):
         b = self.linear.bias
         if b is None:
             return torch.zeros(self.linear.out_features)
-        return _round_ste(b / (s_x * self.wq._forward_scale(self.linear.weight)))
+        return _int_bias(b / (s_x * self.wq._forward_scale(self.linear.weight)))
 
     def forward(self, x: torch.Tensor, s_x: torch.Tensor) -> torch.Tensor:
         w_hat = self.wq(self.linear.weight)
@@ -211,10 +229,10 @@ class QuantizedModel(nn.Module):
             q.set_progress(frac)
 
     def tensor_scale(self, name: str) -> torch.Tensor:
-        """The (detached) scale of a tensor: 1 for the raw input, else its producer's."""
+        """The (detached) scale of a tensor: 1/255 for the raw input, else its producer's."""
         producer = self._producers()[name]
         if producer is None:
-            return torch.tensor(1.0)
+            return torch.tensor(INPUT_SCALE)
         return producer.oq.scale().detach()
 
     def _producers(self) -> dict[str, Any]:
@@ -227,9 +245,10 @@ class QuantizedModel(nn.Module):
         return prod
 
     def forward(self, x: torch.Tensor, return_all: bool = False):
-        """Logits (float, = integer accumulator x scale); `return_all` gives every tensor."""
-        env = {"input": x}
-        scales = {"input": torch.tensor(1.0)}
+        """Logits (float, = integer accumulator x scale) from raw pixel values (0..255);
+        `return_all` gives every tensor."""
+        env = {"input": x * INPUT_SCALE}
+        scales = {"input": torch.tensor(INPUT_SCALE)}
         for n in self.nodes:
             ins = [env[i] for i in n.inputs]
             if n.kind == "conv":

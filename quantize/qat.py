@@ -58,7 +58,12 @@ def qat_train(qmodel: QuantizedModel, train_set: Dataset, epochs: int, test: Dat
     qparams = qmodel.quant_parameters()
     if qparams:
         groups.append({"params": qparams, "weight_decay": 0.0, "lr": quant_lr or lr})
-    freeze_from = epochs - int(math.ceil(cfg.bn_freeze_frac * epochs)) if cfg.bn_freeze_frac else epochs
+    # BN statistics freeze for the last epochs only, never the first: frozen BN scales each
+    # channel's gradient by gamma/sigma, which is unstable at the start of low-bit fine-tuning
+    # (observed: W4A4 diverges within a few steps), while the cosine schedule has the learning
+    # rate small by the time the folded form is trained.
+    freeze_from = max(1, epochs - int(math.ceil(cfg.bn_freeze_frac * epochs))) \
+        if cfg.bn_freeze_frac else epochs
 
     def on_epoch_start(epoch: int) -> None:
         qmodel.set_bn_frozen(epoch >= freeze_from)
