@@ -37,17 +37,23 @@ def _setup_logging(verbose: bool) -> None:
 def train(
     model: str = typer.Option("resnet20", help="Model name (see models.list_models())."),
     data: str = typer.Option("mnist5k", help="Data set: mnist5k, digits, cifar10, synthetic."),
-    epochs: int = typer.Option(15, min=1, help="Training epochs."),
+    epochs: int = typer.Option(15, min=1, help="Training (or QAT fine-tuning) epochs."),
     out: Optional[Path] = typer.Option(None, help="Write the checkpoint (.pt + .json) here."),
     seed: int = typer.Option(0, help="Random seed."),
     width: float = typer.Option(1.0, help="Channel width multiplier."),
-    lr: float = typer.Option(0.1, help="Peak learning rate."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (float 0.1, QAT 0.01)."),
     batch_size: int = typer.Option(128, min=1, help="Batch size."),
     root: Optional[str] = typer.Option(None, help="Data directory (cifar10)."),
+    quant: Optional[str] = typer.Option(None, help="QAT method: ste, pact, lsq, lglsq, dsq."),
+    wbits: int = typer.Option(4, help="QAT weight bits."),
+    abits: int = typer.Option(4, help="QAT activation bits."),
+    quant_config: Optional[Path] = typer.Option(None, help="A QuantConfig JSON file (QAT)."),
+    from_ckpt: Optional[Path] = typer.Option(None, "--from", help="Float checkpoint to fine-tune."),
+    export: Optional[Path] = typer.Option(None, help="Also export the IntegerProgram here (QAT)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Retrain even if cached."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress per epoch."),
 ) -> None:
-    """Train a float model on a data set (cached by configuration)."""
+    """Train a float model (cached), or fine-tune it with QAT when --quant is given."""
     _setup_logging(verbose)
     from models import list_models
     from models.cached import train_float
@@ -57,12 +63,156 @@ def train(
         _fail(f"--model: unknown model {model!r}; known: {', '.join(list_models())}")
     if data not in list_datasets():
         _fail(f"--data: unknown data set {data!r}; known: {', '.join(list_datasets())}")
-    path, meta = train_float(model, data, epochs, seed=seed, width=width, lr=lr,
-                             batch_size=batch_size, out=out, root=root, use_cache=not no_cache)
-    secs = meta.get("epoch_seconds", [])
-    per_epoch = f", {sum(secs) / len(secs):.1f} s/epoch" if secs else ""
-    typer.echo(f"{model} on {data}: test top-1 {100 * meta['test_acc']:.2f}%{per_epoch}")
-    typer.echo(f"checkpoint: {path}")
+    if quant is None and (quant_config or from_ckpt or export):
+        _fail("--from, --quant-config and --export need --quant")
+    if quant is None:
+        path, meta = train_float(model, data, epochs, seed=seed, width=width, lr=lr or 0.1,
+                                 batch_size=batch_size, out=out, root=root,
+                                 use_cache=not no_cache)
+        secs = meta.get("epoch_seconds", [])
+        per_epoch = f", {sum(secs) / len(secs):.1f} s/epoch" if secs else ""
+        typer.echo(f"{model} on {data}: test top-1 {100 * meta['test_acc']:.2f}%{per_epoch}")
+        typer.echo(f"checkpoint: {path}")
+        return
+    _train_qat(model, data, epochs, out, seed, width, lr or 0.01, batch_size, root, quant, wbits,
+               abits, quant_config, from_ckpt, export)
+
+
+def _train_qat(model, data, epochs, out, seed, width, lr, batch_size, root, quant, wbits, abits,
+               quant_config, from_ckpt, export) -> None:
+    from models.cached import train_float
+    from models.checkpoint import load_checkpoint
+    from npusim.data import load_dataset
+    from quantize import QuantConfig, evaluate, export_program, prepare_qat, qat_train
+    from quantize.checkpoint import save_qat
+
+    if quant_config is not None:
+        if not quant_config.is_file():
+            _fail(f"--quant-config: {quant_config} not found")
+        cfg = QuantConfig.from_json(quant_config.read_text(), source=str(quant_config))
+    else:
+        cfg = QuantConfig.make(method=quant, weight_bits=wbits, act_bits=abits)
+    if from_ckpt is None:
+        from_ckpt, _ = train_float(model, data, 15, width=width, root=root)
+    net, fmeta = load_checkpoint(from_ckpt)
+    train_set = load_dataset(data, "train", root=root)
+    test_set = load_dataset(data, "test", root=root)
+    qmodel = prepare_qat(net, cfg, train_set, seed=seed)
+    result = qat_train(qmodel, train_set, epochs, lr=lr, batch_size=batch_size, seed=seed)
+    acc = evaluate(qmodel, test_set)
+    typer.echo(f"{cfg.short_name()} {fmeta['model']} on {data}: fake-quant top-1 "
+               f"{100 * acc['fake_quant_acc']:.2f}%, integer-exact top-1 "
+               f"{100 * acc['integer_acc']:.2f}% ({result.seconds:.0f} s)")
+    if out is not None:
+        save_qat(qmodel, out, {"model": fmeta["model"], "model_kwargs": fmeta["model_kwargs"],
+                               "dataset": data, "from": str(from_ckpt), **acc})
+        typer.echo(f"checkpoint: {out}")
+    if export is not None:
+        export_program(qmodel, export)
+        typer.echo(f"program: {export}")
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., help="A QAT checkpoint (.pt with .json sidecar)."),
+    out: Path = typer.Option(..., help="Where to write the IntegerProgram (.safetensors)."),
+) -> None:
+    """Export a QAT checkpoint as an IntegerProgram."""
+    from quantize import export_program
+    from quantize.checkpoint import load_qat
+
+    qmodel, _ = load_qat(checkpoint)
+    prog = export_program(qmodel, out)
+    typer.echo(f"program: {out} ({len(prog.nodes)} nodes)")
+
+
+@app.command()
+def inspect(program: Path = typer.Argument(..., help="An IntegerProgram file.")) -> None:
+    """Print an IntegerProgram's nodes, shapes, bits, scales and shifts."""
+    from npusim.inspect import program_table
+    from npusim.program import load_program
+
+    prog = load_program(program)
+    typer.echo(f"{program}: {len(prog.nodes)} nodes, input {prog.input} "
+               f"{list(prog.tensors[prog.input].shape)}, requant {prog.requant}")
+    typer.echo(program_table(prog).to_string(index=False))
+
+
+def _load_npu(npu: str, sets: list[str]):
+    from npusim.config import NPUConfig, parse_set_option
+
+    cfg = NPUConfig.load(npu)
+    return cfg.with_overrides(parse_set_option(sets)) if sets else cfg
+
+
+@app.command()
+def simulate(
+    program: Path = typer.Argument(..., help="An IntegerProgram file."),
+    npu: str = typer.Option("edge16", help="NPU preset name or TOML file."),
+    data: Optional[str] = typer.Option(None, help="Data set (default: the one it was trained on)."),
+    split: str = typer.Option("test", help="Data split."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Simulate only the first N images."),
+    set_: list[str] = typer.Option([], "--set", help="Override an NPU field: key=value."),
+    csv: Optional[Path] = typer.Option(None, help="Write the per-layer table as CSV."),
+    root: Optional[str] = typer.Option(None, help="Data directory (cifar10)."),
+) -> None:
+    """Simulate a program bit-accurately on a virtual NPU; print top-1 and per-layer stats."""
+    import time
+
+    from npusim.data import load_dataset
+    from npusim.program import load_program
+    from npusim.simulator import Simulator, overflow_rate
+
+    prog = load_program(program)
+    cfg = _load_npu(npu, set_)
+    name = data or prog.meta.get("dataset")
+    if not name:
+        _fail("--data: the program does not record its data set; name one")
+    ds = load_dataset(name, split, root=root).subset(limit)
+    t0 = time.perf_counter()
+    res = Simulator(cfg).run(prog, ds.images)
+    secs = time.perf_counter() - t0
+    typer.echo(f"{cfg.name}: {len(ds)} {name}/{split} images in {secs:.1f} s, top-1 "
+               f"{100 * res.accuracy(ds.labels):.2f}%, overflow rate {overflow_rate(res.stats):.2e}")
+    cols = ["layer", "op", "output_shape", "macs_per_image", "pe_overflows", "acc_overflows",
+            "acc_min", "acc_max", "observed_bits", "bound_l1_bits", "bound_dtype_bits"]
+    typer.echo(res.stats[[c for c in cols if c in res.stats]].to_string(index=False))
+    if csv is not None:
+        from npusim.report_util import write_csv
+
+        write_csv(res.stats, csv)
+        typer.echo(f"per-layer table: {csv}")
+
+
+@app.command()
+def bounds(
+    program: Path = typer.Argument(..., help="An IntegerProgram file."),
+    data: Optional[str] = typer.Option(None, help="Also simulate this data set for observed bits."),
+    limit: int = typer.Option(200, min=1, help="Images to observe."),
+) -> None:
+    """Per-layer accumulator bits a program needs: data-type bound, exact weight bound, observed."""
+    from npusim.inspect import bounds_table
+    from npusim.program import load_program
+
+    prog = load_program(program)
+    images = None
+    if data:
+        from npusim.data import load_dataset
+
+        images = load_dataset(data, "test").subset(limit).images
+    typer.echo(bounds_table(prog, images).to_string(index=False))
+
+
+@app.command()
+def presets() -> None:
+    """List the NPU presets shipped with npusim."""
+    from npusim.config import NPUConfig, list_presets
+
+    for name in list_presets():
+        cfg = NPUConfig.preset(name)
+        a, p = cfg.array, cfg.precision
+        typer.echo(f"{name:8s} {a.rows}x{a.cols} {a.dataflow} {a.clock_mhz:g} MHz, "
+                   f"acc {p.pe_acc_bits}/{p.acc_bits} bits {p.overflow}: {cfg.description}")
 
 
 @app.command()
@@ -94,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         typer.echo(f"error: {e.format_message()}", err=True)
         return max(int(getattr(e, "exit_code", 2)), 2)
-    except (CLIError, ValueError, FileNotFoundError) as e:
+    except (CLIError, ValueError, FileNotFoundError, KeyError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         typer.echo(f"error: {msg}", err=True)
         return 2

@@ -18,3 +18,15 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
     sep = "|" + "|".join("---" for _ in df.columns) + "|"
     rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, sep, *rows])
+
+
+def write_csv(df: pd.DataFrame, path) -> None:
+    """Write a CSV atomically (temporary file, then rename)."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)

@@ -17,7 +17,8 @@ import pandas as pd
 
 from npusim import kernels as K
 from npusim import arith
-from npusim.arith import bits_needed, dtype_bound_bits
+from npusim.arith import bits_needed
+from npusim.bounds import layer_bounds
 from npusim.program import IntegerProgram, Node
 from npusim.requant import NodeRequant, RequantSettings, node_requant
 
@@ -66,20 +67,6 @@ class _Plan:
     bias: np.ndarray | None = None
 
 
-def _l1_bound_bits(w: np.ndarray, bias: np.ndarray, xlo: int, xhi: int) -> int:
-    """Exact worst-case accumulator range from the weights and the input range, in bits.
-
-    Every running sum (bias plus any subset of products) lies in
-    ``[bias + sum(min(w*xlo, w*xhi)), bias + sum(max(w*xlo, w*xhi))]`` because each product's
-    interval contains 0; this is the per-channel weight-L1 bound of A2Q made exact.
-    """
-    wf = w.reshape(w.shape[0], -1).astype(object)
-    lo_terms = np.minimum(wf * xlo, wf * xhi).sum(axis=1)
-    hi_terms = np.maximum(wf * xlo, wf * xhi).sum(axis=1)
-    b = bias.astype(object)
-    return bits_needed(int((b + lo_terms).min()), int((b + hi_terms).max()))
-
-
 class Simulator:
     """A bit-accurate integer NPU described by an `NPUConfig`."""
 
@@ -111,21 +98,17 @@ class Simulator:
                     raise SimulationError(
                         f"{ctx}: {xt.bits}-bit inputs but the NPU datapath takes at most "
                         f"{cfg.array.max_input_bits} (array.max_input_bits)")
-                xlo, xhi = xt.int_range()
-                xlo, xhi = xlo - xt.zero_point, xhi - xt.zero_point
-                wmax = int(np.abs(w).max()) if w.size else 0
-                prod = bits_needed(min(xlo * wmax, -xhi * wmax), max(xhi * wmax, -xlo * wmax))
+                lb = layer_bounds(program, node)
                 widest = prec.pe_acc_bits if cfg.array.dataflow != "os" else prec.acc_bits
-                if prod > min(widest, prec.acc_bits):
+                if lb.product_bits > min(widest, prec.acc_bits):
                     raise SimulationError(
-                        f"{ctx}: a single product needs {prod} bits but the accumulator has "
-                        f"{min(widest, prec.acc_bits)} (precision.acc_bits/pe_acc_bits)")
-                p.k = int(np.prod(w.shape[1:]))
-                p.macs = p.k * int(np.prod(t[node.output].shape))
+                        f"{ctx}: a single product needs {lb.product_bits} bits but the "
+                        f"accumulator has {min(widest, prec.acc_bits)} "
+                        f"(precision.acc_bits/pe_acc_bits)")
+                p.k, p.macs = lb.k, lb.macs_per_image
                 p.weight = w.astype(np.int64)
                 p.bias = program.arrays[f"{node.name}.bias"].astype(np.int64)
-                p.bound_dtype = dtype_bound_bits(p.k, xt.bits, xt.signed, wt.bits)
-                p.bound_l1 = _l1_bound_bits(p.weight, p.bias, xlo, xhi)
+                p.bound_dtype, p.bound_l1 = lb.bound_dtype_bits, lb.bound_l1_bits
                 if node.op == "linear":
                     p.weight = p.weight.reshape(*w.shape, 1, 1)
             requant = node.op in ("conv2d", "linear", "add", "avgpool2d", "global_avgpool") \

@@ -343,9 +343,10 @@ def quantize_model(model: nn.Module, config: QuantConfig,
     first_conv = next((n for n, k, _, ins in raw if k == "conv"), None)
 
     def consumer_bits(tensor: str) -> int:
-        """Width of a tensor from its consumers: conv/linear inputs use the activation
-        widths (last layer's for the classifier); tensors feeding only adds the residual's."""
-        bits = 0
+        """Width of a tensor from its consumers: a tensor read by any conv/linear takes the
+        activation width of those layers (the last layer's for the classifier); a tensor that
+        only feeds residual adds (or the output) takes `residual_bits`."""
+        conv_bits = 0
         stack = [tensor]
         while stack:
             t = stack.pop()
@@ -353,14 +354,12 @@ def quantize_model(model: nn.Module, config: QuantConfig,
                 if ckind in ("maxpool", "flatten"):
                     stack.append(cname)
                 elif ckind == "linear" and cname == classifier:
-                    bits = max(bits, config.last_layer_bits or config.act_bits)
+                    conv_bits = max(conv_bits, config.last_layer_bits or config.act_bits)
                 elif ckind in ("conv", "linear"):
-                    bits = max(bits, config.layer_bits(cname, "act", config.act_bits))
+                    conv_bits = max(conv_bits, config.layer_bits(cname, "act", config.act_bits))
                 elif ckind == "avgpool":
-                    bits = max(bits, consumer_bits(cname))
-                else:  # add or graph output
-                    bits = max(bits, config.residual_bits)
-        return bits or config.residual_bits
+                    conv_bits = max(conv_bits, consumer_bits(cname))
+        return conv_bits or config.residual_bits
 
     def act_quantizer(tensor: str, signed: bool) -> Quantizer:
         bits = consumer_bits(tensor)

@@ -37,6 +37,7 @@ def prepare_qat(model: nn.Module, config: QuantConfig, train_set: Dataset,
 
     set_input_stats(model, train_set)
     qmodel = quantize_model(model, config, input_shape=train_set.input_shape)
+    qmodel.meta["dataset"] = train_set.name
     x, _ = next(make_batches(train_set, calib_images, shuffle=True, seed=seed))
     calibrate(qmodel, x)
     return qmodel

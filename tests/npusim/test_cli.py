@@ -42,3 +42,39 @@ def test_train_command_writes_checkpoint(tmp_path, monkeypatch, capsys):
     assert rc == 0
     assert out.is_file() and out.with_suffix(".json").is_file()
     assert "test top-1" in capsys.readouterr().out
+
+
+def test_qat_export_inspect_simulate_bounds_flow(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NPUSIM_CACHE", str(tmp_path / "cache"))
+    f, q, p = tmp_path / "f.pt", tmp_path / "q.pt", tmp_path / "p.safetensors"
+    common = ["--model", "resnet8", "--data", "digits", "--width", "0.25", "--epochs", "1"]
+    assert main(["train", *common, "--out", str(f)]) == 0
+    assert main(["train", *common, "--quant", "lsq", "--wbits", "4", "--abits", "4",
+                 "--from", str(f), "--out", str(q), "--export", str(p)]) == 0
+    assert "integer-exact top-1" in capsys.readouterr().out
+    p2 = tmp_path / "p2.safetensors"
+    assert main(["export", str(q), "--out", str(p2)]) == 0
+    assert p2.read_bytes() == p.read_bytes()  # the checkpoint reproduces the same program
+    assert main(["inspect", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "layer1.0.conv1" in out and "conv2d" in out
+    csv = tmp_path / "s.csv"
+    assert main(["simulate", str(p), "--limit", "20", "--csv", str(csv),
+                 "--set", "precision.acc_bits=20"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and csv.is_file()
+    import pandas as pd
+
+    stats = pd.read_csv(csv)
+    assert {"layer", "acc_overflows", "observed_bits", "bound_l1_bits"} <= set(stats.columns)
+    assert (stats.dropna(subset=["acc_bits"])["acc_bits"] == 20).all()
+    assert main(["bounds", str(p), "--data", "digits", "--limit", "10"]) == 0
+    assert "bound_l1_bits" in capsys.readouterr().out
+    assert main(["presets"]) == 0
+    assert "edge16" in capsys.readouterr().out
+
+
+def test_simulate_bad_set_key_is_one_line(tmp_path):
+    res = run("simulate", str(tmp_path / "missing.safetensors"))
+    assert res.returncode == 2 and "file not found" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -192,3 +192,17 @@ def test_bad_files_fail_with_one_line_naming_node_and_field(case, expect, good, 
         load_program(path)
     msg = str(e.value)
     assert "\n" not in msg and str(path) in msg and expect in msg, msg
+
+
+def test_bit_width_policy(digits):
+    _, q = make_q("resnet8", digits[0], QuantConfig(weight_bits=4, act_bits=3, residual_bits=6))
+    prog = build_program(q)
+    for n in prog.nodes:
+        x = prog.tensors[n.inputs[0]]
+        if n.op == "conv2d" and n.name != "stem":
+            assert x.bits == 3, n.name  # every conv input is an A-bit activation
+        if n.op == "linear":
+            assert x.bits == 8  # the classifier's input follows last_layer_bits
+    # a tensor that only feeds an add (the second conv of a block) uses the residual width
+    assert prog.tensors["layer1.0.conv2"].bits == 6 and prog.tensors["layer1.0.conv2"].signed
+    assert prog.tensors["input"].bits == 8 and not prog.tensors["input"].signed
