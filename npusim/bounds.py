@@ -27,6 +27,7 @@ class LayerBounds:
     product_bits: int
     bound_dtype_bits: int
     bound_l1_bits: int
+    bound_l1_nobias_bits: int
 
 
 def l1_bound_bits(w: np.ndarray, bias: np.ndarray, xlo: int, xhi: int) -> int:
@@ -58,4 +59,5 @@ def layer_bounds(program: IntegerProgram, node: Node) -> LayerBounds:
         k=k, macs_per_image=k * int(np.prod(t[node.output].shape)), x_bits=xt.bits,
         x_signed=xt.signed, w_bits=wt.bits, product_bits=prod,
         bound_dtype_bits=dtype_bound_bits(k, xt.bits, xt.signed, wt.bits),
-        bound_l1_bits=l1_bound_bits(w, bias, xlo, xhi))
+        bound_l1_bits=l1_bound_bits(w, bias, xlo, xhi),
+        bound_l1_nobias_bits=l1_bound_bits(w, np.zeros_like(bias), xlo, xhi))

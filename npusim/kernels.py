@@ -10,16 +10,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from npusim.arith import TFLITE_DOUBLE, requant_one, wrap
+from npusim.arith import requant_one, wrap
 
 EXACT, WRAP, SATURATE = 0, 1, 2
 MODE_CODES = {"exact": EXACT, "wrap": WRAP, "saturate": SATURATE}
 OS, WS = 0, 1  # accumulation orders: one running sum, or chunks of `rows` down a column
 ORDER_CODES = {"os": OS, "ws": WS, "is": WS}
-
-# Per-image statistics slots written by the accumulating kernels.
-ST_PE_OVF, ST_ACC_OVF, ST_NZ, ST_RUN_MIN, ST_RUN_MAX, ST_PE_MIN, ST_PE_MAX, ST_ACC_MIN, ST_ACC_MAX = range(9)
-N_STATS = 9
 
 _I64_MAX = np.iinfo(np.int64).max
 _I64_MIN = np.iinfo(np.int64).min
@@ -40,95 +36,80 @@ def _level_add(held, v, bits, mode):
     return s, 0
 
 
-@numba.njit(parallel=True, cache=True)
-def conv_kernel(x, w, bias, stride, groups, zp_x,
-                order, rows, pe_bits, pe_mode, acc_bits, acc_mode,
-                requant, m0, nshift, mf, scale_float, code, mbits, zp_y, lo, hi,
-                out, stats):
-    """Order-faithful integer convolution of pre-padded `x` with fused requantization.
+@numba.njit(inline="always")
+def _accumulate_point(x, w, bias, b, o, oy, ox, c0, stride, zp_x, order, rows,
+                      pe_bits, pe_mode, acc_bits, acc_mode):
+    """Order-faithful accumulation of one output (DESIGN §2): bias preloaded at the acc level;
+    `os` adds each product in k order at acc_bits; `ws`/`is` sums chunks of `rows` products
+    from 0 at pe_bits, then adds each chunk in order at acc_bits. Returns (acc, pe, acc events)."""
+    cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    acc, acc_ovf = _level_add(0, bias[o], acc_bits, acc_mode)
+    pe_ovf = 0
+    ps = 0
+    cnt = 0
+    for c in range(cg):
+        for i in range(kh):
+            for j in range(kw):
+                p = (x[b, c0 + c, oy * stride + i, ox * stride + j] - zp_x) * w[o, c, i, j]
+                if order == OS:
+                    acc, f = _level_add(acc, p, acc_bits, acc_mode)
+                    acc_ovf += f
+                else:
+                    ps, f = _level_add(ps, p, pe_bits, pe_mode)
+                    pe_ovf += f
+                    cnt += 1
+                    if cnt == rows:
+                        acc, f = _level_add(acc, ps, acc_bits, acc_mode)
+                        acc_ovf += f
+                        ps = 0
+                        cnt = 0
+    if order != OS and cnt > 0:
+        acc, f = _level_add(acc, ps, acc_bits, acc_mode)
+        acc_ovf += f
+    return acc, pe_ovf, acc_ovf
 
-    x (N, C, Hp, Wp) int64 padded with zp_x; w (O, C/groups, kh, kw) int64; out (N, O, Ho, Wo)
-    receives requantized values (or raw accumulators when `requant` is 0); stats (N, N_STATS).
-    """
+
+@numba.njit(parallel=True, cache=True)
+def conv_kernel(x, w, bias, stride, groups, zp_x, order, rows, pe_bits, pe_mode, acc_bits,
+                acc_mode, out, events):
+    """Order-faithful integer convolution of pre-padded `x` (N, C, Hp, Wp) with `w`
+    (O, C/groups, kh, kw): accumulators into `out` (N, O, Ho, Wo), events (N, 2) per image."""
     N = x.shape[0]
-    O, cg, kh, kw = w.shape
+    O = w.shape[0]
     Ho, Wo = out.shape[2], out.shape[3]
     og = O // groups
+    cg = w.shape[1]
     for b in numba.prange(N):
-        pe_ovf = 0
-        acc_ovf = 0
-        nz = 0
-        run_min = _I64_MAX
-        run_max = _I64_MIN
-        pe_min = _I64_MAX
-        pe_max = _I64_MIN
-        acc_min = _I64_MAX
-        acc_max = _I64_MIN
+        pe_tot = 0
+        acc_tot = 0
         for o in range(O):
             c0 = (o // og) * cg
             for oy in range(Ho):
                 for ox in range(Wo):
-                    acc, f = _level_add(0, bias[o], acc_bits, acc_mode)
-                    acc_ovf += f
-                    ps = 0
-                    cnt = 0
-                    for c in range(cg):
-                        for i in range(kh):
-                            for j in range(kw):
-                                xv = x[b, c0 + c, oy * stride + i, ox * stride + j] - zp_x
-                                wv = w[o, c, i, j]
-                                p = xv * wv
-                                if p != 0:
-                                    nz += 1
-                                if order == OS:
-                                    acc, f = _level_add(acc, p, acc_bits, acc_mode)
-                                    acc_ovf += f
-                                    if acc < run_min:
-                                        run_min = acc
-                                    if acc > run_max:
-                                        run_max = acc
-                                else:
-                                    ps, f = _level_add(ps, p, pe_bits, pe_mode)
-                                    pe_ovf += f
-                                    if ps < pe_min:
-                                        pe_min = ps
-                                    if ps > pe_max:
-                                        pe_max = ps
-                                    cnt += 1
-                                    if cnt == rows:
-                                        acc, f = _level_add(acc, ps, acc_bits, acc_mode)
-                                        acc_ovf += f
-                                        if acc < run_min:
-                                            run_min = acc
-                                        if acc > run_max:
-                                            run_max = acc
-                                        ps = 0
-                                        cnt = 0
-                    if order != OS and cnt > 0:
-                        acc, f = _level_add(acc, ps, acc_bits, acc_mode)
-                        acc_ovf += f
-                        if acc < run_min:
-                            run_min = acc
-                        if acc > run_max:
-                            run_max = acc
-                    if acc < acc_min:
-                        acc_min = acc
-                    if acc > acc_max:
-                        acc_max = acc
-                    if requant:
-                        out[b, o, oy, ox] = requant_one(acc, m0[o], nshift[o], mf[o], scale_float,
-                                                     code, mbits, zp_y, lo, hi)
-                    else:
-                        out[b, o, oy, ox] = acc
-        stats[b, ST_PE_OVF] = pe_ovf
-        stats[b, ST_ACC_OVF] = acc_ovf
-        stats[b, ST_NZ] = nz
-        stats[b, ST_RUN_MIN] = run_min
-        stats[b, ST_RUN_MAX] = run_max
-        stats[b, ST_PE_MIN] = pe_min
-        stats[b, ST_PE_MAX] = pe_max
-        stats[b, ST_ACC_MIN] = acc_min
-        stats[b, ST_ACC_MAX] = acc_max
+                    acc, pe_ovf, acc_ovf = _accumulate_point(
+                        x, w, bias, b, o, oy, ox, c0, stride, zp_x, order, rows,
+                        pe_bits, pe_mode, acc_bits, acc_mode)
+                    out[b, o, oy, ox] = acc
+                    pe_tot += pe_ovf
+                    acc_tot += acc_ovf
+        events[b, 0] = pe_tot
+        events[b, 1] = acc_tot
+
+
+@numba.njit(parallel=True, cache=True)
+def conv_points_kernel(x, w, bias, stride, groups, zp_x, order, rows, pe_bits, pe_mode,
+                       acc_bits, acc_mode, points, vals, events):
+    """`conv_kernel` for a list of outputs only: points (M, 4) = (n, o, oy, ox)."""
+    og = w.shape[0] // groups
+    cg = w.shape[1]
+    for m in numba.prange(points.shape[0]):
+        b, o, oy, ox = points[m, 0], points[m, 1], points[m, 2], points[m, 3]
+        acc, pe_ovf, acc_ovf = _accumulate_point(
+            x, w, bias, b, o, oy, ox, (o // og) * cg, stride, zp_x, order, rows,
+            pe_bits, pe_mode, acc_bits, acc_mode)
+        vals[m] = acc
+        events[m, 0] = pe_ovf
+        events[m, 1] = acc_ovf
 
 
 @numba.njit(parallel=True, cache=True)
@@ -173,5 +154,5 @@ def embed_kernel(x, lut, out):
                         out[b, c * d + j, h, w_] = lut[c, p, j]
 
 
-__all__ = ["conv_kernel", "pool_kernel", "embed_kernel", "MODE_CODES",
-           "ORDER_CODES", "N_STATS", "TFLITE_DOUBLE"]
+__all__ = ["conv_kernel", "conv_points_kernel", "pool_kernel", "embed_kernel", "MODE_CODES",
+           "ORDER_CODES"]

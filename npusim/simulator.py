@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from npusim import kernels as K
+from npusim.accumulate import AccStats, LevelSpec, conv_accumulate
 from npusim import arith
 from npusim.arith import bits_needed
 from npusim.bounds import layer_bounds
@@ -63,6 +64,7 @@ class _Plan:
     macs: int = 0
     bound_dtype: int = 0
     bound_l1: int = 0
+    bound_l1_nobias: int = 0
     weight: np.ndarray | None = None
     bias: np.ndarray | None = None
 
@@ -70,8 +72,10 @@ class _Plan:
 class Simulator:
     """A bit-accurate integer NPU described by an `NPUConfig`."""
 
-    def __init__(self, config: "NPUConfig") -> None:
+    def __init__(self, config: "NPUConfig", fast: bool = True) -> None:
+        """`fast=False` runs the order-faithful kernel on every output (see `accumulate`)."""
         self.config = config
+        self.fast = fast
         rq = config.requant
         self.settings = RequantSettings(rq.scale_mode, rq.multiplier_bits, rq.max_shift,
                                         rq.rounding, rq.add_frac_bits)
@@ -109,6 +113,7 @@ class Simulator:
                 p.weight = w.astype(np.int64)
                 p.bias = program.arrays[f"{node.name}.bias"].astype(np.int64)
                 p.bound_dtype, p.bound_l1 = lb.bound_dtype_bits, lb.bound_l1_bits
+                p.bound_l1_nobias = lb.bound_l1_nobias_bits
                 if node.op == "linear":
                     p.weight = p.weight.reshape(*w.shape, 1, 1)
             requant = node.op in ("conv2d", "linear", "add", "avgpool2d", "global_avgpool") \
@@ -187,7 +192,7 @@ class Simulator:
         n_img = len(images)
         outs: dict[str, list[np.ndarray]] = {o: [] for o in program.outputs}
         traces: dict[str, list[np.ndarray]] = {}
-        stats = {p.node.name: np.zeros((0, K.N_STATS), np.int64) for p in plans}
+        stats: dict[str, list[AccStats]] = {p.node.name: [] for p in plans}
         for start in range(0, max(n_img, 1), batch_size):
             chunk = images[start:start + batch_size].astype(np.int64)
             vals, st = self._run_batch(program, plans, chunk)
@@ -196,8 +201,8 @@ class Simulator:
             if trace:
                 for p in plans:
                     traces.setdefault(p.node.output, []).append(vals[p.node.output])
-            for name, s in st.items():
-                stats[name] = np.concatenate([stats[name], s])
+            for name, a in st.items():
+                stats[name].append(a)
         result = SimResult(
             outputs={o: np.concatenate(v) for o, v in outs.items()},
             stats=self._stats_table(program, plans, stats, n_img),
@@ -229,22 +234,17 @@ class Simulator:
                 else:
                     stride, pad, groups = node.attrs["stride"], node.attrs["padding"], node.attrs["groups"]
                     x4 = x
-                if pad:
-                    x4 = np.pad(x4, ((0, 0), (0, 0), (pad, pad), (pad, pad)),
-                                constant_values=xt.zero_point)
-                out = np.empty((n, *t_out.shape) if node.op == "conv2d"
-                               else (n, t_out.shape[0], 1, 1), np.int64)
-                stat = np.zeros((n, K.N_STATS), np.int64)
-                requant = rq is not None
-                m0, nsh, mf = (rq.m0, rq.n, rq.mf) if requant else _dummy_rq(p.weight.shape[0])
-                K.conv_kernel(np.ascontiguousarray(x4), p.weight, p.bias, stride, groups,
-                              xt.zero_point, order, cfg.array.rows,
-                              prec.pe_acc_bits, K.MODE_CODES[prec.pe_mode],
-                              prec.acc_bits, K.MODE_CODES[prec.acc_mode],
-                              requant, m0, nsh, mf, scale_float, s.code,
-                              s.multiplier_bits, zp_y, lo, hi, out, stat)
-                y = out if node.op == "conv2d" else out.reshape(n, -1)
-                st[node.name] = stat
+                out_hw = (t_out.shape[1], t_out.shape[2]) if node.op == "conv2d" else (1, 1)
+                lv = LevelSpec(order, cfg.array.rows, prec.pe_acc_bits, K.MODE_CODES[prec.pe_mode],
+                               prec.acc_bits, K.MODE_CODES[prec.acc_mode])
+                acc, ast = conv_accumulate(x4, p.weight, p.bias, stride, pad, groups,
+                                           xt.zero_point, out_hw, lv, p.bound_l1,
+                                           p.bound_l1_nobias, self.fast)
+                if rq is not None:
+                    acc = arith.requantize(acc, rq.m0, rq.n, rq.mf, scale_float, s.code,
+                                           s.multiplier_bits, zp_y, lo, hi)
+                y = acc if node.op == "conv2d" else acc.reshape(n, -1)
+                st[node.name] = ast
             elif node.op == "add":
                 a, b = vals[node.inputs[0]], vals[node.inputs[1]]
                 ta, tb = program.tensors[node.inputs[0]], program.tensors[node.inputs[1]]
@@ -289,40 +289,31 @@ class Simulator:
         rows = []
         for p in plans:
             node = p.node
-            s = stats[p.node.name]
+            parts = stats[node.name]
             row = {"layer": node.name, "op": node.op,
                    "output_shape": "x".join(map(str, program.tensors[node.output].shape)),
                    "images": n_img, "macs_per_image": p.macs}
-            if len(s):
-                run_lo, run_hi = int(s[:, K.ST_RUN_MIN].min()), int(s[:, K.ST_RUN_MAX].max())
-                pe_lo, pe_hi = int(s[:, K.ST_PE_MIN].min()), int(s[:, K.ST_PE_MAX].max())
+            if parts:
+                lo = min(a.acc_min for a in parts)
+                hi = max(a.acc_max for a in parts)
                 row.update({
-                    "nonzero_macs": int(s[:, K.ST_NZ].sum()),
-                    "pe_overflows": int(s[:, K.ST_PE_OVF].sum()),
-                    "acc_overflows": int(s[:, K.ST_ACC_OVF].sum()),
-                    "acc_min": int(s[:, K.ST_ACC_MIN].min()),
-                    "acc_max": int(s[:, K.ST_ACC_MAX].max()),
-                    "running_min": run_lo, "running_max": run_hi,
-                    "observed_bits": bits_needed(min(run_lo, 0), max(run_hi, 0))
-                    if run_lo <= run_hi else 1,
-                    "pe_observed_bits": bits_needed(min(pe_lo, 0), max(pe_hi, 0))
-                    if pe_lo <= pe_hi else 0,
-                    "bound_dtype_bits": p.bound_dtype, "bound_l1_bits": p.bound_l1,
+                    "nonzero_macs": sum(a.nonzero_macs for a in parts),
+                    "pe_overflows": sum(a.pe_overflows for a in parts),
+                    "acc_overflows": sum(a.acc_overflows for a in parts),
+                    "acc_min": lo, "acc_max": hi,
+                    "observed_bits": bits_needed(min(lo, 0), max(hi, 0)),
+                    "bound_l1_bits": p.bound_l1, "bound_dtype_bits": p.bound_dtype,
                     "pe_acc_bits": prec.pe_acc_bits, "acc_bits": prec.acc_bits,
+                    "sequential_outputs": sum(a.sequential_outputs for a in parts),
                 })
             rows.append(row)
         df = pd.DataFrame(rows)
-        int_cols = ["nonzero_macs", "pe_overflows", "acc_overflows", "acc_min", "acc_max",
-                    "running_min", "running_max", "observed_bits", "pe_observed_bits",
-                    "bound_dtype_bits", "bound_l1_bits", "pe_acc_bits", "acc_bits"]
-        for c in int_cols:
+        for c in ["nonzero_macs", "pe_overflows", "acc_overflows", "acc_min", "acc_max",
+                  "observed_bits", "bound_l1_bits", "bound_dtype_bits", "pe_acc_bits",
+                  "acc_bits", "sequential_outputs"]:
             if c in df:
                 df[c] = df[c].astype("Int64")
         return df
-
-
-def _dummy_rq(o: int):
-    return np.zeros(o, np.int64), np.zeros(o, np.int64), np.zeros(o, np.float32)
 
 
 def overflow_rate(stats: pd.DataFrame) -> float:
