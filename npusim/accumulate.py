@@ -5,9 +5,8 @@ The result of every output is defined by the order-faithful accumulation of DESI
 needed: an output whose running sums cannot leave the accumulator's range, in any order, has
 no overflow event and equals its exact sum. So:
 
-1. the exact sums come from a float convolution (PyTorch's, imported lazily: `import npusim`
-   stays torch-free), exact because the weights' L1 bound proves every partial sum, in any
-   summation order, below 2^24 (float32) or 2^53 (float64);
+1. the exact sums come from `npusim.exact_conv` (a float im2col + GEMM, exact because the
+   weights' L1 bound proves every partial sum, in any summation order, below 2^24 or 2^53);
 2. if the layer's static bound fits both levels, that is the answer (no event is possible);
 3. otherwise each output gets a data-dependent bound, ``[bias - N, bias + P]`` with P and N
    the sums of its positive and negative products (two more GEMMs), and only the outputs whose
@@ -24,9 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from npusim import kernels as K
+from npusim.exact_conv import F64_EXACT, exact_conv2d, l1_bound
 
-_F32_EXACT = 2 ** 24
-_F64_EXACT = 2 ** 53
 
 
 @dataclass
@@ -68,11 +66,9 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
     o = w.shape[0]
     st = AccStats()
     xs = x - zp_x if zp_x else x
-    xmax = int(np.abs(xs).max(initial=0))
-    l1 = int(np.abs(w.reshape(o, -1)).sum(axis=1).max(initial=0))
-    bound = xmax * l1
+    bound = l1_bound(xs, w)
     st.nonzero_macs = _nonzero_macs(xs, w, stride, padding, groups, out_hw)
-    if not fast or bound >= _F64_EXACT:
+    if not fast or bound >= F64_EXACT:
         acc = np.empty((n, o, *out_hw), np.int64)
         events = np.zeros((n, 2), np.int64)
         K.conv_kernel(_pad(x, padding, zp_x), w, bias, stride, groups, zp_x, lv.order, lv.rows,
@@ -80,27 +76,15 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
         st.pe_overflows, st.acc_overflows = int(events[:, 0].sum()), int(events[:, 1].sum())
         st.sequential_outputs = acc.size
     else:
-        import torch
-
-        dtype = torch.float32 if bound < _F32_EXACT else torch.float64
-        xt = torch.from_numpy(xs).to(dtype)
-        wt = torch.from_numpy(w).to(dtype)
-        acc = _conv(xt, wt, stride, padding, groups) + bias.reshape(1, o, 1, 1)
+        acc = exact_conv2d(xs, w, stride, padding, groups, bound) + bias.reshape(1, o, 1, 1)
         pe_risk = lv.order != K.OS and static_bits_nobias > lv.pe_bits
         acc_risk = static_bits > lv.acc_bits
         if pe_risk or acc_risk:
-            _resimulate_at_risk(x, xt, w, wt, bias, stride, padding, groups, zp_x, lv,
-                                pe_risk, acc, st)
+            _resimulate_at_risk(x, xs, w, bias, stride, padding, groups, zp_x, lv, pe_risk,
+                                bound, acc, st)
     st.acc_min = int(acc.min()) if acc.size else 0
     st.acc_max = int(acc.max()) if acc.size else 0
     return acc, st
-
-
-def _conv(xt, wt, stride, padding, groups) -> np.ndarray:
-    """Exact integer convolution result of float tensors (caller proved exactness) as int64."""
-    import torch.nn.functional as F
-
-    return F.conv2d(xt, wt, None, stride, padding, 1, groups).numpy().astype(np.int64)
 
 
 def _pad(x: np.ndarray, padding: int, value: int) -> np.ndarray:
@@ -132,17 +116,22 @@ def _nonzero_macs(xs: np.ndarray, w: np.ndarray, stride: int, padding: int, grou
     return total
 
 
-def _resimulate_at_risk(x, xt, w, wt, bias, stride, padding, groups, zp_x, lv, pe_risk, acc, st):
+def _resimulate_at_risk(x, xs, w, bias, stride, padding, groups, zp_x, lv, pe_risk, bound,
+                        acc, st):
     """Find outputs whose positive/negative product sums could leave a level's range and
     run the order-faithful kernel on exactly those."""
     o = w.shape[0]
-    xp, xn = xt.clamp(min=0), (-xt).clamp(min=0)
-    wp, wn = wt.clamp(min=0), (-wt).clamp(min=0)
-    pos = _conv(xp, wp, stride, padding, groups)
-    neg = _conv(xp, wn, stride, padding, groups)
-    if bool((xn != 0).any()):
-        pos += _conv(xn, wn, stride, padding, groups)
-        neg += _conv(xn, wp, stride, padding, groups)
+    xp, xn = np.maximum(xs, 0), np.maximum(-xs, 0)
+    wp, wn = np.maximum(w, 0), np.maximum(-w, 0)
+
+    def conv(a, b):
+        return exact_conv2d(a, b, stride, padding, groups, bound)
+
+    pos = conv(xp, wp)
+    neg = conv(xp, wn)
+    if xn.any():
+        pos += conv(xn, wn)
+        neg += conv(xn, wp)
     b = bias.reshape(1, o, 1, 1)
     risky = ~_fits(b - neg, b + pos, lv.acc_bits)
     if pe_risk:

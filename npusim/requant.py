@@ -23,7 +23,7 @@ class RequantSettings:
     scale_mode: str = "fixed"
     multiplier_bits: int = 32
     max_shift: int = 62
-    rounding: str = "half_away"
+    rounding: str = "half_up"
     add_frac_bits: int = 20
 
     @classmethod

@@ -5,7 +5,7 @@ accumulators: convolutions run as float64 on integer values (exact while every p
 below 2^53, which is checked), and every requantization, rounding and clamp goes through
 `npusim.arith` with the multipliers of `npusim.requant`, the very code the simulator's kernels
 compile. The simulator in `exact` mode must produce the same integers, bit for bit. (The conv
-runs in float32 when the weights' L1 bound proves every partial sum below 2^24.)
+is `npusim.exact_conv`: a float GEMM that a bound proves exact.)
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from npusim import arith
+from npusim.exact_conv import exact_conv2d
 from npusim.program import IntegerProgram
 from npusim.requant import RequantSettings, node_requant
 
-_EXACT_F64 = 2 ** 53
 
 
 def _requant(acc: np.ndarray, rq, settings: RequantSettings, zp: int, lo: int, hi: int) -> np.ndarray:
@@ -50,26 +50,18 @@ def _run_batch(program: IntegerProgram, x0: np.ndarray, settings: RequantSetting
             rq = node_requant(program, node, settings)
         if node.op in ("conv2d", "linear"):
             xt = t[node.inputs[0]]
-            w = program.arrays[f"{node.name}.weight"].astype(np.float64)
+            w = program.arrays[f"{node.name}.weight"].astype(np.int64)
             bias = program.arrays[f"{node.name}.bias"].astype(np.int64)
             xs = x - xt.zero_point
-            # the exact L1 bound on every partial sum decides the float type: integer sums are
-            # exact in float32 below 2^24 and in float64 below 2^53, in any summation order
-            bound = float(np.abs(xs).max(initial=0)) * float(np.abs(w).reshape(len(w), -1).sum(1).max())
-            if bound >= _EXACT_F64:
-                raise ValueError(f"node {node.name!r}: partial sums may reach 2^53; "
-                                 "float64 evaluation would not be exact")
-            dt = torch.float32 if bound < 2 ** 24 else torch.float64
-            xf = torch.from_numpy(xs).to(dt)
-            wt = torch.from_numpy(w).to(dt)
             if node.op == "conv2d":
                 a = node.attrs
-                acc_f = F.conv2d(xf, wt, None, a["stride"], a["padding"], 1, a["groups"])
+                acc = exact_conv2d(xs, w, a["stride"], a["padding"], a["groups"])
                 shape = (1, -1, 1, 1)
             else:
-                acc_f = xf.reshape(len(xf), -1) @ wt.T
+                acc = exact_conv2d(xs.reshape(len(xs), -1, 1, 1), w.reshape(*w.shape, 1, 1))
+                acc = acc.reshape(len(xs), -1)
                 shape = (1, -1)
-            acc = acc_f.numpy().astype(np.int64) + bias.reshape(shape)
+            acc = acc + bias.reshape(shape)
             y = acc if rq is None else _requant(acc, rq, settings, out.zero_point, lo, hi)
         elif node.op == "add":
             a_, b_ = env[node.inputs[0]], env[node.inputs[1]]

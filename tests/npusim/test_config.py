@@ -48,7 +48,7 @@ def test_preset_values():
     edge, mid, tpu = (NPUConfig.preset(n) for n in PRESETS)
     assert (edge.array.rows, edge.array.cols, edge.array.dataflow) == (16, 16, "os")
     assert (edge.requant.scale_mode, edge.requant.multiplier_bits, edge.requant.rounding) == (
-        "fixed", 32, "half_away")
+        "fixed", 32, "half_up")
     assert edge.array.clock_mhz == 500.0 and edge.memory.dram_bandwidth_bytes_per_cycle == 8.0
     assert (mid.array.rows, mid.array.dataflow, mid.array.clock_mhz) == (32, "ws", 800.0)
     assert (mid.memory.weight_sram_kib, mid.memory.accumulator_sram_kib) == (256.0, 64.0)

@@ -253,3 +253,37 @@ def test_stats_count_what_happened():
     assert row["nonzero_macs"] == nz_ref
     trace = Simulator(npu()).run(prog, x, trace=True).traces
     np.testing.assert_array_equal(trace["y"], acc)
+
+
+@pytest.mark.parametrize("c, o, k, groups", [(16, 16, 3, 1), (32, 64, 3, 1), (24, 24, 3, 24),
+                                             (64, 10, 1, 1)])
+def test_fast_path_equals_order_faithful_kernel_on_realistic_layers(c, o, k, groups):
+    """Layer sizes where fast conv libraries switch algorithms (Winograd is not exact):
+    the fast path must still equal the all-sequential kernel, value for value."""
+    rng = np.random.default_rng(c + o)
+    x = rng.integers(0, 16, size=(3, c, 14, 14))
+    w = rng.integers(-7, 8, size=(o, c // groups, k, k))
+    bias = rng.integers(-300, 300, size=o)
+    prog = conv_program(w, bias, x.shape[1:], x_bits=4, w_bits=4, padding=k // 2,
+                        groups=groups, requant=False)
+    for over in ({}, {"precision.acc_bits": 11, "precision.pe_acc_bits": 11,
+                      "precision.overflow": "saturate", "array.dataflow": "ws"}):
+        cfg = npu(**over)
+        fast = Simulator(cfg).run(prog, x)
+        slow = Simulator(cfg, fast=False).run(prog, x)
+        np.testing.assert_array_equal(fast.outputs["y"], slow.outputs["y"])
+        cols = ["pe_overflows", "acc_overflows", "nonzero_macs", "acc_min", "acc_max"]
+        assert fast.stats[cols].equals(slow.stats[cols])
+
+
+def test_exact_conv2d_is_exact_where_fast_algorithms_are_not():
+    from npusim.exact_conv import exact_conv2d
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(4, 32, 16, 16))
+    w = rng.integers(-127, 128, size=(32, 32, 3, 3))
+    got = exact_conv2d(x, w, 1, 1)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))
+    ref = np.einsum("nchwij,ocij->nohw", win, w)
+    np.testing.assert_array_equal(got, ref)
