@@ -5,7 +5,8 @@ float checkpoint with the same epoch budget.
     python benchmarks/qat_accuracy.py            # the full table (about half an hour on 2 cores)
     python benchmarks/qat_accuracy.py --quick    # a smoke run: one method, two widths, 1 epoch
 
-Rows are appended to the CSV as they finish, so an interrupted run resumes.
+Rows are appended to the CSV as they finish, so an interrupted run resumes; QAT runs are
+cached (quantize.cached), so other benchmarks reuse them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from npusim.report_util import markdown_table
 from models.checkpoint import load_checkpoint
 from npusim.data import load_dataset
 from npusim.requant import RequantSettings
-from quantize import QuantConfig, build_program, evaluate, prepare_qat, qat_train
+from quantize import QuantConfig, build_program, evaluate
+from quantize.cached import train_qat
 from quantize.integer_eval import run_integer
 
 ABLATION = {  # cumulative LG-LSQ parts at W2A2
@@ -82,8 +84,8 @@ def main() -> None:
                    "integer_double_acc": float("nan")}
         else:
             cfg = QuantConfig(method=method, weight_bits=bits, act_bits=bits, options=opts)
-            qmodel = prepare_qat(model, cfg, train_set)
-            qat_train(qmodel, train_set, args.qat_epochs, lr=args.lr)
+            qmodel, _ = train_qat(args.model, args.data, cfg, epochs=args.qat_epochs,
+                                  float_epochs=args.float_epochs, lr=args.lr)
             row = evaluate(qmodel, test_set, integer=True)
             # the same integer program under TFLite's default double rounding
             prog = build_program(qmodel)

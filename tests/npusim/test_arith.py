@@ -125,3 +125,21 @@ def test_bounds():
     k = 576
     worst = k * 255 * 128
     assert A.dtype_bound_bits(k, 8, False, 8) >= A.bits_needed(-worst, worst - 1)
+
+
+# TFLite MultiplyByQuantizedMultiplier golden vectors, worked by hand (B = 32):
+#   M = 0.5  -> (m0, n) = (2^30, 31): SRDHM(a, 2^30) = round_half_up(a/2), no RDBPOT step
+#   M = 0.25 -> (2^30, 32): SRDHM rounds a/2 half up, then RDBPOT(., 1) rounds half away
+@pytest.mark.parametrize("acc, m0, n, expect, single_half_up", [
+    (3, 1 << 30, 31, 2, 2),     # 1.5: SRDHM ties up -> 2
+    (-3, 1 << 30, 31, -1, -1),  # -1.5: SRDHM ties toward +inf -> -1
+    (5, 1 << 30, 32, 2, 1),     # 1.25: SRDHM(5) = 2.5 -> 3, RDBPOT(3, 1) = 1.5 -> 2 (single: 1)
+    (-5, 1 << 30, 32, -1, -1),  # -1.25: SRDHM(-5) = -2.5 -> -2, RDBPOT(-2, 1) = -1
+    (-7, 1 << 30, 32, -2, -2),  # -1.75: SRDHM(-7) = -3.5 -> -3, RDBPOT(-3, 1) = -1.5 -> -2
+    (1, 1378618563, 32, 1, 0),  # 0.321: SRDHM(1) = round(0.642) = 1, RDBPOT(1, 1) = 0.5 -> 1
+    (3, 1 << 30, 29, 6, 6),     # M = 2: shift = +1, left shift then SRDHM: 3*2 = 6
+])
+def test_tflite_double_rounding_golden(acc, m0, n, expect, single_half_up):
+    assert int(A.requant_fixed(np.int64(acc), m0, n, A.TFLITE_DOUBLE, 32)) == expect
+    assert _requant_nb(acc, m0, n, A.TFLITE_DOUBLE, 32) == expect
+    assert int(A.requant_fixed(np.int64(acc), m0, n, A.HALF_UP, 32)) == single_half_up
