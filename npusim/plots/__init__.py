@@ -1,0 +1,8 @@
+"""Figures from sweep results: PNG plus the CSV behind each (DESIGN §7). Importing this
+package does not import matplotlib; drawing the first figure does (Agg, no display)."""
+
+from npusim.plots.figures import (accumulator_ranges, accuracy_vs_acc_bits, axis_label, custom,
+                                  energy_vs_accuracy, layer_energy, pareto_front, save, savings)
+
+__all__ = ["accumulator_ranges", "accuracy_vs_acc_bits", "axis_label", "custom",
+           "energy_vs_accuracy", "layer_energy", "pareto_front", "save", "savings"]

@@ -1,0 +1,161 @@
+"""The results store: one SQLite row per finished sweep point, keyed by the point's hash.
+
+Each point is committed in its own transaction the moment it finishes (WAL journal,
+``synchronous=FULL``), so a sweep killed at any instant (Ctrl-C, ``kill -9``, power loss)
+keeps every point it finished and none half-written; rerunning it skips those points. A
+point's row is stored as JSON (the tidy columns of `npusim.sweep.run`) next to its per-layer
+table, so reports can be regenerated from the store alone. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+__all__ = ["ResultsStore", "StoreError"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS points (
+    point_hash  TEXT PRIMARY KEY,
+    finished_at TEXT NOT NULL,
+    row_json    TEXT NOT NULL,
+    layers_json TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class StoreError(ValueError):
+    """A results database that cannot be opened or is not one of ours (one line)."""
+
+
+def _jsonable(v: Any) -> Any:
+    """NumPy / pandas scalars -> plain JSON values; NaN and NA -> None."""
+    if v is None or v is pd.NA:
+        return None
+    if hasattr(v, "item") and not isinstance(v, (list, dict, str)):
+        try:
+            v = v.item()
+        except (ValueError, AttributeError):
+            pass
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    return v
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(_jsonable(obj), sort_keys=False, allow_nan=False, separators=(",", ":"))
+
+
+class ResultsStore:
+    """A SQLite file of sweep points: ``put`` commits one point, ``to_frame`` reads them all."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            self._con.execute("PRAGMA journal_mode=WAL")
+            self._con.execute("PRAGMA synchronous=FULL")
+            self._con.executescript(_SCHEMA)
+            self._con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                              (str(SCHEMA_VERSION),))
+            ver = self._con.execute(
+                "SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path}: not a results database ({e})") from None
+        if int(ver) != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: results schema version {ver}, this npusim reads "
+                             f"{SCHEMA_VERSION}")
+
+    # ------------------------------------------------------------------ writing
+    def put(self, point_hash: str, row: dict[str, Any],
+            layers: pd.DataFrame | None = None) -> bool:
+        """Commit one finished point (row and per-layer table together); False if it was
+        already stored (the first result is kept: nothing is ever duplicated)."""
+        row = {"point_hash": point_hash, **row}
+        lay = None if layers is None else _dumps(layers.to_dict(orient="records"))
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self._con:  # BEGIN ... COMMIT (or ROLLBACK on error)
+            cur = self._con.execute(
+                "INSERT INTO points (point_hash, finished_at, row_json, layers_json) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(point_hash) DO NOTHING",
+                (point_hash, now, _dumps({**row, "finished_at": now}), lay))
+        return cur.rowcount == 1
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store a JSON value under `key` (e.g. the command and settings of the sweep)."""
+        if key == "schema_version":
+            raise StoreError("schema_version is managed by the store")
+        with self._con:
+            self._con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, _dumps(value)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self._con.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        if row is None or key == "schema_version":
+            return default
+        return json.loads(row[0])
+
+    # ------------------------------------------------------------------ reading
+    def done(self) -> set[str]:
+        """Hashes of every stored point."""
+        return {r[0] for r in self._con.execute("SELECT point_hash FROM points")}
+
+    def __contains__(self, point_hash: str) -> bool:
+        return self._con.execute("SELECT 1 FROM points WHERE point_hash=?",
+                                 (point_hash,)).fetchone() is not None
+
+    def __len__(self) -> int:
+        return int(self._con.execute("SELECT COUNT(*) FROM points").fetchone()[0])
+
+    def to_frame(self, hashes: Iterable[str] | None = None) -> pd.DataFrame:
+        """One row per point, in the order they finished (or in the order of `hashes`)."""
+        rows = self._con.execute(
+            "SELECT point_hash, row_json FROM points ORDER BY rowid").fetchall()
+        recs = {h: json.loads(j) for h, j in rows}
+        order = list(recs) if hashes is None else [h for h in hashes if h in recs]
+        return pd.DataFrame([recs[h] for h in order])
+
+    def layers(self, point_hash: str) -> pd.DataFrame:
+        """The per-layer table stored with one point (empty if it has none)."""
+        row = self._con.execute("SELECT layers_json FROM points WHERE point_hash=?",
+                                (point_hash,)).fetchone()
+        if row is None:
+            raise KeyError(f"no point {point_hash!r} in {self.path}")
+        return pd.DataFrame(json.loads(row[0]) if row[0] else [])
+
+    def layers_frame(self, hashes: Iterable[str] | None = None) -> pd.DataFrame:
+        """Per-layer tables of many points, stacked, with a ``point_hash`` column."""
+        hs = list(hashes) if hashes is not None else list(self.to_frame().get("point_hash", []))
+        parts = [self.layers(h).assign(point_hash=h) for h in hs]
+        parts = [p for p in parts if len(p)]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+    # ------------------------------------------------------------------ exporting
+    def export_csv(self, path: str | Path, hashes: Iterable[str] | None = None) -> Path:
+        """Write `to_frame()` as CSV (atomically)."""
+        from npusim.report_util import write_csv
+
+        write_csv(self.to_frame(hashes), path)
+        return Path(path)
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> "ResultsStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
