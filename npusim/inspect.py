@@ -46,8 +46,15 @@ def bounds_table(prog: IntegerProgram, images: np.ndarray | None = None) -> pd.D
         b = layer_bounds(prog, n)
         rows.append({"layer": n.name, "op": n.op, "k": b.k, "x_bits": b.x_bits,
                      "w_bits": b.w_bits, "product_bits": b.product_bits,
-                     "bound_l1_bits": b.bound_l1_bits, "bound_dtype_bits": b.bound_dtype_bits})
+                     "bound_l1_bits": b.bound_l1_bits, "bound_dtype_bits": b.bound_dtype_bits,
+                     "trained_acc_bits": n.attrs.get("acc_bits_target")})
     df = pd.DataFrame(rows)
+    if len(df) and df["trained_acc_bits"].notna().any():
+        # A2Q-trained layers: the exact bound must fit the width they were trained for
+        df["trained_acc_bits"] = df["trained_acc_bits"].astype("Int64")
+        df["fits_trained_width"] = df["bound_l1_bits"] <= df["trained_acc_bits"]
+    else:
+        df = df.drop(columns="trained_acc_bits", errors="ignore")
     if images is not None and len(df):
         from npusim.config import NPUConfig
         from npusim.simulator import Simulator

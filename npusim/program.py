@@ -312,6 +312,11 @@ def _validate(p: IntegerProgram, where: str) -> None:
         for key in owned:
             if f"{node.name}.{key}" not in p.arrays:
                 fail(f"{ctx}: missing array {node.name}.{key!r}")
+        target = node.attrs.get("acc_bits_target")
+        if target is not None and (node.op not in ("conv2d", "linear") or isinstance(target, bool)
+                                   or not isinstance(target, int) or not 2 <= target <= 62):
+            fail(f"{ctx}: attrs.acc_bits_target: expected an integer in [2, 62] on a conv2d/"
+                 f"linear node, got {target!r}")
         requant = node.op in REQUANT_OPS and node.attrs.get("requant", True)
         if requant:
             for key in ("multiplier", "shift"):

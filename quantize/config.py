@@ -30,6 +30,33 @@ class LayerOverride(_Strict):
     pattern: str
     weight_bits: int | None = Field(None, ge=2, le=16)
     act_bits: int | None = Field(None, ge=2, le=16)
+    acc_bits: int | None = Field(None, ge=2, le=62)
+
+
+class A2QConfig(_Strict):
+    """Accumulator-aware weight quantization (quantize/a2q.py): every conv/linear layer is
+    trained so that no running sum can leave a signed `acc_bits`-bit accumulator (the global
+    `QuantConfig.acc_bits`, or a per-layer override's)."""
+
+    mode: Literal["a2q", "a2q+"] = "a2q+"
+    # [ours] share of the accumulator range reserved for the preloaded integer bias
+    bias_frac: float = Field(0.25, ge=0.0, lt=1.0)
+    init: Literal["l1_ball", "scale"] = "l1_ball"
+
+
+class EmbeddingConfig(_Strict):
+    """Pixel embedding first stage (quantize/embedding.py, METHODS.md): a trainable table maps
+    each uint8 pixel of each channel to `d` values at `bits` bits (default: `act_bits`).
+
+    ``init="linear"`` with ``d=1`` and ``trainable=False`` is plain low-bit input quantization
+    (the pixel p becomes p/255 on the activation quantizer's grid)."""
+
+    d: int = Field(8, ge=1, le=64)
+    bits: int | None = Field(None, ge=2, le=16)
+    shared: bool = False
+    init: Literal["thermometer", "random", "linear"] = "thermometer"
+    trainable: bool = True
+    signed: bool = False
 
 
 class RequantConfig(_Strict):
@@ -70,16 +97,21 @@ class QuantConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     requant: RequantConfig = RequantConfig()
     acc_bits: int = Field(32, ge=2, le=62)
+    a2q: A2QConfig | None = None
+    embedding: EmbeddingConfig | None = None
     bn_freeze_frac: float = Field(0.3, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _acc_holds_a_product(self) -> "QuantConfig":
         widest_w = max(self.weight_bits, self.first_layer_bits or 0, self.last_layer_bits or 0,
                        *(o.weight_bits or 0 for o in self.overrides))
-        widest_a = max(self.act_bits, 8, self.residual_bits,
+        # the raw uint8 input, unless an embedding replaces it
+        widest_a = max(self.act_bits, 8 if self.embedding is None else
+                       (self.embedding.bits or self.act_bits), self.residual_bits,
                        *(o.act_bits or 0 for o in self.overrides))
         need = widest_w + widest_a  # signed weight x unsigned activation
-        if self.acc_bits < need:
+        # A2Q bounds the actual weights, so the data-type product may exceed acc_bits
+        if self.a2q is None and self.acc_bits < need:
             raise ValueError(f"acc_bits: {self.acc_bits} bits cannot hold one {widest_w}x"
                              f"{widest_a}-bit product (needs {need})")
         if self.requant.scale_mode == "fixed" and self.acc_bits + self.requant.multiplier_bits > 64:
@@ -93,12 +125,12 @@ class QuantConfig(_Strict):
         return self
 
     # -------------------------------------------------------------- helpers
-    def layer_bits(self, name: str, kind: Literal["weight", "act"], default: int) -> int:
+    def layer_bits(self, name: str, kind: Literal["weight", "act", "acc"], default: int) -> int:
         """`default` unless an override pattern matches `name` (the last match wins)."""
         bits = default
         for o in self.overrides:
             if fnmatch.fnmatchcase(name, o.pattern):
-                v = o.weight_bits if kind == "weight" else o.act_bits
+                v = {"weight": o.weight_bits, "act": o.act_bits, "acc": o.acc_bits}[kind]
                 if v is not None:
                     bits = v
         return bits
@@ -124,7 +156,14 @@ class QuantConfig(_Strict):
             raise QuantConfigError(_first_error(e)) from None
 
     def short_name(self) -> str:
-        return f"{self.method}-W{self.weight_bits}A{self.act_bits}"
+        name = f"{self.method}-W{self.weight_bits}A{self.act_bits}"
+        if self.a2q is not None:
+            name += f"-{self.a2q.mode}-P{self.acc_bits}"
+        if self.embedding is not None:
+            e = self.embedding
+            name += (f"-in{e.bits or self.act_bits}" if e.init == "linear" and e.d == 1
+                     else f"-emb{e.d}")
+        return name
 
 
 def _first_error(e: ValidationError) -> str:

@@ -17,6 +17,7 @@ import torch
 
 from npusim.program import IntegerProgram, Node, TensorSpec, save_program, storage_dtype
 from npusim.requant import RequantSettings, node_requant
+from quantize.a2q import A2QQuantizer, l1_budget_violations
 from quantize.model import BIAS_LIMIT, INPUT_SCALE, QConv, QLinear, QuantizedModel, QuantizeError
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,14 @@ def build_program(qmodel: QuantizedModel) -> IntegerProgram:
     for n in qmodel.nodes:
         ins = [alias[i] for i in n.inputs]
         mod = qmodel.layers[n.module] if n.module else None
-        if n.kind == "conv":
+        if n.kind == "embed":
+            lut = mod.int_lut()
+            spec = _act_spec(mod.oq, shapes[n.name])
+            tensors[n.name] = spec
+            tensors[f"{n.name}.lut"] = TensorSpec(tuple(lut.shape), spec.bits, spec.signed)
+            arrays[f"{n.name}.lut"] = lut.numpy().astype(storage_dtype(spec.bits, spec.signed))
+            nodes.append(Node(n.name, "embed", ins, n.name, {}))
+        elif n.kind == "conv":
             _export_conv(n.name, mod, ins[0], tensors, arrays, nodes, shapes[n.name])
         elif n.kind == "linear":
             _export_linear(n.name, mod, ins[0], tensors, arrays, nodes)
@@ -100,7 +108,7 @@ def _tensor_shapes(qmodel: QuantizedModel) -> dict[str, tuple[int, ...]]:
 def _export_conv(name: str, mod: QConv, src: str, tensors, arrays, nodes, out_shape) -> None:
     s_x = torch.tensor(tensors[src].scales()[0], dtype=torch.float32)
     w, _ = mod.folded_weight()
-    q = mod.wq.int_repr(w)
+    q = mod.int_weight(s_x)
     s_w = mod.wq._forward_scale(w).expand(q.shape[0]).double()
     g, _ = mod.bn_affine()
     bias_int = mod.integer_bias(s_x).round().to(torch.int64)
@@ -124,21 +132,38 @@ def _export_conv(name: str, mod: QConv, src: str, tensors, arrays, nodes, out_sh
         hi = min(hi, int(np.rint(6.0 / spec.scales()[0])))
     attrs = {"stride": int(mod.conv.stride[0]), "padding": int(mod.padding),
              "groups": int(mod.conv.groups), "requant": True, "clamp": [lo, hi]}
+    _check_a2q(name, mod, q, bias_int, tensors[src], attrs)
     nodes.append(Node(name, "conv2d", [src], name, attrs))
 
 
 def _export_linear(name: str, mod: QLinear, src: str, tensors, arrays, nodes) -> None:
     s_x = torch.tensor(tensors[src].scales()[0], dtype=torch.float32)
-    q = mod.wq.int_repr(mod.linear.weight)
+    q = mod.int_weight(s_x)
     s_w = float(mod.wq._forward_scale(mod.linear.weight).reshape(-1)[0])
     bias_int = mod.integer_bias(s_x).round().to(torch.int64)
+    attrs = {"requant": False}
+    _check_a2q(name, mod, q, bias_int, tensors[src], attrs)
     tensors[f"{name}.weight"] = TensorSpec(tuple(q.shape), mod.wq.bits, True, s_w, 0)
     arrays[f"{name}.weight"] = q.numpy().astype(storage_dtype(mod.wq.bits, True))
     tensors[f"{name}.bias"] = TensorSpec((q.shape[0],), 32, True)
     arrays[f"{name}.bias"] = bias_int.numpy().astype(np.int32)
     # the classifier stops at its accumulator: logits = acc * s_x * s_w (one scale for all)
     tensors[name] = TensorSpec((q.shape[0],), 32, True, float(s_x) * s_w, 0)
-    nodes.append(Node(name, "linear", [src], name, {"requant": False}))
+    nodes.append(Node(name, "linear", [src], name, attrs))
+
+
+def _check_a2q(name: str, mod, q: torch.Tensor, bias_int: torch.Tensor, x_spec: TensorSpec,
+               attrs: dict) -> None:
+    """A layer trained for an accumulator width P: record P and refuse a broken budget."""
+    if not isinstance(mod.wq, A2QQuantizer):
+        return
+    p = mod.wq.acc_bits
+    xlo, xhi = x_spec.int_range()
+    bad = l1_budget_violations(q, bias_int, xlo - x_spec.zero_point, xhi - x_spec.zero_point, p)
+    if bad:
+        raise QuantizeError(f"{name}: A2Q budget broken: {len(bad)} channel(s) (first: "
+                            f"{bad[0]}) can leave a {p}-bit accumulator; refusing to export")
+    attrs["acc_bits_target"] = p
 
 
 def _add_multipliers(prog: IntegerProgram, settings: RequantSettings) -> None:

@@ -28,7 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.layers import Add, ConvBNAct, InputNorm
-from quantize.config import QuantConfig
+from quantize.a2q import A2QQuantizer, bias_limit
+from quantize.config import EmbeddingConfig, QuantConfig
+from quantize.embedding import QEmbed, first_conv_init
 from quantize.quantizers import Quantizer, make_quantizer
 
 log = logging.getLogger(__name__)
@@ -59,15 +61,16 @@ def _round_ste(x: torch.Tensor) -> torch.Tensor:
 BIAS_LIMIT = 2 ** 31 - 1
 
 
-def _int_bias(x: torch.Tensor) -> torch.Tensor:
-    return _round_ste(x).clamp(-BIAS_LIMIT, BIAS_LIMIT)
+def _int_bias(x: torch.Tensor, limit: int = BIAS_LIMIT) -> torch.Tensor:
+    return _round_ste(x).clamp(-limit, limit)
 
 
 class QConv(nn.Module):
     """Conv2d + BN (+ activation) with a per-channel weight quantizer and an output quantizer."""
 
     def __init__(self, block: ConvBNAct, wq: Quantizer, oq: Quantizer,
-                 fold: InputNorm | None = None) -> None:
+                 fold: InputNorm | None = None, embedding: EmbeddingConfig | None = None,
+                 bias_limit: int = BIAS_LIMIT) -> None:
         super().__init__()
         self.conv = block.conv
         self.bn = block.bn
@@ -75,12 +78,27 @@ class QConv(nn.Module):
         if self.act is None and not isinstance(block.act, nn.Identity):
             raise QuantizeError(f"unsupported activation {type(block.act).__name__}")
         self.wq, self.oq = wq, oq
+        self.bias_limit = int(bias_limit)
         self.padding = self.conv.padding[0]
-        self.fold = fold is not None
+        self.fold = fold is not None and embedding is None
+        self.embedded = embedding is not None
         if fold is not None:
             self.padding = fold.padding
+        if self.fold:
             self.register_buffer("norm_mean", fold.mean.clone())
             self.register_buffer("norm_std", fold.std.clone())
+        if self.embedded:
+            # the first conv now reads C*d embedded channels; its float weights and the folded
+            # normalisation become the initial weights and a fixed input bias
+            c = self.conv
+            if c.groups != 1:
+                raise QuantizeError("pixel embedding needs a first conv with groups=1")
+            w, b = first_conv_init(embedding, c.weight.detach(), fold.mean, fold.std)
+            self.conv = nn.Conv2d(w.shape[1], c.out_channels, c.kernel_size, c.stride, 0,
+                                  bias=False)
+            with torch.no_grad():
+                self.conv.weight.copy_(w)
+            self.register_buffer("in_bias", b)
         self.bn_frozen = False
 
     def folded_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +110,8 @@ class QConv(nn.Module):
         weights keeps the weight step sizes O(1), where LSQ's step gradient is well scaled.
         """
         w = self.conv.weight
+        if self.embedded:
+            return w, self.in_bias
         if not self.fold:
             return w, torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
         std = self.norm_std.view(1, -1, 1, 1)
@@ -109,9 +129,31 @@ class QConv(nn.Module):
         w, bias_f = self.folded_weight()
         g, b = self.bn_affine()
         s_w = self.wq._forward_scale(w)
-        return _int_bias((g * bias_f + b) / (s_x * s_w * g.abs()))
+        return _int_bias((g * bias_f + b) / (s_x * s_w * g.abs()), self.bias_limit)
+
+    def _a2q_prepare(self, s_x: torch.Tensor) -> None:
+        """A2Q: tell the weight quantizer the biases' magnitudes (its budget); init once."""
+        with torch.no_grad():
+            self.wq.set_bias_abs(self.integer_bias(s_x).abs())
+            if not bool(self.wq.norm_init_done):
+                w, _ = self.folded_weight()
+                new = self.wq.init_norm(w)
+                if new is not None:  # write the projected weights back (unfolded)
+                    if self.fold:
+                        new = new * self.norm_std.view(1, -1, 1, 1)
+                    self.conv.weight.copy_(new)
+                self.wq.set_bias_abs(self.integer_bias(s_x).abs())
+
+    def int_weight(self, s_x: torch.Tensor) -> torch.Tensor:
+        """The integer weights the forward uses (before the sign flip of negative BN gains)."""
+        w, _ = self.folded_weight()
+        if isinstance(self.wq, A2QQuantizer):
+            self._a2q_prepare(s_x)
+        return self.wq.int_repr(w)
 
     def forward(self, x: torch.Tensor, s_x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.wq, A2QQuantizer):
+            self._a2q_prepare(s_x)
         w, bias_f = self.folded_weight()
         w_hat = self.wq(w)
         z = F.conv2d(x, w_hat, None, self.conv.stride, self.padding, 1, self.conv.groups)
@@ -132,17 +174,35 @@ class QConv(nn.Module):
 class QLinear(nn.Module):
     """The classifier: per-tensor weight quantizer, integer bias, output = the accumulator."""
 
-    def __init__(self, linear: nn.Linear, wq: Quantizer) -> None:
+    def __init__(self, linear: nn.Linear, wq: Quantizer, bias_limit: int = BIAS_LIMIT) -> None:
         super().__init__()
         self.linear, self.wq = linear, wq
+        self.bias_limit = int(bias_limit)
 
     def integer_bias(self, s_x: torch.Tensor) -> torch.Tensor:
         b = self.linear.bias
         if b is None:
             return torch.zeros(self.linear.out_features)
-        return _int_bias(b / (s_x * self.wq._forward_scale(self.linear.weight)))
+        return _int_bias(b / (s_x * self.wq._forward_scale(self.linear.weight)), self.bias_limit)
+
+    def _a2q_prepare(self, s_x: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.wq.set_bias_abs(self.integer_bias(s_x).abs())
+            if not bool(self.wq.norm_init_done):
+                new = self.wq.init_norm(self.linear.weight)
+                if new is not None:
+                    self.linear.weight.copy_(new)
+                self.wq.set_bias_abs(self.integer_bias(s_x).abs())
+
+    def int_weight(self, s_x: torch.Tensor) -> torch.Tensor:
+        """The integer weights the forward uses."""
+        if isinstance(self.wq, A2QQuantizer):
+            self._a2q_prepare(s_x)
+        return self.wq.int_repr(self.linear.weight)
 
     def forward(self, x: torch.Tensor, s_x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.wq, A2QQuantizer):
+            self._a2q_prepare(s_x)
         w_hat = self.wq(self.linear.weight)
         s_w = self.wq._forward_scale(self.linear.weight)
         return F.linear(x, w_hat) + self.integer_bias(s_x) * s_x * s_w
@@ -181,7 +241,7 @@ class QNode:
     """One step of the quantized graph: `inputs` and `name` are tensor names."""
 
     name: str
-    kind: str  # conv | linear | add | avgpool | maxpool | flatten
+    kind: str  # conv | linear | add | avgpool | maxpool | flatten | embed
     inputs: list[str]
     module: str | None  # key in QuantizedModel.layers (None for flatten)
     attrs: dict[str, Any]
@@ -238,7 +298,7 @@ class QuantizedModel(nn.Module):
     def _producers(self) -> dict[str, Any]:
         prod: dict[str, Any] = {"input": None}
         for n in self.nodes:
-            if n.kind in ("conv", "add", "avgpool"):
+            if n.kind in ("conv", "add", "avgpool", "embed"):
                 prod[n.name] = self.layers[n.module]
             elif n.kind in ("maxpool", "flatten"):
                 prod[n.name] = prod[n.inputs[0]]
@@ -261,6 +321,10 @@ class QuantizedModel(nn.Module):
             elif n.kind == "add":
                 mod = self.layers[n.module]
                 y = mod(*ins)
+                scales[n.name] = mod.oq.scale().detach()
+            elif n.kind == "embed":
+                mod = self.layers[n.module]
+                y = mod(ins[0])
                 scales[n.name] = mod.oq.scale().detach()
             elif n.kind == "avgpool":
                 mod = self.layers[n.module]
@@ -379,23 +443,63 @@ def quantize_model(model: nn.Module, config: QuantConfig,
 
     layers = nn.ModuleDict()
     qnodes: list[QNode] = []
+    emb = config.embedding
+    if emb is not None and not norm_for:
+        raise QuantizeError("embedding: the model has no InputNorm feeding its first conv")
+
+    def input_range(tensor: str) -> tuple[int, int]:
+        """Integer range of a conv/linear input, from its producer's output quantizer."""
+        by_name = {n.name: n for n in qnodes}
+        while tensor in by_name and by_name[tensor].kind in ("maxpool", "flatten"):
+            tensor = by_name[tensor].inputs[0]
+        if tensor == "input":
+            return 0, 255
+        return layers[by_name[tensor].module].oq._qrange()
+
+    def weight_quantizer(name: str, wbits: int, per_channel: bool, channels: int,
+                         x_range: tuple[int, int]) -> Quantizer:
+        if config.a2q is None:
+            return make_quantizer(config.method, wbits, True, narrow=config.narrow_weights,
+                                  per_channel=per_channel, channels=channels, role="weight",
+                                  **config.options)
+        if config.method not in ("lsq", "lglsq"):
+            raise QuantizeError(f"a2q: needs an LSQ-style method (lsq, lglsq), got "
+                                f"{config.method!r}")
+        p = config.layer_bits(name, "acc", config.acc_bits)
+        return A2QQuantizer(wbits, True, narrow=config.narrow_weights, per_channel=per_channel,
+                            channels=channels, role="weight", acc_bits=p, mode=config.a2q.mode,
+                            x_range=tuple(int(v) for v in x_range), init=config.a2q.init)
+
+    def bias_cap(name: str) -> int:
+        if config.a2q is None:
+            return BIAS_LIMIT
+        return bias_limit(config.layer_bits(name, "acc", config.acc_bits), config.a2q.bias_frac)
+
     for name, kind, mod, ins in raw:
         key = name.replace(".", "__")
         if kind == "conv":
             fold = norm_for.get(ins[0])
             if fold is not None:
                 ins = ["input"]
+                if emb is not None:
+                    c_in = mod.conv.in_channels
+                    bits = emb.bits or config.layer_bits(name, "act", config.act_bits)
+                    eq = make_quantizer(config.method, bits, emb.signed, narrow=False,
+                                        per_channel=False, role="activation", **config.options)
+                    layers["embed"] = QEmbed(emb, c_in, eq)
+                    qnodes.append(QNode("embed", "embed", ["input"], "embed", {}))
+                    ins = ["embed"]
             elif ins[0].startswith("norm:"):
                 raise QuantizeError(f"{name}: InputNorm must feed the first conv only")
             wbits = config.layer_bits(
                 name, "weight",
                 (config.first_layer_bits or config.weight_bits) if name == first_conv
                 else config.weight_bits)
-            wq = make_quantizer(config.method, wbits, True, narrow=config.narrow_weights,
-                                per_channel=config.per_channel_weights,
-                                channels=mod.conv.out_channels, role="weight", **config.options)
+            wq = weight_quantizer(name, wbits, config.per_channel_weights,
+                                  mod.conv.out_channels, input_range(ins[0]))
             signed = isinstance(mod.act, nn.Identity)
-            q = QConv(mod, wq, act_quantizer(name, signed), fold)
+            q = QConv(mod, wq, act_quantizer(name, signed), fold,
+                      emb if fold is not None else None, bias_cap(name))
             with torch.no_grad():
                 wq.init_from(q.folded_weight()[0])
             layers[key] = q
@@ -404,11 +508,10 @@ def quantize_model(model: nn.Module, config: QuantConfig,
             if name != classifier:
                 raise QuantizeError(f"{name}: only the final Linear classifier is supported")
             wbits = config.layer_bits(name, "weight", config.last_layer_bits or config.weight_bits)
-            wq = make_quantizer(config.method, wbits, True, narrow=config.narrow_weights,
-                                per_channel=False, role="weight", **config.options)
+            wq = weight_quantizer(name, wbits, False, mod.out_features, input_range(ins[0]))
             with torch.no_grad():
                 wq.init_from(mod.weight)
-            layers[key] = QLinear(mod, wq)
+            layers[key] = QLinear(mod, wq, bias_cap(name))
             attrs = {}
         elif kind == "add":
             layers[key] = QAdd(mod, act_quantizer(name, isinstance(mod.act, nn.Identity)))
