@@ -1,0 +1,200 @@
+"""The MARViN precision controller: per layer, every `L` batches, the smallest word length
+whose fixed-point copy of the weights loses at most `eps` nats of KL divergence, raised when
+too many updates would round to zero (METHODS.md, MARViN; every threshold in `MarvinConfig`).
+
+Decision rule for one layer (current word ``cur``, the menu sorted ascending):
+
+1. ``proposal`` = the smallest menu WL with ``KL(P_float || P_fixed) <= eps`` at FL fitted to
+   ``max|w|`` (the widest menu entry when none qualifies).
+2. Vanishing-gradient guard: if more than ``guard_zero_fraction`` of the layer's updates
+   ``lr * grad`` over the last window were below half a step ``2^-(FL+1)`` at ``cur``, the
+   word goes one menu step up, whatever the KL (reason ``guard``).
+3. Else a wider proposal applies at once (``kl_up``); a narrower one is limited to words at
+   which the window's updates would not trip the guard (``guard_floor`` when that leaves
+   ``cur``), and applies only after ``hysteresis_decisions`` consecutive decisions asked to go
+   down (``hysteresis`` while waiting, then ``kl_down``); an equal one is ``keep``.
+
+FL is re-fitted to ``max|w|`` at every decision. Every decision is a row of the history.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from quantize.marvin.config import MarvinConfig
+from quantize.marvin.fixed_point import frac_bits_for, max_abs, quantize_fixed, vanish_threshold
+from quantize.marvin.kl import fixed_point_kl
+from quantize.marvin.layers import LayerFormat
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HISTORY_COLUMNS", "USAGE_COLUMNS", "PrecisionController", "propose_word_bits"]
+
+HISTORY_COLUMNS = ["iteration", "layer", "word_length_bits", "frac_bits", "kl_nats",
+                   "proposal_bits", "zero_update_fraction", "reason"]
+# the cost model's usage table (npusim.cost.training.USAGE_COLUMNS)
+USAGE_COLUMNS = ["layer", "weight_bits", "act_bits", "grad_bits", "weight_float", "act_float",
+                 "grad_float", "batch_size", "batches"]
+
+
+def propose_word_bits(weights: np.ndarray, config: MarvinConfig) -> tuple[int, dict[int, float]]:
+    """The smallest menu WL whose KL is within ``kl_eps`` (the widest if none) and the KL
+    of every word length tried, in nats."""
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    m = float(np.abs(w).max()) if w.size else 0.0
+    kls: dict[int, float] = {}
+    for wl in config.word_bits_menu:
+        kls[wl] = fixed_point_kl(w, wl, frac_bits_for(m, wl), config.histogram_bins,
+                                 config.kl_bias_correction)
+        if kls[wl] <= config.kl_eps:
+            return wl, kls
+    return config.word_bits_menu[-1], kls
+
+
+@dataclass
+class _Track:
+    """Per-layer window state: updates seen and, per menu word, how many would vanish."""
+
+    zero_counts: np.ndarray
+    updates: int = 0
+    pending_down: int = 0
+
+
+@dataclass
+class PrecisionController:
+    """Owns the layers' formats; call `observe_updates` after backward, `after_step` after
+    the optimizer step (it decides every ``lookback_batches``)."""
+
+    formats: dict[str, LayerFormat]
+    modules: dict[str, nn.Module]
+    config: MarvinConfig
+    rows: list[dict] = field(default_factory=list)
+    _usage: dict[tuple, int] = field(default_factory=lambda: defaultdict(int))
+    _tracks: dict[str, _Track] = field(default_factory=dict)
+    _gen: torch.Generator = field(default_factory=torch.Generator)
+
+    def __post_init__(self) -> None:
+        if set(self.formats) != set(self.modules):
+            raise ValueError("controller: formats and modules name different layers")
+        menu = self.config.word_bits_menu
+        self._tracks = {n: _Track(np.zeros(len(menu), dtype=np.int64)) for n in self.formats}
+        self._gen.manual_seed(self.config.seed)
+
+    # ------------------------------------------------------------------ training hooks
+    def start(self) -> None:
+        """The first decision, from the initial weights (reason ``init``, no hysteresis)."""
+        for name, fmt in self.formats.items():
+            w = self.modules[name].weight.detach()
+            prop, kls = propose_word_bits(w.cpu().numpy(), self.config)
+            fmt.word_bits = prop
+            fmt.frac_bits = frac_bits_for(max_abs(w), prop)
+            self._record(0, name, fmt, kls.get(prop, np.nan), prop, np.nan, "init")
+
+    @torch.no_grad()
+    def observe_updates(self, lrs: dict[str, float]) -> None:
+        """Count, per layer and menu word, the updates ``lr * grad`` that round to zero.
+
+        Args:
+            lrs: each layer's current learning rate (its weight's optimizer group).
+        """
+        menu = self.config.word_bits_menu
+        for name, track in self._tracks.items():
+            w = self.modules[name].weight
+            if w.grad is None:
+                continue
+            u = w.grad.detach().abs() * float(lrs[name])
+            m = max_abs(w)
+            for i, wl in enumerate(menu):
+                track.zero_counts[i] += int((u < vanish_threshold(frac_bits_for(m, wl))).sum())
+            track.updates += u.numel()
+
+    @torch.no_grad()
+    def after_step(self, iteration: int, batch_size: int) -> None:
+        """Account the batch just trained (at the formats it used); round fixed master weights;
+        decide when ``iteration`` (batches done) is a multiple of ``lookback_batches``."""
+        cfg = self.config
+        for name, fmt in self.formats.items():
+            key = (name, fmt.word_bits, fmt.act_bits, fmt.grad_bits, False, not fmt.activations,
+                   not fmt.gradients, int(batch_size))
+            self._usage[key] += 1
+            if cfg.master_weights == "fixed":
+                w = self.modules[name].weight
+                fl = frac_bits_for(max_abs(w), fmt.word_bits)
+                w.copy_(quantize_fixed(w, fmt.word_bits, fl, cfg.update_rounding,
+                                       generator=self._gen))
+        if iteration % cfg.lookback_batches == 0 and not cfg.fixed:
+            self.decide(iteration)
+
+    # ------------------------------------------------------------------ the decision
+    @torch.no_grad()
+    def decide(self, iteration: int) -> None:
+        """One decision for every layer (see the module docstring); resets the windows."""
+        cfg = self.config
+        menu = list(cfg.word_bits_menu)
+        for name, fmt in self.formats.items():
+            w = self.modules[name].weight.detach()
+            track = self._tracks[name]
+            prop, kls = propose_word_bits(w.cpu().numpy(), cfg)
+            frac = (track.zero_counts / track.updates) if track.updates else \
+                np.zeros(len(menu))
+            cur = fmt.word_bits
+            ci = menu.index(cur)
+            zero_now = float(frac[ci]) if track.updates else np.nan
+            vanishing = track.updates and frac[ci] > cfg.guard_zero_fraction
+            if vanishing:
+                new = menu[min(ci + 1, len(menu) - 1)]
+                reason = "guard" if new > cur else "guard_at_ceiling"
+                track.pending_down = 0
+            elif prop > cur:
+                new, reason = prop, "kl_up"
+                track.pending_down = 0
+            elif prop < cur:
+                ok = [wl for i, wl in enumerate(menu) if prop <= wl < cur
+                      and (not track.updates or frac[i] <= cfg.guard_zero_fraction)]
+                if not ok:
+                    new, reason = cur, "guard_floor"
+                    track.pending_down = 0
+                else:
+                    track.pending_down += 1
+                    if track.pending_down >= cfg.hysteresis_decisions:
+                        new, reason = min(ok), "kl_down"
+                        track.pending_down = 0
+                    else:
+                        new, reason = cur, "hysteresis"
+            else:
+                new, reason = cur, "keep"
+                track.pending_down = 0
+            fmt.word_bits = new
+            fmt.frac_bits = frac_bits_for(max_abs(w), new)
+            kl = kls.get(new)
+            if kl is None:  # proposal search stopped below `new`: evaluate it for the record
+                kl = fixed_point_kl(w.cpu().numpy(), new, fmt.frac_bits, cfg.histogram_bins,
+                                    cfg.kl_bias_correction)
+            self._record(iteration, name, fmt, kl, prop, zero_now, reason)
+            track.zero_counts[:] = 0
+            track.updates = 0
+        log.debug("decision at iteration %d: %s", iteration,
+                  {n: f.word_bits for n, f in self.formats.items()})
+
+    def _record(self, iteration: int, name: str, fmt: LayerFormat, kl: float, prop: int,
+                zero: float, reason: str) -> None:
+        self.rows.append({"iteration": int(iteration), "layer": name,
+                          "word_length_bits": int(fmt.word_bits), "frac_bits": int(fmt.frac_bits),
+                          "kl_nats": float(kl), "proposal_bits": int(prop),
+                          "zero_update_fraction": float(zero), "reason": reason})
+
+    # ------------------------------------------------------------------ results
+    def history(self) -> pd.DataFrame:
+        """Every decision, one row per (iteration, layer) (tidy; `HISTORY_COLUMNS`)."""
+        return pd.DataFrame(self.rows, columns=HISTORY_COLUMNS)
+
+    def usage(self) -> pd.DataFrame:
+        """Batches trained per layer, format and batch size (what the cost model charges)."""
+        rows = [(*k, v) for k, v in self._usage.items()]
+        return pd.DataFrame(rows, columns=USAGE_COLUMNS)
