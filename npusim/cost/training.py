@@ -31,9 +31,11 @@ adds and the loss (they do not depend on the conv/linear word lengths studied he
 
 Time (throughput model ``subword_simd``, an assumption): every PE has a 32-bit datapath that
 does one fp32 MAC per cycle, or ``floor(32 / max(x_bits, y_bits))`` fixed-point MACs per cycle
-on packed sub-words (two 16-bit, four 8-bit, eight 4-bit lanes), the way 32-bit SIMD dot
-products pack int8 (Arm SDOT / x86 VNNI: four 8-bit MACs per 32-bit lane per instruction). The
-array then acts as ``rows x (cols * lanes)``. That an fp32 MAC sustains the same one per cycle
+on packed sub-words (two 16-bit, four 8-bit, eight 4-bit lanes) summed into its one
+accumulator, the way 32-bit SIMD dot products pack int8 (Arm SDOT / x86 VNNI: four 8-bit
+products summed into a 32-bit lane per instruction). The reduction dimension ``K`` of every
+GEMM is then ``ceil(K / lanes)`` long in SCALE-Sim's cycle model (buffer traffic still counts
+every element at its bits). That an fp32 MAC sustains the same one per cycle
 per PE as a 32-bit integer MAC is a guess (pipelined FMA at the same clock); ``one_mac`` (one
 MAC per PE per cycle at any format: no speedup from narrow words) is the other bound.
 """
@@ -86,7 +88,10 @@ def _gemm(m: int, k: int, n: int, x_bits: int, y_bits: int, is_float: bool, npu:
     if is_float:
         x_bits = y_bits = FP32_BITS
     lanes = model.lanes(x_bits, y_bits, is_float)
-    s = systolic_gemm(m, k, n, arr.rows, arr.cols * lanes, arr.dataflow)
+    s = systolic_gemm(m, k, n, arr.rows, arr.cols, arr.dataflow)  # accesses: every element
+    # time: each PE reduces `lanes` products of the K dimension per cycle (packed dot product)
+    t = s if lanes == 1 else systolic_gemm(m, -(-k // lanes), n, arr.rows, arr.cols,
+                                           arr.dataflow)
     macs = float(m) * k * n
     reg = table.energy("register.write")
     if is_float:
@@ -108,7 +113,7 @@ def _gemm(m: int, k: int, n: int, x_bits: int, y_bits: int, is_float: bool, npu:
             + 2 * s["ofmap_sram_writes"] * acc_bits
             * table.sram_pj_per_bit(mem.accumulator_sram_kib)
             + float(m) * n * x_bits * table.sram_pj_per_bit(mem.activation_sram_kib))
-    return {"cycles": float(s["compute_cycles"]), "macs": macs,
+    return {"cycles": float(t["compute_cycles"]), "macs": macs,
             "mac_pj": macs * mul, "accumulator_pj": macs * (add + acc_bits * reg),
             "operand_pj": operand_bits * reg, "sram_pj": sram}
 

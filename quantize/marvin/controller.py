@@ -125,10 +125,11 @@ class PrecisionController:
             self._usage[key] += 1
             if cfg.master_weights == "fixed":
                 w = self.modules[name].weight
-                fl = frac_bits_for(max_abs(w), fmt.word_bits)
-                w.copy_(quantize_fixed(w, fmt.word_bits, fl, cfg.update_rounding,
+                fmt.frac_bits = frac_bits_for(max_abs(w), fmt.word_bits)
+                w.copy_(quantize_fixed(w, fmt.word_bits, fmt.frac_bits, cfg.update_rounding,
                                        generator=self._gen))
-        if iteration % cfg.lookback_batches == 0 and not cfg.fixed:
+        # a one-entry menu (fixed-precision training) still re-fits FL to max|w| here
+        if iteration % cfg.lookback_batches == 0:
             self.decide(iteration)
 
     # ------------------------------------------------------------------ the decision
