@@ -51,10 +51,24 @@ def train(
     from_ckpt: Optional[Path] = typer.Option(None, "--from", help="Float checkpoint to fine-tune."),
     export: Optional[Path] = typer.Option(None, help="Also export the IntegerProgram here (QAT)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Retrain even if cached."),
+    marvin: bool = typer.Option(False, "--marvin", help="MARViN fixed-point training with "
+                                "per-layer word lengths (from scratch, or --from a checkpoint)."),
+    marvin_config: Optional[Path] = typer.Option(None, help="A MarvinConfig JSON file."),
+    marvin_out: Path = typer.Option(Path("marvin_run"), help="Directory for the MARViN history "
+                                    "CSV, heatmap and cost figure."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress per epoch."),
 ) -> None:
-    """Train a float model (cached), or fine-tune it with QAT when --quant is given."""
+    """Train a float model (cached), fine-tune it with QAT when --quant is given, or train
+    it with MARViN when --marvin is given."""
     _setup_logging(verbose)
+    if marvin or marvin_config is not None:
+        from npusim.marvin_cli import train_marvin_cmd
+
+        if quant is not None or quant_config or export:
+            _fail("--marvin: trains a float model; quantize it afterwards with --quant --from")
+        train_marvin_cmd(model, data, epochs, out, seed, width, lr or 0.1, batch_size, root,
+                         marvin_config, from_ckpt, marvin_out)
+        return
     from models import list_models
     from models.cached import train_float
     from npusim.data import list_datasets
@@ -452,10 +466,20 @@ def report(
     results: Optional[Path] = typer.Argument(None, help="A results store (default: the demo's, "
                                              "$NPUSIM_CACHE/sweeps/demo.sqlite)."),
     out: Path = typer.Option(Path("reports"), help="Directory for the figures and README.md."),
+    marvin: Optional[Path] = typer.Option(None, "--marvin", help="Also (or only, without "
+                                          "RESULTS) draw a MARViN run's heatmap and cost figure."),
+    npu: str = typer.Option("edge16", help="NPU preset or TOML file for the MARViN costs."),
 ) -> None:
     """Regenerate figures, CSVs and the README.md index in reports/ from stored results."""
     from npusim.report import write_report
 
+    if marvin is not None:
+        from npusim.marvin_report import write_marvin_report
+
+        files = write_marvin_report(marvin, out, npu)
+        typer.echo(f"MARViN: {', '.join(str(f) for f in files)}")
+        if results is None:
+            return
     path = results or _demo_db()
     if not path.is_file():
         _fail(f"RESULTS: {path} not found (run npusim sweep or npusim demo first)")
