@@ -5,8 +5,10 @@ The result of every output is defined by the order-faithful accumulation of DESI
 needed: an output whose running sums cannot leave the accumulator's range, in any order, has
 no overflow event and equals its exact sum. So:
 
-1. the exact sums come from `npusim.exact_conv` (a float im2col + GEMM, exact because the
-   weights' L1 bound proves every partial sum, in any summation order, below 2^24 or 2^53);
+1. the exact sums come from `npusim.exact_conv`: an int8 im2col + int32 GEMM (with the
+   positive/negative product sums as extra GEMM columns when step 3 needs them) where the
+   operand ranges and the weights' L1 bound prove it exact, else a float im2col + GEMM, exact
+   because the same bound proves every partial sum, in any order, below 2^24 or 2^53;
 2. if the layer's static bound fits both levels, that is the answer (no event is possible);
 3. otherwise each output gets a data-dependent bound, ``[bias - N, bias + P]`` with P and N
    the sums of its positive and negative products (two more GEMMs), and only the outputs whose
@@ -22,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from npusim import arith
 from npusim import kernels as K
-from npusim.exact_conv import F64_EXACT, exact_conv2d, l1_bound
-
+from npusim.exact_conv import (F64_EXACT, Int8Conv, exact_conv2d, int8_conv_gemm, l1_bound,
+                               prepare_int8_conv)
 
 
 @dataclass
@@ -51,23 +54,73 @@ class AccStats:
     sequential_outputs: int = 0
 
 
+@dataclass
+class Requant:
+    """Per-channel requantization of a layer's accumulators (see `arith.requantize`)."""
+
+    m0: np.ndarray
+    n: np.ndarray
+    mf: np.ndarray
+    scale_float: bool
+    code: int
+    mbits: int
+    zp: int
+    lo: int
+    hi: int
+
+    def __post_init__(self) -> None:
+        self.m0 = np.ascontiguousarray(self.m0, np.int64)
+        self.n = np.ascontiguousarray(self.n, np.int64)
+        self.mf = np.ascontiguousarray(self.mf, np.float32)
+
+    def apply(self, acc: np.ndarray) -> np.ndarray:
+        """Requantize int64 accumulators (N, O, ...)."""
+        return arith.requantize(acc, self.m0, self.n, self.mf, self.scale_float, self.code,
+                                self.mbits, self.zp, self.lo, self.hi)
+
+
+def risks(lv: LevelSpec, static_bits: int, static_bits_nobias: int) -> tuple[bool, bool]:
+    """(pe level, acc level): whether the static bounds allow an overflow at that level."""
+    return lv.order != K.OS and static_bits_nobias > lv.pe_bits, static_bits > lv.acc_bits
+
+
+def prepare_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_x: int,
+                 x_range: tuple[int, int], lv: LevelSpec, static_bits: int,
+                 static_bits_nobias: int) -> Int8Conv | None:
+    """The int8-engine preparation of a layer whose raw inputs lie in `x_range`, or None."""
+    if groups != 1:
+        return None
+    pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
+    return prepare_int8_conv(w, stride, padding, zp_x, x_range[0] - zp_x, x_range[1] - zp_x,
+                             signs=pe_risk or acc_risk)
+
+
 def _fits(lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
     return (lo >= -(1 << (bits - 1))) & (hi <= (1 << (bits - 1)) - 1)
 
 
 def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int, padding: int,
                     groups: int, zp_x: int, out_hw: tuple[int, int], lv: LevelSpec,
-                    static_bits: int, static_bits_nobias: int, fast: bool = True
+                    static_bits: int, static_bits_nobias: int, fast: bool = True,
+                    prep: Int8Conv | None = None, requant: Requant | None = None
                     ) -> tuple[np.ndarray, AccStats]:
     """Accumulators (N, O, Ho, Wo) int64 of a conv of `x` (N, C, H, W; padded with zp_x),
-    and their stats. `static_bits` bounds every running sum (bias included) of any input;
-    `static_bits_nobias` every chunk sum (no bias) — both from `npusim.bounds`."""
+    requantized when `requant` is given, and their stats. `static_bits` bounds every running
+    sum (bias included) of any input; `static_bits_nobias` every chunk sum (no bias) — both
+    from `npusim.bounds`. `prep` (from `prepare_conv`) enables the int8 engine."""
+    st = AccStats()
+    st.nonzero_macs = _nonzero_macs(x, zp_x, w, stride, padding, groups, out_hw)
+    pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
+    if fast and prep is not None and (prep.signs or not (pe_risk or acc_risk)):
+        x = np.ascontiguousarray(x)
+        g = int8_conv_gemm(x, prep, out_hw)
+        if g is not None:
+            return _from_gemm(g, x, w, bias, stride, padding, groups, zp_x, out_hw, lv,
+                              pe_risk, acc_risk, prep, requant, st)
     n = x.shape[0]
     o = w.shape[0]
-    st = AccStats()
     xs = x - zp_x if zp_x else x
     bound = l1_bound(xs, w)
-    st.nonzero_macs = _nonzero_macs(xs, w, stride, padding, groups, out_hw)
     if not fast or bound >= F64_EXACT:
         acc = np.empty((n, o, *out_hw), np.int64)
         events = np.zeros((n, 2), np.int64)
@@ -77,14 +130,50 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
         st.sequential_outputs = acc.size
     else:
         acc = exact_conv2d(xs, w, stride, padding, groups, bound) + bias.reshape(1, o, 1, 1)
-        pe_risk = lv.order != K.OS and static_bits_nobias > lv.pe_bits
-        acc_risk = static_bits > lv.acc_bits
         if pe_risk or acc_risk:
             _resimulate_at_risk(x, xs, w, bias, stride, padding, groups, zp_x, lv, pe_risk,
                                 bound, acc, st)
     st.acc_min = int(acc.min()) if acc.size else 0
     st.acc_max = int(acc.max()) if acc.size else 0
-    return acc, st
+    return (acc if requant is None else requant.apply(acc)), st
+
+
+def _from_gemm(g, x, w, bias, stride, padding, groups, zp_x, out_hw, lv, pe_risk, acc_risk,
+               prep, requant, st):
+    """Finish a layer from the int8 engine's GEMM: corrections, bounds, re-simulation of the
+    outputs at risk, requantization (fused into the epilogue when nothing is at risk)."""
+    n, o = x.shape[0], prep.o
+    ho, wo = out_hw
+    corr = prep.shift * prep.colsum
+    corr[:o] += bias
+    risk = pe_risk or acc_risk
+    do_rq = requant is not None and not risk
+    rq = requant if do_rq else _NO_RQ
+    out = np.empty((n, o, ho, wo), np.int64)
+    risky = np.zeros((n, o, ho, wo) if risk else (1, 1, 1, 1), np.bool_)
+    mnmx = np.empty((o, n, 2), np.int64)
+    chk = np.empty((g.g.shape[0], n), np.int64)
+    acc_hi = (1 << (lv.acc_bits - 1)) - 1
+    pe_hi = (1 << (lv.pe_bits - 1)) - 1
+    K.gemm_epilogue_kernel(g.g, o, ho, wo, corr, bias, risk, pe_risk, -acc_hi - 1, acc_hi,
+                           -pe_hi - 1, pe_hi, do_rq, rq.m0, rq.n, rq.mf, rq.scale_float,
+                           rq.code, rq.mbits, rq.zp, rq.lo, rq.hi, out, risky, mnmx, chk)
+    g.verify(chk)
+    if risk:
+        points = np.argwhere(risky).astype(np.int64)
+        st.sequential_outputs = len(points)
+        if len(points):
+            _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, points, out, st)
+            mnmx = np.array([[[out.min(), out.max()]]])
+    st.acc_min = int(mnmx[..., 0].min()) if out.size else 0
+    st.acc_max = int(mnmx[..., 1].max()) if out.size else 0
+    if requant is not None and not do_rq:
+        out = requant.apply(out)
+    return out, st
+
+
+_NO_RQ = Requant(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), False,
+                 0, 32, 0, 0, 0)
 
 
 def _pad(x: np.ndarray, padding: int, value: int) -> np.ndarray:
@@ -96,14 +185,16 @@ def _pad(x: np.ndarray, padding: int, value: int) -> np.ndarray:
     return out
 
 
-def _nonzero_macs(xs: np.ndarray, w: np.ndarray, stride: int, padding: int, groups: int,
-                  out_hw: tuple[int, int]) -> int:
+def _nonzero_macs(x: np.ndarray, zp_x: int, w: np.ndarray, stride: int, padding: int,
+                  groups: int, out_hw: tuple[int, int]) -> int:
     """Products with both operands non-zero: for each weight position (c, i, j), the count of
-    non-zero inputs it meets over all outputs times its count of non-zero weights."""
+    non-zero inputs (``x != zp_x``) it meets over all outputs times its count of non-zero
+    weights."""
     o, cg, kh, kw = w.shape
     ho, wo = out_hw
     og = o // groups
-    ind = (xs != 0).sum(axis=0)  # (C, H, W): non-zero inputs over the batch
+    ind = np.empty(x.shape[1:], np.int64)  # (C, H, W): non-zero inputs over the batch
+    K.nonzero_count_kernel(np.ascontiguousarray(x), zp_x, ind)
     if padding:
         ind = np.pad(ind, ((0, 0), (padding, padding), (padding, padding)))
     wnz = (w != 0).reshape(groups, og, cg, kh, kw).sum(axis=1)  # (groups, cg, kh, kw)
@@ -138,8 +229,12 @@ def _resimulate_at_risk(x, xs, w, bias, stride, padding, groups, zp_x, lv, pe_ri
         risky |= ~_fits(-neg, pos, lv.pe_bits)
     points = np.argwhere(risky).astype(np.int64)
     st.sequential_outputs = len(points)
-    if not len(points):
-        return
+    if len(points):
+        _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, points, acc, st)
+
+
+def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, points, acc, st):
+    """Order-faithful accumulation of the outputs `points` (M, 4) into `acc`, events counted."""
     vals = np.empty(len(points), np.int64)
     events = np.zeros((len(points), 2), np.int64)
     K.conv_points_kernel(_pad(x, padding, zp_x), w, bias, stride, groups, zp_x, lv.order,

@@ -171,22 +171,54 @@ def add_one(a, b, m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac, scale_float, code, shi
     return y
 
 
+@register_jitable
+def requant_row(src, dst, m0, n, mf, scale_float, code, mbits, zp, lo, hi):
+    """``dst[j] = requant_one(src[j], ...)`` with one channel's parameters; the mode and
+    rounding code are dispatched once per row to loops with constant codes (so the
+    compiler folds the per-element branches away)."""
+    if scale_float:
+        for j in range(src.shape[0]):
+            dst[j] = requant_one(src[j], m0, n, mf, True, 0, mbits, zp, lo, hi)
+    elif code == HALF_UP:
+        for j in range(src.shape[0]):
+            dst[j] = requant_one(src[j], m0, n, mf, False, HALF_UP, mbits, zp, lo, hi)
+    elif code == HALF_EVEN:
+        for j in range(src.shape[0]):
+            dst[j] = requant_one(src[j], m0, n, mf, False, HALF_EVEN, mbits, zp, lo, hi)
+    elif code == TFLITE_DOUBLE:
+        for j in range(src.shape[0]):
+            dst[j] = requant_one(src[j], m0, n, mf, False, TFLITE_DOUBLE, mbits, zp, lo, hi)
+    else:
+        for j in range(src.shape[0]):
+            dst[j] = requant_one(src[j], m0, n, mf, False, code, mbits, zp, lo, hi)
+
+
 @numba.njit(parallel=True, cache=True)
 def _requant_kernel(acc, m0, n, mf, scale_float, code, mbits, zp, lo, hi, out):
-    for i in numba.prange(acc.shape[0]):
-        for c in range(acc.shape[1]):
-            for j in range(acc.shape[2]):
-                out[i, c, j] = requant_one(acc[i, c, j], m0[c], n[c], mf[c], scale_float, code,
-                                           mbits, zp, lo, hi)
+    for t in numba.prange(acc.shape[0] * acc.shape[1]):
+        i = t // acc.shape[1]
+        c = t - i * acc.shape[1]
+        requant_row(acc[i, c], out[i, c], m0[c], n[c], mf[c], scale_float, code, mbits, zp,
+                    lo, hi)
 
 
 @numba.njit(parallel=True, cache=True)
 def _add_kernel(a, b, m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac, scale_float, code, shift_code,
                 mbits, zp_y, lo, hi, out):
+    # the mode and rounding codes are dispatched once, to loops with constant codes
     for i in numba.prange(a.shape[0]):
-        for j in range(a.shape[1]):
-            out[i, j] = add_one(a[i, j], b[i, j], m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac,
-                                scale_float, code, shift_code, mbits, zp_y, lo, hi)
+        if scale_float:
+            for j in range(a.shape[1]):
+                out[i, j] = add_one(a[i, j], b[i, j], m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac,
+                                    True, code, shift_code, mbits, zp_y, lo, hi)
+        elif code == HALF_UP and shift_code == HALF_UP:
+            for j in range(a.shape[1]):
+                out[i, j] = add_one(a[i, j], b[i, j], m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac,
+                                    False, HALF_UP, HALF_UP, mbits, zp_y, lo, hi)
+        else:
+            for j in range(a.shape[1]):
+                out[i, j] = add_one(a[i, j], b[i, j], m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac,
+                                    False, code, shift_code, mbits, zp_y, lo, hi)
 
 
 def requantize(acc: np.ndarray, m0: np.ndarray, n: np.ndarray, mf: np.ndarray, scale_float: bool,

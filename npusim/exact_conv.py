@@ -1,19 +1,37 @@
-"""Exact integer convolution through a float GEMM, when a bound proves it exact.
+"""Exact integer convolution through a GEMM, when a bound proves it exact.
 
-Integer sums are exact in float32 below 2^24 and in float64 below 2^53 when they are computed
-as plain multiply-adds, as a BLAS GEMM does. Library convolutions are not used: fast
-algorithms (Winograd, FFT) are inexact, and even PyTorch's plain CPU path was observed to
-return non-integers for integer inputs well below 2^24 (float32, one input channel). So the
-convolution is an explicit im2col plus NumPy's GEMM, and the result is checked to be integral.
+Two engines, both an explicit im2col plus a GEMM (library convolutions are not used: fast
+algorithms such as Winograd or FFT are inexact, and even PyTorch's plain CPU conv was observed
+to return non-integers for integer inputs well below 2^24):
+
+- **int8**: when the inputs, shifted by one constant, and the weights fit int8, and the weight
+  L1 bound proves every partial sum below 2^31, the GEMM is ``torch._int_mm`` (int8 x int8 ->
+  int32; oneDNN's VNNI/AMX kernels), the shift corrected per output channel in int64. Integer
+  GEMMs on CPUs without VNNI may saturate 16-bit intermediates, so the engine is self-tested
+  once per process on extreme operands and every call is verified by a weighted checksum
+  (``r^T (A B) == (r^T A) B`` in int64); a mismatch raises `InexactError`. torch is imported
+  lazily and is optional (``NPUSIM_INT8_GEMM=0`` turns the engine off).
+- **float**: integer sums are exact in float32 below 2^24 and in float64 below 2^53 when they
+  are computed as plain multiply-adds, as a BLAS GEMM does; the result is checked integral.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from dataclasses import dataclass
+
 import numpy as np
+
+from npusim import kernels as K
+
+log = logging.getLogger(__name__)
 
 F32_EXACT = 2 ** 24
 F64_EXACT = 2 ** 53
 _BLOCK_ELEMS = 1 << 22  # im2col elements per block (32 MB in float64)
+INT32_EXACT = 2 ** 31
+_INT8_OK: bool | None = None  # engine state: None = not yet tested
 
 
 class InexactError(ArithmeticError):
@@ -32,14 +50,20 @@ def exact_conv2d(x: np.ndarray, w: np.ndarray, stride: int = 1, padding: int = 0
     """``conv2d(x, w)`` of integer arrays (N, C, H, W) x (O, C/g, kh, kw) as int64, exactly,
     with zero padding. Raises ValueError when no float type is provably exact (bound >= 2^53)
     and InexactError if the GEMM result is not integral."""
-    bound = l1_bound(x, w) if bound is None else bound
-    if bound >= F64_EXACT:
-        raise ValueError("partial sums may reach 2^53: no exact float convolution")
-    dtype = np.float32 if bound < F32_EXACT else np.float64
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     ho = (h + 2 * padding - kh) // stride + 1
     wo = (wd + 2 * padding - kw) // stride + 1
+    if groups == 1 and x.size and x.dtype.kind in "iu":
+        plan = prepare_int8_conv(w, stride, padding, 0, int(x.min()), int(x.max()))
+        if plan is not None:
+            g = int8_conv_gemm(np.ascontiguousarray(x), plan, (ho, wo))
+            if g is not None:
+                return gemm_to_nchw(g, plan, n, (ho, wo), plan.shift * plan.colsum)
+    bound = l1_bound(x, w) if bound is None else bound
+    if bound >= F64_EXACT:
+        raise ValueError("partial sums may reach 2^53: no exact float convolution")
+    dtype = np.float32 if bound < F32_EXACT else np.float64
     xf = x.astype(dtype, copy=False)
     if padding:
         xf = np.pad(xf, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
@@ -64,3 +88,143 @@ def exact_conv2d(x: np.ndarray, w: np.ndarray, stride: int = 1, padding: int = 0
     if not np.array_equal(result, out):
         raise InexactError("float convolution returned non-integers")
     return result
+
+
+# --------------------------------------------------------------------------- int8 engine
+def _self_test(mm) -> bool:
+    """Extreme and random int8 operands over the shape classes the kernels dispatch on."""
+    rng = np.random.default_rng(1234)
+    for m, k, n in [(1, 9, 16), (7, 3, 5), (64, 144, 16), (3136, 576, 64), (2048, 2304, 48)]:
+        for a_val, b_val in [(-128, -128), (127, 127), (-128, 127), (None, None)]:
+            if a_val is None:
+                a = rng.choice(np.array([-128, 127, -127, 0, 1], np.int8), size=(m, k))
+                b = rng.choice(np.array([-128, 127, -1, 0], np.int8), size=(k, n))
+            else:
+                a = np.full((m, k), a_val, np.int8)
+                b = np.full((k, n), b_val, np.int8)
+            if m * k * 128 * 128 >= INT32_EXACT:
+                continue
+            if not np.array_equal(mm(a, b), a.astype(np.int64) @ b.astype(np.int64)):
+                return False
+    return True
+
+
+def int8_gemm_available() -> bool:
+    """Whether the exact int8 GEMM engine can be used in this process (tested once)."""
+    global _INT8_OK
+    if _INT8_OK is None:
+        _INT8_OK = False
+        if os.environ.get("NPUSIM_INT8_GEMM", "1") != "0":
+            try:
+                _INT8_OK = _self_test(_int_mm)
+            except Exception as e:  # no torch, or no CPU _int_mm in this torch build
+                log.info("int8 GEMM engine unavailable (%s); using the float engine", e)
+            if not _INT8_OK:
+                log.warning("int8 GEMM engine failed its exactness self-test; float engine used")
+    return _INT8_OK
+
+
+def _int_mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """int8 (M, K) x int8 (K, N) -> int32 (M, N) through torch._int_mm."""
+    import torch
+
+    return torch._int_mm(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+
+
+@dataclass(frozen=True)
+class Int8Conv:
+    """A conv's weights prepared for the int8 engine (groups == 1).
+
+    Rows of `wmat` (q, K): the weights, then (with `signs`) their positive and negative
+    parts, each (O, K); inputs enter as ``x - sub`` with ``sub = zp_x + shift`` and the shift is
+    corrected with ``shift * colsum``.
+    """
+
+    wmat: np.ndarray
+    colsum: np.ndarray
+    shift: int
+    sub: int
+    zp_x: int
+    o: int
+    kh: int
+    kw: int
+    stride: int
+    padding: int
+    signs: bool
+
+
+def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, zp_x: int, xs_lo: int,
+                      xs_hi: int, signs: bool = False) -> Int8Conv | None:
+    """Prepare `w` (O, C, kh, kw) for inputs with ``x - zp_x`` in [xs_lo, xs_hi], or None when
+    the int8 engine cannot prove the convolution exact (or is unavailable).
+
+    `signs` adds the positive/negative product sums (needs ``xs_lo >= 0``)."""
+    if padding:
+        xs_lo, xs_hi = min(xs_lo, 0), max(xs_hi, 0)
+    if signs and xs_lo < 0:
+        return None
+    w = np.asarray(w)
+    if w.size == 0 or w.min() < -128 or w.max() > 127 or xs_hi - xs_lo > 255:
+        return None
+    shift = 0 if (xs_lo >= -128 and xs_hi <= 127) else xs_lo + 128
+    o = w.shape[0]
+    wm = w.reshape(o, -1).astype(np.int64)
+    mats = [wm, np.maximum(wm, 0), np.maximum(-wm, 0)] if signs else [wm]
+    xmax = max(abs(xs_lo - shift), abs(xs_hi - shift))
+    if xmax * int(np.abs(wm).sum(axis=1).max()) >= INT32_EXACT:
+        return None
+    if any(m.max(initial=0) > 127 for m in mats) or not int8_gemm_available():
+        return None
+    wmat = np.ascontiguousarray(np.concatenate(mats).astype(np.int8))
+    return Int8Conv(wmat, wmat.astype(np.int64).sum(axis=1), shift, zp_x + shift, zp_x, o,
+                    w.shape[2], w.shape[3], stride, padding, signs)
+
+
+@dataclass
+class Int8Gemm:
+    """The int8 engine's raw result: ``g`` (q, N*Ho*Wo) int32, transposed, and the weighted
+    checksum of its rows per image that an exact GEMM must reproduce (`verify`)."""
+
+    g: np.ndarray
+    expected: np.ndarray
+
+    def verify(self, chk: np.ndarray) -> None:
+        """Raise InexactError unless `chk` (q, N), computed from `g`, matches."""
+        if not np.array_equal(chk.sum(axis=1), self.expected):
+            raise InexactError("int8 GEMM checksum mismatch: the engine is not exact here")
+
+
+def int8_conv_gemm(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Gemm | None:
+    """The raw int32 GEMM of raw inputs `x` (N, C, H, W; zero point included) under `plan`,
+    or None when some input lies outside the range the plan was proved for. Add
+    ``plan.shift * plan.colsum`` (and the bias) to get the sums."""
+    n = x.shape[0]
+    ho, wo = out_hw
+    k = plan.wmat.shape[1]
+    cols = np.empty((k, n * ho * wo), np.int8)
+    colsum = np.empty((k, n), np.int64)
+    outside = np.zeros((k, n), np.bool_)
+    K.im2col_i8_kernel(x, plan.kh, plan.kw, plan.stride, plan.padding, plan.zp_x, plan.sub,
+                       ho, wo, cols, colsum, outside)
+    if outside.any():
+        return None
+    g = _int_mm(plan.wmat, cols)
+    return Int8Gemm(g, plan.wmat.astype(np.int64) @ colsum.sum(axis=1))
+
+
+_EMPTY_I64 = np.zeros(0, np.int64)
+_EMPTY_F32 = np.zeros(0, np.float32)
+
+
+def gemm_to_nchw(res: Int8Gemm, plan: Int8Conv, n: int, out_hw: tuple[int, int],
+                 corr: np.ndarray) -> np.ndarray:
+    """``g + corr`` of the plan's first O rows as int64 (N, O, Ho, Wo), checksum verified."""
+    ho, wo = out_hw
+    out = np.empty((n, plan.o, ho, wo), np.int64)
+    chk = np.empty((res.g.shape[0], n), np.int64)
+    K.gemm_epilogue_kernel(res.g, plan.o, ho, wo, np.asarray(corr, np.int64), _EMPTY_I64, False,
+                           False, 0, 0, 0, 0, False, _EMPTY_I64, _EMPTY_I64, _EMPTY_F32, False,
+                           0, 32, 0, 0, 0, out, np.zeros((1, 1, 1, 1), np.bool_),
+                           np.empty((plan.o, n, 2), np.int64), chk)
+    res.verify(chk)
+    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from npusim.arith import requant_one, wrap
+from npusim.arith import requant_one, requant_row, wrap
 
 EXACT, WRAP, SATURATE = 0, 1, 2
 MODE_CODES = {"exact": EXACT, "wrap": WRAP, "saturate": SATURATE}
@@ -154,5 +154,133 @@ def embed_kernel(x, lut, out):
                         out[b, c * d + j, h, w_] = lut[c, p, j]
 
 
-__all__ = ["conv_kernel", "conv_points_kernel", "pool_kernel", "embed_kernel", "MODE_CODES",
+@numba.njit(parallel=True, cache=True)
+def im2col_i8_kernel(x, kh, kw, stride, pad, zp_x, sub, ho, wo, cols, colsum, outside):
+    """Transposed im2col of ``x - sub`` as int8: ``cols[k, m]`` with k = (c, i, j) and
+    m = (n, oy, ox); positions in the zero padding read ``zp_x - sub``. Per (k, n) also the
+    weighted checksum ``colsum[k, n] = sum_m (1 + (m & 3)) * cols[k, m]`` that verifies the
+    GEMM, and ``outside[k, n]``: whether a value read did not fit int8 (the caller must not
+    use the result then)."""
+    N, C, H, W = x.shape
+    hw = ho * wo
+    padv = zp_x - sub
+    for t in numba.prange(cols.shape[0] * N):
+        k = t // N
+        b = t - k * N
+        c = k // (kh * kw)
+        i = (k // kw) % kh
+        j = k % kw
+        # output columns whose input column lies inside the image
+        ox_lo = min(wo, max(0, (pad - j + stride - 1) // stride))
+        ox_hi = max(ox_lo, min(wo, (W - 1 + pad - j) // stride + 1))
+        ix0 = np.uint64(ox_lo * stride + j - pad)  # >= 0 when ox_lo < ox_hi
+        plane = x[b, c]
+        row = cols[k]
+        bad = False
+        for oy in range(ho):
+            base = np.uint64(b * hw + oy * wo)
+            iy = oy * stride + i - pad
+            if iy < 0 or iy >= H:
+                for ox in range(wo):
+                    row[base + np.uint64(ox)] = padv
+                continue
+            for ox in range(ox_lo):
+                row[base + np.uint64(ox)] = padv
+            src = plane[np.uint64(iy)]
+            if stride == 1:
+                for q in range(ox_hi - ox_lo):
+                    v = src[ix0 + np.uint64(q)] - sub
+                    bad |= np.uint64(v + 128) > np.uint64(255)
+                    row[base + np.uint64(ox_lo + q)] = v
+            else:
+                for q in range(ox_hi - ox_lo):
+                    v = src[ix0 + np.uint64(q * stride)] - sub
+                    bad |= np.uint64(v + 128) > np.uint64(255)
+                    row[base + np.uint64(ox_lo + q)] = v
+            for ox in range(ox_hi, wo):
+                row[base + np.uint64(ox)] = padv
+        s = 0
+        start = b * hw
+        for p in range(hw):
+            s += (1 + ((start + p) & 3)) * np.int64(row[np.uint64(start + p)])
+        colsum[k, b] = s
+        outside[k, b] = bad
+
+
+@numba.njit(parallel=True, cache=True)
+def gemm_epilogue_kernel(g, o_n, ho, wo, corr, bias, risk, pe_risk, acc_lo, acc_hi, pe_lo,
+                         pe_hi, do_rq, m0, nsh, mf, scale_float, code, mbits, zp, lo, hi, out,
+                         risky, mnmx, chk):
+    """Accumulators from the transposed int32 GEMM `g` (rows: o_n outputs, then optionally
+    o_n positive- and o_n negative-product sums; columns m = (n, oy, ox)): ``acc = g + corr``
+    (corr holds the bias and the input-shift correction). Writes acc, or requantized acc when
+    `do_rq`, into `out` (N, O, Ho, Wo); when `risk`, flags in `risky` the outputs whose
+    bounds ``[bias - neg, bias + pos]`` (acc level) or ``[-neg, pos]`` (pe level, when
+    `pe_risk`) leave the level's range. Per (o, n): the accumulators' min and max, and the
+    weighted checksum of every GEMM row (see `im2col_i8_kernel`)."""
+    N = out.shape[0]
+    hw = ho * wo
+    nq = g.shape[0] // o_n
+    out3 = out.reshape(N, out.shape[1], hw)
+    risky3 = risky.reshape(risky.shape[0], risky.shape[1], -1)
+    for t in numba.prange(o_n * N):
+        o = t // N
+        b = t - o * N
+        mn = _I64_MAX
+        mx = _I64_MIN
+        base = b * hw
+        c0 = corr[o]
+        s0 = 0
+        for p in range(hw):
+            m = base + p
+            gv = np.int64(g[o, m])
+            s0 += (1 + (m & 3)) * gv
+            acc = gv + c0
+            mn = min(mn, acc)
+            mx = max(mx, acc)
+            out3[b, o, p] = acc
+        if do_rq:
+            row = out3[b, o]
+            requant_row(row, row, m0[o], nsh[o], mf[o], scale_float, code, mbits, zp, lo, hi)
+        chk[o, b] = s0
+        mnmx[o, b, 0] = mn
+        mnmx[o, b, 1] = mx
+        if nq > 1:
+            s1 = 0
+            s2 = 0
+            cp = corr[o_n + o]
+            cn = corr[2 * o_n + o]
+            for p in range(hw):
+                m = base + p
+                gp = np.int64(g[o_n + o, m])
+                gn = np.int64(g[2 * o_n + o, m])
+                s1 += (1 + (m & 3)) * gp
+                s2 += (1 + (m & 3)) * gn
+                if risk:
+                    pos = gp + cp
+                    neg = gn + cn
+                    flag = bias[o] - neg < acc_lo or bias[o] + pos > acc_hi
+                    if pe_risk and (-neg < pe_lo or pos > pe_hi):
+                        flag = True
+                    risky3[b, o, p] = flag
+            chk[o_n + o, b] = s1
+            chk[2 * o_n + o, b] = s2
+
+
+@numba.njit(parallel=True, cache=True)
+def nonzero_count_kernel(x, zp_x, out):
+    """out[c, h, w] = number of images whose input at (c, h, w) differs from zp_x."""
+    N, C, H, W = x.shape
+    for c in numba.prange(C):
+        for h in range(H):
+            for w_ in range(W):
+                out[c, h, w_] = 0
+        for b in range(N):
+            for h in range(H):
+                for w_ in range(W):
+                    out[c, h, w_] += x[b, c, h, w_] != zp_x
+
+
+__all__ = ["conv_kernel", "conv_points_kernel", "pool_kernel", "embed_kernel",
+           "im2col_i8_kernel", "gemm_epilogue_kernel", "nonzero_count_kernel", "MODE_CODES",
            "ORDER_CODES"]

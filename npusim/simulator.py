@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from npusim import kernels as K
-from npusim.accumulate import AccStats, LevelSpec, conv_accumulate
+from npusim.accumulate import AccStats, LevelSpec, Requant, conv_accumulate, prepare_conv
+from npusim.exact_conv import Int8Conv
 from npusim import arith
 from npusim.arith import bits_needed
 from npusim.bounds import layer_bounds
@@ -67,6 +69,7 @@ class _Plan:
     bound_l1_nobias: int = 0
     weight: np.ndarray | None = None
     bias: np.ndarray | None = None
+    prep: Int8Conv | None = None
 
 
 class Simulator:
@@ -79,6 +82,8 @@ class Simulator:
         rq = config.requant
         self.settings = RequantSettings(rq.scale_mode, rq.multiplier_bits, rq.max_shift,
                                         rq.rounding, rq.add_frac_bits)
+        #: wall seconds spent in each node during the last `run` (for benchmarks)
+        self.node_seconds: dict[str, float] = {}
 
     # ------------------------------------------------------------------ checks
     def plan(self, program: IntegerProgram) -> list[_Plan]:
@@ -116,6 +121,12 @@ class Simulator:
                 p.bound_l1_nobias = lb.bound_l1_nobias_bits
                 if node.op == "linear":
                     p.weight = p.weight.reshape(*w.shape, 1, 1)
+                if self.fast:
+                    stride, pad, groups = (1, 0, 1) if node.op == "linear" else (
+                        node.attrs["stride"], node.attrs["padding"], node.attrs["groups"])
+                    p.prep = prepare_conv(p.weight, stride, pad, groups, xt.zero_point,
+                                          xt.int_range(), self._levels(), p.bound_l1,
+                                          p.bound_l1_nobias)
             requant = node.op in ("conv2d", "linear", "add", "avgpool2d", "global_avgpool") \
                 and node.attrs.get("requant", True)
             if requant:
@@ -175,6 +186,12 @@ class Simulator:
                 f"node {node.name!r}: stored multiplier/shift disagree with the scales in the "
                 f"tensor table under the program's requant settings")
 
+    def _levels(self) -> LevelSpec:
+        cfg = self.config
+        prec = cfg.precision
+        return LevelSpec(K.ORDER_CODES[cfg.array.dataflow], cfg.array.rows, prec.pe_acc_bits,
+                         K.MODE_CODES[prec.pe_mode], prec.acc_bits, K.MODE_CODES[prec.acc_mode])
+
     # ------------------------------------------------------------------ running
     def run(self, program: IntegerProgram, images: np.ndarray, trace: bool = False,
             batch_size: int = 256) -> SimResult:
@@ -189,6 +206,7 @@ class Simulator:
             raise SimulationError(f"images: expected integers in [{lo}, {hi}] ({in_spec.bits}-bit "
                                   f"{'signed' if in_spec.signed else 'unsigned'}), got {images.dtype}")
         plans = self.plan(program)
+        self.node_seconds = {p.node.name: 0.0 for p in plans}
         n_img = len(images)
         outs: dict[str, list[np.ndarray]] = {o: [] for o in program.outputs}
         traces: dict[str, list[np.ndarray]] = {}
@@ -216,9 +234,9 @@ class Simulator:
         s = self.settings
         vals = {program.input: x0}
         st = {}
-        order = K.ORDER_CODES[cfg.array.dataflow]
         scale_float = s.scale_mode == "float"
         for p in plans:
+            t0 = time.perf_counter()
             node = p.node
             t_out = program.tensors[node.output]
             zp_y = t_out.zero_point
@@ -235,14 +253,11 @@ class Simulator:
                     stride, pad, groups = node.attrs["stride"], node.attrs["padding"], node.attrs["groups"]
                     x4 = x
                 out_hw = (t_out.shape[1], t_out.shape[2]) if node.op == "conv2d" else (1, 1)
-                lv = LevelSpec(order, cfg.array.rows, prec.pe_acc_bits, K.MODE_CODES[prec.pe_mode],
-                               prec.acc_bits, K.MODE_CODES[prec.acc_mode])
+                req = None if rq is None else Requant(rq.m0, rq.n, rq.mf, scale_float, s.code,
+                                                      s.multiplier_bits, zp_y, lo, hi)
                 acc, ast = conv_accumulate(x4, p.weight, p.bias, stride, pad, groups,
-                                           xt.zero_point, out_hw, lv, p.bound_l1,
-                                           p.bound_l1_nobias, self.fast)
-                if rq is not None:
-                    acc = arith.requantize(acc, rq.m0, rq.n, rq.mf, scale_float, s.code,
-                                           s.multiplier_bits, zp_y, lo, hi)
+                                           xt.zero_point, out_hw, self._levels(), p.bound_l1,
+                                           p.bound_l1_nobias, self.fast, p.prep, req)
                 y = acc if node.op == "conv2d" else acc.reshape(n, -1)
                 st[node.name] = ast
             elif node.op == "add":
@@ -282,6 +297,7 @@ class Simulator:
             else:  # pragma: no cover - the program loader rejects unknown ops
                 raise SimulationError(f"node {node.name!r}: unsupported op {node.op!r}")
             vals[node.output] = y
+            self.node_seconds[node.name] += time.perf_counter() - t0
         return vals, st
 
     def _stats_table(self, program, plans, stats, n_img) -> pd.DataFrame:
