@@ -94,7 +94,7 @@ def exact_conv2d(x: np.ndarray, w: np.ndarray, stride: int = 1, padding: int = 0
 def _self_test(mm) -> bool:
     """Extreme and random int8 operands over the shape classes the kernels dispatch on."""
     rng = np.random.default_rng(1234)
-    for m, k, n in [(1, 9, 16), (7, 3, 5), (64, 144, 16), (3136, 576, 64), (2048, 2304, 48)]:
+    for m, k, n in [(1, 9, 16), (7, 3, 5), (64, 144, 16), (784, 144, 48), (392, 1152, 64)]:
         for a_val, b_val in [(-128, -128), (127, 127), (-128, 127), (None, None)]:
             if a_val is None:
                 a = rng.choice(np.array([-128, 127, -127, 0, 1], np.int8), size=(m, k))
@@ -124,11 +124,30 @@ def int8_gemm_available() -> bool:
     return _INT8_OK
 
 
+_GEMM_PARALLEL_MIN_MACS = 1 << 26  # smaller GEMMs run on one torch thread
+
+
+def _canonical(a: np.ndarray) -> np.ndarray:
+    """`a` with row-major strides in every dimension, size-1 ones included (torch._int_mm
+    reads a (1, N) operand with strides (1, 1), which NumPy calls contiguous, wrongly)."""
+    want = tuple(int(np.prod(a.shape[i + 1:])) * a.itemsize for i in range(a.ndim))
+    return a if a.strides == want else np.array(a, order="C", copy=True)
+
+
 def _int_mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """int8 (M, K) x int8 (K, N) -> int32 (M, N) through torch._int_mm."""
+    """int8 (M, K) x int8 (K, N) -> int32 (M, N) through torch._int_mm (strided views are
+    fine). Small products run on one thread: waking torch's pool costs more than the work."""
     import torch
 
-    return torch._int_mm(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    ta, tb = torch.from_numpy(_canonical(a)), torch.from_numpy(_canonical(b))
+    if a.shape[0] * a.shape[1] * b.shape[1] >= _GEMM_PARALLEL_MIN_MACS:
+        return torch._int_mm(ta, tb).numpy()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch._int_mm(ta, tb).numpy()
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -151,6 +170,7 @@ class Int8Conv:
     stride: int
     padding: int
     signs: bool
+    wmat_t: np.ndarray  # (K, q) contiguous
 
 
 def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, zp_x: int, xs_lo: int,
@@ -177,7 +197,7 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, zp_x: int, xs_lo
         return None
     wmat = np.ascontiguousarray(np.concatenate(mats).astype(np.int8))
     return Int8Conv(wmat, wmat.astype(np.int64).sum(axis=1), shift, zp_x + shift, zp_x, o,
-                    w.shape[2], w.shape[3], stride, padding, signs)
+                    w.shape[2], w.shape[3], stride, padding, signs, np.ascontiguousarray(wmat.T))
 
 
 @dataclass
@@ -201,14 +221,16 @@ def int8_conv_gemm(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> In
     n = x.shape[0]
     ho, wo = out_hw
     k = plan.wmat.shape[1]
-    cols = np.empty((k, n * ho * wo), np.int8)
+    cols = np.empty((n * ho * wo, k), np.int8)
     colsum = np.empty((k, n), np.int64)
     outside = np.zeros((k, n), np.bool_)
     K.im2col_i8_kernel(x, plan.kh, plan.kw, plan.stride, plan.padding, plan.zp_x, plan.sub,
                        ho, wo, cols, colsum, outside)
     if outside.any():
         return None
-    g = _int_mm(plan.wmat, cols)
+    # (M, K) x (K, q): oneDNN is much faster with the long dimension first; the result is
+    # used transposed, (q, M). Operands must be contiguous (strided views gave wrong sums)
+    g = _int_mm(cols, plan.wmat_t).T
     return Int8Gemm(g, plan.wmat.astype(np.int64) @ colsum.sum(axis=1))
 
 

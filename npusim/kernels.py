@@ -156,17 +156,17 @@ def embed_kernel(x, lut, out):
 
 @numba.njit(parallel=True, cache=True)
 def im2col_i8_kernel(x, kh, kw, stride, pad, zp_x, sub, ho, wo, cols, colsum, outside):
-    """Transposed im2col of ``x - sub`` as int8: ``cols[k, m]`` with k = (c, i, j) and
-    m = (n, oy, ox); positions in the zero padding read ``zp_x - sub``. Per (k, n) also the
-    weighted checksum ``colsum[k, n] = sum_m (1 + (m & 3)) * cols[k, m]`` that verifies the
-    GEMM, and ``outside[k, n]``: whether a value read did not fit int8 (the caller must not
-    use the result then)."""
+    """im2col of ``x - sub`` as int8: ``cols[m, k]`` with m = (n, oy, ox) and k = (c, i, j);
+    positions in the zero padding read ``zp_x - sub``. Per (k, n) also the weighted checksum
+    ``colsum[k, n] = sum_m (1 + (m & 3)) * cols[m, k]`` that verifies the GEMM, and
+    ``outside[k, n]``: whether a value read did not fit int8 (the result is unusable then)."""
     N, C, H, W = x.shape
+    K = cols.shape[1]
     hw = ho * wo
     padv = zp_x - sub
-    for t in numba.prange(cols.shape[0] * N):
-        k = t // N
-        b = t - k * N
+    for t in numba.prange(K * N):  # image-major: one image's rows stay in cache
+        b = t // K
+        k = t - b * K
         c = k // (kh * kw)
         i = (k // kw) % kh
         j = k % kw
@@ -175,34 +175,30 @@ def im2col_i8_kernel(x, kh, kw, stride, pad, zp_x, sub, ho, wo, cols, colsum, ou
         ox_hi = max(ox_lo, min(wo, (W - 1 + pad - j) // stride + 1))
         ix0 = np.uint64(ox_lo * stride + j - pad)  # >= 0 when ox_lo < ox_hi
         plane = x[b, c]
-        row = cols[k]
+        col = cols[:, k]
         bad = False
+        s = 0
         for oy in range(ho):
-            base = np.uint64(b * hw + oy * wo)
+            base = b * hw + oy * wo
             iy = oy * stride + i - pad
             if iy < 0 or iy >= H:
                 for ox in range(wo):
-                    row[base + np.uint64(ox)] = padv
+                    col[np.uint64(base + ox)] = padv
+                    s += (1 + ((base + ox) & 3)) * padv
                 continue
             for ox in range(ox_lo):
-                row[base + np.uint64(ox)] = padv
+                col[np.uint64(base + ox)] = padv
+                s += (1 + ((base + ox) & 3)) * padv
             src = plane[np.uint64(iy)]
-            if stride == 1:
-                for q in range(ox_hi - ox_lo):
-                    v = src[ix0 + np.uint64(q)] - sub
-                    bad |= np.uint64(v + 128) > np.uint64(255)
-                    row[base + np.uint64(ox_lo + q)] = v
-            else:
-                for q in range(ox_hi - ox_lo):
-                    v = src[ix0 + np.uint64(q * stride)] - sub
-                    bad |= np.uint64(v + 128) > np.uint64(255)
-                    row[base + np.uint64(ox_lo + q)] = v
+            for q in range(ox_hi - ox_lo):
+                v = src[ix0 + np.uint64(q * stride)] - sub
+                bad |= np.uint64(v + 128) > np.uint64(255)
+                m = base + ox_lo + q
+                col[np.uint64(m)] = v
+                s += (1 + (m & 3)) * v
             for ox in range(ox_hi, wo):
-                row[base + np.uint64(ox)] = padv
-        s = 0
-        start = b * hw
-        for p in range(hw):
-            s += (1 + ((start + p) & 3)) * np.int64(row[np.uint64(start + p)])
+                col[np.uint64(base + ox)] = padv
+                s += (1 + ((base + ox) & 3)) * padv
         colsum[k, b] = s
         outside[k, b] = bad
 

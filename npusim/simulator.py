@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from npusim.config import NPUConfig
 
 log = logging.getLogger(__name__)
+
+_PARALLEL_MIN_WORK = 1 << 24  # MACs (or outputs) of a node below which it runs on one thread
 
 
 class SimulationError(ValueError):
@@ -162,8 +165,12 @@ class Simulator:
             window = node.attrs.get("kernel", 1) ** 2 if node.op == "avgpool2d" else h * w
             width = xt.bits + 1 + math.ceil(math.log2(max(window, 1)))
         left = 0
-        if self.settings.code == TFLITE_DOUBLE and rq.n.size:
-            left = int(np.max(np.maximum((b - 1) - rq.n, 0)))
+        # a residual add rescales each input with `add_frac_bits` more fractional bits
+        n = rq.n - self.settings.add_frac_bits if node.op == "add" else rq.n
+        if self.settings.code == TFLITE_DOUBLE and n.size:
+            left = int(np.max(np.maximum((b - 1) - n, 0)))
+        elif n.size:  # single rounding: a negative shift is an exact left shift of acc * m0
+            left = int(np.max(np.maximum(-n, 0)))
         if width + b + left > 64:
             raise SimulationError(
                 f"node {node.name!r}: the requantization product needs {width}+{b}"
@@ -196,6 +203,9 @@ class Simulator:
     def run(self, program: IntegerProgram, images: np.ndarray, trace: bool = False,
             batch_size: int = 256) -> SimResult:
         """Simulate `images` (uint8 (N, C, H, W)) through `program`."""
+        return run_many([self], program, images, trace, batch_size)[0]
+
+    def _check_images(self, program: IntegerProgram, images: np.ndarray) -> np.ndarray:
         in_spec = program.tensors[program.input]
         images = np.asarray(images)
         if images.ndim != 1 + len(in_spec.shape) or tuple(images.shape[1:]) != tuple(in_spec.shape):
@@ -205,39 +215,24 @@ class Simulator:
         if images.dtype.kind not in "iu" or (images.size and (images.min() < lo or images.max() > hi)):
             raise SimulationError(f"images: expected integers in [{lo}, {hi}] ({in_spec.bits}-bit "
                                   f"{'signed' if in_spec.signed else 'unsigned'}), got {images.dtype}")
-        plans = self.plan(program)
-        self.node_seconds = {p.node.name: 0.0 for p in plans}
-        n_img = len(images)
-        outs: dict[str, list[np.ndarray]] = {o: [] for o in program.outputs}
-        traces: dict[str, list[np.ndarray]] = {}
-        stats: dict[str, list[AccStats]] = {p.node.name: [] for p in plans}
-        for start in range(0, max(n_img, 1), batch_size):
-            chunk = images[start:start + batch_size].astype(np.int64)
-            vals, st = self._run_batch(program, plans, chunk)
-            for o in program.outputs:
-                outs[o].append(vals[o])
-            if trace:
-                for p in plans:
-                    traces.setdefault(p.node.output, []).append(vals[p.node.output])
-            for name, a in st.items():
-                stats[name].append(a)
-        result = SimResult(
-            outputs={o: np.concatenate(v) for o, v in outs.items()},
-            stats=self._stats_table(program, plans, stats, n_img),
-            traces={k: np.concatenate(v) for k, v in traces.items()},
-        )
-        return result
+        return images
 
-    def _run_batch(self, program, plans, x0):
+    def _run_batch(self, program, plans, x0, gemm_cache=None):
         cfg = self.config
         prec = cfg.precision
         s = self.settings
         vals = {program.input: x0}
         st = {}
         scale_float = s.scale_mode == "float"
+        threads = numba.get_num_threads()
         for p in plans:
             t0 = time.perf_counter()
             node = p.node
+            # small layers run on one thread: a parallel region waits for every worker, which
+            # costs more than the work when the machine is busy (torch does the same)
+            work = len(vals[node.inputs[0]]) * max(p.macs, int(np.prod(
+                program.tensors[node.output].shape)))
+            numba.set_num_threads(1 if work < _PARALLEL_MIN_WORK else threads)
             t_out = program.tensors[node.output]
             zp_y = t_out.zero_point
             lo, hi = node.attrs.get("clamp", t_out.int_range())
@@ -257,7 +252,8 @@ class Simulator:
                                                       s.multiplier_bits, zp_y, lo, hi)
                 acc, ast = conv_accumulate(x4, p.weight, p.bias, stride, pad, groups,
                                            xt.zero_point, out_hw, self._levels(), p.bound_l1,
-                                           p.bound_l1_nobias, self.fast, p.prep, req)
+                                           p.bound_l1_nobias, self.fast, p.prep, req,
+                                           gemm_cache, node.name)
                 y = acc if node.op == "conv2d" else acc.reshape(n, -1)
                 st[node.name] = ast
             elif node.op == "add":
@@ -298,6 +294,7 @@ class Simulator:
                 raise SimulationError(f"node {node.name!r}: unsupported op {node.op!r}")
             vals[node.output] = y
             self.node_seconds[node.name] += time.perf_counter() - t0
+        numba.set_num_threads(threads)
         return vals, st
 
     def _stats_table(self, program, plans, stats, n_img) -> pd.DataFrame:
@@ -330,6 +327,45 @@ class Simulator:
             if c in df:
                 df[c] = df[c].astype("Int64")
         return df
+
+
+def run_many(simulators: list[Simulator], program: IntegerProgram, images: np.ndarray,
+             trace: bool = False, batch_size: int = 256) -> list[SimResult]:
+    """Run several simulators (for example an accumulator-width sweep) over the same images,
+    batch by batch, sharing work that is provably identical: a layer's int8 GEMM is reused
+    by every configuration whose input to that layer equals, value for value, an input
+    already seen in this batch (the first layer always; later layers while the outputs have
+    not diverged). Each result is exactly what ``sim.run`` returns."""
+    if not simulators:
+        return []
+    images = simulators[0]._check_images(program, images)
+    plans = [sim.plan(program) for sim in simulators]
+    n_img = len(images)
+    outs = [{o: [] for o in program.outputs} for _ in simulators]
+    traces: list[dict[str, list[np.ndarray]]] = [{} for _ in simulators]
+    stats = [{p.node.name: [] for p in pl} for pl in plans]
+    for sim, pl in zip(simulators, plans):
+        sim.node_seconds = {p.node.name: 0.0 for p in pl}
+    threads = numba.get_num_threads()
+    try:
+        for start in range(0, max(n_img, 1), batch_size):
+            chunk = images[start:start + batch_size].astype(np.int64)
+            cache: dict | None = {} if len(simulators) > 1 else None
+            for i, (sim, pl) in enumerate(zip(simulators, plans)):
+                vals, st = sim._run_batch(program, pl, chunk, cache)
+                for o in program.outputs:
+                    outs[i][o].append(vals[o])
+                if trace:
+                    for p in pl:
+                        traces[i].setdefault(p.node.output, []).append(vals[p.node.output])
+                for name, a in st.items():
+                    stats[i][name].append(a)
+    finally:
+        numba.set_num_threads(threads)
+    return [SimResult(outputs={o: np.concatenate(v) for o, v in outs[i].items()},
+                      stats=sim._stats_table(program, plans[i], stats[i], n_img),
+                      traces={k: np.concatenate(v) for k, v in traces[i].items()})
+            for i, sim in enumerate(simulators)]
 
 
 def overflow_rate(stats: pd.DataFrame) -> float:

@@ -103,7 +103,7 @@ def test_checksum_catches_a_wrong_gemm(monkeypatch):
 
     def saturating(a, b):  # what 16-bit intermediate saturation would do to one entry
         g = real(a, b).copy()
-        g[1, 7] -= 3
+        g[7, 1] -= 3
         return g
 
     monkeypatch.setattr(exact_conv, "_int_mm", saturating)
@@ -161,3 +161,25 @@ def test_simulator_int8_engine_equals_float_engine_and_oracle(seed, dataflow, bi
             assert row["acc_overflows"] == acc_ovf
             if dataflow == "ws":
                 assert row["pe_overflows"] == pe_ovf
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2 ** 32 - 1), st.booleans())
+def test_run_many_equals_separate_runs(seed, requant):
+    """A sweep sharing GEMMs (`run_many`) gives every configuration exactly its own run."""
+    from npusim.simulator import run_many
+
+    rng = np.random.default_rng(seed)
+    x = rng.choice([0, 255, rng.integers(0, 256)], size=(3, 3, 5, 5))
+    w = rng.choice([-127, 127, 0, rng.integers(-127, 128)], size=(4, 3, 3, 3))
+    bias = rng.integers(-3000, 3000, size=4)
+    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=requant)
+    base = NPUConfig.preset("edge16")
+    cfgs = [base] + [base.with_overrides({"precision.acc_bits": b, "precision.pe_acc_bits": b,
+                                          "precision.overflow": m, "array.dataflow": d})
+                     for b in (17, 19, 32) for m in ("wrap", "saturate") for d in ("os", "ws")]
+    many = run_many([Simulator(c) for c in cfgs], prog, x, batch_size=2)
+    for cfg, got in zip(cfgs, many):
+        one = Simulator(cfg).run(prog, x, batch_size=2)
+        np.testing.assert_array_equal(got.outputs["y"], one.outputs["y"])
+        assert got.stats.equals(one.stats)
