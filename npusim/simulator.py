@@ -217,7 +217,7 @@ class Simulator:
                                   f"{'signed' if in_spec.signed else 'unsigned'}), got {images.dtype}")
         return images
 
-    def _run_batch(self, program, plans, x0, gemm_cache=None):
+    def _run_batch(self, program, plans, x0, gemm_cache=None, keep_all=True):
         cfg = self.config
         prec = cfg.precision
         s = self.settings
@@ -225,7 +225,11 @@ class Simulator:
         st = {}
         scale_float = s.scale_mode == "float"
         threads = numba.get_num_threads()
-        for p in plans:
+        last_use = {}
+        for i, p in enumerate(plans):
+            for name in p.node.inputs:
+                last_use[name] = i
+        for i, p in enumerate(plans):
             t0 = time.perf_counter()
             node = p.node
             # small layers run on one thread: a parallel region waits for every worker, which
@@ -293,6 +297,10 @@ class Simulator:
             else:  # pragma: no cover - the program loader rejects unknown ops
                 raise SimulationError(f"node {node.name!r}: unsupported op {node.op!r}")
             vals[node.output] = y
+            if not keep_all:  # free what no later node reads (peak memory of big batches)
+                for name in node.inputs:
+                    if last_use.get(name) == i and name not in program.outputs:
+                        vals.pop(name, None)
             self.node_seconds[node.name] += time.perf_counter() - t0
         numba.set_num_threads(threads)
         return vals, st
@@ -352,7 +360,7 @@ def run_many(simulators: list[Simulator], program: IntegerProgram, images: np.nd
             chunk = images[start:start + batch_size].astype(np.int64)
             cache: dict | None = {} if len(simulators) > 1 else None
             for i, (sim, pl) in enumerate(zip(simulators, plans)):
-                vals, st = sim._run_batch(program, pl, chunk, cache)
+                vals, st = sim._run_batch(program, pl, chunk, cache, keep_all=trace)
                 for o in program.outputs:
                     outs[i][o].append(vals[o])
                 if trace:
