@@ -1,6 +1,6 @@
-"""MARViN table: float32 vs MARViN (and MARViN without its guard) vs fixed 8-bit vs fixed 16-bit
-training on mnist5k, same
-epoch budget, top-1 and the estimated training speedup / energy vs float32.
+"""MARViN table: float32 vs MARViN (and MARViN without its guard) vs fixed 8-bit vs fixed
+16-bit training on mnist5k, same epoch budget: top-1 and the estimated training speedup /
+energy vs float32.
 
     NPUSIM_CACHE=/tmp/npc .venv/bin/python benchmarks/marvin_table.py            # train + table
     NPUSIM_CACHE=/tmp/npc .venv/bin/python benchmarks/marvin_table.py --train-only
