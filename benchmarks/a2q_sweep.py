@@ -102,7 +102,7 @@ def main() -> None:
                     write_csv(done, csv)
                     continue
                 res = results[modes[0]]
-                ovf = {m: int(r.stats[["pe_overflows", "acc_overflows"]].to_numpy().sum())
+                ovf = {m: int(r.stats[["pe_overflows", "acc_overflows"]].fillna(0).sum().sum())
                        for m, r in results.items()}
                 exact_logits = results.get("exact")
                 cost = estimate_cost(prog, _npu(p, modes[0]), stats=res.stats)
@@ -113,7 +113,7 @@ def main() -> None:
                     same_logits_as_exact=(None if exact_logits is None else bool(all(
                         np.array_equal(r.logits, exact_logits.logits) for r in results.values()))),
                     energy_uj=cost.totals.iloc[0]["energy_per_image_uj"],
-                    max_bound_l1_bits=int(res.stats["bound_l1_bits"].max()),
+                    max_bound_l1_bits=int(res.stats["bound_l1_bits"].dropna().max()),
                     seconds=time.perf_counter() - t0, note="")
                 print(f"W{bits}A{bits} P={p:2d} {strategy:12s} top-1 {row['top1_pct']:5.1f}%  "
                       f"overflows {row['overflow_events_all_modes']}  {row['energy_uj']:.2f} uJ",

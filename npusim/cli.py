@@ -103,7 +103,17 @@ def _train_qat(model, data, epochs, out, seed, width, lr, batch_size, root, quan
     if quant_config is not None:
         if not quant_config.is_file():
             _fail(f"--quant-config: {quant_config} not found")
-        cfg = QuantConfig.from_json(quant_config.read_text(), source=str(quant_config))
+        import json
+
+        text = quant_config.read_text()
+        try:  # --quant/--wbits/--abits fill the keys the file does not set
+            doc = json.loads(text)
+            if isinstance(doc, dict):
+                text = json.dumps({"method": quant, "weight_bits": wbits, "act_bits": abits,
+                                   **doc})
+        except json.JSONDecodeError:
+            pass  # from_json reports it in one line
+        cfg = QuantConfig.from_json(text, source=str(quant_config))
     else:
         cfg = QuantConfig.make(method=quant, weight_bits=wbits, act_bits=abits)
     if from_ckpt is None:

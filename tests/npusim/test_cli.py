@@ -78,3 +78,19 @@ def test_simulate_bad_set_key_is_one_line(tmp_path):
     res = run("simulate", str(tmp_path / "missing.safetensors"))
     assert res.returncode == 2 and "file not found" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_qat_with_a2q_quant_config_and_bounds(tmp_path, monkeypatch, capsys):
+    """--quant-config adds A2Q (the CLI's --wbits/--abits fill the keys the file leaves out);
+    `npusim bounds` then shows the width each layer was trained for, and that it fits."""
+    monkeypatch.setenv("NPUSIM_CACHE", str(tmp_path / "cache"))
+    f, p, cfg = tmp_path / "f.pt", tmp_path / "p.safetensors", tmp_path / "a2q.json"
+    cfg.write_text('{"acc_bits": 13, "first_layer_bits": 3, "a2q": {"mode": "a2q+"}}')
+    common = ["--model", "resnet8", "--data", "digits", "--width", "0.25", "--epochs", "1"]
+    assert main(["train", *common, "--out", str(f)]) == 0
+    assert main(["train", *common, "--quant", "lsq", "--wbits", "3", "--abits", "3",
+                 "--quant-config", str(cfg), "--from", str(f), "--export", str(p)]) == 0
+    assert "lsq-W3A3-a2q+-P13" in capsys.readouterr().out
+    assert main(["bounds", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "trained_acc_bits" in out and "fits_trained_width" in out and "False" not in out
