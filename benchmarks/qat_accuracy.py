@@ -52,11 +52,14 @@ def main() -> None:
     ap.add_argument("--no-ablation", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="reports/qat_accuracy")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--report-only", action="store_true",
+                    help="Train nothing; rewrite the markdown table from the CSV.")
     args = ap.parse_args()
     if args.quick:
         args.methods, args.bits, args.qat_epochs, args.no_ablation = "lsq", "8,4", 1, True
         args.out = args.out + "_quick"
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     csv = out.with_suffix(".csv")
@@ -77,7 +80,7 @@ def main() -> None:
                          {**opts, **MDE_FAST} if opts.get("mde") else opts))
 
     for run, method, bits, opts in runs:
-        if run in have:
+        if args.report_only or run in have:
             continue
         model, _ = load_checkpoint(ckpt)
         t0 = time.perf_counter()
@@ -118,7 +121,7 @@ def main() -> None:
         done.to_csv(tmp, index=False)
         tmp.replace(csv)
     md = done[["run", "w_bits", "a_bits", "qat_epochs", "fake_quant_top1_pct", "integer_top1_pct",
-               "integer_tflite_double_rounding_top1_pct", "note"]].fillna("")
+               "integer_tflite_double_rounding_top1_pct", "options", "note"]].fillna("")
     out.with_suffix(".md").write_text(
         f"# QAT top-1 on {args.data} ({args.model}, {args.qat_epochs} QAT epochs from one float "
         f"checkpoint of {args.float_epochs} epochs)\n\nCommand: `python benchmarks/qat_accuracy.py`"

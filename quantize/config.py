@@ -145,7 +145,7 @@ class QuantConfig(_Strict):
         except json.JSONDecodeError as e:
             raise QuantConfigError(f"{source}: not valid JSON ({e.msg} at line {e.lineno})") from None
         except ValidationError as e:
-            raise QuantConfigError(f"{source}: {_first_error(e)}") from None
+            raise QuantConfigError(f"{source}: {first_error_line(e)}") from None
 
     @classmethod
     def make(cls, **kwargs: Any) -> "QuantConfig":
@@ -153,7 +153,7 @@ class QuantConfig(_Strict):
         try:
             return cls(**kwargs)
         except ValidationError as e:
-            raise QuantConfigError(_first_error(e)) from None
+            raise QuantConfigError(first_error_line(e)) from None
 
     def short_name(self) -> str:
         name = f"{self.method}-W{self.weight_bits}A{self.act_bits}"
@@ -166,7 +166,8 @@ class QuantConfig(_Strict):
         return name
 
 
-def _first_error(e: ValidationError) -> str:
+def first_error_line(e: ValidationError) -> str:
+    """The first pydantic error as one line: `field.path: message` (unknown keys named)."""
     err = e.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "config"
     msg = err["msg"]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from quantize.config import _first_error
+from quantize.config import first_error_line
 
 __all__ = ["MarvinConfig", "MarvinConfigError"]
 
@@ -100,7 +100,7 @@ class MarvinConfig(BaseModel):
             raise MarvinConfigError(f"{source}: not valid JSON ({e.msg} at line {e.lineno})") \
                 from None
         except ValidationError as e:
-            raise MarvinConfigError(f"{source}: {_first_error(e)}") from None
+            raise MarvinConfigError(f"{source}: {first_error_line(e)}") from None
 
     @classmethod
     def make(cls, **kwargs: Any) -> "MarvinConfig":
@@ -108,4 +108,4 @@ class MarvinConfig(BaseModel):
         try:
             return cls(**kwargs)
         except ValidationError as e:
-            raise MarvinConfigError(_first_error(e)) from None
+            raise MarvinConfigError(first_error_line(e)) from None
