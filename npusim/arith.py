@@ -193,6 +193,30 @@ def requant_row(src, dst, m0, n, mf, scale_float, code, mbits, zp, lo, hi):
             dst[j] = requant_one(src[j], m0, n, mf, False, code, mbits, zp, lo, hi)
 
 
+@register_jitable
+def requant_channels(src, dst, m0, n, mf, scale_float, code, mbits, zp, lo, hi):
+    """``dst[c] = requant_one(src[c], m0[c], n[c], mf[c], ...)``: one pixel of a channels-last
+    tensor, each value with its channel's parameters; the mode and rounding code are
+    dispatched once per call, as in `requant_row`."""
+    if scale_float:
+        for c in range(src.shape[0]):
+            dst[c] = requant_one(src[c], m0[c], n[c], mf[c], True, 0, mbits, zp, lo, hi)
+    elif code == HALF_UP:
+        for c in range(src.shape[0]):
+            dst[c] = requant_one(src[c], m0[c], n[c], mf[c], False, HALF_UP, mbits, zp, lo, hi)
+    elif code == HALF_EVEN:
+        for c in range(src.shape[0]):
+            dst[c] = requant_one(src[c], m0[c], n[c], mf[c], False, HALF_EVEN, mbits, zp, lo,
+                                 hi)
+    elif code == TFLITE_DOUBLE:
+        for c in range(src.shape[0]):
+            dst[c] = requant_one(src[c], m0[c], n[c], mf[c], False, TFLITE_DOUBLE, mbits, zp,
+                                 lo, hi)
+    else:
+        for c in range(src.shape[0]):
+            dst[c] = requant_one(src[c], m0[c], n[c], mf[c], False, code, mbits, zp, lo, hi)
+
+
 @numba.njit(parallel=True, cache=True)
 def _requant_kernel(acc, m0, n, mf, scale_float, code, mbits, zp, lo, hi, out):
     for t in numba.prange(acc.shape[0] * acc.shape[1]):
@@ -203,22 +227,26 @@ def _requant_kernel(acc, m0, n, mf, scale_float, code, mbits, zp, lo, hi, out):
 
 
 @numba.njit(parallel=True, cache=True)
-def _add_kernel(a, b, m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac, scale_float, code, shift_code,
-                mbits, zp_y, lo, hi, out):
-    # the mode and rounding codes are dispatched once, to loops with constant codes
+def _add_kernel(a, b, zp_a, zp_b, m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac, scale_float, code,
+                shift_code, mbits, zp_y, lo, hi, out):
+    # inputs of any integer dtype, zero points removed in int64; the mode and rounding codes
+    # are dispatched once, to loops with constant codes
     for i in numba.prange(a.shape[0]):
         if scale_float:
             for j in range(a.shape[1]):
-                out[i, j] = add_one(a[i, j], b[i, j], m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac,
-                                    True, code, shift_code, mbits, zp_y, lo, hi)
+                out[i, j] = add_one(np.int64(a[i, j]) - zp_a, np.int64(b[i, j]) - zp_b, m0_a,
+                                    n_a, m0_b, n_b, mf_a, mf_b, frac, True, code, shift_code,
+                                    mbits, zp_y, lo, hi)
         elif code == HALF_UP and shift_code == HALF_UP:
             for j in range(a.shape[1]):
-                out[i, j] = add_one(a[i, j], b[i, j], m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac,
-                                    False, HALF_UP, HALF_UP, mbits, zp_y, lo, hi)
+                out[i, j] = add_one(np.int64(a[i, j]) - zp_a, np.int64(b[i, j]) - zp_b, m0_a,
+                                    n_a, m0_b, n_b, mf_a, mf_b, frac, False, HALF_UP, HALF_UP,
+                                    mbits, zp_y, lo, hi)
         else:
             for j in range(a.shape[1]):
-                out[i, j] = add_one(a[i, j], b[i, j], m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac,
-                                    False, code, shift_code, mbits, zp_y, lo, hi)
+                out[i, j] = add_one(np.int64(a[i, j]) - zp_a, np.int64(b[i, j]) - zp_b, m0_a,
+                                    n_a, m0_b, n_b, mf_a, mf_b, frac, False, code, shift_code,
+                                    mbits, zp_y, lo, hi)
 
 
 def requantize(acc: np.ndarray, m0: np.ndarray, n: np.ndarray, mf: np.ndarray, scale_float: bool,
@@ -238,15 +266,16 @@ def requantize(acc: np.ndarray, m0: np.ndarray, n: np.ndarray, mf: np.ndarray, s
 
 def residual_add(a: np.ndarray, b: np.ndarray, zp_a: int, zp_b: int, m0: np.ndarray, n: np.ndarray,
                  mf: np.ndarray, frac: int, scale_float: bool, code: int, shift_code: int,
-                 mbits: int, zp_y: int, lo: int, hi: int) -> np.ndarray:
-    """Residual add of two int64 tensors of one shape; (m0, n, mf) hold one entry per input."""
+                 mbits: int, zp_y: int, lo: int, hi: int, out_dtype=np.int64) -> np.ndarray:
+    """Residual add of two integer tensors of one shape; (m0, n, mf) hold one entry per
+    input. The result (in [lo, hi]) is stored in `out_dtype`."""
     shape = a.shape
-    a2 = (np.asarray(a, np.int64) - zp_a).reshape(shape[0], -1)
-    b2 = (np.asarray(b, np.int64) - zp_b).reshape(shape[0], -1)
-    out = np.empty_like(a2)
-    _add_kernel(a2, b2, int(m0[0]), int(n[0]), int(m0[1]), int(n[1]), np.float32(mf[0]),
-                np.float32(mf[1]), int(frac), bool(scale_float), int(code), int(shift_code),
-                int(mbits), int(zp_y), int(lo), int(hi), out)
+    a2 = np.ascontiguousarray(a).reshape(shape[0], -1)
+    b2 = np.ascontiguousarray(b).reshape(shape[0], -1)
+    out = np.empty(a2.shape, out_dtype)
+    _add_kernel(a2, b2, int(zp_a), int(zp_b), int(m0[0]), int(n[0]), int(m0[1]), int(n[1]),
+                np.float32(mf[0]), np.float32(mf[1]), int(frac), bool(scale_float), int(code),
+                int(shift_code), int(mbits), int(zp_y), int(lo), int(hi), out)
     return out.reshape(shape)
 
 
@@ -319,6 +348,18 @@ def bits_needed(lo: int, hi: int) -> int:
     while not (-(1 << (b - 1)) <= lo and hi <= (1 << (b - 1)) - 1):
         b += 1
     return b
+
+
+_STORAGE = [np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.int64)]
+
+
+def storage_dtype(lo: int, hi: int) -> np.dtype:
+    """The narrowest integer dtype that holds every value in [lo, hi] (how tensors are kept)."""
+    for dt in _STORAGE:
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return dt
+    return np.dtype(np.int64)
 
 
 def int_range(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from npusim.arith import requant_one, requant_row, wrap
+from npusim.arith import requant_channels, requant_one, requant_row, wrap
 
 EXACT, WRAP, SATURATE = 0, 1, 2
 MODE_CODES = {"exact": EXACT, "wrap": WRAP, "saturate": SATURATE}
@@ -115,152 +115,207 @@ def conv_points_kernel(x, w, bias, stride, groups, zp_x, order, rows, pe_bits, p
 @numba.njit(parallel=True, cache=True)
 def pool_kernel(x, kernel, stride, is_max, zp_x, m0, nshift, mf, scale_float, code, mbits,
                 zp_y, lo, hi, out):
-    """Max pooling (exact; x pre-padded with the int64 minimum) or average pooling (sum of
-    x - zp_x over the window, then requantized with M = s_in / (k*k*s_out))."""
-    N, C = x.shape[0], x.shape[1]
-    Ho, Wo = out.shape[2], out.shape[3]
-    for b in numba.prange(N):
-        for c in range(C):
-            for oy in range(Ho):
-                for ox in range(Wo):
-                    if is_max:
-                        m = _I64_MIN
-                        for i in range(kernel):
-                            for j in range(kernel):
-                                v = x[b, c, oy * stride + i, ox * stride + j]
-                                if v > m:
-                                    m = v
-                        out[b, c, oy, ox] = m
-                    else:
-                        s = 0
-                        for i in range(kernel):
-                            for j in range(kernel):
-                                s += x[b, c, oy * stride + i, ox * stride + j] - zp_x
-                        out[b, c, oy, ox] = requant_one(s, m0, nshift, mf, scale_float, code,
-                                                     mbits, zp_y, lo, hi)
+    """Channels-last pooling of pre-padded `x` (N, Hp, Wp, C) into `out` (N, Ho, Wo, C): max
+    (exact; x padded with the int64 minimum) or average (sum of x - zp_x over the window, then
+    requantized with M = s_in / (k*k*s_out))."""
+    N, C = x.shape[0], x.shape[3]
+    Ho, Wo = out.shape[1], out.shape[2]
+    for t in numba.prange(N * Ho):
+        b = t // Ho
+        oy = t - b * Ho
+        acc = np.empty(C, np.int64)
+        for ox in range(Wo):
+            for c in range(C):
+                acc[c] = _I64_MIN if is_max else 0
+            for i in range(kernel):
+                for j in range(kernel):
+                    src = x[b, oy * stride + i, ox * stride + j]
+                    for c in range(C):
+                        v = np.int64(src[c])
+                        if is_max:
+                            if v > acc[c]:
+                                acc[c] = v
+                        else:
+                            acc[c] += v - zp_x
+            dst = out[b, oy, ox]
+            for c in range(C):
+                dst[c] = acc[c] if is_max else requant_one(acc[c], m0, nshift, mf, scale_float,
+                                                           code, mbits, zp_y, lo, hi)
 
 
 @numba.njit(parallel=True, cache=True)
 def embed_kernel(x, lut, out):
-    """out[n, c*d + j, h, w] = lut[c, x[n, c, h, w], j]."""
-    N, C, H, W = x.shape
+    """Channels last: out[n, h, w, c*d + j] = lut[c, x[n, h, w, c], j]."""
+    N, H, W, C = x.shape
     d = lut.shape[2]
+    for t in numba.prange(N * H):
+        b = t // H
+        h = t - b * H
+        for w_ in range(W):
+            for c in range(C):
+                p = x[b, h, w_, c]
+                for j in range(d):
+                    out[b, h, w_, c * d + j] = lut[c, p, j]
+
+
+@numba.njit(parallel=True, cache=True)
+def to_u8_kernel(x, sub, out):
+    """out = x - sub as uint8 (the caller has proved the values fit)."""
+    for i in numba.prange(x.shape[0]):
+        out[i] = np.int64(x[i]) - sub
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def window_sums_kernel(x, zp_x, stride, pad, ho, wo, s, cnt):
+    """For channels-last `x` (N, H, W, C) and each weight position (i, j) of a kh x kw conv:
+    ``s[n, i, j, c]`` = the sum of ``x - zp_x`` and ``cnt[n, i, j, c]`` the number of inputs
+    ``!= zp_x`` over the input positions that position meets across all outputs (padding
+    contributes nothing). Strided 2-D prefix sums make it O(H W C) per image."""
+    N, H, W, C = x.shape
+    kh, kw = s.shape[1], s.shape[2]
     for b in numba.prange(N):
-        for c in range(C):
-            for h in range(H):
-                for w_ in range(W):
-                    p = x[b, c, h, w_]
-                    for j in range(d):
-                        out[b, c * d + j, h, w_] = lut[c, p, j]
+        ps = np.zeros((H + stride, W + stride, C), np.int64)  # offset by `stride`
+        pc = np.zeros((H + stride, W + stride, C), np.int64)
+        for y in range(H):
+            for x_ in range(W):
+                for c in range(C):
+                    v = np.int64(x[b, y, x_, c]) - zp_x
+                    yy, xx = y + stride, x_ + stride
+                    ps[yy, xx, c] = v + ps[yy - stride, xx, c] + ps[yy, xx - stride, c] \
+                        - ps[yy - stride, xx - stride, c]
+                    pc[yy, xx, c] = (v != 0) + pc[yy - stride, xx, c] + pc[yy, xx - stride, c] \
+                        - pc[yy - stride, xx - stride, c]
+        for i in range(kh):
+            o0 = max(0, (pad - i + stride - 1) // stride)
+            o1 = min(ho - 1, (H - 1 + pad - i) // stride)
+            for j in range(kw):
+                q0 = max(0, (pad - j + stride - 1) // stride)
+                q1 = min(wo - 1, (W - 1 + pad - j) // stride)
+                if o1 < o0 or q1 < q0:
+                    continue
+                y0, y1 = o0 * stride + i - pad + stride, o1 * stride + i - pad + stride
+                x0, x1 = q0 * stride + j - pad + stride, q1 * stride + j - pad + stride
+                for c in range(C):
+                    s[b, i, j, c] = ps[y1, x1, c] - ps[y0 - stride, x1, c] \
+                        - ps[y1, x0 - stride, c] + ps[y0 - stride, x0 - stride, c]
+                    cnt[b, i, j, c] = pc[y1, x1, c] - pc[y0 - stride, x1, c] \
+                        - pc[y1, x0 - stride, c] + pc[y0 - stride, x0 - stride, c]
+
+
+@numba.njit(cache=True)  # small: int64 in numba (an int64 NumPy matmul is slow, BLAS threads
+def column_sums_kernel(s, wq, og, o_n, out):  # would spin against torch's and numba's)
+    """out[n, j] = sum over (i, j', c) of s[n, i, j', c] * wq[j, c, i, j'], column j reading the
+    channels of its group: the sum of column j's outputs over an image, from window sums."""
+    N, kh, kw, C = s.shape
+    q, cg = wq.shape[0], wq.shape[1]
+    for b in range(N):
+        for jq in range(q):
+            c0 = ((jq % o_n) // og) * cg
+            acc = 0
+            for i in range(kh):
+                for j in range(kw):
+                    for c in range(cg):
+                        acc += s[b, i, j, c0 + c] * wq[jq, c, i, j]
+            out[b, jq] = acc
+
+
+@numba.njit(cache=True)  # a few pixels: a parallel launch would cost more than the work
+def conv_pixels_nhwc_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, picks, got):
+    """Exact int64 sums of the output pixels `picks` (flat m = (n, oy, ox)) for every weight
+    column of `wq` (q, C/groups, kh, kw); channels-last `x`, padding at zp_x. Column j reads
+    the channels of group (j mod o_n) // (o_n / groups)."""
+    H, W = x.shape[1], x.shape[2]
+    q, cg, kh, kw = wq.shape
+    og = o_n // groups
+    for t in range(picks.shape[0]):
+        m = picks[t]
+        b = m // (ho * wo)
+        p = m - b * ho * wo
+        oy = p // wo
+        ox = p - oy * wo
+        for jq in range(q):
+            c0 = ((jq % o_n) // og) * cg
+            acc = 0
+            for i in range(kh):
+                iy = oy * stride + i - pad
+                if iy < 0 or iy >= H:
+                    continue
+                for j in range(kw):
+                    ix = ox * stride + j - pad
+                    if ix < 0 or ix >= W:
+                        continue
+                    for c in range(cg):
+                        acc += (np.int64(x[b, iy, ix, c0 + c]) - zp_x) * wq[jq, c, i, j]
+            got[t, jq] = acc
 
 
 @numba.njit(parallel=True, cache=True)
-def im2col_i8_kernel(x, kh, kw, stride, pad, zp_x, sub, ho, wo, cols, colsum, outside):
-    """im2col of ``x - sub`` as int8: ``cols[m, k]`` with m = (n, oy, ox) and k = (c, i, j);
-    positions in the zero padding read ``zp_x - sub``. Per (k, n) also the weighted checksum
-    ``colsum[k, n] = sum_m (1 + (m & 3)) * cols[m, k]`` that verifies the GEMM, and
-    ``outside[k, n]``: whether a value read did not fit int8 (the result is unusable then)."""
-    N, C, H, W = x.shape
-    K = cols.shape[1]
-    hw = ho * wo
-    padv = zp_x - sub
-    for t in numba.prange(K * N):  # image-major: one image's rows stay in cache
-        b = t // K
-        k = t - b * K
-        c = k // (kh * kw)
-        i = (k // kw) % kh
-        j = k % kw
-        # output columns whose input column lies inside the image
-        ox_lo = min(wo, max(0, (pad - j + stride - 1) // stride))
-        ox_hi = max(ox_lo, min(wo, (W - 1 + pad - j) // stride + 1))
-        ix0 = np.uint64(ox_lo * stride + j - pad)  # >= 0 when ox_lo < ox_hi
-        plane = x[b, c]
-        col = cols[:, k]
-        bad = False
-        s = 0
-        for oy in range(ho):
-            base = b * hw + oy * wo
-            iy = oy * stride + i - pad
-            if iy < 0 or iy >= H:
-                for ox in range(wo):
-                    col[np.uint64(base + ox)] = padv
-                    s += (1 + ((base + ox) & 3)) * padv
-                continue
-            for ox in range(ox_lo):
-                col[np.uint64(base + ox)] = padv
-                s += (1 + ((base + ox) & 3)) * padv
-            src = plane[np.uint64(iy)]
-            for q in range(ox_hi - ox_lo):
-                v = src[ix0 + np.uint64(q * stride)] - sub
-                bad |= np.uint64(v + 128) > np.uint64(255)
-                m = base + ox_lo + q
-                col[np.uint64(m)] = v
-                s += (1 + (m & 3)) * v
-            for ox in range(ox_hi, wo):
-                col[np.uint64(base + ox)] = padv
-                s += (1 + ((base + ox) & 3)) * padv
-        colsum[k, b] = s
-        outside[k, b] = bad
-
-
-@numba.njit(parallel=True, cache=True)
-def gemm_epilogue_kernel(g, o_n, ho, wo, corr, bias, risk, pe_risk, acc_lo, acc_hi, pe_lo,
-                         pe_hi, do_rq, m0, nsh, mf, scale_float, code, mbits, zp, lo, hi, out,
-                         risky, mnmx, chk):
-    """Accumulators from the transposed int32 GEMM `g` (rows: o_n outputs, then optionally
-    o_n positive- and o_n negative-product sums; columns m = (n, oy, ox)): ``acc = g + corr``
-    (corr holds the bias and the input-shift correction). Writes acc, or requantized acc when
-    `do_rq`, into `out` (N, O, Ho, Wo); when `risk`, flags in `risky` the outputs whose
+def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, acc_lo, acc_hi, pe_lo, pe_hi,
+                         do_rq, m0, nsh, mf, scale_float, code, mbits, zp, lo, hi, out, risky,
+                         mnmx, sums):
+    """Accumulators ``acc = g + bias`` from the engine's sums `g` (M, q) (float32 or integer;
+    rows m = (n, pixel); columns: o_n outputs, then optionally o_n positive- and o_n negative-
+    product sums) into channels-last `out` (M, o_n) (any integer dtype that holds the
+    values), requantized when `do_rq`. When `risk`, flags in `risky` (M, o_n) the outputs whose
     bounds ``[bias - neg, bias + pos]`` (acc level) or ``[-neg, pos]`` (pe level, when
-    `pe_risk`) leave the level's range. Per (o, n): the accumulators' min and max, and the
-    weighted checksum of every GEMM row (see `im2col_i8_kernel`)."""
-    N = out.shape[0]
-    hw = ho * wo
-    nq = g.shape[0] // o_n
-    out3 = out.reshape(N, out.shape[1], hw)
-    risky3 = risky.reshape(risky.shape[0], risky.shape[1], -1)
-    for t in numba.prange(o_n * N):
-        o = t // N
-        b = t - o * N
-        mn = _I64_MAX
-        mx = _I64_MIN
-        base = b * hw
-        c0 = corr[o]
-        s0 = 0
-        for p in range(hw):
-            m = base + p
-            gv = np.int64(g[o, m])
-            s0 += (1 + (m & 3)) * gv
-            acc = gv + c0
-            mn = min(mn, acc)
-            mx = max(mx, acc)
-            out3[b, o, p] = acc
-        if do_rq:
-            row = out3[b, o]
-            requant_row(row, row, m0[o], nsh[o], mf[o], scale_float, code, mbits, zp, lo, hi)
-        chk[o, b] = s0
-        mnmx[o, b, 0] = mn
-        mnmx[o, b, 1] = mx
-        if nq > 1:
-            s1 = 0
-            s2 = 0
-            cp = corr[o_n + o]
-            cn = corr[2 * o_n + o]
-            for p in range(hw):
-                m = base + p
-                gp = np.int64(g[o_n + o, m])
-                gn = np.int64(g[2 * o_n + o, m])
-                s1 += (1 + (m & 3)) * gp
-                s2 += (1 + (m & 3)) * gn
-                if risk:
-                    pos = gp + cp
-                    neg = gn + cn
+    `pe_risk`) leave the level's range: their values here are provisional, to be replaced.
+
+    Tasks are (image, block of pixels); per task partials: `mnmx` (N, B, o_n, 2) min and max of
+    the accumulators not flagged, `sums` (N, B, q) the sum of every column (the engine's
+    check)."""
+    N = mnmx.shape[0]
+    B = mnmx.shape[1]
+    q = g.shape[1]
+    per = (pixels + B - 1) // B
+    for t in numba.prange(N * B):
+        b = t // B
+        blk = t - b * B
+        mn = np.full(o_n, _I64_MAX, np.int64)
+        mx = np.full(o_n, _I64_MIN, np.int64)
+        sm = np.zeros(q, np.int64)
+        row = np.empty(q, np.int64)
+        acc = np.empty(o_n, np.int64)
+        for p in range(blk * per, min(pixels, (blk + 1) * per)):
+            m = b * pixels + p
+            for j in range(q):
+                row[j] = np.int64(g[m, j])
+                sm[j] += row[j]
+            for o in range(o_n):
+                acc[o] = row[o] + bias[o]
+            if risk:
+                for o in range(o_n):
+                    pos = row[o_n + o]
+                    neg = row[2 * o_n + o]
                     flag = bias[o] - neg < acc_lo or bias[o] + pos > acc_hi
                     if pe_risk and (-neg < pe_lo or pos > pe_hi):
                         flag = True
-                    risky3[b, o, p] = flag
-            chk[o_n + o, b] = s1
-            chk[2 * o_n + o, b] = s2
+                    risky[m, o] = flag
+                    if not flag:
+                        mn[o] = min(mn[o], acc[o])
+                        mx[o] = max(mx[o], acc[o])
+            else:
+                for o in range(o_n):
+                    mn[o] = min(mn[o], acc[o])
+                    mx[o] = max(mx[o], acc[o])
+            if do_rq:
+                requant_channels(acc, out[m], m0, nsh, mf, scale_float, code, mbits, zp, lo, hi)
+            else:
+                for o in range(o_n):
+                    out[m, o] = acc[o]
+        for o in range(o_n):
+            mnmx[b, blk, o, 0] = mn[o]
+            mnmx[b, blk, o, 1] = mx[o]
+        for j in range(q):
+            sums[b, blk, j] = sm[j]
+
+
+@numba.njit(parallel=True, cache=True)
+def requant_points_kernel(vals, chan, m0, nsh, mf, scale_float, code, mbits, zp, lo, hi, out):
+    """out[k] = requant of vals[k] with the parameters of channel chan[k]."""
+    for k in numba.prange(vals.shape[0]):
+        c = chan[k]
+        out[k] = requant_one(vals[k], m0[c], nsh[c], mf[c], scale_float, code, mbits, zp, lo, hi)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -277,6 +332,6 @@ def nonzero_count_kernel(x, zp_x, out):
                     out[c, h, w_] += x[b, c, h, w_] != zp_x
 
 
-__all__ = ["conv_kernel", "conv_points_kernel", "pool_kernel", "embed_kernel",
-           "im2col_i8_kernel", "gemm_epilogue_kernel", "nonzero_count_kernel", "MODE_CODES",
-           "ORDER_CODES"]
+__all__ = ["conv_kernel", "conv_points_kernel", "pool_kernel", "embed_kernel", "to_u8_kernel",
+           "window_sums_kernel", "conv_pixels_nhwc_kernel", "gemm_epilogue_kernel",
+           "requant_points_kernel", "nonzero_count_kernel", "MODE_CODES", "ORDER_CODES"]

@@ -19,7 +19,7 @@ import pandas as pd
 
 from npusim import kernels as K
 from npusim.accumulate import AccStats, LevelSpec, Requant, conv_accumulate, prepare_conv
-from npusim.exact_conv import Int8Conv
+from npusim.int8_engine import Int8Conv
 from npusim import arith
 from npusim.arith import bits_needed
 from npusim.bounds import layer_bounds
@@ -32,6 +32,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PARALLEL_MIN_WORK = 1 << 24  # MACs (or outputs) of a node below which it runs on one thread
+
+
+def _channels_last(x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) -> contiguous (N, H, W, C); other ranks unchanged."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x
+
+
+def _stored(y: np.ndarray, spec) -> np.ndarray:
+    """`y` in the narrowest dtype of its tensor's integer range (activations are kept narrow:
+    the simulator's cost is mostly moving them)."""
+    return y.astype(arith.storage_dtype(*spec.int_range()), copy=False)
 
 
 class SimulationError(ValueError):
@@ -89,6 +100,14 @@ class Simulator:
         self.node_seconds: dict[str, float] = {}
 
     # ------------------------------------------------------------------ checks
+    def _plans_for(self, program: IntegerProgram) -> list[_Plan]:
+        """`plan(program)`, reused while the same program object is run again (repeated runs
+        of one program, e.g. batch after batch, skip the checks and the weight packing)."""
+        cached = getattr(self, "_plan_cache", None)
+        if cached is None or cached[0] is not program:
+            self._plan_cache = (program, self.plan(program))
+        return self._plan_cache[1]
+
     def plan(self, program: IntegerProgram) -> list[_Plan]:
         """Check the program against this NPU and derive every node's parameters."""
         cfg = self.config
@@ -217,7 +236,8 @@ class Simulator:
                                   f"{'signed' if in_spec.signed else 'unsigned'}), got {images.dtype}")
         return images
 
-    def _run_batch(self, program, plans, x0, gemm_cache=None, keep_all=True):
+    def _run_batch(self, program, plans, x0, engine_cache=None, keep_all=True):
+        """Run one batch; tensors are channels last (N, H, W, C) or flat (N, F), narrow."""
         cfg = self.config
         prec = cfg.precision
         s = self.settings
@@ -246,7 +266,7 @@ class Simulator:
             if node.op in ("conv2d", "linear"):
                 xt = program.tensors[node.inputs[0]]
                 if node.op == "linear":
-                    x4 = x.reshape(n, -1, 1, 1)
+                    x4 = x.reshape(n, 1, 1, -1)
                     stride, pad, groups = 1, 0, 1
                 else:
                     stride, pad, groups = node.attrs["stride"], node.attrs["padding"], node.attrs["groups"]
@@ -257,29 +277,31 @@ class Simulator:
                 acc, ast = conv_accumulate(x4, p.weight, p.bias, stride, pad, groups,
                                            xt.zero_point, out_hw, self._levels(), p.bound_l1,
                                            p.bound_l1_nobias, self.fast, p.prep, req,
-                                           gemm_cache, node.name)
+                                           engine_cache, node.name)
                 y = acc if node.op == "conv2d" else acc.reshape(n, -1)
                 st[node.name] = ast
             elif node.op == "add":
                 a, b = vals[node.inputs[0]], vals[node.inputs[1]]
                 ta, tb = program.tensors[node.inputs[0]], program.tensors[node.inputs[1]]
-                out = arith.residual_add(a, b, ta.zero_point, tb.zero_point, rq.m0, rq.n, rq.mf,
-                                         s.add_frac_bits, scale_float, s.code, s.shift_code,
-                                         s.multiplier_bits, zp_y, lo, hi)
-                y = out
+                y = arith.residual_add(a, b, ta.zero_point, tb.zero_point, rq.m0, rq.n, rq.mf,
+                                       s.add_frac_bits, scale_float, s.code, s.shift_code,
+                                       s.multiplier_bits, zp_y, lo, hi,
+                                       arith.storage_dtype(*t_out.int_range()))
             elif node.op in ("maxpool2d", "avgpool2d", "global_avgpool"):
                 xt = program.tensors[node.inputs[0]]
                 is_max = node.op == "maxpool2d"
                 if node.op == "global_avgpool":
-                    k, stride, pad = x.shape[2], 1, 0
-                    if x.shape[2] != x.shape[3]:
+                    k, stride, pad = x.shape[1], 1, 0
+                    if x.shape[1] != x.shape[2]:
                         raise SimulationError(f"node {node.name!r}: global pooling needs a square map")
                 else:
                     k, stride, pad = node.attrs["kernel"], node.attrs["stride"], node.attrs.get("padding", 0)
                 if pad:
                     fill = np.iinfo(np.int64).min if is_max else xt.zero_point
-                    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=fill)
-                out = np.empty((n, *t_out.shape), np.int64)
+                    x = np.pad(x.astype(np.int64), ((0, 0), (pad, pad), (pad, pad), (0, 0)),
+                               constant_values=fill)
+                c, ho, wo = t_out.shape
+                out = np.empty((n, ho, wo, c), np.int64)
                 if is_max:
                     m0, nsh, mf = 0, 0, np.float32(0)
                     lo, hi = t_out.int_range()
@@ -287,13 +309,16 @@ class Simulator:
                     m0, nsh, mf = int(rq.m0[0]), int(rq.n[0]), rq.mf[0]
                 K.pool_kernel(np.ascontiguousarray(x), k, stride, is_max, xt.zero_point, m0, nsh,
                               mf, scale_float, s.code, s.multiplier_bits, zp_y, lo, hi, out)
-                y = out
-            elif node.op == "flatten":
-                y = x.reshape(n, -1)
+                y = _stored(out, t_out)
+            elif node.op == "flatten":  # in the NCHW order of the program's tensors
+                y = x.reshape(n, -1) if x.ndim == 2 or x.shape[1] * x.shape[2] == 1 else \
+                    x.transpose(0, 3, 1, 2).reshape(n, -1)
             elif node.op == "embed":
                 lut = program.arrays[f"{node.name}.lut"].astype(np.int64)
-                y = np.empty((n, *t_out.shape), np.int64)
+                c, h, w_ = t_out.shape
+                y = np.empty((n, h, w_, c), np.int64)
                 K.embed_kernel(np.ascontiguousarray(x), lut, y)
+                y = _stored(y, t_out)
             else:  # pragma: no cover - the program loader rejects unknown ops
                 raise SimulationError(f"node {node.name!r}: unsupported op {node.op!r}")
             vals[node.output] = y
@@ -347,7 +372,7 @@ def run_many(simulators: list[Simulator], program: IntegerProgram, images: np.nd
     if not simulators:
         return []
     images = simulators[0]._check_images(program, images)
-    plans = [sim.plan(program) for sim in simulators]
+    plans = [sim._plans_for(program) for sim in simulators]
     n_img = len(images)
     outs = [{o: [] for o in program.outputs} for _ in simulators]
     traces: list[dict[str, list[np.ndarray]]] = [{} for _ in simulators]
@@ -357,7 +382,7 @@ def run_many(simulators: list[Simulator], program: IntegerProgram, images: np.nd
     threads = numba.get_num_threads()
     try:
         for start in range(0, max(n_img, 1), batch_size):
-            chunk = images[start:start + batch_size].astype(np.int64)
+            chunk = _channels_last(images[start:start + batch_size])
             cache: dict | None = {} if len(simulators) > 1 else None
             for i, (sim, pl) in enumerate(zip(simulators, plans)):
                 vals, st = sim._run_batch(program, pl, chunk, cache, keep_all=trace)
@@ -370,9 +395,13 @@ def run_many(simulators: list[Simulator], program: IntegerProgram, images: np.nd
                     stats[i][name].append(a)
     finally:
         numba.set_num_threads(threads)
-    return [SimResult(outputs={o: np.concatenate(v) for o, v in outs[i].items()},
+    def cat(parts: list[np.ndarray]) -> np.ndarray:  # back to the program's NCHW, int64
+        y = np.concatenate(parts).astype(np.int64, copy=False)
+        return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if y.ndim == 4 else y
+
+    return [SimResult(outputs={o: cat(v) for o, v in outs[i].items()},
                       stats=sim._stats_table(program, plans[i], stats[i], n_img),
-                      traces={k: np.concatenate(v) for k, v in traces[i].items()})
+                      traces={k: cat(v) for k, v in traces[i].items()})
             for i, sim in enumerate(simulators)]
 
 

@@ -595,6 +595,8 @@ class LGLSQQuantizer(LSQQuantizer):
         "k_final": 20.0,
         "mde_every": 1,
         "mde_max_samples": 65536,
+        # Which quantizers use the ASR slope for dx (the others keep STE's 1).
+        "asr_roles": ("weight", "activation"),
     }
 
     def __init__(self, bits: int, signed: bool, narrow: bool = False, per_channel: bool = False,
@@ -630,6 +632,9 @@ class LGLSQQuantizer(LSQQuantizer):
                 raise ValueError(f"option {name} must be a positive integer, got {v!r}")
         if o["k_grid"] is not None:
             _as_k_grid(o["k_grid"])
+        roles = o["asr_roles"]
+        if isinstance(roles, str) or not all(r in _ROLES for r in roles):
+            raise ValueError(f"option asr_roles must be a sequence of {_ROLES}, got {roles!r}")
 
     def set_progress(self, frac: float) -> None:
         """Anneal mode: k = k0 * (k_final / k0) ** frac, frac clipped to [0, 1]."""
@@ -670,7 +675,8 @@ class LGLSQQuantizer(LSQQuantizer):
         if not self._uses_k():
             return None, None
         slope = asr_slope(u, self.k.to(u.dtype))
-        return (slope if self.opts["asr"] else None), (slope if self.opts["ssg"] else None)
+        asr = self.opts["asr"] and self.role in self.opts["asr_roles"]
+        return (slope if asr else None), (slope if self.opts["ssg"] else None)
 
     def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.opts["mde"] and self.opts["mde_mode"] == "search":

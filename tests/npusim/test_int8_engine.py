@@ -1,9 +1,10 @@
-"""The exact int8 GEMM engine (`npusim.exact_conv`) against independent references.
+"""The exact int8 engine (`npusim.int8_engine`) against independent references.
 
-The engine is an im2col + int8 x int8 -> int32 GEMM with an input shift, a per-channel
-correction, positive/negative product sums for the overflow-risk bound and a checksum. Every
-piece is checked here against a plain int64 NumPy convolution, on random shapes and on the
-extreme values where int8 arithmetic breaks (-128, the shift, 16-bit saturation).
+The engine is oneDNN's int8 convolution with float32 output (exact integers below 2^24), in
+channels-last layout, with positive/negative product sums as extra columns, per-image column
+sums checked against window sums of the input, and a spot check. Every piece is checked here
+against a plain int64 NumPy convolution, on random shapes and on the extreme values where
+int8 arithmetic breaks (-128, 255 x 127 pairs, zero points, padding, groups).
 """
 
 import numpy as np
@@ -11,31 +12,35 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from npusim import exact_conv
+from npusim import int8_engine
 from npusim.config import NPUConfig
-from npusim.exact_conv import (InexactError, exact_conv2d, int8_conv_gemm, int8_gemm_available,
-                               prepare_int8_conv)
+from npusim.exact_conv import InexactError, exact_conv2d
+from npusim.int8_engine import engine_available, int8_conv, prepare_int8_conv
 from npusim.simulator import Simulator
 from tests.npusim import naive
 from tests.npusim.programs import conv_program
 
-pytestmark = pytest.mark.skipif(not int8_gemm_available(), reason="no exact int8 GEMM here")
+pytestmark = pytest.mark.skipif(not engine_available(), reason="no exact int8 engine here")
 
 
-def ref_conv(x, w, stride, padding, pad_value=0):
-    """int64 conv by explicit windows (padding with `pad_value`)."""
+def ref_conv(x, w, stride, padding, groups=1, pad_value=0):
+    """int64 NCHW conv by explicit windows (padding with `pad_value`)."""
     xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (padding, padding), (padding, padding)),
                 constant_values=pad_value)
-    kh, kw = w.shape[2:]
+    o, cg, kh, kw = w.shape
     win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::stride,
                                                                                 ::stride]
-    return np.einsum("nchwij,ocij->nohw", win, w.astype(np.int64))
+    og = o // groups
+    return np.concatenate([np.einsum("nchwij,ocij->nohw", win[:, g * cg:(g + 1) * cg],
+                                     w[g * og:(g + 1) * og].astype(np.int64))
+                           for g in range(groups)], axis=1)
 
 
 @st.composite
 def int8_case(draw):
-    c = draw(st.integers(1, 5))
-    o = draw(st.integers(1, 5))
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    c = groups * draw(st.integers(1, 4))
+    o = groups * draw(st.integers(1, 3))
     k = draw(st.sampled_from([1, 2, 3]))
     stride = draw(st.integers(1, 3))
     pad = draw(st.integers(0, 2))
@@ -46,78 +51,92 @@ def int8_case(draw):
     zp = draw(st.sampled_from([0, 0, 3, -5, 128]))
     rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
     x = rng.choice([lo, hi, min(max(0, lo), hi), rng.integers(lo, hi + 1)], size=(n, c, h, wd)) + zp
-    w = rng.choice([-128, 127, -127, 0, 1, rng.integers(-128, 128)], size=(o, c, k, k))
-    return x.astype(np.int64), w.astype(np.int64), stride, pad, zp, (lo, hi)
+    w = rng.choice([-128, 127, -127, 0, 1, rng.integers(-128, 128)], size=(o, c // groups, k, k))
+    return x.astype(np.int64), w.astype(np.int64), stride, pad, groups, zp, (lo + zp, hi + zp)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(int8_case(), st.booleans())
-def test_int8_gemm_equals_int64_reference(case, signs):
-    """Sums, positive and negative product sums: exact for any shift, zero point, padding."""
-    x, w, stride, pad, zp, (lo, hi) = case
-    plan = prepare_int8_conv(w, stride, pad, zp, lo, hi, signs=signs)
-    if plan is None:  # only refused for a sign split of signed inputs or of -128 weights
-        assert signs and (min(lo, 0) < 0 or w.min() == -128)
+def test_engine_sums_equal_int64_reference(case, signs):
+    """Sums, positive and negative product sums, the check sums and the non-zero count: exact
+    for any zero point, padding (which reads the zero point), stride and groups."""
+    x, w, stride, pad, groups, zp, (lo, hi) = case
+    plan = prepare_int8_conv(w, stride, pad, groups, zp, lo, hi, signs=signs)
+    if plan is None:  # refused: a span over 255, a sign split it cannot do, an f32 bound
+        assert (max(hi, zp) - min(lo, zp) > 255) or (pad and pad >= w.shape[2]) or (
+            signs and (lo < zp or groups > 1 or w.min() == -128))
         return
     ho = (x.shape[2] + 2 * pad - w.shape[2]) // stride + 1
     wo = (x.shape[3] + 2 * pad - w.shape[3]) // stride + 1
-    res = int8_conv_gemm(x, plan, (ho, wo))
-    assert res is not None
-    g = res.g.astype(np.int64) + (plan.shift * plan.colsum)[:, None]
-    o = w.shape[0]
-    n = x.shape[0]
-
-    def as_nchw(rows):
-        return rows.reshape(-1, n, ho, wo).transpose(1, 0, 2, 3)
-
+    n, o = x.shape[0], w.shape[0]
+    res = int8_conv(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), plan, (ho, wo))
+    g = res.g.astype(np.int64).reshape(n, ho, wo, -1).transpose(0, 3, 1, 2)
     xs = x - zp
-    np.testing.assert_array_equal(as_nchw(g[:o]), ref_conv(xs, w, stride, pad))
+    np.testing.assert_array_equal(g[:, :o], ref_conv(xs, w, stride, pad, groups))
     if signs:
-        np.testing.assert_array_equal(as_nchw(g[o:2 * o]), ref_conv(xs, np.maximum(w, 0), stride, pad))
-        np.testing.assert_array_equal(as_nchw(g[2 * o:]), ref_conv(xs, np.maximum(-w, 0), stride, pad))
-    chk = np.array([[sum((1 + (m & 3)) * int(res.g[q, m]) for m in range(b * ho * wo,
-                                                                          (b + 1) * ho * wo))
-                     for b in range(n)] for q in range(res.g.shape[0])], dtype=np.int64)
-    res.verify(chk)
+        np.testing.assert_array_equal(g[:, o:2 * o], ref_conv(xs, np.maximum(w, 0), stride, pad))
+        np.testing.assert_array_equal(g[:, 2 * o:], ref_conv(xs, np.maximum(-w, 0), stride, pad))
+    res.verify(g.sum(axis=(2, 3)))
+    if g.size and np.any(g):  # the check must see a changed value
+        bad = g.sum(axis=(2, 3))
+        bad[-1, np.argmax(np.abs(bad[-1]))] += 1
+        with pytest.raises(InexactError):
+            res.verify(bad)
+    # products with both operands non-zero, counted one by one
+    nz = ref_conv((xs != 0).astype(np.int64), (w != 0).astype(np.int64), stride, pad, groups)
+    assert res.nonzero_macs == int(nz.sum())
 
 
-def test_inputs_outside_the_proved_range_are_refused():
-    w = np.ones((2, 1, 3, 3), np.int64)
-    plan = prepare_int8_conv(w, 1, 1, 0, 0, 255)
-    x = np.full((1, 1, 4, 4), 300, np.int64)
-    assert int8_conv_gemm(x, plan, (4, 4)) is None
+def test_refuses_what_int8_or_float32_cannot_hold():
+    assert prepare_int8_conv(np.full((1, 1, 1, 1), 200), 1, 0, 1, 0, 0, 255) is None  # weight
+    assert prepare_int8_conv(np.ones((1, 1, 1, 1)), 1, 0, 1, 0, -200, 200) is None  # span
+    big = np.full((1, 600, 3, 3), 127)  # 255 * 127 * 5400 >= 2^24
+    assert prepare_int8_conv(big, 1, 0, 1, 0, 0, 255) is None
+    ok = np.full((1, 500, 1, 1), 127)  # 255 * 127 * 500 < 2^24
+    assert prepare_int8_conv(ok, 1, 0, 1, 0, 0, 255) is not None
 
 
-def test_refuses_what_int32_or_int8_cannot_hold():
-    assert prepare_int8_conv(np.full((1, 1, 1, 1), 200), 1, 0, 0, 0, 255) is None  # weight
-    assert prepare_int8_conv(np.ones((1, 1, 1, 1)), 1, 0, 0, -200, 200) is None  # input span
-    big = np.full((1, 20000, 3, 3), 127)  # 255 * 127 * 180000 >= 2^31
-    assert prepare_int8_conv(big, 1, 0, 0, 0, 255) is None
-
-
-def test_checksum_catches_a_wrong_gemm(monkeypatch):
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, size=(2, 3, 5, 5))
+def _case(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(2, 6, 6, 3))
     w = rng.integers(-127, 128, size=(4, 3, 3, 3))
-    real = exact_conv._int_mm
+    return x, w, prepare_int8_conv(w, 1, 1, 1, 0, 0, 255)
 
-    def saturating(a, b):  # what 16-bit intermediate saturation would do to one entry
-        g = real(a, b).copy()
-        g[7, 1] -= 3
-        return g
 
-    monkeypatch.setattr(exact_conv, "_int_mm", saturating)
+def test_verification_catches_one_wrong_value(monkeypatch):
+    """One output off by 3 (what a saturating intermediate would do): the column sums fail."""
+    x, w, plan = _case()
+    real = int8_engine._run
+
+    def saturating(*a):
+        y = real(*a).copy()
+        y[1, 4, 2, 3] -= 3
+        return y
+
+    monkeypatch.setattr(int8_engine, "_run", saturating)
+    monkeypatch.setattr(int8_engine, "_spot_check", lambda *a: None)  # the sums alone
+    res = int8_conv(x, plan, (6, 6))
     with pytest.raises(InexactError):
-        exact_conv2d(x, w, 1, 1)
+        res.verify(res.g.astype(np.int64).reshape(2, 36, -1).sum(axis=1))
 
 
-def test_exact_conv2d_uses_int8_engine_and_agrees(monkeypatch):
+def test_spot_check_catches_misplaced_values(monkeypatch):
+    """Rows and columns of the output swapped (the sums cannot see it): the spot check does."""
+    x, w, plan = _case()
+    real = int8_engine._run
+    monkeypatch.setattr(int8_engine, "_run", lambda *a: np.ascontiguousarray(
+        real(*a).transpose(0, 2, 1, 3)))
+    with pytest.raises(InexactError):
+        int8_conv(x, plan, (6, 6))
+
+
+def test_exact_conv2d_uses_the_engine_and_agrees(monkeypatch):
     rng = np.random.default_rng(1)
     x = rng.integers(-128, 128, size=(3, 8, 9, 9))
     w = rng.integers(-128, 128, size=(5, 8, 3, 3))
     calls = []
-    real = exact_conv._int_mm
-    monkeypatch.setattr(exact_conv, "_int_mm", lambda a, b: calls.append(1) or real(a, b))
+    real = int8_engine._run
+    monkeypatch.setattr(int8_engine, "_run", lambda *a: calls.append(1) or real(*a))
     got = exact_conv2d(x, w, 2, 1)
     assert calls
     np.testing.assert_array_equal(got, ref_conv(x, w, 2, 1))
@@ -127,7 +146,7 @@ def test_exact_conv2d_uses_int8_engine_and_agrees(monkeypatch):
 @given(st.integers(0, 2 ** 32 - 1), st.sampled_from(["os", "ws"]), st.integers(10, 22),
        st.sampled_from(["exact", "wrap", "saturate"]), st.booleans())
 def test_simulator_int8_engine_equals_float_engine_and_oracle(seed, dataflow, bits, mode, relu):
-    """The simulator's int8 path (fused requant, risk bounds from GEMM rows, re-simulation)
+    """The simulator's int8 path (fused requant, risk bounds from sign columns, re-simulation)
     against the float engine and the oracle: values and overflow events."""
     rng = np.random.default_rng(seed)
     x = rng.choice([0, 255, rng.integers(0, 256)], size=(2, 3, 6, 6))
@@ -141,12 +160,12 @@ def test_simulator_int8_engine_equals_float_engine_and_oracle(seed, dataflow, bi
         sim = Simulator(cfg)
         assert sim.plan(prog)[0].prep is not None
         fast = sim.run(prog, x)
-        monkey = exact_conv._INT8_OK
+        saved = dict(int8_engine._STATE)
         try:
-            exact_conv._INT8_OK = False
+            int8_engine._STATE["ok"] = False
             flt = Simulator(cfg).run(prog, x)
         finally:
-            exact_conv._INT8_OK = monkey
+            int8_engine._STATE.update(saved)
         np.testing.assert_array_equal(fast.outputs["y"], flt.outputs["y"])
         cols = ["pe_overflows", "acc_overflows", "nonzero_macs", "acc_min", "acc_max",
                 "sequential_outputs"]
@@ -166,7 +185,8 @@ def test_simulator_int8_engine_equals_float_engine_and_oracle(seed, dataflow, bi
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2 ** 32 - 1), st.booleans())
 def test_run_many_equals_separate_runs(seed, requant):
-    """A sweep sharing GEMMs (`run_many`) gives every configuration exactly its own run."""
+    """A sweep sharing engine sums (`run_many`) gives every configuration exactly its own
+    run."""
     from npusim.simulator import run_many
 
     rng = np.random.default_rng(seed)
