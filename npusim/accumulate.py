@@ -22,7 +22,7 @@ tested against). Activations are channels last (N, H, W, C) and stored narrow (s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -74,6 +74,11 @@ class Requant:
         self.m0 = np.ascontiguousarray(self.m0, np.int64)
         self.n = np.ascontiguousarray(self.n, np.int64)
         self.mf = np.ascontiguousarray(self.mf, np.float32)
+
+    def key(self) -> tuple:
+        """Equal for requantizations that give equal outputs."""
+        return (self.m0.tobytes(), self.n.tobytes(), self.mf.tobytes(), self.scale_float,
+                self.code, self.mbits, self.zp, self.lo, self.hi)
 
     @property
     def dtype(self) -> np.dtype:
@@ -130,21 +135,23 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
                     groups: int, zp_x: int, out_hw: tuple[int, int], lv: LevelSpec,
                     static_bits: int, static_bits_nobias: int, fast: bool = True,
                     prep: Int8Conv | None = None, requant: Requant | None = None,
-                    engine_cache: dict | None = None, key: str = ""
-                    ) -> tuple[np.ndarray, AccStats]:
+                    share: dict | None = None) -> tuple[np.ndarray, AccStats]:
     """Accumulators (N, Ho, Wo, O) int64 of a conv of channels-last `x` (N, H, W, C; padded
     with zp_x; any integer dtype), requantized (in `requant.dtype`) when `requant` is given,
     and their stats. `static_bits` bounds every running sum (bias included) of any input;
     `static_bits_nobias` every chunk sum (no bias) — both from `npusim.bounds`. `prep` (from
-    `prepare_conv`) enables the int8 engine; with an `engine_cache` dict, its sums are stored
-    under `key` and reused when a later call brings an identical input and a plan with the
-    same columns (see `simulator.run_many`)."""
+    `prepare_conv`) enables the int8 engine.
+
+    `share` (one dict per node, common to the configurations of `simulator.run_many`):
+    configurations that bring the very same input object reuse the engine's sums, the exact
+    accumulators and the per-output bounds, and the whole output object when it provably
+    equals theirs (same requantization, no output whose bound leaves this NPU's widths)."""
     st = AccStats()
     pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
     if fast and prep is not None and (prep.signs or not (pe_risk or acc_risk)):
-        res, made_by = _cached_engine(engine_cache, key, x, prep, out_hw)
-        return _from_engine(res, x, w, bias, stride, padding, groups, zp_x, out_hw, lv,
-                            pe_risk, acc_risk, made_by, requant, st)
+        entry = _shared_entry(share, x, prep, out_hw)
+        return _from_engine(entry, x, w, bias, stride, padding, groups, zp_x, out_hw, lv,
+                            pe_risk, acc_risk, requant, st)
     xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)  # NCHW int64
     st.nonzero_macs = _nonzero_macs(xc, zp_x, w, stride, padding, groups, out_hw)
     n = x.shape[0]
@@ -171,65 +178,99 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
     return requant.apply_channels_last(acc), st
 
 
-def _cached_engine(cache, key, x, prep, out_hw) -> tuple[Int8Result, Int8Conv]:
-    """`int8_conv` and the plan that made it, reused from `cache` when the input and the
-    weight columns agree (a plan with sign columns serves one without: its first columns are
-    the same conv)."""
-    if cache is None:
-        return int8_conv(x, prep, out_hw), prep
-    hit = cache.get(key)
-    if hit is not None:
-        x0, prep0, r0 = hit
-        same_plan = prep0.zp_x == prep.zp_x and (prep0.signs or not prep.signs) and \
-            np.array_equal(prep0.wq[:prep.q], prep.wq)
-        if same_plan and x0.shape == x.shape and (x0 is x or np.array_equal(x0, x)):
-            return r0, prep0
-    res = int8_conv(x, prep, out_hw)
-    if hit is None or prep.signs or not hit[1].signs:
-        cache[key] = (x, prep, res)
-    return res, prep
+@dataclass
+class _Shared:
+    """What configurations with one input to a layer have in common: the engine's sums, the
+    exact results per requantization, and (once some configuration needed them) the exact
+    accumulators with the bits each output's data-dependent bound needs at each level."""
+
+    x: np.ndarray
+    prep: Int8Conv
+    res: Int8Result
+    exact: dict = field(default_factory=dict)  # requant key -> (output, acc min, acc max)
+    acc: np.ndarray | None = None  # (M, O) int64 exact accumulators
+    need_acc: np.ndarray | None = None  # (M, O) uint8: bits of [bias - neg, bias + pos]
+    need_pe: np.ndarray | None = None  # (M, O) uint8: bits of [-neg, pos]
+    acc_range: tuple[int, int] = (0, 0)
 
 
-def _from_engine(res, x, w, bias, stride, padding, groups, zp_x, out_hw, lv, pe_risk,
-                 acc_risk, prep, requant, st):
-    """Finish a layer from the int8 engine's sums: bias, bounds, requantization fused into
-    the epilogue, and the outputs at risk re-simulated order-faithfully (then requantized
-    one by one)."""
-    n, o = x.shape[0], prep.o
-    ho, wo = out_hw
-    pixels = ho * wo
-    risk = pe_risk or acc_risk
-    acc_hi = (1 << (lv.acc_bits - 1)) - 1
-    pe_hi = (1 << (lv.pe_bits - 1)) - 1
-    rq = requant if requant is not None else _NO_RQ
-    out = np.empty((n * pixels, o), rq.dtype if requant is not None else np.int64)
-    risky = np.zeros((n * pixels, o) if risk else (1, 1), np.bool_)
+def _shared_entry(share, x, prep, out_hw) -> _Shared:
+    """The entry of an earlier configuration with this very input and a plan that serves this
+    one (a plan with sign columns serves one without: its first columns are the same conv),
+    or a new one."""
+    if share is not None:
+        for e in share.setdefault("conv", []):
+            if e.x is x and (e.prep.signs or not prep.signs) and e.prep.zp_x == prep.zp_x and \
+                    np.array_equal(e.prep.wq[:prep.q], prep.wq):
+                return e
+    e = _Shared(x, prep, int8_conv(x, prep, out_hw))
+    if share is not None:
+        share["conv"].append(e)
+    return e
+
+
+def _epilogue(e: _Shared, bias, requant, risk: bool, n: int, pixels: int):
+    """Run the epilogue kernel: (output (M, O), acc min, acc max), and with `risk` the exact
+    int64 accumulators with the bits their bounds need (stored in `e`)."""
+    o = e.prep.o
+    rq = requant if (requant is not None and not risk) else _NO_RQ
+    out = np.empty((n * pixels, o), rq.dtype if rq is not _NO_RQ else np.int64)
+    need = np.empty((2, n * pixels, o) if risk else (2, 1, 1), np.uint8)
     nb = _blocks(n, pixels, _EPILOGUE_PIXELS)
     mnmx = np.empty((n, nb, o, 2), np.int64)
-    sums = np.empty((n, nb, res.g.shape[1]), np.int64)
-    K.gemm_epilogue_kernel(res.g, o, pixels, np.asarray(bias, np.int64), risk, pe_risk,
-                           -acc_hi - 1, acc_hi, -pe_hi - 1, pe_hi, requant is not None, rq.m0,
-                           rq.n, rq.mf, rq.scale_float, rq.code, rq.mbits, rq.zp, rq.lo, rq.hi,
-                           out, risky, mnmx, sums)
-    res.verify(sums.sum(axis=1))
-    st.nonzero_macs = res.nonzero_macs
-    lo_v, hi_v = mnmx[..., 0].min(initial=_I64_MAX), mnmx[..., 1].max(initial=_I64_MIN)
+    sums = np.empty((n, nb, e.res.g.shape[1]), np.int64)
+    K.gemm_epilogue_kernel(e.res.g, o, pixels, np.asarray(bias, np.int64), risk,
+                           rq is not _NO_RQ, rq.m0, rq.n, rq.mf, rq.scale_float, rq.code,
+                           rq.mbits, rq.zp, rq.lo, rq.hi, out, need[0], need[1], mnmx, sums)
+    e.res.verify(sums.sum(axis=1))
+    lo_v = int(mnmx[..., 0].min()) if out.size else 0
+    hi_v = int(mnmx[..., 1].max()) if out.size else 0
     if risk:
-        flat = np.flatnonzero(risky.reshape(-1))
-        st.sequential_outputs = len(flat)
-        if len(flat):
-            m, oc = np.divmod(flat, o)
-            b, p = np.divmod(m, pixels)
-            oy, ox = np.divmod(p, wo)
-            points = np.stack([b, oc, oy, ox], axis=1).astype(np.int64)
-            xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)
-            vals = _simulate_points(xc, w, bias, stride, padding, groups, zp_x, lv, points, st)
-            lo_v, hi_v = min(lo_v, int(vals.min())), max(hi_v, int(vals.max()))
-            if requant is not None:
-                vals = requant.apply_points(vals, oc)
-            out.reshape(-1)[flat] = vals
-    st.acc_min = int(lo_v) if out.size else 0
-    st.acc_max = int(hi_v) if out.size else 0
+        e.acc, e.need_acc, e.need_pe, e.acc_range = out, need[0], need[1], (lo_v, hi_v)
+    return out, lo_v, hi_v
+
+
+def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, lv, pe_risk,
+                 acc_risk, requant, st):
+    """Finish a layer from the int8 engine's sums: the exact output (requantization fused
+    into the epilogue) when no output can overflow; else the outputs whose bounds leave
+    this NPU's widths re-simulated order-faithfully, then everything requantized."""
+    n, o = x.shape[0], e.prep.o
+    ho, wo = out_hw
+    pixels = ho * wo
+    st.nonzero_macs = e.res.nonzero_macs
+    key = None if requant is None else requant.key()
+    if pe_risk or acc_risk:
+        if e.acc is None:
+            _epilogue(e, bias, None, True, n, pixels)
+        flagged = e.need_acc > lv.acc_bits
+        if pe_risk:
+            flagged |= e.need_pe > lv.pe_bits
+        flat = np.flatnonzero(flagged.reshape(-1))
+    else:
+        flat = ()
+    if not len(flat):  # the exact result: shared by every configuration that gets here
+        hit = e.exact.get(key)
+        if hit is None:
+            if e.acc is not None:
+                out = e.acc if requant is None else requant.apply_channels_last(e.acc)
+                hit = (out, *e.acc_range)
+            else:
+                hit = _epilogue(e, bias, requant, False, n, pixels)
+            e.exact[key] = hit
+        out, st.acc_min, st.acc_max = hit
+        return out.reshape(n, ho, wo, o), st
+    st.sequential_outputs = len(flat)
+    m, oc = np.divmod(flat, o)
+    b, p = np.divmod(m, pixels)
+    oy, ox = np.divmod(p, wo)
+    points = np.stack([b, oc, oy, ox], axis=1).astype(np.int64)
+    xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)
+    acc = e.acc.copy()
+    acc.reshape(-1)[flat] = _simulate_points(xc, w, bias, stride, padding, groups, zp_x, lv,
+                                             points, st)
+    st.acc_min, st.acc_max = int(acc.min()), int(acc.max())
+    out = acc if requant is None else requant.apply_channels_last(acc)
     return out.reshape(n, ho, wo, o), st
 
 

@@ -250,20 +250,30 @@ def conv_pixels_nhwc_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, picks
             got[t, jq] = acc
 
 
+@numba.njit(inline="always")
+def _signed_bits(lo, hi):
+    """Smallest signed width holding [lo, hi] (lo <= 0 <= hi)."""
+    v = max(hi, -lo - 1)
+    b = 1
+    for step in (32, 16, 8, 4, 2, 1):
+        if v >= (1 << step):
+            v >>= step
+            b += step
+    return b + (1 if v > 0 else 0)
+
+
 @numba.njit(parallel=True, cache=True)
-def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, acc_lo, acc_hi, pe_lo, pe_hi,
-                         do_rq, m0, nsh, mf, scale_float, code, mbits, zp, lo, hi, out, risky,
-                         mnmx, sums):
+def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, do_rq, m0, nsh, mf, scale_float, code,
+                         mbits, zp, lo, hi, out, need_acc, need_pe, mnmx, sums):
     """Accumulators ``acc = g + bias`` from the engine's sums `g` (M, q) (float32 or integer;
     rows m = (n, pixel); columns: o_n outputs, then optionally o_n positive- and o_n negative-
     product sums) into channels-last `out` (M, o_n) (any integer dtype that holds the
-    values), requantized when `do_rq`. When `risk`, flags in `risky` (M, o_n) the outputs whose
-    bounds ``[bias - neg, bias + pos]`` (acc level) or ``[-neg, pos]`` (pe level, when
-    `pe_risk`) leave the level's range: their values here are provisional, to be replaced.
+    values), requantized when `do_rq`. When `risk`, the bits that each output's bounds need:
+    `need_acc` for ``[bias - neg, bias + pos]`` (every running sum at the acc level) and
+    `need_pe` for ``[-neg, pos]`` (every chunk sum at the pe level), (M, o_n) uint8.
 
     Tasks are (image, block of pixels); per task partials: `mnmx` (N, B, o_n, 2) min and max of
-    the accumulators not flagged, `sums` (N, B, q) the sum of every column (the engine's
-    check)."""
+    the accumulators, `sums` (N, B, q) the sum of every column (the engine's check)."""
     N = mnmx.shape[0]
     B = mnmx.shape[1]
     q = g.shape[1]
@@ -283,21 +293,14 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, acc_lo, acc_hi, pe
                 sm[j] += row[j]
             for o in range(o_n):
                 acc[o] = row[o] + bias[o]
+                mn[o] = min(mn[o], acc[o])
+                mx[o] = max(mx[o], acc[o])
             if risk:
                 for o in range(o_n):
                     pos = row[o_n + o]
                     neg = row[2 * o_n + o]
-                    flag = bias[o] - neg < acc_lo or bias[o] + pos > acc_hi
-                    if pe_risk and (-neg < pe_lo or pos > pe_hi):
-                        flag = True
-                    risky[m, o] = flag
-                    if not flag:
-                        mn[o] = min(mn[o], acc[o])
-                        mx[o] = max(mx[o], acc[o])
-            else:
-                for o in range(o_n):
-                    mn[o] = min(mn[o], acc[o])
-                    mx[o] = max(mx[o], acc[o])
+                    need_acc[m, o] = _signed_bits(min(bias[o] - neg, 0), max(bias[o] + pos, 0))
+                    need_pe[m, o] = _signed_bits(-neg, pos)
             if do_rq:
                 requant_channels(acc, out[m], m0, nsh, mf, scale_float, code, mbits, zp, lo, hi)
             else:

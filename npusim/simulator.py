@@ -98,6 +98,7 @@ class Simulator:
                                         rq.rounding, rq.add_frac_bits)
         #: wall seconds spent in each node during the last `run` (for benchmarks)
         self.node_seconds: dict[str, float] = {}
+        self._threads = numba.get_num_threads()
 
     # ------------------------------------------------------------------ checks
     def _plans_for(self, program: IntegerProgram) -> list[_Plan]:
@@ -236,99 +237,102 @@ class Simulator:
                                   f"{'signed' if in_spec.signed else 'unsigned'}), got {images.dtype}")
         return images
 
-    def _run_batch(self, program, plans, x0, engine_cache=None, keep_all=True):
-        """Run one batch; tensors are channels last (N, H, W, C) or flat (N, F), narrow."""
-        cfg = self.config
-        prec = cfg.precision
+    def _run_node(self, program, i, p, vals, st, last_use, share=None, keep_all=True):
+        """Run node `i` (plan `p`) on the tensors in `vals` (channels last (N, H, W, C) or
+        flat (N, F), narrow dtypes), storing its output there and its stats in `st`. `share`
+        (a dict per node, common to the configurations of `run_many`) lets a configuration
+        reuse another's result when it is provably identical."""
         s = self.settings
-        vals = {program.input: x0}
-        st = {}
         scale_float = s.scale_mode == "float"
-        threads = numba.get_num_threads()
-        last_use = {}
-        for i, p in enumerate(plans):
-            for name in p.node.inputs:
-                last_use[name] = i
-        for i, p in enumerate(plans):
-            t0 = time.perf_counter()
-            node = p.node
-            # small layers run on one thread: a parallel region waits for every worker, which
-            # costs more than the work when the machine is busy (torch does the same)
-            work = len(vals[node.inputs[0]]) * max(p.macs, int(np.prod(
-                program.tensors[node.output].shape)))
-            numba.set_num_threads(1 if work < _PARALLEL_MIN_WORK else threads)
-            t_out = program.tensors[node.output]
-            zp_y = t_out.zero_point
-            lo, hi = node.attrs.get("clamp", t_out.int_range())
-            x = vals[node.inputs[0]]
-            n = len(x)
-            rq = p.rq
-            if node.op in ("conv2d", "linear"):
-                xt = program.tensors[node.inputs[0]]
-                if node.op == "linear":
-                    x4 = x.reshape(n, 1, 1, -1)
-                    stride, pad, groups = 1, 0, 1
-                else:
-                    stride, pad, groups = node.attrs["stride"], node.attrs["padding"], node.attrs["groups"]
-                    x4 = x
-                out_hw = (t_out.shape[1], t_out.shape[2]) if node.op == "conv2d" else (1, 1)
-                req = None if rq is None else Requant(rq.m0, rq.n, rq.mf, scale_float, s.code,
-                                                      s.multiplier_bits, zp_y, lo, hi)
-                acc, ast = conv_accumulate(x4, p.weight, p.bias, stride, pad, groups,
-                                           xt.zero_point, out_hw, self._levels(), p.bound_l1,
-                                           p.bound_l1_nobias, self.fast, p.prep, req,
-                                           engine_cache, node.name)
-                y = acc if node.op == "conv2d" else acc.reshape(n, -1)
-                st[node.name] = ast
-            elif node.op == "add":
-                a, b = vals[node.inputs[0]], vals[node.inputs[1]]
-                ta, tb = program.tensors[node.inputs[0]], program.tensors[node.inputs[1]]
-                y = arith.residual_add(a, b, ta.zero_point, tb.zero_point, rq.m0, rq.n, rq.mf,
-                                       s.add_frac_bits, scale_float, s.code, s.shift_code,
-                                       s.multiplier_bits, zp_y, lo, hi,
-                                       arith.storage_dtype(*t_out.int_range()))
-            elif node.op in ("maxpool2d", "avgpool2d", "global_avgpool"):
-                xt = program.tensors[node.inputs[0]]
-                is_max = node.op == "maxpool2d"
-                if node.op == "global_avgpool":
-                    k, stride, pad = x.shape[1], 1, 0
-                    if x.shape[1] != x.shape[2]:
-                        raise SimulationError(f"node {node.name!r}: global pooling needs a square map")
-                else:
-                    k, stride, pad = node.attrs["kernel"], node.attrs["stride"], node.attrs.get("padding", 0)
-                if pad:
-                    fill = np.iinfo(np.int64).min if is_max else xt.zero_point
-                    x = np.pad(x.astype(np.int64), ((0, 0), (pad, pad), (pad, pad), (0, 0)),
-                               constant_values=fill)
-                c, ho, wo = t_out.shape
-                out = np.empty((n, ho, wo, c), np.int64)
-                if is_max:
-                    m0, nsh, mf = 0, 0, np.float32(0)
-                    lo, hi = t_out.int_range()
-                else:
-                    m0, nsh, mf = int(rq.m0[0]), int(rq.n[0]), rq.mf[0]
-                K.pool_kernel(np.ascontiguousarray(x), k, stride, is_max, xt.zero_point, m0, nsh,
-                              mf, scale_float, s.code, s.multiplier_bits, zp_y, lo, hi, out)
-                y = _stored(out, t_out)
-            elif node.op == "flatten":  # in the NCHW order of the program's tensors
-                y = x.reshape(n, -1) if x.ndim == 2 or x.shape[1] * x.shape[2] == 1 else \
-                    x.transpose(0, 3, 1, 2).reshape(n, -1)
-            elif node.op == "embed":
-                lut = program.arrays[f"{node.name}.lut"].astype(np.int64)
-                c, h, w_ = t_out.shape
-                y = np.empty((n, h, w_, c), np.int64)
-                K.embed_kernel(np.ascontiguousarray(x), lut, y)
-                y = _stored(y, t_out)
-            else:  # pragma: no cover - the program loader rejects unknown ops
-                raise SimulationError(f"node {node.name!r}: unsupported op {node.op!r}")
-            vals[node.output] = y
-            if not keep_all:  # free what no later node reads (peak memory of big batches)
-                for name in node.inputs:
-                    if last_use.get(name) == i and name not in program.outputs:
-                        vals.pop(name, None)
+        threads = self._threads
+        t0 = time.perf_counter()
+        node = p.node
+        # small layers run on one thread: a parallel region waits for every worker, which
+        # costs more than the work when the machine is busy (torch does the same)
+        work = len(vals[node.inputs[0]]) * max(p.macs, int(np.prod(
+            program.tensors[node.output].shape)))
+        numba.set_num_threads(1 if work < _PARALLEL_MIN_WORK else threads)
+        t_out = program.tensors[node.output]
+        zp_y = t_out.zero_point
+        lo, hi = node.attrs.get("clamp", t_out.int_range())
+        x = vals[node.inputs[0]]
+        n = len(x)
+        rq = p.rq
+        y = reused = None
+        if share is not None and node.op not in ("conv2d", "linear"):
+            # elementwise/pooling/lookup nodes: the same input objects under the same
+            # requantization settings give the same output object
+            ins = [vals[name] for name in node.inputs]
+            reused = next((y0 for s0, ins0, y0 in share.setdefault("outs", [])
+                           if s0 == s and all(a is b for a, b in zip(ins0, ins))), None)
+            y = reused
+        if y is not None:
+            pass
+        elif node.op in ("conv2d", "linear"):
+            xt = program.tensors[node.inputs[0]]
+            if node.op == "linear":
+                x4 = x.reshape(n, 1, 1, -1)
+                stride, pad, groups = 1, 0, 1
+            else:
+                stride, pad, groups = node.attrs["stride"], node.attrs["padding"], node.attrs["groups"]
+                x4 = x
+            out_hw = (t_out.shape[1], t_out.shape[2]) if node.op == "conv2d" else (1, 1)
+            req = None if rq is None else Requant(rq.m0, rq.n, rq.mf, scale_float, s.code,
+                                                  s.multiplier_bits, zp_y, lo, hi)
+            acc, ast = conv_accumulate(x4, p.weight, p.bias, stride, pad, groups,
+                                       xt.zero_point, out_hw, self._levels(), p.bound_l1,
+                                       p.bound_l1_nobias, self.fast, p.prep, req, share)
+            y = acc if node.op == "conv2d" else acc.reshape(n, -1)
+            st[node.name] = ast
+        elif node.op == "add":
+            a, b = vals[node.inputs[0]], vals[node.inputs[1]]
+            ta, tb = program.tensors[node.inputs[0]], program.tensors[node.inputs[1]]
+            y = arith.residual_add(a, b, ta.zero_point, tb.zero_point, rq.m0, rq.n, rq.mf,
+                                   s.add_frac_bits, scale_float, s.code, s.shift_code,
+                                   s.multiplier_bits, zp_y, lo, hi,
+                                   arith.storage_dtype(*t_out.int_range()))
+        elif node.op in ("maxpool2d", "avgpool2d", "global_avgpool"):
+            xt = program.tensors[node.inputs[0]]
+            is_max = node.op == "maxpool2d"
+            if node.op == "global_avgpool":
+                k, stride, pad = x.shape[1], 1, 0
+                if x.shape[1] != x.shape[2]:
+                    raise SimulationError(f"node {node.name!r}: global pooling needs a square map")
+            else:
+                k, stride, pad = node.attrs["kernel"], node.attrs["stride"], node.attrs.get("padding", 0)
+            if pad:
+                fill = np.iinfo(np.int64).min if is_max else xt.zero_point
+                x = np.pad(x.astype(np.int64), ((0, 0), (pad, pad), (pad, pad), (0, 0)),
+                           constant_values=fill)
+            c, ho, wo = t_out.shape
+            out = np.empty((n, ho, wo, c), np.int64)
+            if is_max:
+                m0, nsh, mf = 0, 0, np.float32(0)
+                lo, hi = t_out.int_range()
+            else:
+                m0, nsh, mf = int(rq.m0[0]), int(rq.n[0]), rq.mf[0]
+            K.pool_kernel(np.ascontiguousarray(x), k, stride, is_max, xt.zero_point, m0, nsh,
+                          mf, scale_float, s.code, s.multiplier_bits, zp_y, lo, hi, out)
+            y = _stored(out, t_out)
+        elif node.op == "flatten":  # in the NCHW order of the program's tensors
+            y = x.reshape(n, -1) if x.ndim == 2 or x.shape[1] * x.shape[2] == 1 else \
+                x.transpose(0, 3, 1, 2).reshape(n, -1)
+        elif node.op == "embed":
+            lut = program.arrays[f"{node.name}.lut"].astype(np.int64)
+            c, h, w_ = t_out.shape
+            y = np.empty((n, h, w_, c), np.int64)
+            K.embed_kernel(np.ascontiguousarray(x), lut, y)
+            y = _stored(y, t_out)
+        else:  # pragma: no cover - the program loader rejects unknown ops
+            raise SimulationError(f"node {node.name!r}: unsupported op {node.op!r}")
+        if share is not None and node.op not in ("conv2d", "linear") and reused is None:
+            share["outs"].append((s, ins, y))
+        vals[node.output] = y
+        if not keep_all:  # free what no later node reads (peak memory of big batches)
+            for name in node.inputs:
+                if last_use.get(name) == i and name not in program.outputs:
+                    vals.pop(name, None)
             self.node_seconds[node.name] += time.perf_counter() - t0
-        numba.set_num_threads(threads)
-        return vals, st
 
     def _stats_table(self, program, plans, stats, n_img) -> pd.DataFrame:
         prec = self.config.precision
@@ -365,10 +369,12 @@ class Simulator:
 def run_many(simulators: list[Simulator], program: IntegerProgram, images: np.ndarray,
              trace: bool = False, batch_size: int = 256) -> list[SimResult]:
     """Run several simulators (for example an accumulator-width sweep) over the same images,
-    batch by batch, sharing work that is provably identical: a layer's int8 GEMM is reused
-    by every configuration whose input to that layer equals, value for value, an input
-    already seen in this batch (the first layer always; later layers while the outputs have
-    not diverged). Each result is exactly what ``sim.run`` returns."""
+    batch by batch and node by node, sharing work that is provably identical: a node whose
+    inputs are the very tensors another configuration already processed reuses its engine
+    sums, and its whole output when the settings that shape it agree and no output can
+    overflow differently (see `accumulate.conv_accumulate`); outputs stay shared objects
+    while the configurations have not diverged. Each result is exactly what ``sim.run``
+    returns."""
     if not simulators:
         return []
     images = simulators[0]._check_images(program, images)
@@ -380,18 +386,29 @@ def run_many(simulators: list[Simulator], program: IntegerProgram, images: np.nd
     for sim, pl in zip(simulators, plans):
         sim.node_seconds = {p.node.name: 0.0 for p in pl}
     threads = numba.get_num_threads()
+    last_use = _last_use(plans[0])
+    shared = len(simulators) > 1
+    for sim in simulators:
+        sim._threads = threads
     try:
         for start in range(0, max(n_img, 1), batch_size):
             chunk = _channels_last(images[start:start + batch_size])
-            cache: dict | None = {} if len(simulators) > 1 else None
-            for i, (sim, pl) in enumerate(zip(simulators, plans)):
-                vals, st = sim._run_batch(program, pl, chunk, cache, keep_all=trace)
+            envs = [{program.input: chunk} for _ in simulators]
+            sts: list[dict] = [{} for _ in simulators]
+            # node by node, every configuration in turn: what they share (`share`) lives for
+            # one node only
+            for k in range(len(plans[0])):
+                share: dict | None = {} if shared else None
+                for i, sim in enumerate(simulators):
+                    sim._run_node(program, k, plans[i][k], envs[i], sts[i], last_use, share,
+                                  keep_all=trace)
+            for i, pl in enumerate(plans):
                 for o in program.outputs:
-                    outs[i][o].append(vals[o])
+                    outs[i][o].append(envs[i][o])
                 if trace:
                     for p in pl:
-                        traces[i].setdefault(p.node.output, []).append(vals[p.node.output])
-                for name, a in st.items():
+                        traces[i].setdefault(p.node.output, []).append(envs[i][p.node.output])
+                for name, a in sts[i].items():
                     stats[i][name].append(a)
     finally:
         numba.set_num_threads(threads)
@@ -403,6 +420,15 @@ def run_many(simulators: list[Simulator], program: IntegerProgram, images: np.nd
                       stats=sim._stats_table(program, plans[i], stats[i], n_img),
                       traces={k: cat(v) for k, v in traces[i].items()})
             for i, sim in enumerate(simulators)]
+
+
+def _last_use(plans: list[_Plan]) -> dict[str, int]:
+    """The index of the last node that reads each tensor."""
+    last = {}
+    for i, p in enumerate(plans):
+        for name in p.node.inputs:
+            last[name] = i
+    return last
 
 
 def overflow_rate(stats: pd.DataFrame) -> float:

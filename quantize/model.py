@@ -8,8 +8,9 @@ replaced by its quantized counterpart:
 - residual add -> both inputs already quantized by their producers, output quantizer;
 - max pooling exact; average pooling requantized; the classifier stops at its accumulator.
 
-Batch norm during QAT: for the first ``1 - bn_freeze_frac`` of the epochs BN uses batch
-statistics (running statistics keep updating); for the rest they are frozen and the forward
+Batch norm during QAT: for the first ``1 - bn_freeze_frac`` of the epochs (all of them by
+default, see `QuantConfig.bn_freeze_frac`) BN uses batch statistics (running statistics keep
+updating); for the rest they are frozen and the forward
 uses the folded form the NPU computes: ``z = g * conv(x, w_hat) + |g| * s_x * s_w * bias_int``
 with ``g = gamma / sigma`` and the bias rounded to its integer, so the last epochs train the
 function that is exported. Evaluation always uses the folded form. The integer weights are the

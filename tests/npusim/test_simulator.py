@@ -291,3 +291,44 @@ def test_exact_conv2d_is_exact_where_fast_algorithms_are_not():
     win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))
     ref = np.einsum("nchwij,ocij->nohw", win, w)
     np.testing.assert_array_equal(got, ref)
+
+
+def test_run_many_shares_and_equals_separate_runs_on_a_network():
+    """A width sweep over a whole ResNet-8 (adds, pooling, classifier) through `run_many`:
+    every configuration's logits, traces and statistics equal its own run (sharing engine
+    sums, exact results and whole node outputs between configurations must be invisible)."""
+    import torch
+
+    from models import create_model
+    from models.training import set_input_stats
+    from npusim.data import load_dataset
+    from npusim.simulator import run_many
+    from quantize import QuantConfig, build_program, calibrate, quantize_model
+
+    data = load_dataset("digits", "train")
+    torch.manual_seed(0)
+    model = create_model("resnet8", num_classes=10, in_channels=1, width=0.25)
+    set_input_stats(model, data)
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(data.images[:128]).float())
+    model.eval()
+    q = quantize_model(model, QuantConfig(weight_bits=4, act_bits=4), input_shape=data.input_shape)
+    calibrate(q, torch.from_numpy(data.images[:64]).float())
+    prog = build_program(q)
+    x = data.images[:10]
+    base = NPUConfig.preset("edge16")
+    cfgs = [base] + [base.with_overrides({"precision.acc_bits": b, "precision.pe_acc_bits": b,
+                                          "precision.overflow": m, "array.dataflow": d})
+                     for b in (13, 15, 24) for m in ("wrap", "saturate") for d in ("os", "ws")]
+    many = run_many([Simulator(c) for c in cfgs], prog, x, trace=True, batch_size=4)
+    for cfg, got in zip(cfgs, many):
+        one = Simulator(cfg).run(prog, x, trace=True, batch_size=4)
+        np.testing.assert_array_equal(got.logits, one.logits)
+        assert got.traces.keys() == one.traces.keys()
+        for k in one.traces:
+            np.testing.assert_array_equal(got.traces[k], one.traces[k])
+        assert got.stats.equals(one.stats)
+    # at least one narrow configuration differs somewhere (the sweep is not trivial)
+    assert any(not np.array_equal(m.logits, many[0].logits) for m in many[1:]) or \
+        any(int(m.stats["acc_overflows"].fillna(0).sum()) for m in many[1:])
