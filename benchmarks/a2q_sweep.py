@@ -31,7 +31,11 @@ from npusim.simulator import SimulationError, Simulator  # noqa: E402
 from quantize import QuantConfig, build_program  # noqa: E402
 from quantize.cached import train_qat  # noqa: E402
 
-STRATEGIES = ("qat+wrap", "qat+saturate", "a2q", "a2q+")
+STRATEGIES = ("qat+wrap", "qat+saturate", "a2q", "a2q+", "a2q+ 4b-in")
+# The raw 8-bit pixels make the first layer the tightest A2Q budget (T = (2^(P-1)-1-|b|)/255
+# per channel: 6 at P = 12): the last strategy also quantizes the input to 4 bits (the embed
+# op as a frozen linear lookup, d = 1), so every layer sees at most 4-bit inputs.
+LOW_BIT_INPUT = {"d": 1, "init": "linear", "trainable": False, "bits": 4}
 
 
 def _npu(p: int, mode: str) -> NPUConfig:
@@ -39,11 +43,13 @@ def _npu(p: int, mode: str) -> NPUConfig:
         "precision.acc_bits": p, "precision.pe_acc_bits": p, "precision.overflow": mode})
 
 
-def _cfg(bits: int, p: int | None, mode: str | None) -> QuantConfig:
+def _cfg(bits: int, p: int | None, strategy: str | None) -> QuantConfig:
     kw = dict(weight_bits=bits, act_bits=bits, first_layer_bits=bits, last_layer_bits=bits)
-    if mode is None:
+    if strategy is None:
         return QuantConfig(**kw)
-    return QuantConfig(**kw, acc_bits=p, a2q={"mode": mode})
+    if strategy.endswith("4b-in"):
+        kw["embedding"] = LOW_BIT_INPUT
+    return QuantConfig(**kw, acc_bits=p, a2q={"mode": strategy.split()[0]})
 
 
 def main() -> None:
@@ -128,7 +134,7 @@ def write_report(df: pd.DataFrame, out: Path, args) -> None:
     bits_list = sorted(df["w_bits"].unique(), reverse=True)
     fig, axes = plt.subplots(1, len(bits_list), figsize=(6 * len(bits_list), 4.2), squeeze=False)
     style = {"qat+wrap": ("C0", "-"), "qat+saturate": ("C0", "--"), "a2q": ("C2", "-"),
-             "a2q+": ("C3", "-")}
+             "a2q+": ("C3", "-"), "a2q+ 4b-in": ("C4", ":")}
     for ax, bits in zip(axes[0], bits_list):
         sub = df[df["w_bits"] == bits]
         for strategy in STRATEGIES:

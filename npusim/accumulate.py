@@ -181,17 +181,16 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
 @dataclass
 class _Shared:
     """What configurations with one input to a layer have in common: the engine's sums, the
-    exact results per requantization, and (once some configuration needed them) the exact
-    accumulators with the bits each output's data-dependent bound needs at each level."""
+    exact results per requantization, and (once some configuration needed them) the bits each
+    output's data-dependent bound needs at each level, with their maxima."""
 
     x: np.ndarray
     prep: Int8Conv
     res: Int8Result
     exact: dict = field(default_factory=dict)  # requant key -> (output, acc min, acc max)
-    acc: np.ndarray | None = None  # (M, O) int64 exact accumulators
     need_acc: np.ndarray | None = None  # (M, O) uint8: bits of [bias - neg, bias + pos]
     need_pe: np.ndarray | None = None  # (M, O) uint8: bits of [-neg, pos]
-    acc_range: tuple[int, int] = (0, 0)
+    need_max: tuple[int, int] = (0, 0)
 
 
 def _shared_entry(share, x, prep, out_hw) -> _Shared:
@@ -209,56 +208,64 @@ def _shared_entry(share, x, prep, out_hw) -> _Shared:
     return e
 
 
-def _epilogue(e: _Shared, bias, requant, risk: bool, n: int, pixels: int):
-    """Run the epilogue kernel: (output (M, O), acc min, acc max), and with `risk` the exact
-    int64 accumulators with the bits their bounds need (stored in `e`)."""
+def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels):
+    """One pass of the epilogue kernel over the engine's sums: (output (M, O) requantized when
+    `requant`, min and max of all accumulators, of the unflagged ones, flagged flat indices);
+    with a risk, the per-output bound bits are stored in `e`."""
     o = e.prep.o
-    rq = requant if (requant is not None and not risk) else _NO_RQ
-    out = np.empty((n * pixels, o), rq.dtype if rq is not _NO_RQ else np.int64)
+    risk = pe_risk or acc_risk
+    rq = requant if requant is not None else _NO_RQ
+    out = np.empty((n * pixels, o), rq.dtype if requant is not None else np.int64)
     need = np.empty((2, n * pixels, o) if risk else (2, 1, 1), np.uint8)
     nb = _blocks(n, pixels, _EPILOGUE_PIXELS)
-    mnmx = np.empty((n, nb, o, 2), np.int64)
+    mnmx = np.empty((n, nb, o, 4), np.int64)
     sums = np.empty((n, nb, e.res.g.shape[1]), np.int64)
-    K.gemm_epilogue_kernel(e.res.g, o, pixels, np.asarray(bias, np.int64), risk,
-                           rq is not _NO_RQ, rq.m0, rq.n, rq.mf, rq.scale_float, rq.code,
-                           rq.mbits, rq.zp, rq.lo, rq.hi, out, need[0], need[1], mnmx, sums)
+    K.gemm_epilogue_kernel(e.res.g, o, pixels, np.asarray(bias, np.int64), risk, pe_risk,
+                           lv.acc_bits, lv.pe_bits, requant is not None, rq.m0, rq.n, rq.mf,
+                           rq.scale_float, rq.code, rq.mbits, rq.zp, rq.lo, rq.hi, out, need[0],
+                           need[1], mnmx, sums)
     e.res.verify(sums.sum(axis=1))
-    lo_v = int(mnmx[..., 0].min()) if out.size else 0
-    hi_v = int(mnmx[..., 1].max()) if out.size else 0
+    mm = [int(f(mnmx[..., k])) if out.size else 0
+          for k, f in ((0, np.min), (1, np.max), (2, np.min), (3, np.max))]
+    flat = ()
     if risk:
-        e.acc, e.need_acc, e.need_pe, e.acc_range = out, need[0], need[1], (lo_v, hi_v)
-    return out, lo_v, hi_v
+        e.need_acc, e.need_pe = need[0], need[1]
+        e.need_max = (int(need[0].max(initial=0)), int(need[1].max(initial=0)))
+        flat = _flagged(e, lv, pe_risk)
+    return out, mm, flat
+
+
+def _flagged(e: _Shared, lv, pe_risk) -> np.ndarray:
+    """Flat indices of the outputs whose bound leaves this NPU's widths."""
+    if e.need_max[0] <= lv.acc_bits and (not pe_risk or e.need_max[1] <= lv.pe_bits):
+        return np.zeros(0, np.int64)
+    mask = e.need_acc > lv.acc_bits
+    if pe_risk:
+        mask |= e.need_pe > lv.pe_bits
+    return np.flatnonzero(mask.reshape(-1))
 
 
 def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, lv, pe_risk,
                  acc_risk, requant, st):
     """Finish a layer from the int8 engine's sums: the exact output (requantization fused
-    into the epilogue) when no output can overflow; else the outputs whose bounds leave
-    this NPU's widths re-simulated order-faithfully, then everything requantized."""
+    into the epilogue) where no output's bound leaves this NPU's widths; else the flagged
+    outputs re-simulated order-faithfully, requantized one by one and patched in."""
     n, o = x.shape[0], e.prep.o
     ho, wo = out_hw
     pixels = ho * wo
     st.nonzero_macs = e.res.nonzero_macs
     key = None if requant is None else requant.key()
-    if pe_risk or acc_risk:
-        if e.acc is None:
-            _epilogue(e, bias, None, True, n, pixels)
-        flagged = e.need_acc > lv.acc_bits
-        if pe_risk:
-            flagged |= e.need_pe > lv.pe_bits
-        flat = np.flatnonzero(flagged.reshape(-1))
-    else:
-        flat = ()
-    if not len(flat):  # the exact result: shared by every configuration that gets here
+    risk = pe_risk or acc_risk
+    if risk and e.need_acc is not None and not len(_flagged(e, lv, pe_risk)) or \
+            not risk and key in e.exact:
         hit = e.exact.get(key)
-        if hit is None:
-            if e.acc is not None:
-                out = e.acc if requant is None else requant.apply_channels_last(e.acc)
-                hit = (out, *e.acc_range)
-            else:
-                hit = _epilogue(e, bias, requant, False, n, pixels)
-            e.exact[key] = hit
-        out, st.acc_min, st.acc_max = hit
+        if hit is not None:  # the exact result, shared by every configuration that gets here
+            out, st.acc_min, st.acc_max = hit
+            return out.reshape(n, ho, wo, o), st
+    out, mm, flat = _epilogue(e, bias, requant, lv, pe_risk, acc_risk, n, pixels)
+    if not len(flat):
+        e.exact[key] = (out, mm[0], mm[1])
+        st.acc_min, st.acc_max = mm[0], mm[1]
         return out.reshape(n, ho, wo, o), st
     st.sequential_outputs = len(flat)
     m, oc = np.divmod(flat, o)
@@ -266,11 +273,10 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
     oy, ox = np.divmod(p, wo)
     points = np.stack([b, oc, oy, ox], axis=1).astype(np.int64)
     xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)
-    acc = e.acc.copy()
-    acc.reshape(-1)[flat] = _simulate_points(xc, w, bias, stride, padding, groups, zp_x, lv,
-                                             points, st)
-    st.acc_min, st.acc_max = int(acc.min()), int(acc.max())
-    out = acc if requant is None else requant.apply_channels_last(acc)
+    vals = _simulate_points(xc, w, bias, stride, padding, groups, zp_x, lv, points, st)
+    lo_v, hi_v = (min(mm[2], int(vals.min())), max(mm[3], int(vals.max())))
+    st.acc_min, st.acc_max = lo_v, hi_v
+    out.reshape(-1)[flat] = vals if requant is None else requant.apply_points(vals, oc)
     return out.reshape(n, ho, wo, o), st
 
 

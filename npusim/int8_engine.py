@@ -71,8 +71,9 @@ def engine_available() -> bool:
 class Int8Conv:
     """A conv's weights prepared for the engine.
 
-    Output columns (q of them): the O weights' outputs, then (with `signs`) the sums of the
-    positive and of the negative products, each O. Inputs enter as ``x - sub`` in uint8 with
+    Output columns (q of them): the O weights' outputs, then (with `signs`) the O sums of the
+    positive products (inputs are ``>= zp_x`` then, so the negative products sum to
+    ``positive - output``). Inputs enter as ``x - sub`` in uint8 with
     zero point ``zp_x - sub`` (padding reads the zero point).
     """
 
@@ -99,7 +100,7 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
     """Prepare `w` (O, C/groups, kh, kw) for raw inputs in [lo, hi] with zero point zp_x, or
     None when the engine cannot prove the conv exact (or is unavailable).
 
-    `signs` adds the positive/negative product sums (needs ``x - zp_x >= 0``, groups == 1)."""
+    `signs` adds the positive product sums (needs ``x - zp_x >= 0``, groups == 1)."""
     w = np.asarray(w, np.int64)
     if w.size == 0 or w.min() < -128 or w.max() > 127:
         return None
@@ -110,7 +111,7 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
     # found by the spot check); such layers take the float engine
     if padding and padding >= min(w.shape[2], w.shape[3]):
         return None
-    if signs and (lo < zp_x or groups > 1 or w.min() == -128):  # -128: -w does not fit int8
+    if signs and (lo < zp_x or groups > 1):
         return None
     o = w.shape[0]
     xmax = max(hi - zp_x, zp_x - lo)
@@ -118,7 +119,7 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
         return None
     if not engine_available():
         return None
-    wq = np.concatenate([w, np.maximum(w, 0), np.maximum(-w, 0)]) if signs else w
+    wq = np.concatenate([w, np.maximum(w, 0)]) if signs else w
     cg = w.shape[1]
     wnz = (w != 0).reshape(groups, o // groups, cg, *w.shape[2:]).sum(axis=1)
     return Int8Conv(_pack(wq, zp_x - sub, stride, padding, groups), wq, o, sub, zp_x,

@@ -263,17 +263,21 @@ def _signed_bits(lo, hi):
 
 
 @numba.njit(parallel=True, cache=True)
-def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, do_rq, m0, nsh, mf, scale_float, code,
-                         mbits, zp, lo, hi, out, need_acc, need_pe, mnmx, sums):
+def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq, m0, nsh,
+                         mf, scale_float, code, mbits, zp, lo, hi, out, need_acc, need_pe,
+                         mnmx, sums):
     """Accumulators ``acc = g + bias`` from the engine's sums `g` (M, q) (float32 or integer;
-    rows m = (n, pixel); columns: o_n outputs, then optionally o_n positive- and o_n negative-
-    product sums) into channels-last `out` (M, o_n) (any integer dtype that holds the
-    values), requantized when `do_rq`. When `risk`, the bits that each output's bounds need:
-    `need_acc` for ``[bias - neg, bias + pos]`` (every running sum at the acc level) and
-    `need_pe` for ``[-neg, pos]`` (every chunk sum at the pe level), (M, o_n) uint8.
+    rows m = (n, pixel); columns: o_n outputs, then with `risk` o_n positive-product sums
+    ``pos``, the negative ones being ``neg = pos - g``) into channels-last `out` (M, o_n) (any
+    integer dtype that holds the values), requantized when `do_rq`. With `risk`, the bits
+    each output's bounds need, `need_acc` for ``[bias - neg, bias + pos]`` (every running sum
+    at the acc level) and `need_pe` for ``[-neg, pos]`` (every chunk sum at the pe level),
+    (M, o_n) uint8; an output is flagged when its bound leaves `acc_bits` (or `pe_bits`, with
+    `pe_risk`): its value here is provisional, to be replaced.
 
-    Tasks are (image, block of pixels); per task partials: `mnmx` (N, B, o_n, 2) min and max of
-    the accumulators, `sums` (N, B, q) the sum of every column (the engine's check)."""
+    Tasks are (image, block of pixels); per task partials: `mnmx` (N, B, o_n, 4) min and max of
+    all accumulators, then of those not flagged, and `sums` (N, B, q) the sum of every column
+    (the engine's check)."""
     N = mnmx.shape[0]
     B = mnmx.shape[1]
     q = g.shape[1]
@@ -281,8 +285,12 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, do_rq, m0, nsh, mf, scale_f
     for t in numba.prange(N * B):
         b = t // B
         blk = t - b * B
-        mn = np.full(o_n, _I64_MAX, np.int64)
-        mx = np.full(o_n, _I64_MIN, np.int64)
+        mm = np.empty((o_n, 4), np.int64)
+        for o in range(o_n):
+            mm[o, 0] = _I64_MAX
+            mm[o, 1] = _I64_MIN
+            mm[o, 2] = _I64_MAX
+            mm[o, 3] = _I64_MIN
         sm = np.zeros(q, np.int64)
         row = np.empty(q, np.int64)
         acc = np.empty(o_n, np.int64)
@@ -292,23 +300,30 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, do_rq, m0, nsh, mf, scale_f
                 row[j] = np.int64(g[m, j])
                 sm[j] += row[j]
             for o in range(o_n):
-                acc[o] = row[o] + bias[o]
-                mn[o] = min(mn[o], acc[o])
-                mx[o] = max(mx[o], acc[o])
-            if risk:
-                for o in range(o_n):
+                a = row[o] + bias[o]
+                acc[o] = a
+                mm[o, 0] = min(mm[o, 0], a)
+                mm[o, 1] = max(mm[o, 1], a)
+                flag = False
+                if risk:
                     pos = row[o_n + o]
-                    neg = row[2 * o_n + o]
-                    need_acc[m, o] = _signed_bits(min(bias[o] - neg, 0), max(bias[o] + pos, 0))
-                    need_pe[m, o] = _signed_bits(-neg, pos)
+                    neg = pos - row[o]
+                    na = _signed_bits(min(bias[o] - neg, 0), max(bias[o] + pos, 0))
+                    npe = _signed_bits(-neg, pos)
+                    need_acc[m, o] = na
+                    need_pe[m, o] = npe
+                    flag = na > acc_bits or (pe_risk and npe > pe_bits)
+                if not flag:
+                    mm[o, 2] = min(mm[o, 2], a)
+                    mm[o, 3] = max(mm[o, 3], a)
             if do_rq:
                 requant_channels(acc, out[m], m0, nsh, mf, scale_float, code, mbits, zp, lo, hi)
             else:
                 for o in range(o_n):
                     out[m, o] = acc[o]
         for o in range(o_n):
-            mnmx[b, blk, o, 0] = mn[o]
-            mnmx[b, blk, o, 1] = mx[o]
+            for k in range(4):
+                mnmx[b, blk, o, k] = mm[o, k]
         for j in range(q):
             sums[b, blk, j] = sm[j]
 

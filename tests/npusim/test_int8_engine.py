@@ -58,13 +58,13 @@ def int8_case(draw):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(int8_case(), st.booleans())
 def test_engine_sums_equal_int64_reference(case, signs):
-    """Sums, positive and negative product sums, the check sums and the non-zero count: exact
+    """Sums, positive product sums, the check sums and the non-zero count: exact
     for any zero point, padding (which reads the zero point), stride and groups."""
     x, w, stride, pad, groups, zp, (lo, hi) = case
     plan = prepare_int8_conv(w, stride, pad, groups, zp, lo, hi, signs=signs)
     if plan is None:  # refused: a span over 255, a sign split it cannot do, an f32 bound
         assert (max(hi, zp) - min(lo, zp) > 255) or (pad and pad >= w.shape[2]) or (
-            signs and (lo < zp or groups > 1 or w.min() == -128))
+            signs and (lo < zp or groups > 1))
         return
     ho = (x.shape[2] + 2 * pad - w.shape[2]) // stride + 1
     wo = (x.shape[3] + 2 * pad - w.shape[3]) // stride + 1
@@ -74,8 +74,8 @@ def test_engine_sums_equal_int64_reference(case, signs):
     xs = x - zp
     np.testing.assert_array_equal(g[:, :o], ref_conv(xs, w, stride, pad, groups))
     if signs:
-        np.testing.assert_array_equal(g[:, o:2 * o], ref_conv(xs, np.maximum(w, 0), stride, pad))
-        np.testing.assert_array_equal(g[:, 2 * o:], ref_conv(xs, np.maximum(-w, 0), stride, pad))
+        assert g.shape[1] == 2 * o
+        np.testing.assert_array_equal(g[:, o:], ref_conv(xs, np.maximum(w, 0), stride, pad))
     res.verify(g.sum(axis=(2, 3)))
     if g.size and np.any(g):  # the check must see a changed value
         bad = g.sum(axis=(2, 3))
