@@ -99,13 +99,13 @@ class Simulator:
         #: wall seconds spent in each node during the last `run` (for benchmarks)
         self.node_seconds: dict[str, float] = {}
         self._threads = numba.get_num_threads()
+        self._plan_cache: tuple[IntegerProgram, list[_Plan]] | None = None
 
     # ------------------------------------------------------------------ checks
     def _plans_for(self, program: IntegerProgram) -> list[_Plan]:
         """`plan(program)`, reused while the same program object is run again (repeated runs
         of one program, e.g. batch after batch, skip the checks and the weight packing)."""
-        cached = getattr(self, "_plan_cache", None)
-        if cached is None or cached[0] is not program:
+        if self._plan_cache is None or self._plan_cache[0] is not program:
             self._plan_cache = (program, self.plan(program))
         return self._plan_cache[1]
 
@@ -332,7 +332,7 @@ class Simulator:
             for name in node.inputs:
                 if last_use.get(name) == i and name not in program.outputs:
                     vals.pop(name, None)
-            self.node_seconds[node.name] += time.perf_counter() - t0
+        self.node_seconds[node.name] += time.perf_counter() - t0
 
     def _stats_table(self, program, plans, stats, n_img) -> pd.DataFrame:
         prec = self.config.precision
@@ -412,6 +412,7 @@ def run_many(simulators: list[Simulator], program: IntegerProgram, images: np.nd
                     stats[i][name].append(a)
     finally:
         numba.set_num_threads(threads)
+
     def cat(parts: list[np.ndarray]) -> np.ndarray:  # back to the program's NCHW, int64
         y = np.concatenate(parts).astype(np.int64, copy=False)
         return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if y.ndim == 4 else y

@@ -187,8 +187,10 @@ def test_a_model_trained_for_p_never_overflows_at_p(digits, p, mode, bits, seed)
     cfg = QuantConfig(weight_bits=bits, act_bits=bits, first_layer_bits=bits, last_layer_bits=bits,
                       acc_bits=p, a2q={"mode": mode})
     _, q = make_q("resnet8", train, cfg, seed=seed % 7)
-    # a few training steps with random targets move weights, norms, steps and BN
-    opt = torch.optim.SGD(q.parameters(), lr=0.5)
+    # a few training steps with random targets move weights, norms, steps and BN (at lr 0.5
+    # an activation step could collapse to the 1e-8 floor, an unexportable model: p=10, a2q+,
+    # 3 bits, seed 107)
+    opt = torch.optim.SGD(q.parameters(), lr=0.2)
     q.train()
     x = torch.from_numpy(train.images[:16]).float()
     for _ in range(2):
