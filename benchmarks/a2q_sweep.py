@@ -154,18 +154,23 @@ def write_report(df: pd.DataFrame, out: Path, args) -> None:
     energy = energy.reindex(columns=top.columns)
     table = top.round(1).astype(str) + " % / " + energy.round(2).astype(str) + " uJ"
     table = table.replace("nan % / nan uJ", "refused").reset_index()
-    a2q_rows = df[df["strategy"].isin(["a2q", "a2q+"])]
+    a2q_rows = df[df["strategy"].str.startswith("a2q")]
     out.with_suffix(".md").write_text(
         "# Accumulator-aware training vs narrowing the accumulator afterwards\n\n"
         f"Command: `python benchmarks/a2q_sweep.py --images {args.images}`. ResNet-20, mnist5k "
         f"(first {args.images} test images), LSQ, every layer (first and classifier included) at "
         f"W/A bits, {args.qat_epochs} QAT epochs from the same float checkpoint for every model; "
         "edge16 with both accumulator levels at P. 'refused': one product of the normally "
-        "trained model needs more than P bits, so the NPU cannot run it. Cells: simulated "
+        "trained model needs more than P bits, so the NPU cannot run it. `a2q+ 4b-in`: A2Q+ "
+        "with the input quantized to 4 bits (the embed op as a frozen linear lookup), since the "
+        "raw 8-bit pixels give the first layer the tightest budget. Cells: simulated "
         "top-1 / energy per image.\n\n" + markdown_table(table) + "\n\n"
         "Overflow events of the A2Q/A2Q+ models at P, summed over exact, wrap and saturate runs "
         f"(must be 0): {int(a2q_rows['overflow_events_all_modes'].fillna(0).sum())} over "
-        f"{len(a2q_rows)} points.\n\n![a2q sweep](a2q_sweep.png)\n")
+        f"{len(a2q_rows)} points; points whose static bound (`npusim bounds`, the largest "
+        "`bound_l1_bits` of any layer: every running sum, any order, any input) fits P: "
+        f"{int((a2q_rows['max_bound_l1_bits'] <= a2q_rows['acc_bits']).sum())} of "
+        f"{len(a2q_rows)}.\n\n![a2q sweep]({out.name}.png)\n")
 
 
 if __name__ == "__main__":

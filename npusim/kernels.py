@@ -168,39 +168,46 @@ def to_u8_kernel(x, sub, out):
 
 @numba.njit(parallel=True, cache=True)
 def window_sums_kernel(x, zp_x, stride, pad, ho, wo, s, cnt):
-    """For channels-last `x` (N, H, W, C) and each weight position (i, j) of a kh x kw conv:
-    ``s[n, i, j, c]`` = the sum of ``x - zp_x`` and ``cnt[n, i, j, c]`` the number of inputs
-    ``!= zp_x`` over the input positions that position meets across all outputs (padding
-    contributes nothing). Strided 2-D prefix sums make it O(H W C) per image."""
+    """For channels-last `x` (N, H, W, C) and each weight position (i, j) of a kh x kw conv
+    (`s`, `cnt`: (kh, kw, C)): ``s[i, j, c]`` = the sum, images weighted ``1 + n % 4``, of
+    ``x - zp_x`` and ``cnt[i, j, c]`` the number of inputs ``!= zp_x``, over the input
+    positions that weight position meets across all outputs (padding contributes nothing).
+    One pass folds the images, then strided 2-D prefix sums answer every position."""
     N, H, W, C = x.shape
-    kh, kw = s.shape[1], s.shape[2]
-    for b in numba.prange(N):
-        ps = np.zeros((H + stride, W + stride, C), np.int64)  # offset by `stride`
-        pc = np.zeros((H + stride, W + stride, C), np.int64)
-        for y in range(H):
+    kh, kw = s.shape[0], s.shape[1]
+    ps = np.zeros((H + stride, W + stride, C), np.int64)  # offset by `stride`
+    pc = np.zeros((H + stride, W + stride, C), np.int64)
+    for y in numba.prange(H):
+        for b in range(N):
+            r = 1 + b % 4
             for x_ in range(W):
+                src = x[b, y, x_]
                 for c in range(C):
-                    v = np.int64(x[b, y, x_, c]) - zp_x
-                    yy, xx = y + stride, x_ + stride
-                    ps[yy, xx, c] = v + ps[yy - stride, xx, c] + ps[yy, xx - stride, c] \
-                        - ps[yy - stride, xx - stride, c]
-                    pc[yy, xx, c] = (v != 0) + pc[yy - stride, xx, c] + pc[yy, xx - stride, c] \
-                        - pc[yy - stride, xx - stride, c]
-        for i in range(kh):
-            o0 = max(0, (pad - i + stride - 1) // stride)
-            o1 = min(ho - 1, (H - 1 + pad - i) // stride)
-            for j in range(kw):
-                q0 = max(0, (pad - j + stride - 1) // stride)
-                q1 = min(wo - 1, (W - 1 + pad - j) // stride)
-                if o1 < o0 or q1 < q0:
-                    continue
-                y0, y1 = o0 * stride + i - pad + stride, o1 * stride + i - pad + stride
-                x0, x1 = q0 * stride + j - pad + stride, q1 * stride + j - pad + stride
-                for c in range(C):
-                    s[b, i, j, c] = ps[y1, x1, c] - ps[y0 - stride, x1, c] \
-                        - ps[y1, x0 - stride, c] + ps[y0 - stride, x0 - stride, c]
-                    cnt[b, i, j, c] = pc[y1, x1, c] - pc[y0 - stride, x1, c] \
-                        - pc[y1, x0 - stride, c] + pc[y0 - stride, x0 - stride, c]
+                    v = np.int64(src[c]) - zp_x
+                    ps[y + stride, x_ + stride, c] += r * v
+                    pc[y + stride, x_ + stride, c] += v != 0
+    for y in range(stride, H + stride):
+        for x_ in range(stride, W + stride):
+            for c in range(C):
+                ps[y, x_, c] += ps[y - stride, x_, c] + ps[y, x_ - stride, c] \
+                    - ps[y - stride, x_ - stride, c]
+                pc[y, x_, c] += pc[y - stride, x_, c] + pc[y, x_ - stride, c] \
+                    - pc[y - stride, x_ - stride, c]
+    for i in range(kh):
+        o0 = max(0, (pad - i + stride - 1) // stride)
+        o1 = min(ho - 1, (H - 1 + pad - i) // stride)
+        for j in range(kw):
+            q0 = max(0, (pad - j + stride - 1) // stride)
+            q1 = min(wo - 1, (W - 1 + pad - j) // stride)
+            if o1 < o0 or q1 < q0:
+                continue
+            y0, y1 = o0 * stride + i - pad + stride, o1 * stride + i - pad + stride
+            x0, x1 = q0 * stride + j - pad + stride, q1 * stride + j - pad + stride
+            for c in range(C):
+                s[i, j, c] = ps[y1, x1, c] - ps[y0 - stride, x1, c] \
+                    - ps[y1, x0 - stride, c] + ps[y0 - stride, x0 - stride, c]
+                cnt[i, j, c] = pc[y1, x1, c] - pc[y0 - stride, x1, c] \
+                    - pc[y1, x0 - stride, c] + pc[y0 - stride, x0 - stride, c]
 
 
 @numba.njit(cache=True)  # small: int64 in numba (an int64 NumPy matmul is slow, BLAS threads
