@@ -153,7 +153,10 @@ def write_report(df: pd.DataFrame, out: Path, args) -> None:
     top = top.reindex(columns=[s for s in STRATEGIES if s in top.columns])
     energy = energy.reindex(columns=top.columns)
     table = top.round(1).astype(str) + " % / " + energy.round(2).astype(str) + " uJ"
-    table = table.replace("nan % / nan uJ", "refused").reset_index()
+    refused = df[df["note"].fillna("").str.startswith("refused")]
+    for _, r in refused.iterrows():  # pivot_table drops the NaN cells of refused points
+        table.loc[(r["w_bits"], r["acc_bits"]), r["strategy"]] = "refused"
+    table = table.fillna("").replace("nan % / nan uJ", "refused").reset_index()
     a2q_rows = df[df["strategy"].str.startswith("a2q")]
     out.with_suffix(".md").write_text(
         "# Accumulator-aware training vs narrowing the accumulator afterwards\n\n"

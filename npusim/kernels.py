@@ -1,7 +1,9 @@
 """Private numba kernels of the simulator. Call them only through `npusim.simulator`.
 
 All integer work is int64 with explicit wrap/saturate to the modelled widths (DESIGN §2); the
-only floats are in the `float` requantization mode. The rounding and wrap rules come from
+only floats are in the `float` requantization mode and the int8 engine's sums, which arrive
+as float32 holding exact integers (`npusim.int8_engine`). Activations are channels last
+(N, H, W, C) in narrow dtypes; the order-faithful conv kernels take NCHW int64 copies. The rounding and wrap rules come from
 `npusim.arith`, compiled into these kernels, so simulator and training library share them.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from npusim.arith import requant_channels, requant_one, requant_row, wrap
+from npusim.arith import requant_channels, requant_one, wrap
 
 EXACT, WRAP, SATURATE = 0, 1, 2
 MODE_CODES = {"exact": EXACT, "wrap": WRAP, "saturate": SATURATE}
@@ -358,5 +360,6 @@ def nonzero_count_kernel(x, zp_x, out):
 
 
 __all__ = ["conv_kernel", "conv_points_kernel", "pool_kernel", "embed_kernel", "to_u8_kernel",
-           "window_sums_kernel", "conv_pixels_nhwc_kernel", "gemm_epilogue_kernel",
+           "window_sums_kernel", "column_sums_kernel", "conv_pixels_nhwc_kernel",
+           "gemm_epilogue_kernel",
            "requant_points_kernel", "nonzero_count_kernel", "MODE_CODES", "ORDER_CODES"]
