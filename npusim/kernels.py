@@ -294,45 +294,50 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits,
     for t in numba.prange(N * B):
         b = t // B
         blk = t - b * B
-        mm = np.empty((o_n, 4), np.int64)
-        for o in range(o_n):
-            mm[o, 0] = _I64_MAX
-            mm[o, 1] = _I64_MIN
-            mm[o, 2] = _I64_MAX
-            mm[o, 3] = _I64_MIN
+        mn = np.full(o_n, _I64_MAX, np.int64)
+        mx = np.full(o_n, _I64_MIN, np.int64)
+        mnu = np.full(o_n, _I64_MAX, np.int64)  # over the outputs not flagged
+        mxu = np.full(o_n, _I64_MIN, np.int64)
         sm = np.zeros(q, np.int64)
         row = np.empty(q, np.int64)
+        ri = np.empty(q, np.int32)
         acc = np.empty(o_n, np.int64)
         for p in range(blk * per, min(pixels, (blk + 1) * per)):
             m = b * pixels + p
+            gm = g[m]
+            for j in range(q):  # the sums are below 2^24: int32 converts 8 or 16 lanes at once
+                ri[j] = np.int32(gm[j])
             for j in range(q):
-                row[j] = np.int64(g[m, j])
+                row[j] = ri[j]
+            for j in range(q):
                 sm[j] += row[j]
             for o in range(o_n):
-                a = row[o] + bias[o]
-                acc[o] = a
-                mm[o, 0] = min(mm[o, 0], a)
-                mm[o, 1] = max(mm[o, 1], a)
-                flag = False
-                if risk:
+                acc[o] = row[o] + bias[o]
+            for o in range(o_n):
+                mn[o] = min(mn[o], acc[o])
+                mx[o] = max(mx[o], acc[o])
+            if risk:
+                for o in range(o_n):
                     pos = row[o_n + o]
                     neg = pos - row[o]
                     na = _signed_bits(min(bias[o] - neg, 0), max(bias[o] + pos, 0))
                     npe = _signed_bits(-neg, pos)
                     need_acc[m, o] = na
                     need_pe[m, o] = npe
-                    flag = na > acc_bits or (pe_risk and npe > pe_bits)
-                if not flag:
-                    mm[o, 2] = min(mm[o, 2], a)
-                    mm[o, 3] = max(mm[o, 3], a)
+                    if not (na > acc_bits or (pe_risk and npe > pe_bits)):
+                        mnu[o] = min(mnu[o], acc[o])
+                        mxu[o] = max(mxu[o], acc[o])
             if do_rq:
                 requant_channels(acc, out[m], m0, nsh, mf, scale_float, code, mbits, zp, lo, hi)
             else:
+                dst = out[m]
                 for o in range(o_n):
-                    out[m, o] = acc[o]
+                    dst[o] = acc[o]
         for o in range(o_n):
-            for k in range(4):
-                mnmx[b, blk, o, k] = mm[o, k]
+            mnmx[b, blk, o, 0] = mn[o]
+            mnmx[b, blk, o, 1] = mx[o]
+            mnmx[b, blk, o, 2] = mnu[o] if risk else mn[o]
+            mnmx[b, blk, o, 3] = mxu[o] if risk else mx[o]
         for j in range(q):
             sums[b, blk, j] = sm[j]
 

@@ -20,7 +20,37 @@ from npusim.simulator import Simulator
 from tests.npusim import naive
 from tests.npusim.programs import conv_program
 
-pytestmark = pytest.mark.skipif(not engine_available(), reason="no exact int8 engine here")
+NATIVE = engine_available()
+
+
+def _emulated_pack(wq, zp_u8, stride, padding, groups):
+    return np.asarray(wq, np.int64)
+
+
+def _emulated_run(xu, zp_u8, packed, q, stride, padding, groups):
+    """What oneDNN returns, computed in int64: float32 sums (exact below 2^24)."""
+    return int8_engine._ref_nhwc(xu, packed, zp_u8, stride, padding, groups).astype(np.float32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def engine():
+    """oneDNN where the CPU makes it exact (VNNI/AMX); elsewhere the same engine with its
+    conv emulated in int64, so that everything around the conv (packing of sign columns,
+    window-sum verification, spot checks, the fused epilogue, bound bits, re-simulation,
+    sharing between configurations) is tested on every machine."""
+    if NATIVE:
+        yield "onednn"
+        return
+    saved = dict(int8_engine._STATE)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(int8_engine, "_pack", _emulated_pack)
+        mp.setattr(int8_engine, "_run", _emulated_run)
+        int8_engine._STATE["ok"] = True
+        try:
+            yield "emulated"
+        finally:
+            int8_engine._STATE.clear()
+            int8_engine._STATE.update(saved)
 
 
 def ref_conv(x, w, stride, padding, groups=1, pad_value=0):
