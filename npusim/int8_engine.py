@@ -5,13 +5,17 @@ x86 backend runs) multiplies uint8 activations by int8 weights and accumulates i
 a CPU with VNNI (``vpdpbusd``) or AMX that accumulation is exact by construction: there is no
 16-bit intermediate to saturate, unlike AVX2's ``vpmaddubsw`` (pytorch#44939). Asked for a
 float32 output with every scale 1 and no bias, it returns ``float32(acc)``, which is exact
-while ``|acc| < 2^24``. So when the inputs (shifted by one constant) fit uint8, the weights fit
+while ``|acc| < 2^24``. On a CPU without VNNI (AVX2, AVX-512 without VNNI) oneDNN multiplies
+with ``vpmaddubsw``, which saturates the sum of two adjacent u8 x s8 products to int16, so
+there the engine keeps every such pair below 2^15: weights with ``2 * u_max * |w| <= 32767``
+go in as they are, others split as ``w = 64 * w_hi + w_lo`` (``w_lo`` in [0, 63], ``w_hi`` in
+[-2, 1]: two column blocks of one conv, recombined exactly in float32). So when the inputs (shifted by one constant) fit uint8, the weights fit
 int8 and the weights' L1 bound proves every sum below 2^24, this engine computes the exact
 sums of a conv at the speed of a production int8 kernel, with no im2col and in the
 simulator's channels-last layout.
 
-Trust, in three layers: the engine is used only on a CPU that reports VNNI/AMX, after a
-self-test on random and extreme operands (the all-255 x 127 patterns that break saturating
+Trust, in three layers: the engine is used only on a CPU that reports VNNI/AMX (or AVX2,
+with the pair bound above), after a self-test on random and extreme operands (the all-255 x 127 patterns that break saturating
 paths) over strides, padding, zero points and groups; and every call is verified, (1) for
 every output column, the sum of its outputs over the batch (images weighted 1..4) against
 the same sum computed from the inputs' window sums (strided integral images, exact int64),
@@ -36,16 +40,29 @@ log = logging.getLogger(__name__)
 
 _STATE: dict = {}  # "ok": engine usable in this process (tested once); "calls"
 _SPOT_PIXELS = 4  # output pixels recomputed in int64 per call (a misplacement moves most)
+_PAIR_MAX = 2 ** 15 - 1  # vpmaddubsw: two adjacent u8 x s8 products summed, saturated to int16
+_RADIX = 64  # weight split on pair-saturating CPUs: 2 * 255 * 63 <= _PAIR_MAX
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln for ln in f if ln.startswith("flags")), "").split()
+    except OSError:
+        return []
 
 
 def _cpu_has_exact_int8() -> bool:
     """VNNI or AMX: int8 dot products accumulate in int32 with no saturating intermediate."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln for ln in f if ln.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return any(f in _cpu_flags() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def _cpu_int8_kind() -> str | None:
+    """"exact" (VNNI/AMX), "pairs" (AVX2 without VNNI: exact while each pair of adjacent
+    products fits int16) or None (no int8 path in oneDNN worth using)."""
+    if _cpu_has_exact_int8():
+        return "exact"
+    return "pairs" if "avx2" in _cpu_flags() else None
 
 
 def engine_available() -> bool:
@@ -54,11 +71,13 @@ def engine_available() -> bool:
         _STATE["ok"] = False
         if os.environ.get("NPUSIM_INT8_ENGINE", "1") == "0":
             return False
-        if not _cpu_has_exact_int8():
-            log.info("int8 engine off: the CPU reports no VNNI/AMX; using the float engine")
+        kind = _cpu_int8_kind()
+        if kind is None:
+            log.info("int8 engine off: the CPU reports no AVX2/VNNI/AMX; using the float engine")
             return False
+        _STATE["kind"] = kind
         try:
-            _STATE["ok"] = _self_test()
+            _STATE["ok"] = _self_test(127 if kind == "exact" else _RADIX)
         except Exception as e:  # no torch, or no oneDNN quantized conv in this build
             log.info("int8 engine unavailable (%s); using the float engine", e)
             return False
@@ -74,7 +93,8 @@ class Int8Conv:
     Output columns (q of them): the O weights' outputs, then (with `signs`) the O sums of the
     positive products (inputs are ``>= zp_x`` then, so the negative products sum to
     ``positive - output``). Inputs enter as ``x - sub`` in uint8 with
-    zero point ``zp_x - sub`` (padding reads the zero point).
+    zero point ``zp_x - sub`` (padding reads the zero point). With `radix` the packed conv has
+    2q columns, ``wq = radix * hi + lo``, recombined before anything reads the sums.
     """
 
     packed: object  # the prepacked oneDNN weight (torch tensor)
@@ -89,6 +109,7 @@ class Int8Conv:
     groups: int
     signs: bool
     wnz: np.ndarray  # (C, kh, kw) int64: non-zero weights each input position meets
+    radix: int = 0  # 0: wq packed as it is; else the hi/lo split
 
     @property
     def q(self) -> int:
@@ -119,12 +140,28 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
         return None
     if not engine_available():
         return None
+    # on AVX2 (no VNNI) oneDNN's strided 1x1 conv (it gathers the strided input into a
+    # scratch buffer) gave wrong sums with 2 threads, at random batch sizes (found by the
+    # column-sum check on an AMD EPYC): such layers take the float engine there
+    if _STATE.get("kind") == "pairs" and stride > 1 and w.shape[2] == w.shape[3] == 1:
+        return None
     wq = np.concatenate([w, np.maximum(w, 0)]) if signs else w
+    packed, radix = wq, 0
+    u_max = max(hi, zp_x) - sub  # the largest uint8 value the conv multiplies (padding: zp)
+    if _STATE.get("kind") == "pairs" and 2 * u_max * int(np.abs(wq).max()) > _PAIR_MAX:
+        radix = _RADIX
+        packed = np.concatenate([np.floor_divide(wq, radix), np.mod(wq, radix)])
+        if groups > 1:  # each group's columns stay together: (hi, lo) blocks per group
+            og = wq.shape[0] // groups
+            packed = np.concatenate([packed[i * og:(i + 1) * og] for gi in range(groups)
+                                     for i in (gi, groups + gi)])
+        if xmax * int(np.abs(packed).reshape(len(packed), -1).sum(axis=1).max()) >= F32_EXACT:
+            return None
     cg = w.shape[1]
     wnz = (w != 0).reshape(groups, o // groups, cg, *w.shape[2:]).sum(axis=1)
-    return Int8Conv(_pack(wq, zp_x - sub, stride, padding, groups), wq, o, sub, zp_x,
+    return Int8Conv(_pack(packed, zp_x - sub, stride, padding, groups), wq, o, sub, zp_x,
                     w.shape[2], w.shape[3], stride, padding, groups, signs,
-                    wnz.reshape(groups * cg, *w.shape[2:]).astype(np.int64))
+                    wnz.reshape(groups * cg, *w.shape[2:]).astype(np.int64), radix)
 
 
 def _pack(wq: np.ndarray, zp_u8: int, stride: int, padding: int, groups: int):
@@ -173,8 +210,11 @@ def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Res
     x = np.ascontiguousarray(x)
     xu = x if (x.dtype == np.uint8 and plan.sub == 0) else K.to_u8_kernel(
         x.reshape(-1), plan.sub, np.empty(x.size, np.uint8)).reshape(x.shape)
-    g = _run(xu, plan.zp_x - plan.sub, plan.packed, plan.q, plan.stride, plan.padding,
-             plan.groups).reshape(n * ho * wo, plan.q)
+    q = plan.q
+    g = _run(xu, plan.zp_x - plan.sub, plan.packed, 2 * q if plan.radix else q, plan.stride,
+             plan.padding, plan.groups).reshape(n * ho * wo, -1)
+    if plan.radix:  # radix * hi + lo: a multiple of 64 plus an integer, exact below 2^24
+        g = _combine(g, plan)
     # window sums of x - zp (images weighted 1..4, so values moved between images are seen
     # too) and of (x != zp) per weight position: one check per column over the batch
     s = np.empty((1, plan.kh, plan.kw, c), np.int64)
@@ -186,6 +226,15 @@ def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Res
     nonzero = int((cnt.transpose(2, 0, 1) * plan.wnz).sum())
     _spot_check(x, plan, out_hw, g)
     return Int8Result(g, expected[0], nonzero)
+
+
+def _combine(g: np.ndarray, plan: Int8Conv) -> np.ndarray:
+    """Columns (per group) [hi | lo] of the split conv back to ``radix * hi + lo``."""
+    og = plan.q // plan.groups
+    parts = g.reshape(len(g), plan.groups, 2, og)
+    out = parts[:, :, 0] * np.float32(plan.radix)
+    out += parts[:, :, 1]
+    return out.reshape(len(g), plan.q)
 
 
 def _image_weights(n: int) -> np.ndarray:
@@ -220,20 +269,23 @@ def _ref_nhwc(x, w, zp, stride, padding, groups):
     return np.concatenate(outs, axis=3)
 
 
-def _self_test() -> bool:
-    """Random and extreme operands over the configurations the simulator dispatches."""
+def _self_test(w_max: int = 127) -> bool:
+    """Random and extreme operands (weights up to `w_max`) over the configurations the
+    simulator dispatches."""
     rng = np.random.default_rng(1234)
     cases = [  # (n, c, h, o, k, stride, pad, groups, lo, hi, zp)
         (2, 3, 7, 5, 3, 1, 1, 1, 0, 255, 0), (1, 16, 9, 16, 3, 2, 1, 1, -128, 127, 0),
         (3, 8, 5, 4, 1, 1, 0, 1, 0, 255, 7), (2, 8, 6, 8, 3, 1, 1, 8, 0, 255, 0),
         (1, 64, 4, 24, 3, 1, 1, 1, 0, 255, 0), (2, 5, 1, 3, 1, 1, 0, 1, -100, 100, -3),
     ]
+    w_min = -128 if w_max == 127 else -w_max
     for n, c, h, o, k, s, p, g, lo, hi, zp in cases:
         sub = min(lo, zp)
-        for xv, wv in [(hi, 127), (hi, -128), (lo, 127), (None, None)]:
+        for xv, wv in [(hi, w_max), (hi, w_min), (lo, w_max), (None, None)]:
             if xv is None:
                 x = rng.choice(np.array([lo, hi, zp, (lo + hi) // 2]), size=(n, h, h, c))
-                w = rng.choice(np.array([-128, 127, -1, 0, 1]), size=(o, c // g, k, k))
+                w = rng.choice(np.array([w_min, w_max, -1, 0, 1]),
+                               size=(o, c // g, k, k))
             else:
                 x = np.full((n, h, h, c), xv)
                 w = np.full((o, c // g, k, k), wv)

@@ -94,7 +94,8 @@ def test_engine_sums_equal_int64_reference(case, signs):
     plan = prepare_int8_conv(w, stride, pad, groups, zp, lo, hi, signs=signs)
     if plan is None:  # refused: a span over 255, a sign split it cannot do, an f32 bound
         assert (max(hi, zp) - min(lo, zp) > 255) or (pad and pad >= w.shape[2]) or (
-            signs and (lo < zp or groups > 1))
+            signs and (lo < zp or groups > 1)) or (
+            int8_engine._STATE.get("kind") == "pairs" and stride > 1 and w.shape[2] == 1)
         return
     ho = (x.shape[2] + 2 * pad - w.shape[2]) // stride + 1
     wo = (x.shape[3] + 2 * pad - w.shape[3]) // stride + 1
@@ -158,6 +159,30 @@ def test_spot_check_catches_misplaced_values(monkeypatch):
         real(*a).transpose(0, 2, 1, 3)))
     with pytest.raises(InexactError):
         int8_conv(x, plan, (6, 6))
+
+
+def test_a_failed_check_falls_back_to_the_float_engine(monkeypatch, caplog):
+    """An engine result its checks reject never reaches the user: the layer is recomputed
+    with the float engine (simulator and exact_conv2d), with a warning."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, size=(2, 3, 6, 6))
+    w = rng.integers(-127, 128, size=(4, 3, 3, 3))
+    bias = rng.integers(-3000, 3000, size=4)
+    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
+    cfg = NPUConfig.preset("edge16")
+    good = Simulator(cfg).run(prog, x).outputs["y"]
+    real = int8_engine._run
+
+    def wrong(*a):
+        y = real(*a).copy()
+        y[0, 2, 3, 1] += 1
+        return y
+
+    monkeypatch.setattr(int8_engine, "_run", wrong)
+    with caplog.at_level("WARNING"):
+        np.testing.assert_array_equal(Simulator(cfg).run(prog, x).outputs["y"], good)
+        np.testing.assert_array_equal(exact_conv2d(x, w, 1, 1), ref_conv(x, w, 1, 1))
+    assert sum("recomputed with the float engine" in r.message for r in caplog.records) == 2
 
 
 def test_exact_conv2d_uses_the_engine_and_agrees(monkeypatch):
@@ -233,3 +258,28 @@ def test_run_many_equals_separate_runs(seed, requant):
         one = Simulator(cfg).run(prog, x, batch_size=2)
         np.testing.assert_array_equal(got.outputs["y"], one.outputs["y"])
         assert got.stats.equals(one.stats)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(int8_case())
+def test_pair_saturating_cpus_split_wide_weights_and_stay_exact(case):
+    """On AVX2 without VNNI (pairs of u8 x s8 products saturate at int16) a conv whose pairs
+    could pass 2^15 - 1 runs as ``64 * hi + lo``; the sums stay exact either way."""
+    x, w, stride, pad, groups, zp, (lo, hi) = case
+    saved = dict(int8_engine._STATE)
+    int8_engine._STATE["kind"] = "pairs"
+    try:
+        plan = prepare_int8_conv(w, stride, pad, groups, zp, lo, hi)
+    finally:
+        int8_engine._STATE.clear()
+        int8_engine._STATE.update(saved)
+    if plan is None:
+        return
+    u_max = max(hi, zp) - min(lo, zp)
+    assert plan.radix == (64 if 2 * u_max * np.abs(w).max() > 2 ** 15 - 1 else 0)
+    ho = (x.shape[2] + 2 * pad - w.shape[2]) // stride + 1
+    wo = (x.shape[3] + 2 * pad - w.shape[3]) // stride + 1
+    res = int8_conv(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), plan, (ho, wo))
+    g = res.g.astype(np.int64).reshape(x.shape[0], ho, wo, -1).transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(g, ref_conv(x - zp, w, stride, pad, groups))
+    res.verify(g.sum(axis=(2, 3)))
