@@ -146,9 +146,10 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
     `prepare_conv`) enables the int8 engine.
 
     `share` (one dict per node, common to the configurations of `simulator.run_many`):
-    configurations that bring the very same input object reuse the engine's sums, the exact
-    accumulators and the per-output bounds, and the whole output object when it provably
-    equals theirs (same requantization, no output whose bound leaves this NPU's widths)."""
+    configurations that bring the very same input object reuse the engine's sums (or the
+    float engine's exact accumulators and sign sums), the per-output bounds, and the whole
+    output object when it provably equals theirs (same requantization, and no addition that
+    wrapped or saturated at this NPU's widths)."""
     st = AccStats()
     pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
     engine_failed = False
@@ -163,31 +164,74 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
             log.warning("%s (conv %s, stride %d, batch %d): recomputed with the float engine",
                         e, tuple(w.shape), stride, x.shape[0])
             st, engine_failed = AccStats(), True
-    xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)  # NCHW int64
-    st.nonzero_macs = _nonzero_macs(xc, zp_x, w, stride, padding, groups, out_hw)
-    n = x.shape[0]
-    o = w.shape[0]
-    xs = xc - zp_x if zp_x else xc
-    bound = l1_bound(xs, w)
-    if not fast or bound >= F64_EXACT:
+    f = _float_entry(share if fast else None, x, w, stride, padding, groups, zp_x, out_hw)
+    st.nonzero_macs = f.nonzero_macs
+    n, o = x.shape[0], w.shape[0]
+    if not fast or f.bound >= F64_EXACT:
         acc = np.empty((n, o, *out_hw), np.int64)
         events = np.zeros((n, 2), np.int64)
-        K.conv_kernel(_pad(xc, padding, zp_x), w, bias, stride, groups, zp_x, lv.order,
+        K.conv_kernel(_pad(f.xc, padding, zp_x), w, bias, stride, groups, zp_x, lv.order,
                       lv.rows, lv.pe_bits, lv.pe_mode, lv.acc_bits, lv.acc_mode, acc, events)
         st.pe_overflows, st.acc_overflows = int(events[:, 0].sum()), int(events[:, 1].sum())
         st.sequential_outputs = acc.size
-    else:
-        acc = exact_conv2d(xs, w, stride, padding, groups, bound, engine=not engine_failed)
-        acc += bias.reshape(1, o, 1, 1)
-        if pe_risk or acc_risk:
-            _resimulate_at_risk(xc, xs, w, bias, stride, padding, groups, zp_x, lv, pe_risk,
-                                bound, acc, st)
+        return _finish(acc, requant), _acc_range(acc, st)
+    if f.acc is None:
+        f.acc = exact_conv2d(f.xs, w, stride, padding, groups, f.bound,
+                             engine=not engine_failed)
+        f.acc += bias.reshape(1, o, 1, 1)
+    if pe_risk or acc_risk:
+        acc = f.acc.copy()
+        _resimulate_at_risk(f, w, bias, stride, padding, groups, zp_x, lv, pe_risk, acc, st)
+        if st.pe_overflows or st.acc_overflows:
+            return _finish(acc, requant), _acc_range(acc, st)
+    # exact (no addition wrapped or saturated): one output object for every configuration
+    key = None if requant is None else requant.key()
+    if key not in f.outs:
+        f.outs[key] = _finish(f.acc, requant)
+    _acc_range(f.acc, st)
+    return f.outs[key], st
+
+
+def _finish(acc: np.ndarray, requant: Requant | None) -> np.ndarray:
+    """NCHW accumulators to the channels-last output (requantized when `requant`)."""
+    acc = acc.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(acc) if requant is None else requant.apply_channels_last(acc)
+
+
+def _acc_range(acc: np.ndarray, st: AccStats) -> AccStats:
     st.acc_min = int(acc.min()) if acc.size else 0
     st.acc_max = int(acc.max()) if acc.size else 0
-    acc = acc.transpose(0, 2, 3, 1)
-    if requant is None:
-        return np.ascontiguousarray(acc), st
-    return requant.apply_channels_last(acc), st
+    return st
+
+
+@dataclass
+class _FloatShared:
+    """The float engine's work on one input to a layer, common to the configurations of a
+    sweep: NCHW int64 input (and minus the zero point), its L1 bound, the non-zero product
+    count, the exact accumulators, the product sums of each sign, the exact outputs."""
+
+    x: np.ndarray
+    xc: np.ndarray
+    xs: np.ndarray
+    bound: int
+    nonzero_macs: int
+    acc: np.ndarray | None = None
+    sign_sums: tuple | None = None
+    outs: dict = field(default_factory=dict)  # requant key -> output
+
+
+def _float_entry(share, x, w, stride, padding, groups, zp_x, out_hw) -> _FloatShared:
+    if share is not None:
+        for f in share.setdefault("float", []):
+            if _same_array(f.x, x):
+                return f
+    xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)  # NCHW int64
+    xs = xc - zp_x if zp_x else xc
+    f = _FloatShared(x, xc, xs, l1_bound(xs, w),
+                     _nonzero_macs(xc, zp_x, w, stride, padding, groups, out_hw))
+    if share is not None:
+        share["float"].append(f)
+    return f
 
 
 @dataclass
@@ -275,19 +319,17 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
     st.nonzero_macs = e.res.nonzero_macs
     key = None if requant is None else requant.key()
     risk = pe_risk or acc_risk
-    if risk and e.need_acc is not None and not len(_flagged(e, lv, pe_risk)) or \
-            not risk and key in e.exact:
-        hit = e.exact.get(key)
-        if hit is not None:  # the exact result, shared by every configuration that gets here
-            out, st.acc_min, st.acc_max = hit
-            return out, st
-    out, mm, flat = _epilogue(e, bias, requant, lv, pe_risk, acc_risk, n, pixels)
-    if not len(flat):
-        # the very object is handed to every configuration that gets here, so the next
-        # layers see identical inputs (`is`) and share in turn
-        out = out.reshape(n, ho, wo, o)
-        e.exact[key] = (out, mm[0], mm[1])
-        st.acc_min, st.acc_max = mm[0], mm[1]
+    hit = e.exact.get(key)
+    flat = _flagged(e, lv, pe_risk) if risk and e.need_acc is not None else ()
+    out = mm = None
+    if hit is None or (risk and e.need_acc is None):
+        out, mm, flat = _epilogue(e, bias, requant, lv, pe_risk, acc_risk, n, pixels)
+        if not len(flat) and hit is None:
+            # the very object is handed to every configuration that gets here, so the next
+            # layers see identical inputs (`is`) and share in turn
+            hit = e.exact[key] = (out.reshape(n, ho, wo, o), mm[0], mm[1])
+    if not len(flat):  # the exact result, shared by every configuration that gets here
+        out, st.acc_min, st.acc_max = hit
         return out, st
     st.sequential_outputs = len(flat)
     m, oc = np.divmod(flat, o)
@@ -296,8 +338,16 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
     points = np.stack([b, oc, oy, ox], axis=1).astype(np.int64)
     xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)
     vals = _simulate_points(xc, w, bias, stride, padding, groups, zp_x, lv, points, st)
-    lo_v, hi_v = (min(mm[2], int(vals.min())), max(mm[3], int(vals.max())))
-    st.acc_min, st.acc_max = lo_v, hi_v
+    if not (st.pe_overflows or st.acc_overflows):
+        # no addition wrapped or saturated: the flagged outputs are the exact ones, so the
+        # whole output is the exact output (shared, as above)
+        if hit is None:
+            hit = e.exact[key] = (out.reshape(n, ho, wo, o), mm[0], mm[1])
+        out, st.acc_min, st.acc_max = hit
+        return out, st
+    if out is None:  # the unflagged outputs' range at these widths: one epilogue pass
+        out, mm, _ = _epilogue(e, bias, requant, lv, pe_risk, acc_risk, n, pixels)
+    st.acc_min, st.acc_max = min(mm[2], int(vals.min())), max(mm[3], int(vals.max()))
     out.reshape(-1)[flat] = vals if requant is None else requant.apply_points(vals, oc)
     return out.reshape(n, ho, wo, o), st
 
@@ -339,22 +389,25 @@ def _nonzero_macs(x: np.ndarray, zp_x: int, w: np.ndarray, stride: int, padding:
     return total
 
 
-def _resimulate_at_risk(x, xs, w, bias, stride, padding, groups, zp_x, lv, pe_risk, bound,
+def _resimulate_at_risk(f: _FloatShared, w, bias, stride, padding, groups, zp_x, lv, pe_risk,
                         acc, st):
     """Find outputs whose positive/negative product sums could leave a level's range and
-    run the order-faithful kernel on exactly those."""
+    run the order-faithful kernel on exactly those (patched into `acc`)."""
     o = w.shape[0]
-    xp, xn = np.maximum(xs, 0), np.maximum(-xs, 0)
-    wp, wn = np.maximum(w, 0), np.maximum(-w, 0)
+    if f.sign_sums is None:
+        xp, xn = np.maximum(f.xs, 0), np.maximum(-f.xs, 0)
+        wp, wn = np.maximum(w, 0), np.maximum(-w, 0)
 
-    def conv(a, b):
-        return exact_conv2d(a, b, stride, padding, groups, bound)
+        def conv(a, b):
+            return exact_conv2d(a, b, stride, padding, groups, f.bound)
 
-    pos = conv(xp, wp)
-    neg = conv(xp, wn)
-    if xn.any():
-        pos += conv(xn, wn)
-        neg += conv(xn, wp)
+        pos = conv(xp, wp)
+        neg = conv(xp, wn)
+        if xn.any():
+            pos += conv(xn, wn)
+            neg += conv(xn, wp)
+        f.sign_sums = (pos, neg)
+    pos, neg = f.sign_sums
     b = bias.reshape(1, o, 1, 1)
     risky = ~_fits(b - neg, b + pos, lv.acc_bits)
     if pe_risk:
@@ -362,8 +415,8 @@ def _resimulate_at_risk(x, xs, w, bias, stride, padding, groups, zp_x, lv, pe_ri
     points = np.argwhere(risky).astype(np.int64)
     st.sequential_outputs = len(points)
     if len(points):
-        acc[tuple(points.T)] = _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv,
-                                                points, st)
+        acc[tuple(points.T)] = _simulate_points(f.xc, w, bias, stride, padding, groups, zp_x,
+                                                lv, points, st)
 
 
 def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, points, st) -> np.ndarray:

@@ -5,24 +5,27 @@ x86 backend runs) multiplies uint8 activations by int8 weights and accumulates i
 a CPU with VNNI (``vpdpbusd``) or AMX that accumulation is exact by construction: there is no
 16-bit intermediate to saturate, unlike AVX2's ``vpmaddubsw`` (pytorch#44939). Asked for a
 float32 output with every scale 1 and no bias, it returns ``float32(acc)``, which is exact
-while ``|acc| < 2^24``. On a CPU without VNNI (AVX2, AVX-512 without VNNI) oneDNN multiplies
-with ``vpmaddubsw``, which saturates the sum of two adjacent u8 x s8 products to int16, so
-there the engine keeps every such pair below 2^15: weights with ``2 * u_max * |w| <= 32767``
-go in as they are, others split as ``w = 64 * w_hi + w_lo`` (``w_lo`` in [0, 63], ``w_hi`` in
-[-2, 1]: two column blocks of one conv, recombined exactly in float32). So when the inputs (shifted by one constant) fit uint8, the weights fit
-int8 and the weights' L1 bound proves every sum below 2^24, this engine computes the exact
+while ``|acc| < 2^24``. So when the inputs (shifted by one constant) fit uint8, the weights
+fit int8 and the weights' L1 bound proves every sum below 2^24, this engine computes the exact
 sums of a conv at the speed of a production int8 kernel, with no im2col and in the
 simulator's channels-last layout.
 
+On a CPU without VNNI (AVX2, AVX-512 without VNNI) oneDNN multiplies with ``vpmaddubsw``,
+which saturates the sum of two adjacent u8 x s8 products to int16, so there the engine keeps
+every such pair below 2^15: weights with ``2 * u_max * |w| <= 32767`` go in as they are,
+others split as ``w = 64 * hi + lo`` (``lo`` in [-32, 31], ``hi`` in [-2, 2]: two column
+blocks of one conv, recombined exactly in float32).
+
 Trust, in three layers: the engine is used only on a CPU that reports VNNI/AMX (or AVX2,
-with the pair bound above), after a self-test on random and extreme operands (the all-255 x 127 patterns that break saturating
-paths) over strides, padding, zero points and groups; and every call is verified, (1) for
-every output column, the sum of its outputs over the batch (images weighted 1..4) against
-the same sum computed from the inputs' window sums (strided integral images, exact int64),
-which catches any wrong value, and (2) a spot check of a few output pixels (different ones
-each call), all columns, recomputed in int64, which catches misplaced values (a permutation
-keeps the sums). A failed check raises `InexactError`. torch is imported
-lazily and is optional; ``NPUSIM_INT8_ENGINE=0`` turns the engine off.
+within the pair bound), after a self-test on random and extreme operands (the all-255 x 127
+patterns that break saturating paths) over strides, padding, zero points and groups; and
+every call is verified, (1) for every output column, the sum of its outputs over the batch
+(images weighted 1..4) against the same sum computed from the inputs' window sums (strided
+integral images, exact int64), which catches any wrong value, and (2) a spot check of a few
+output pixels (different ones each call), all columns, recomputed in int64, which catches
+misplaced values (a permutation keeps the sums). A failed check raises `InexactError`; the
+simulator then recomputes the layer with the float engine. torch is imported lazily and is
+optional; ``NPUSIM_INT8_ENGINE=0`` turns the engine off.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ log = logging.getLogger(__name__)
 _STATE: dict = {}  # "ok": engine usable in this process (tested once); "calls"
 _SPOT_PIXELS = 4  # output pixels recomputed in int64 per call (a misplacement moves most)
 _PAIR_MAX = 2 ** 15 - 1  # vpmaddubsw: two adjacent u8 x s8 products summed, saturated to int16
-_RADIX = 64  # weight split on pair-saturating CPUs: 2 * 255 * 63 <= _PAIR_MAX
+_RADIX = 64  # weight split on pair-saturating CPUs: 2 * 255 * 32 <= _PAIR_MAX
 
 
 def _cpu_flags() -> list[str]:
@@ -150,7 +153,8 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
     u_max = max(hi, zp_x) - sub  # the largest uint8 value the conv multiplies (padding: zp)
     if _STATE.get("kind") == "pairs" and 2 * u_max * int(np.abs(wq).max()) > _PAIR_MAX:
         radix = _RADIX
-        packed = np.concatenate([np.floor_divide(wq, radix), np.mod(wq, radix)])
+        hi_part = np.floor_divide(wq + radix // 2, radix)  # lo = wq - radix * hi in [-32, 31]
+        packed = np.concatenate([hi_part, wq - radix * hi_part])
         if groups > 1:  # each group's columns stay together: (hi, lo) blocks per group
             og = wq.shape[0] // groups
             packed = np.concatenate([packed[i * og:(i + 1) * og] for gi in range(groups)

@@ -293,11 +293,18 @@ def test_exact_conv2d_is_exact_where_fast_algorithms_are_not():
     np.testing.assert_array_equal(got, ref)
 
 
-def test_run_many_shares_and_equals_separate_runs_on_a_network():
+@pytest.mark.parametrize("engine", ["int8 where it can", "float only"])
+def test_run_many_shares_and_equals_separate_runs_on_a_network(engine, monkeypatch):
     """A width sweep over a whole ResNet-8 (adds, pooling, classifier) through `run_many`:
     every configuration's logits, traces and statistics equal its own run (sharing engine
-    sums, exact results and whole node outputs between configurations must be invisible)."""
+    sums, exact results and whole node outputs between configurations must be invisible),
+    with the int8 engine (where this CPU has one) and with the float engine alone."""
     import torch
+
+    from npusim import int8_engine
+
+    if engine == "float only":
+        monkeypatch.setitem(int8_engine._STATE, "ok", False)
 
     from models import create_model
     from models.training import set_input_stats
