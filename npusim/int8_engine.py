@@ -113,6 +113,7 @@ class Int8Conv:
     signs: bool
     wnz: np.ndarray  # (C, kh, kw) int64: non-zero weights each input position meets
     radix: int = 0  # 0: wq packed as it is; else the hi/lo split
+    subsample: int = 1  # > 1: a 1x1 conv run at stride 1 on x[:, ::stride, ::stride]
 
     @property
     def q(self) -> int:
@@ -145,9 +146,10 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
         return None
     # on AVX2 (no VNNI) oneDNN's strided 1x1 conv (it gathers the strided input into a
     # scratch buffer) gave wrong sums with 2 threads, at random batch sizes (found by the
-    # column-sum check on an AMD EPYC): such layers take the float engine there
-    if _STATE.get("kind") == "pairs" and stride > 1 and w.shape[2] == w.shape[3] == 1:
-        return None
+    # column-sum check on an AMD EPYC): there the input is subsampled first and the conv
+    # runs at stride 1 (a 1x1 conv reaches the engine only without padding)
+    subsample = stride if (_STATE.get("kind") == "pairs" and stride > 1
+                           and w.shape[2] == w.shape[3] == 1) else 1
     wq = np.concatenate([w, np.maximum(w, 0)]) if signs else w
     packed, radix = wq, 0
     u_max = max(hi, zp_x) - sub  # the largest uint8 value the conv multiplies (padding: zp)
@@ -163,9 +165,9 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
             return None
     cg = w.shape[1]
     wnz = (w != 0).reshape(groups, o // groups, cg, *w.shape[2:]).sum(axis=1)
-    return Int8Conv(_pack(packed, zp_x - sub, stride, padding, groups), wq, o, sub, zp_x,
-                    w.shape[2], w.shape[3], stride, padding, groups, signs,
-                    wnz.reshape(groups * cg, *w.shape[2:]).astype(np.int64), radix)
+    return Int8Conv(_pack(packed, zp_x - sub, stride // subsample, padding, groups), wq, o, sub,
+                    zp_x, w.shape[2], w.shape[3], stride, padding, groups, signs,
+                    wnz.reshape(groups * cg, *w.shape[2:]).astype(np.int64), radix, subsample)
 
 
 def _pack(wq: np.ndarray, zp_u8: int, stride: int, padding: int, groups: int):
@@ -214,9 +216,10 @@ def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Res
     x = np.ascontiguousarray(x)
     xu = x if (x.dtype == np.uint8 and plan.sub == 0) else K.to_u8_kernel(
         x.reshape(-1), plan.sub, np.empty(x.size, np.uint8)).reshape(x.shape)
-    q = plan.q
-    g = _run(xu, plan.zp_x - plan.sub, plan.packed, 2 * q if plan.radix else q, plan.stride,
-             plan.padding, plan.groups).reshape(n * ho * wo, -1)
+    q, sk = plan.q, plan.subsample
+    g = _run(xu[:, ::sk, ::sk] if sk > 1 else xu, plan.zp_x - plan.sub, plan.packed,
+             2 * q if plan.radix else q, plan.stride // sk, plan.padding,
+             plan.groups).reshape(n * ho * wo, -1)
     if plan.radix:  # radix * hi + lo: a multiple of 64 plus an integer, exact below 2^24
         g = _combine(g, plan)
     # window sums of x - zp (images weighted 1..4, so values moved between images are seen

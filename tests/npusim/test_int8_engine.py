@@ -94,8 +94,7 @@ def test_engine_sums_equal_int64_reference(case, signs):
     plan = prepare_int8_conv(w, stride, pad, groups, zp, lo, hi, signs=signs)
     if plan is None:  # refused: a span over 255, a sign split it cannot do, an f32 bound
         assert (max(hi, zp) - min(lo, zp) > 255) or (pad and pad >= w.shape[2]) or (
-            signs and (lo < zp or groups > 1)) or (
-            int8_engine._STATE.get("kind") == "pairs" and stride > 1 and w.shape[2] == 1)
+            signs and (lo < zp or groups > 1))
         return
     ho = (x.shape[2] + 2 * pad - w.shape[2]) // stride + 1
     wo = (x.shape[3] + 2 * pad - w.shape[3]) // stride + 1
@@ -264,7 +263,8 @@ def test_run_many_equals_separate_runs(seed, requant):
 @given(int8_case())
 def test_pair_saturating_cpus_split_wide_weights_and_stay_exact(case):
     """On AVX2 without VNNI (pairs of u8 x s8 products saturate at int16) a conv whose pairs
-    could pass 2^15 - 1 runs as ``64 * hi + lo``; the sums stay exact either way."""
+    could pass 2^15 - 1 runs as ``64 * hi + lo``, and a strided 1x1 conv at stride 1 on the
+    subsampled input; the sums stay exact either way."""
     x, w, stride, pad, groups, zp, (lo, hi) = case
     saved = dict(int8_engine._STATE)
     int8_engine._STATE["kind"] = "pairs"
@@ -277,6 +277,7 @@ def test_pair_saturating_cpus_split_wide_weights_and_stay_exact(case):
         return
     u_max = max(hi, zp) - min(lo, zp)
     assert plan.radix == (64 if 2 * u_max * np.abs(w).max() > 2 ** 15 - 1 else 0)
+    assert plan.subsample == (stride if stride > 1 and w.shape[2] == w.shape[3] == 1 else 1)
     ho = (x.shape[2] + 2 * pad - w.shape[2]) // stride + 1
     wo = (x.shape[3] + 2 * pad - w.shape[3]) // stride + 1
     res = int8_conv(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), plan, (ho, wo))
