@@ -262,8 +262,8 @@ def _shared_entry(share, x, prep, out_hw) -> _Shared:
     or a new one."""
     if share is not None:
         for e in share.setdefault("conv", []):
-            if _same_array(e.x, x) and (e.prep.signs or not prep.signs) and e.prep.zp_x == prep.zp_x and \
-                    np.array_equal(e.prep.wq[:prep.q], prep.wq):
+            if _same_array(e.x, x) and (e.prep.signs or not prep.signs) and \
+                    e.prep.zp_x == prep.zp_x and np.array_equal(e.prep.wq[:prep.q], prep.wq):
                 return e
     e = _Shared(x, prep, int8_conv(x, prep, out_hw))
     if share is not None:
