@@ -55,17 +55,21 @@ def _cpu_flags() -> list[str]:
         return []
 
 
+_EXACT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
 def _cpu_has_exact_int8() -> bool:
     """VNNI or AMX: int8 dot products accumulate in int32 with no saturating intermediate."""
-    return any(f in _cpu_flags() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return any(f in _cpu_flags() for f in _EXACT_FLAGS)
 
 
 def _cpu_int8_kind() -> str | None:
     """"exact" (VNNI/AMX), "pairs" (AVX2 without VNNI: exact while each pair of adjacent
     products fits int16) or None (no int8 path in oneDNN worth using)."""
-    if _cpu_has_exact_int8():
+    flags = _cpu_flags()
+    if any(f in flags for f in _EXACT_FLAGS):
         return "exact"
-    return "pairs" if "avx2" in _cpu_flags() else None
+    return "pairs" if "avx2" in flags else None
 
 
 def engine_available() -> bool:
@@ -156,11 +160,9 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
     if _STATE.get("kind") == "pairs" and 2 * u_max * int(np.abs(wq).max()) > _PAIR_MAX:
         radix = _RADIX
         hi_part = np.floor_divide(wq + radix // 2, radix)  # lo = wq - radix * hi in [-32, 31]
-        packed = np.concatenate([hi_part, wq - radix * hi_part])
-        if groups > 1:  # each group's columns stay together: (hi, lo) blocks per group
-            og = wq.shape[0] // groups
-            packed = np.concatenate([packed[i * og:(i + 1) * og] for gi in range(groups)
-                                     for i in (gi, groups + gi)])
+        # per group, its hi columns then its lo columns (the layout `_combine` reads back)
+        split = np.stack([hi_part, wq - radix * hi_part]).reshape(2, groups, -1, *wq.shape[1:])
+        packed = split.transpose(1, 0, *range(2, split.ndim)).reshape(-1, *wq.shape[1:])
         if xmax * int(np.abs(packed).reshape(len(packed), -1).sum(axis=1).max()) >= F32_EXACT:
             return None
     cg = w.shape[1]
