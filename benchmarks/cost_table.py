@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from npusim.config import NPUConfig
+from npusim.hw.config import NPUConfig
 from npusim.cost import estimate_cost
 from npusim.data import load_dataset
-from npusim.report_util import markdown_table, write_csv
-from npusim.simulator import SimulationError, Simulator
+from npusim.io import markdown_table, write_csv
+from npusim.sim.simulator import SimulationError, Simulator
 from quantize import QuantConfig, build_program
 from quantize.cached import train_qat
 

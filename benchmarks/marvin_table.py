@@ -64,7 +64,7 @@ def train_one(model: str, label: str, args, train_set, test_set) -> Path:
     if label == "float32":
         res = train(net, train_set, args.epochs, test=test_set, lr=args.lr,
                     batch_size=args.batch_size, seed=args.seed)
-        from npusim.report_util import write_csv
+        from npusim.io import write_csv
 
         write_csv(layer_geometry(net, train_set.input_shape), out / "marvin_geometry.csv")
         write_csv(res.history, out / "marvin_epochs.csv")
@@ -131,11 +131,11 @@ def _cpu_model() -> str:
 
 def write_table(models: list[str], labels: list[str], args) -> None:
     """Cost every saved run, write reports/marvin.{md,csv} and the figures."""
-    from npusim.config import NPUConfig
+    from npusim.hw.config import NPUConfig
     from npusim.cost.training import TrainingCostModel, compare_training, constant_usage
-    from npusim.marvin_report import load_run
-    from npusim.plots import precision_heatmap, training_savings
-    from npusim.report_util import markdown_table, write_csv
+    from npusim.report.marvin import load_run
+    from npusim.report.plots import precision_heatmap, training_savings
+    from npusim.io import markdown_table, write_csv
 
     npu = NPUConfig.load(args.npu)
     out = args.out

@@ -60,8 +60,8 @@ def cpu_model() -> str:
 
 
 def engine_line() -> str:
-    """Which exact conv engine this CPU gets (`npusim.int8_engine`)."""
-    from npusim import int8_engine
+    """Which exact conv engine this CPU gets (`npusim.sim.int8_engine`)."""
+    from npusim.sim import int8_engine
 
     if not int8_engine.engine_available():
         return "float engine only (no usable int8 engine on this CPU)"
@@ -83,7 +83,7 @@ def load_program(bits: int = 8):
 
 
 def configs():
-    from npusim.config import NPUConfig
+    from npusim.hw.config import NPUConfig
 
     base = NPUConfig.preset("edge16")
     narrow = {"precision.acc_bits": NARROW, "precision.pe_acc_bits": NARROW}
@@ -184,7 +184,7 @@ def numpy_conv_int64(x: np.ndarray, w: np.ndarray, stride: int, padding: int) ->
 
 # ----------------------------------------------------------------------------- parts
 def throughput(program, images, repeats, rows, layer_rows):
-    from npusim.simulator import Simulator
+    from npusim.sim.simulator import Simulator
 
     macs = {n.name: 0 for n in program.nodes}
     fb = FbgemmNet(program)
@@ -248,8 +248,8 @@ def sweep_cost(program, images, repeats):
     """24 configurations (12 widths x wrap/saturate, os) over `images` through `run_many`
     (GEMMs shared while inputs are identical) vs one exact simulation; two points are checked
     against separate runs, value for value and stat for stat."""
-    from npusim.config import NPUConfig
-    from npusim.simulator import Simulator, run_many
+    from npusim.hw.config import NPUConfig
+    from npusim.sim.simulator import Simulator, run_many
 
     base = NPUConfig.preset("edge16")
     one = best_of(lambda: Simulator(base).run(program, images), max(1, repeats // 3))
@@ -306,11 +306,11 @@ def qat_epoch(n_train: int, repeats: int = 3):
 _CHILD = textwrap.dedent("""
     import json, os, resource, sys, time
     t0 = time.perf_counter()
-    from npusim.config import NPUConfig
+    from npusim.hw.config import NPUConfig
     from npusim.data import load_dataset
-    from npusim.program import load_program
-    from npusim.simulator import Simulator
-    from npusim import arith, kernels
+    from npusim.ir.program import load_program
+    from npusim.sim.simulator import Simulator
+    from npusim.ir import arith, kernels
     prog = load_program(sys.argv[1])
     n = int(sys.argv[2])
     imgs = load_dataset("mnist5k", "test").subset(n).images
@@ -343,7 +343,7 @@ def child(program_path: str, n: int, env_extra: dict | None = None) -> dict:
 def fresh_process(program) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "resnet20_w8a8.npuprog.safetensors")
-        from npusim.program import save_program
+        from npusim.ir.program import save_program
 
         save_program(program, path)
         rss = child(path, 1000)
@@ -361,7 +361,7 @@ def fresh_process(program) -> dict:
 
 # ----------------------------------------------------------------------------- report
 def fmt(df: pd.DataFrame) -> str:
-    from npusim.report_util import markdown_table
+    from npusim.io import markdown_table
 
     return markdown_table(df, ".3g")
 
@@ -459,7 +459,7 @@ only (no adds/pools), on the simulator's own layer inputs.
 
 ## 24-point accumulator sweep (12 widths 17..28 x wrap/saturate, os), {sweep['images']} images
 
-`sweep_s`: `npusim.simulator.run_many` over the 24 configurations (a layer's engine sums,
+`sweep_s`: `npusim.sim.simulator.run_many` over the 24 configurations (a layer's engine sums,
 exact accumulators and output are reused while its input is identical to one already
 computed in the batch);
 `separate_runs_estimate_vs_one`: 12x the time of two separate `Simulator.run` calls (the

@@ -20,10 +20,10 @@ import pandas as pd
 import torch
 
 from models.cached import train_float
-from npusim.report_util import markdown_table
+from npusim.io import markdown_table
 from models.checkpoint import load_checkpoint
 from npusim.data import load_dataset
-from npusim.requant import RequantSettings
+from npusim.ir.requant import RequantSettings
 from quantize import QuantConfig, build_program, evaluate
 from quantize.cached import train_qat
 from quantize.integer_eval import run_integer

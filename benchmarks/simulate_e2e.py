@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from npusim.config import NPUConfig
+from npusim.hw.config import NPUConfig
 from npusim.data import load_dataset
-from npusim.inspect import bounds_table
-from npusim.report_util import markdown_table, write_csv
-from npusim.simulator import Simulator, overflow_rate
+from npusim.report.inspect import bounds_table
+from npusim.io import markdown_table, write_csv
+from npusim.sim.simulator import Simulator, overflow_rate
 from quantize import QuantConfig, build_program
 from quantize.cached import train_qat
 from quantize.integer_eval import run_integer

@@ -4,7 +4,6 @@ for NPU-only axes)."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from models.cached import float_config, train_float

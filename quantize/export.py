@@ -3,7 +3,7 @@
 Integer weights are exactly the trained quantized weights (a channel whose BN gain is negative
 has its weights and bias negated, so every requant multiplier is positive, as TFLite, ORT and
 FBGEMM require); BN's gain goes into the per-channel weight scale and its shift into the int32
-bias; the multipliers and shifts come from the shared decomposition in `npusim.requant`.
+bias; the multipliers and shifts come from the shared decomposition in `npusim.ir.requant`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from npusim.program import IntegerProgram, Node, TensorSpec, save_program, storage_dtype
-from npusim.requant import RequantSettings, node_requant
+from npusim.ir.program import IntegerProgram, Node, TensorSpec, save_program, storage_dtype
+from npusim.ir.requant import RequantSettings, node_requant
 from quantize.a2q import A2QQuantizer, l1_budget_violations
 from quantize.model import BIAS_LIMIT, INPUT_SCALE, QConv, QLinear, QuantizedModel, QuantizeError
 

@@ -3,9 +3,9 @@
 `run_integer(program, images)` executes an IntegerProgram with ideal (exact, unbounded)
 accumulators: convolutions run as float64 on integer values (exact while every partial sum is
 below 2^53, which is checked), and every requantization, rounding and clamp goes through
-`npusim.arith` with the multipliers of `npusim.requant`, the very code the simulator's kernels
+`npusim.ir.arith` with the multipliers of `npusim.ir.requant`, the very code the simulator's kernels
 compile. The simulator in `exact` mode must produce the same integers, bit for bit. (The conv
-is `npusim.exact_conv`: a float GEMM that a bound proves exact.)
+is `npusim.sim.exact_conv`: a float GEMM that a bound proves exact.)
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from npusim import arith
-from npusim.exact_conv import exact_conv2d
-from npusim.program import IntegerProgram
-from npusim.requant import RequantSettings, node_requant
+from npusim.ir import arith
+from npusim.sim.exact_conv import exact_conv2d
+from npusim.ir.program import IntegerProgram
+from npusim.ir.requant import RequantSettings, node_requant
 
 
 

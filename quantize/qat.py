@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from models.training import TrainResult, evaluate as float_evaluate, make_batches, train

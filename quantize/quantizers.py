@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from npusim.arith import int_range
+from npusim.ir.arith import int_range
 
 __all__ = [
     "METHODS",

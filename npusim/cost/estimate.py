@@ -46,10 +46,10 @@ import pandas as pd
 from npusim.cost.energy_table import EnergyTable, table_for_npu
 from npusim.cost.mapping import (ARRAY_OPS, Precision, liveness, network_mapping, param_bits,
                                  program_precision)
-from npusim.program import IntegerProgram
+from npusim.ir.program import IntegerProgram
 
 if TYPE_CHECKING:
-    from npusim.config import NPUConfig
+    from npusim.hw.config import NPUConfig
 
 __all__ = ["COMPONENTS", "CostReport", "action_counts", "charging_rules", "estimate_cost",
            "price"]

@@ -65,10 +65,10 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping
 import numpy as np
 import pandas as pd
 
-from npusim.program import REQUANT_OPS, IntegerProgram, Node
+from npusim.ir.program import REQUANT_OPS, IntegerProgram, Node
 
 if TYPE_CHECKING:
-    from npusim.config import NPUConfig
+    from npusim.hw.config import NPUConfig
 
 __all__ = [
     "Precision",

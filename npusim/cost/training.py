@@ -53,7 +53,7 @@ from npusim.cost.energy_table import EnergyTable, table_for_npu
 from npusim.cost.mapping import systolic_gemm
 
 if TYPE_CHECKING:
-    from npusim.config import NPUConfig
+    from npusim.hw.config import NPUConfig
 
 __all__ = ["GEOMETRY_COLUMNS", "USAGE_COLUMNS", "TrainingCostModel", "compare_training",
            "constant_usage", "training_cost", "usage_from_history"]

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
-from npusim.config import ConfigError, NPUConfig
+from npusim.hw.config import ConfigError, NPUConfig
 
 if TYPE_CHECKING:
     from quantize.config import QuantConfig

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 
-from npusim.config import NPUConfig
+from npusim.hw.config import NPUConfig
 from npusim.sweep.grid import Grid, Point
 from npusim.sweep.store import ResultsStore
 
@@ -136,7 +136,7 @@ def _layer_table(stats: pd.DataFrame, cost_layers: pd.DataFrame | None) -> pd.Da
 
 
 def _result_columns(res, labels, stats: pd.DataFrame, rep) -> dict[str, Any]:
-    from npusim.simulator import overflow_rate
+    from npusim.sim.simulator import overflow_rate
 
     conv = stats.dropna(subset=["observed_bits"]) if "observed_bits" in stats else stats
     out: dict[str, Any] = {
@@ -280,7 +280,7 @@ def _program(point, model, dataset, epochs, float_epochs, seed, width, lr, root)
 def _run_point(point: Point, program, data, batch) -> tuple[dict[str, Any],
                                                               pd.DataFrame | None]:
     from npusim.cost import estimate_cost
-    from npusim.simulator import SimulationError, Simulator
+    from npusim.sim.simulator import SimulationError, Simulator
 
     t0 = time.perf_counter()
     try:

@@ -146,7 +146,7 @@ class ResultsStore:
     # ------------------------------------------------------------------ exporting
     def export_csv(self, path: str | Path, hashes: Iterable[str] | None = None) -> Path:
         """Write `to_frame()` as CSV (atomically)."""
-        from npusim.report_util import write_csv
+        from npusim.io import write_csv
 
         write_csv(self.to_frame(hashes), path)
         return Path(path)

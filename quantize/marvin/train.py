@@ -190,7 +190,7 @@ def _scheduler(opt, schedule: str, lr: float, total: int):
 def save_run(result: MarvinResult, out_dir: str | Path) -> dict[str, Path]:
     """Write the run's tables (CSV, atomically) and config (JSON) into `out_dir`."""
     from models.checkpoint import atomic_write_bytes
-    from npusim.report_util import write_csv
+    from npusim.io import write_csv
 
     out = Path(out_dir)
     paths = {"history": out / "marvin_history.csv", "usage": out / "marvin_usage.csv",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from npusim.program import IntegerProgram, Node, TensorSpec, storage_dtype
-from npusim.requant import RequantSettings, node_requant
+from npusim.ir.program import IntegerProgram, Node, TensorSpec, storage_dtype
+from npusim.ir.requant import RequantSettings, node_requant
 
 DEFAULT_RQ = RequantSettings().to_dict()
 

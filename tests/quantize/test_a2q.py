@@ -7,10 +7,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from npusim.config import NPUConfig
+from npusim.hw.config import NPUConfig
 from npusim.data import load_dataset
-from npusim.inspect import bounds_table
-from npusim.simulator import Simulator
+from npusim.report.inspect import bounds_table
+from npusim.sim.simulator import Simulator
 from quantize import QuantConfig, QuantConfigError, QuantizeError, build_program
 from quantize.a2q import A2QQuantizer, budget, l1_ball_projection, l1_budget_violations
 from quantize.integer_eval import run_integer

@@ -7,12 +7,12 @@ import torch.nn.functional as F
 
 from models import create_model
 from models.training import set_input_stats
-from npusim.config import NPUConfig
+from npusim.hw.config import NPUConfig
 from npusim.cost import estimate_cost
 from npusim.cost.estimate import action_counts
 from npusim.data import load_dataset
-from npusim.program import load_program, save_program
-from npusim.simulator import Simulator
+from npusim.ir.program import load_program, save_program
+from npusim.sim.simulator import Simulator
 from quantize import QuantConfig, QuantConfigError, QuantizeError, build_program, quantize_model
 from quantize.config import EmbeddingConfig
 from quantize.embedding import QEmbed, first_conv_init, init_table

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from models import create_model
 from models.training import set_input_stats
-from npusim.config import NPUConfig
+from npusim.hw.config import NPUConfig
 from npusim.data import load_dataset
-from npusim.program import ProgramError, load_program, save_program
-from npusim.simulator import Simulator
+from npusim.ir.program import ProgramError, load_program, save_program
+from npusim.sim.simulator import Simulator
 from quantize import QuantConfig, build_program, calibrate, evaluate, export_program, quantize_model
 from quantize.integer_eval import run_integer
 

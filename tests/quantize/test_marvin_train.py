@@ -79,7 +79,7 @@ def test_fixed_master_weights_stay_on_the_grid(data):
 
 
 def test_after_marvin_the_model_goes_through_qat_and_export(data, tmp_path):
-    from npusim.program import load_program
+    from npusim.ir.program import load_program
     from quantize import QuantConfig, evaluate, export_program, prepare_qat, qat_train
 
     train_set, test_set = data
@@ -94,7 +94,7 @@ def test_after_marvin_the_model_goes_through_qat_and_export(data, tmp_path):
 
 
 def test_cli_train_marvin_and_report(tmp_path, monkeypatch, capsys):
-    from npusim.cli import main
+    from npusim.cli.app import main
 
     monkeypatch.setenv("NPUSIM_CACHE", str(tmp_path / "cache"))
     cfg = tmp_path / "cfg.json"
@@ -116,7 +116,7 @@ def test_cli_train_marvin_and_report(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_rejects_a_bad_marvin_config(tmp_path, capsys):
-    from npusim.cli import main
+    from npusim.cli.app import main
 
     bad = tmp_path / "bad.json"
     bad.write_text('{"kl_eps": 0.01, "bogus": 1}')

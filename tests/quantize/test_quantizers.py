@@ -37,7 +37,7 @@ RANGES = [(True, True), (True, False), (False, False)]
 
 
 def qrange(bits: int, signed: bool, narrow: bool) -> tuple[int, int]:
-    """Integer range written out independently of npusim.arith."""
+    """Integer range written out independently of npusim.ir.arith."""
     if not signed:
         return 0, 2**bits - 1
     hi = 2 ** (bits - 1) - 1

@@ -1,0 +1,30 @@
+"""What every command module shares: the Typer app, the one-line user error, logging set-up."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+app = typer.Typer(
+    name="npusim",
+    help="Bit-accurate integer NPU simulator and quantization co-design framework.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class CLIError(Exception):
+    """An error the CLI reports as one line and exit code 2."""
+
+
+def _fail(message: str) -> None:
+    raise CLIError(message)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+

@@ -1,0 +1,182 @@
+"""Sweeps and their results: sweep, plot, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from npusim.cli.common import _fail, _setup_logging, app
+
+
+def _cache_root() -> Path:
+    import os
+
+    root = os.environ.get("NPUSIM_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "npusim"
+
+
+def _check_model_data(model: str, data: str) -> None:
+    from models import list_models
+    from npusim.data import list_datasets
+
+    if model not in list_models():
+        _fail(f"--model: unknown model {model!r}; known: {', '.join(list_models())}")
+    if data not in list_datasets():
+        _fail(f"--data: unknown data set {data!r}; known: {', '.join(list_datasets())}")
+
+
+def _sweep_view(df):
+    import pandas as pd
+
+    ok = df["status"] == "ok"
+    return pd.DataFrame({
+        "point": df["point_label"],
+        "top1_%": (100 * df["top1"].astype(float)).round(2),
+        "overflow_rate": df["overflow_rate"].astype(float).map(
+            lambda v: "" if v != v else f"{v:.1e}"),
+        "energy_uj": df["energy_per_image_uj"].astype(float).round(3),
+        "latency_us": df["latency_us"].astype(float).round(1),
+        "vs_fp32": df["energy_saving_vs_fp32"].astype(float).round(2),
+        "vs_int8": df["energy_saving_vs_int8"].astype(float).round(2),
+        "status": df["status"].where(ok, "refused"),
+    })
+
+
+@app.command("sweep")
+def sweep_cmd(
+    model: str = typer.Option("resnet20", help="Model name (see models.list_models())."),
+    data: str = typer.Option("mnist5k", help="Data set: mnist5k, digits, cifar10, synthetic."),
+    split: str = typer.Option("test", help="Split simulated at every point."),
+    images: int = typer.Option(500, min=0, help="Simulate the first N images (0: all)."),
+    epochs: int = typer.Option(3, min=1, help="QAT fine-tuning epochs per quantization setting."),
+    float_epochs: int = typer.Option(15, min=1, help="Epochs of the float model QAT starts from."),
+    width: float = typer.Option(1.0, help="Channel width multiplier."),
+    seed: int = typer.Option(0, help="Random seed."),
+    lr: float = typer.Option(0.01, help="QAT peak learning rate."),
+    quant: list[str] = typer.Option([], "--quant", help="Quantization axis KEY=V1,V2 (QuantConfig "
+                                    "field, or bits=8/8,4/4, overrides=PATTERN:wNaM+...)."),
+    method: Optional[str] = typer.Option(None, help="Shorthand for --quant method=...: "
+                                         "ste,pact,lsq,lglsq,dsq."),
+    bits: Optional[str] = typer.Option(None, help="Shorthand for --quant bits=...: W/A pairs "
+                                       "8/8,4/4 (or 8,4)."),
+    npu: str = typer.Option("edge16", help="Base NPU: a preset name or a TOML file."),
+    set_: list[str] = typer.Option([], "--set", help="NPU axis KEY=V1,V2 or KEY=A:B[:STEP]; "
+                                   "KEY1,KEY2=... sets several keys together."),
+    acc_bits: Optional[str] = typer.Option(None, help="Shorthand: both accumulator levels, "
+                                           "e.g. 8:20 or 12,16,32."),
+    overflow: Optional[str] = typer.Option(None, help="Shorthand for --set precision.overflow="
+                                           "...: exact,wrap,saturate."),
+    db: Optional[Path] = typer.Option(None, help="Results store (SQLite; default "
+                                      "$NPUSIM_CACHE/sweeps/sweep.sqlite). Points already in "
+                                      "it are not rerun."),
+    csv: Optional[Path] = typer.Option(None, help="Also export this sweep's rows as CSV."),
+    root: Optional[str] = typer.Option(None, help="Data directory (cifar10)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress."),
+) -> None:
+    """Sweep quantization x NPU settings: simulate, cost and store every point (resumable)."""
+    _setup_logging(verbose)
+    from npusim.sweep import Grid, ResultsStore, sweep
+
+    sets = list(set_)
+    if acc_bits is not None:
+        sets.append(f"precision.pe_acc_bits,precision.acc_bits={acc_bits}")
+    if overflow is not None:
+        sets.append(f"precision.overflow={overflow}")
+    quants = list(quant)
+    if method is not None:
+        quants.append(f"method={method}")
+    if bits is not None:
+        quants.append(f"bits={bits}")
+    grid = Grid.parse(quants, sets, npu=npu)  # validates every axis before anything runs
+    _check_model_data(model, data)
+    points = grid.points()
+    path = db or _cache_root() / "sweeps" / "sweep.sqlite"
+    typer.echo(f"sweep: {len(points)} points ({model} on {data}, {npu}); results: {path}")
+    with ResultsStore(path) as store:
+        df = sweep(points, model=model, dataset=data, split=split, images=images or None,
+                   epochs=epochs, float_epochs=float_epochs, width=width, seed=seed, lr=lr,
+                   root=root, store=store, progress=progress)
+        typer.echo(_sweep_view(df).to_string(index=False))
+        if csv is not None:
+            store.export_csv(csv, df["point_hash"])
+            typer.echo(f"results: {csv}")
+
+
+def _read_results(results: Path):
+    import pandas as pd
+
+    if not results.is_file():
+        _fail(f"RESULTS: {results} not found")
+    if results.suffix.lower() == ".csv":
+        return pd.read_csv(results)
+    from npusim.sweep import ResultsStore
+
+    with ResultsStore(results) as store:
+        return store.to_frame()
+
+
+@app.command()
+def plot(
+    results: Path = typer.Argument(..., help="A results store (.sqlite) or a sweep CSV."),
+    x: str = typer.Option(..., help="Column on the x axis, e.g. acc_bits."),
+    y: str = typer.Option("top1", help="Column on the y axis, e.g. energy_per_image_uj."),
+    hue: Optional[str] = typer.Option(None, help="Colour by this column, e.g. quant_label."),
+    style: Optional[str] = typer.Option(None, help="Line style by this column, e.g. "
+                                        "overflow_mode."),
+    where: Optional[str] = typer.Option(None, help="Keep rows matching a pandas query, e.g. "
+                                        "\"overflow_mode != 'exact'\"."),
+    kind: str = typer.Option("auto", help="auto, line or scatter."),
+    out: Path = typer.Option(Path("plot.png"), help="PNG to write (its CSV goes beside it)."),
+) -> None:
+    """Draw any two columns of stored sweep results (PNG + the CSV behind it)."""
+    from npusim.report.plots import custom
+
+    if kind not in ("auto", "line", "scatter"):
+        _fail(f"--kind: expected auto, line or scatter, got {kind!r}")
+    df = _read_results(results)
+    if not len(df):
+        _fail(f"RESULTS: {results} holds no points")
+    if where:
+        try:
+            df = df.query(where)
+        except Exception as e:  # pandas raises many types for a bad expression
+            _fail(f"--where: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    for flag, col in (("--x", x), ("--y", y), ("--hue", hue), ("--style", style)):
+        if col is not None and col not in df:
+            _fail(f"{flag}: no column {col!r} in {results} (e.g. {', '.join(df.columns[:8])}, ...)")
+    custom(df, x, y, hue=hue, style=style, kind=kind, out=out)
+    typer.echo(f"figure: {out} (data: {out.with_suffix('.csv')})")
+
+
+def _demo_db() -> Path:
+    return _cache_root() / "sweeps" / "demo.sqlite"
+
+
+@app.command()
+def report(
+    results: Optional[Path] = typer.Argument(None, help="A results store (default: the demo's, "
+                                             "$NPUSIM_CACHE/sweeps/demo.sqlite)."),
+    out: Path = typer.Option(Path("reports"), help="Directory for the figures and README.md."),
+    marvin: Optional[Path] = typer.Option(None, "--marvin", help="Also (or only, without "
+                                          "RESULTS) draw a MARViN run's heatmap and cost figure."),
+    npu: str = typer.Option("edge16", help="NPU preset or TOML file for the MARViN costs."),
+) -> None:
+    """Regenerate figures, CSVs and the README.md index in reports/ from stored results."""
+    from npusim.report.sweep_report import write_report
+
+    if marvin is not None:
+        from npusim.report.marvin import write_marvin_report
+
+        files = write_marvin_report(marvin, out, npu)
+        typer.echo(f"MARViN: {', '.join(str(f) for f in files)}")
+        if results is None:
+            return
+    path = results or _demo_db()
+    if not path.is_file():
+        _fail(f"RESULTS: {path} not found (run npusim sweep or npusim demo first)")
+    written = write_report(path, out)
+    typer.echo(f"wrote {len(written)} files; index: {out / 'README.md'}")
+

@@ -1,0 +1,1 @@
+"""The hardware description: NPU configurations (TOML files, presets, overrides)."""

@@ -1,0 +1,429 @@
+"""The virtual NPU's description (DESIGN §4): a TOML file validated by pydantic models.
+
+`NPUConfig.load("edge16")` reads a shipped preset, `NPUConfig.from_toml(path)` a user's file;
+`config.with_overrides({"precision.acc_bits": 16})` returns a new validated copy. Every error
+is a one-line `ConfigError` that names the file (or "overrides") and the key path, e.g.
+``edge.toml: precision.acc_bits: Input should be less than or equal to 62 (got 99)``.
+
+Files are validated strictly (a TOML string is not an integer, a boolean is not a width);
+overrides are validated leniently so that command-line strings ("16", "ws") are coerced.
+Nothing here imports torch or numba.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ArrayConfig",
+    "ConfigError",
+    "Dataflow",
+    "MemoryConfig",
+    "NPUConfig",
+    "Overflow",
+    "PrecisionConfig",
+    "RequantConfig",
+    "Rounding",
+    "ScaleMode",
+    "TechnologyConfig",
+    "WeightStorage",
+    "list_presets",
+    "parse_set_option",
+]
+
+Dataflow = Literal["os", "ws", "is"]
+Overflow = Literal["exact", "wrap", "saturate"]
+# Same names as npusim.ir.arith's aliases; repeated here because arith imports numba.
+ScaleMode = Literal["fixed", "pow2", "float"]
+Rounding = Literal["half_away", "half_up", "half_even"]
+WeightStorage = Literal["packed", "pad4", "pad8"]
+
+#: Widest integer register the requantization product may need (acc_bits + multiplier_bits).
+PRODUCT_REGISTER_BITS = 64
+
+_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfigError(ValueError):
+    """A bad NPU configuration; the message is always one line naming the file and key path."""
+
+    def __init__(self, message: object) -> None:
+        super().__init__(" ".join(str(message).splitlines()))
+
+
+def _pos_float(default: float, description: str) -> Any:
+    return Field(default, gt=0, allow_inf_nan=False, description=description)
+
+
+class ArrayConfig(BaseModel):
+    """The MAC array: shape, dataflow, clock and the widest operands its datapath accepts."""
+
+    model_config = _MODEL_CONFIG
+
+    rows: int = Field(16, ge=1, description="PE rows (the reduction chunk height for ws/is)")
+    cols: int = Field(16, ge=1, description="PE columns")
+    dataflow: Dataflow = Field("os", description="output / weight / input stationary")
+    clock_mhz: float = _pos_float(500.0, "array clock")
+    max_weight_bits: int = Field(8, ge=2, le=16, description="widest weight operand")
+    max_input_bits: int = Field(8, ge=2, le=16, description="widest activation operand")
+
+
+class PrecisionConfig(BaseModel):
+    """Accumulator widths and overflow modes at the two levels (DESIGN §2 'Accumulators')."""
+
+    model_config = _MODEL_CONFIG
+
+    pe_acc_bits: int = Field(32, ge=2, le=62, description="partial-sum width inside the array")
+    acc_bits: int = Field(32, ge=2, le=62, description="accumulator width")
+    overflow: Overflow = Field("exact", description="default overflow mode for both levels")
+    pe_overflow: Overflow | None = Field(None, description="override for the array level")
+    acc_overflow: Overflow | None = Field(None, description="override for the accumulator")
+
+    @property
+    def pe_mode(self) -> Overflow:
+        """Overflow mode of the partial sums inside the array."""
+        return self.pe_overflow if self.pe_overflow is not None else self.overflow
+
+    @property
+    def acc_mode(self) -> Overflow:
+        """Overflow mode of the accumulator."""
+        return self.acc_overflow if self.acc_overflow is not None else self.overflow
+
+
+class RequantConfig(BaseModel):
+    """How accumulators are rescaled to the next layer's integers (DESIGN §2 'Requantization')."""
+
+    model_config = _MODEL_CONFIG
+
+    scale_mode: ScaleMode = Field("fixed", description="M0*2^-n, 2^-n, or ORT-style float32")
+    multiplier_bits: int = Field(32, ge=2, le=32, description="signed width of M0")
+    max_shift: int = Field(62, ge=0, le=62, description="largest right shift n")
+    rounding: Rounding = Field("half_away", description="rounding convention of the shift")
+    add_frac_bits: int = Field(16, ge=0, le=30, description="extra fraction bits in residual adds")
+
+
+class MemoryConfig(BaseModel):
+    """On-chip buffers, DRAM bandwidth and how sub-byte weights are stored."""
+
+    model_config = _MODEL_CONFIG
+
+    weight_sram_kib: float = _pos_float(64.0, "weight buffer size")
+    activation_sram_kib: float = _pos_float(64.0, "activation buffer size")
+    accumulator_sram_kib: float = _pos_float(16.0, "accumulator buffer size")
+    dram_bandwidth_bytes_per_cycle: float = _pos_float(16.0, "DRAM bytes per array cycle")
+    sram_word_bits: int = Field(64, ge=8, description="SRAM access width")
+    weight_storage: WeightStorage = Field(
+        "packed", description="sub-byte weights packed, or padded to 4 / 8 bits")
+
+
+class TechnologyConfig(BaseModel):
+    """Process node, supply and the energy table the cost model uses (DESIGN §6)."""
+
+    model_config = _MODEL_CONFIG
+
+    node_nm: float = _pos_float(45.0, "process node")
+    supply_v: float = _pos_float(0.9, "supply voltage")
+    energy_table: str = Field(
+        "horowitz45", min_length=1,
+        description="a shipped table's name or a path to a TOML table (relative to the cwd)")
+    # Keys are "component.action"; the cost model checks them against its table.
+    energy_overrides: dict[str, float] = Field(
+        default_factory=dict, description="per-entry energy overrides")
+
+    def __hash__(self) -> int:  # the dict field defeats pydantic's frozen hash
+        return hash(_canonical_json(self))
+
+
+def _canonical_json(model: BaseModel) -> str:
+    return json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True, allow_nan=False)
+
+
+class NPUConfig(BaseModel):
+    """A virtual NPU: every section has defaults, so a TOML file gives only what differs."""
+
+    model_config = _MODEL_CONFIG
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    array: ArrayConfig = Field(default_factory=ArrayConfig)
+    precision: PrecisionConfig = Field(default_factory=PrecisionConfig)
+    requant: RequantConfig = Field(default_factory=RequantConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    technology: TechnologyConfig = Field(default_factory=TechnologyConfig)
+
+    @model_validator(mode="after")
+    def _check_product_width(self) -> NPUConfig:
+        rq, acc = self.requant, self.precision.acc_bits
+        if rq.scale_mode == "fixed" and acc + rq.multiplier_bits > PRODUCT_REGISTER_BITS:
+            # The message names both key paths: a model-level error has no single loc.
+            raise ValueError(
+                f"precision.acc_bits + requant.multiplier_bits = {acc} + {rq.multiplier_bits}"
+                f" = {acc + rq.multiplier_bits} bits: the fixed-point requant product "
+                f"acc * M0 would not fit a {PRODUCT_REGISTER_BITS}-bit register "
+                f"(narrow one of them, or use requant.scale_mode = \"pow2\" / \"float\")")
+        return self
+
+    def __hash__(self) -> int:
+        return hash(_canonical_json(self))
+
+    # ----------------------------------------------------------------- loading
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> NPUConfig:
+        """Read and strictly validate a TOML file; any problem is a one-line ConfigError."""
+        source = str(path)
+        try:
+            raw = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{source}: no such file (shipped presets: {', '.join(list_presets())})"
+            ) from None
+        except IsADirectoryError:
+            raise ConfigError(f"{source}: is a directory, not a TOML file") from None
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read ({exc.strerror or exc})") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+        return cls.from_toml_str(text, source=source)
+
+    @classmethod
+    def from_toml_str(cls, text: str, source: str = "<string>") -> NPUConfig:
+        """Parse TOML text; `source` names it in error messages."""
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            # tomllib's message carries "(at line L, column C)".
+            raise ConfigError(f"{source}: TOML syntax error: {exc}") from None
+        try:
+            return cls.model_validate(data, strict=True)
+        except ValidationError as exc:
+            raise _config_error(exc, source) from None
+
+    @classmethod
+    def preset(cls, name: str) -> NPUConfig:
+        """A configuration shipped in `npusim/presets/`."""
+        names = list_presets()
+        if name not in names:
+            raise ConfigError(f"unknown preset {name!r} (shipped presets: {', '.join(names)})")
+        text = _presets_dir().joinpath(f"{name}.toml").read_text(encoding="utf-8")
+        return cls.from_toml_str(text, source=f"presets/{name}.toml")
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> NPUConfig:
+        """A preset name (``edge16``) or a path to a TOML file (``my/npu.toml``)."""
+        text = str(name_or_path)
+        looks_like_path = (isinstance(name_or_path, Path) or text.endswith(".toml")
+                           or "/" in text or "\\" in text)
+        if not looks_like_path:
+            if text in list_presets():
+                return cls.preset(text)
+            if not Path(text).is_file():
+                raise ConfigError(f"{text}: neither a shipped preset nor a file "
+                                  f"(shipped presets: {', '.join(list_presets())})")
+        return cls.from_toml(name_or_path)
+
+    # --------------------------------------------------------------- overrides
+
+    def with_overrides(self, overrides: Mapping[str, object]) -> NPUConfig:
+        """A new validated config with dotted key paths replaced; strings are coerced.
+
+        ``{"precision.acc_bits": "16", "array.dataflow": "ws"}``; the string "none" clears an
+        optional field (``precision.pe_overflow``); ``technology.energy_overrides.<key>`` sets
+        one energy entry (its key may itself contain dots).
+        """
+        data = self.model_dump()
+        for key, value in overrides.items():
+            _set_path(data, str(key), value)
+        try:
+            return type(self).model_validate(data)
+        except ValidationError as exc:
+            raise _config_error(exc, "overrides") from None
+
+    # ----------------------------------------------------------------- writing
+
+    def to_toml(self) -> str:
+        """TOML text that `from_toml` reads back into an equal config."""
+        dump = self.model_dump(mode="json")
+        lines = [f"# npusim NPU configuration (config_hash {self.config_hash()})"]
+        sections = []
+        for key, value in dump.items():
+            if isinstance(value, dict) and key in _SECTIONS:
+                sections.append((key, value))
+            elif value is not None:
+                lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+        for key, table in sections:
+            lines.append("")
+            lines.append(f"[{_toml_key(key)}]")
+            for sub, value in table.items():
+                if value is not None:  # TOML has no null; None is every such field's default
+                    lines.append(f"{_toml_key(sub)} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+    def config_hash(self) -> str:
+        """First 16 hex digits of the SHA-256 of the canonical JSON dump (name included).
+
+        An `energy_table` path is hashed as written, not by the contents of the file.
+        """
+        return hashlib.sha256(_canonical_json(self).encode("ascii")).hexdigest()[:16]
+
+
+_SECTIONS = {name for name, f in NPUConfig.model_fields.items()
+             if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+
+
+# --------------------------------------------------------------------- presets
+
+def _presets_dir() -> Any:
+    return resources.files("npusim").joinpath("presets")
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets, sorted."""
+    try:
+        entries = list(_presets_dir().iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(e.name[:-5] for e in entries if e.name.endswith(".toml") and e.is_file())
+
+
+def parse_set_option(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["precision.acc_bits=16", ...]`` (repeated ``--set`` options) -> an overrides dict."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key or any(not p for p in key.split(".")) or re.search(r"\s", key):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. precision.acc_bits=16")
+        if key in out:
+            raise ConfigError(f"--set {item!r}: {key} is given more than once")
+        out[key] = value.strip()
+    return out
+
+
+# ---------------------------------------------------------------------- errors
+
+def _model_at(parts: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class found by following `parts` from NPUConfig (None if not a section)."""
+    cls: type[BaseModel] = NPUConfig
+    for part in parts:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        cls = ann
+    return cls
+
+
+def _loc_str(loc: tuple[Any, ...]) -> str:
+    return ".".join(p if isinstance(p, str) and re.fullmatch(r"[A-Za-z0-9_-]+", p)
+                    else json.dumps(p) if isinstance(p, str) else f"[{p}]" for p in loc)
+
+
+def _suggest(parts: tuple[Any, ...]) -> str:
+    cls = _model_at(parts[:-1])
+    if cls is None or not isinstance(parts[-1], str):
+        return ""
+    close = difflib.get_close_matches(parts[-1], list(cls.model_fields), n=1)
+    if close:
+        return f" (did you mean {_loc_str((*parts[:-1], close[0]))!r}?)"
+    return f" (known keys: {', '.join(cls.model_fields)})"
+
+
+def _got(value: Any) -> str:
+    text = repr(value)
+    return f" (got {text if len(text) <= 60 else text[:57] + '...'})"
+
+
+def _config_error(exc: ValidationError, source: str) -> ConfigError:
+    """First pydantic error -> ``source: key.path: message (got value)``."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = tuple(err["loc"])
+    kind, msg, value = err["type"], err["msg"], err.get("input")
+    if kind == "extra_forbidden":
+        msg = "unknown key" + _suggest(loc)
+    elif kind == "missing":
+        msg = "missing key"
+    elif kind == "model_type":
+        msg = f"expected a table of keys ([{_loc_str(loc)}] section)" + _got(value)
+    elif kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    else:
+        msg += _got(value)
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    where = f"{_loc_str(loc)}: " if loc else ""
+    return ConfigError(f"{source}: {where}{msg}{more}")
+
+
+def _set_path(data: dict[str, Any], key: str, value: object) -> None:
+    """Put `value` at dotted `key` inside a model dump, refusing paths the model lacks."""
+    parts = key.split(".")
+    node, cls = data, NPUConfig
+    for i, part in enumerate(parts):
+        field = cls.model_fields.get(part)
+        if field is None:
+            raise ConfigError(f"overrides: {key}: unknown key" + _suggest(tuple(parts[:i + 1])))
+        rest = parts[i + 1:]
+        sub = _model_at(tuple(parts[:i + 1]))
+        if sub is not None:
+            if not rest:
+                raise ConfigError(f"overrides: {key}: is a section; set one of its keys "
+                                  f"(e.g. {key}.{next(iter(sub.model_fields))})")
+            node, cls = node[part], sub
+            continue
+        if rest:
+            if isinstance(node[part], dict):  # a free-form table: the rest is one key
+                node[part] = {**node[part], ".".join(rest): value}
+                return
+            raise ConfigError(f"overrides: {key}: unknown key "
+                              f"({'.'.join(parts[:i + 1])} is not a section)")
+        if (isinstance(value, str) and value.strip().lower() in ("none", "null")
+                and field.default is None and not field.is_required()):
+            value = None
+        node[part] = value
+        return
+
+
+# ------------------------------------------------------------------ TOML writer
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_str(key)
+
+
+def _toml_str(text: str) -> str:
+    # JSON string escapes are valid TOML basic-string escapes; DEL must be escaped too.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"cannot write non-finite number {value!r} to TOML")
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + items + " }"
+    raise ConfigError(f"cannot write {type(value).__name__} value {value!r} to TOML")

@@ -1,0 +1,1 @@
+"""Reports over results: the sweep report, MARViN report, program inspection and figures."""

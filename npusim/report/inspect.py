@@ -1,0 +1,67 @@
+"""Tables that describe an IntegerProgram: its nodes, and the accumulator bits it needs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from npusim.ir.bounds import layer_bounds
+from npusim.ir.program import IntegerProgram
+
+
+def _fmt_scale(scale) -> str:
+    s = np.atleast_1d(np.asarray(scale, dtype=float))
+    return f"{s[0]:.4g}" if len(s) == 1 else f"{s.min():.3g}..{s.max():.3g} ({len(s)} ch)"
+
+
+def program_table(prog: IntegerProgram) -> pd.DataFrame:
+    """One row per node: op, inputs, output shape, weight/input/output bits, scales, shifts."""
+    rows = []
+    for n in prog.nodes:
+        out = prog.tensors[n.output]
+        row = {"node": n.name, "op": n.op, "inputs": ",".join(n.inputs),
+               "output_shape": "x".join(map(str, out.shape)),
+               "out_bits": f"{'s' if out.signed else 'u'}{out.bits}",
+               "out_scale": _fmt_scale(out.scale)}
+        w = prog.tensors.get(f"{n.name}.weight")
+        x = prog.tensors[n.inputs[0]]
+        row["in_bits"] = f"{'s' if x.signed else 'u'}{x.bits}"
+        row["w_bits"] = w.bits if w is not None else ""
+        row["w_scale"] = _fmt_scale(w.scale) if w is not None else ""
+        sh = prog.arrays.get(f"{n.name}.shift")
+        row["shift"] = f"{int(sh.min())}..{int(sh.max())}" if sh is not None and sh.size else ""
+        attrs = {k: v for k, v in n.attrs.items() if k not in ("requant",)}
+        row["attrs"] = " ".join(f"{k}={v}" for k, v in attrs.items())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def bounds_table(prog: IntegerProgram, images: np.ndarray | None = None) -> pd.DataFrame:
+    """Per conv/linear layer: K, bits of one product, the data-type and exact weight bounds,
+    and (with `images`) the bits the observed running sums needed in an exact simulation."""
+    rows = []
+    for n in prog.nodes:
+        if n.op not in ("conv2d", "linear"):
+            continue
+        b = layer_bounds(prog, n)
+        rows.append({"layer": n.name, "op": n.op, "k": b.k, "x_bits": b.x_bits,
+                     "w_bits": b.w_bits, "product_bits": b.product_bits,
+                     "bound_l1_bits": b.bound_l1_bits, "bound_dtype_bits": b.bound_dtype_bits,
+                     "trained_acc_bits": n.attrs.get("acc_bits_target")})
+    df = pd.DataFrame(rows)
+    if len(df) and df["trained_acc_bits"].notna().any():
+        # A2Q-trained layers: the exact bound must fit the width they were trained for
+        df["trained_acc_bits"] = df["trained_acc_bits"].astype("Int64")
+        df["fits_trained_width"] = df["bound_l1_bits"] <= df["trained_acc_bits"]
+    else:
+        df = df.drop(columns="trained_acc_bits", errors="ignore")
+    if images is not None and len(df):
+        from npusim.hw.config import NPUConfig
+        from npusim.sim.simulator import Simulator
+
+        cfg = NPUConfig.preset("edge16").with_overrides({
+            "array.max_weight_bits": 16, "array.max_input_bits": 16,
+            "precision.overflow": "exact", "requant.scale_mode": "float"})
+        stats = Simulator(cfg).run(prog, images).stats.set_index("layer")
+        df["observed_bits"] = df["layer"].map(stats["observed_bits"]).astype("Int64")
+    return df

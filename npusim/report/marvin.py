@@ -1,0 +1,62 @@
+"""MARViN figures and cost table from a saved run directory (`quantize.marvin.save_run`):
+the word-length heatmap and the estimated training speedup / energy vs float32 and fixed
+8/16-bit training on an NPU. Used by ``npusim report --marvin RUN_DIR`` and the MARViN
+benchmark. Nothing here imports torch."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from npusim.cost.training import TrainingCostModel, compare_training
+
+log = logging.getLogger(__name__)
+
+__all__ = ["load_run", "marvin_costs", "write_marvin_report"]
+
+_FILES = ("marvin_history.csv", "marvin_usage.csv", "marvin_geometry.csv")
+
+
+def load_run(run_dir: str | Path) -> dict:
+    """The tables and metadata of a saved MARViN run (ValueError naming a missing file)."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise ValueError(f"{d}: not a directory (expected a MARViN run written by save_run)")
+    for f in _FILES:
+        if not (d / f).is_file():
+            raise ValueError(f"{d}: {f} not found (expected a MARViN run written by save_run)")
+    usage = pd.read_csv(d / "marvin_usage.csv")
+    if "weight_float" not in usage:  # runs saved before the column existed: weights are fixed
+        usage.insert(4, "weight_float", False)
+    meta = json.loads((d / "marvin_config.json").read_text()) \
+        if (d / "marvin_config.json").is_file() else {}
+    return {"history": pd.read_csv(d / "marvin_history.csv"), "usage": usage,
+            "geometry": pd.read_csv(d / "marvin_geometry.csv"), "meta": meta}
+
+
+def marvin_costs(run: dict, npu_name: str = "edge16",
+                 model: TrainingCostModel = TrainingCostModel()) -> pd.DataFrame:
+    """`compare_training` of a loaded run on an NPU preset or TOML file."""
+    from npusim.hw.config import NPUConfig
+
+    npu = NPUConfig.load(npu_name)
+    return compare_training(run["geometry"], run["usage"], npu, model=model)
+
+
+def write_marvin_report(run_dir: str | Path, out_dir: str | Path, npu_name: str = "edge16",
+                        stem: str = "marvin") -> list[Path]:
+    """Write ``<stem>_heatmap.png/.csv`` and ``<stem>_cost.png/.csv`` for a saved run."""
+    from npusim.report.plots import precision_heatmap, training_savings
+
+    run = load_run(run_dir)
+    out = Path(out_dir)
+    batches = int(run["usage"].groupby("layer")["batches"].sum().max())
+    precision_heatmap(run["history"], out=out / f"{stem}_heatmap.png", batches=batches)
+    costs = marvin_costs(run, npu_name)
+    costs["label"] = costs["variant"].replace({"run": "MARViN run"})
+    training_savings(costs, out=out / f"{stem}_cost.png")
+    return [out / f"{stem}_heatmap.png", out / f"{stem}_heatmap.csv", out / f"{stem}_cost.png",
+            out / f"{stem}_cost.csv"]

@@ -1,0 +1,454 @@
+"""Figures drawn from sweep results (DESIGN §7), each saved as a PNG with the CSV behind it.
+
+Every function takes the tidy table it draws (`sweep` rows, or one point's per-layer table),
+an optional matplotlib ``ax`` (a new figure otherwise) and an optional ``out`` path; it
+returns the figure and, with ``out``, writes ``out`` (PNG) and the plotted table beside it
+(same name, ``.csv``). Figures are built on `matplotlib.figure.Figure` (Agg), never pyplot,
+so nothing global is touched and nothing needs a display. matplotlib is imported when a
+figure is first drawn, not when this module is imported.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["accumulator_ranges", "accuracy_vs_acc_bits", "axis_label", "custom",
+           "energy_vs_accuracy", "layer_energy", "pareto_front", "save", "savings"]
+
+COMPONENTS = ("mac", "operand", "accumulator", "requant", "vector", "sram", "lookup", "dram",
+              "leakage")
+_MODE_STYLE = {"exact": (":", "o"), "wrap": ("-", "o"), "saturate": ("--", "s")}
+_DPI = 150
+
+_LABELS = {
+    "top1": "top-1 accuracy (%)",
+    "fake_quant_top1": "fake-quant top-1 (%)",
+    "integer_top1": "integer-exact top-1 (%)",
+    "acc_bits": "accumulator width (bits)",
+    "pe_acc_bits": "PE partial-sum width (bits)",
+    "energy_per_image_uj": "energy per image (µJ)",
+    "overflow_rate": "overflow events per MAC",
+    "energy_saving_vs_fp32": "energy saving vs FP32 (×)",
+    "energy_saving_vs_int8": "energy saving vs INT8 (×)",
+    "storage_saving_vs_fp32": "weight-storage saving vs FP32 (×)",
+    "storage_saving_vs_int8": "weight-storage saving vs INT8 (×)",
+    "weight_bits": "weight bits", "act_bits": "activation bits",
+    "multiplier_bits": "requant multiplier width (bits)",
+    "rows": "array rows (PEs)", "cols": "array columns (PEs)",
+}
+_UNITS = {"_uj": "µJ", "_pj": "pJ", "_nj": "nJ", "_mw": "mW", "_us": "µs", "_kib": "KiB",
+          "_bits": "bits", "_mhz": "MHz", "_seconds": "s", "_nm": "nm", "_v": "V"}
+_PERCENT = {"top1", "fake_quant_top1", "integer_top1"}
+
+
+def axis_label(col: str) -> str:
+    """A readable axis label with the unit a column's name carries (``latency_us`` -> µs)."""
+    if col in _LABELS:
+        return _LABELS[col]
+    for suffix, unit in _UNITS.items():
+        if col.endswith(suffix):
+            return f"{col[: -len(suffix)].replace('_', ' ')} ({unit})"
+    return col.replace("_", " ")
+
+
+# ------------------------------------------------------------------------------ helpers
+
+def _new_ax(ax, figsize: tuple[float, float]):
+    if ax is not None:
+        return ax.figure, ax
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=_DPI, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def save(fig, table: pd.DataFrame | None, out: str | Path) -> tuple[Path, Path | None]:
+    """Write `fig` to `out` (PNG) and `table` beside it as CSV, both atomically."""
+    from npusim.io import write_csv
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix or '.png'}")
+    fig.savefig(tmp, dpi=_DPI)
+    os.replace(tmp, out)
+    csv = None
+    if table is not None:
+        csv = out.with_suffix(".csv")
+        write_csv(table, csv)
+    return out, csv
+
+
+def _finish(fig, table, out):
+    if out is not None:
+        save(fig, table, out)
+    fig.npusim_table = table  # the data behind the figure, for callers composing reports
+    return fig
+
+
+def _ok(results: pd.DataFrame) -> pd.DataFrame:
+    if "status" in results:
+        return results[results["status"] == "ok"]
+    return results
+
+
+def _hue_order(df: pd.DataFrame, hue: str) -> list[Any]:
+    """Hue values, widest weights first when the hue is a quantization label."""
+    vals = list(dict.fromkeys(df[hue].tolist()))
+    if {"weight_bits", "act_bits"} <= set(df.columns):
+        key = df.groupby(hue, sort=False)[["weight_bits", "act_bits"]].first()
+        vals.sort(key=lambda v: (-key.loc[v, "weight_bits"], -key.loc[v, "act_bits"], str(v)))
+    return vals
+
+
+def _colors(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def _short(row: pd.Series) -> str:
+    """``W4A4 12b wrap`` for a sweep row."""
+    wa = row.get("wa") or row.get("quant_label", "")
+    mode = row.get("overflow_mode", "")
+    mode = {"saturate": "sat", "exact": "exact", "wrap": "wrap"}.get(mode, mode)
+    return f"{wa} {int(row['acc_bits'])}b {mode}".strip()
+
+
+# -------------------------------------------------------------- accuracy vs width
+
+def accuracy_vs_acc_bits(results: pd.DataFrame, ax=None, out: str | Path | None = None,
+                         hue: str = "quant_label", modes: Sequence[str] = ("wrap", "saturate"),
+                         title: str | None = None):
+    """Top-1 vs accumulator width, one colour per `hue` value, one line style per overflow
+    mode; the exact (unbounded) accuracy of each setting is the dotted reference line.
+
+    Widths the NPU refuses (one product needs more bits than the accumulator) have no point;
+    the legend says from which width each setting runs.
+    """
+    fig, ax = _new_ax(ax, (8.4, 4.4))
+    res = results.copy()
+    cols = [hue, "overflow_mode", "acc_bits", "pe_acc_bits", "status", "top1",
+            "overflow_rate", "overflowing_layers", "max_observed_bits", "error"]
+    table = res[res["overflow_mode"].isin(modes)][[c for c in cols if c in res]].copy()
+    table = table.sort_values([hue, "overflow_mode", "acc_bits"], kind="stable")
+    table.insert(table.columns.get_loc("top1") + 1, "top1_pct", 100 * table["top1"])
+    exact = _ok(res[res["overflow_mode"] == "exact"])
+    hues = _hue_order(res, hue)
+    colors = dict(zip(hues, _colors(len(hues))))
+    shown = 100 * pd.concat([table.loc[table["status"] == "ok", "top1"], exact["top1"]])
+    lo = float(shown.min()) if len(shown) else 0.0
+    high = shown[shown >= 80]
+    # A zoomed inset of the accurate band when collapsed points stretch the axis, so that a
+    # loss of a point or two (and lines lying on top of each other) stays visible.
+    inset = None
+    if lo < 50 and len(high):
+        inset = ax.inset_axes([0.36, 0.1, 0.56, 0.44])
+    from matplotlib.lines import Line2D
+
+    handles = []
+    for h in hues:
+        sub = table[(table[hue] == h)]
+        ok = sub[sub["status"] == "ok"]
+        if not len(ok):
+            continue
+        e = exact[exact[hue] == h]
+        for a in (ax, inset):
+            if a is None:
+                continue
+            for mode in modes:
+                m = ok[ok["overflow_mode"] == mode].sort_values("acc_bits")
+                ls, mk = _MODE_STYLE.get(mode, ("-", "o"))
+                a.plot(m["acc_bits"], 100 * m["top1"], ls=ls, marker=mk, ms=4, lw=1.6,
+                       color=colors[h])
+            if len(e):
+                a.axhline(100 * e["top1"].iloc[0], color=colors[h], ls=":", lw=1, alpha=0.8)
+        first = int(ok["acc_bits"].min())
+        rejected = sub[sub["status"] != "ok"]
+        note = f" (runs from {first} b)" if len(rejected) else ""
+        handles.append(Line2D([], [], color=colors[h], lw=2.5, label=f"{h}{note}"))
+    style_handles = [Line2D([], [], color="0.3", ls=_MODE_STYLE[m][0], marker=_MODE_STYLE[m][1],
+                            ms=4, label=m) for m in modes if m in _MODE_STYLE]
+    if len(exact):
+        style_handles.append(Line2D([], [], color="0.3", ls=":", lw=1, label="exact (no limit)"))
+    sep = Line2D([], [], ls="", label=" ")
+    head = Line2D([], [], ls="", label="overflow mode:")
+    ax.legend(handles=[*handles, sep, head, *style_handles], title="W/A setting:",
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title_fontsize=8,
+              alignment="left")
+    ax.set_xlabel("accumulator width (bits, both levels)")
+    ax.set_ylabel(axis_label("top1"))
+    # zoom in when every setting is accurate, so a loss of a point or two is visible
+    ax.set_ylim((max(0.0, math.floor(lo / 5) * 5 - 5), 100.5) if lo >= 50 else (-2, 102))
+    xs = table["acc_bits"].dropna()
+    ticks = sorted(xs.unique().astype(int)) if len(xs) else []
+    ax.set_xticks(ticks)
+    ax.grid(alpha=0.3)
+    if inset is not None:
+        inset.set_ylim(max(0.0, math.floor(float(high.min())) - 1), min(100.5, high.max() + 1))
+        inset.set_xlim(ax.get_xlim())
+        inset.set_xticks(ticks)
+        inset.tick_params(labelsize=7)
+        inset.grid(alpha=0.3)
+        inset.set_title("zoom: top-1 >= 80%", fontsize=7)
+        inset.set_ylabel("top-1 (%)", fontsize=7)
+    ax.set_title(title or "Accuracy vs accumulator width: wrap vs saturate", fontsize=10)
+    return _finish(fig, table, out)
+
+
+# --------------------------------------------------------------- energy vs accuracy
+
+def pareto_front(df: pd.DataFrame, x: str = "energy_per_image_uj", y: str = "top1") -> pd.Series:
+    """True for rows no other row beats (lower or equal `x` and strictly higher `y`)."""
+    order = df.sort_values([x, y], ascending=[True, False], kind="stable")
+    best = -math.inf
+    keep = pd.Series(False, index=df.index)
+    for idx, v in order[y].items():
+        if v > best:
+            keep[idx] = True
+            best = v
+    return keep
+
+
+def _label_points(ax, pts: pd.DataFrame) -> None:
+    """Label points below-right of themselves with leader lines, moving a label further down
+    while its box would overlap an earlier one (greedy, in display pixels)."""
+    ax.autoscale_view()
+    to_px = ax.transData.transform
+    scale = ax.figure.dpi / 72.0
+    placed: list[tuple[float, float, float, float]] = []
+    for _, r in pts.sort_values("energy_per_image_uj").iterrows():
+        x, y = to_px((r["energy_per_image_uj"], 100 * r["top1"]))
+        w, h = 4.3 * len(r["label"]) * scale, 11 * scale
+        dy = 20.0
+        while any(abs((x + 12 * scale) - px) < max(w, pw) and abs((y - dy * scale) - py) < h
+                  for px, py, pw, _ in placed) and dy < 200:
+            dy += 12
+        placed.append((x + 12 * scale, y - dy * scale, w, h))
+        ax.annotate(r["label"], (r["energy_per_image_uj"], 100 * r["top1"]),
+                    xytext=(12, -dy), textcoords="offset points", fontsize=7, va="top",
+                    arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "0.4"},
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                          "alpha": 0.8})
+
+
+def energy_vs_accuracy(results: pd.DataFrame, ax=None, out: str | Path | None = None,
+                       hue: str = "quant_label", title: str | None = None,
+                       min_label_top1: float = 0.0):
+    """Energy per image vs top-1 for every configuration that ran, with the Pareto frontier
+    (least energy for the accuracy) drawn and its points labelled."""
+    fig, ax = _new_ax(ax, (7.0, 4.6))
+    ok = _ok(results).copy()
+    ok["pareto"] = pareto_front(ok)
+    ok["label"] = [_short(r) for _, r in ok.iterrows()]
+    cols = ["label", hue, "overflow_mode", "acc_bits", "top1", "energy_per_image_uj",
+            "latency_us", "avg_power_mw", "weight_storage_kib", "pareto"]
+    table = ok[[c for c in cols if c in ok]].sort_values("energy_per_image_uj")
+    hues = _hue_order(ok, hue)
+    colors = dict(zip(hues, _colors(len(hues))))
+    markers = {"exact": "o", "wrap": "^", "saturate": "s"}
+    from matplotlib.lines import Line2D
+
+    for h in hues:
+        for mode, mk in markers.items():
+            sub = ok[(ok[hue] == h) & (ok["overflow_mode"] == mode)]
+            if len(sub):
+                ax.scatter(sub["energy_per_image_uj"], 100 * sub["top1"], color=colors[h],
+                           marker=mk, s=22, alpha=0.75, edgecolor="none")
+    front = ok[ok["pareto"]].sort_values("energy_per_image_uj")
+    if len(front):
+        ax.step(front["energy_per_image_uj"], 100 * front["top1"], where="post", color="k",
+                lw=1.2, zorder=1)
+        ax.scatter(front["energy_per_image_uj"], 100 * front["top1"], facecolor="none",
+                   edgecolor="k", s=60, lw=1.0, zorder=3)
+    e = ok["energy_per_image_uj"]
+    if len(e) and e.min() > 0 and e.max() / e.min() > 8:
+        ax.set_xscale("log")
+    ax.set_ylim(-2, 102)
+    if len(front):
+        _label_points(ax, front[front["top1"] >= min_label_top1])
+    handles = [Line2D([], [], color=colors[h], marker="o", ls="", label=str(h)) for h in hues]
+    handles += [Line2D([], [], color="0.3", marker=m, ls="", label=k) for k, m in markers.items()
+                if (ok["overflow_mode"] == k).any()]
+    handles.append(Line2D([], [], color="k", lw=1.2, marker="o", mfc="none",
+                          label="Pareto frontier"))
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    ax.set_xlabel(axis_label("energy_per_image_uj"))
+    ax.set_ylabel(axis_label("top1"))
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "Energy per image vs accuracy (all configurations)", fontsize=10)
+    return _finish(fig, table, out)
+
+
+# ------------------------------------------------------------- per-layer energy
+
+def layer_energy(layers: pd.DataFrame, ax=None, out: str | Path | None = None,
+                 title: str | None = None):
+    """Per-layer energy per image, stacked by component (a per-layer cost table with
+    ``<component>_pj`` columns, as `estimate_cost().layers` or the sweep's layer tables)."""
+    lay = layers[layers["energy_pj"].fillna(0) > 0].reset_index(drop=True)
+    fig, ax = _new_ax(ax, (max(7.0, 0.28 * len(lay) + 2), 4.4))
+    comps = [c for c in COMPONENTS if f"{c}_pj" in lay and lay[f"{c}_pj"].fillna(0).sum() > 0]
+    table = pd.DataFrame({"layer": lay["layer"], "op": lay["op"]})
+    for c in comps:
+        table[f"{c}_nj"] = lay[f"{c}_pj"].fillna(0) / 1e3
+    table["total_nj"] = lay["energy_pj"] / 1e3
+    x = np.arange(len(table))
+    bottom = np.zeros(len(table))
+    colors = _colors(len(COMPONENTS))
+    for c in comps:
+        vals = table[f"{c}_nj"].to_numpy()
+        ax.bar(x, vals, bottom=bottom, width=0.8, label=c, color=colors[COMPONENTS.index(c)])
+        bottom += vals
+    ax.set_xticks(x)
+    ax.set_xticklabels(table["layer"], rotation=90, fontsize=7)
+    ax.set_ylabel("energy per image (nJ)")
+    ax.set_xlabel("layer")
+    ax.legend(title="component", fontsize=8, title_fontsize=8, ncols=2)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_xlim(-0.6, len(table) - 0.4)
+    ax.set_title(title or "Energy per layer by component", fontsize=10)
+    return _finish(fig, table, out)
+
+
+# ---------------------------------------------------------------------- savings
+
+_SAVINGS = [("energy_saving_vs_fp32", "energy vs FP32"), ("energy_saving_vs_int8", "energy vs INT8"),
+            ("storage_saving_vs_fp32", "storage vs FP32"),
+            ("storage_saving_vs_int8", "storage vs INT8")]
+
+
+def savings(results: pd.DataFrame, ax=None, out: str | Path | None = None,
+            label: str = "label", title: str | None = None):
+    """Energy and weight-storage savings vs the FP32 and INT8 baselines (x times smaller),
+    one group of bars per row of `results` (pick one configuration per setting first)."""
+    df = results.reset_index(drop=True).copy()
+    if label not in df:
+        df[label] = [_short(r) for _, r in df.iterrows()]
+    fig, ax = _new_ax(ax, (max(6.0, 1.6 * len(df) + 2), 4.2))
+    table = df[[label, *[c for c, _ in _SAVINGS],
+                *[c for c in ("energy_per_image_uj", "fp32_energy_per_image_uj",
+                              "int8_energy_per_image_uj", "weight_storage_kib", "top1")
+                  if c in df]]]
+    n = len(_SAVINGS)
+    wbar = 0.8 / n
+    x = np.arange(len(df))
+    colors = ["#1f77b4", "#aec7e8", "#d62728", "#ff9896"]
+    for i, (col, name) in enumerate(_SAVINGS):
+        vals = df[col].astype(float).to_numpy()
+        bars = ax.bar(x - 0.4 + wbar * (i + 0.5), vals, width=wbar, label=name, color=colors[i])
+        ax.bar_label(bars, labels=[f"{v:.1f}×" if np.isfinite(v) else "" for v in vals],
+                     fontsize=7, padding=1)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(df[label], fontsize=8)
+    ax.set_ylabel("saving (× less than the baseline)")
+    ax.margins(y=0.12)
+    ax.legend(fontsize=8, ncols=2)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title or "Energy and weight-storage savings vs FP32 and INT8", fontsize=10)
+    return _finish(fig, table, out)
+
+
+# ----------------------------------------------------------- accumulator ranges
+
+def accumulator_ranges(layers: pd.DataFrame, ax=None, out: str | Path | None = None,
+                       acc_bits: int | None = None, title: str | None = None,
+                       available: bool = True):
+    """The overflow-debugging view: per conv/linear layer, the bits its observed accumulator
+    values needed, the exact weight (L1) bound and the data-type bound, against the width
+    available (`acc_bits`, default the table's own; no line with ``available=False``). Bars
+    above the line do not fit it."""
+    lay = layers.dropna(subset=["observed_bits"]).reset_index(drop=True)
+    fig, ax = _new_ax(ax, (max(7.0, 0.3 * len(lay) + 2), 4.2))
+    if not available:
+        acc_bits = None
+    elif acc_bits is None and "acc_bits" in lay and len(lay):
+        acc_bits = int(lay["acc_bits"].max())
+    table = pd.DataFrame({
+        "layer": lay["layer"], "op": lay["op"],
+        "observed_bits": lay["observed_bits"].astype(int),
+        "bound_l1_bits": lay["bound_l1_bits"].astype(int),
+        "bound_dtype_bits": lay["bound_dtype_bits"].astype(int),
+        "acc_min": lay["acc_min"], "acc_max": lay["acc_max"], "available_bits": acc_bits})
+    table["exceeds_available"] = table["observed_bits"] > (acc_bits or math.inf)
+    x = np.arange(len(table))
+    blue, red = "#1f77b4", "#d62728"
+    col = np.where(table["exceeds_available"], red, blue)
+    ax.bar(x, table["observed_bits"], width=0.7, color=col)
+    ax.scatter(x, table["bound_l1_bits"], marker="_", s=120, lw=2, color="k", zorder=3)
+    ax.scatter(x, table["bound_dtype_bits"], marker="^", s=18, color="0.5", zorder=3)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=blue, label="observed (bits the data needed)")]
+    if table["exceeds_available"].any():
+        handles.append(Patch(color=red, label="observed, wider than available"))
+    handles += [Line2D([], [], marker="_", ms=10, mew=2, ls="", color="k",
+                       label="worst case (weight L1 bound)"),
+                Line2D([], [], marker="^", ls="", color="0.5", label="data-type bound")]
+    if acc_bits is not None:
+        ax.axhline(acc_bits, color=red, ls="--", lw=1.2)
+        handles.append(Line2D([], [], color=red, ls="--", label=f"available: {acc_bits} bits"))
+    ax.set_xticks(x)
+    ax.set_xticklabels(table["layer"], rotation=90, fontsize=7)
+    ax.set_ylabel("accumulator bits")
+    ax.set_xlabel("layer")
+    top = max([table[c].max() for c in ("bound_dtype_bits", "observed_bits")]
+              + [acc_bits or 0], default=8)
+    ax.set_ylim(0, top + 6)
+    ax.set_xlim(-0.6, len(table) - 0.4)
+    ax.legend(handles=handles, fontsize=7, loc="upper left", ncols=3)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title or "Accumulator range per layer vs available width", fontsize=10)
+    return _finish(fig, table, out)
+
+
+# ----------------------------------------------------------------------- custom
+
+def custom(results: pd.DataFrame, x: str, y: str, hue: str | None = None,
+           style: str | None = None, ax=None, out: str | Path | None = None,
+           kind: str = "auto", title: str | None = None):
+    """Any two columns of a results table: lines when `x` is numeric (one per `hue` x `style`
+    group, sorted by x), else a scatter. Accuracy columns are drawn in percent."""
+    for c in (x, y, hue, style):
+        if c is not None and c not in results:
+            raise KeyError(f"no column {c!r} in the results (have: {', '.join(results.columns)})")
+    df = _ok(results).copy()
+    fig, ax = _new_ax(ax, (7.0, 4.4))
+    scale = 100.0 if y in _PERCENT else 1.0
+    numeric_x = pd.api.types.is_numeric_dtype(df[x])
+    if kind == "auto":
+        kind = "line" if numeric_x else "scatter"
+    keys = [k for k in (hue, style) if k]
+    groups = list(df.groupby(keys, sort=False)) if keys else [((), df)]
+    hues = list(dict.fromkeys(df[hue])) if hue else [None]
+    styles = list(dict.fromkeys(df[style])) if style else [None]
+    colors = dict(zip(hues, _colors(len(hues))))
+    lstyles = dict(zip(styles, ["-", "--", ":", "-."] * 4))
+    mks = dict(zip(styles, ["o", "s", "^", "D", "v", "P"] * 3))
+    for key, sub in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        kv = dict(zip(keys, key))
+        h, s = kv.get(hue) if hue else None, kv.get(style) if style else None
+        label = " ".join(str(v) for v in key) or None
+        sub = sub.sort_values(x) if numeric_x else sub
+        if kind == "line":
+            ax.plot(sub[x], scale * sub[y], ls=lstyles[s], marker=mks[s], ms=4, color=colors[h],
+                    label=label)
+        else:
+            ax.scatter(sub[x], scale * sub[y], marker=mks[s], color=colors[h], label=label, s=20)
+    ax.set_xlabel(axis_label(x))
+    ax.set_ylabel(axis_label(y))
+    if keys:
+        ax.legend(title=" / ".join(keys), fontsize=8, title_fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or f"{axis_label(y)} vs {axis_label(x)}", fontsize=10)
+    table = df[[c for c in dict.fromkeys([*keys, x, y, "point_hash"]) if c in df]]
+    return _finish(fig, table, out)

@@ -1,0 +1,432 @@
+"""Conv/linear accumulation: an exact fast path, and the order-faithful kernel where it matters.
+
+The result of every output is defined by the order-faithful accumulation of DESIGN §2
+(`kernels._accumulate_point`). Computing it that way for every output is slow, and rarely
+needed: an output whose running sums cannot leave the accumulator's range, in any order, has
+no overflow event and equals its exact sum. So:
+
+1. the exact sums come from the int8 engine (`npusim.sim.int8_engine`: oneDNN's int8 conv, with
+   the positive/negative product sums as extra output columns when step 3 needs them) where
+   the operand ranges and the weights' L1 bound prove it exact, else from `npusim.sim.exact_conv`
+   (a float im2col + GEMM, exact because the same bound proves every partial sum, in any
+   order, below 2^24 or 2^53);
+2. if the layer's static bound fits both levels, that is the answer (no event is possible);
+3. otherwise each output gets a data-dependent bound, ``[bias - N, bias + P]`` with P and N
+   the sums of its positive and negative products (two more GEMMs), and only the outputs whose
+   bound leaves a level's range are re-simulated order-faithfully, events counted honestly.
+
+`fast=False` runs the order-faithful kernel on every output (the reference the fast path is
+tested against). Activations are channels last (N, H, W, C) and stored narrow (see
+`simulator`); the NCHW kernels (order-faithful, float engine) get converted copies.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from npusim.ir import arith
+from npusim.sim import kernels as K
+from npusim.sim.exact_conv import F64_EXACT, InexactError, exact_conv2d, l1_bound
+from npusim.sim.int8_engine import Int8Conv, Int8Result, int8_conv, prepare_int8_conv
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LevelSpec:
+    """Accumulation order and the two levels' widths and overflow modes."""
+
+    order: int
+    rows: int
+    pe_bits: int
+    pe_mode: int
+    acc_bits: int
+    acc_mode: int
+
+
+@dataclass
+class AccStats:
+    """Per-batch accumulation facts of one layer."""
+
+    pe_overflows: int = 0
+    acc_overflows: int = 0
+    nonzero_macs: int = 0
+    acc_min: int = 0
+    acc_max: int = 0
+    sequential_outputs: int = 0
+
+
+@dataclass
+class Requant:
+    """Per-channel requantization of a layer's accumulators (see `arith.requantize`)."""
+
+    m0: np.ndarray
+    n: np.ndarray
+    mf: np.ndarray
+    scale_float: bool
+    code: int
+    mbits: int
+    zp: int
+    lo: int
+    hi: int
+
+    def __post_init__(self) -> None:
+        self.m0 = np.ascontiguousarray(self.m0, np.int64)
+        self.n = np.ascontiguousarray(self.n, np.int64)
+        self.mf = np.ascontiguousarray(self.mf, np.float32)
+
+    def key(self) -> tuple:
+        """Equal for requantizations that give equal outputs."""
+        return (self.m0.tobytes(), self.n.tobytes(), self.mf.tobytes(), self.scale_float,
+                self.code, self.mbits, self.zp, self.lo, self.hi)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Storage dtype of the requantized values (they lie in [lo, hi])."""
+        return arith.storage_dtype(self.lo, self.hi)
+
+    def apply_channels_last(self, acc: np.ndarray) -> np.ndarray:
+        """Requantize int64 accumulators (..., O), stored in `dtype`."""
+        flat = np.ascontiguousarray(acc).reshape(-1, acc.shape[-1])
+        chan = np.broadcast_to(np.arange(acc.shape[-1]), flat.shape).reshape(-1)
+        return self.apply_points(flat.reshape(-1), chan).reshape(acc.shape)
+
+    def apply_points(self, vals: np.ndarray, chan: np.ndarray) -> np.ndarray:
+        """Requantize int64 accumulators `vals`, each with the parameters of channel `chan`."""
+        out = np.empty(len(vals), self.dtype)
+        K.requant_points_kernel(np.ascontiguousarray(vals, np.int64),
+                                np.ascontiguousarray(chan, np.int64), self.m0, self.n, self.mf,
+                                self.scale_float, self.code, self.mbits, self.zp, self.lo,
+                                self.hi, out)
+        return out
+
+
+def risks(lv: LevelSpec, static_bits: int, static_bits_nobias: int) -> tuple[bool, bool]:
+    """(pe level, acc level): whether the static bounds allow an overflow at that level."""
+    return lv.order != K.OS and static_bits_nobias > lv.pe_bits, static_bits > lv.acc_bits
+
+
+def prepare_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_x: int,
+                 x_range: tuple[int, int], lv: LevelSpec, static_bits: int,
+                 static_bits_nobias: int) -> Int8Conv | None:
+    """The int8-engine preparation of a layer whose raw inputs lie in `x_range`, or None."""
+    pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
+    return prepare_int8_conv(w, stride, padding, groups, zp_x, x_range[0], x_range[1],
+                             signs=pe_risk or acc_risk)
+
+
+def _fits(lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
+    return (lo >= -(1 << (bits - 1))) & (hi <= (1 << (bits - 1)) - 1)
+
+
+_EPILOGUE_PIXELS = 256  # pixels per epilogue task
+
+
+def _blocks(n: int, units: int, cap: int) -> int:
+    """Blocks per image for a kernel parallel over (image, block): enough tasks for every
+    thread, and at most `cap` units per block."""
+    import numba
+
+    want = -(-2 * numba.get_num_threads() // max(n, 1))
+    return max(1, min(units, max(want, -(-units // cap))))
+
+
+def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int, padding: int,
+                    groups: int, zp_x: int, out_hw: tuple[int, int], lv: LevelSpec,
+                    static_bits: int, static_bits_nobias: int, fast: bool = True,
+                    prep: Int8Conv | None = None, requant: Requant | None = None,
+                    share: dict | None = None) -> tuple[np.ndarray, AccStats]:
+    """Accumulators (N, Ho, Wo, O) int64 of a conv of channels-last `x` (N, H, W, C; padded
+    with zp_x; any integer dtype), requantized (in `requant.dtype`) when `requant` is given,
+    and their stats. `static_bits` bounds every running sum (bias included) of any input;
+    `static_bits_nobias` every chunk sum (no bias) — both from `npusim.ir.bounds`. `prep` (from
+    `prepare_conv`) enables the int8 engine.
+
+    `share` (one dict per node, common to the configurations of `simulator.run_many`):
+    configurations that bring the very same input object reuse the engine's sums (or the
+    float engine's exact accumulators and sign sums), the per-output bounds, and the whole
+    output object when it provably equals theirs (same requantization, and no addition that
+    wrapped or saturated at this NPU's widths)."""
+    st = AccStats()
+    pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
+    engine_failed = False
+    if fast and prep is not None and (prep.signs or not (pe_risk or acc_risk)):
+        try:
+            entry = _shared_entry(share, x, prep, out_hw)
+            return _from_engine(entry, x, w, bias, stride, padding, groups, zp_x, out_hw, lv,
+                                pe_risk, acc_risk, requant, st)
+        except InexactError as e:  # caught by the engine's checks: nothing wrong gets out
+            if share is not None:
+                share["conv"] = [c for c in share.get("conv", []) if not _same_array(c.x, x)]
+            log.warning("%s (conv %s, stride %d, batch %d): recomputed with the float engine",
+                        e, tuple(w.shape), stride, x.shape[0])
+            st, engine_failed = AccStats(), True
+    f = _float_entry(share if fast else None, x, w, stride, padding, groups, zp_x, out_hw)
+    st.nonzero_macs = f.nonzero_macs
+    n, o = x.shape[0], w.shape[0]
+    if not fast or f.bound >= F64_EXACT:
+        acc = np.empty((n, o, *out_hw), np.int64)
+        events = np.zeros((n, 2), np.int64)
+        K.conv_kernel(_pad(f.xc, padding, zp_x), w, bias, stride, groups, zp_x, lv.order,
+                      lv.rows, lv.pe_bits, lv.pe_mode, lv.acc_bits, lv.acc_mode, acc, events)
+        st.pe_overflows, st.acc_overflows = int(events[:, 0].sum()), int(events[:, 1].sum())
+        st.sequential_outputs = acc.size
+        return _finish(acc, requant), _acc_range(acc, st)
+    if f.acc is None:
+        f.acc = exact_conv2d(f.xs, w, stride, padding, groups, f.bound,
+                             engine=not engine_failed)
+        f.acc += bias.reshape(1, o, 1, 1)
+    if pe_risk or acc_risk:
+        acc = f.acc.copy()
+        _resimulate_at_risk(f, w, bias, stride, padding, groups, zp_x, lv, pe_risk, acc, st)
+        if st.pe_overflows or st.acc_overflows:
+            return _finish(acc, requant), _acc_range(acc, st)
+    # exact (no addition wrapped or saturated): one output object for every configuration
+    key = None if requant is None else requant.key()
+    if key not in f.outs:
+        f.outs[key] = _finish(f.acc, requant)
+    _acc_range(f.acc, st)
+    return f.outs[key], st
+
+
+def _finish(acc: np.ndarray, requant: Requant | None) -> np.ndarray:
+    """NCHW accumulators to the channels-last output (requantized when `requant`)."""
+    acc = acc.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(acc) if requant is None else requant.apply_channels_last(acc)
+
+
+def _acc_range(acc: np.ndarray, st: AccStats) -> AccStats:
+    st.acc_min = int(acc.min()) if acc.size else 0
+    st.acc_max = int(acc.max()) if acc.size else 0
+    return st
+
+
+@dataclass
+class _FloatShared:
+    """The float engine's work on one input to a layer, common to the configurations of a
+    sweep: NCHW int64 input (and minus the zero point), its L1 bound, the non-zero product
+    count, the exact accumulators, the product sums of each sign, the exact outputs."""
+
+    x: np.ndarray
+    xc: np.ndarray
+    xs: np.ndarray
+    bound: int
+    nonzero_macs: int
+    acc: np.ndarray | None = None
+    sign_sums: tuple | None = None
+    outs: dict = field(default_factory=dict)  # requant key -> output
+
+
+def _float_entry(share, x, w, stride, padding, groups, zp_x, out_hw) -> _FloatShared:
+    if share is not None:
+        for f in share.setdefault("float", []):
+            if _same_array(f.x, x):
+                return f
+    xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)  # NCHW int64
+    xs = xc - zp_x if zp_x else xc
+    f = _FloatShared(x, xc, xs, l1_bound(xs, w),
+                     _nonzero_macs(xc, zp_x, w, stride, padding, groups, out_hw))
+    if share is not None:
+        share["float"].append(f)
+    return f
+
+
+@dataclass
+class _Shared:
+    """What configurations with one input to a layer have in common: the engine's sums, the
+    exact results per requantization, and (once some configuration needed them) the bits each
+    output's data-dependent bound needs at each level, with their maxima."""
+
+    x: np.ndarray
+    prep: Int8Conv
+    res: Int8Result
+    exact: dict = field(default_factory=dict)  # requant key -> (output, acc min, acc max)
+    need_acc: np.ndarray | None = None  # (M, O) uint8: bits of [bias - neg, bias + pos]
+    need_pe: np.ndarray | None = None  # (M, O) uint8: bits of [-neg, pos]
+    need_max: tuple[int, int] = (0, 0)
+
+
+def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    """`a` and `b` are the same object, or views of the very same memory with one layout
+    (activations are never written after they are made, so they hold the same values)."""
+    return a is b or (a.shape == b.shape and a.dtype == b.dtype and a.strides == b.strides
+                      and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
+def _shared_entry(share, x, prep, out_hw) -> _Shared:
+    """The entry of an earlier configuration with this very input and a plan that serves this
+    one (a plan with sign columns serves one without: its first columns are the same conv),
+    or a new one."""
+    if share is not None:
+        for e in share.setdefault("conv", []):
+            if _same_array(e.x, x) and (e.prep.signs or not prep.signs) and \
+                    e.prep.zp_x == prep.zp_x and np.array_equal(e.prep.wq[:prep.q], prep.wq):
+                return e
+    e = _Shared(x, prep, int8_conv(x, prep, out_hw))
+    if share is not None:
+        share["conv"].append(e)
+    return e
+
+
+def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels):
+    """One pass of the epilogue kernel over the engine's sums: (output (M, O) requantized when
+    `requant`, min and max of all accumulators, of the unflagged ones, flagged flat indices);
+    with a risk, the per-output bound bits are stored in `e`."""
+    o = e.prep.o
+    risk = pe_risk or acc_risk
+    rq = requant if requant is not None else _NO_RQ
+    out = np.empty((n * pixels, o), rq.dtype if requant is not None else np.int64)
+    need = np.empty((2, n * pixels, o) if risk else (2, 1, 1), np.uint8)
+    nb = _blocks(n, pixels, _EPILOGUE_PIXELS)
+    mnmx = np.empty((n, nb, o, 4), np.int64)
+    sums = np.empty((n, nb, e.res.g.shape[1]), np.int64)
+    K.gemm_epilogue_kernel(e.res.g, o, pixels, np.asarray(bias, np.int64), risk, pe_risk,
+                           lv.acc_bits, lv.pe_bits, requant is not None, rq.m0, rq.n, rq.mf,
+                           rq.scale_float, rq.code, rq.mbits, rq.zp, rq.lo, rq.hi, out, need[0],
+                           need[1], mnmx, sums)
+    e.res.verify(sums.sum(axis=1))
+    mm = [int(f(mnmx[..., k])) if out.size else 0
+          for k, f in ((0, np.min), (1, np.max), (2, np.min), (3, np.max))]
+    flat = ()
+    if risk:
+        e.need_acc, e.need_pe = need[0], need[1]
+        e.need_max = (int(need[0].max(initial=0)), int(need[1].max(initial=0)))
+        flat = _flagged(e, lv, pe_risk)
+    return out, mm, flat
+
+
+def _flagged(e: _Shared, lv, pe_risk) -> np.ndarray:
+    """Flat indices of the outputs whose bound leaves this NPU's widths."""
+    if e.need_max[0] <= lv.acc_bits and (not pe_risk or e.need_max[1] <= lv.pe_bits):
+        return np.zeros(0, np.int64)
+    mask = e.need_acc > lv.acc_bits
+    if pe_risk:
+        mask |= e.need_pe > lv.pe_bits
+    return np.flatnonzero(mask.reshape(-1))
+
+
+def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, lv, pe_risk,
+                 acc_risk, requant, st):
+    """Finish a layer from the int8 engine's sums: the exact output (requantization fused
+    into the epilogue) where no output's bound leaves this NPU's widths; else the flagged
+    outputs re-simulated order-faithfully, requantized one by one and patched in."""
+    n, o = x.shape[0], e.prep.o
+    ho, wo = out_hw
+    pixels = ho * wo
+    st.nonzero_macs = e.res.nonzero_macs
+    key = None if requant is None else requant.key()
+    risk = pe_risk or acc_risk
+    hit = e.exact.get(key)
+    flat = _flagged(e, lv, pe_risk) if risk and e.need_acc is not None else ()
+    out = mm = None
+    if hit is None or (risk and e.need_acc is None):
+        out, mm, flat = _epilogue(e, bias, requant, lv, pe_risk, acc_risk, n, pixels)
+        if not len(flat) and hit is None:
+            # the very object is handed to every configuration that gets here, so the next
+            # layers see identical inputs (`is`) and share in turn
+            hit = e.exact[key] = (out.reshape(n, ho, wo, o), mm[0], mm[1])
+    if not len(flat):  # the exact result, shared by every configuration that gets here
+        out, st.acc_min, st.acc_max = hit
+        return out, st
+    st.sequential_outputs = len(flat)
+    m, oc = np.divmod(flat, o)
+    b, p = np.divmod(m, pixels)
+    oy, ox = np.divmod(p, wo)
+    points = np.stack([b, oc, oy, ox], axis=1).astype(np.int64)
+    xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)
+    vals = _simulate_points(xc, w, bias, stride, padding, groups, zp_x, lv, points, st)
+    if not (st.pe_overflows or st.acc_overflows):
+        # no addition wrapped or saturated: the flagged outputs are the exact ones, so the
+        # whole output is the exact output (shared, as above)
+        if hit is None:
+            hit = e.exact[key] = (out.reshape(n, ho, wo, o), mm[0], mm[1])
+        out, st.acc_min, st.acc_max = hit
+        return out, st
+    if out is None:  # the unflagged outputs' range at these widths: one epilogue pass
+        out, mm, _ = _epilogue(e, bias, requant, lv, pe_risk, acc_risk, n, pixels)
+    st.acc_min, st.acc_max = min(mm[2], int(vals.min())), max(mm[3], int(vals.max()))
+    out.reshape(-1)[flat] = vals if requant is None else requant.apply_points(vals, oc)
+    return out.reshape(n, ho, wo, o), st
+
+
+_I64_MAX = np.iinfo(np.int64).max
+_I64_MIN = np.iinfo(np.int64).min
+_NO_RQ = Requant(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), False,
+                 0, 32, 0, 0, 0)
+
+
+def _pad(x: np.ndarray, padding: int, value: int) -> np.ndarray:
+    if not padding:
+        return np.ascontiguousarray(x, dtype=np.int64)
+    n, c, h, w = x.shape
+    out = np.full((n, c, h + 2 * padding, w + 2 * padding), value, np.int64)
+    out[:, :, padding:padding + h, padding:padding + w] = x
+    return out
+
+
+def _nonzero_macs(x: np.ndarray, zp_x: int, w: np.ndarray, stride: int, padding: int,
+                  groups: int, out_hw: tuple[int, int]) -> int:
+    """Products with both operands non-zero: for each weight position (c, i, j), the count of
+    non-zero inputs (``x != zp_x``) it meets over all outputs times its count of non-zero
+    weights."""
+    o, cg, kh, kw = w.shape
+    ho, wo = out_hw
+    og = o // groups
+    ind = np.empty(x.shape[1:], np.int64)  # (C, H, W): non-zero inputs over the batch
+    K.nonzero_count_kernel(np.ascontiguousarray(x), zp_x, ind)
+    if padding:
+        ind = np.pad(ind, ((0, 0), (padding, padding), (padding, padding)))
+    wnz = (w != 0).reshape(groups, og, cg, kh, kw).sum(axis=1)  # (groups, cg, kh, kw)
+    total = 0
+    for i in range(kh):
+        for j in range(kw):
+            cnt = ind[:, i:i + stride * (ho - 1) + 1:stride,
+                      j:j + stride * (wo - 1) + 1:stride].sum(axis=(1, 2))  # (C,)
+            total += int((cnt.reshape(groups, cg) * wnz[:, :, i, j]).sum())
+    return total
+
+
+def _resimulate_at_risk(f: _FloatShared, w, bias, stride, padding, groups, zp_x, lv, pe_risk,
+                        acc, st):
+    """Find outputs whose positive/negative product sums could leave a level's range and
+    run the order-faithful kernel on exactly those (patched into `acc`)."""
+    o = w.shape[0]
+    if f.sign_sums is None:
+        xp, xn = np.maximum(f.xs, 0), np.maximum(-f.xs, 0)
+        wp, wn = np.maximum(w, 0), np.maximum(-w, 0)
+
+        def conv(a, b):
+            return exact_conv2d(a, b, stride, padding, groups, f.bound)
+
+        pos = conv(xp, wp)
+        neg = conv(xp, wn)
+        if xn.any():
+            pos += conv(xn, wn)
+            neg += conv(xn, wp)
+        f.sign_sums = (pos, neg)
+    pos, neg = f.sign_sums
+    b = bias.reshape(1, o, 1, 1)
+    risky = ~_fits(b - neg, b + pos, lv.acc_bits)
+    if pe_risk:
+        risky |= ~_fits(-neg, pos, lv.pe_bits)
+    points = np.argwhere(risky).astype(np.int64)
+    st.sequential_outputs = len(points)
+    if len(points):
+        acc[tuple(points.T)] = _simulate_points(f.xc, w, bias, stride, padding, groups, zp_x,
+                                                lv, points, st)
+
+
+def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, points, st) -> np.ndarray:
+    """Order-faithful accumulators of the outputs `points` (M, 4) = (n, o, oy, ox) of NCHW
+    `x`, events counted into `st`."""
+    vals = np.empty(len(points), np.int64)
+    events = np.zeros((len(points), 2), np.int64)
+    K.conv_points_kernel(_pad(x, padding, zp_x), w, bias, stride, groups, zp_x, lv.order,
+                         lv.rows, lv.pe_bits, lv.pe_mode, lv.acc_bits, lv.acc_mode, points,
+                         vals, events)
+    st.pe_overflows = int(events[:, 0].sum())
+    st.acc_overflows = int(events[:, 1].sum())
+    return vals

@@ -1,0 +1,305 @@
+"""Exact integer convolution on the CPU's int8 dot-product units (oneDNN, through torch).
+
+oneDNN's quantized convolution (``torch.ops.onednn.qconv2d_pointwise``, the kernel PyTorch's
+x86 backend runs) multiplies uint8 activations by int8 weights and accumulates in int32. On
+a CPU with VNNI (``vpdpbusd``) or AMX that accumulation is exact by construction: there is no
+16-bit intermediate to saturate, unlike AVX2's ``vpmaddubsw`` (pytorch#44939). Asked for a
+float32 output with every scale 1 and no bias, it returns ``float32(acc)``, which is exact
+while ``|acc| < 2^24``. So when the inputs (shifted by one constant) fit uint8, the weights
+fit int8 and the weights' L1 bound proves every sum below 2^24, this engine computes the exact
+sums of a conv at the speed of a production int8 kernel, with no im2col and in the
+simulator's channels-last layout.
+
+On a CPU without VNNI (AVX2, AVX-512 without VNNI) oneDNN multiplies with ``vpmaddubsw``,
+which saturates the sum of two adjacent u8 x s8 products to int16, so there the engine keeps
+every such pair below 2^15: weights with ``2 * u_max * |w| <= 32767`` go in as they are,
+others split as ``w = 64 * hi + lo`` (``lo`` in [-32, 31], ``hi`` in [-2, 2]: two column
+blocks of one conv, recombined exactly in float32).
+
+Trust, in three layers: the engine is used only on a CPU that reports VNNI/AMX (or AVX2,
+within the pair bound), after a self-test on random and extreme operands (the all-255 x 127
+patterns that break saturating paths) over strides, padding, zero points and groups; and
+every call is verified, (1) for every output column, the sum of its outputs over the batch
+(images weighted 1..4) against the same sum computed from the inputs' window sums (strided
+integral images, exact int64), which catches any wrong value, and (2) a spot check of a few
+output pixels (different ones each call), all columns, recomputed in int64, which catches
+misplaced values (a permutation keeps the sums). A failed check raises `InexactError`; the
+simulator then recomputes the layer with the float engine. torch is imported lazily and is
+optional; ``NPUSIM_INT8_ENGINE=0`` turns the engine off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from npusim.sim import kernels as K
+from npusim.sim.exact_conv import F32_EXACT, InexactError
+
+log = logging.getLogger(__name__)
+
+_STATE: dict = {}  # "ok": engine usable in this process (tested once); "calls"
+_SPOT_PIXELS = 4  # output pixels recomputed in int64 per call (a misplacement moves most)
+_PAIR_MAX = 2 ** 15 - 1  # vpmaddubsw: two adjacent u8 x s8 products summed, saturated to int16
+_RADIX = 64  # weight split on pair-saturating CPUs: 2 * 255 * 32 <= _PAIR_MAX
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln for ln in f if ln.startswith("flags")), "").split()
+    except OSError:
+        return []
+
+
+_EXACT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def _cpu_has_exact_int8() -> bool:
+    """VNNI or AMX: int8 dot products accumulate in int32 with no saturating intermediate."""
+    return any(f in _cpu_flags() for f in _EXACT_FLAGS)
+
+
+def _cpu_int8_kind() -> str | None:
+    """"exact" (VNNI/AMX), "pairs" (AVX2 without VNNI: exact while each pair of adjacent
+    products fits int16) or None (no int8 path in oneDNN worth using)."""
+    flags = _cpu_flags()
+    if any(f in flags for f in _EXACT_FLAGS):
+        return "exact"
+    return "pairs" if "avx2" in flags else None
+
+
+def engine_available() -> bool:
+    """Whether the exact int8 engine can be used in this process (checked and tested once)."""
+    if "ok" not in _STATE:
+        _STATE["ok"] = False
+        if os.environ.get("NPUSIM_INT8_ENGINE", "1") == "0":
+            return False
+        kind = _cpu_int8_kind()
+        if kind is None:
+            log.info("int8 engine off: the CPU reports no AVX2/VNNI/AMX; using the float engine")
+            return False
+        _STATE["kind"] = kind
+        try:
+            _STATE["ok"] = _self_test(127 if kind == "exact" else _RADIX)
+        except Exception as e:  # no torch, or no oneDNN quantized conv in this build
+            log.info("int8 engine unavailable (%s); using the float engine", e)
+            return False
+        if not _STATE["ok"]:
+            log.warning("int8 engine failed its exactness self-test; using the float engine")
+    return _STATE["ok"]
+
+
+@dataclass(frozen=True)
+class Int8Conv:
+    """A conv's weights prepared for the engine.
+
+    Output columns (q of them): the O weights' outputs, then (with `signs`) the O sums of the
+    positive products (inputs are ``>= zp_x`` then, so the negative products sum to
+    ``positive - output``). Inputs enter as ``x - sub`` in uint8 with
+    zero point ``zp_x - sub`` (padding reads the zero point). With `radix` the packed conv has
+    2q columns, ``wq = radix * hi + lo``, recombined before anything reads the sums.
+    """
+
+    packed: object  # the prepacked oneDNN weight (torch tensor)
+    wq: np.ndarray  # (q, C/groups, kh, kw) int64: the weights of every output column
+    o: int
+    sub: int
+    zp_x: int
+    kh: int
+    kw: int
+    stride: int
+    padding: int
+    groups: int
+    signs: bool
+    wnz: np.ndarray  # (C, kh, kw) int64: non-zero weights each input position meets
+    radix: int = 0  # 0: wq packed as it is; else the hi/lo split
+    subsample: int = 1  # > 1: a 1x1 conv run at stride 1 on x[:, ::stride, ::stride]
+
+    @property
+    def q(self) -> int:
+        return self.wq.shape[0]
+
+
+def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_x: int,
+                      lo: int, hi: int, signs: bool = False) -> Int8Conv | None:
+    """Prepare `w` (O, C/groups, kh, kw) for raw inputs in [lo, hi] with zero point zp_x, or
+    None when the engine cannot prove the conv exact (or is unavailable).
+
+    `signs` adds the positive product sums (needs ``x - zp_x >= 0``, groups == 1)."""
+    w = np.asarray(w, np.int64)
+    if w.size == 0 or w.min() < -128 or w.max() > 127:
+        return None
+    sub = min(lo, zp_x)
+    if max(hi, zp_x) - sub > 255:
+        return None
+    # oneDNN returned garbage for outputs that lie wholly in the padding (padding >= kernel,
+    # found by the spot check); such layers take the float engine
+    if padding and padding >= min(w.shape[2], w.shape[3]):
+        return None
+    if signs and (lo < zp_x or groups > 1):
+        return None
+    o = w.shape[0]
+    xmax = max(hi - zp_x, zp_x - lo)
+    if xmax * int(np.abs(w.reshape(o, -1)).sum(axis=1).max()) >= F32_EXACT:
+        return None
+    if not engine_available():
+        return None
+    # on AVX2 (no VNNI) oneDNN's strided 1x1 conv (it gathers the strided input into a
+    # scratch buffer) gave wrong sums with 2 threads, at random batch sizes (found by the
+    # column-sum check on an AMD EPYC): there the input is subsampled first and the conv
+    # runs at stride 1 (a 1x1 conv reaches the engine only without padding)
+    subsample = stride if (_STATE.get("kind") == "pairs" and stride > 1
+                           and w.shape[2] == w.shape[3] == 1) else 1
+    wq = np.concatenate([w, np.maximum(w, 0)]) if signs else w
+    packed, radix = wq, 0
+    u_max = max(hi, zp_x) - sub  # the largest uint8 value the conv multiplies (padding: zp)
+    if _STATE.get("kind") == "pairs" and 2 * u_max * int(np.abs(wq).max()) > _PAIR_MAX:
+        radix = _RADIX
+        hi_part = np.floor_divide(wq + radix // 2, radix)  # lo = wq - radix * hi in [-32, 31]
+        # per group, its hi columns then its lo columns (the layout `_combine` reads back)
+        split = np.stack([hi_part, wq - radix * hi_part]).reshape(2, groups, -1, *wq.shape[1:])
+        packed = split.transpose(1, 0, *range(2, split.ndim)).reshape(-1, *wq.shape[1:])
+        if xmax * int(np.abs(packed).reshape(len(packed), -1).sum(axis=1).max()) >= F32_EXACT:
+            return None
+    cg = w.shape[1]
+    wnz = (w != 0).reshape(groups, o // groups, cg, *w.shape[2:]).sum(axis=1)
+    return Int8Conv(_pack(packed, zp_x - sub, stride // subsample, padding, groups), wq, o, sub,
+                    zp_x, w.shape[2], w.shape[3], stride, padding, groups, signs,
+                    wnz.reshape(groups * cg, *w.shape[2:]).astype(np.int64), radix, subsample)
+
+
+def _pack(wq: np.ndarray, zp_u8: int, stride: int, padding: int, groups: int):
+    import torch
+
+    return torch.ops.onednn.qconv_prepack(
+        torch.from_numpy(np.ascontiguousarray(wq, np.int8)), torch.ones(wq.shape[0]), 1.0,
+        zp_u8, [stride, stride], [padding, padding], [1, 1], groups, None)
+
+
+def _run(xu: np.ndarray, zp_u8: int, packed, q: int, stride: int, padding: int,
+         groups: int) -> np.ndarray:
+    """The oneDNN conv of uint8 NHWC `xu` (zero point zp_u8): float32 (N, Ho, Wo, q)."""
+    import torch
+
+    tx = torch.from_numpy(np.ascontiguousarray(xu)).permute(0, 3, 1, 2)  # NCHW view, NHWC data
+    y = torch.ops.onednn.qconv2d_pointwise(
+        tx, 1.0, zp_u8, packed, torch.ones(q), torch.zeros(q, dtype=torch.int64), None,
+        [stride] * 2, [padding] * 2, [1, 1], groups, 1.0, 0, torch.float32, "none", [], "")
+    y = y.permute(0, 2, 3, 1)
+    return (y if y.is_contiguous() else y.contiguous()).numpy()
+
+
+@dataclass
+class Int8Result:
+    """The engine's raw sums: ``g`` (N*Ho*Wo, q) float32 (exact integers), per column the
+    image-weighted sum of the outputs an exact engine must produce (`verify`), and the number
+    of products with both operands non-zero."""
+
+    g: np.ndarray
+    expected: np.ndarray  # (q,) int64: sum over images b of (1 + b % 4) * (column sums of b)
+    nonzero_macs: int
+
+    def verify(self, sums: np.ndarray) -> None:
+        """Raise InexactError unless `sums` (N, q), the column sums of `g` per image, match."""
+        if not np.array_equal(_image_weights(len(sums)) @ sums, self.expected):
+            raise InexactError("int8 engine: output sums disagree with the input window sums")
+
+
+def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Result:
+    """The exact sums of raw channels-last inputs `x` (N, H, W, C; any integer dtype; values in
+    the range the plan was prepared for) under `plan`. Spot-checked here; call
+    ``result.verify`` with the per-image column sums of ``g`` (the epilogue computes them)."""
+    n, _, _, c = x.shape
+    ho, wo = out_hw
+    x = np.ascontiguousarray(x)
+    xu = x if (x.dtype == np.uint8 and plan.sub == 0) else K.to_u8_kernel(
+        x.reshape(-1), plan.sub, np.empty(x.size, np.uint8)).reshape(x.shape)
+    q, sk = plan.q, plan.subsample
+    g = _run(xu[:, ::sk, ::sk] if sk > 1 else xu, plan.zp_x - plan.sub, plan.packed,
+             2 * q if plan.radix else q, plan.stride // sk, plan.padding,
+             plan.groups).reshape(n * ho * wo, -1)
+    if plan.radix:  # radix * hi + lo: a multiple of 64 plus an integer, exact below 2^24
+        g = _combine(g, plan)
+    # window sums of x - zp (images weighted 1..4, so values moved between images are seen
+    # too) and of (x != zp) per weight position: one check per column over the batch
+    s = np.empty((1, plan.kh, plan.kw, c), np.int64)
+    cnt = np.zeros((plan.kh, plan.kw, c), np.int64)
+    s[0] = 0
+    K.window_sums_kernel(x, plan.zp_x, plan.stride, plan.padding, ho, wo, s[0], cnt)
+    expected = np.empty((1, plan.q), np.int64)
+    K.column_sums_kernel(s, plan.wq, plan.o // plan.groups, plan.o, expected)
+    nonzero = int((cnt.transpose(2, 0, 1) * plan.wnz).sum())
+    _spot_check(x, plan, out_hw, g)
+    return Int8Result(g, expected[0], nonzero)
+
+
+def _combine(g: np.ndarray, plan: Int8Conv) -> np.ndarray:
+    """Columns (per group) [hi | lo] of the split conv back to ``radix * hi + lo``."""
+    og = plan.q // plan.groups
+    parts = g.reshape(len(g), plan.groups, 2, og)
+    out = parts[:, :, 0] * np.float32(plan.radix)
+    out += parts[:, :, 1]
+    return out.reshape(len(g), plan.q)
+
+
+def _image_weights(n: int) -> np.ndarray:
+    return 1 + np.arange(n, dtype=np.int64) % 4
+
+
+def _spot_check(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], g: np.ndarray) -> None:
+    """Recompute a few output pixels (every column) in int64 and compare."""
+    m = g.shape[0]
+    # different pixels each call, reproducibly: a multiplicative hash of a call counter
+    calls = _STATE["calls"] = _STATE.get("calls", 0) + 1
+    picks = np.unique((calls * 2654435761 + np.arange(_SPOT_PIXELS, dtype=np.int64)
+                       * 40503) % m)
+    got = np.empty((len(picks), plan.q), np.int64)
+    K.conv_pixels_nhwc_kernel(x, plan.wq, plan.zp_x, plan.stride, plan.padding, plan.groups,
+                              plan.o, out_hw[0], out_hw[1], picks, got)
+    if not np.array_equal(got, g[picks].astype(np.int64)):
+        raise InexactError("int8 engine: a spot-checked output pixel disagrees with int64")
+
+
+def _ref_nhwc(x, w, zp, stride, padding, groups):
+    """int64 conv of NHWC `x` (padding at zp) with `w` (O, C/g, kh, kw): (N, Ho, Wo, O)."""
+    xs = np.pad(x.astype(np.int64) - zp, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    o, cg, kh, kw = w.shape
+    win = np.lib.stride_tricks.sliding_window_view(xs, (kh, kw), axis=(1, 2))[:, ::stride,
+                                                                             ::stride]
+    og = o // groups
+    outs = []
+    for gi in range(groups):
+        part = win[:, :, :, gi * cg:(gi + 1) * cg]  # (n, ho, wo, cg, kh, kw)
+        outs.append(np.einsum("nhwcij,ocij->nhwo", part, w[gi * og:(gi + 1) * og]))
+    return np.concatenate(outs, axis=3)
+
+
+def _self_test(w_max: int = 127) -> bool:
+    """Random and extreme operands (weights up to `w_max`) over the configurations the
+    simulator dispatches."""
+    rng = np.random.default_rng(1234)
+    cases = [  # (n, c, h, o, k, stride, pad, groups, lo, hi, zp)
+        (2, 3, 7, 5, 3, 1, 1, 1, 0, 255, 0), (1, 16, 9, 16, 3, 2, 1, 1, -128, 127, 0),
+        (3, 8, 5, 4, 1, 1, 0, 1, 0, 255, 7), (2, 8, 6, 8, 3, 1, 1, 8, 0, 255, 0),
+        (1, 64, 4, 24, 3, 1, 1, 1, 0, 255, 0), (2, 5, 1, 3, 1, 1, 0, 1, -100, 100, -3),
+    ]
+    w_min = -128 if w_max == 127 else -w_max
+    for n, c, h, o, k, s, p, g, lo, hi, zp in cases:
+        sub = min(lo, zp)
+        for xv, wv in [(hi, w_max), (hi, w_min), (lo, w_max), (None, None)]:
+            if xv is None:
+                x = rng.choice(np.array([lo, hi, zp, (lo + hi) // 2]), size=(n, h, h, c))
+                w = rng.choice(np.array([w_min, w_max, -1, 0, 1]),
+                               size=(o, c // g, k, k))
+            else:
+                x = np.full((n, h, h, c), xv)
+                w = np.full((o, c // g, k, k), wv)
+            y = _run((x - sub).astype(np.uint8), zp - sub, _pack(w, zp - sub, s, p, g), o, s, p,
+                     g)
+            if not np.array_equal(y.astype(np.int64), _ref_nhwc(x, w, zp, s, p, g)):
+                return False
+    return True

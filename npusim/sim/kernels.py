@@ -1,0 +1,370 @@
+"""Private numba kernels of the simulator. Call them only through `npusim.sim.simulator`.
+
+All integer work is int64 with explicit wrap/saturate to the modelled widths (DESIGN §2); the
+only floats are in the `float` requantization mode and the int8 engine's sums, which arrive
+as float32 holding exact integers (`npusim.sim.int8_engine`). Activations are channels last
+(N, H, W, C) in narrow dtypes; the order-faithful conv kernels take NCHW int64 copies. The rounding and wrap rules come from
+`npusim.ir.arith`, compiled into these kernels, so simulator and training library share them.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from npusim.ir.arith import requant_channels, requant_one, wrap
+
+EXACT, WRAP, SATURATE = 0, 1, 2
+MODE_CODES = {"exact": EXACT, "wrap": WRAP, "saturate": SATURATE}
+OS, WS = 0, 1  # accumulation orders: one running sum, or chunks of `rows` down a column
+ORDER_CODES = {"os": OS, "ws": WS, "is": WS}
+
+_I64_MAX = np.iinfo(np.int64).max
+_I64_MIN = np.iinfo(np.int64).min
+
+
+@numba.njit(inline="always")
+def _level_add(held, v, bits, mode):
+    """One addition at a level: returns (new value, 1 if the exact result overflowed)."""
+    s = held + v
+    hi = (1 << (bits - 1)) - 1
+    lo = -hi - 1
+    if s > hi or s < lo:
+        if mode == WRAP:
+            s = wrap(s, bits)
+        elif mode == SATURATE:
+            s = hi if s > hi else lo
+        return s, 1
+    return s, 0
+
+
+@numba.njit(inline="always")
+def _accumulate_point(x, w, bias, b, o, oy, ox, c0, stride, zp_x, order, rows,
+                      pe_bits, pe_mode, acc_bits, acc_mode):
+    """Order-faithful accumulation of one output (DESIGN §2): bias preloaded at the acc level;
+    `os` adds each product in k order at acc_bits; `ws`/`is` sums chunks of `rows` products
+    from 0 at pe_bits, then adds each chunk in order at acc_bits. Returns (acc, pe, acc events)."""
+    cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    acc, acc_ovf = _level_add(0, bias[o], acc_bits, acc_mode)
+    pe_ovf = 0
+    ps = 0
+    cnt = 0
+    for c in range(cg):
+        for i in range(kh):
+            for j in range(kw):
+                p = (x[b, c0 + c, oy * stride + i, ox * stride + j] - zp_x) * w[o, c, i, j]
+                if order == OS:
+                    acc, f = _level_add(acc, p, acc_bits, acc_mode)
+                    acc_ovf += f
+                else:
+                    ps, f = _level_add(ps, p, pe_bits, pe_mode)
+                    pe_ovf += f
+                    cnt += 1
+                    if cnt == rows:
+                        acc, f = _level_add(acc, ps, acc_bits, acc_mode)
+                        acc_ovf += f
+                        ps = 0
+                        cnt = 0
+    if order != OS and cnt > 0:
+        acc, f = _level_add(acc, ps, acc_bits, acc_mode)
+        acc_ovf += f
+    return acc, pe_ovf, acc_ovf
+
+
+@numba.njit(parallel=True, cache=True)
+def conv_kernel(x, w, bias, stride, groups, zp_x, order, rows, pe_bits, pe_mode, acc_bits,
+                acc_mode, out, events):
+    """Order-faithful integer convolution of pre-padded `x` (N, C, Hp, Wp) with `w`
+    (O, C/groups, kh, kw): accumulators into `out` (N, O, Ho, Wo), events (N, 2) per image."""
+    N = x.shape[0]
+    O = w.shape[0]
+    Ho, Wo = out.shape[2], out.shape[3]
+    og = O // groups
+    cg = w.shape[1]
+    for b in numba.prange(N):
+        pe_tot = 0
+        acc_tot = 0
+        for o in range(O):
+            c0 = (o // og) * cg
+            for oy in range(Ho):
+                for ox in range(Wo):
+                    acc, pe_ovf, acc_ovf = _accumulate_point(
+                        x, w, bias, b, o, oy, ox, c0, stride, zp_x, order, rows,
+                        pe_bits, pe_mode, acc_bits, acc_mode)
+                    out[b, o, oy, ox] = acc
+                    pe_tot += pe_ovf
+                    acc_tot += acc_ovf
+        events[b, 0] = pe_tot
+        events[b, 1] = acc_tot
+
+
+@numba.njit(parallel=True, cache=True)
+def conv_points_kernel(x, w, bias, stride, groups, zp_x, order, rows, pe_bits, pe_mode,
+                       acc_bits, acc_mode, points, vals, events):
+    """`conv_kernel` for a list of outputs only: points (M, 4) = (n, o, oy, ox)."""
+    og = w.shape[0] // groups
+    cg = w.shape[1]
+    for m in numba.prange(points.shape[0]):
+        b, o, oy, ox = points[m, 0], points[m, 1], points[m, 2], points[m, 3]
+        acc, pe_ovf, acc_ovf = _accumulate_point(
+            x, w, bias, b, o, oy, ox, (o // og) * cg, stride, zp_x, order, rows,
+            pe_bits, pe_mode, acc_bits, acc_mode)
+        vals[m] = acc
+        events[m, 0] = pe_ovf
+        events[m, 1] = acc_ovf
+
+
+@numba.njit(parallel=True, cache=True)
+def pool_kernel(x, kernel, stride, is_max, zp_x, m0, nshift, mf, scale_float, code, mbits,
+                zp_y, lo, hi, out):
+    """Channels-last pooling of pre-padded `x` (N, Hp, Wp, C) into `out` (N, Ho, Wo, C): max
+    (exact; x padded with the int64 minimum) or average (sum of x - zp_x over the window, then
+    requantized with M = s_in / (k*k*s_out))."""
+    N, C = x.shape[0], x.shape[3]
+    Ho, Wo = out.shape[1], out.shape[2]
+    for t in numba.prange(N * Ho):
+        b = t // Ho
+        oy = t - b * Ho
+        acc = np.empty(C, np.int64)
+        for ox in range(Wo):
+            for c in range(C):
+                acc[c] = _I64_MIN if is_max else 0
+            for i in range(kernel):
+                for j in range(kernel):
+                    src = x[b, oy * stride + i, ox * stride + j]
+                    for c in range(C):
+                        v = np.int64(src[c])
+                        if is_max:
+                            if v > acc[c]:
+                                acc[c] = v
+                        else:
+                            acc[c] += v - zp_x
+            dst = out[b, oy, ox]
+            for c in range(C):
+                dst[c] = acc[c] if is_max else requant_one(acc[c], m0, nshift, mf, scale_float,
+                                                           code, mbits, zp_y, lo, hi)
+
+
+@numba.njit(parallel=True, cache=True)
+def embed_kernel(x, lut, out):
+    """Channels last: out[n, h, w, c*d + j] = lut[c, x[n, h, w, c], j]."""
+    N, H, W, C = x.shape
+    d = lut.shape[2]
+    for t in numba.prange(N * H):
+        b = t // H
+        h = t - b * H
+        for w_ in range(W):
+            for c in range(C):
+                p = x[b, h, w_, c]
+                for j in range(d):
+                    out[b, h, w_, c * d + j] = lut[c, p, j]
+
+
+@numba.njit(parallel=True, cache=True)
+def to_u8_kernel(x, sub, out):
+    """out = x - sub as uint8 (the caller has proved the values fit)."""
+    for i in numba.prange(x.shape[0]):
+        out[i] = np.int64(x[i]) - sub
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def window_sums_kernel(x, zp_x, stride, pad, ho, wo, s, cnt):
+    """For channels-last `x` (N, H, W, C) and each weight position (i, j) of a kh x kw conv
+    (`s`, `cnt`: (kh, kw, C)): ``s[i, j, c]`` = the sum, images weighted ``1 + n % 4``, of
+    ``x - zp_x`` and ``cnt[i, j, c]`` the number of inputs ``!= zp_x``, over the input
+    positions that weight position meets across all outputs (padding contributes nothing).
+    One pass folds the images, then strided 2-D prefix sums answer every position."""
+    N, H, W, C = x.shape
+    kh, kw = s.shape[0], s.shape[1]
+    ps = np.zeros((H + stride, W + stride, C), np.int64)  # offset by `stride`
+    pc = np.zeros((H + stride, W + stride, C), np.int64)
+    for y in numba.prange(H):
+        for b in range(N):
+            r = 1 + b % 4
+            for x_ in range(W):
+                src = x[b, y, x_]
+                for c in range(C):
+                    v = np.int64(src[c]) - zp_x
+                    ps[y + stride, x_ + stride, c] += r * v
+                    pc[y + stride, x_ + stride, c] += v != 0
+    for y in range(stride, H + stride):
+        for x_ in range(stride, W + stride):
+            for c in range(C):
+                ps[y, x_, c] += ps[y - stride, x_, c] + ps[y, x_ - stride, c] \
+                    - ps[y - stride, x_ - stride, c]
+                pc[y, x_, c] += pc[y - stride, x_, c] + pc[y, x_ - stride, c] \
+                    - pc[y - stride, x_ - stride, c]
+    for i in range(kh):
+        o0 = max(0, (pad - i + stride - 1) // stride)
+        o1 = min(ho - 1, (H - 1 + pad - i) // stride)
+        for j in range(kw):
+            q0 = max(0, (pad - j + stride - 1) // stride)
+            q1 = min(wo - 1, (W - 1 + pad - j) // stride)
+            if o1 < o0 or q1 < q0:
+                continue
+            y0, y1 = o0 * stride + i - pad + stride, o1 * stride + i - pad + stride
+            x0, x1 = q0 * stride + j - pad + stride, q1 * stride + j - pad + stride
+            for c in range(C):
+                s[i, j, c] = ps[y1, x1, c] - ps[y0 - stride, x1, c] \
+                    - ps[y1, x0 - stride, c] + ps[y0 - stride, x0 - stride, c]
+                cnt[i, j, c] = pc[y1, x1, c] - pc[y0 - stride, x1, c] \
+                    - pc[y1, x0 - stride, c] + pc[y0 - stride, x0 - stride, c]
+
+
+@numba.njit(cache=True)  # small: int64 in numba (an int64 NumPy matmul is slow, BLAS threads
+def column_sums_kernel(s, wq, og, o_n, out):  # would spin against torch's and numba's)
+    """out[n, j] = sum over (i, j', c) of s[n, i, j', c] * wq[j, c, i, j'], column j reading the
+    channels of its group: the sum of column j's outputs over an image, from window sums."""
+    N, kh, kw, C = s.shape
+    q, cg = wq.shape[0], wq.shape[1]
+    for b in range(N):
+        for jq in range(q):
+            c0 = ((jq % o_n) // og) * cg
+            acc = 0
+            for i in range(kh):
+                for j in range(kw):
+                    for c in range(cg):
+                        acc += s[b, i, j, c0 + c] * wq[jq, c, i, j]
+            out[b, jq] = acc
+
+
+@numba.njit(cache=True)  # a few pixels: a parallel launch would cost more than the work
+def conv_pixels_nhwc_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, picks, got):
+    """Exact int64 sums of the output pixels `picks` (flat m = (n, oy, ox)) for every weight
+    column of `wq` (q, C/groups, kh, kw); channels-last `x`, padding at zp_x. Column j reads
+    the channels of group (j mod o_n) // (o_n / groups)."""
+    H, W = x.shape[1], x.shape[2]
+    q, cg, kh, kw = wq.shape
+    og = o_n // groups
+    for t in range(picks.shape[0]):
+        m = picks[t]
+        b = m // (ho * wo)
+        p = m - b * ho * wo
+        oy = p // wo
+        ox = p - oy * wo
+        for jq in range(q):
+            c0 = ((jq % o_n) // og) * cg
+            acc = 0
+            for i in range(kh):
+                iy = oy * stride + i - pad
+                if iy < 0 or iy >= H:
+                    continue
+                for j in range(kw):
+                    ix = ox * stride + j - pad
+                    if ix < 0 or ix >= W:
+                        continue
+                    for c in range(cg):
+                        acc += (np.int64(x[b, iy, ix, c0 + c]) - zp_x) * wq[jq, c, i, j]
+            got[t, jq] = acc
+
+
+@numba.njit(inline="always")
+def _signed_bits(lo, hi):
+    """Smallest signed width holding [lo, hi] (lo <= 0 <= hi)."""
+    v = max(hi, -lo - 1)
+    b = 1
+    for step in (32, 16, 8, 4, 2, 1):
+        if v >= (1 << step):
+            v >>= step
+            b += step
+    return b + (1 if v > 0 else 0)
+
+
+@numba.njit(parallel=True, cache=True)
+def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq, m0, nsh,
+                         mf, scale_float, code, mbits, zp, lo, hi, out, need_acc, need_pe,
+                         mnmx, sums):
+    """Accumulators ``acc = g + bias`` from the engine's sums `g` (M, q) (float32 or integer;
+    rows m = (n, pixel); columns: o_n outputs, then with `risk` o_n positive-product sums
+    ``pos``, the negative ones being ``neg = pos - g``) into channels-last `out` (M, o_n) (any
+    integer dtype that holds the values), requantized when `do_rq`. With `risk`, the bits
+    each output's bounds need, `need_acc` for ``[bias - neg, bias + pos]`` (every running sum
+    at the acc level) and `need_pe` for ``[-neg, pos]`` (every chunk sum at the pe level),
+    (M, o_n) uint8; an output is flagged when its bound leaves `acc_bits` (or `pe_bits`, with
+    `pe_risk`): its value here is provisional, to be replaced.
+
+    Tasks are (image, block of pixels); per task partials: `mnmx` (N, B, o_n, 4) min and max of
+    all accumulators, then of those not flagged, and `sums` (N, B, q) the sum of every column
+    (the engine's check)."""
+    N = mnmx.shape[0]
+    B = mnmx.shape[1]
+    q = g.shape[1]
+    per = (pixels + B - 1) // B
+    for t in numba.prange(N * B):
+        b = t // B
+        blk = t - b * B
+        mn = np.full(o_n, _I64_MAX, np.int64)
+        mx = np.full(o_n, _I64_MIN, np.int64)
+        mnu = np.full(o_n, _I64_MAX, np.int64)  # over the outputs not flagged
+        mxu = np.full(o_n, _I64_MIN, np.int64)
+        sm = np.zeros(q, np.int64)
+        row = np.empty(q, np.int64)
+        ri = np.empty(q, np.int32)
+        acc = np.empty(o_n, np.int64)
+        for p in range(blk * per, min(pixels, (blk + 1) * per)):
+            m = b * pixels + p
+            gm = g[m]
+            for j in range(q):  # the sums are below 2^24: int32 converts 8 or 16 lanes at once
+                ri[j] = np.int32(gm[j])
+            for j in range(q):
+                row[j] = ri[j]
+            for j in range(q):
+                sm[j] += row[j]
+            for o in range(o_n):
+                acc[o] = row[o] + bias[o]
+            for o in range(o_n):
+                mn[o] = min(mn[o], acc[o])
+                mx[o] = max(mx[o], acc[o])
+            if risk:
+                for o in range(o_n):
+                    pos = row[o_n + o]
+                    neg = pos - row[o]
+                    na = _signed_bits(min(bias[o] - neg, 0), max(bias[o] + pos, 0))
+                    npe = _signed_bits(-neg, pos)
+                    need_acc[m, o] = na
+                    need_pe[m, o] = npe
+                    if not (na > acc_bits or (pe_risk and npe > pe_bits)):
+                        mnu[o] = min(mnu[o], acc[o])
+                        mxu[o] = max(mxu[o], acc[o])
+            if do_rq:
+                requant_channels(acc, out[m], m0, nsh, mf, scale_float, code, mbits, zp, lo, hi)
+            else:
+                dst = out[m]
+                for o in range(o_n):
+                    dst[o] = acc[o]
+        for o in range(o_n):
+            mnmx[b, blk, o, 0] = mn[o]
+            mnmx[b, blk, o, 1] = mx[o]
+            mnmx[b, blk, o, 2] = mnu[o] if risk else mn[o]
+            mnmx[b, blk, o, 3] = mxu[o] if risk else mx[o]
+        for j in range(q):
+            sums[b, blk, j] = sm[j]
+
+
+@numba.njit(parallel=True, cache=True)
+def requant_points_kernel(vals, chan, m0, nsh, mf, scale_float, code, mbits, zp, lo, hi, out):
+    """out[k] = requant of vals[k] with the parameters of channel chan[k]."""
+    for k in numba.prange(vals.shape[0]):
+        c = chan[k]
+        out[k] = requant_one(vals[k], m0[c], nsh[c], mf[c], scale_float, code, mbits, zp, lo, hi)
+
+
+@numba.njit(parallel=True, cache=True)
+def nonzero_count_kernel(x, zp_x, out):
+    """out[c, h, w] = number of images whose input at (c, h, w) differs from zp_x."""
+    N, C, H, W = x.shape
+    for c in numba.prange(C):
+        for h in range(H):
+            for w_ in range(W):
+                out[c, h, w_] = 0
+        for b in range(N):
+            for h in range(H):
+                for w_ in range(W):
+                    out[c, h, w_] += x[b, c, h, w_] != zp_x
+
+
+__all__ = ["conv_kernel", "conv_points_kernel", "pool_kernel", "embed_kernel", "to_u8_kernel",
+           "window_sums_kernel", "column_sums_kernel", "conv_pixels_nhwc_kernel",
+           "gemm_epilogue_kernel",
+           "requant_points_kernel", "nonzero_count_kernel", "MODE_CODES", "ORDER_CODES"]

@@ -1,0 +1,145 @@
+"""The shared integer arithmetic against the independent oracle (tests/npusim/naive.py)."""
+
+import math
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from npusim.ir import arith as A
+from tests.npusim import naive
+
+CODES = {"half_away": A.TFLITE_DOUBLE, "half_up": A.HALF_UP, "half_even": A.HALF_EVEN}
+SHIFT_CODES = {"half_away": A.HALF_AWAY, "half_up": A.HALF_UP, "half_even": A.HALF_EVEN}
+
+_requant_nb = numba.njit(lambda acc, m0, n, code, b: A.requant_fixed(acc, m0, n, code, b))
+_shift_nb = numba.njit(lambda x, s, code: A.rounding_shift(x, s, code))
+_float_nb = numba.njit(lambda acc, m, zp, lo, hi: A.requant_float(acc, m, zp, lo, hi))
+
+
+@st.composite
+def requant_case(draw):
+    b = draw(st.sampled_from([8, 12, 16, 24, 32]))
+    acc_bits = draw(st.integers(2, 64 - b - 2))
+    acc = draw(st.integers(-(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1))
+    m0 = draw(st.integers(0, (1 << (b - 1)) - 1))
+    n = draw(st.integers(max(0, b - 1 - (62 - acc_bits - b)), 62))
+    return acc, m0, n, b
+
+
+@settings(max_examples=400, deadline=None)
+@given(requant_case(), st.sampled_from(sorted(CODES)))
+def test_requant_fixed_matches_oracle_numpy_and_numba(case, rounding):
+    acc, m0, n, b = case
+    expect = naive.requant_fixed(acc, m0, n, rounding, b)
+    code = CODES[rounding]
+    assert int(A.requant_fixed(np.int64(acc), m0, n, code, b)) == expect
+    assert int(A.requant_fixed(np.array([acc], np.int64), m0, n, code, b)[0]) == expect
+    assert _requant_nb(acc, m0, n, code, b) == expect
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-(1 << 40), 1 << 40), st.integers(-8, 40), st.sampled_from(sorted(SHIFT_CODES)))
+def test_rounding_shift_matches_oracle(x, s, rounding):
+    expect = naive.round_shift(x, s, rounding)
+    assert int(A.rounding_shift(np.int64(x), s, SHIFT_CODES[rounding])) == expect
+    assert _shift_nb(x, s, SHIFT_CODES[rounding]) == expect
+
+
+@pytest.mark.parametrize("rounding", sorted(SHIFT_CODES))
+def test_rounding_shift_exact_ties(rounding):
+    # every x/4 with a .5 fractional part, both signs, plus the per-channel (array) shift path
+    xs = np.array([2, 6, 10, -2, -6, -10, 3, -3], np.int64)
+    got = A.rounding_shift(xs, np.full(len(xs), 2), SHIFT_CODES[rounding])
+    assert got.tolist() == [naive.round_shift(int(x), 2, rounding) for x in xs]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-(1 << 31), (1 << 31) - 1), st.floats(1e-6, 4.0), st.integers(-20, 20))
+def test_requant_float_matches_oracle(acc, m, zp):
+    mf = np.float32(m)
+    expect = naive.requant_float(acc, mf, zp, -128, 127)
+    assert int(A.requant_float(np.int64(acc), mf, zp, -128, 127)) == expect
+    assert _float_nb(acc, mf, zp, -128, 127) == expect
+
+
+def test_requant_float_ties_round_half_even():
+    acc = np.array([5, 7, -5, -7, 1], np.int64)
+    assert A.requant_float(acc, np.float32(0.5), 0, -128, 127).tolist() == [2, 4, -2, -4, 0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-(1 << 50), 1 << 50), st.integers(2, 48))
+def test_wrap_and_saturate_match_oracle(v, bits):
+    assert int(A.wrap(np.int64(v), bits)) == naive.wrap(v, bits)
+    assert int(A.saturate(np.int64(v), bits)) == naive.saturate(v, bits)
+    assert bool(A.out_of_range(np.int64(v), bits)) == (not naive.fits(v, bits))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(2.0 ** -60, 2.0 ** 20, allow_subnormal=False))
+def test_decompose_multiplier_is_tflite_quantize_multiplier(m):
+    q31, shift = naive.quantize_multiplier_tflite(m)
+    assume(q31 != 0)
+    m0, n = A.decompose_multiplier(m, "fixed", 32, 62)
+    assert (m0, n) == (q31, 31 - shift)
+
+
+@pytest.mark.parametrize("m, expect", [
+    (0.5, (1 << 30, 31)), (1.0, (1 << 30, 30)), (0.75, (3 << 29, 31)),
+    (1 - 2.0 ** -40, (1 << 30, 30)), (0.0, (0, 0)),
+])
+def test_decompose_multiplier_golden(m, expect):
+    assert A.decompose_multiplier(m) == expect
+
+
+def test_decompose_multiplier_respects_max_shift_and_bits():
+    m = 0.3
+    m0, n = A.decompose_multiplier(m, "fixed", 8, 62)
+    assert 0 < m0 < 128 and abs(m0 * 2.0 ** -n - m) <= 2.0 ** -n / 2
+    m0, n = A.decompose_multiplier(2.0 ** -40, "fixed", 32, 40)
+    assert n == 40 and m0 == 1
+    assert A.decompose_multiplier(2.0 ** -45, "fixed", 32, 40) == (0, 0)
+    with pytest.raises(ValueError, match="too large"):
+        A.decompose_multiplier(2.0 ** 40, "fixed", 16, 62)
+    with pytest.raises(ValueError):
+        A.decompose_multiplier(-1.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(2.0 ** -30, 8.0))
+def test_pow2_decomposition_is_nearest_in_log_domain(m):
+    m0, n = A.decompose_multiplier(m, "pow2")
+    assert m0 == 1
+    assert abs(-n - math.log2(m)) <= 0.5 + 1e-12
+
+
+def test_bounds():
+    assert A.bits_needed(-128, 127) == 8 and A.bits_needed(0, 128) == 9 and A.bits_needed(0, 0) == 1
+    # A2Q: an 8-bit unsigned input and a 16-bit accumulator allow ||q||_1 <= 32767 / 256
+    assert A.a2q_l1_limit(16, 8, False) == pytest.approx(32767 / 256)
+    assert A.a2q_plus_l1_limit(16, 8) == pytest.approx((2 ** 16 - 2) / 255)
+    # the data-type bound holds the true worst case of K products of 8-bit x 8-bit numbers
+    k = 576
+    worst = k * 255 * 128
+    assert A.dtype_bound_bits(k, 8, False, 8) >= A.bits_needed(-worst, worst - 1)
+
+
+# TFLite MultiplyByQuantizedMultiplier golden vectors, worked by hand (B = 32):
+#   M = 0.5  -> (m0, n) = (2^30, 31): SRDHM(a, 2^30) = round_half_up(a/2), no RDBPOT step
+#   M = 0.25 -> (2^30, 32): SRDHM rounds a/2 half up, then RDBPOT(., 1) rounds half away
+@pytest.mark.parametrize("acc, m0, n, expect, single_half_up", [
+    (3, 1 << 30, 31, 2, 2),     # 1.5: SRDHM ties up -> 2
+    (-3, 1 << 30, 31, -1, -1),  # -1.5: SRDHM ties toward +inf -> -1
+    (5, 1 << 30, 32, 2, 1),     # 1.25: SRDHM(5) = 2.5 -> 3, RDBPOT(3, 1) = 1.5 -> 2 (single: 1)
+    (-5, 1 << 30, 32, -1, -1),  # -1.25: SRDHM(-5) = -2.5 -> -2, RDBPOT(-2, 1) = -1
+    (-7, 1 << 30, 32, -2, -2),  # -1.75: SRDHM(-7) = -3.5 -> -3, RDBPOT(-3, 1) = -1.5 -> -2
+    (1, 1378618563, 32, 1, 0),  # 0.321: SRDHM(1) = round(0.642) = 1, RDBPOT(1, 1) = 0.5 -> 1
+    (3, 1 << 30, 29, 6, 6),     # M = 2: shift = +1, left shift then SRDHM: 3*2 = 6
+])
+def test_tflite_double_rounding_golden(acc, m0, n, expect, single_half_up):
+    assert int(A.requant_fixed(np.int64(acc), m0, n, A.TFLITE_DOUBLE, 32)) == expect
+    assert _requant_nb(acc, m0, n, A.TFLITE_DOUBLE, 32) == expect
+    assert int(A.requant_fixed(np.int64(acc), m0, n, A.HALF_UP, 32)) == single_half_up

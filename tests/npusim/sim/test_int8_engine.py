@@ -1,0 +1,286 @@
+"""The exact int8 engine (`npusim.sim.int8_engine`) against independent references.
+
+The engine is oneDNN's int8 convolution with float32 output (exact integers below 2^24), in
+channels-last layout, with positive/negative product sums as extra columns, per-image column
+sums checked against window sums of the input, and a spot check. Every piece is checked here
+against a plain int64 NumPy convolution, on random shapes and on the extreme values where
+int8 arithmetic breaks (-128, 255 x 127 pairs, zero points, padding, groups).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from npusim.sim import int8_engine
+from npusim.hw.config import NPUConfig
+from npusim.sim.exact_conv import InexactError, exact_conv2d
+from npusim.sim.int8_engine import engine_available, int8_conv, prepare_int8_conv
+from npusim.sim.simulator import Simulator
+from tests.npusim import naive
+from tests.npusim.programs import conv_program
+
+NATIVE = engine_available()
+
+
+def _emulated_pack(wq, zp_u8, stride, padding, groups):
+    return np.asarray(wq, np.int64)
+
+
+def _emulated_run(xu, zp_u8, packed, q, stride, padding, groups):
+    """What oneDNN returns, computed in int64: float32 sums (exact below 2^24)."""
+    return int8_engine._ref_nhwc(xu, packed, zp_u8, stride, padding, groups).astype(np.float32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def engine():
+    """oneDNN where the CPU makes it exact (VNNI/AMX); elsewhere the same engine with its
+    conv emulated in int64, so that everything around the conv (packing of sign columns,
+    window-sum verification, spot checks, the fused epilogue, bound bits, re-simulation,
+    sharing between configurations) is tested on every machine."""
+    if NATIVE:
+        yield "onednn"
+        return
+    saved = dict(int8_engine._STATE)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(int8_engine, "_pack", _emulated_pack)
+        mp.setattr(int8_engine, "_run", _emulated_run)
+        int8_engine._STATE["ok"] = True
+        try:
+            yield "emulated"
+        finally:
+            int8_engine._STATE.clear()
+            int8_engine._STATE.update(saved)
+
+
+def ref_conv(x, w, stride, padding, groups=1, pad_value=0):
+    """int64 NCHW conv by explicit windows (padding with `pad_value`)."""
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (padding, padding), (padding, padding)),
+                constant_values=pad_value)
+    o, cg, kh, kw = w.shape
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::stride,
+                                                                                ::stride]
+    og = o // groups
+    return np.concatenate([np.einsum("nchwij,ocij->nohw", win[:, g * cg:(g + 1) * cg],
+                                     w[g * og:(g + 1) * og].astype(np.int64))
+                           for g in range(groups)], axis=1)
+
+
+@st.composite
+def int8_case(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    c = groups * draw(st.integers(1, 4))
+    o = groups * draw(st.integers(1, 3))
+    k = draw(st.sampled_from([1, 2, 3]))
+    stride = draw(st.integers(1, 3))
+    pad = draw(st.integers(0, 2))
+    h = draw(st.integers(max(k - 2 * pad, 1), 7))
+    wd = draw(st.integers(max(k - 2 * pad, 1), 7))
+    n = draw(st.integers(1, 3))
+    lo, hi = draw(st.sampled_from([(0, 255), (-128, 127), (0, 15), (-8, 7), (3, 200), (-255, 0)]))
+    zp = draw(st.sampled_from([0, 0, 3, -5, 128]))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    x = rng.choice([lo, hi, min(max(0, lo), hi), rng.integers(lo, hi + 1)], size=(n, c, h, wd)) + zp
+    w = rng.choice([-128, 127, -127, 0, 1, rng.integers(-128, 128)], size=(o, c // groups, k, k))
+    return x.astype(np.int64), w.astype(np.int64), stride, pad, groups, zp, (lo + zp, hi + zp)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(int8_case(), st.booleans())
+def test_engine_sums_equal_int64_reference(case, signs):
+    """Sums, positive product sums, the check sums and the non-zero count: exact
+    for any zero point, padding (which reads the zero point), stride and groups."""
+    x, w, stride, pad, groups, zp, (lo, hi) = case
+    plan = prepare_int8_conv(w, stride, pad, groups, zp, lo, hi, signs=signs)
+    if plan is None:  # refused: a span over 255, a sign split it cannot do, an f32 bound
+        assert (max(hi, zp) - min(lo, zp) > 255) or (pad and pad >= w.shape[2]) or (
+            signs and (lo < zp or groups > 1))
+        return
+    ho = (x.shape[2] + 2 * pad - w.shape[2]) // stride + 1
+    wo = (x.shape[3] + 2 * pad - w.shape[3]) // stride + 1
+    n, o = x.shape[0], w.shape[0]
+    res = int8_conv(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), plan, (ho, wo))
+    g = res.g.astype(np.int64).reshape(n, ho, wo, -1).transpose(0, 3, 1, 2)
+    xs = x - zp
+    np.testing.assert_array_equal(g[:, :o], ref_conv(xs, w, stride, pad, groups))
+    if signs:
+        assert g.shape[1] == 2 * o
+        np.testing.assert_array_equal(g[:, o:], ref_conv(xs, np.maximum(w, 0), stride, pad))
+    res.verify(g.sum(axis=(2, 3)))
+    if g.size and np.any(g):  # the check must see a changed value
+        bad = g.sum(axis=(2, 3))
+        bad[-1, np.argmax(np.abs(bad[-1]))] += 1
+        with pytest.raises(InexactError):
+            res.verify(bad)
+    # products with both operands non-zero, counted one by one
+    nz = ref_conv((xs != 0).astype(np.int64), (w != 0).astype(np.int64), stride, pad, groups)
+    assert res.nonzero_macs == int(nz.sum())
+
+
+def test_refuses_what_int8_or_float32_cannot_hold():
+    assert prepare_int8_conv(np.full((1, 1, 1, 1), 200), 1, 0, 1, 0, 0, 255) is None  # weight
+    assert prepare_int8_conv(np.ones((1, 1, 1, 1)), 1, 0, 1, 0, -200, 200) is None  # span
+    big = np.full((1, 600, 3, 3), 127)  # 255 * 127 * 5400 >= 2^24
+    assert prepare_int8_conv(big, 1, 0, 1, 0, 0, 255) is None
+    ok = np.full((1, 500, 1, 1), 127)  # 255 * 127 * 500 < 2^24
+    assert prepare_int8_conv(ok, 1, 0, 1, 0, 0, 255) is not None
+
+
+def _case(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(2, 6, 6, 3))
+    w = rng.integers(-127, 128, size=(4, 3, 3, 3))
+    return x, w, prepare_int8_conv(w, 1, 1, 1, 0, 0, 255)
+
+
+def test_verification_catches_one_wrong_value(monkeypatch):
+    """One output off by 3 (what a saturating intermediate would do): the column sums fail."""
+    x, w, plan = _case()
+    real = int8_engine._run
+
+    def saturating(*a):
+        y = real(*a).copy()
+        y[1, 4, 2, 3] -= 3
+        return y
+
+    monkeypatch.setattr(int8_engine, "_run", saturating)
+    monkeypatch.setattr(int8_engine, "_spot_check", lambda *a: None)  # the sums alone
+    res = int8_conv(x, plan, (6, 6))
+    with pytest.raises(InexactError):
+        res.verify(res.g.astype(np.int64).reshape(2, 36, -1).sum(axis=1))
+
+
+def test_spot_check_catches_misplaced_values(monkeypatch):
+    """Rows and columns of the output swapped (the sums cannot see it): the spot check does."""
+    x, w, plan = _case()
+    real = int8_engine._run
+    monkeypatch.setattr(int8_engine, "_run", lambda *a: np.ascontiguousarray(
+        real(*a).transpose(0, 2, 1, 3)))
+    with pytest.raises(InexactError):
+        int8_conv(x, plan, (6, 6))
+
+
+def test_a_failed_check_falls_back_to_the_float_engine(monkeypatch, caplog):
+    """An engine result its checks reject never reaches the user: the layer is recomputed
+    with the float engine (simulator and exact_conv2d), with a warning."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, size=(2, 3, 6, 6))
+    w = rng.integers(-127, 128, size=(4, 3, 3, 3))
+    bias = rng.integers(-3000, 3000, size=4)
+    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
+    cfg = NPUConfig.preset("edge16")
+    good = Simulator(cfg).run(prog, x).outputs["y"]
+    real = int8_engine._run
+
+    def wrong(*a):
+        y = real(*a).copy()
+        y[0, 2, 3, 1] += 1
+        return y
+
+    monkeypatch.setattr(int8_engine, "_run", wrong)
+    with caplog.at_level("WARNING"):
+        np.testing.assert_array_equal(Simulator(cfg).run(prog, x).outputs["y"], good)
+        np.testing.assert_array_equal(exact_conv2d(x, w, 1, 1), ref_conv(x, w, 1, 1))
+    assert sum("recomputed with the float engine" in r.message for r in caplog.records) == 2
+
+
+def test_exact_conv2d_uses_the_engine_and_agrees(monkeypatch):
+    rng = np.random.default_rng(1)
+    x = rng.integers(-128, 128, size=(3, 8, 9, 9))
+    w = rng.integers(-128, 128, size=(5, 8, 3, 3))
+    calls = []
+    real = int8_engine._run
+    monkeypatch.setattr(int8_engine, "_run", lambda *a: calls.append(1) or real(*a))
+    got = exact_conv2d(x, w, 2, 1)
+    assert calls
+    np.testing.assert_array_equal(got, ref_conv(x, w, 2, 1))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2 ** 32 - 1), st.sampled_from(["os", "ws"]), st.integers(10, 22),
+       st.sampled_from(["exact", "wrap", "saturate"]), st.booleans())
+def test_simulator_int8_engine_equals_float_engine_and_oracle(seed, dataflow, bits, mode, relu):
+    """The simulator's int8 path (fused requant, risk bounds from sign columns, re-simulation)
+    against the float engine and the oracle: values and overflow events."""
+    rng = np.random.default_rng(seed)
+    x = rng.choice([0, 255, rng.integers(0, 256)], size=(2, 3, 6, 6))
+    w = rng.choice([-127, 127, 0, rng.integers(-127, 128)], size=(4, 3, 3, 3))
+    bias = rng.integers(-3000, 3000, size=4)
+    cfg = NPUConfig.preset("edge16").with_overrides({
+        "array.dataflow": dataflow, "array.rows": 5, "precision.acc_bits": max(bits, 17),
+        "precision.pe_acc_bits": max(bits, 17), "precision.overflow": mode})
+    for requant in (False, True):
+        prog = conv_program(w, bias, x.shape[1:], padding=1, requant=requant, y_signed=not relu)
+        sim = Simulator(cfg)
+        assert sim.plan(prog)[0].prep is not None
+        fast = sim.run(prog, x)
+        saved = dict(int8_engine._STATE)
+        try:
+            int8_engine._STATE["ok"] = False
+            flt = Simulator(cfg).run(prog, x)
+        finally:
+            int8_engine._STATE.update(saved)
+        np.testing.assert_array_equal(fast.outputs["y"], flt.outputs["y"])
+        cols = ["pe_overflows", "acc_overflows", "nonzero_macs", "acc_min", "acc_max",
+                "sequential_outputs"]
+        assert fast.stats[cols].equals(flt.stats[cols])
+        if not requant:
+            b = max(bits, 17)
+            ref, pe_ovf, acc_ovf = naive.conv2d_acc(x, w, bias, 1, 1, 1, 0, dataflow=dataflow,
+                                                    rows=5, pe_bits=b, pe_mode=mode, acc_bits=b,
+                                                    acc_mode=mode)
+            np.testing.assert_array_equal(fast.outputs["y"], ref)
+            row = fast.stats.iloc[0]
+            assert row["acc_overflows"] == acc_ovf
+            if dataflow == "ws":
+                assert row["pe_overflows"] == pe_ovf
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2 ** 32 - 1), st.booleans())
+def test_run_many_equals_separate_runs(seed, requant):
+    """A sweep sharing engine sums (`run_many`) gives every configuration exactly its own
+    run."""
+    from npusim.sim.simulator import run_many
+
+    rng = np.random.default_rng(seed)
+    x = rng.choice([0, 255, rng.integers(0, 256)], size=(3, 3, 5, 5))
+    w = rng.choice([-127, 127, 0, rng.integers(-127, 128)], size=(4, 3, 3, 3))
+    bias = rng.integers(-3000, 3000, size=4)
+    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=requant)
+    base = NPUConfig.preset("edge16")
+    cfgs = [base] + [base.with_overrides({"precision.acc_bits": b, "precision.pe_acc_bits": b,
+                                          "precision.overflow": m, "array.dataflow": d})
+                     for b in (17, 19, 32) for m in ("wrap", "saturate") for d in ("os", "ws")]
+    many = run_many([Simulator(c) for c in cfgs], prog, x, batch_size=2)
+    for cfg, got in zip(cfgs, many):
+        one = Simulator(cfg).run(prog, x, batch_size=2)
+        np.testing.assert_array_equal(got.outputs["y"], one.outputs["y"])
+        assert got.stats.equals(one.stats)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(int8_case())
+def test_pair_saturating_cpus_split_wide_weights_and_stay_exact(case):
+    """On AVX2 without VNNI (pairs of u8 x s8 products saturate at int16) a conv whose pairs
+    could pass 2^15 - 1 runs as ``64 * hi + lo``, and a strided 1x1 conv at stride 1 on the
+    subsampled input; the sums stay exact either way."""
+    x, w, stride, pad, groups, zp, (lo, hi) = case
+    saved = dict(int8_engine._STATE)
+    int8_engine._STATE["kind"] = "pairs"
+    try:
+        plan = prepare_int8_conv(w, stride, pad, groups, zp, lo, hi)
+    finally:
+        int8_engine._STATE.clear()
+        int8_engine._STATE.update(saved)
+    if plan is None:
+        return
+    u_max = max(hi, zp) - min(lo, zp)
+    assert plan.radix == (64 if 2 * u_max * np.abs(w).max() > 2 ** 15 - 1 else 0)
+    assert plan.subsample == (stride if stride > 1 and w.shape[2] == w.shape[3] == 1 else 1)
+    ho = (x.shape[2] + 2 * pad - w.shape[2]) // stride + 1
+    wo = (x.shape[3] + 2 * pad - w.shape[3]) // stride + 1
+    res = int8_conv(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), plan, (ho, wo))
+    g = res.g.astype(np.int64).reshape(x.shape[0], ho, wo, -1).transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(g, ref_conv(x - zp, w, stride, pad, groups))
+    res.verify(g.sum(axis=(2, 3)))
