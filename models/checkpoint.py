@@ -19,12 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from npusim.errors import UserError
+
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "NPUSIM_CACHE"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint file or its sidecar is missing or malformed."""
 
 

@@ -10,6 +10,7 @@ from torch import nn
 from models.mobilenetv2 import mobilenetv2, mobilenetv2_cifar
 from models.resnet_cifar import check_model_args, resnet8, resnet14, resnet20, resnet32, resnet56
 from models.resnet_imagenet import resnet18, resnet34
+from npusim.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def create_model(
 ) -> nn.Module:
     """Build the registered model ``name``; ValueError for an unknown name or bad arguments."""
     if name not in MODEL_REGISTRY:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+        raise UserError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     check_model_args(num_classes, in_channels, width)
     logger.info("creating model %s (num_classes=%d, in_channels=%d, width=%s)", name,
                 num_classes, in_channels, width)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from models.layers import Add, ConvBNAct, InputNorm
+from npusim.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +36,14 @@ def check_model_args(num_classes: int, in_channels: int, width: float) -> None:
     """Raise ValueError naming the argument when num_classes, in_channels or width is invalid."""
     for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            raise UserError(f"{name} must be an integer >= 1, got {value!r}")
     if (
         isinstance(width, bool)
         or not isinstance(width, (int, float))
         or not math.isfinite(width)
         or width <= 0
     ):
-        raise ValueError(f"width must be a finite number > 0, got {width!r}")
+        raise UserError(f"width must be a finite number > 0, got {width!r}")
 
 
 def scale_channels(channels: int, width: float) -> int:

@@ -12,11 +12,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from npusim.errors import UserError
+
 Method = Literal["ste", "pact", "lsq", "lglsq", "dsq"]
 Bits = int
 
 
-class QuantConfigError(ValueError):
+class QuantConfigError(UserError):
     """An invalid quantization configuration (one line naming the field)."""
 
 

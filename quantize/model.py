@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.layers import Add, ConvBNAct, InputNorm
+from npusim.errors import UserError
 from quantize.a2q import A2QQuantizer, bias_limit
 from quantize.config import EmbeddingConfig, QuantConfig
 from quantize.embedding import QEmbed, first_conv_init
@@ -43,7 +44,7 @@ _LEAVES = (InputNorm, ConvBNAct, Add, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvg
            nn.Flatten, nn.Linear, nn.Identity)
 
 
-class QuantizeError(ValueError):
+class QuantizeError(UserError):
     """A model `quantize_model` cannot map onto the NPU (names the module)."""
 
 

@@ -6,6 +6,8 @@ import logging
 
 import typer
 
+from npusim.errors import UserError
+
 app = typer.Typer(
     name="npusim",
     help="Bit-accurate integer NPU simulator and quantization co-design framework.",
@@ -16,7 +18,7 @@ app = typer.Typer(
 )
 
 
-class CLIError(Exception):
+class CLIError(UserError):
     """An error the CLI reports as one line and exit code 2."""
 
 

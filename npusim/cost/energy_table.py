@@ -24,6 +24,8 @@ from typing import Any, Literal, Mapping
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from npusim.errors import UserError
+
 __all__ = [
     "ALIASES",
     "ENTRY_SPECS",
@@ -80,7 +82,7 @@ _ALL_PARAMS = ("value", "c2", "c1", "points")
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
 
-class EnergyTableError(ValueError):
+class EnergyTableError(UserError):
     """A bad energy table or override; the message is one line naming the file and key path."""
 
     def __init__(self, message: object) -> None:

@@ -46,6 +46,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from npusim.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Dataset", "DatasetError", "list_datasets", "load_dataset"]
@@ -59,7 +61,7 @@ SYNTHETIC_NOISE_STD = 40.0  # std (in uint8 grey levels) of the noise around eac
 _Split = tuple[np.ndarray, np.ndarray]
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """Any user-facing dataset failure; the message is always a single line."""
 
     def __init__(self, message: object) -> None:

@@ -24,6 +24,8 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from npusim.errors import UserError
+
 __all__ = [
     "ArrayConfig",
     "ConfigError",
@@ -54,7 +56,7 @@ PRODUCT_REGISTER_BITS = 64
 _MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A bad NPU configuration; the message is always one line naming the file and key path."""
 
     def __init__(self, message: object) -> None:

@@ -19,12 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from npusim.errors import UserError
+
 FORMAT_NAME = "npusim.integer_program"
 FORMAT_VERSION = 1
 METADATA_KEY = "npusim"
 
 
-class ProgramError(ValueError):
+class ProgramError(UserError):
     """An IntegerProgram that is malformed; the message names the file, node and field."""
 
 

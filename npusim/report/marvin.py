@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from npusim.cost.training import TrainingCostModel, compare_training
+from npusim.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,10 @@ def load_run(run_dir: str | Path) -> dict:
     """The tables and metadata of a saved MARViN run (ValueError naming a missing file)."""
     d = Path(run_dir)
     if not d.is_dir():
-        raise ValueError(f"{d}: not a directory (expected a MARViN run written by save_run)")
+        raise UserError(f"{d}: not a directory (expected a MARViN run written by save_run)")
     for f in _FILES:
         if not (d / f).is_file():
-            raise ValueError(f"{d}: {f} not found (expected a MARViN run written by save_run)")
+            raise UserError(f"{d}: {f} not found (expected a MARViN run written by save_run)")
     usage = pd.read_csv(d / "marvin_usage.csv")
     if "weight_float" not in usage:  # runs saved before the column existed: weights are fixed
         usage.insert(4, "weight_float", False)

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from npusim.io import markdown_table, write_csv
-from npusim.sweep.store import ResultsStore
+from npusim.sweep.store import ResultsStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def write_report(store: ResultsStore | str | Path, out_dir: str | Path = "report
 def _write(db: ResultsStore, out: Path, tolerance: float, plots) -> list[Path]:
     df = db.to_frame()
     if not len(df):
-        raise ValueError(f"{db.path}: no results stored yet (run npusim sweep or npusim demo)")
+        raise StoreError(f"{db.path}: no results stored yet (run npusim sweep or npusim demo)")
     out.mkdir(parents=True, exist_ok=True)
     df = _with_setting(df)
     meta = {k: db.get_meta(k) for k in ("command", "timing", "title")}

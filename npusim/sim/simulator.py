@@ -17,6 +17,7 @@ import numba
 import numpy as np
 import pandas as pd
 
+from npusim.errors import UserError
 from npusim.sim import kernels as K
 from npusim.sim.accumulate import LevelSpec, Requant, conv_accumulate, prepare_conv
 from npusim.sim.int8_engine import Int8Conv
@@ -45,7 +46,7 @@ def _stored(y: np.ndarray, spec) -> np.ndarray:
     return y.astype(arith.storage_dtype(*spec.int_range()), copy=False)
 
 
-class SimulationError(ValueError):
+class SimulationError(UserError):
     """The NPU cannot run this program, or the input is wrong; one-line reason."""
 
 

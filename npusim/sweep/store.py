@@ -18,6 +18,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from npusim.errors import UserError
+
 __all__ = ["ResultsStore", "StoreError"]
 
 SCHEMA_VERSION = 1
@@ -33,7 +35,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     """A results database that cannot be opened or is not one of ours (one line)."""
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from npusim.errors import UserError
 from quantize.config import first_error_line
 
 __all__ = ["MarvinConfig", "MarvinConfigError"]
@@ -21,7 +22,7 @@ __all__ = ["MarvinConfig", "MarvinConfigError"]
 DEFAULT_MENU = (4, 6, 8, 12, 16, 24, 32)
 
 
-class MarvinConfigError(ValueError):
+class MarvinConfigError(UserError):
     """An invalid MARViN configuration (one line naming the field)."""
 
 
