@@ -23,9 +23,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from npusim.hw.config import NPUConfig  # noqa: E402
 from npusim.cost import estimate_cost  # noqa: E402
 from npusim.data import load_dataset  # noqa: E402
+from npusim.hw.config import NPUConfig  # noqa: E402
 from npusim.io import markdown_table, write_csv  # noqa: E402
 from npusim.sim.simulator import SimulationError, Simulator  # noqa: E402
 from quantize import QuantConfig, build_program  # noqa: E402

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from npusim.hw.config import NPUConfig
 from npusim.cost import estimate_cost
 from npusim.data import load_dataset
+from npusim.hw.config import NPUConfig
 from npusim.io import markdown_table, write_csv
 from npusim.sim.simulator import SimulationError, Simulator
 from quantize import QuantConfig, build_program

@@ -131,11 +131,11 @@ def _cpu_model() -> str:
 
 def write_table(models: list[str], labels: list[str], args) -> None:
     """Cost every saved run, write reports/marvin.{md,csv} and the figures."""
-    from npusim.hw.config import NPUConfig
     from npusim.cost.training import TrainingCostModel, compare_training, constant_usage
+    from npusim.hw.config import NPUConfig
+    from npusim.io import markdown_table, write_csv
     from npusim.report.marvin import load_run
     from npusim.report.plots import precision_heatmap, training_savings
-    from npusim.io import markdown_table, write_csv
 
     npu = NPUConfig.load(args.npu)
     out = args.out

@@ -20,9 +20,9 @@ import pandas as pd
 import torch
 
 from models.cached import train_float
-from npusim.io import markdown_table
 from models.checkpoint import load_checkpoint
 from npusim.data import load_dataset
+from npusim.io import markdown_table
 from npusim.ir.requant import RequantSettings
 from quantize import QuantConfig, build_program, evaluate
 from quantize.cached import train_qat

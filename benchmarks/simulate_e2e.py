@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from npusim.hw.config import NPUConfig
 from npusim.data import load_dataset
-from npusim.report.inspect import bounds_table
+from npusim.hw.config import NPUConfig
 from npusim.io import markdown_table, write_csv
+from npusim.report.inspect import bounds_table
 from npusim.sim.simulator import Simulator, overflow_rate
 from quantize import QuantConfig, build_program
 from quantize.cached import train_qat

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Literal, Sequence
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 Activation = Literal["relu", "relu6"] | None
 

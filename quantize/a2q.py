@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from quantize.quantizers import LSQQuantizer, _bcast, _clamp_st, _graft, MIN_SCALE
+from quantize.quantizers import MIN_SCALE, LSQQuantizer, _bcast, _clamp_st, _graft
 
 __all__ = ["A2QQuantizer", "A2Q_MODES", "budget", "bias_limit", "l1_ball_projection",
            "l1_budget_violations"]

@@ -401,7 +401,6 @@ def quantize_model(model: nn.Module, config: QuantConfig,
     for name, kind, _, ins in raw:
         for i in ins:
             consumers.setdefault(i, []).append((name, kind))
-    kinds = {name: kind for name, kind, _, _ in raw}
     last_linear = [n for n, k, _, _ in raw if k == "linear"]
     if not last_linear or last_linear[-1] != _through(output, raw):
         raise QuantizeError("the model must end in a Linear classifier (optionally flattened)")

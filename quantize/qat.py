@@ -8,7 +8,8 @@ import math
 import numpy as np
 from torch import nn
 
-from models.training import TrainResult, evaluate as float_evaluate, make_batches, train
+from models.training import TrainResult, make_batches, train
+from models.training import evaluate as float_evaluate
 from npusim.data import Dataset
 from quantize.config import QuantConfig
 from quantize.export import build_program

@@ -45,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the app; a user error is one line (exit 2), a bug exit 1."""
     _debug["on"] = os.environ.get("NPUSIM_DEBUG", "") not in ("", "0")
     try:
-        app(args=argv, standalone_mode=False, prog_name="npusim")
+        # Typer returns (not raises) the code of a typer.Exit, and of Ctrl-C as 130
+        rc = app(args=argv, standalone_mode=False, prog_name="npusim")
     except Exit as e:
-        return e.exit_code
+        rc = e.exit_code
     except (Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
-        return 130
+        rc = 130
     except TyperException as e:  # a usage error: unknown option, bad value, missing argument
         if type(e).__name__ == "NoArgsIsHelpError":
             app(args=["--help"], standalone_mode=False, prog_name="npusim")
@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(f"error: internal error (bug): {type(e).__name__}: {_one_line(e)}"
                    " — rerun with --debug for the traceback", err=True)
         return 1
-    return 0
+    if rc == 130:
+        typer.echo("aborted", err=True)
+    return rc if isinstance(rc, int) else 0
 
 
 def _one_line_usage(e: TyperException) -> str:

@@ -13,8 +13,8 @@ from npusim.cli.common import _fail, app
 @app.command()
 def inspect(program: Path = typer.Argument(..., help="An IntegerProgram file.")) -> None:
     """Print an IntegerProgram's nodes, shapes, bits, scales and shifts."""
-    from npusim.report.inspect import program_table
     from npusim.ir.program import load_program
+    from npusim.report.inspect import program_table
 
     prog = load_program(program)
     typer.echo(f"{program}: {len(prog.nodes)} nodes, input {prog.input} "
@@ -75,8 +75,8 @@ def bounds(
     limit: int = typer.Option(200, min=1, help="Images to observe."),
 ) -> None:
     """Per-layer accumulator bits a program needs: data-type bound, exact weight bound, observed."""
-    from npusim.report.inspect import bounds_table
     from npusim.ir.program import load_program
+    from npusim.report.inspect import bounds_table
 
     prog = load_program(program)
     images = None

@@ -119,8 +119,6 @@ def _observed_table(df: pd.DataFrame, store: ResultsStore) -> pd.DataFrame:
 
 
 def _context_lines(df: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
-    first = df.iloc[0]
-
     def one(col: str) -> str:
         vals = list(dict.fromkeys(str(v) for v in df[col].dropna())) if col in df else []
         return ", ".join(vals) if vals else "-"

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from models.training import (_default_groups, evaluate, make_batches, set_input_stats)
+from models.training import _default_groups, evaluate, make_batches, set_input_stats
 from npusim.data import Dataset
 from quantize.marvin.config import MarvinConfig
 from quantize.marvin.controller import PrecisionController

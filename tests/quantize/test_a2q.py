@@ -7,8 +7,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from npusim.hw.config import NPUConfig
 from npusim.data import load_dataset
+from npusim.hw.config import NPUConfig
 from npusim.report.inspect import bounds_table
 from npusim.sim.simulator import Simulator
 from quantize import QuantConfig, QuantConfigError, QuantizeError, build_program

@@ -5,12 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import create_model
-from models.training import set_input_stats
-from npusim.hw.config import NPUConfig
 from npusim.cost import estimate_cost
 from npusim.cost.estimate import action_counts
 from npusim.data import load_dataset
+from npusim.hw.config import NPUConfig
 from npusim.ir.program import load_program, save_program
 from npusim.sim.simulator import Simulator
 from quantize import QuantConfig, QuantConfigError, QuantizeError, build_program, quantize_model

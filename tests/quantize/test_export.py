@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from models import create_model
 from models.training import set_input_stats
-from npusim.hw.config import NPUConfig
 from npusim.data import load_dataset
+from npusim.hw.config import NPUConfig
 from npusim.ir.program import ProgramError, load_program, save_program
 from npusim.sim.simulator import Simulator
 from quantize import QuantConfig, build_program, calibrate, evaluate, export_program, quantize_model

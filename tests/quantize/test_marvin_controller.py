@@ -6,8 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from quantize.marvin import (MarvinConfig, MarvinConfigError, PrecisionController, attach,
-                             fixed_point_kl, frac_bits_for, marvin_layers, propose_word_bits)
+from quantize.marvin import (
+    MarvinConfig,
+    MarvinConfigError,
+    PrecisionController,
+    attach,
+    fixed_point_kl,
+    frac_bits_for,
+    marvin_layers,
+    propose_word_bits,
+)
 
 
 def ref_kl(w: np.ndarray, wl: int, bins: int = 256) -> float:

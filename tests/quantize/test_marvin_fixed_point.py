@@ -9,8 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from quantize.marvin.fixed_point import (fixed_grad, frac_bits_for, int_limits, quantize_fixed,
-                                         vanish_threshold)
+from quantize.marvin.fixed_point import (
+    fixed_grad,
+    frac_bits_for,
+    int_limits,
+    quantize_fixed,
+    vanish_threshold,
+)
 
 
 def ref_nearest(x: np.ndarray, wl: int, fl: int) -> np.ndarray:

@@ -4,7 +4,6 @@ accept, and the CLI writes the run's files."""
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -12,8 +11,17 @@ from torch import nn
 
 from models import create_model
 from npusim.data import load_dataset
-from quantize.marvin import (MarvinConfig, attach, detach, frac_bits_for, layer_geometry,
-                             marvin_layers, quantize_fixed, save_run, train_marvin)
+from quantize.marvin import (
+    MarvinConfig,
+    attach,
+    detach,
+    frac_bits_for,
+    layer_geometry,
+    marvin_layers,
+    quantize_fixed,
+    save_run,
+    train_marvin,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,14 @@
-"""The command line: help, a bad argument's exit code and one-line message."""
+"""The command line: help; exit codes (0 ok, 2 a user error in one line, 1 a bug, 130 interrupted);
+--debug; the train/export/inspect/simulate/bounds flow."""
 
 import subprocess
 import sys
 
 import pytest
 
+import npusim.hw.config
 from npusim.cli.app import main
+from npusim.hw.config import ConfigError
 
 
 def run(*args, env=None):
@@ -94,3 +97,50 @@ def test_qat_with_a2q_quant_config_and_bounds(tmp_path, monkeypatch, capsys):
     assert main(["bounds", str(p)]) == 0
     out = capsys.readouterr().out
     assert "trained_acc_bits" in out and "fits_trained_width" in out and "False" not in out
+
+
+def _presets_raising(monkeypatch, exc: BaseException) -> None:
+    def boom():
+        raise exc
+    monkeypatch.setattr(npusim.hw.config, "list_presets", boom)
+
+
+def test_an_internal_error_is_a_bug_in_one_line_exit_1(monkeypatch, capsys):
+    monkeypatch.delenv("NPUSIM_DEBUG", raising=False)
+    _presets_raising(monkeypatch, KeyError("macs"))
+    assert main(["presets"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: internal error (bug): KeyError: 'macs'") and "--debug" in err[0]
+
+
+@pytest.mark.parametrize("how", ["option", "env"])
+def test_debug_prints_the_traceback_of_a_bug(how, monkeypatch, capsys):
+    _presets_raising(monkeypatch, KeyError("macs"))
+    if how == "env":
+        monkeypatch.setenv("NPUSIM_DEBUG", "1")
+    assert main(["--debug", "presets"] if how == "option" else ["presets"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "in boom" in err
+    assert err.strip().splitlines()[-1].startswith("error: internal error (bug): KeyError")
+    monkeypatch.delenv("NPUSIM_DEBUG", raising=False)
+    assert main(["presets"]) == 1  # --debug does not stick to the next call
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_user_error_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("NPUSIM_DEBUG", raising=False)
+    _presets_raising(monkeypatch, ConfigError("edge16.toml: array.rows:\n  expected an integer >= 1"))
+    assert main(["presets"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: edge16.toml: array.rows: expected an integer >= 1"]
+    missing = tmp_path / "missing.safetensors"
+    assert main(["inspect", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and str(missing) in err[0]
+
+
+def test_interrupt_exits_130(monkeypatch, capsys):
+    _presets_raising(monkeypatch, KeyboardInterrupt())
+    assert main(["presets"]) == 130
+    assert "Traceback" not in capsys.readouterr().err

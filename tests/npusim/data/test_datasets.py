@@ -127,7 +127,8 @@ def test_import_is_torch_free():
         "assert 'torch' not in sys.modules, 'load'\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from npusim.report import plots
 from npusim.cli.app import main
+from npusim.report import plots
 from npusim.report.sweep_report import FIGURES, write_report
 from npusim.sweep import ResultsStore
 

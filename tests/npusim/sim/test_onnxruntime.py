@@ -1,7 +1,6 @@
 """Agreement with an independent engine: ONNX Runtime's QLinearConv, bit for bit (float mode)."""
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
@@ -9,8 +8,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from npusim.hw.config import NPUConfig
-from npusim.sim.int8_engine import _cpu_has_exact_int8
 from npusim.ir.requant import RequantSettings
+from npusim.sim.int8_engine import _cpu_has_exact_int8
 from npusim.sim.simulator import Simulator
 from tests.npusim.programs import conv_program
 
@@ -18,8 +17,6 @@ from tests.npusim.programs import conv_program
 def ort_qlinearconv(x, w, bias, s_x, zp_x, s_w, s_y, zp_y, stride, pad, groups):
     """Run one QLinearConv (uint8 x, int8 w, int32 bias, uint8 y) in ONNX Runtime."""
     o = w.shape[0]
-    ho = (x.shape[2] + 2 * pad - w.shape[2]) // stride + 1
-    wo = (x.shape[3] + 2 * pad - w.shape[3]) // stride + 1
     per_channel = np.ndim(s_w) > 0
     inits = [
         helper.make_tensor("x_scale", TensorProto.FLOAT, [], [s_x]),

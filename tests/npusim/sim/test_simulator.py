@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from npusim.hw.config import NPUConfig
-from npusim.ir.program import IntegerProgram, Node, TensorSpec
+from npusim.ir.program import Node, TensorSpec
 from npusim.ir.requant import RequantSettings, node_requant
 from npusim.sim.simulator import SimulationError, Simulator
 from tests.npusim import naive
