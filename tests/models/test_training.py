@@ -19,6 +19,7 @@ def synth():
     return load_dataset("synthetic", "train", **kw), load_dataset("synthetic", "test", **kw)
 
 
+@pytest.mark.slow
 def test_one_epoch_smoke_training_learns(synth):
     train_set, test_set = synth
     model = create_model("resnet8", num_classes=4, in_channels=1, width=0.5)
@@ -33,6 +34,7 @@ def test_one_epoch_smoke_training_learns(synth):
     assert torch.allclose(model.input_norm.mean, torch.tensor(train_set.mean, dtype=torch.float32))
 
 
+@pytest.mark.slow
 def test_training_is_deterministic(synth):
     train_set, _ = synth
     outs = []
@@ -56,6 +58,7 @@ def test_augmentation_translates_and_keeps_values():
     assert set(np.unique(aug.numpy())) <= set(np.unique(plain.numpy())) | {0.0}
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip(tmp_path, synth):
     model = create_model("resnet8", num_classes=4, in_channels=1, width=0.5)
     train(model, synth[0], epochs=1, batch_size=64)
@@ -93,6 +96,7 @@ def test_checkpoint_refuses_pickled_objects(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_train_float_reuses_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("NPUSIM_CACHE", str(tmp_path))
     kw = dict(model="resnet8", data="digits", epochs=1, width=0.25, batch_size=256)

@@ -178,6 +178,7 @@ def test_export_refuses_a_broken_budget(digits, monkeypatch):
         build_program(q)
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(p=st.integers(10, 16), mode=st.sampled_from(["a2q", "a2q+"]), bits=st.sampled_from([2, 3, 4]),

@@ -105,6 +105,7 @@ def test_lookup_table_round_trips_through_export_and_simulation(emb, digits, tmp
     np.testing.assert_array_equal(res.logits, run_integer(back, images))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, shape", [("mobilenetv2_cifar", (3, 16, 16)), ("resnet18", (3, 32, 32))])
 def test_every_models_first_layer_takes_an_embedding(name, shape):
     kw = dict(n=32, num_classes=10, shape=shape, seed=1)

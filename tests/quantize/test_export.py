@@ -48,8 +48,11 @@ def test_folding_preserves_the_float_function(digits):
     torch.testing.assert_close(folded, ref, rtol=1e-5, atol=1e-5)  # borders included
 
 
-@pytest.mark.parametrize("name, shape", [("resnet8", None), ("mobilenetv2_cifar", (3, 16, 16)),
-                                         ("resnet18", (3, 32, 32))])
+@pytest.mark.parametrize("name, shape", [
+    ("resnet8", None),
+    pytest.param("mobilenetv2_cifar", (3, 16, 16), marks=pytest.mark.slow),
+    pytest.param("resnet18", (3, 32, 32), marks=pytest.mark.slow),
+])
 def test_every_model_quantizes_exports_and_simulates_bit_exactly(name, shape, digits):
     train, test = digits
     if shape is not None:  # a synthetic RGB set with the right shape

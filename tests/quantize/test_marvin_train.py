@@ -57,6 +57,7 @@ def test_attach_keeps_state_dict_and_quantizes_all_three_gemms():
     assert type(lin) is nn.Linear and not marvin_layers(model)
 
 
+@pytest.mark.slow
 def test_train_records_history_usage_and_returns_a_float_model(data, tmp_path):
     train_set, test_set = data
     net = tiny(train_set)
@@ -86,6 +87,7 @@ def test_fixed_master_weights_stay_on_the_grid(data):
         assert torch.equal(w, quantize_fixed(w, 8, m.marvin.frac_bits))
 
 
+@pytest.mark.slow
 def test_after_marvin_the_model_goes_through_qat_and_export(data, tmp_path):
     from npusim.ir.program import load_program
     from quantize import QuantConfig, evaluate, export_program, prepare_qat, qat_train
@@ -101,6 +103,7 @@ def test_after_marvin_the_model_goes_through_qat_and_export(data, tmp_path):
     assert len(load_program(tmp_path / "m.safetensors").nodes) == len(prog.nodes)
 
 
+@pytest.mark.slow
 def test_cli_train_marvin_and_report(tmp_path, monkeypatch, capsys):
     from npusim.cli.app import main
 

@@ -35,6 +35,7 @@ def test_bad_arguments_exit_2_with_one_line(args, field, capsys):
     assert len(err) == 1 and err[0].startswith("error:") and field in err[0]
 
 
+@pytest.mark.slow
 def test_train_command_writes_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NPUSIM_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "m.pt"
@@ -45,6 +46,7 @@ def test_train_command_writes_checkpoint(tmp_path, monkeypatch, capsys):
     assert "test top-1" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_qat_export_inspect_simulate_bounds_flow(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NPUSIM_CACHE", str(tmp_path / "cache"))
     f, q, p = tmp_path / "f.pt", tmp_path / "q.pt", tmp_path / "p.safetensors"
@@ -83,6 +85,7 @@ def test_entry_point_reports_a_missing_file_in_one_line(tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_qat_with_a2q_quant_config_and_bounds(tmp_path, monkeypatch, capsys):
     """--quant-config adds A2Q (the CLI's --wbits/--abits fill the keys the file leaves out);
     `npusim bounds` then shows the width each layer was trained for, and that it fits."""

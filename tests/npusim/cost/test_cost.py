@@ -219,6 +219,7 @@ def run(*args):
                           text=True)
 
 
+@pytest.mark.slow
 def test_cli_sources_lists_every_entry_with_a_source():
     res = run("cost", "--sources")
     assert res.returncode == 0, res.stderr
@@ -245,6 +246,7 @@ def test_cli_cost_on_a_tiny_program(tmp_path, capsys):
     assert (tmp_path / "cost_baselines.csv").is_file()
 
 
+@pytest.mark.slow
 def test_cli_cost_errors_are_one_line(tmp_path):
     path = save_program(residual_program(), tmp_path / "tiny.safetensors")
     res = run("cost", str(path), "--set", "precision.bogus=3")

@@ -212,6 +212,7 @@ def test_user_table_by_path_round_trips(tmp_path):
     assert t.energy("int_mul", bw=8, ba=8) == pytest.approx(0.2, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_import_cost_is_torch_and_numba_free():
     code = ("import sys, npusim.cost; "
             "bad = [m for m in ('torch', 'numba') if m in sys.modules]; "

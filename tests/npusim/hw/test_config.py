@@ -102,6 +102,7 @@ def test_toml_round_trip_optional_and_dict_fields(tmp_path):
     assert NPUConfig.from_toml(path) == cfg
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(
     description=st.text(max_size=30),
@@ -348,6 +349,7 @@ def test_parse_set_option_duplicate_key():
 
 # ------------------------------------------------------------------------ imports
 
+@pytest.mark.slow
 def test_import_config_does_not_import_torch_or_numba():
     code = ("import sys, npusim.hw.config; "
             "bad = [m for m in ('torch', 'numba') if m in sys.modules]; "

@@ -29,6 +29,7 @@ def requant_case(draw):
     return acc, m0, n, b
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(requant_case(), st.sampled_from(sorted(CODES)))
 def test_requant_fixed_matches_oracle_numpy_and_numba(case, rounding):

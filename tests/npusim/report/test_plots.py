@@ -146,6 +146,7 @@ def _store(tmp_path) -> ResultsStore:
     return st
 
 
+@pytest.mark.slow
 def test_report_writes_figures_and_an_index_and_keeps_other_files(tmp_path):
     out = tmp_path / "reports"
     out.mkdir()
@@ -165,6 +166,7 @@ def test_report_writes_figures_and_an_index_and_keeps_other_files(tmp_path):
     assert "npusim demo --test" in index and "| acc_bits |" in index
 
 
+@pytest.mark.slow
 def test_cli_report_and_plot(tmp_path, capsys):
     with _store(tmp_path):
         pass
@@ -183,6 +185,7 @@ def test_cli_report_and_plot(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing.sqlite")]) == 2
 
 
+@pytest.mark.slow
 def test_importing_plots_and_sweep_stays_lean():
     code = ("import sys, npusim, npusim.report.plots, npusim.sweep, npusim.report.sweep_report; "
             "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; "

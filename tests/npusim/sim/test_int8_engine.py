@@ -85,6 +85,7 @@ def int8_case(draw):
     return x.astype(np.int64), w.astype(np.int64), stride, pad, groups, zp, (lo + zp, hi + zp)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(int8_case(), st.booleans())
 def test_engine_sums_equal_int64_reference(case, signs):
@@ -160,6 +161,7 @@ def test_spot_check_catches_misplaced_values(monkeypatch):
         int8_conv(x, plan, (6, 6))
 
 
+@pytest.mark.slow
 def test_a_failed_check_falls_back_to_the_float_engine(monkeypatch, caplog):
     """An engine result its checks reject never reaches the user: the layer is recomputed
     with the float engine (simulator and exact_conv2d), with a warning."""
@@ -196,6 +198,7 @@ def test_exact_conv2d_uses_the_engine_and_agrees(monkeypatch):
     np.testing.assert_array_equal(got, ref_conv(x, w, 2, 1))
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2 ** 32 - 1), st.sampled_from(["os", "ws"]), st.integers(10, 22),
        st.sampled_from(["exact", "wrap", "saturate"]), st.booleans())
@@ -236,6 +239,7 @@ def test_simulator_int8_engine_equals_float_engine_and_oracle(seed, dataflow, bi
                 assert row["pe_overflows"] == pe_ovf
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2 ** 32 - 1), st.booleans())
 def test_run_many_equals_separate_runs(seed, requant):

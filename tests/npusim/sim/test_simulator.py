@@ -49,6 +49,7 @@ def conv_case(draw):
                 x_signed=x_signed, w_bits=w_bits)
 
 
+@pytest.mark.slow
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(conv_case(), st.sampled_from(["os", "ws", "is"]), st.integers(1, 5),
        st.sampled_from(MODES), st.sampled_from(MODES), st.integers(0, 8), st.integers(0, 8),
@@ -77,6 +78,7 @@ def test_conv_accumulators_match_oracle(case, dataflow, rows, pe_mode, acc_mode,
         assert (row["pe_overflows"], row["acc_overflows"]) == (pe_ovf, acc_ovf)
 
 
+@pytest.mark.slow
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(conv_case(), st.sampled_from(["half_away", "half_up", "half_even"]),
        st.sampled_from(["fixed", "pow2", "float"]), st.sampled_from([8, 16, 32]),
@@ -141,6 +143,7 @@ def _add_program(shape, sa, sb, sy, relu=False, rq=None):
     return finish(nodes, tensors, {}, "a", ["y"], rq.to_dict() if rq else None)
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(st.floats(0.001, 0.5), st.floats(0.001, 0.5), st.floats(0.001, 0.5), st.integers(0, 20),
        st.sampled_from(["half_away", "half_up", "half_even"]), st.booleans(), st.integers(0, 2 ** 31))
@@ -293,6 +296,7 @@ def test_exact_conv2d_is_exact_where_fast_algorithms_are_not():
     np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["int8 where it can", "float only"])
 def test_run_many_shares_and_equals_separate_runs_on_a_network(engine, monkeypatch):
     """A width sweep over a whole ResNet-8 (adds, pooling, classifier) through `run_many`:

@@ -128,6 +128,7 @@ def test_cli_sweep_rejects_bad_axes_with_one_line(args, needle, capsys, tmp_path
     assert not (tmp_path / "r.sqlite").exists()  # nothing ran, nothing was created
 
 
+@pytest.mark.slow
 def test_cli_sweep_unknown_set_key_in_a_subprocess():
     res = subprocess.run([sys.executable, "-m", "npusim.cli", "sweep", "--set",
                           "precision.acc_bitz=8,16"], capture_output=True, text=True, cwd=ROOT)
@@ -172,6 +173,7 @@ def test_store_refuses_a_file_that_is_not_a_database(tmp_path):
 
 # ---------------------------------------------------------------------------- sweeps
 
+@pytest.mark.slow
 def test_sweep_trains_once_per_quant_setting(cache, tmp_path, monkeypatch):
     import quantize.cached
 
@@ -241,6 +243,7 @@ def _rows(db: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_sweep_resumes_after_sigkill(cache, tmp_path):
     db = tmp_path / "kill.sqlite"
     script = tmp_path / "run_sweep.py"
@@ -276,6 +279,7 @@ def test_sweep_resumes_after_sigkill(cache, tmp_path):
     assert kept.tolist() == before["finished_at"].tolist()  # stored points were not rerun
 
 
+@pytest.mark.slow
 def test_cli_sweep_runs_and_exports_csv(cache, tmp_path, capsys):
     db, csv = tmp_path / "r.sqlite", tmp_path / "r.csv"
     args = ["sweep", "--model", "resnet8", "--data", "synthetic", "--width", "0.25",
