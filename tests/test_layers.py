@@ -5,12 +5,10 @@ and no import cycles inside npusim. Runs import-linter over the source tree (no 
 import sys
 from pathlib import Path
 
-import pytest
+from importlinter import cli as importlinter_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS = ("layers", "models-leaf", "quantize-uses", "acyclic")
-
-importlinter_cli = pytest.importorskip("importlinter.cli")
 
 
 def _lint(monkeypatch, capsys, config: Path, contracts=()) -> tuple[int, str]:
