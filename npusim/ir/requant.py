@@ -14,7 +14,8 @@ Importing this module imports neither numba nor torch (`npusim.hw.config` uses t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Optional
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -107,8 +108,7 @@ class _Overrides(BaseModel):
 RequantOverrides = create_model(
     "RequantOverrides", __base__=_Overrides, __module__=__name__,
     __doc__="Requantization keys an NPU pins; a key left out (None) is the program's own.",
-    **{name: (Optional[Annotated[(f.annotation, *f.metadata)] if f.metadata  # noqa: UP007
-                       else f.annotation],
+    **{name: ((Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation) | None,
               Field(None, description=f"{f.description}; None: the program's"))
        for name, f in RequantSpec.model_fields.items()})
 
