@@ -13,8 +13,8 @@ Importing this module imports neither numba nor torch (`npusim.hw.config` uses t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np

@@ -208,12 +208,13 @@ def test_cli_simulate_and_cost_print_the_difference_once(tmp_path, capsys):
     assert main(["simulate", str(path), "--limit", "5", "--set",
                  "requant.rounding=half_away"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("requant:")]
-    assert lines == ["requant: the NPU's [requant] differs from the program's: rounding "
-                     "half_even -> half_away"]
+    assert lines == [("requant: the NPU's [requant] differs from the program's: rounding "
+                      "half_even -> half_away")]
     assert main(["cost", str(path), "--npu", "mid32", "--set", "requant.add_frac_bits=20"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("requant:")]
-    assert lines == ["requant: the NPU's [requant] differs from the program's: add_frac_bits "
-                     "16 -> 20"]  # mid32's pinned half_even is the program's own
+    # mid32's pinned half_even is the program's own
+    assert lines == [("requant: the NPU's [requant] differs from the program's: add_frac_bits "
+                      "16 -> 20")]
 
 
 def test_sweep_row_records_what_ran():
