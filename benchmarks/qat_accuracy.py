@@ -23,7 +23,7 @@ from models.cached import train_float
 from models.checkpoint import load_checkpoint
 from npusim.data import load_dataset
 from npusim.io import markdown_table
-from npusim.ir.requant import RequantSettings
+from npusim.ir.requant import RequantSpec
 from quantize import QuantConfig, build_program, evaluate
 from quantize.cached import train_qat
 from quantize.integer_eval import run_integer
@@ -98,7 +98,7 @@ def main() -> None:
                 row = evaluate(qmodel, test_set, integer=True)
                 # the same integer program under TFLite's default double rounding
                 prog = build_program(qmodel)
-                rq = RequantSettings.from_dict({**prog.requant, "rounding": "half_away"})
+                rq = RequantSpec.from_dict({**prog.requant, "rounding": "half_away"})
                 logits = run_integer(prog, test_set.images, rq)
                 row["integer_double_acc"] = float((logits.argmax(1) == test_set.labels).mean())
                 row["note"] = ""

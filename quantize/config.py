@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from npusim.errors import UserError
+from npusim.ir.requant import RequantSpec
 
 Method = Literal["ste", "pact", "lsq", "lglsq", "dsq"]
 Bits = int
@@ -61,24 +62,6 @@ class EmbeddingConfig(_Strict):
     signed: bool = False
 
 
-class RequantConfig(_Strict):
-    """Requantization used at export and in the integer-exact evaluation (DESIGN §2).
-
-    The default rounding is single rounding, ties up (TFLite's single-rounding build, Arm TOSA,
-    CMSIS-NN), not TFLite's default double rounding (`half_away`): SaturatingRoundingDoubling-
-    HighMul first rounds ``acc * M0 / 2^31`` to an integer, which is harmless for int8 networks
-    with large accumulators but costs up to 1 LSB when accumulators are small integers, as in
-    2-3-bit networks (measured: ResNet-20 W2A2 on mnist5k loses accuracy in the integer program
-    that the fake-quant model does not; see reports/qat_accuracy.md).
-    """
-
-    scale_mode: Literal["fixed", "pow2", "float"] = "fixed"
-    multiplier_bits: int = Field(32, ge=2, le=32)
-    max_shift: int = Field(62, ge=0, le=62)
-    rounding: Literal["half_away", "half_up", "half_even"] = "half_up"
-    add_frac_bits: int = Field(20, ge=0, le=30)
-
-
 class QuantConfig(_Strict):
     """A quantization-aware-training configuration.
 
@@ -97,7 +80,7 @@ class QuantConfig(_Strict):
     narrow_weights: bool = True
     overrides: tuple[LayerOverride, ...] = ()
     options: dict[str, Any] = Field(default_factory=dict)
-    requant: RequantConfig = RequantConfig()
+    requant: RequantSpec = RequantSpec()  # the program file records it (its manifest "requant")
     acc_bits: int = Field(32, ge=2, le=62)
     a2q: A2QConfig | None = None
     embedding: EmbeddingConfig | None = None

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from npusim.ir.program import IntegerProgram, Node, TensorSpec, save_program, storage_dtype
-from npusim.ir.requant import RequantSettings, node_requant
+from npusim.ir.requant import RequantSpec, node_requant
 from quantize.a2q import A2QQuantizer, l1_budget_violations
 from quantize.model import BIAS_LIMIT, INPUT_SCALE, QConv, QLinear, QuantizedModel, QuantizeError
 
@@ -81,13 +81,13 @@ def build_program(qmodel: QuantizedModel) -> IntegerProgram:
             nodes.append(Node(n.name, op, ins, n.name, dict(n.attrs)))
         alias[n.name] = n.name
     cfg = qmodel.config
-    requant = cfg.requant.model_dump()
+    requant = cfg.requant.to_dict()
     prog = IntegerProgram(nodes=nodes, tensors=tensors, arrays=arrays, input="input",
                           outputs=[alias[qmodel.output]], requant=requant,
                           quant_config=cfg.model_dump(mode="json"),
                           producer={**PRODUCER, "version": __version__},
                           meta={**qmodel.meta, "input_shape": list(qmodel.input_shape)})
-    _add_multipliers(prog, RequantSettings.from_dict(requant))
+    _add_multipliers(prog, cfg.requant)
     qmodel.train(was_training)
     return prog.validate("<export>")
 
@@ -166,7 +166,7 @@ def _check_a2q(name: str, mod, q: torch.Tensor, bias_int: torch.Tensor, x_spec: 
     attrs["acc_bits_target"] = p
 
 
-def _add_multipliers(prog: IntegerProgram, settings: RequantSettings) -> None:
+def _add_multipliers(prog: IntegerProgram, settings: RequantSpec) -> None:
     """Store each requantizing node's (m0, n) from the shared decomposition."""
     for node in prog.nodes:
         if node.op in ("conv2d", "linear", "add", "avgpool2d", "global_avgpool") and \

@@ -17,19 +17,19 @@ import torch.nn.functional as F
 from npusim.ir import arith
 from npusim.sim.exact_conv import exact_conv2d
 from npusim.ir.program import IntegerProgram
-from npusim.ir.requant import RequantSettings, node_requant
+from npusim.ir.requant import RequantSpec, node_requant
 
 
 
-def _requant(acc: np.ndarray, rq, settings: RequantSettings, zp: int, lo: int, hi: int) -> np.ndarray:
+def _requant(acc: np.ndarray, rq, settings: RequantSpec, zp: int, lo: int, hi: int) -> np.ndarray:
     return arith.requantize(acc, rq.m0, rq.n, rq.mf, settings.scale_mode == "float", settings.code,
                             settings.multiplier_bits, zp, lo, hi)
 
 
 def run_integer(program: IntegerProgram, images: np.ndarray,
-                settings: RequantSettings | None = None, batch_size: int = 500) -> np.ndarray:
+                settings: RequantSpec | None = None, batch_size: int = 500) -> np.ndarray:
     """Integer logits of `program` on uint8 `images` (N, C, H, W), exact accumulators."""
-    settings = settings or RequantSettings.from_dict(program.requant)
+    settings = settings or RequantSpec.from_dict(program.requant)
     outs = []
     for start in range(0, len(images), batch_size):
         env = _run_batch(program, images[start:start + batch_size].astype(np.int64), settings)
@@ -37,7 +37,7 @@ def run_integer(program: IntegerProgram, images: np.ndarray,
     return np.concatenate(outs)
 
 
-def _run_batch(program: IntegerProgram, x0: np.ndarray, settings: RequantSettings):
+def _run_batch(program: IntegerProgram, x0: np.ndarray, settings: RequantSpec):
     t = program.tensors
     env = {program.input: x0}
     for node in program.nodes:

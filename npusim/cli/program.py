@@ -22,6 +22,16 @@ def inspect(program: Path = typer.Argument(..., help="An IntegerProgram file."))
     typer.echo(program_table(prog).to_string(index=False))
 
 
+def _echo_requant_changes(cfg, prog) -> None:
+    """One line where the NPU's pinned [requant] keys override the program's."""
+    from npusim.ir.requant import RequantSpec, changes_text
+
+    changes = cfg.requant.changes(RequantSpec.from_dict(prog.requant))
+    if changes:
+        typer.echo(f"requant: the NPU's [requant] differs from the program's: "
+                   f"{changes_text(changes)}")
+
+
 def _load_npu(npu: str, sets: list[str]):
     from npusim.hw.config import NPUConfig, parse_set_option
 
@@ -58,6 +68,7 @@ def simulate(
     secs = time.perf_counter() - t0
     typer.echo(f"{cfg.name}: {len(ds)} {name}/{split} images in {secs:.1f} s, top-1 "
                f"{100 * res.accuracy(ds.labels):.2f}%, overflow rate {overflow_rate(res.stats):.2e}")
+    _echo_requant_changes(cfg, prog)
     cols = ["layer", "op", "output_shape", "macs_per_image", "pe_overflows", "acc_overflows",
             "acc_min", "acc_max", "observed_bits", "bound_l1_bits", "bound_dtype_bits"]
     typer.echo(res.stats[[c for c in cols if c in res.stats]].to_string(index=False))
@@ -141,6 +152,7 @@ def cost(
                f"energy table {table.label}, batch {batch}, {tot['counts_source']} counts"
                + (f" ({len(ds)} {data}/{split} images)" if stats is not None else "")
                + (", weights resident in SRAM" if tot["weights_resident"] else ""))
+    _echo_requant_changes(cfg, prog)
     lay = rep.layers
     view = pd.DataFrame({
         "layer": lay["layer"], "op": lay["op"], "macs": lay["macs"], "cycles": lay["cycles"],

@@ -100,6 +100,10 @@ def sweep_cmd(
                    epochs=epochs, float_epochs=float_epochs, width=width, seed=seed, lr=lr,
                    root=root, store=store, progress=progress)
         typer.echo(_sweep_view(df).to_string(index=False))
+        changed = df.get("requant_changes")
+        for text in ([] if changed is None else changed.dropna().unique()):
+            if text:  # the NPU's pinned [requant] keys override the program's
+                typer.echo(f"requant: the NPU's [requant] differs from the program's: {text}")
         if csv is not None:
             store.export_csv(csv, df["point_hash"])
             typer.echo(f"results: {csv}")

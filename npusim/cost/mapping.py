@@ -66,6 +66,7 @@ import numpy as np
 import pandas as pd
 
 from npusim.ir.program import REQUANT_OPS, IntegerProgram, Node
+from npusim.ir.requant import RequantSpec
 
 if TYPE_CHECKING:
     from npusim.hw.config import NPUConfig
@@ -128,10 +129,11 @@ def program_precision(program: IntegerProgram, npu: "NPUConfig",
     """The widths of `program` on `npu` (``npu``), or of its INT8 / FP32 baseline.
 
     ``int8``: every weight and activation at 8 bits (raw accumulator outputs of layers without
-    requantization at 32), 32-bit accumulators at both levels, the NPU's requant settings.
+    requantization at 32), 32-bit accumulators at both levels, the requantization the program
+    runs with on `npu` (its own spec under the NPU's pinned [requant] keys).
     ``fp32``: every tensor at 32 bits, fp32 arithmetic, no requantization.
     """
-    rq, prec = npu.requant, npu.precision
+    rq, prec = npu.requant.over(RequantSpec.from_dict(program.requant)), npu.precision
     bits = {k: int(v.bits) for k, v in program.tensors.items()}
     if variant == "npu":
         return Precision("npu", "int", bits, prec.pe_acc_bits, prec.acc_bits, rq.scale_mode,

@@ -5,6 +5,10 @@
 is a one-line `ConfigError` that names the file (or "overrides") and the key path, e.g.
 ``edge.toml: precision.acc_bits: Input should be less than or equal to 62 (got 99)``.
 
+The optional, partial ``[requant]`` section pins only the requantization keys the hardware
+fixes (`npusim.ir.requant.RequantOverrides`); every other key is the program's own, and the
+simulator says (log warning, `Simulator.requant_changes`) where a pinned key differs.
+
 Files are validated strictly (a TOML string is not an integer, a boolean is not a width);
 overrides are validated leniently so that command-line strings ("16", "ws") are coerced.
 Nothing here imports torch or numba.
@@ -25,6 +29,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from npusim.errors import UserError
+from npusim.ir.requant import RequantOverrides
 
 __all__ = [
     "ArrayConfig",
@@ -34,9 +39,7 @@ __all__ = [
     "NPUConfig",
     "Overflow",
     "PrecisionConfig",
-    "RequantConfig",
-    "Rounding",
-    "ScaleMode",
+    "RequantOverrides",
     "TechnologyConfig",
     "WeightStorage",
     "list_presets",
@@ -45,9 +48,6 @@ __all__ = [
 
 Dataflow = Literal["os", "ws", "is"]
 Overflow = Literal["exact", "wrap", "saturate"]
-# Same names as npusim.ir.arith's aliases; repeated here because arith imports numba.
-ScaleMode = Literal["fixed", "pow2", "float"]
-Rounding = Literal["half_away", "half_up", "half_even"]
 WeightStorage = Literal["packed", "pad4", "pad8"]
 
 #: Widest integer register the requantization product may need (acc_bits + multiplier_bits).
@@ -102,18 +102,6 @@ class PrecisionConfig(BaseModel):
         return self.acc_overflow if self.acc_overflow is not None else self.overflow
 
 
-class RequantConfig(BaseModel):
-    """How accumulators are rescaled to the next layer's integers (DESIGN §2 'Requantization')."""
-
-    model_config = _MODEL_CONFIG
-
-    scale_mode: ScaleMode = Field("fixed", description="M0*2^-n, 2^-n, or ORT-style float32")
-    multiplier_bits: int = Field(32, ge=2, le=32, description="signed width of M0")
-    max_shift: int = Field(62, ge=0, le=62, description="largest right shift n")
-    rounding: Rounding = Field("half_away", description="rounding convention of the shift")
-    add_frac_bits: int = Field(16, ge=0, le=30, description="extra fraction bits in residual adds")
-
-
 class MemoryConfig(BaseModel):
     """On-chip buffers, DRAM bandwidth and how sub-byte weights are stored."""
 
@@ -160,14 +148,20 @@ class NPUConfig(BaseModel):
     description: str = ""
     array: ArrayConfig = Field(default_factory=ArrayConfig)
     precision: PrecisionConfig = Field(default_factory=PrecisionConfig)
-    requant: RequantConfig = Field(default_factory=RequantConfig)
+    requant: RequantOverrides = Field(  # type: ignore[valid-type]
+        default_factory=RequantOverrides,
+        description="requantization keys this NPU pins (npusim.ir.requant.RequantSpec); a key "
+        "left out is the program's own, so a section-less file runs a program as exported")
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     technology: TechnologyConfig = Field(default_factory=TechnologyConfig)
 
     @model_validator(mode="after")
     def _check_product_width(self) -> NPUConfig:
+        # Only when the NPU pins the multiplier width (else the simulator checks each node's
+        # product against the program's width when it plans the program).
         rq, acc = self.requant, self.precision.acc_bits
-        if rq.scale_mode == "fixed" and acc + rq.multiplier_bits > PRODUCT_REGISTER_BITS:
+        if (rq.multiplier_bits is not None and rq.scale_mode in (None, "fixed")
+                and acc + rq.multiplier_bits > PRODUCT_REGISTER_BITS):
             # The message names both key paths: a model-level error has no single loc.
             raise ValueError(
                 f"precision.acc_bits + requant.multiplier_bits = {acc} + {rq.multiplier_bits}"
@@ -267,6 +261,8 @@ class NPUConfig(BaseModel):
             elif value is not None:
                 lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
         for key, table in sections:
+            if all(v is None for v in table.values()):
+                continue  # e.g. a [requant] that pins nothing
             lines.append("")
             lines.append(f"[{_toml_key(key)}]")
             for sub, value in table.items():

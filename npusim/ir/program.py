@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from npusim.errors import UserError
+from npusim.ir.requant import RequantSpec
 
 FORMAT_NAME = "npusim.integer_program"
 FORMAT_VERSION = 1
@@ -240,24 +241,14 @@ def program_from_manifest(manifest: Any, arrays: dict[str, np.ndarray], where: s
     return prog.validate(where)
 
 
-_REQUANT_KEYS = {"scale_mode", "multiplier_bits", "max_shift", "rounding", "add_frac_bits"}
-
-
 def _validate(p: IntegerProgram, where: str) -> None:
     def fail(msg: str) -> None:
         raise ProgramError(f"{where}: {msg}")
 
-    rq = p.requant
-    if set(rq) != _REQUANT_KEYS:
-        missing = sorted(_REQUANT_KEYS - set(rq))
-        fail(f"requant: missing key {missing[0]!r}" if missing
-             else f"requant: unknown key {sorted(set(rq) - _REQUANT_KEYS)[0]!r}")
-    if rq["scale_mode"] not in ("fixed", "pow2", "float"):
-        fail(f"requant.scale_mode: expected fixed|pow2|float, got {rq['scale_mode']!r}")
-    if rq["rounding"] not in ("half_away", "half_up", "half_even"):
-        fail(f"requant.rounding: expected half_away|half_up|half_even, got {rq['rounding']!r}")
-    if not (isinstance(rq["multiplier_bits"], int) and 2 <= rq["multiplier_bits"] <= 32):
-        fail(f"requant.multiplier_bits: expected an int in [2, 32], got {rq['multiplier_bits']!r}")
+    try:
+        RequantSpec.from_dict(p.requant)
+    except ValueError as e:
+        fail(str(e))
 
     for name, t in p.tensors.items():
         ctx = f"tensor {name!r}"
@@ -280,6 +271,9 @@ def _validate(p: IntegerProgram, where: str) -> None:
         if key not in p.tensors:
             fail(f"array {key!r}: not in the tensor table")
         t = p.tensors[key]
+        if key.endswith(".weight") and t.zero_point != 0:  # conv2d/linear weights
+            fail(f"tensor {key!r}: zero_point: weights are symmetric (the NPU has no weight zero "
+                 f"point), expected 0, got {t.zero_point}")
         if tuple(arr.shape) != tuple(t.shape):
             fail(f"array {key!r}: shape {list(arr.shape)} does not match declared {list(t.shape)}")
         if arr.dtype.kind not in "iu":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,7 @@ from npusim.ir import arith
 from npusim.ir.arith import bits_needed
 from npusim.ir.bounds import layer_bounds
 from npusim.ir.program import IntegerProgram, Node
-from npusim.ir.requant import NodeRequant, RequantSettings, node_requant
+from npusim.ir.requant import NodeRequant, RequantSpec, changes_text, node_requant
 
 if TYPE_CHECKING:
     from npusim.hw.config import NPUConfig
@@ -94,9 +95,10 @@ class Simulator:
         """`fast=False` runs the order-faithful kernel on every output (see `accumulate`)."""
         self.config = config
         self.fast = fast
-        rq = config.requant
-        self.settings = RequantSettings(rq.scale_mode, rq.multiplier_bits, rq.max_shift,
-                                        rq.rounding, rq.add_frac_bits)
+        #: the requantization of the planned program: its own spec with the NPU's pinned
+        #: ``[requant]`` keys laid over it, and ``{key: (program's, NPU's)}`` where they differ
+        self.settings: RequantSpec = RequantSpec()
+        self.requant_changes: dict[str, tuple] = {}
         #: wall seconds spent in each node during the last `run` (for benchmarks)
         self.node_seconds: dict[str, float] = {}
         self._threads = numba.get_num_threads()
@@ -108,10 +110,24 @@ class Simulator:
         of one program, e.g. batch after batch, skip the checks and the weight packing)."""
         if self._plan_cache is None or self._plan_cache[0] is not program:
             self._plan_cache = (program, self.plan(program))
+        self._use_requant_of(program)  # a `plan` of another program may have run since
         return self._plan_cache[1]
+
+    def _use_requant_of(self, program: IntegerProgram) -> None:
+        """Set `settings` / `requant_changes` for `program`; warn (once) where they differ."""
+        try:
+            own = RequantSpec.from_dict(program.requant)
+        except ValueError as e:
+            raise SimulationError(f"program: {e}") from None
+        self.settings = self.config.requant.over(own)
+        self.requant_changes = self.config.requant.changes(own)
+        if self.requant_changes:
+            _warn_once(program, f"NPU {self.config.name!r} runs the program with its own "
+                       f"[requant] keys: {changes_text(self.requant_changes)}")
 
     def plan(self, program: IntegerProgram) -> list[_Plan]:
         """Check the program against this NPU and derive every node's parameters."""
+        self._use_requant_of(program)
         cfg = self.config
         prec = cfg.precision
         t = program.tensors
@@ -201,7 +217,7 @@ class Simulator:
     def _check_stored(self, program: IntegerProgram, node: Node, rq: NodeRequant) -> None:
         """When the NPU uses the program's own requant settings, its stored multipliers must be
         exactly what the shared decomposition gives (else the file was not made by it)."""
-        if RequantSettings.from_dict(program.requant) != self.settings:
+        if self.requant_changes:
             return
         if self.settings.scale_mode == "float":
             return
@@ -422,6 +438,18 @@ def run_many(simulators: list[Simulator], program: IntegerProgram, images: np.nd
                       stats=sim._stats_table(program, plans[i], stats[i], n_img),
                       traces={k: cat(v) for k, v in traces[i].items()})
             for i, sim in enumerate(simulators)]
+
+
+_warned: list[tuple[weakref.ref, str]] = []
+
+
+def _warn_once(program: IntegerProgram, message: str) -> None:
+    """Log `message` as a warning once per program object (a sweep plans one program on many
+    NPUs)."""
+    _warned[:] = [(r, m) for r, m in _warned if r() is not None]
+    if not any(r() is program and m == message for r, m in _warned):
+        _warned.append((weakref.ref(program), message))
+        log.warning("%s", message)
 
 
 def _last_use(plans: list[_Plan]) -> dict[str, int]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 from npusim.hw.config import ConfigError, NPUConfig
+from npusim.ir.requant import RequantSpec
 
 if TYPE_CHECKING:
     from quantize.config import QuantConfig
@@ -148,11 +149,11 @@ def _strip_source(e: Exception) -> str:
 # ------------------------------------------------------------------------ quant axes
 
 def _quant_fields() -> dict[str, Any]:
-    from quantize.config import QuantConfig, RequantConfig
+    from quantize.config import QuantConfig
 
     known = {k: None for k in QuantConfig.model_fields if k not in ("overrides", "options",
                                                                       "requant")}
-    known.update({f"requant.{k}": None for k in RequantConfig.model_fields})
+    known.update({f"requant.{k}": None for k in RequantSpec.model_fields})
     return known
 
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 import pandas as pd
 
 from npusim.hw.config import NPUConfig
+from npusim.ir.requant import RequantSpec, changes_text
 from npusim.sweep.grid import Grid, Point
 from npusim.sweep.store import ResultsStore
 
@@ -87,14 +88,18 @@ def versions() -> dict[str, str]:
 
 # ------------------------------------------------------------------------ row building
 
-def _npu_columns(npu: NPUConfig) -> dict[str, Any]:
-    """Every NPU field as a column named by its leaf key (they are unique across sections)."""
+def _npu_columns(npu: NPUConfig, program_requant: RequantSpec) -> dict[str, Any]:
+    """Every NPU field as a column named by its leaf key (they are unique across sections);
+    the requant keys are what ran (the program's spec under the NPU's pinned keys), and
+    ``requant_changes`` says where the NPU's differ from the program's ("" if nowhere)."""
     cols: dict[str, Any] = {"npu": npu.name, "npu_hash": npu.config_hash()}
     dump = npu.model_dump(mode="json")
     for section, body in dump.items():
         if isinstance(body, dict):
             for k, v in body.items():
                 cols[k] = json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
+    cols.update(npu.requant.over(program_requant).to_dict())
+    cols["requant_changes"] = changes_text(npu.requant.changes(program_requant))
     p = npu.precision
     cols["pe_overflow"], cols["acc_overflow"] = p.pe_mode, p.acc_mode
     cols["overflow_mode"] = p.acc_mode if p.pe_mode == p.acc_mode else f"{p.pe_mode}/{p.acc_mode}"
@@ -255,7 +260,8 @@ def _run(points, db, model, dataset, split, images, epochs, float_epochs, width,
                    "quant_hash": qhash, **_quant_columns(point),
                    "fake_quant_top1": qmeta.get("fake_quant_acc"),
                    "integer_top1": qmeta.get("integer_acc"),
-                   **_npu_columns(point.npu), **result, **versions()}
+                   **_npu_columns(point.npu, RequantSpec.from_dict(program.requant)),
+                   **result, **versions()}
             if db.put(h, row, layers) and on_point is not None:
                 on_point({"point_hash": h, **row})
             bar.update(1)

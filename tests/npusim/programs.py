@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from npusim.ir.program import IntegerProgram, Node, TensorSpec, storage_dtype
-from npusim.ir.requant import RequantSettings, node_requant
+from npusim.ir.requant import RequantSpec, node_requant
 
-DEFAULT_RQ = RequantSettings().to_dict()
+DEFAULT_RQ = RequantSpec().to_dict()
 
 
 def _arr(values, bits, signed):
@@ -19,7 +19,7 @@ def finish(nodes, tensors, arrays, input_name, outputs, requant=None):
     requant = dict(requant or DEFAULT_RQ)
     prog = IntegerProgram(nodes=nodes, tensors=tensors, arrays=arrays, input=input_name,
                           outputs=outputs, requant=requant)
-    settings = RequantSettings.from_dict(requant)
+    settings = RequantSpec.from_dict(requant)
     for node in nodes:
         if node.op in ("conv2d", "linear", "add", "avgpool2d", "global_avgpool") and \
                 node.attrs.get("requant", True):

@@ -47,8 +47,9 @@ def test_preset_loads_and_validates(name):
 def test_preset_values():
     edge, mid, tpu = (NPUConfig.preset(n) for n in PRESETS)
     assert (edge.array.rows, edge.array.cols, edge.array.dataflow) == (16, 16, "os")
-    assert (edge.requant.scale_mode, edge.requant.multiplier_bits, edge.requant.rounding) == (
-        "fixed", 32, "half_up")
+    # [requant] pins only what the hardware fixes: Gemmini's round-to-nearest-even
+    assert edge.requant.pinned() == tpu.requant.pinned() == {}
+    assert mid.requant.pinned() == {"rounding": "half_even"}
     assert edge.array.clock_mhz == 500.0 and edge.memory.dram_bandwidth_bytes_per_cycle == 8.0
     assert (mid.array.rows, mid.array.dataflow, mid.array.clock_mhz) == (32, "ws", 800.0)
     assert (mid.memory.weight_sram_kib, mid.memory.accumulator_sram_kib) == (256.0, 64.0)
@@ -266,6 +267,9 @@ def test_many_errors_still_one_line(tmp_path):
 # ------------------------------------------------------------ cross-field rules
 
 def test_product_must_fit_64_bits():
+    # Without a pinned multiplier width the NPU cannot know the product (the simulator checks
+    # each node's against the program's width when it plans it).
+    assert NPUConfig(name="x").with_overrides({"precision.acc_bits": 62}).precision.acc_bits == 62
     ok = NPUConfig(name="x").with_overrides({"precision.acc_bits": 32,
                                              "requant.multiplier_bits": 32})
     assert ok.precision.acc_bits + ok.requant.multiplier_bits == 64
@@ -283,7 +287,8 @@ def test_product_must_fit_64_bits():
 
 
 def test_product_rule_in_file(tmp_path):
-    file = write(tmp_path, 'name = "x"\n[precision]\nacc_bits = 40\n')
+    file = write(tmp_path, 'name = "x"\n[precision]\nacc_bits = 40\n[requant]\n'
+                 'multiplier_bits = 32\n')
     with pytest.raises(ConfigError) as ei:
         NPUConfig.from_toml(file)
     msg = one_line(ei)
@@ -361,7 +366,7 @@ def test_import_config_does_not_import_torch_or_numba():
 def test_defaults_are_the_documented_ones():
     cfg = NPUConfig(name="x")
     assert (cfg.array.rows, cfg.array.cols, cfg.array.dataflow) == (16, 16, "os")
-    assert cfg.requant.max_shift == 62 and cfg.requant.add_frac_bits == 16
+    assert cfg.requant.pinned() == {}  # every requant key is the program's
     assert cfg.memory.weight_storage == "packed" and cfg.memory.sram_word_bits == 64
     assert math.isclose(cfg.technology.supply_v, 0.9)
     assert cfg.technology.energy_overrides == {}

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from npusim.hw.config import NPUConfig
-from npusim.ir.requant import RequantSettings
+from npusim.ir.requant import RequantSpec
 from npusim.sim.int8_engine import _cpu_has_exact_int8
 from npusim.sim.simulator import Simulator
 from tests.npusim.programs import conv_program
@@ -57,7 +57,7 @@ def simulate_float(x, w, bias, s_x, zp_x, s_w, s_y, zp_y, stride, pad, groups):
     prog = conv_program(w, bias, x.shape[1:], x_bits=8, zp_x=zp_x, stride=stride, padding=pad,
                         groups=groups, s_x=float(np.float32(s_x)), s_w=sw,
                         s_y=float(np.float32(s_y)), y_bits=8, zp_y=zp_y,
-                        rq_settings=RequantSettings("float", 32, 62, "half_even", 20))
+                        rq_settings=RequantSpec(scale_mode="float", rounding="half_even"))
     cfg = NPUConfig.preset("edge16").with_overrides({"requant.scale_mode": "float"})
     return Simulator(cfg).run(prog, x).outputs["y"]
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from npusim.hw.config import NPUConfig
 from npusim.ir.program import Node, TensorSpec
-from npusim.ir.requant import RequantSettings, node_requant
+from npusim.ir.requant import RequantSpec, node_requant
 from npusim.sim.simulator import SimulationError, Simulator
 from tests.npusim import naive
 from tests.npusim.programs import conv_program, finish
@@ -84,7 +84,8 @@ def test_conv_accumulators_match_oracle(case, dataflow, rows, pe_mode, acc_mode,
        st.sampled_from(["fixed", "pow2", "float"]), st.sampled_from([8, 16, 32]),
        st.floats(1e-4, 0.2), st.integers(2, 8), st.booleans())
 def test_conv_requantization_matches_oracle(case, rounding, scale_mode, mbits, s_y, y_bits, relu):
-    rq = RequantSettings(scale_mode, mbits, 62, rounding, 16)
+    rq = RequantSpec(scale_mode=scale_mode, multiplier_bits=mbits, rounding=rounding,
+                     add_frac_bits=16)
     y_signed = not relu
     lo = 0 if relu else -(1 << (y_bits - 1))
     hi = (1 << y_bits) - 1 if relu else (1 << (y_bits - 1)) - 1
@@ -148,7 +149,7 @@ def _add_program(shape, sa, sb, sy, relu=False, rq=None):
 @given(st.floats(0.001, 0.5), st.floats(0.001, 0.5), st.floats(0.001, 0.5), st.integers(0, 20),
        st.sampled_from(["half_away", "half_up", "half_even"]), st.booleans(), st.integers(0, 2 ** 31))
 def test_residual_add_matches_oracle(sa, sb, sy, frac, rounding, relu, seed):
-    rq = RequantSettings("fixed", 32, 62, rounding, frac)
+    rq = RequantSpec(rounding=rounding, add_frac_bits=frac)
     shape = (2, 3, 3)
     prog = _add_program(shape, sa, sb, sy, relu=relu, rq=rq)
     x = np.random.default_rng(seed).integers(-128, 128, size=(2, *shape))
@@ -190,7 +191,7 @@ def test_maxpool_matches_oracle(kernel, stride, padding):
 @pytest.mark.parametrize("rounding", ["half_away", "half_up", "half_even"])
 def test_avgpools_match_oracle(rounding):
     x = np.random.default_rng(2).integers(0, 256, size=(2, 3, 6, 6))
-    rq = RequantSettings(rounding=rounding)
+    rq = RequantSpec(rounding=rounding)
     cfg = npu(**{"requant.rounding": rounding})
     for op, acc in [("avgpool2d", naive.avgpool_acc(x, 2, 2, 0)),
                     ("global_avgpool", naive.global_avgpool_acc(x, 0)[:, :, None, None])]:

@@ -285,10 +285,15 @@ def test_cli_sweep_runs_and_exports_csv(cache, tmp_path, capsys):
     args = ["sweep", "--model", "resnet8", "--data", "synthetic", "--width", "0.25",
             "--epochs", "1", "--float-epochs", "1", "--images", "32", "--bits", "3",
             "--acc-bits", "16,24", "--overflow", "wrap", "--set", "array.dataflow=os,ws",
+            "--set", "requant.rounding=half_even",
             "--db", str(db), "--csv", str(csv), "--no-progress"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "4 points" in out and "top1_%" in out
+    # the pinned key differs from the exported program's: said once, recorded in every row
+    assert [ln for ln in out.splitlines() if ln.startswith("requant:")] == [
+        "requant: the NPU's [requant] differs from the program's: rounding half_up -> half_even"]
     df = pd.read_csv(csv)
     assert len(df) == 4 and set(df["dataflow"]) == {"os", "ws"}
+    assert set(df["rounding"]) == {"half_even"} and set(df["add_frac_bits"]) == {20}
     assert json.loads(df["quant_config"].iloc[0])["weight_bits"] == 3
