@@ -91,6 +91,10 @@ class OpDef:
             return node.attrs[name]
         return next(a.default for a in self.attrs if a.name == name)
 
+    def has_attr(self, name: str) -> bool:
+        """Whether the op declares attribute `name`."""
+        return any(a.name == name for a in self.attrs)
+
     def requantizes(self, node: Node) -> bool:
         """Whether `node`'s outputs pass through requantization (per-channel multiplier/shift)."""
         return self.real_multipliers is not None and bool(node.attrs.get("requant", True))
@@ -209,8 +213,9 @@ def _add_float(program: IntegerProgram, node: Node) -> np.ndarray:
 
 
 def pool_window(program: IntegerProgram, node: Node) -> int:
-    """Elements an average/max pooling node reduces per output."""
-    if node.op == "global_avgpool":
+    """Elements an average/max pooling node reduces per output (a pool without a kernel
+    reduces its whole map)."""
+    if not OPS[node.op].has_attr("kernel"):
         _, h, w = program.tensors[node.inputs[0]].shape
         return int(h * w)
     return int(OPS[node.op].attr(node, "kernel")) ** 2

@@ -369,7 +369,7 @@ def _run_pool(sim: Simulator, c: _Call) -> np.ndarray:
     xt = c.program.tensors[node.inputs[0]]
     op = OPS[node.op]
     is_max = op.real_multipliers is None
-    if "kernel" in {a.name for a in op.attrs}:
+    if op.has_attr("kernel"):
         k, stride, pad = op.attr(node, "kernel"), op.attr(node, "stride"), op.attr(node, "padding")
     else:  # a global pool: one window over the whole map
         k, stride, pad = x.shape[1], 1, 0
