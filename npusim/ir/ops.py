@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from npusim.ir.arith import ort_multiplier
-
 if TYPE_CHECKING:
     from npusim.ir.program import IntegerProgram, Node
 
@@ -192,6 +190,8 @@ def _gemm_real(program: IntegerProgram, node: Node) -> np.ndarray:
 
 
 def _gemm_float(program: IntegerProgram, node: Node) -> np.ndarray:
+    from npusim.ir.arith import ort_multiplier  # numba: not imported by the table itself
+
     t = program.tensors
     o = program.arrays[f"{node.name}.weight"].shape[0]
     mf = ort_multiplier(t[node.inputs[0]].scales()[0], t[f"{node.name}.weight"].scales(),

@@ -1,8 +1,9 @@
 """Requantization parameters of a program's nodes under given requant settings.
 
 One function derives every node's multipliers from the real scales in the program's tensor
-table, so export (which stores them), the training library's integer-exact evaluation and the
-simulator (which may run other settings than the program was exported with) agree to the bit.
+table (each op's real and float-mode multipliers are declared in `npusim.ir.ops`), so export
+(which stores them) and the simulator (which may run other settings than the program was
+exported with, and is also the training library's integer-exact evaluation) agree to the bit.
 """
 
 from __future__ import annotations
