@@ -272,6 +272,22 @@ class Simulator:
                     vals.pop(name, None)
         self.node_seconds[node.name] += time.perf_counter() - t0
 
+    def _run_gemm(self, c: "_Call") -> np.ndarray:
+        """conv2d / linear on the MAC array (see `accumulate.conv_accumulate`)."""
+        s, node, p, rq, x = self.settings, c.node, c.p, c.rq, c.x
+        xt = c.program.tensors[node.inputs[0]]
+        n = len(x)
+        stride, pad, groups = _conv_params(node)
+        x4 = x.reshape(n, 1, 1, -1) if x.ndim == 2 else x  # linear: a 1x1 conv
+        out_hw = tuple(c.t_out.shape[1:]) if len(c.t_out.shape) == 3 else (1, 1)
+        req = None if rq is None else Requant(rq.m0, rq.n, rq.mf, c.scale_float, s.code,
+                                              s.multiplier_bits, c.zp_y, c.lo, c.hi)
+        acc, ast = conv_accumulate(x4, p.weight, p.bias, stride, pad, groups,
+                                   xt.zero_point, out_hw, self._levels(), p.bound_l1,
+                                   p.bound_l1_nobias, self.fast, p.prep, req, c.share)
+        c.st[node.name] = ast
+        return acc if x.ndim == 4 else acc.reshape(n, -1)
+
     def _stats_table(self, program, plans, stats, n_img) -> pd.DataFrame:
         prec = self.config.precision
         rows = []
@@ -335,23 +351,6 @@ class _Call:
     @property
     def x(self) -> np.ndarray:
         return self.vals[self.node.inputs[0]]
-
-
-def _run_gemm(sim: Simulator, c: _Call) -> np.ndarray:
-    """conv2d / linear on the MAC array (see `accumulate.conv_accumulate`)."""
-    s, node, p, rq, x = sim.settings, c.node, c.p, c.rq, c.x
-    xt = c.program.tensors[node.inputs[0]]
-    n = len(x)
-    stride, pad, groups = _conv_params(node)
-    x4 = x.reshape(n, 1, 1, -1) if x.ndim == 2 else x
-    out_hw = tuple(c.t_out.shape[1:]) if len(c.t_out.shape) == 3 else (1, 1)
-    req = None if rq is None else Requant(rq.m0, rq.n, rq.mf, c.scale_float, s.code,
-                                          s.multiplier_bits, c.zp_y, c.lo, c.hi)
-    acc, ast = conv_accumulate(x4, p.weight, p.bias, stride, pad, groups,
-                               xt.zero_point, out_hw, sim._levels(), p.bound_l1,
-                               p.bound_l1_nobias, sim.fast, p.prep, req, c.share)
-    c.st[node.name] = ast
-    return acc if x.ndim == 4 else acc.reshape(n, -1)
 
 
 def _run_add(sim: Simulator, c: _Call) -> np.ndarray:
@@ -441,7 +440,7 @@ class Kernel:
     rescales_inputs: bool = False
 
 
-_GEMM = Kernel(_run_gemm, _gemm_width, shares_inside=True)
+_GEMM = Kernel(Simulator._run_gemm, _gemm_width, shares_inside=True)
 _POOL = Kernel(_run_pool, _pool_width)
 #: one kernel per op of `npusim.ir.ops.OPS`, by name
 KERNELS: dict[str, Kernel] = {
