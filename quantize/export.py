@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from npusim.ir.ops import requantizes
 from npusim.ir.program import IntegerProgram, Node, TensorSpec, save_program, storage_dtype
 from npusim.ir.requant import RequantSpec, node_requant
 from quantize.a2q import A2QQuantizer, l1_budget_violations
@@ -169,8 +170,7 @@ def _check_a2q(name: str, mod, q: torch.Tensor, bias_int: torch.Tensor, x_spec: 
 def _add_multipliers(prog: IntegerProgram, settings: RequantSpec) -> None:
     """Store each requantizing node's (m0, n) from the shared decomposition."""
     for node in prog.nodes:
-        if node.op in ("conv2d", "linear", "add", "avgpool2d", "global_avgpool") and \
-                node.attrs.get("requant", True):
+        if requantizes(node):
             rq = node_requant(prog, node, settings)
             k = len(rq.m0)
             float_mode = settings.scale_mode == "float"

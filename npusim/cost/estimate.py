@@ -44,8 +44,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from npusim.cost.energy_table import EnergyTable, table_for_npu
-from npusim.cost.mapping import (ARRAY_OPS, Precision, liveness, network_mapping, param_bits,
+from npusim.cost.mapping import (Precision, liveness, network_mapping, param_bits,
                                  program_precision)
+from npusim.ir.ops import OPS, pool_window
 from npusim.ir.program import IntegerProgram
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def _nonzero_per_image(stats: pd.DataFrame | None, program: IntegerProgram
         if not pd.isna(row.nonzero_macs):
             out[row.layer] = float(row.nonzero_macs) / n_img
     for node in program.nodes:
-        if node.op in ARRAY_OPS and node.name not in out:
+        if OPS[node.op].unit == "array" and node.name not in out:
             raise ValueError(f"stats: no nonzero_macs for layer {node.name!r}")
     return out, n_img
 
@@ -182,7 +183,7 @@ def _counts(program: IntegerProgram, npu: "NPUConfig", prec: Precision, mapping:
 
     for node, r in zip(program.nodes, mapping.itertuples(index=False)):
         name, op = node.name, node.op
-        if op in ARRAY_OPS:
+        if OPS[op].unit == "array":
             a = prec.bits(node.inputs[0])
             w = prec.bits(f"{name}.weight")
             macs = int(r.macs)
@@ -241,13 +242,12 @@ def _counts(program: IntegerProgram, npu: "NPUConfig", prec: Precision, mapping:
                     add(name, op, "requant", "shifter.shift", n, bw=sum_bits,
                         what=f"shift ({sum_bits} b)")
         elif op == "maxpool2d":
-            window = int(node.attrs["kernel"]) ** 2
+            window = pool_window(program, node)
             bits = prec.bits(node.inputs[0])
             add(name, op, "vector", "comparator.compare", int(r.outputs) * (window - 1),
                 bw=bits, what=f"max of {window} ({bits} b compares)")
         elif op in ("avgpool2d", "global_avgpool"):
-            c, h, w_ = program.tensors[node.inputs[0]].shape
-            window = int(node.attrs["kernel"]) ** 2 if op == "avgpool2d" else int(h * w_)
+            window = pool_window(program, node)
             adder(name, op, "vector", prec.acc_bits, int(r.outputs) * (window - 1),
                   f"sum of {window}")
             if fp:
@@ -344,9 +344,9 @@ def estimate_cost(program: IntegerProgram, npu_config: "NPUConfig",
     layers = pd.DataFrame({"layer": [n.name for n in nodes], "op": [n.op for n in nodes]})
     layers["macs"] = mapping["macs"].to_numpy()
     nonzero, _ = _nonzero_per_image(stats, program)
-    layers["nonzero_macs"] = [nonzero.get(n.name, float(m)) if n.op in ARRAY_OPS else 0.0
+    layers["nonzero_macs"] = [nonzero.get(n.name, float(m)) if OPS[n.op].unit == "array" else 0.0
                               for n, m in zip(nodes, mapping["macs"])]
-    layers["w_bits"] = [prec.bits(f"{n.name}.weight") if n.op in ARRAY_OPS else pd.NA
+    layers["w_bits"] = [prec.bits(f"{n.name}.weight") if OPS[n.op].unit == "array" else pd.NA
                         for n in nodes]
     layers["a_bits"] = [prec.bits(n.inputs[0]) for n in nodes]
     layers["out_bits"] = [prec.bits(n.output) for n in nodes]
@@ -361,7 +361,7 @@ def estimate_cost(program: IntegerProgram, npu_config: "NPUConfig",
         layers[f"{comp}_pj"] = per[comp].to_numpy()
     layers["mac_ungated_pj"] = [
         m * table.energy("int_mul", bw=prec.bits(f"{n.name}.weight"), ba=prec.bits(n.inputs[0]))
-        if n.op in ARRAY_OPS else 0.0 for n, m in zip(nodes, mapping["macs"])]
+        if OPS[n.op].unit == "array" else 0.0 for n, m in zip(nodes, mapping["macs"])]
     layers["weight_bits"] = mapping["param_bits"].to_numpy()
     layers["weight_bytes"] = layers["weight_bits"] / 8
     layers["sram_bits"] = mapping[["act_sram_read_bits", "act_sram_write_bits",

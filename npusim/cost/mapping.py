@@ -65,8 +65,9 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping
 import numpy as np
 import pandas as pd
 
-from npusim.ir.program import REQUANT_OPS, IntegerProgram, Node
+from npusim.ir.program import IntegerProgram, Node
 from npusim.ir.requant import RequantSpec
+from npusim.ir.ops import OPS, requantizes
 
 if TYPE_CHECKING:
     from npusim.hw.config import NPUConfig
@@ -83,8 +84,6 @@ __all__ = [
     "systolic_gemm",
 ]
 
-ARRAY_OPS = ("conv2d", "linear")
-VECTOR_OPS = ("add", "maxpool2d", "avgpool2d", "global_avgpool", "embed")
 Variant = Literal["npu", "int8", "fp32"]
 KIB_BITS = 8 * 1024
 
@@ -144,7 +143,7 @@ def program_precision(program: IntegerProgram, npu: "NPUConfig",
     if variant != "int8":
         raise ValueError(f"variant: expected npu, int8 or fp32, got {variant!r}")
     raw_acc = {n.output for n in program.nodes
-               if n.op in ARRAY_OPS and not n.attrs.get("requant", True)}
+               if OPS[n.op].unit == "array" and not requantizes(n)}
     out = dict(bits)
     for node in program.nodes:
         for key in ("weight", "lut"):
@@ -162,15 +161,10 @@ def program_precision(program: IntegerProgram, npu: "NPUConfig",
 
 def gemm_dims(program: IntegerProgram, node: Node) -> tuple[int, int, int, int]:
     """``(M, K, N, groups)`` of a conv2d / linear node, per group and per image."""
-    w = program.arrays[f"{node.name}.weight"]
-    if node.op == "linear":
-        return 1, int(w.shape[1]), int(w.shape[0]), 1
-    if node.op != "conv2d":
+    gemm = OPS[node.op].gemm
+    if gemm is None:
         raise ValueError(f"node {node.name!r}: {node.op} is not a GEMM")
-    groups = int(node.attrs.get("groups", 1))
-    _, ho, wo = program.tensors[node.output].shape
-    o, cg, kh, kw = w.shape
-    return int(ho * wo), int(kh * kw * cg), int(o // groups), groups
+    return gemm(program, node)
 
 
 def systolic_gemm(m: int, k: int, n: int, rows: int, cols: int, dataflow: str) -> dict[str, Any]:
@@ -211,11 +205,6 @@ def _numel(program: IntegerProgram, tensor: str) -> int:
     return int(np.prod(program.tensors[tensor].shape, dtype=np.int64))
 
 
-def requantizes(node: Node) -> bool:
-    """Whether a node's outputs pass through requantization."""
-    return node.op in REQUANT_OPS and bool(node.attrs.get("requant", True))
-
-
 def param_bits(program: IntegerProgram, node: Node, prec: Precision) -> dict[str, int]:
     """Bits of a node's parameters as stored: weights / LUTs at stored width, biases at their
     bits, multipliers at the NPU's multiplier width (``fixed``), 32 (``float``) or none
@@ -230,7 +219,8 @@ def param_bits(program: IntegerProgram, node: Node, prec: Precision) -> dict[str
         out["bias"] = int(bias.size) * prec.bits(f"{node.name}.bias")
     if requantizes(node) and prec.scale_mode != "none":
         mult = program.arrays.get(f"{node.name}.multiplier")
-        count = int(mult.size) if mult is not None else _requant_channels(program, node)
+        count = int(mult.size) if mult is not None else \
+            len(OPS[node.op].real_multipliers(program, node))
         if prec.scale_mode == "fixed":
             out["multiplier"] = count * prec.multiplier_bits
         elif prec.scale_mode == "float":
@@ -241,19 +231,13 @@ def param_bits(program: IntegerProgram, node: Node, prec: Precision) -> dict[str
     return out
 
 
-def _requant_channels(program: IntegerProgram, node: Node) -> int:
-    if node.op in ARRAY_OPS:
-        return int(program.arrays[f"{node.name}.weight"].shape[0])
-    return 2 if node.op == "add" else 1
-
-
 # --------------------------------------------------------------------------- liveness
 
 def _buffers(program: IntegerProgram) -> dict[str, str]:
-    """Tensor -> the buffer holding it (``flatten`` is a view of its input)."""
+    """Tensor -> the buffer holding it (a `view` op such as ``flatten`` reuses its input's)."""
     buf = {program.input: program.input}
     for node in program.nodes:
-        buf[node.output] = buf[node.inputs[0]] if node.op == "flatten" else node.output
+        buf[node.output] = buf[node.inputs[0]] if OPS[node.op].view else node.output
     return buf
 
 
@@ -317,7 +301,7 @@ def _network(program: IntegerProgram, npu: "NPUConfig", prec: Precision, images:
         row = _node_mapping(program, node, npu, prec)
         row.update(_dram(program, node, npu, prec, int(images), resident, live[node.name], row,
                          node.name == first_reader, buf[node.output] in outputs
-                         and node.op != "flatten"))
+                         and not OPS[node.op].view))
         rows.append(row)
     return rows
 
@@ -340,7 +324,8 @@ def _node_mapping(program: IntegerProgram, node: Node, npu: "NPUConfig",
     params = param_bits(program, node, prec)
     meta = params["bias"] + params["multiplier"] + params["shift"]
     row["param_bits"] = sum(params.values())
-    if node.op in ARRAY_OPS:
+    op = OPS[node.op]
+    if op.unit == "array":
         m, k, n, g = gemm_dims(program, node)
         s = systolic_gemm(m, k, n, arr.rows, arr.cols, arr.dataflow)
         a_bits = prec.bits(node.inputs[0])
@@ -360,22 +345,14 @@ def _node_mapping(program: IntegerProgram, node: Node, npu: "NPUConfig",
         row["acc_sram_write_bits"] = row["ofmap_sram_writes"] * prec.acc_bits
         row["acc_sram_read_bits"] = row["ofmap_sram_writes"] * prec.acc_bits
         row["act_sram_write_bits"] = out_n * out_bits
-    elif node.op in VECTOR_OPS:
-        in_n = _numel(program, node.inputs[0])
-        if node.op == "add":
-            ops = out_n
-        elif node.op in ("maxpool2d", "avgpool2d"):
-            ops = out_n * int(node.attrs["kernel"]) ** 2
-        elif node.op == "global_avgpool":
-            ops = in_n
-        else:  # embed: one table lookup per input element
-            ops = in_n
+    elif op.unit == "vector":
+        ops = op.vector_ops(program, node)
         row.update({"unit": "vector", "compute_cycles": _cdiv(ops, arr.cols),
                     "vector_ops": ops})
         row["act_sram_read_bits"] = sum(_numel(program, i) * prec.bits(i) for i in node.inputs)
         row["act_sram_write_bits"] = out_n * out_bits
         row["weight_sram_read_bits"] = meta
-        if node.op == "embed":
+        if "lut" in op.arrays:  # one table entry read per output element
             row["lut_read_bits"] = out_n * prec.stored(f"{node.name}.lut")
     row["utilization"] = (row["macs"] / (row["compute_cycles"] * arr.rows * arr.cols)
                           if row["macs"] and row["compute_cycles"] else math.nan)
@@ -389,7 +366,7 @@ def _dram(program: IntegerProgram, node: Node, npu: "NPUConfig", prec: Precision
     pbits = row["param_bits"]
     fits = pbits <= mem.weight_sram_kib * KIB_BITS
     dram_w = 0.0 if resident else pbits / images if fits else float(pbits)
-    spill = node.op != "flatten" and live_bits * images > mem.activation_sram_kib * KIB_BITS
+    spill = not OPS[node.op].view and live_bits * images > mem.activation_sram_kib * KIB_BITS
     in_bits = sum(_numel(program, i) * prec.bits(i) for i in node.inputs)
     out_bits = _numel(program, node.output) * prec.bits(node.output)
     dram_a = 0

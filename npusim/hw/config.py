@@ -218,6 +218,20 @@ class NPUConfig(BaseModel):
         return cls.from_toml_str(text, source=f"presets/{name}.toml")
 
     @classmethod
+    def ideal(cls, requant: Mapping[str, object] | None = None) -> NPUConfig:
+        """An NPU that computes a program exactly: unbounded (``exact``, 62-bit) accumulators, a
+        16-bit datapath (the widest a program may use) and the program's own requant settings,
+        or the keys of `requant` pinned over them. The simulator still checks every
+        requantization product against the 64-bit register, node by node."""
+        base = cls(name="ideal", description="exact accumulators, 16-bit datapath",
+                   array=ArrayConfig(max_weight_bits=16, max_input_bits=16),
+                   requant=RequantOverrides(**dict(requant or {})))
+        # 62-bit accumulators with a 32-bit M0 exceed the config-level 64-bit product check,
+        # which exact accumulators do not need: their requantized sums are bounded per node
+        return base.model_copy(update={"precision": PrecisionConfig(
+            pe_acc_bits=62, acc_bits=62, overflow="exact")})
+
+    @classmethod
     def load(cls, name_or_path: str | Path) -> NPUConfig:
         """A preset name (``edge16``) or a path to a TOML file (``my/npu.toml``)."""
         text = str(name_or_path)

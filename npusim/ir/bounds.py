@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from npusim.ir.arith import bits_needed, dtype_bound_bits
+from npusim.ir.ops import OPS
 from npusim.ir.program import IntegerProgram, Node
 
 
@@ -56,7 +57,7 @@ def layer_bounds(program: IntegerProgram, node: Node) -> LayerBounds:
     prod = bits_needed(min(xlo * wmax, -xhi * wmax), max(xhi * wmax, -xlo * wmax))
     k = int(np.prod(w.shape[1:]))
     return LayerBounds(
-        k=k, macs_per_image=k * int(np.prod(t[node.output].shape)), x_bits=xt.bits,
+        k=k, macs_per_image=OPS[node.op].macs(program, node), x_bits=xt.bits,
         x_signed=xt.signed, w_bits=wt.bits, product_bits=prod,
         bound_dtype_bits=dtype_bound_bits(k, xt.bits, xt.signed, wt.bits),
         bound_l1_bits=l1_bound_bits(w, bias, xlo, xhi),

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from npusim.errors import UserError
+from npusim.ir.ops import OPS
 from npusim.ir.requant import RequantSpec
 
 FORMAT_NAME = "npusim.integer_program"
@@ -30,20 +31,6 @@ METADATA_KEY = "npusim"
 class ProgramError(UserError):
     """An IntegerProgram that is malformed; the message names the file, node and field."""
 
-
-# op -> (number of inputs, required attrs, arrays the node owns)
-OPS: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {
-    "conv2d": (1, ("stride", "padding", "groups", "requant"), ("weight", "bias")),
-    "linear": (1, ("requant",), ("weight", "bias")),
-    "add": (2, (), ()),
-    "maxpool2d": (1, ("kernel", "stride", "padding"), ()),
-    "avgpool2d": (1, ("kernel", "stride"), ()),
-    "global_avgpool": (1, (), ()),
-    "flatten": (1, (), ()),
-    "embed": (1, (), ("lut",)),
-}
-# ops that requantize their result with per-channel (m0, n) arrays when attrs["requant"] holds
-REQUANT_OPS = {"conv2d", "linear", "add", "avgpool2d", "global_avgpool"}
 
 _DTYPE_FOR_BITS = ((8, np.int8), (16, np.int16), (32, np.int32), (64, np.int64))
 
@@ -296,31 +283,34 @@ def _validate(p: IntegerProgram, where: str) -> None:
         names.add(node.name)
         if node.op not in OPS:
             fail(f"{ctx}: op: unknown op {node.op!r} (known: {', '.join(OPS)})")
-        n_in, attrs, owned = OPS[node.op]
-        if len(node.inputs) != n_in:
-            fail(f"{ctx}: inputs: {node.op} takes {n_in} input(s), got {len(node.inputs)}")
+        op = OPS[node.op]
+        if len(node.inputs) != op.inputs:
+            fail(f"{ctx}: inputs: {node.op} takes {op.inputs} input(s), got {len(node.inputs)}")
         for src in node.inputs:
             if src not in produced:
                 fail(f"{ctx}: inputs: {src!r} is not produced by an earlier node (dangling input)")
-        for a in attrs:
-            if a not in node.attrs:
-                fail(f"{ctx}: attrs: missing {a!r}")
-        for key in owned:
+        declared = {a.name for a in op.attrs}
+        for name in node.attrs:
+            if name not in declared:
+                fail(f"{ctx}: attrs: {node.op} has no attribute {name!r} "
+                     f"(known: {', '.join(sorted(declared)) or 'none'})")
+        for a in op.attrs:
+            if a.name not in node.attrs:
+                if a.required:
+                    fail(f"{ctx}: attrs: missing {a.name!r}")
+                continue
+            problem = a.problem(node.attrs[a.name])
+            if problem:
+                fail(f"{ctx}: attrs.{a.name}: {problem}")
+        for key in op.arrays:
             if f"{node.name}.{key}" not in p.arrays:
                 fail(f"{ctx}: missing array {node.name}.{key!r}")
-        target = node.attrs.get("acc_bits_target")
-        if target is not None and (node.op not in ("conv2d", "linear") or isinstance(target, bool)
-                                   or not isinstance(target, int) or not 2 <= target <= 62):
-            fail(f"{ctx}: attrs.acc_bits_target: expected an integer in [2, 62] on a conv2d/"
-                 f"linear node, got {target!r}")
-        requant = node.op in REQUANT_OPS and node.attrs.get("requant", True)
-        if requant:
+        if op.requantizes(node):
             for key in ("multiplier", "shift"):
                 if f"{node.name}.{key}" not in p.arrays:
                     fail(f"{ctx}: missing array {node.name}.{key!r}")
-            clamp = node.attrs.get("clamp")
-            if not (isinstance(clamp, list) and len(clamp) == 2 and clamp[0] <= clamp[1]):
-                fail(f"{ctx}: attrs.clamp: expected [lo, hi] with lo <= hi, got {clamp!r}")
+            if "clamp" not in node.attrs:
+                fail(f"{ctx}: attrs.clamp: expected [lo, hi] with lo <= hi, got None")
         if node.output not in p.tensors:
             fail(f"{ctx}: output: tensor {node.output!r} is not in the tensor table")
         if node.output in produced:
@@ -332,63 +322,19 @@ def _validate(p: IntegerProgram, where: str) -> None:
             fail(f"outputs: tensor {out!r} is not produced by any node")
 
 
-def _conv_out(size: int, k: int, stride: int, pad: int) -> int:
-    return (size + 2 * pad - k) // stride + 1
-
-
 def _check_shapes(p: IntegerProgram, node: Node, fail) -> None:
     """Check that a node's declared output shape follows from its inputs, arrays and attrs."""
     ctx = f"node {node.name!r}"
-    ins = [p.tensors[i].shape for i in node.inputs]
+    op = OPS[node.op]
+    ins = [tuple(p.tensors[i].shape) for i in node.inputs]
     out = tuple(p.tensors[node.output].shape)
-    a = node.attrs
-    if node.op == "conv2d":
-        w = p.arrays[f"{node.name}.weight"]
-        if w.ndim != 4 or len(ins[0]) != 3:
-            fail(f"{ctx}: weight must be 4-D and the input (C, H, W)")
-        c, h, wd = ins[0]
-        groups = a["groups"]
-        if not isinstance(groups, int) or groups < 1 or c % groups or w.shape[0] % groups:
-            fail(f"{ctx}: attrs.groups: {groups!r} does not divide channels {c} and {w.shape[0]}")
-        if w.shape[1] * groups != c:
-            fail(f"{ctx}: weight: shape {list(w.shape)} does not match {c} input channels "
-                 f"with groups={groups}")
-        for k in ("stride", "padding"):
-            if not isinstance(a[k], int) or a[k] < (1 if k == "stride" else 0):
-                fail(f"{ctx}: attrs.{k}: invalid value {a[k]!r}")
-        expect = (w.shape[0], _conv_out(h, w.shape[2], a["stride"], a["padding"]),
-                  _conv_out(wd, w.shape[3], a["stride"], a["padding"]))
-    elif node.op == "linear":
-        w = p.arrays[f"{node.name}.weight"]
-        if w.ndim != 2 or len(ins[0]) != 1 or w.shape[1] != ins[0][0]:
-            fail(f"{ctx}: weight: shape {list(w.shape)} does not match input {list(ins[0])}")
-        expect = (w.shape[0],)
-    elif node.op in ("conv2d", "linear"):
-        return
-    elif node.op == "add":
-        if tuple(ins[0]) != tuple(ins[1]):
-            fail(f"{ctx}: inputs: shapes {list(ins[0])} and {list(ins[1])} differ")
-        expect = tuple(ins[0])
-    elif node.op in ("maxpool2d", "avgpool2d"):
-        c, h, wd = ins[0]
-        k, s, pad = a["kernel"], a["stride"], a.get("padding", 0)
-        expect = (c, _conv_out(h, k, s, pad), _conv_out(wd, k, s, pad))
-    elif node.op == "global_avgpool":
-        expect = (ins[0][0], 1, 1)
-    elif node.op == "flatten":
-        expect = (int(np.prod(ins[0])),)
-    elif node.op == "embed":
-        lut = p.arrays[f"{node.name}.lut"]
-        if lut.ndim != 3 or lut.shape[0] != ins[0][0] or lut.shape[1] != 256:
-            fail(f"{ctx}: lut: expected shape ({ins[0][0]}, 256, d), got {list(lut.shape)}")
-        expect = (ins[0][0] * lut.shape[2], *ins[0][1:])
-    else:  # pragma: no cover - OPS and this function are kept in step
-        return
-    if tuple(expect) != out:
+    prefix = f"{node.name}."
+    own = {k[len(prefix):]: v for k, v in p.arrays.items() if k.startswith(prefix)}
+    attrs = {a.name: op.attr(node, a.name) for a in op.attrs
+             if a.name in node.attrs or not a.required}
+    try:
+        expect = tuple(op.shape(ins, own, attrs))
+    except ValueError as e:
+        fail(f"{ctx}: {e}")
+    if expect != out:
         fail(f"{ctx}: output: shape {list(out)} does not match the computed {list(expect)}")
-    if node.op in ("conv2d", "linear"):
-        o = out[0]
-        for key in ("bias", "multiplier", "shift"):
-            arr = p.arrays.get(f"{node.name}.{key}")
-            if arr is not None and arr.shape != (o,):
-                fail(f"{ctx}: {key}: shape {list(arr.shape)}, expected [{o}]")

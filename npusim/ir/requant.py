@@ -6,8 +6,9 @@
 only the keys the NPU pins; the rest come from the program) all use it.
 
 One function derives every node's multipliers from the real scales in the program's tensor
-table, so export (which stores them), the training library's integer-exact evaluation and the
-simulator (which may run other settings than the program was exported with) agree to the bit.
+table (each op's real and float-mode multipliers are declared in `npusim.ir.ops`), so export
+(which stores them) and the simulator (which may run other settings than the program was
+exported with, and is also the training library's integer-exact evaluation) agree to the bit.
 Importing this module imports neither numba nor torch (`npusim.hw.config` uses the spec).
 """
 
@@ -137,53 +138,18 @@ class NodeRequant:
     mf: np.ndarray
 
 
-def real_multipliers(program: IntegerProgram, node: Node) -> np.ndarray:
-    """The real multipliers M of a requantizing node, in float64 (DESIGN §2).
-
-    conv2d/linear: ``s_x * s_w[o] / s_y`` per output channel (batch norm is already in s_w);
-    add: ``s_in / s_y`` for each input; pooling: ``s_in / (window * s_out)``.
-    """
-    t = program.tensors
-    s_y = t[node.output].scales()
-    if node.op in ("conv2d", "linear"):
-        s_x = t[node.inputs[0]].scales()
-        s_w = t[f"{node.name}.weight"].scales()
-        o = program.arrays[f"{node.name}.weight"].shape[0]
-        return np.broadcast_to((s_x * s_w) / s_y, (o,)).astype(np.float64)
-    if node.op == "add":
-        return np.array([t[node.inputs[0]].scales()[0] / s_y[0],
-                         t[node.inputs[1]].scales()[0] / s_y[0]])
-    if node.op in ("avgpool2d", "global_avgpool"):
-        c, h, w = t[node.inputs[0]].shape
-        window = node.attrs["kernel"] ** 2 if node.op == "avgpool2d" else h * w
-        return np.array([t[node.inputs[0]].scales()[0] / (window * s_y[0])])
-    raise ValueError(f"node {node.name!r}: op {node.op} does not requantize")
-
-
-def float_multipliers(program: IntegerProgram, node: Node) -> np.ndarray:
-    """The float32 multipliers of the `float` (ONNX Runtime) mode, built in ORT's order."""
-    from npusim.ir.arith import ort_multiplier
-
-    t = program.tensors
-    s_y = t[node.output].scales()[0]
-    if node.op in ("conv2d", "linear"):
-        o = program.arrays[f"{node.name}.weight"].shape[0]
-        mf = ort_multiplier(t[node.inputs[0]].scales()[0], t[f"{node.name}.weight"].scales(), s_y)
-        return np.broadcast_to(mf, (o,)).astype(np.float32)
-    if node.op == "add":
-        return np.array([np.float32(t[i].scales()[0]) / np.float32(s_y) for i in node.inputs],
-                        dtype=np.float32)
-    real = real_multipliers(program, node)
-    return real.astype(np.float32)
-
-
 def node_requant(program: IntegerProgram, node: Node, settings: RequantSpec) -> NodeRequant:
-    """Decompose a node's real multipliers under `settings` with the shared decomposition."""
+    """Decompose a node's real multipliers (from the op table) under `settings` with the
+    shared decomposition."""
     from npusim.ir.arith import decompose_multiplier
+    from npusim.ir.ops import OPS
 
-    real = real_multipliers(program, node)
+    op = OPS[node.op]
+    if op.real_multipliers is None:
+        raise ValueError(f"node {node.name!r}: op {node.op} does not requantize")
+    real = op.real_multipliers(program, node)
     pairs = [decompose_multiplier(float(m), settings.scale_mode, settings.multiplier_bits,
                                   settings.max_shift) for m in real]
     m0 = np.array([p[0] for p in pairs], dtype=np.int64)
     n = np.array([p[1] for p in pairs], dtype=np.int64)
-    return NodeRequant(real, m0, n, float_multipliers(program, node))
+    return NodeRequant(real, m0, n, op.float_multipliers(program, node))

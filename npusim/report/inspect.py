@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from npusim.ir.bounds import layer_bounds
+from npusim.ir.ops import OPS
 from npusim.ir.program import IntegerProgram
 
 
@@ -41,7 +42,7 @@ def bounds_table(prog: IntegerProgram, images: np.ndarray | None = None) -> pd.D
     and (with `images`) the bits the observed running sums needed in an exact simulation."""
     rows = []
     for n in prog.nodes:
-        if n.op not in ("conv2d", "linear"):
+        if OPS[n.op].unit != "array":
             continue
         b = layer_bounds(prog, n)
         rows.append({"layer": n.name, "op": n.op, "k": b.k, "x_bits": b.x_bits,
@@ -59,9 +60,7 @@ def bounds_table(prog: IntegerProgram, images: np.ndarray | None = None) -> pd.D
         from npusim.hw.config import NPUConfig
         from npusim.sim.simulator import Simulator
 
-        cfg = NPUConfig.preset("edge16").with_overrides({
-            "array.max_weight_bits": 16, "array.max_input_bits": 16,
-            "precision.overflow": "exact", "requant.scale_mode": "float"})
+        cfg = NPUConfig.ideal({**prog.requant, "scale_mode": "float"})
         stats = Simulator(cfg).run(prog, images).stats.set_index("layer")
         df["observed_bits"] = df["layer"].map(stats["observed_bits"]).astype("Int64")
     return df

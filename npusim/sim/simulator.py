@@ -12,6 +12,7 @@ import math
 import time
 import weakref
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numba
@@ -27,6 +28,8 @@ from npusim.ir.arith import bits_needed
 from npusim.ir.bounds import layer_bounds
 from npusim.ir.program import IntegerProgram, Node
 from npusim.ir.requant import NodeRequant, RequantSpec, changes_text, node_requant
+from npusim.ir.ops import OPS, pool_window
+from npusim.ir.program import TensorSpec
 
 if TYPE_CHECKING:
     from npusim.hw.config import NPUConfig
@@ -128,48 +131,14 @@ class Simulator:
     def plan(self, program: IntegerProgram) -> list[_Plan]:
         """Check the program against this NPU and derive every node's parameters."""
         self._use_requant_of(program)
-        cfg = self.config
-        prec = cfg.precision
-        t = program.tensors
         plans = []
         for node in program.nodes:
             ctx = f"node {node.name!r}"
             rq = None
             p = _Plan(node, None)
-            if node.op in ("conv2d", "linear"):
-                w = program.arrays[f"{node.name}.weight"]
-                wt, xt = t[f"{node.name}.weight"], t[node.inputs[0]]
-                if wt.bits > cfg.array.max_weight_bits:
-                    raise SimulationError(
-                        f"{ctx}: {wt.bits}-bit weights but the NPU datapath takes at most "
-                        f"{cfg.array.max_weight_bits} (array.max_weight_bits)")
-                if xt.bits > cfg.array.max_input_bits:
-                    raise SimulationError(
-                        f"{ctx}: {xt.bits}-bit inputs but the NPU datapath takes at most "
-                        f"{cfg.array.max_input_bits} (array.max_input_bits)")
-                lb = layer_bounds(program, node)
-                widest = prec.pe_acc_bits if cfg.array.dataflow != "os" else prec.acc_bits
-                if lb.product_bits > min(widest, prec.acc_bits):
-                    raise SimulationError(
-                        f"{ctx}: a single product needs {lb.product_bits} bits but the "
-                        f"accumulator has {min(widest, prec.acc_bits)} "
-                        f"(precision.acc_bits/pe_acc_bits)")
-                p.k, p.macs = lb.k, lb.macs_per_image
-                p.weight = w.astype(np.int64)
-                p.bias = program.arrays[f"{node.name}.bias"].astype(np.int64)
-                p.bound_dtype, p.bound_l1 = lb.bound_dtype_bits, lb.bound_l1_bits
-                p.bound_l1_nobias = lb.bound_l1_nobias_bits
-                if node.op == "linear":
-                    p.weight = p.weight.reshape(*w.shape, 1, 1)
-                if self.fast:
-                    stride, pad, groups = (1, 0, 1) if node.op == "linear" else (
-                        node.attrs["stride"], node.attrs["padding"], node.attrs["groups"])
-                    p.prep = prepare_conv(p.weight, stride, pad, groups, xt.zero_point,
-                                          xt.int_range(), self._levels(), p.bound_l1,
-                                          p.bound_l1_nobias)
-            requant = node.op in ("conv2d", "linear", "add", "avgpool2d", "global_avgpool") \
-                and node.attrs.get("requant", True)
-            if requant:
+            if OPS[node.op].unit == "array":
+                self._plan_gemm(program, node, p)
+            if OPS[node.op].requantizes(node):
                 try:
                     rq = node_requant(program, node, self.settings)
                 except ValueError as e:
@@ -181,6 +150,41 @@ class Simulator:
             plans.append(p)
         return plans
 
+    def _plan_gemm(self, program: IntegerProgram, node: Node, p: _Plan) -> None:
+        """Check a conv2d/linear node against the datapath; pack its weights for the engines."""
+        cfg = self.config
+        prec = cfg.precision
+        t = program.tensors
+        ctx = f"node {node.name!r}"
+        w = program.arrays[f"{node.name}.weight"]
+        wt, xt = t[f"{node.name}.weight"], t[node.inputs[0]]
+        if wt.bits > cfg.array.max_weight_bits:
+            raise SimulationError(
+                f"{ctx}: {wt.bits}-bit weights but the NPU datapath takes at most "
+                f"{cfg.array.max_weight_bits} (array.max_weight_bits)")
+        if xt.bits > cfg.array.max_input_bits:
+            raise SimulationError(
+                f"{ctx}: {xt.bits}-bit inputs but the NPU datapath takes at most "
+                f"{cfg.array.max_input_bits} (array.max_input_bits)")
+        lb = layer_bounds(program, node)
+        widest = prec.pe_acc_bits if cfg.array.dataflow != "os" else prec.acc_bits
+        if lb.product_bits > min(widest, prec.acc_bits):
+            raise SimulationError(
+                f"{ctx}: a single product needs {lb.product_bits} bits but the "
+                f"accumulator has {min(widest, prec.acc_bits)} "
+                f"(precision.acc_bits/pe_acc_bits)")
+        p.k, p.macs = lb.k, lb.macs_per_image
+        p.weight = w.astype(np.int64)
+        p.bias = program.arrays[f"{node.name}.bias"].astype(np.int64)
+        p.bound_dtype, p.bound_l1 = lb.bound_dtype_bits, lb.bound_l1_bits
+        p.bound_l1_nobias = lb.bound_l1_nobias_bits
+        p.weight = p.weight.reshape(*w.shape, *(1,) * (4 - w.ndim))  # linear: a 1x1 conv
+        if self.fast:
+            stride, pad, groups = _conv_params(node)
+            p.prep = prepare_conv(p.weight, stride, pad, groups, xt.zero_point,
+                                  xt.int_range(), self._levels(), p.bound_l1,
+                                  p.bound_l1_nobias)
+
     def _check_product_width(self, program: IntegerProgram, node: Node, rq: NodeRequant,
                              p: _Plan) -> None:
         """acc * m0 (after TFLite's left shift for M >= 1) must fit a 64-bit register.
@@ -190,20 +194,12 @@ class Simulator:
         """
         from npusim.ir.arith import TFLITE_DOUBLE
 
-        prec = self.config.precision
         b = self.settings.multiplier_bits
-        xt = program.tensors[node.inputs[0]]
-        if node.op in ("conv2d", "linear"):
-            width = p.bound_l1 if prec.acc_mode == "exact" else min(prec.acc_bits, p.bound_l1)
-        elif node.op == "add":
-            width = max(program.tensors[i].bits for i in node.inputs) + 1
-        else:  # pooling sums: input bits plus the window's growth
-            c, h, w = xt.shape
-            window = node.attrs.get("kernel", 1) ** 2 if node.op == "avgpool2d" else h * w
-            width = xt.bits + 1 + math.ceil(math.log2(max(window, 1)))
+        kernel = KERNELS[node.op]
+        width = kernel.requant_width(self, program, node, p)
         left = 0
         # a residual add rescales each input with `add_frac_bits` more fractional bits
-        n = rq.n - self.settings.add_frac_bits if node.op == "add" else rq.n
+        n = rq.n - self.settings.add_frac_bits if kernel.rescales_inputs else rq.n
         if self.settings.code == TFLITE_DOUBLE and n.size:
             left = int(np.max(np.maximum((b - 1) - n, 0)))
         elif n.size:  # single rounding: a negative shift is an exact left shift of acc * m0
@@ -272,77 +268,20 @@ class Simulator:
         t_out = program.tensors[node.output]
         zp_y = t_out.zero_point
         lo, hi = node.attrs.get("clamp", t_out.int_range())
-        x = vals[node.inputs[0]]
-        n = len(x)
         rq = p.rq
+        kernel = KERNELS[node.op]
         y = reused = None
-        if share is not None and node.op not in ("conv2d", "linear"):
+        if share is not None and not kernel.shares_inside:
             # elementwise/pooling/lookup nodes: the same input objects under the same
             # requantization settings give the same output object
             ins = [vals[name] for name in node.inputs]
             reused = next((y0 for s0, ins0, y0 in share.setdefault("outs", [])
                            if s0 == s and all(a is b for a, b in zip(ins0, ins))), None)
             y = reused
-        if y is not None:
-            pass
-        elif node.op in ("conv2d", "linear"):
-            xt = program.tensors[node.inputs[0]]
-            if node.op == "linear":
-                x4 = x.reshape(n, 1, 1, -1)
-                stride, pad, groups = 1, 0, 1
-            else:
-                stride, pad, groups = node.attrs["stride"], node.attrs["padding"], node.attrs["groups"]
-                x4 = x
-            out_hw = (t_out.shape[1], t_out.shape[2]) if node.op == "conv2d" else (1, 1)
-            req = None if rq is None else Requant(rq.m0, rq.n, rq.mf, scale_float, s.code,
-                                                  s.multiplier_bits, zp_y, lo, hi)
-            acc, ast = conv_accumulate(x4, p.weight, p.bias, stride, pad, groups,
-                                       xt.zero_point, out_hw, self._levels(), p.bound_l1,
-                                       p.bound_l1_nobias, self.fast, p.prep, req, share)
-            y = acc if node.op == "conv2d" else acc.reshape(n, -1)
-            st[node.name] = ast
-        elif node.op == "add":
-            a, b = vals[node.inputs[0]], vals[node.inputs[1]]
-            ta, tb = program.tensors[node.inputs[0]], program.tensors[node.inputs[1]]
-            y = arith.residual_add(a, b, ta.zero_point, tb.zero_point, rq.m0, rq.n, rq.mf,
-                                   s.add_frac_bits, scale_float, s.code, s.shift_code,
-                                   s.multiplier_bits, zp_y, lo, hi,
-                                   arith.storage_dtype(*t_out.int_range()))
-        elif node.op in ("maxpool2d", "avgpool2d", "global_avgpool"):
-            xt = program.tensors[node.inputs[0]]
-            is_max = node.op == "maxpool2d"
-            if node.op == "global_avgpool":
-                k, stride, pad = x.shape[1], 1, 0
-                if x.shape[1] != x.shape[2]:
-                    raise SimulationError(f"node {node.name!r}: global pooling needs a square map")
-            else:
-                k, stride, pad = node.attrs["kernel"], node.attrs["stride"], node.attrs.get("padding", 0)
-            if pad:
-                fill = np.iinfo(np.int64).min if is_max else xt.zero_point
-                x = np.pad(x.astype(np.int64), ((0, 0), (pad, pad), (pad, pad), (0, 0)),
-                           constant_values=fill)
-            c, ho, wo = t_out.shape
-            out = np.empty((n, ho, wo, c), np.int64)
-            if is_max:
-                m0, nsh, mf = 0, 0, np.float32(0)
-                lo, hi = t_out.int_range()
-            else:
-                m0, nsh, mf = int(rq.m0[0]), int(rq.n[0]), rq.mf[0]
-            K.pool_kernel(np.ascontiguousarray(x), k, stride, is_max, xt.zero_point, m0, nsh,
-                          mf, scale_float, s.code, s.multiplier_bits, zp_y, lo, hi, out)
-            y = _stored(out, t_out)
-        elif node.op == "flatten":  # in the NCHW order of the program's tensors
-            y = x.reshape(n, -1) if x.ndim == 2 or x.shape[1] * x.shape[2] == 1 else \
-                x.transpose(0, 3, 1, 2).reshape(n, -1)
-        elif node.op == "embed":
-            lut = program.arrays[f"{node.name}.lut"].astype(np.int64)
-            c, h, w_ = t_out.shape
-            y = np.empty((n, h, w_, c), np.int64)
-            K.embed_kernel(np.ascontiguousarray(x), lut, y)
-            y = _stored(y, t_out)
-        else:  # pragma: no cover - the program loader rejects unknown ops
-            raise SimulationError(f"node {node.name!r}: unsupported op {node.op!r}")
-        if share is not None and node.op not in ("conv2d", "linear") and reused is None:
+        if y is None:
+            y = kernel.run(self, _Call(program, p, vals, st, share, t_out, zp_y, lo, hi, rq,
+                                       scale_float))
+        if share is not None and not kernel.shares_inside and reused is None:
             share["outs"].append((s, ins, y))
         vals[node.output] = y
         if not keep_all:  # free what no later node reads (peak memory of big batches)
@@ -350,6 +289,22 @@ class Simulator:
                 if last_use.get(name) == i and name not in program.outputs:
                     vals.pop(name, None)
         self.node_seconds[node.name] += time.perf_counter() - t0
+
+    def _run_gemm(self, c: "_Call") -> np.ndarray:
+        """conv2d / linear on the MAC array (see `accumulate.conv_accumulate`)."""
+        s, node, p, rq, x = self.settings, c.node, c.p, c.rq, c.x
+        xt = c.program.tensors[node.inputs[0]]
+        n = len(x)
+        stride, pad, groups = _conv_params(node)
+        x4 = x.reshape(n, 1, 1, -1) if x.ndim == 2 else x  # linear: a 1x1 conv
+        out_hw = tuple(c.t_out.shape[1:]) if len(c.t_out.shape) == 3 else (1, 1)
+        req = None if rq is None else Requant(rq.m0, rq.n, rq.mf, c.scale_float, s.code,
+                                              s.multiplier_bits, c.zp_y, c.lo, c.hi)
+        acc, ast = conv_accumulate(x4, p.weight, p.bias, stride, pad, groups,
+                                   xt.zero_point, out_hw, self._levels(), p.bound_l1,
+                                   p.bound_l1_nobias, self.fast, p.prep, req, c.share)
+        c.st[node.name] = ast
+        return acc if x.ndim == 4 else acc.reshape(n, -1)
 
     def _stats_table(self, program, plans, stats, n_img) -> pd.DataFrame:
         prec = self.config.precision
@@ -381,6 +336,141 @@ class Simulator:
             if c in df:
                 df[c] = df[c].astype("Int64")
         return df
+
+
+# ------------------------------------------------------------------------ kernels
+
+def _conv_params(node: Node) -> tuple[int, int, int]:
+    """(stride, padding, groups) of a MAC-array node; a linear layer is a 1x1 conv of them."""
+    a = node.attrs
+    return a.get("stride", 1), a.get("padding", 0), a.get("groups", 1)
+
+
+@dataclass
+class _Call:
+    """What a kernel needs to run one node on one batch (see `Simulator._run_node`)."""
+
+    program: IntegerProgram
+    p: _Plan
+    vals: dict[str, np.ndarray]
+    st: dict
+    share: dict | None
+    t_out: TensorSpec
+    zp_y: int
+    lo: int
+    hi: int
+    rq: NodeRequant | None
+    scale_float: bool
+
+    @property
+    def node(self) -> Node:
+        return self.p.node
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.vals[self.node.inputs[0]]
+
+
+def _run_add(sim: Simulator, c: _Call) -> np.ndarray:
+    s, node, rq, t = sim.settings, c.node, c.rq, c.program.tensors
+    ta, tb = t[node.inputs[0]], t[node.inputs[1]]
+    return arith.residual_add(c.vals[node.inputs[0]], c.vals[node.inputs[1]], ta.zero_point,
+                              tb.zero_point, rq.m0, rq.n, rq.mf, s.add_frac_bits, c.scale_float,
+                              s.code, s.shift_code, s.multiplier_bits, c.zp_y, c.lo, c.hi,
+                              arith.storage_dtype(*c.t_out.int_range()))
+
+
+def _run_pool(sim: Simulator, c: _Call) -> np.ndarray:
+    """maxpool2d / avgpool2d / global_avgpool: one window kernel (the max takes no requant)."""
+    s, node, rq, x, t_out, lo, hi = sim.settings, c.node, c.rq, c.x, c.t_out, c.lo, c.hi
+    xt = c.program.tensors[node.inputs[0]]
+    op = OPS[node.op]
+    is_max = op.real_multipliers is None
+    if op.has_attr("kernel"):
+        k, stride, pad = op.attr(node, "kernel"), op.attr(node, "stride"), op.attr(node, "padding")
+    else:  # a global pool: one window over the whole map
+        k, stride, pad = x.shape[1], 1, 0
+        if x.shape[1] != x.shape[2]:
+            raise SimulationError(f"node {node.name!r}: global pooling needs a square map")
+    if pad:
+        fill = np.iinfo(np.int64).min if is_max else xt.zero_point
+        x = np.pad(x.astype(np.int64), ((0, 0), (pad, pad), (pad, pad), (0, 0)),
+                   constant_values=fill)
+    ch, ho, wo = t_out.shape
+    out = np.empty((len(x), ho, wo, ch), np.int64)
+    if is_max:
+        m0, nsh, mf = 0, 0, np.float32(0)
+        lo, hi = t_out.int_range()
+    else:
+        m0, nsh, mf = int(rq.m0[0]), int(rq.n[0]), rq.mf[0]
+    K.pool_kernel(np.ascontiguousarray(x), k, stride, is_max, xt.zero_point, m0, nsh,
+                  mf, c.scale_float, s.code, s.multiplier_bits, c.zp_y, lo, hi, out)
+    return _stored(out, t_out)
+
+
+def _run_flatten(sim: Simulator, c: _Call) -> np.ndarray:
+    """In the NCHW order of the program's tensors."""
+    x, n = c.x, len(c.x)
+    return x.reshape(n, -1) if x.ndim == 2 or x.shape[1] * x.shape[2] == 1 else \
+        x.transpose(0, 3, 1, 2).reshape(n, -1)
+
+
+def _run_embed(sim: Simulator, c: _Call) -> np.ndarray:
+    lut = c.program.arrays[f"{c.node.name}.lut"].astype(np.int64)
+    ch, h, w = c.t_out.shape
+    y = np.empty((len(c.x), h, w, ch), np.int64)
+    K.embed_kernel(np.ascontiguousarray(c.x), lut, y)
+    return _stored(y, c.t_out)
+
+
+def _gemm_width(sim: Simulator, program: IntegerProgram, node: Node, p: _Plan) -> int:
+    """The accumulator reaching requantization: the exact weight bound, and in wrap/saturate
+    modes also the accumulator width."""
+    prec = sim.config.precision
+    return p.bound_l1 if prec.acc_mode == "exact" else min(prec.acc_bits, p.bound_l1)
+
+
+def _add_width(sim: Simulator, program: IntegerProgram, node: Node, p: _Plan) -> int:
+    return max(program.tensors[i].bits for i in node.inputs) + 1
+
+
+def _pool_width(sim: Simulator, program: IntegerProgram, node: Node, p: _Plan) -> int:
+    """Pooling sums: input bits plus the window's growth."""
+    window = pool_window(program, node)
+    return program.tensors[node.inputs[0]].bits + 1 + math.ceil(math.log2(max(window, 1)))
+
+
+def _no_width(sim: Simulator, program: IntegerProgram, node: Node, p: _Plan) -> int:
+    raise AssertionError(f"{node.op} does not requantize")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The simulator's side of an op (`npusim.ir.ops.OPS` holds its meaning): `run` computes a
+    node's output on a batch, `requant_width` bounds the bits of the value it requantizes.
+    `shares_inside`: `run_many` configurations share its work inside the kernel (engine sums)
+    rather than by reusing a whole output; `rescales_inputs`: its shift carries
+    `add_frac_bits` extra fractional bits (the residual add)."""
+
+    run: Callable[[Simulator, _Call], np.ndarray]
+    requant_width: Callable[[Simulator, IntegerProgram, Node, _Plan], int] = _no_width
+    shares_inside: bool = False
+    rescales_inputs: bool = False
+
+
+_GEMM = Kernel(Simulator._run_gemm, _gemm_width, shares_inside=True)
+_POOL = Kernel(_run_pool, _pool_width)
+#: one kernel per op of `npusim.ir.ops.OPS`, by name
+KERNELS: dict[str, Kernel] = {
+    "conv2d": _GEMM,
+    "linear": _GEMM,
+    "add": Kernel(_run_add, _add_width, rescales_inputs=True),
+    "maxpool2d": _POOL,
+    "avgpool2d": _POOL,
+    "global_avgpool": _POOL,
+    "flatten": Kernel(_run_flatten),
+    "embed": Kernel(_run_embed),
+}
 
 
 def run_many(simulators: list[Simulator], program: IntegerProgram, images: np.ndarray,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from npusim.ir.ops import requantizes
 from npusim.ir.program import IntegerProgram, Node, TensorSpec, storage_dtype
 from npusim.ir.requant import RequantSpec, node_requant
 
@@ -21,8 +22,7 @@ def finish(nodes, tensors, arrays, input_name, outputs, requant=None):
                           outputs=outputs, requant=requant)
     settings = RequantSpec.from_dict(requant)
     for node in nodes:
-        if node.op in ("conv2d", "linear", "add", "avgpool2d", "global_avgpool") and \
-                node.attrs.get("requant", True):
+        if requantizes(node):
             rq = node_requant(prog, node, settings)
             k = len(rq.m0)
             m0 = rq.m0 if settings.scale_mode != "float" else np.zeros(k, np.int64)
