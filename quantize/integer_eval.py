@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from npusim.ir import arith
-from npusim.sim.exact_conv import exact_conv2d
+from npusim.sim.engines import exact_conv as exact_conv2d
 from npusim.ir.program import IntegerProgram
 from npusim.ir.requant import RequantSettings, node_requant
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from npusim.sim import kernels as K
+from npusim.sim import engines
 from npusim.sim.accumulate import LevelSpec, Requant, conv_accumulate, prepare_conv
 from npusim.sim.int8_engine import Int8Conv
 from npusim.ir import arith
@@ -89,10 +90,16 @@ class _Plan:
 class Simulator:
     """A bit-accurate integer NPU described by an `NPUConfig`."""
 
-    def __init__(self, config: "NPUConfig", fast: bool = True) -> None:
-        """`fast=False` runs the order-faithful kernel on every output (see `accumulate`)."""
+    def __init__(self, config: "NPUConfig", engine: str = "auto") -> None:
+        """`engine` computes the convs' exact sums: "auto", "reference" (the order-faithful
+        kernel on every output), "float" or "int8" (see `npusim.sim.engines`)."""
         self.config = config
-        self.fast = fast
+        try:
+            self.engine = engines.select(engine)
+        except engines.EngineError as e:
+            raise SimulationError(str(e)) from None
+        #: the engine that computes: "reference", "float" or "int8" ("auto" resolved)
+        self.engine_used = self.engine.used
         rq = config.requant
         self.settings = RequantSettings(rq.scale_mode, rq.multiplier_bits, rq.max_shift,
                                         rq.rounding, rq.add_frac_bits)
@@ -144,12 +151,12 @@ class Simulator:
                 p.bound_l1_nobias = lb.bound_l1_nobias_bits
                 if node.op == "linear":
                     p.weight = p.weight.reshape(*w.shape, 1, 1)
-                if self.fast:
+                if self.engine.int8_kind:
                     stride, pad, groups = (1, 0, 1) if node.op == "linear" else (
                         node.attrs["stride"], node.attrs["padding"], node.attrs["groups"])
-                    p.prep = prepare_conv(p.weight, stride, pad, groups, xt.zero_point,
-                                          xt.int_range(), self._levels(), p.bound_l1,
-                                          p.bound_l1_nobias)
+                    p.prep = prepare_conv(self.engine, p.weight, stride, pad, groups,
+                                          xt.zero_point, xt.int_range(), self._levels(),
+                                          p.bound_l1, p.bound_l1_nobias)
             requant = node.op in ("conv2d", "linear", "add", "avgpool2d", "global_avgpool") \
                 and node.attrs.get("requant", True)
             if requant:
@@ -281,7 +288,7 @@ class Simulator:
                                                   s.multiplier_bits, zp_y, lo, hi)
             acc, ast = conv_accumulate(x4, p.weight, p.bias, stride, pad, groups,
                                        xt.zero_point, out_hw, self._levels(), p.bound_l1,
-                                       p.bound_l1_nobias, self.fast, p.prep, req, share)
+                                       p.bound_l1_nobias, self.engine, p.prep, req, share)
             y = acc if node.op == "conv2d" else acc.reshape(n, -1)
             st[node.name] = ast
         elif node.op == "add":
@@ -311,8 +318,9 @@ class Simulator:
                 lo, hi = t_out.int_range()
             else:
                 m0, nsh, mf = int(rq.m0[0]), int(rq.n[0]), rq.mf[0]
-            K.pool_kernel(np.ascontiguousarray(x), k, stride, is_max, xt.zero_point, m0, nsh,
-                          mf, scale_float, s.code, s.multiplier_bits, zp_y, lo, hi, out)
+            K.pool_kernel(np.ascontiguousarray(x), k, stride, is_max, xt.zero_point,
+                          arith.requant_params(m0, nsh, mf, scale_float, s.code,
+                                               s.multiplier_bits, zp_y, lo, hi), out)
             y = _stored(out, t_out)
         elif node.op == "flatten":  # in the NCHW order of the program's tensors
             y = x.reshape(n, -1) if x.ndim == 2 or x.shape[1] * x.shape[2] == 1 else \
