@@ -85,10 +85,12 @@ class Int8Support:
 
     @property
     def ok(self) -> bool:
+        """The engine is usable."""
         return self.kind is not None
 
 
 def _probe() -> Int8Support:
+    """Probe the int8 engine (uncached; see `probe`)."""
     kind = _cpu_int8_kind()
     if kind is None:
         return Int8Support(None, "the CPU reports no AVX2/VNNI/AMX", cpu=False)
