@@ -60,12 +60,13 @@ def cpu_model() -> str:
 
 
 def engine_line() -> str:
-    """Which exact conv engine this CPU gets (`npusim.sim.int8_engine`)."""
-    from npusim.sim import int8_engine
+    """Which exact conv engine "auto" gets on this CPU (`npusim.sim.engines`)."""
+    from npusim.sim import engines
 
-    if not int8_engine.engine_available():
+    eng = engines.select("auto")
+    if eng.int8_kind is None:
         return "float engine only (no usable int8 engine on this CPU)"
-    if int8_engine._STATE.get("kind") == "exact":
+    if eng.int8_kind == "exact":
         return "oneDNN int8 with VNNI/AMX (exact int32 accumulation)"
     return ("oneDNN int8 on AVX2 without VNNI: weights split as 64*hi+lo wherever a pair of "
             "u8 x s8 products could saturate int16 (2x conv columns for 8-bit weights), "
@@ -310,7 +311,8 @@ _CHILD = textwrap.dedent("""
     from npusim.data import load_dataset
     from npusim.ir.program import load_program
     from npusim.sim.simulator import Simulator
-    from npusim.ir import arith, kernels
+    from npusim.ir import arith
+    from npusim.sim import kernels
     prog = load_program(sys.argv[1])
     n = int(sys.argv[2])
     imgs = load_dataset("mnist5k", "test").subset(n).images

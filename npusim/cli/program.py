@@ -49,6 +49,7 @@ def simulate(
     set_: list[str] = typer.Option([], "--set", help="Override an NPU field: key=value."),
     csv: Optional[Path] = typer.Option(None, help="Write the per-layer table as CSV."),
     root: Optional[str] = typer.Option(None, help="Data directory (cifar10)."),
+    engine: str = typer.Option("auto", help="Conv engine: auto, reference, float or int8."),
 ) -> None:
     """Simulate a program bit-accurately on a virtual NPU; print top-1 and per-layer stats."""
     import time
@@ -64,9 +65,11 @@ def simulate(
         _fail("--data: the program does not record its data set; name one")
     ds = load_dataset(name, split, root=root).subset(limit)
     t0 = time.perf_counter()
-    res = Simulator(cfg).run(prog, ds.images)
+    sim = Simulator(cfg, engine=engine)
+    res = sim.run(prog, ds.images)
     secs = time.perf_counter() - t0
-    typer.echo(f"{cfg.name}: {len(ds)} {name}/{split} images in {secs:.1f} s, top-1 "
+    typer.echo(f"{cfg.name}: {len(ds)} {name}/{split} images in {secs:.1f} s "
+               f"({sim.engine_used} engine), top-1 "
                f"{100 * res.accuracy(ds.labels):.2f}%, overflow rate {overflow_rate(res.stats):.2e}")
     _echo_requant_changes(cfg, prog)
     cols = ["layer", "op", "output_shape", "macs_per_image", "pe_overflows", "acc_overflows",

@@ -4,7 +4,7 @@ Its API takes and returns NumPy arrays and Python numbers; numba is an implement
 
 One home per rule: rounding shifts, fixed-point requantization (TFLite double rounding and
 the single-rounding conventions), ONNX Runtime's float requantization, wrap/saturate, the
-multiplier decomposition and the accumulator bounds. Nothing here imports torch or numba.
+multiplier decomposition and the accumulator bounds. Nothing here imports torch.
 
 The element-wise functions are written branch-free over integer operators so that the very
 same Python function runs vectorised on NumPy int64 arrays (as `quantize` uses it) and, through
@@ -16,7 +16,7 @@ code, which is one value per layer.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numba
 import numpy as np
@@ -171,82 +171,86 @@ def add_one(a, b, m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac, scale_float, code, shi
     return y
 
 
-@register_jitable
-def requant_row(src, dst, m0, n, mf, scale_float, code, mbits, zp, lo, hi):
-    """``dst[j] = requant_one(src[j], ...)`` with one channel's parameters; the mode and
-    rounding code are dispatched once per row to loops with constant codes (so the
-    compiler folds the per-element branches away)."""
-    if scale_float:
-        for j in range(src.shape[0]):
-            dst[j] = requant_one(src[j], m0, n, mf, True, 0, mbits, zp, lo, hi)
-    elif code == HALF_UP:
-        for j in range(src.shape[0]):
-            dst[j] = requant_one(src[j], m0, n, mf, False, HALF_UP, mbits, zp, lo, hi)
-    elif code == HALF_EVEN:
-        for j in range(src.shape[0]):
-            dst[j] = requant_one(src[j], m0, n, mf, False, HALF_EVEN, mbits, zp, lo, hi)
-    elif code == TFLITE_DOUBLE:
-        for j in range(src.shape[0]):
-            dst[j] = requant_one(src[j], m0, n, mf, False, TFLITE_DOUBLE, mbits, zp, lo, hi)
-    else:
-        for j in range(src.shape[0]):
-            dst[j] = requant_one(src[j], m0, n, mf, False, code, mbits, zp, lo, hi)
+class RequantParams(NamedTuple):
+    """A layer's requantization as one record the kernels take: per-channel `m0`, `n` (int64)
+    and `mf` (float32) arrays (length 1 for one tensor-wide multiplier), the float/fixed
+    mode, rounding code, multiplier width, output zero point and clamp range."""
+
+    m0: np.ndarray
+    n: np.ndarray
+    mf: np.ndarray
+    scale_float: bool
+    code: int
+    mbits: int
+    zp: int
+    lo: int
+    hi: int
 
 
-@register_jitable
-def requant_channels(src, dst, m0, n, mf, scale_float, code, mbits, zp, lo, hi):
-    """``dst[c] = requant_one(src[c], m0[c], n[c], mf[c], ...)``: one pixel of a channels-last
-    tensor, each value with its channel's parameters; the mode and rounding code are
-    dispatched once per call, as in `requant_row`."""
-    if scale_float:
-        for c in range(src.shape[0]):
-            dst[c] = requant_one(src[c], m0[c], n[c], mf[c], True, 0, mbits, zp, lo, hi)
-    elif code == HALF_UP:
-        for c in range(src.shape[0]):
-            dst[c] = requant_one(src[c], m0[c], n[c], mf[c], False, HALF_UP, mbits, zp, lo, hi)
-    elif code == HALF_EVEN:
-        for c in range(src.shape[0]):
-            dst[c] = requant_one(src[c], m0[c], n[c], mf[c], False, HALF_EVEN, mbits, zp, lo,
-                                 hi)
-    elif code == TFLITE_DOUBLE:
-        for c in range(src.shape[0]):
-            dst[c] = requant_one(src[c], m0[c], n[c], mf[c], False, TFLITE_DOUBLE, mbits, zp,
-                                 lo, hi)
+def requant_params(m0, n, mf, scale_float: bool, code: int, mbits: int, zp: int, lo: int,
+                   hi: int) -> RequantParams:
+    """A `RequantParams` with contiguous arrays (scalars become length-1 arrays) and plain
+    Python scalars (so every layer shares one compiled kernel signature)."""
+    return RequantParams(np.ascontiguousarray(np.atleast_1d(m0), np.int64),
+                         np.ascontiguousarray(np.atleast_1d(n), np.int64),
+                         np.ascontiguousarray(np.atleast_1d(mf), np.float32),
+                         bool(scale_float), int(code), int(mbits), int(zp), int(lo), int(hi))
+
+
+@numba.njit(inline="always")
+def _requant_loop(src, dst, rq, c0, cstep, scale_float, code):
+    for j in range(src.shape[0]):
+        c = c0 + j * cstep
+        dst[j] = requant_one(src[j], rq.m0[c], rq.n[c], rq.mf[c], scale_float, code, rq.mbits,
+                             rq.zp, rq.lo, rq.hi)
+
+
+@numba.njit(inline="always")
+def requant_span(src, dst, rq, c0, cstep):
+    """The one requantization loop: ``dst[j] = requant_one(src[j])`` with the parameters of
+    channel ``c0 + j * cstep`` of `rq` (a `RequantParams`); the mode and rounding code are
+    dispatched once per call to loops with constant codes (so the compiler folds the
+    per-element branches away)."""
+    if rq.scale_float:
+        _requant_loop(src, dst, rq, c0, cstep, True, 0)
+    elif rq.code == HALF_UP:
+        _requant_loop(src, dst, rq, c0, cstep, False, HALF_UP)
+    elif rq.code == HALF_EVEN:
+        _requant_loop(src, dst, rq, c0, cstep, False, HALF_EVEN)
+    elif rq.code == TFLITE_DOUBLE:
+        _requant_loop(src, dst, rq, c0, cstep, False, TFLITE_DOUBLE)
     else:
-        for c in range(src.shape[0]):
-            dst[c] = requant_one(src[c], m0[c], n[c], mf[c], False, code, mbits, zp, lo, hi)
+        _requant_loop(src, dst, rq, c0, cstep, False, rq.code)
 
 
 @numba.njit(parallel=True, cache=True)
-def _requant_kernel(acc, m0, n, mf, scale_float, code, mbits, zp, lo, hi, out):
+def _requant_kernel(acc, rq, out):
     for t in numba.prange(acc.shape[0] * acc.shape[1]):
         i = t // acc.shape[1]
         c = t - i * acc.shape[1]
-        requant_row(acc[i, c], out[i, c], m0[c], n[c], mf[c], scale_float, code, mbits, zp,
-                    lo, hi)
+        requant_span(acc[i, c], out[i, c], rq, c, 0)
 
 
 @numba.njit(parallel=True, cache=True)
-def _add_kernel(a, b, zp_a, zp_b, m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac, scale_float, code,
-                shift_code, mbits, zp_y, lo, hi, out):
-    # inputs of any integer dtype, zero points removed in int64; the mode and rounding codes
-    # are dispatched once, to loops with constant codes
+def _add_kernel(a, b, zp_a, zp_b, rq, frac, shift_code, out):
+    # inputs of any integer dtype, zero points removed in int64; `rq` holds one entry per
+    # input; the mode and rounding codes are dispatched once, to loops with constant codes
+    scale_float, code = rq.scale_float, rq.code
     for i in numba.prange(a.shape[0]):
         if scale_float:
-            for j in range(a.shape[1]):
-                out[i, j] = add_one(np.int64(a[i, j]) - zp_a, np.int64(b[i, j]) - zp_b, m0_a,
-                                    n_a, m0_b, n_b, mf_a, mf_b, frac, True, code, shift_code,
-                                    mbits, zp_y, lo, hi)
+            _add_loop(a[i], b[i], zp_a, zp_b, rq, frac, True, code, shift_code, out[i])
         elif code == HALF_UP and shift_code == HALF_UP:
-            for j in range(a.shape[1]):
-                out[i, j] = add_one(np.int64(a[i, j]) - zp_a, np.int64(b[i, j]) - zp_b, m0_a,
-                                    n_a, m0_b, n_b, mf_a, mf_b, frac, False, HALF_UP, HALF_UP,
-                                    mbits, zp_y, lo, hi)
+            _add_loop(a[i], b[i], zp_a, zp_b, rq, frac, False, HALF_UP, HALF_UP, out[i])
         else:
-            for j in range(a.shape[1]):
-                out[i, j] = add_one(np.int64(a[i, j]) - zp_a, np.int64(b[i, j]) - zp_b, m0_a,
-                                    n_a, m0_b, n_b, mf_a, mf_b, frac, False, code, shift_code,
-                                    mbits, zp_y, lo, hi)
+            _add_loop(a[i], b[i], zp_a, zp_b, rq, frac, False, code, shift_code, out[i])
+
+
+@numba.njit(inline="always")
+def _add_loop(a, b, zp_a, zp_b, rq, frac, scale_float, code, shift_code, out):
+    for j in range(a.shape[0]):
+        out[j] = add_one(np.int64(a[j]) - zp_a, np.int64(b[j]) - zp_b, rq.m0[0], rq.n[0],
+                         rq.m0[1], rq.n[1], rq.mf[0], rq.mf[1], frac, scale_float, code,
+                         shift_code, rq.mbits, rq.zp, rq.lo, rq.hi)
 
 
 def requantize(acc: np.ndarray, m0: np.ndarray, n: np.ndarray, mf: np.ndarray, scale_float: bool,
@@ -257,10 +261,10 @@ def requantize(acc: np.ndarray, m0: np.ndarray, n: np.ndarray, mf: np.ndarray, s
     a3 = acc.reshape(shape[0], shape[1], -1)
     out = np.empty_like(a3)
     c = shape[1]
-    _requant_kernel(a3, np.broadcast_to(np.asarray(m0, np.int64), (c,)).copy(),
-                    np.broadcast_to(np.asarray(n, np.int64), (c,)).copy(),
-                    np.broadcast_to(np.asarray(mf, np.float32), (c,)).copy(),
-                    bool(scale_float), int(code), int(mbits), int(zp), int(lo), int(hi), out)
+    _requant_kernel(a3, requant_params(np.broadcast_to(np.asarray(m0, np.int64), (c,)),
+                                       np.broadcast_to(np.asarray(n, np.int64), (c,)),
+                                       np.broadcast_to(np.asarray(mf, np.float32), (c,)),
+                                       scale_float, code, mbits, zp, lo, hi), out)
     return out.reshape(shape)
 
 
@@ -273,9 +277,9 @@ def residual_add(a: np.ndarray, b: np.ndarray, zp_a: int, zp_b: int, m0: np.ndar
     a2 = np.ascontiguousarray(a).reshape(shape[0], -1)
     b2 = np.ascontiguousarray(b).reshape(shape[0], -1)
     out = np.empty(a2.shape, out_dtype)
-    _add_kernel(a2, b2, int(zp_a), int(zp_b), int(m0[0]), int(n[0]), int(m0[1]), int(n[1]),
-                np.float32(mf[0]), np.float32(mf[1]), int(frac), bool(scale_float), int(code),
-                int(shift_code), int(mbits), int(zp_y), int(lo), int(hi), out)
+    rq = requant_params(np.asarray(m0)[:2], np.asarray(n)[:2], np.asarray(mf)[:2], scale_float,
+                        code, mbits, zp_y, lo, hi)
+    _add_kernel(a2, b2, int(zp_a), int(zp_b), rq, int(frac), int(shift_code), out)
     return out.reshape(shape)
 
 

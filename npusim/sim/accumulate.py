@@ -5,17 +5,17 @@ The result of every output is defined by the order-faithful accumulation of DESI
 needed: an output whose running sums cannot leave the accumulator's range, in any order, has
 no overflow event and equals its exact sum. So:
 
-1. the exact sums come from the int8 engine (`npusim.sim.int8_engine`: oneDNN's int8 conv, with
-   the positive/negative product sums as extra output columns when step 3 needs them) where
-   the operand ranges and the weights' L1 bound prove it exact, else from `npusim.sim.exact_conv`
-   (a float im2col + GEMM, exact because the same bound proves every partial sum, in any
-   order, below 2^24 or 2^53);
+1. the exact sums come from the engine chosen in `npusim.sim.engines`: the int8 engine
+   (`npusim.sim.int8_engine`: oneDNN's int8 conv, with the positive/negative product sums as
+   extra output columns when step 3 needs them) where it is used and the operand ranges and
+   the weights' L1 bound prove it exact, else `npusim.sim.exact_conv` (a float im2col + GEMM,
+   exact because the same bound proves every partial sum, in any order, below 2^24 or 2^53);
 2. if the layer's static bound fits both levels, that is the answer (no event is possible);
 3. otherwise each output gets a data-dependent bound, ``[bias - N, bias + P]`` with P and N
    the sums of its positive and negative products (two more GEMMs), and only the outputs whose
    bound leaves a level's range are re-simulated order-faithfully, events counted honestly.
 
-`fast=False` runs the order-faithful kernel on every output (the reference the fast path is
+The "reference" engine runs the order-faithful kernel on every output (what the fast path is
 tested against). Activations are channels last (N, H, W, C) and stored narrow (see
 `simulator`); the NCHW kernels (order-faithful, float engine) get converted copies.
 """
@@ -29,22 +29,12 @@ import numpy as np
 
 from npusim.ir import arith
 from npusim.sim import kernels as K
-from npusim.sim.exact_conv import F64_EXACT, InexactError, exact_conv2d, l1_bound
-from npusim.sim.int8_engine import Int8Conv, Int8Result, int8_conv, prepare_int8_conv
+from npusim.sim.engines import Engine
+from npusim.sim.exact_conv import F64_EXACT, InexactError, l1_bound
+from npusim.sim.int8_engine import Int8Conv, Int8Result, int8_conv
+from npusim.sim.kernels import LevelSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LevelSpec:
-    """Accumulation order and the two levels' widths and overflow modes."""
-
-    order: int
-    rows: int
-    pe_bits: int
-    pe_mode: int
-    acc_bits: int
-    acc_mode: int
 
 
 @dataclass
@@ -74,9 +64,10 @@ class Requant:
     hi: int
 
     def __post_init__(self) -> None:
-        self.m0 = np.ascontiguousarray(self.m0, np.int64)
-        self.n = np.ascontiguousarray(self.n, np.int64)
-        self.mf = np.ascontiguousarray(self.mf, np.float32)
+        #: the record the kernels take
+        self.rec = arith.requant_params(self.m0, self.n, self.mf, self.scale_float, self.code,
+                                        self.mbits, self.zp, self.lo, self.hi)
+        self.m0, self.n, self.mf = self.rec.m0, self.rec.n, self.rec.mf
 
     def key(self) -> tuple:
         """Equal for requantizations that give equal outputs."""
@@ -98,9 +89,7 @@ class Requant:
         """Requantize int64 accumulators `vals`, each with the parameters of channel `chan`."""
         out = np.empty(len(vals), self.dtype)
         K.requant_points_kernel(np.ascontiguousarray(vals, np.int64),
-                                np.ascontiguousarray(chan, np.int64), self.m0, self.n, self.mf,
-                                self.scale_float, self.code, self.mbits, self.zp, self.lo,
-                                self.hi, out)
+                                np.ascontiguousarray(chan, np.int64), self.rec, out)
         return out
 
 
@@ -109,13 +98,13 @@ def risks(lv: LevelSpec, static_bits: int, static_bits_nobias: int) -> tuple[boo
     return lv.order != K.OS and static_bits_nobias > lv.pe_bits, static_bits > lv.acc_bits
 
 
-def prepare_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_x: int,
-                 x_range: tuple[int, int], lv: LevelSpec, static_bits: int,
+def prepare_conv(engine: Engine, w: np.ndarray, stride: int, padding: int, groups: int,
+                 zp_x: int, x_range: tuple[int, int], lv: LevelSpec, static_bits: int,
                  static_bits_nobias: int) -> Int8Conv | None:
-    """The int8-engine preparation of a layer whose raw inputs lie in `x_range`, or None."""
+    """The int8-engine preparation of a layer whose raw inputs lie in `x_range`, or None
+    (`engine` does not use int8, or cannot prove this layer exact in it)."""
     pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
-    return prepare_int8_conv(w, stride, padding, groups, zp_x, x_range[0], x_range[1],
-                             signs=pe_risk or acc_risk)
+    return engine.prepare_int8(w, stride, padding, groups, zp_x, x_range, pe_risk or acc_risk)
 
 
 def _fits(lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
@@ -136,14 +125,15 @@ def _blocks(n: int, units: int, cap: int) -> int:
 
 def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int, padding: int,
                     groups: int, zp_x: int, out_hw: tuple[int, int], lv: LevelSpec,
-                    static_bits: int, static_bits_nobias: int, fast: bool = True,
+                    static_bits: int, static_bits_nobias: int, engine: Engine,
                     prep: Int8Conv | None = None, requant: Requant | None = None,
                     share: dict | None = None) -> tuple[np.ndarray, AccStats]:
     """Accumulators (N, Ho, Wo, O) int64 of a conv of channels-last `x` (N, H, W, C; padded
     with zp_x; any integer dtype), requantized (in `requant.dtype`) when `requant` is given,
     and their stats. `static_bits` bounds every running sum (bias included) of any input;
-    `static_bits_nobias` every chunk sum (no bias) — both from `npusim.ir.bounds`. `prep` (from
-    `prepare_conv`) enables the int8 engine.
+    `static_bits_nobias` every chunk sum (no bias) — both from `npusim.ir.bounds`. `engine`
+    (`npusim.sim.engines.select`) computes the exact sums; `prep` (from `prepare_conv`) is the
+    layer's int8 preparation.
 
     `share` (one dict per node, common to the configurations of `simulator.run_many`):
     configurations that bring the very same input object reuse the engine's sums (or the
@@ -153,7 +143,7 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
     st = AccStats()
     pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
     engine_failed = False
-    if fast and prep is not None and (prep.signs or not (pe_risk or acc_risk)):
+    if not engine.reference and prep is not None and (prep.signs or not (pe_risk or acc_risk)):
         try:
             entry = _shared_entry(share, x, prep, out_hw)
             return _from_engine(entry, x, w, bias, stride, padding, groups, zp_x, out_hw, lv,
@@ -164,24 +154,24 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
             log.warning("%s (conv %s, stride %d, batch %d): recomputed with the float engine",
                         e, tuple(w.shape), stride, x.shape[0])
             st, engine_failed = AccStats(), True
-    f = _float_entry(share if fast else None, x, w, stride, padding, groups, zp_x, out_hw)
+    f = _float_entry(None if engine.reference else share, x, w, stride, padding, groups, zp_x, out_hw)
     st.nonzero_macs = f.nonzero_macs
     n, o = x.shape[0], w.shape[0]
-    if not fast or f.bound >= F64_EXACT:
+    if engine.reference or f.bound >= F64_EXACT:
         acc = np.empty((n, o, *out_hw), np.int64)
         events = np.zeros((n, 2), np.int64)
-        K.conv_kernel(_pad(f.xc, padding, zp_x), w, bias, stride, groups, zp_x, lv.order,
-                      lv.rows, lv.pe_bits, lv.pe_mode, lv.acc_bits, lv.acc_mode, acc, events)
+        K.conv_kernel(_pad(f.xc, padding, zp_x), w, bias, stride, groups, zp_x, lv, acc, events)
         st.pe_overflows, st.acc_overflows = int(events[:, 0].sum()), int(events[:, 1].sum())
         st.sequential_outputs = acc.size
         return _finish(acc, requant), _acc_range(acc, st)
     if f.acc is None:
-        f.acc = exact_conv2d(f.xs, w, stride, padding, groups, f.bound,
-                             engine=not engine_failed)
+        f.acc = engine.exact_conv(f.xs, w, stride, padding, groups, f.bound,
+                                  int8=not engine_failed)
         f.acc += bias.reshape(1, o, 1, 1)
     if pe_risk or acc_risk:
         acc = f.acc.copy()
-        _resimulate_at_risk(f, w, bias, stride, padding, groups, zp_x, lv, pe_risk, acc, st)
+        _resimulate_at_risk(f, w, bias, stride, padding, groups, zp_x, lv, pe_risk, acc, st,
+                            engine, not engine_failed)
         if st.pe_overflows or st.acc_overflows:
             return _finish(acc, requant), _acc_range(acc, st)
     # exact (no addition wrapped or saturated): one output object for every configuration
@@ -283,10 +273,8 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels):
     nb = _blocks(n, pixels, _EPILOGUE_PIXELS)
     mnmx = np.empty((n, nb, o, 4), np.int64)
     sums = np.empty((n, nb, e.res.g.shape[1]), np.int64)
-    K.gemm_epilogue_kernel(e.res.g, o, pixels, np.asarray(bias, np.int64), risk, pe_risk,
-                           lv.acc_bits, lv.pe_bits, requant is not None, rq.m0, rq.n, rq.mf,
-                           rq.scale_float, rq.code, rq.mbits, rq.zp, rq.lo, rq.hi, out, need[0],
-                           need[1], mnmx, sums)
+    K.gemm_epilogue_kernel(e.res.g, o, pixels, np.asarray(bias, np.int64), risk, pe_risk, lv,
+                           requant is not None, rq.rec, out, need[0], need[1], mnmx, sums)
     e.res.verify(sums.sum(axis=1))
     mm = [int(f(mnmx[..., k])) if out.size else 0
           for k, f in ((0, np.min), (1, np.max), (2, np.min), (3, np.max))]
@@ -390,7 +378,7 @@ def _nonzero_macs(x: np.ndarray, zp_x: int, w: np.ndarray, stride: int, padding:
 
 
 def _resimulate_at_risk(f: _FloatShared, w, bias, stride, padding, groups, zp_x, lv, pe_risk,
-                        acc, st):
+                        acc, st, engine: Engine, int8: bool):
     """Find outputs whose positive/negative product sums could leave a level's range and
     run the order-faithful kernel on exactly those (patched into `acc`)."""
     o = w.shape[0]
@@ -399,7 +387,7 @@ def _resimulate_at_risk(f: _FloatShared, w, bias, stride, padding, groups, zp_x,
         wp, wn = np.maximum(w, 0), np.maximum(-w, 0)
 
         def conv(a, b):
-            return exact_conv2d(a, b, stride, padding, groups, f.bound)
+            return engine.exact_conv(a, b, stride, padding, groups, f.bound, int8=int8)
 
         pos = conv(xp, wp)
         neg = conv(xp, wn)
@@ -424,8 +412,7 @@ def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, points, st) 
     `x`, events counted into `st`."""
     vals = np.empty(len(points), np.int64)
     events = np.zeros((len(points), 2), np.int64)
-    K.conv_points_kernel(_pad(x, padding, zp_x), w, bias, stride, groups, zp_x, lv.order,
-                         lv.rows, lv.pe_bits, lv.pe_mode, lv.acc_bits, lv.acc_mode, points,
+    K.conv_points_kernel(_pad(x, padding, zp_x), w, bias, stride, groups, zp_x, lv, points,
                          vals, events)
     st.pe_overflows = int(events[:, 0].sum())
     st.acc_overflows = int(events[:, 1].sum())

@@ -1,20 +1,16 @@
-"""Exact integer convolution (NCHW int64 in and out), when a bound proves it exact.
+"""The float engine: exact integer convolution (NCHW int64 in and out) as an explicit im2col
+plus a float GEMM, when a bound proves it exact.
 
-Two engines: the int8 engine of `npusim.sim.int8_engine` (oneDNN's int8 convolution, verified)
-when the operands fit it, else an explicit im2col plus a float GEMM: integer sums are exact
-in float32 below 2^24 and in float64 below 2^53 when they are computed as plain multiply-
-adds, as a BLAS GEMM does; the result is checked integral. (Library float convolutions are
-not used: fast algorithms such as Winograd or FFT are inexact, and PyTorch's CPU conv without
-oneDNN was observed to return non-integers for integer inputs well below 2^24.)
+Integer sums are exact in float32 below 2^24 and in float64 below 2^53 when they are computed
+as plain multiply-adds, as a BLAS GEMM does; the result is checked integral. (Library float
+convolutions are not used: fast algorithms such as Winograd or FFT are inexact, and PyTorch's
+CPU conv without oneDNN was observed to return non-integers for integer inputs well below
+2^24.) Which engine computes a conv is chosen in `npusim.sim.engines`, not here.
 """
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 F32_EXACT = 2 ** 24
 F64_EXACT = 2 ** 53
@@ -33,26 +29,14 @@ def l1_bound(x: np.ndarray, w: np.ndarray) -> int:
 
 
 def exact_conv2d(x: np.ndarray, w: np.ndarray, stride: int = 1, padding: int = 0,
-                 groups: int = 1, bound: int | None = None, engine: bool = True) -> np.ndarray:
+                 groups: int = 1, bound: int | None = None) -> np.ndarray:
     """``conv2d(x, w)`` of integer arrays (N, C, H, W) x (O, C/g, kh, kw) as int64, exactly,
-    with zero padding (through the int8 engine when it can prove the result exact and
-    `engine`). Raises ValueError when no float type is provably exact (bound >= 2^53)
-    and InexactError if the GEMM result is not integral."""
+    with zero padding, by a float GEMM. Raises ValueError when no float type is provably exact
+    (bound >= 2^53) and InexactError if the GEMM result is not integral."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     ho = (h + 2 * padding - kh) // stride + 1
     wo = (wd + 2 * padding - kw) // stride + 1
-    if engine and x.size and x.dtype.kind in "iu":
-        from npusim.sim.int8_engine import int8_conv, prepare_int8_conv
-
-        plan = prepare_int8_conv(w, stride, padding, groups, 0, int(x.min()), int(x.max()))
-        if plan is not None:
-            try:
-                res = int8_conv(x.transpose(0, 2, 3, 1), plan, (ho, wo))
-                res.verify(res.g.astype(np.int64).reshape(n, ho * wo, o).sum(axis=1))
-                return res.g.astype(np.int64).reshape(n, ho, wo, o).transpose(0, 3, 1, 2)
-            except InexactError as e:  # the engine's checks caught it: the float path below
-                log.warning("%s: recomputed with the float engine", e)
     bound = l1_bound(x, w) if bound is None else bound
     if bound >= F64_EXACT:
         raise ValueError("partial sums may reach 2^53: no exact float convolution")

@@ -24,14 +24,15 @@ every call is verified, (1) for every output column, the sum of its outputs over
 integral images, exact int64), which catches any wrong value, and (2) a spot check of a few
 output pixels (different ones each call), all columns, recomputed in int64, which catches
 misplaced values (a permutation keeps the sums). A failed check raises `InexactError`; the
-simulator then recomputes the layer with the float engine. torch is imported lazily and is
-optional; ``NPUSIM_INT8_ENGINE=0`` turns the engine off.
+caller (`npusim.sim.engines`, the one place that chooses engines) recomputes the layer with
+the float engine. torch is imported lazily and is optional.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,7 @@ from npusim.sim.exact_conv import F32_EXACT, InexactError
 
 log = logging.getLogger(__name__)
 
-_STATE: dict = {}  # "ok": engine usable in this process (tested once); "calls"
+_CALLS = itertools.count(1)  # spot-check calls in this process (picks different pixels)
 _SPOT_PIXELS = 4  # output pixels recomputed in int64 per call (a misplacement moves most)
 _PAIR_MAX = 2 ** 15 - 1  # vpmaddubsw: two adjacent u8 x s8 products summed, saturated to int16
 _RADIX = 64  # weight split on pair-saturating CPUs: 2 * 255 * 32 <= _PAIR_MAX
@@ -72,25 +73,40 @@ def _cpu_int8_kind() -> str | None:
     return "pairs" if "avx2" in flags else None
 
 
-def engine_available() -> bool:
-    """Whether the exact int8 engine can be used in this process (checked and tested once)."""
-    if "ok" not in _STATE:
-        _STATE["ok"] = False
-        if os.environ.get("NPUSIM_INT8_ENGINE", "1") == "0":
-            return False
-        kind = _cpu_int8_kind()
-        if kind is None:
-            log.info("int8 engine off: the CPU reports no AVX2/VNNI/AMX; using the float engine")
-            return False
-        _STATE["kind"] = kind
-        try:
-            _STATE["ok"] = _self_test(127 if kind == "exact" else _RADIX)
-        except Exception as e:  # no torch, or no oneDNN quantized conv in this build
-            log.info("int8 engine unavailable (%s); using the float engine", e)
-            return False
-        if not _STATE["ok"]:
-            log.warning("int8 engine failed its exactness self-test; using the float engine")
-    return _STATE["ok"]
+@dataclass(frozen=True)
+class Int8Support:
+    """What the int8 engine can do in this process: `kind` "exact" (VNNI/AMX) or "pairs"
+    (AVX2, pairs of products kept below 2^15), None when unusable, with the `reason`; `cpu`:
+    the CPU has an int8 path (so an unusable engine means a broken op or failed self-test)."""
+
+    kind: str | None
+    reason: str = ""
+    cpu: bool = True
+
+    @property
+    def ok(self) -> bool:
+        """The engine is usable."""
+        return self.kind is not None
+
+
+def _probe() -> Int8Support:
+    """Probe the int8 engine (uncached; see `probe`)."""
+    kind = _cpu_int8_kind()
+    if kind is None:
+        return Int8Support(None, "the CPU reports no AVX2/VNNI/AMX", cpu=False)
+    try:
+        ok = _self_test(127 if kind == "exact" else _RADIX)
+    except Exception as e:  # no torch, or no oneDNN quantized conv in this build
+        return Int8Support(None, f"torch.ops.onednn.qconv2d_pointwise unusable "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    if not ok:
+        return Int8Support(None, "oneDNN's int8 conv failed its exactness self-test")
+    return Int8Support(kind)
+
+
+#: The int8 engine's support in this process: the CPU's int8 path, then a self-test of
+#: oneDNN's conv on random and extreme operands (run once per process, then cached).
+probe = functools.cache(_probe)
 
 
 @dataclass(frozen=True)
@@ -125,9 +141,11 @@ class Int8Conv:
 
 
 def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_x: int,
-                      lo: int, hi: int, signs: bool = False) -> Int8Conv | None:
-    """Prepare `w` (O, C/groups, kh, kw) for raw inputs in [lo, hi] with zero point zp_x, or
-    None when the engine cannot prove the conv exact (or is unavailable).
+                      lo: int, hi: int, signs: bool = False,
+                      kind: str = "exact") -> Int8Conv | None:
+    """Prepare `w` (O, C/groups, kh, kw) for raw inputs in [lo, hi] with zero point zp_x on a
+    CPU whose int8 path is `kind` (`probe().kind`), or None when the engine cannot prove the
+    conv exact. Does not check that the engine is usable (`npusim.sim.engines` does).
 
     `signs` adds the positive product sums (needs ``x - zp_x >= 0``, groups == 1)."""
     w = np.asarray(w, np.int64)
@@ -146,18 +164,16 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
     xmax = max(hi - zp_x, zp_x - lo)
     if xmax * int(np.abs(w.reshape(o, -1)).sum(axis=1).max()) >= F32_EXACT:
         return None
-    if not engine_available():
-        return None
     # on AVX2 (no VNNI) oneDNN's strided 1x1 conv (it gathers the strided input into a
     # scratch buffer) gave wrong sums with 2 threads, at random batch sizes (found by the
     # column-sum check on an AMD EPYC): there the input is subsampled first and the conv
     # runs at stride 1 (a 1x1 conv reaches the engine only without padding)
-    subsample = stride if (_STATE.get("kind") == "pairs" and stride > 1
+    subsample = stride if (kind == "pairs" and stride > 1
                            and w.shape[2] == w.shape[3] == 1) else 1
     wq = np.concatenate([w, np.maximum(w, 0)]) if signs else w
     packed, radix = wq, 0
     u_max = max(hi, zp_x) - sub  # the largest uint8 value the conv multiplies (padding: zp)
-    if _STATE.get("kind") == "pairs" and 2 * u_max * int(np.abs(wq).max()) > _PAIR_MAX:
+    if kind == "pairs" and 2 * u_max * int(np.abs(wq).max()) > _PAIR_MAX:
         radix = _RADIX
         hi_part = np.floor_divide(wq + radix // 2, radix)  # lo = wq - radix * hi in [-32, 31]
         # per group, its hi columns then its lo columns (the layout `_combine` reads back)
@@ -254,7 +270,7 @@ def _spot_check(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], g: np.nd
     """Recompute a few output pixels (every column) in int64 and compare."""
     m = g.shape[0]
     # different pixels each call, reproducibly: a multiplicative hash of a call counter
-    calls = _STATE["calls"] = _STATE.get("calls", 0) + 1
+    calls = next(_CALLS)
     picks = np.unique((calls * 2654435761 + np.arange(_SPOT_PIXELS, dtype=np.int64)
                        * 40503) % m)
     got = np.empty((len(picks), plan.q), np.int64)

@@ -9,15 +9,31 @@ as float32 holding exact integers (`npusim.sim.int8_engine`). Activations are ch
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
-from npusim.ir.arith import requant_channels, requant_one, wrap
+from npusim.ir.arith import requant_one, requant_span, wrap
 
 EXACT, WRAP, SATURATE = 0, 1, 2
 MODE_CODES = {"exact": EXACT, "wrap": WRAP, "saturate": SATURATE}
 OS, WS = 0, 1  # accumulation orders: one running sum, or chunks of `rows` down a column
 ORDER_CODES = {"os": OS, "ws": WS, "is": WS}
+
+
+
+class LevelSpec(NamedTuple):
+    """Accumulation order and the two levels' widths and overflow modes (one record the
+    kernels take)."""
+
+    order: int
+    rows: int
+    pe_bits: int
+    pe_mode: int
+    acc_bits: int
+    acc_mode: int
+
 
 _I64_MAX = np.iinfo(np.int64).max
 _I64_MIN = np.iinfo(np.int64).min
@@ -39,11 +55,13 @@ def _level_add(held, v, bits, mode):
 
 
 @numba.njit(inline="always")
-def _accumulate_point(x, w, bias, b, o, oy, ox, c0, stride, zp_x, order, rows,
-                      pe_bits, pe_mode, acc_bits, acc_mode):
+def _accumulate_point(x, w, bias, b, o, oy, ox, c0, stride, zp_x, lv):
     """Order-faithful accumulation of one output (DESIGN §2): bias preloaded at the acc level;
     `os` adds each product in k order at acc_bits; `ws`/`is` sums chunks of `rows` products
-    from 0 at pe_bits, then adds each chunk in order at acc_bits. Returns (acc, pe, acc events)."""
+    from 0 at pe_bits, then adds each chunk in order at acc_bits (`lv`: a `LevelSpec`).
+    Returns (acc, pe, acc events)."""
+    order, rows, pe_bits, pe_mode = lv.order, lv.rows, lv.pe_bits, lv.pe_mode
+    acc_bits, acc_mode = lv.acc_bits, lv.acc_mode
     cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
     acc, acc_ovf = _level_add(0, bias[o], acc_bits, acc_mode)
     pe_ovf = 0
@@ -72,8 +90,7 @@ def _accumulate_point(x, w, bias, b, o, oy, ox, c0, stride, zp_x, order, rows,
 
 
 @numba.njit(parallel=True, cache=True)
-def conv_kernel(x, w, bias, stride, groups, zp_x, order, rows, pe_bits, pe_mode, acc_bits,
-                acc_mode, out, events):
+def conv_kernel(x, w, bias, stride, groups, zp_x, lv, out, events):
     """Order-faithful integer convolution of pre-padded `x` (N, C, Hp, Wp) with `w`
     (O, C/groups, kh, kw): accumulators into `out` (N, O, Ho, Wo), events (N, 2) per image."""
     N = x.shape[0]
@@ -89,8 +106,7 @@ def conv_kernel(x, w, bias, stride, groups, zp_x, order, rows, pe_bits, pe_mode,
             for oy in range(Ho):
                 for ox in range(Wo):
                     acc, pe_ovf, acc_ovf = _accumulate_point(
-                        x, w, bias, b, o, oy, ox, c0, stride, zp_x, order, rows,
-                        pe_bits, pe_mode, acc_bits, acc_mode)
+                        x, w, bias, b, o, oy, ox, c0, stride, zp_x, lv)
                     out[b, o, oy, ox] = acc
                     pe_tot += pe_ovf
                     acc_tot += acc_ovf
@@ -99,27 +115,24 @@ def conv_kernel(x, w, bias, stride, groups, zp_x, order, rows, pe_bits, pe_mode,
 
 
 @numba.njit(parallel=True, cache=True)
-def conv_points_kernel(x, w, bias, stride, groups, zp_x, order, rows, pe_bits, pe_mode,
-                       acc_bits, acc_mode, points, vals, events):
+def conv_points_kernel(x, w, bias, stride, groups, zp_x, lv, points, vals, events):
     """`conv_kernel` for a list of outputs only: points (M, 4) = (n, o, oy, ox)."""
     og = w.shape[0] // groups
     cg = w.shape[1]
     for m in numba.prange(points.shape[0]):
         b, o, oy, ox = points[m, 0], points[m, 1], points[m, 2], points[m, 3]
         acc, pe_ovf, acc_ovf = _accumulate_point(
-            x, w, bias, b, o, oy, ox, (o // og) * cg, stride, zp_x, order, rows,
-            pe_bits, pe_mode, acc_bits, acc_mode)
+            x, w, bias, b, o, oy, ox, (o // og) * cg, stride, zp_x, lv)
         vals[m] = acc
         events[m, 0] = pe_ovf
         events[m, 1] = acc_ovf
 
 
 @numba.njit(parallel=True, cache=True)
-def pool_kernel(x, kernel, stride, is_max, zp_x, m0, nshift, mf, scale_float, code, mbits,
-                zp_y, lo, hi, out):
+def pool_kernel(x, kernel, stride, is_max, zp_x, rq, out):
     """Channels-last pooling of pre-padded `x` (N, Hp, Wp, C) into `out` (N, Ho, Wo, C): max
     (exact; x padded with the int64 minimum) or average (sum of x - zp_x over the window, then
-    requantized with M = s_in / (k*k*s_out))."""
+    requantized with M = s_in / (k*k*s_out), `rq` a one-channel `arith.RequantParams`)."""
     N, C = x.shape[0], x.shape[3]
     Ho, Wo = out.shape[1], out.shape[2]
     for t in numba.prange(N * Ho):
@@ -140,9 +153,11 @@ def pool_kernel(x, kernel, stride, is_max, zp_x, m0, nshift, mf, scale_float, co
                         else:
                             acc[c] += v - zp_x
             dst = out[b, oy, ox]
-            for c in range(C):
-                dst[c] = acc[c] if is_max else requant_one(acc[c], m0, nshift, mf, scale_float,
-                                                           code, mbits, zp_y, lo, hi)
+            if is_max:
+                for c in range(C):
+                    dst[c] = acc[c]
+            else:
+                requant_span(acc, dst, rq, 0, 0)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -272,17 +287,17 @@ def _signed_bits(lo, hi):
 
 
 @numba.njit(parallel=True, cache=True)
-def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq, m0, nsh,
-                         mf, scale_float, code, mbits, zp, lo, hi, out, need_acc, need_pe,
-                         mnmx, sums):
+def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out, need_acc,
+                         need_pe, mnmx, sums):
     """Accumulators ``acc = g + bias`` from the engine's sums `g` (M, q) (float32 or integer;
     rows m = (n, pixel); columns: o_n outputs, then with `risk` o_n positive-product sums
     ``pos``, the negative ones being ``neg = pos - g``) into channels-last `out` (M, o_n) (any
-    integer dtype that holds the values), requantized when `do_rq`. With `risk`, the bits
+    integer dtype that holds the values), requantized by `rq` (an `arith.RequantParams`) when
+    `do_rq`. With `risk`, the bits
     each output's bounds need, `need_acc` for ``[bias - neg, bias + pos]`` (every running sum
     at the acc level) and `need_pe` for ``[-neg, pos]`` (every chunk sum at the pe level),
-    (M, o_n) uint8; an output is flagged when its bound leaves `acc_bits` (or `pe_bits`, with
-    `pe_risk`): its value here is provisional, to be replaced.
+    (M, o_n) uint8; an output is flagged when its bound leaves ``lv.acc_bits`` (or
+    ``lv.pe_bits``, with `pe_risk`): its value here is provisional, to be replaced.
 
     Tasks are (image, block of pixels); per task partials: `mnmx` (N, B, o_n, 4) min and max of
     all accumulators, then of those not flagged, and `sums` (N, B, q) the sum of every column
@@ -290,6 +305,7 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits,
     N = mnmx.shape[0]
     B = mnmx.shape[1]
     q = g.shape[1]
+    acc_bits, pe_bits = lv.acc_bits, lv.pe_bits
     per = (pixels + B - 1) // B
     for t in numba.prange(N * B):
         b = t // B
@@ -328,7 +344,7 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits,
                         mnu[o] = min(mnu[o], acc[o])
                         mxu[o] = max(mxu[o], acc[o])
             if do_rq:
-                requant_channels(acc, out[m], m0, nsh, mf, scale_float, code, mbits, zp, lo, hi)
+                requant_span(acc, out[m], rq, 0, 1)
             else:
                 dst = out[m]
                 for o in range(o_n):
@@ -343,11 +359,12 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits,
 
 
 @numba.njit(parallel=True, cache=True)
-def requant_points_kernel(vals, chan, m0, nsh, mf, scale_float, code, mbits, zp, lo, hi, out):
-    """out[k] = requant of vals[k] with the parameters of channel chan[k]."""
+def requant_points_kernel(vals, chan, rq, out):
+    """out[k] = requant of vals[k] with the parameters of channel chan[k] of `rq`."""
     for k in numba.prange(vals.shape[0]):
         c = chan[k]
-        out[k] = requant_one(vals[k], m0[c], nsh[c], mf[c], scale_float, code, mbits, zp, lo, hi)
+        out[k] = requant_one(vals[k], rq.m0[c], rq.n[c], rq.mf[c], rq.scale_float, rq.code,
+                             rq.mbits, rq.zp, rq.lo, rq.hi)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -367,4 +384,5 @@ def nonzero_count_kernel(x, zp_x, out):
 __all__ = ["conv_kernel", "conv_points_kernel", "pool_kernel", "embed_kernel", "to_u8_kernel",
            "window_sums_kernel", "column_sums_kernel", "conv_pixels_nhwc_kernel",
            "gemm_epilogue_kernel",
-           "requant_points_kernel", "nonzero_count_kernel", "MODE_CODES", "ORDER_CODES"]
+           "requant_points_kernel", "nonzero_count_kernel", "LevelSpec", "MODE_CODES",
+           "ORDER_CODES"]

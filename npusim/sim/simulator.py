@@ -21,6 +21,7 @@ import pandas as pd
 
 from npusim.errors import UserError
 from npusim.sim import kernels as K
+from npusim.sim import engines
 from npusim.sim.accumulate import LevelSpec, Requant, conv_accumulate, prepare_conv
 from npusim.sim.int8_engine import Int8Conv
 from npusim.ir import arith
@@ -94,10 +95,16 @@ class _Plan:
 class Simulator:
     """A bit-accurate integer NPU described by an `NPUConfig`."""
 
-    def __init__(self, config: "NPUConfig", fast: bool = True) -> None:
-        """`fast=False` runs the order-faithful kernel on every output (see `accumulate`)."""
+    def __init__(self, config: "NPUConfig", engine: str = "auto") -> None:
+        """`engine` computes the convs' exact sums: "auto", "reference" (the order-faithful
+        kernel on every output), "float" or "int8" (see `npusim.sim.engines`)."""
         self.config = config
-        self.fast = fast
+        try:
+            self.engine = engines.select(engine)
+        except engines.EngineError as e:
+            raise SimulationError(str(e)) from None
+        #: the engine that computes: "reference", "float" or "int8" ("auto" resolved)
+        self.engine_used = self.engine.used
         #: the requantization of the planned program: its own spec with the NPU's pinned
         #: ``[requant]`` keys laid over it, and ``{key: (program's, NPU's)}`` where they differ
         self.settings: RequantSpec = RequantSpec()
@@ -179,9 +186,9 @@ class Simulator:
         p.bound_dtype, p.bound_l1 = lb.bound_dtype_bits, lb.bound_l1_bits
         p.bound_l1_nobias = lb.bound_l1_nobias_bits
         p.weight = p.weight.reshape(*w.shape, *(1,) * (4 - w.ndim))  # linear: a 1x1 conv
-        if self.fast:
+        if self.engine.int8_kind:
             stride, pad, groups = _conv_params(node)
-            p.prep = prepare_conv(p.weight, stride, pad, groups, xt.zero_point,
+            p.prep = prepare_conv(self.engine, p.weight, stride, pad, groups, xt.zero_point,
                                   xt.int_range(), self._levels(), p.bound_l1,
                                   p.bound_l1_nobias)
 
@@ -302,7 +309,7 @@ class Simulator:
                                               s.multiplier_bits, c.zp_y, c.lo, c.hi)
         acc, ast = conv_accumulate(x4, p.weight, p.bias, stride, pad, groups,
                                    xt.zero_point, out_hw, self._levels(), p.bound_l1,
-                                   p.bound_l1_nobias, self.fast, p.prep, req, c.share)
+                                   p.bound_l1_nobias, self.engine, p.prep, req, c.share)
         c.st[node.name] = ast
         return acc if x.ndim == 4 else acc.reshape(n, -1)
 
@@ -403,8 +410,9 @@ def _run_pool(sim: Simulator, c: _Call) -> np.ndarray:
         lo, hi = t_out.int_range()
     else:
         m0, nsh, mf = int(rq.m0[0]), int(rq.n[0]), rq.mf[0]
-    K.pool_kernel(np.ascontiguousarray(x), k, stride, is_max, xt.zero_point, m0, nsh,
-                  mf, c.scale_float, s.code, s.multiplier_bits, c.zp_y, lo, hi, out)
+    K.pool_kernel(np.ascontiguousarray(x), k, stride, is_max, xt.zero_point,
+                  arith.requant_params(m0, nsh, mf, c.scale_float, s.code, s.multiplier_bits,
+                                       c.zp_y, lo, hi), out)
     return _stored(out, t_out)
 
 

@@ -71,6 +71,12 @@ def test_qat_export_inspect_simulate_bounds_flow(tmp_path, monkeypatch, capsys):
     stats = pd.read_csv(csv)
     assert {"layer", "acc_overflows", "observed_bits", "bound_l1_bits"} <= set(stats.columns)
     assert (stats.dropna(subset=["acc_bits"])["acc_bits"] == 20).all()
+    assert main(["simulate", str(p), "--limit", "5", "--engine", "reference"]) == 0
+    assert "(reference engine)" in capsys.readouterr().out
+    assert main(["simulate", str(p), "--limit", "5", "--engine", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "engine must be one of auto, reference, float, int8" in err
+    assert len(err.strip().splitlines()) == 1
     assert main(["bounds", str(p), "--data", "digits", "--limit", "10"]) == 0
     assert "bound_l1_bits" in capsys.readouterr().out
     assert main(["presets"]) == 0

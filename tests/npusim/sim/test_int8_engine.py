@@ -7,20 +7,24 @@ against a plain int64 NumPy convolution, on random shapes and on the extreme val
 int8 arithmetic breaks (-128, 255 x 127 pairs, zero points, padding, groups).
 """
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from npusim.sim import int8_engine
 from npusim.hw.config import NPUConfig
-from npusim.sim.exact_conv import InexactError, exact_conv2d
-from npusim.sim.int8_engine import engine_available, int8_conv, prepare_int8_conv
-from npusim.sim.simulator import Simulator
+from npusim.sim import engines, int8_engine
+from npusim.sim.exact_conv import InexactError
+from npusim.sim.int8_engine import Int8Support, int8_conv, prepare_int8_conv
+from npusim.sim.simulator import SimulationError, Simulator
 from tests.npusim import naive
 from tests.npusim.programs import conv_program
 
-NATIVE = engine_available()
+NATIVE = int8_engine.probe().ok
+#: plans for this CPU's int8 path (the emulated engine is exact, like VNNI)
+_prepare = functools.partial(prepare_int8_conv, kind=int8_engine.probe().kind or "exact")
 
 
 def _emulated_pack(wq, zp_u8, stride, padding, groups):
@@ -41,16 +45,11 @@ def engine():
     if NATIVE:
         yield "onednn"
         return
-    saved = dict(int8_engine._STATE)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(int8_engine, "_pack", _emulated_pack)
         mp.setattr(int8_engine, "_run", _emulated_run)
-        int8_engine._STATE["ok"] = True
-        try:
-            yield "emulated"
-        finally:
-            int8_engine._STATE.clear()
-            int8_engine._STATE.update(saved)
+        mp.setattr(int8_engine, "probe", lambda: Int8Support("exact"))
+        yield "emulated"
 
 
 def ref_conv(x, w, stride, padding, groups=1, pad_value=0):
@@ -92,7 +91,7 @@ def test_engine_sums_equal_int64_reference(case, signs):
     """Sums, positive product sums, the check sums and the non-zero count: exact
     for any zero point, padding (which reads the zero point), stride and groups."""
     x, w, stride, pad, groups, zp, (lo, hi) = case
-    plan = prepare_int8_conv(w, stride, pad, groups, zp, lo, hi, signs=signs)
+    plan = _prepare(w, stride, pad, groups, zp, lo, hi, signs=signs)
     if plan is None:  # refused: a span over 255, a sign split it cannot do, an f32 bound
         assert (max(hi, zp) - min(lo, zp) > 255) or (pad and pad >= w.shape[2]) or (
             signs and (lo < zp or groups > 1))
@@ -119,19 +118,19 @@ def test_engine_sums_equal_int64_reference(case, signs):
 
 
 def test_refuses_what_int8_or_float32_cannot_hold():
-    assert prepare_int8_conv(np.full((1, 1, 1, 1), 200), 1, 0, 1, 0, 0, 255) is None  # weight
-    assert prepare_int8_conv(np.ones((1, 1, 1, 1)), 1, 0, 1, 0, -200, 200) is None  # span
+    assert _prepare(np.full((1, 1, 1, 1), 200), 1, 0, 1, 0, 0, 255) is None  # weight
+    assert _prepare(np.ones((1, 1, 1, 1)), 1, 0, 1, 0, -200, 200) is None  # span
     big = np.full((1, 600, 3, 3), 127)  # 255 * 127 * 5400 >= 2^24
-    assert prepare_int8_conv(big, 1, 0, 1, 0, 0, 255) is None
+    assert _prepare(big, 1, 0, 1, 0, 0, 255) is None
     ok = np.full((1, 500, 1, 1), 127)  # 255 * 127 * 500 < 2^24
-    assert prepare_int8_conv(ok, 1, 0, 1, 0, 0, 255) is not None
+    assert prepare_int8_conv(ok, 1, 0, 1, 0, 0, 255, kind="exact") is not None
 
 
 def _case(seed=0):
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, size=(2, 6, 6, 3))
     w = rng.integers(-127, 128, size=(4, 3, 3, 3))
-    return x, w, prepare_int8_conv(w, 1, 1, 1, 0, 0, 255)
+    return x, w, _prepare(w, 1, 1, 1, 0, 0, 255)
 
 
 def test_verification_catches_one_wrong_value(monkeypatch):
@@ -164,7 +163,7 @@ def test_spot_check_catches_misplaced_values(monkeypatch):
 @pytest.mark.slow
 def test_a_failed_check_falls_back_to_the_float_engine(monkeypatch, caplog):
     """An engine result its checks reject never reaches the user: the layer is recomputed
-    with the float engine (simulator and exact_conv2d), with a warning."""
+    with the float engine (simulator and `engines.exact_conv`), with a warning."""
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, size=(2, 3, 6, 6))
     w = rng.integers(-127, 128, size=(4, 3, 3, 3))
@@ -182,20 +181,23 @@ def test_a_failed_check_falls_back_to_the_float_engine(monkeypatch, caplog):
     monkeypatch.setattr(int8_engine, "_run", wrong)
     with caplog.at_level("WARNING"):
         np.testing.assert_array_equal(Simulator(cfg).run(prog, x).outputs["y"], good)
-        np.testing.assert_array_equal(exact_conv2d(x, w, 1, 1), ref_conv(x, w, 1, 1))
+        np.testing.assert_array_equal(engines.exact_conv(x, w, 1, 1), ref_conv(x, w, 1, 1))
     assert sum("recomputed with the float engine" in r.message for r in caplog.records) == 2
 
 
-def test_exact_conv2d_uses_the_engine_and_agrees(monkeypatch):
+def test_exact_conv_uses_int8_only_where_the_engine_says(monkeypatch):
+    """"auto" and "int8" compute through oneDNN; "float" never calls it; all agree."""
     rng = np.random.default_rng(1)
     x = rng.integers(-128, 128, size=(3, 8, 9, 9))
     w = rng.integers(-128, 128, size=(5, 8, 3, 3))
     calls = []
     real = int8_engine._run
     monkeypatch.setattr(int8_engine, "_run", lambda *a: calls.append(1) or real(*a))
-    got = exact_conv2d(x, w, 2, 1)
-    assert calls
-    np.testing.assert_array_equal(got, ref_conv(x, w, 2, 1))
+    for name in ("auto", "int8", "float"):
+        calls.clear()
+        got = engines.exact_conv(x, w, 2, 1, engine=name)
+        assert bool(calls) == (name != "float")
+        np.testing.assert_array_equal(got, ref_conv(x, w, 2, 1))
 
 
 @pytest.mark.slow
@@ -214,15 +216,10 @@ def test_simulator_int8_engine_equals_float_engine_and_oracle(seed, dataflow, bi
         "precision.pe_acc_bits": max(bits, 17), "precision.overflow": mode})
     for requant in (False, True):
         prog = conv_program(w, bias, x.shape[1:], padding=1, requant=requant, y_signed=not relu)
-        sim = Simulator(cfg)
+        sim = Simulator(cfg, engine="int8")
         assert sim.plan(prog)[0].prep is not None
         fast = sim.run(prog, x)
-        saved = dict(int8_engine._STATE)
-        try:
-            int8_engine._STATE["ok"] = False
-            flt = Simulator(cfg).run(prog, x)
-        finally:
-            int8_engine._STATE.update(saved)
+        flt = Simulator(cfg, engine="float").run(prog, x)
         np.testing.assert_array_equal(fast.outputs["y"], flt.outputs["y"])
         cols = ["pe_overflows", "acc_overflows", "nonzero_macs", "acc_min", "acc_max",
                 "sequential_outputs"]
@@ -270,13 +267,7 @@ def test_pair_saturating_cpus_split_wide_weights_and_stay_exact(case):
     could pass 2^15 - 1 runs as ``64 * hi + lo``, and a strided 1x1 conv at stride 1 on the
     subsampled input; the sums stay exact either way."""
     x, w, stride, pad, groups, zp, (lo, hi) = case
-    saved = dict(int8_engine._STATE)
-    int8_engine._STATE["kind"] = "pairs"
-    try:
-        plan = prepare_int8_conv(w, stride, pad, groups, zp, lo, hi)
-    finally:
-        int8_engine._STATE.clear()
-        int8_engine._STATE.update(saved)
+    plan = prepare_int8_conv(w, stride, pad, groups, zp, lo, hi, kind="pairs")
     if plan is None:
         return
     u_max = max(hi, zp) - min(lo, zp)
@@ -288,3 +279,61 @@ def test_pair_saturating_cpus_split_wide_weights_and_stay_exact(case):
     g = res.g.astype(np.int64).reshape(x.shape[0], ho, wo, -1).transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(g, ref_conv(x - zp, w, stride, pad, groups))
     res.verify(g.sum(axis=(2, 3)))
+
+
+@pytest.mark.parametrize("mode", ["wrap", "saturate"])
+@pytest.mark.parametrize("requant", [False, True])
+def test_every_engine_gives_identical_outputs_and_stats(mode, requant):
+    """"auto", "reference", "float" and "int8" on a layer that overflows a narrow
+    accumulator: the same outputs and statistics (the reference engine runs every output
+    sequentially; the others only the flagged ones), and each says which engine it used."""
+    rng = np.random.default_rng(7)
+    x = rng.choice([0, 255, rng.integers(0, 256)], size=(3, 8, 6, 6))
+    w = rng.choice([-127, 127, 0, rng.integers(-127, 128)], size=(6, 8, 3, 3))
+    bias = rng.integers(-3000, 3000, size=6)
+    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=requant)
+    cfg = NPUConfig.preset("edge16").with_overrides({
+        "array.dataflow": "ws", "array.rows": 5, "precision.acc_bits": 18,
+        "precision.pe_acc_bits": 17, "precision.overflow": mode})
+    res = {}
+    for name in engines.ENGINES:
+        sim = Simulator(cfg, engine=name)
+        assert sim.engine_used == ("int8" if name == "auto" else name)
+        res[name] = sim.run(prog, x)
+    ref = res["reference"]
+    assert ref.stats["pe_overflows"].sum() + ref.stats["acc_overflows"].sum() > 0
+    assert ref.stats["sequential_outputs"].iloc[0] == ref.outputs["y"].size
+    for name, got in res.items():
+        np.testing.assert_array_equal(got.outputs["y"], ref.outputs["y"])
+        same = got.stats.drop(columns="sequential_outputs")
+        assert same.equals(ref.stats.drop(columns="sequential_outputs")), name
+    assert res["int8"].stats.equals(res["float"].stats)
+
+
+def test_an_unknown_engine_is_a_one_line_error():
+    with pytest.raises(SimulationError, match="engine must be one of auto, reference, float, "
+                                              "int8; got 'gpu'") as e:
+        Simulator(NPUConfig.preset("edge16"), engine="gpu")
+    assert "\n" not in str(e.value)
+
+
+def test_a_missing_int8_engine_is_an_error_for_int8_and_a_warning_for_auto(monkeypatch):
+    broken = Int8Support(None, "torch.ops.onednn.qconv2d_pointwise unusable (RuntimeError)")
+    monkeypatch.setattr(int8_engine, "probe", lambda: broken)
+    with pytest.raises(SimulationError, match="engine 'int8' is unavailable here: torch.ops"):
+        Simulator(NPUConfig.preset("edge16"), engine="int8")
+    with pytest.warns(RuntimeWarning, match="int8 engine unavailable .*qconv2d_pointwise"):
+        sim = Simulator(NPUConfig.preset("edge16"), engine="auto")
+    assert sim.engine_used == "float"
+
+
+def test_probe_reports_a_broken_private_op(monkeypatch):
+    """torch's private oneDNN op raising (renamed, or missing in this build): the probe
+    says the engine is unusable and why; it does not raise."""
+    def broken(*a):
+        raise RuntimeError("No such operator onednn::qconv2d_pointwise")
+
+    monkeypatch.setattr(int8_engine, "_cpu_int8_kind", lambda: "exact")
+    monkeypatch.setattr(int8_engine, "_run", broken)
+    sup = int8_engine._probe()
+    assert not sup.ok and sup.cpu and "qconv2d_pointwise" in sup.reason

@@ -65,7 +65,7 @@ def test_conv_accumulators_match_oracle(case, dataflow, rows, pe_mode, acc_mode,
     cfg = npu(**{"array.dataflow": dataflow, "array.rows": rows, "precision.pe_acc_bits": pe_bits,
                  "precision.acc_bits": acc_bits, "precision.pe_overflow": pe_mode,
                  "precision.acc_overflow": acc_mode})
-    res = Simulator(cfg, fast=fast).run(prog, case["x"])
+    res = Simulator(cfg, engine="auto" if fast else "reference").run(prog, case["x"])
     ref, pe_ovf, acc_ovf = naive.conv2d_acc(
         case["x"], case["w"], case["bias"], case["stride"], case["pad"], case["groups"], 0,
         dataflow=dataflow, rows=rows, pe_bits=pe_bits, pe_mode=pe_mode, acc_bits=acc_bits,
@@ -278,7 +278,7 @@ def test_fast_path_equals_order_faithful_kernel_on_realistic_layers(c, o, k, gro
                       "precision.overflow": "saturate", "array.dataflow": "ws"}):
         cfg = npu(**over)
         fast = Simulator(cfg).run(prog, x)
-        slow = Simulator(cfg, fast=False).run(prog, x)
+        slow = Simulator(cfg, engine="reference").run(prog, x)
         np.testing.assert_array_equal(fast.outputs["y"], slow.outputs["y"])
         cols = ["pe_overflows", "acc_overflows", "nonzero_macs", "acc_min", "acc_max"]
         assert fast.stats[cols].equals(slow.stats[cols])
@@ -299,17 +299,14 @@ def test_exact_conv2d_is_exact_where_fast_algorithms_are_not():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["int8 where it can", "float only"])
-def test_run_many_shares_and_equals_separate_runs_on_a_network(engine, monkeypatch):
+def test_run_many_shares_and_equals_separate_runs_on_a_network(engine):
     """A width sweep over a whole ResNet-8 (adds, pooling, classifier) through `run_many`:
     every configuration's logits, traces and statistics equal its own run (sharing engine
     sums, exact results and whole node outputs between configurations must be invisible),
     with the int8 engine (where this CPU has one) and with the float engine alone."""
     import torch
 
-    from npusim.sim import int8_engine
-
-    if engine == "float only":
-        monkeypatch.setitem(int8_engine._STATE, "ok", False)
+    name = "float" if engine == "float only" else "auto"
 
     from models import create_model
     from models.training import set_input_stats
@@ -333,9 +330,9 @@ def test_run_many_shares_and_equals_separate_runs_on_a_network(engine, monkeypat
     cfgs = [base] + [base.with_overrides({"precision.acc_bits": b, "precision.pe_acc_bits": b,
                                           "precision.overflow": m, "array.dataflow": d})
                      for b in (13, 15, 24) for m in ("wrap", "saturate") for d in ("os", "ws")]
-    many = run_many([Simulator(c) for c in cfgs], prog, x, trace=True, batch_size=4)
+    many = run_many([Simulator(c, name) for c in cfgs], prog, x, trace=True, batch_size=4)
     for cfg, got in zip(cfgs, many):
-        one = Simulator(cfg).run(prog, x, trace=True, batch_size=4)
+        one = Simulator(cfg, name).run(prog, x, trace=True, batch_size=4)
         np.testing.assert_array_equal(got.logits, one.logits)
         assert got.traces.keys() == one.traces.keys()
         for k in one.traces:
