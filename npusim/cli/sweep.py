@@ -126,8 +126,9 @@ def plot(
     hue: Optional[str] = typer.Option(None, help="Colour by this column, e.g. quant_label."),
     style: Optional[str] = typer.Option(None, help="Line style by this column, e.g. "
                                         "overflow_mode."),
-    where: Optional[str] = typer.Option(None, help="Keep rows matching a pandas query, e.g. "
-                                        "\"overflow_mode != 'exact'\"."),
+    where: Optional[str] = typer.Option(None, help="Keep rows matching COLUMN OP VALUE terms "
+                                        "(== != < <= > >=, in [a, b]) joined by and/or, e.g. "
+                                        "\"overflow_mode != exact and acc_bits >= 12\"."),
     kind: str = typer.Option("auto", help="auto, line or scatter."),
     out: Path = typer.Option(Path("plot.png"), help="PNG to write (its CSV goes beside it)."),
 ) -> None:
@@ -139,11 +140,15 @@ def plot(
     df = _read_results(results)
     if not len(df):
         _fail(f"RESULTS: {results} holds no points")
-    if where:
+    if where is not None:
+        from npusim.report.filter import FilterError, filter_rows
+
         try:
-            df = df.query(where)
-        except Exception as e:  # pandas raises many types for a bad expression
-            _fail(f"--where: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            df = filter_rows(df, where)
+        except FilterError as e:
+            _fail(f"--where: {e}")
+        if not len(df):
+            _fail(f"--where: no row of {results} matches {where!r}")
     for flag, col in (("--x", x), ("--y", y), ("--hue", hue), ("--style", style)):
         if col is not None and col not in df:
             _fail(f"{flag}: no column {col!r} in {results} (e.g. {', '.join(df.columns[:8])}, ...)")
