@@ -78,7 +78,13 @@ def sweep_cmd(
 ) -> None:
     """Sweep quantization x NPU settings: simulate, cost and store every point (resumable)."""
     _setup_logging(verbose)
+    from npusim.io import check_output_path
     from npusim.sweep import Grid, ResultsStore, sweep
+
+    if csv is not None:
+        check_output_path(csv, "--csv")
+    if db is not None:
+        check_output_path(db, "--db")
 
     sets = list(set_)
     if acc_bits is not None:
@@ -133,8 +139,11 @@ def plot(
     out: Path = typer.Option(Path("plot.png"), help="PNG to write (its CSV goes beside it)."),
 ) -> None:
     """Draw any two columns of stored sweep results (PNG + the CSV behind it)."""
+    from npusim.io import check_output_path
     from npusim.report.plots import custom
 
+    check_output_path(out, "--out")
+    check_output_path(out.with_suffix(".csv"), "--out (its CSV)")
     if kind not in ("auto", "line", "scatter"):
         _fail(f"--kind: expected auto, line or scatter, got {kind!r}")
     df = _read_results(results)
@@ -170,8 +179,10 @@ def report(
     npu: str = typer.Option("edge16", help="NPU preset or TOML file for the MARViN costs."),
 ) -> None:
     """Regenerate figures, CSVs and the README.md index in reports/ from stored results."""
+    from npusim.io import check_output_path
     from npusim.report.sweep_report import write_report
 
+    check_output_path(out, "--out", directory=True)
     if marvin is not None:
         from npusim.report.marvin import write_marvin_report
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,16 +145,9 @@ def save_program(program: IntegerProgram, path: str | os.PathLike) -> Path:
     program.validate(str(path))
     tensors = {k: np.ascontiguousarray(v) for k, v in program.arrays.items()}
     data = save(tensors, metadata={METADATA_KEY: json.dumps(program.manifest(), sort_keys=True)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from npusim.io import atomic_write_bytes
+
+    return atomic_write_bytes(path, data)
 
 
 def load_program(path: str | os.PathLike) -> IntegerProgram:
