@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +55,9 @@ def versions() -> dict[str, str]:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same directory, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from npusim.io import atomic_write_bytes as write
+
+    write(path, data)
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -106,7 +99,38 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{side}: not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(meta, dict) or "model" not in meta or "model_kwargs" not in meta:
         raise CheckpointError(f"{side}: expected keys 'model' and 'model_kwargs'")
+    _check_sidecar_bounds(meta, side)
     return meta
+
+
+def _check_sidecar_bounds(meta: dict[str, Any], side: Path) -> None:
+    """Refuse sidecar values that would build an absurdly large model (before building it)."""
+    from npusim.ir.limits import MAX_CLASSES, MAX_IN_CHANNELS, MAX_SPATIAL, MAX_WIDTH
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    kw = meta["model_kwargs"]
+    if not isinstance(meta["model"], str) or not isinstance(kw, dict):
+        raise CheckpointError(f"{side}: model must be a name and model_kwargs an object")
+    unknown = sorted(set(kw) - {"num_classes", "in_channels", "width"})
+    if unknown:
+        raise CheckpointError(f"{side}: model_kwargs: unknown key {unknown[0]!r}")
+    for key, most in (("num_classes", MAX_CLASSES), ("in_channels", MAX_IN_CHANNELS)):
+        if key in kw and not (is_int(kw[key]) and 1 <= kw[key] <= most):
+            raise CheckpointError(f"{side}: model_kwargs.{key}: expected an int in [1, {most}], "
+                                  f"got {kw[key]!r}")
+    width = kw.get("width", 1.0)
+    if not (isinstance(width, (int, float)) and not isinstance(width, bool)
+            and 0 < width <= MAX_WIDTH):
+        raise CheckpointError(f"{side}: model_kwargs.width: expected a number in (0, {MAX_WIDTH:g}]"
+                              f", got {width!r}")
+    shape = meta.get("input_shape")
+    if shape is not None and not (
+            isinstance(shape, list) and len(shape) == 3 and all(is_int(d) for d in shape)
+            and 1 <= shape[0] <= MAX_IN_CHANNELS and all(1 <= d <= MAX_SPATIAL for d in shape[1:])):
+        raise CheckpointError(f"{side}: input_shape: expected [C, H, W] with C in [1, "
+                              f"{MAX_IN_CHANNELS}] and H, W in [1, {MAX_SPATIAL}], got {shape!r}")
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:

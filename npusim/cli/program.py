@@ -55,9 +55,12 @@ def simulate(
     import time
 
     from npusim.data import load_dataset
+    from npusim.io import check_output_path
     from npusim.ir.program import load_program
     from npusim.sim.simulator import Simulator, overflow_rate
 
+    if csv is not None:
+        check_output_path(csv, "--csv")
     prog = load_program(program)
     cfg = _load_npu(npu, set_)
     name = data or prog.meta.get("dataset")
@@ -101,6 +104,10 @@ def bounds(
     typer.echo(bounds_table(prog, images).to_string(index=False))
 
 
+def _baselines_csv(csv: Path) -> Path:
+    return csv.with_name(f"{csv.stem}_baselines.csv")
+
+
 @app.command()
 def cost(
     program: Optional[Path] = typer.Argument(None, help="An IntegerProgram file."),
@@ -123,7 +130,11 @@ def cost(
     import pandas as pd
 
     from npusim.cost import charging_rules, estimate_cost, table_for_npu
+    from npusim.io import check_output_path
 
+    if csv is not None:
+        check_output_path(csv, "--csv")
+        check_output_path(_baselines_csv(csv), "--csv (its baselines)")
     sets = list(set_) + ([f"technology.energy_table={energy_table}"] if energy_table else [])
     cfg = _load_npu(npu, sets)
     table = table_for_npu(cfg)
@@ -183,7 +194,7 @@ def cost(
         from npusim.io import write_csv
 
         write_csv(rep.layers, csv)
-        write_csv(rep.baselines, csv.with_name(f"{csv.stem}_baselines.csv"))
+        write_csv(rep.baselines, _baselines_csv(csv))
         typer.echo(f"per-layer table: {csv}")
 
 

@@ -78,7 +78,13 @@ def sweep_cmd(
 ) -> None:
     """Sweep quantization x NPU settings: simulate, cost and store every point (resumable)."""
     _setup_logging(verbose)
+    from npusim.io import check_output_path
     from npusim.sweep import Grid, ResultsStore, sweep
+
+    if csv is not None:
+        check_output_path(csv, "--csv")
+    if db is not None:
+        check_output_path(db, "--db")
 
     sets = list(set_)
     if acc_bits is not None:
@@ -130,24 +136,32 @@ def plot(
     hue: Optional[str] = typer.Option(None, help="Colour by this column, e.g. quant_label."),
     style: Optional[str] = typer.Option(None, help="Line style by this column, e.g. "
                                         "overflow_mode."),
-    where: Optional[str] = typer.Option(None, help="Keep rows matching a pandas query, e.g. "
-                                        "\"overflow_mode != 'exact'\"."),
+    where: Optional[str] = typer.Option(None, help="Keep rows matching COLUMN OP VALUE terms "
+                                        "(== != < <= > >=, in [a, b]) joined by and/or, e.g. "
+                                        "\"overflow_mode != exact and acc_bits >= 12\"."),
     kind: str = typer.Option("auto", help="auto, line or scatter."),
     out: Path = typer.Option(Path("plot.png"), help="PNG to write (its CSV goes beside it)."),
 ) -> None:
     """Draw any two columns of stored sweep results (PNG + the CSV behind it)."""
+    from npusim.io import check_output_path
     from npusim.report.plots import custom
 
+    check_output_path(out, "--out")
+    check_output_path(out.with_suffix(".csv"), "--out (its CSV)")
     if kind not in ("auto", "line", "scatter"):
         _fail(f"--kind: expected auto, line or scatter, got {kind!r}")
     df = _read_results(results)
     if not len(df):
         _fail(f"RESULTS: {results} holds no points")
-    if where:
+    if where is not None:
+        from npusim.report.filter import FilterError, filter_rows
+
         try:
-            df = df.query(where)
-        except Exception as e:  # pandas raises many types for a bad expression
-            _fail(f"--where: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            df = filter_rows(df, where)
+        except FilterError as e:
+            _fail(f"--where: {e}")
+        if not len(df):
+            _fail(f"--where: no row of {results} matches {where!r}")
     for flag, col in (("--x", x), ("--y", y), ("--hue", hue), ("--style", style)):
         if col is not None and col not in df:
             _fail(f"{flag}: no column {col!r} in {results} (e.g. {', '.join(df.columns[:8])}, ...)")
@@ -169,8 +183,10 @@ def report(
     npu: str = typer.Option("edge16", help="NPU preset or TOML file for the MARViN costs."),
 ) -> None:
     """Regenerate figures, CSVs and the README.md index in reports/ from stored results."""
+    from npusim.io import check_output_path
     from npusim.report.sweep_report import write_report
 
+    check_output_path(out, "--out", directory=True)
     if marvin is not None:
         from npusim.report.marvin import write_marvin_report
 

@@ -9,10 +9,10 @@ Writing is atomic.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,13 @@ from typing import Any
 import numpy as np
 
 from npusim.errors import UserError
+from npusim.ir.limits import (
+    INT_DTYPES,
+    MAX_HEADER_BYTES,
+    MAX_PROGRAM_BYTES,
+    check_limits,
+    check_shape,
+)
 from npusim.ir.ops import OPS
 from npusim.ir.requant import RequantSpec
 
@@ -122,7 +129,7 @@ class IntegerProgram:
             "nodes": [n.to_json() for n in self.nodes],
         }
 
-    def validate(self, where: str = "<program>") -> "IntegerProgram":
+    def validate(self, where: str = "<program>") -> IntegerProgram:
         """Check the program fully; raise ProgramError naming `where`, the node and the field."""
         _validate(self, where)
         return self
@@ -136,42 +143,100 @@ def save_program(program: IntegerProgram, path: str | os.PathLike) -> Path:
     program.validate(str(path))
     tensors = {k: np.ascontiguousarray(v) for k, v in program.arrays.items()}
     data = save(tensors, metadata={METADATA_KEY: json.dumps(program.manifest(), sort_keys=True)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from npusim.io import atomic_write_bytes
+
+    return atomic_write_bytes(path, data)
+
+
+def _read_header(path: Path, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The safetensors header of `path`, checked against the file and the limits without reading
+    tensor data: (tensor entries by name, metadata)."""
+    def fail(msg: str) -> None:
+        raise ProgramError(f"{where}: {msg}")
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            fail("not a readable safetensors file (shorter than its 8-byte header length)")
+        n = int.from_bytes(head, "little")
+        if n > MAX_HEADER_BYTES or 8 + n > size:
+            fail(f"not a readable safetensors file (header length {n} exceeds "
+                 f"{'the file' if 8 + n > size else f'{MAX_HEADER_BYTES} bytes'})")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = None
+    if not isinstance(header, dict):
+        fail("not a readable safetensors file (header is not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        fail("safetensors __metadata__ is not an object")
+    data_size, spans, total = size - 8 - n, [], 0
+    for name, e in header.items():
+        ctx = f"array {name!r}"
+        if not (isinstance(e, dict) and set(e) == {"dtype", "shape", "data_offsets"}):
+            fail(f"{ctx}: header entry must hold exactly dtype, shape and data_offsets")
+        if e["dtype"] not in INT_DTYPES:
+            fail(f"{ctx}: dtype {e['dtype']!r} is not an integer type "
+                 f"({', '.join(INT_DTYPES)})")
+        count = check_shape(e["shape"], ctx, fail)
+        off = e["data_offsets"]
+        if not (isinstance(off, list) and len(off) == 2 and all(isinstance(o, int) for o in off)
+                and 0 <= off[0] <= off[1] <= data_size):
+            fail(f"{ctx}: data_offsets {off!r} outside the file's {data_size} data bytes")
+        if off[1] - off[0] != count * INT_DTYPES[e["dtype"]]:
+            fail(f"{ctx}: data_offsets span {off[1] - off[0]} bytes, shape {e['shape']} "
+                 f"{e['dtype']} needs {count * INT_DTYPES[e['dtype']]}")
+        total += off[1] - off[0]
+        spans.append((off[0], off[1], name))
+    if total > MAX_PROGRAM_BYTES:
+        fail(f"arrays: {total} bytes, at most {MAX_PROGRAM_BYTES} allowed")
+    spans.sort()
+    for (_, end, a), (begin, _, b) in itertools.pairwise(spans):
+        if begin < end:
+            fail(f"array {b!r}: data overlaps array {a!r}")
+    return header, metadata
 
 
 def load_program(path: str | os.PathLike) -> IntegerProgram:
-    """Read and fully validate an IntegerProgram file."""
+    """Read and fully validate an IntegerProgram file: the header and the manifest are checked
+    (against the limits, with shape-only placeholder arrays) before any tensor data is read."""
     from safetensors import safe_open
 
     path = Path(path)
     where = str(path)
     if not path.is_file():
         raise ProgramError(f"{where}: file not found")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            metadata = f.metadata() or {}
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
-    except ProgramError:
-        raise
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise ProgramError(f"{where}: not a readable safetensors file ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    if METADATA_KEY not in metadata:
+    header, metadata = _read_header(path, where)
+    if METADATA_KEY not in metadata or not isinstance(metadata[METADATA_KEY], str):
         raise ProgramError(f"{where}: no '{METADATA_KEY}' manifest in the safetensors metadata")
     try:
         manifest = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError as e:
         raise ProgramError(f"{where}: manifest is not valid JSON ({e.msg})") from None
+    declared = manifest.get("tensors") if isinstance(manifest, dict) else None
+    for name, e in header.items():
+        spec = declared.get(name) if isinstance(declared, dict) else None
+        if not isinstance(spec, dict) or spec.get("shape") != e["shape"]:
+            raise ProgramError(f"{where}: array {name!r}: shape {e['shape']} is not declared in "
+                               f"the manifest's tensor table"
+                               + (f" (declared {spec.get('shape')!r})" if isinstance(spec, dict)
+                                  else ""))
+    # validate with zero-cost placeholders (right shape and dtype, no memory) before reading data
+    placeholders = {k: np.broadcast_to(np.zeros((), _NUMPY_DTYPES[e["dtype"]]), e["shape"])
+                    for k, e in header.items()}
+    program_from_manifest(manifest, placeholders, where)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise ProgramError(f"{where}: not a readable safetensors file ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
     return program_from_manifest(manifest, arrays, where)
+
+
+_NUMPY_DTYPES = {k: np.dtype(f"{k[0].lower()}{v}") for k, v in INT_DTYPES.items()}
 
 
 def program_from_manifest(manifest: Any, arrays: dict[str, np.ndarray], where: str) -> IntegerProgram:
@@ -272,6 +337,7 @@ def _validate(p: IntegerProgram, where: str) -> None:
                 fail(f"array {key!r}: values [{amin}, {amax}] outside the declared "
                      f"{t.bits}-bit {'signed' if t.signed else 'unsigned'} range [{lo}, {hi}]")
 
+    check_limits(p, fail)
     if p.input not in p.tensors:
         fail(f"input: tensor {p.input!r} is not in the tensor table")
     produced = {p.input}

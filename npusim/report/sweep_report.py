@@ -9,14 +9,13 @@ from the index.
 from __future__ import annotations
 
 import logging
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from npusim.io import markdown_table, write_csv
+from npusim.io import atomic_write_bytes, markdown_table, write_csv
 from npusim.sweep.store import ResultsStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -348,6 +347,4 @@ def _write_index(out: Path, df: pd.DataFrame, meta: dict[str, Any], sections: li
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode("utf-8"))

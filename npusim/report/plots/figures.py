@@ -11,7 +11,6 @@ figure is first drawn, not when this module is imported.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -70,13 +69,11 @@ def _new_ax(ax, figsize: tuple[float, float]):
 
 def save(fig, table: pd.DataFrame | None, out: str | Path) -> tuple[Path, Path | None]:
     """Write `fig` to `out` (PNG) and `table` beside it as CSV, both atomically."""
-    from npusim.io import write_csv
+    from npusim.io import atomic_write, write_csv
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix or '.png'}")
-    fig.savefig(tmp, dpi=_DPI)
-    os.replace(tmp, out)
+    fmt = out.suffix[1:].lower() or "png"
+    atomic_write(out, lambda f: fig.savefig(f, dpi=_DPI, format=fmt))
     csv = None
     if table is not None:
         csv = out.with_suffix(".csv")
