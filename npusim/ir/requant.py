@@ -90,6 +90,10 @@ def float_multipliers(program: IntegerProgram, node: Node) -> np.ndarray:
     if node.op == "add":
         return np.array([np.float32(t[i].scales()[0]) / np.float32(s_y) for i in node.inputs],
                         dtype=np.float32)
+    if node.op == "global_avgpool":  # QLinearGlobalAveragePool: f32(s_x / f32(s_y * f32(H*W)))
+        h, w = t[node.inputs[0]].shape[1:]
+        s_x = np.float32(t[node.inputs[0]].scales()[0])
+        return np.array([s_x / (np.float32(s_y) * np.float32(h * w))], dtype=np.float32)
     real = real_multipliers(program, node)
     return real.astype(np.float32)
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -180,7 +181,7 @@ class _Importer:
         x = inputs[0]
         if op == "conv2d":
             w = weight.q
-            c, h, wd = x.shape
+            h, wd = x.shape[1:]
             k, pad, st = w.shape[2:], attrs["padding"], attrs["stride"]
             shape = (w.shape[0], (h + 2 * pad - k[0]) // st + 1, (wd + 2 * pad - k[1]) // st + 1)
         elif op == "linear":
@@ -387,7 +388,7 @@ class _Importer:
                                                else zp, axis)
             return
         x = self.need_q(node, src)
-        s, zp, signed = self.scalar_q(node, node.input[1], zp_name)
+        s, zp, _ = self.scalar_q(node, node.input[1], zp_name)
         if (x.scale, x.zp) != (s, zp):
             self.fail(node, f"scale/zero point differ from those {src!r} was quantized with")
         self.deq[node.output[0]] = x
@@ -503,7 +504,7 @@ class _Importer:
         return self.scalar_q(node, node.input[scale_i], node.input[zp_i])
 
     def check_in(self, node, x: _Q, scale_i: int, zp_i: int) -> None:
-        s, zp, signed = self.scalar_q(node, node.input[scale_i], node.input[zp_i])
+        s, zp, _ = self.scalar_q(node, node.input[scale_i], node.input[zp_i])
         if (s, zp) != (x.scale, x.zp):
             self.fail(node, f"input scale/zero point differ from those {x.name!r} was quantized "
                             f"with")
@@ -602,7 +603,7 @@ def import_onnx(path_or_model: str | os.PathLike | Any,
             raise OnnxImportError(f"{path}: file not found")
         try:
             model = onnx.load(str(path))
-        except Exception as e:  # protobuf raises its own types for a corrupt file
+        except Exception as e:  # noqa: BLE001 - protobuf raises its own types for a corrupt file
             raise OnnxImportError(f"{path}: not a readable ONNX model ({type(e).__name__})") \
                 from None
     else:
