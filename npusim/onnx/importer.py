@@ -32,6 +32,10 @@ FLOAT_REQUANT = {"scale_mode": "float", "multiplier_bits": 32, "max_shift": 62,
                  "rounding": "half_even", "add_frac_bits": 20}
 
 
+#: model metadata key under which `export_onnx` records the program's requant settings
+REQUANT_KEY = "npusim.requant"
+
+
 class OnnxImportError(ValueError):
     """An ONNX model this importer cannot map to a program; one line naming the node and op."""
 
@@ -316,12 +320,25 @@ class _Importer:
             raise OnnxImportError("the model has no QuantizeLinear of its input: not a quantized "
                                   "model")
         prog = IntegerProgram(nodes=self.nodes, tensors=self.tensors, arrays=self.arrays,
-                              input=self.input, outputs=outputs, requant=dict(FLOAT_REQUANT),
+                              input=self.input, outputs=outputs, requant=self.requant(),
                               producer={"name": "npusim.onnx", "source": self.model.producer_name
                                         or "unknown"})
         if self.pixels is not None:
             self.prepend_embed(prog)
         return prog.validate("<onnx import>")
+
+    def requant(self) -> dict[str, Any]:
+        """The float settings, or those an `export_onnx` model recorded (scale_mode float)."""
+        import json
+
+        meta = {p.key: p.value for p in self.model.metadata_props}
+        rq = dict(FLOAT_REQUANT)
+        if REQUANT_KEY in meta:
+            try:
+                rq = {**rq, **json.loads(meta[REQUANT_KEY]), "scale_mode": "float"}
+            except (json.JSONDecodeError, TypeError):
+                raise OnnxImportError(f"metadata {REQUANT_KEY!r}: not a JSON object") from None
+        return rq
 
     def prepend_embed(self, prog: IntegerProgram) -> None:
         """Raw uint8 pixels -> the quantized input through a LUT computed by ONNX Runtime's
@@ -354,6 +371,8 @@ class _Importer:
             shape = self.input_shape(src)
             q = self.new_activation(node.output[0], shape, s, zp, signed, None)
             self.input = q.name
+        elif src in self.pending and self.pending[src].op == "clamp":
+            self.narrow_clamp(node, self.pending.pop(src), node.output[0], (s, zp, signed))
         elif src in self.pending:
             pend = self.pending.pop(src)
             self.emit(pend.node, pend.op, pend.inputs, node.output[0], (s, zp, signed),
@@ -366,6 +385,30 @@ class _Importer:
             self.q[node.output[0]] = x
         else:
             self.fail(node, f"input {src!r} is neither the model input nor a supported op result")
+
+    def narrow_clamp(self, qnode, pend: _Pending, out_name: str, out) -> None:
+        """Relu/Clip between a DequantizeLinear and a QuantizeLinear of the same parameters: the
+        clamp of the node that produced the tensor (its only reader), which takes the new name."""
+        x = pend.inputs[0]
+        if (x.scale, x.zp, x.signed) != out:
+            self.fail(pend.node, "the QuantizeLinear after it changes scale/zero point (a "
+                                 "requantization is not supported)")
+        node = x.producer
+        readers = [n for n in self.graph.node if set(n.input) & {pend.attrs["src"]}]
+        if node is None or "clamp" not in node.attrs or len(readers) != 1 or \
+                any(x.name in n.inputs for n in self.nodes):
+            self.fail(pend.node, "only a Relu/Clip of a tensor read by nothing else, made by a "
+                                 "requantizing node, is supported")
+        lo, hi = node.attrs["clamp"]
+        lo_c, hi_c = (int(np.rint(np.float32(v) / np.float32(x.scale))) + x.zp
+                      if np.isfinite(v) else None for v in pend.clip)
+        node.attrs["clamp"] = [max(lo, lo_c) if lo_c is not None else lo,
+                               min(hi, hi_c) if hi_c is not None else hi]
+        new = out_name if out_name not in self.tensors else self.unique(out_name)
+        self.tensors[new] = self.tensors.pop(x.name)
+        node.output = new
+        x.name = new
+        self.q[out_name] = x
 
     def input_shape(self, name: str) -> tuple[int, ...]:
         vi = next(i for i in self.graph.input if i.name == name)
@@ -492,6 +535,10 @@ class _Importer:
 
     def clip(self, node, lo: float, hi: float) -> None:
         src = node.input[0]
+        if src in self.deq:  # DequantizeLinear -> Relu/Clip -> QuantizeLinear on a node's output
+            self.pending[node.output[0]] = _Pending(node, "clamp", [self.deq[src]],
+                                                    clip=(lo, hi), attrs={"src": src})
+            return
         if src not in self.pending:
             self.fail(node, "only a Relu/Clip right after a Conv/Gemm/MatMul/Add/pooling "
                             "(before its QuantizeLinear) is supported")
