@@ -12,6 +12,7 @@ from npusim.cli import train  # noqa: F401, I001
 from npusim.cli import program  # noqa: F401
 from npusim.cli import sweep  # noqa: F401
 from npusim.cli import demo  # noqa: F401
+from npusim.cli import onnx  # noqa: F401
 from npusim.cli.common import CLIError, app
 
 def main(argv: list[str] | None = None) -> int:

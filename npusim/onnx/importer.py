@@ -345,7 +345,13 @@ class _Importer:
         QuantizeLinear on ``f32((p/scale - mean)/std)``."""
         spec = prog.tensors[prog.input]
         c = spec.shape[0]
-        mean, std, scale = (np.broadcast_to(np.asarray(v, np.float32), (c,)) for v in self.pixels)
+        vals = [np.atleast_1d(np.asarray(v, np.float32)) for v in self.pixels]
+        if len(vals) != 3 or any(v.ndim != 1 or v.size not in (1, c) for v in vals):
+            raise OnnxImportError(f"pixels: expected (mean, std, scale), each one value or {c} "
+                                  f"(one per input channel), got sizes {[v.size for v in vals]}")
+        if any((v <= 0).any() for v in vals[1:]):
+            raise OnnxImportError("pixels: std and scale must be positive")
+        mean, std, scale = (np.broadcast_to(v, (c,)) for v in vals)
         p = np.arange(256, dtype=np.float32)
         f = ((p[None, :] / scale[:, None] - mean[:, None]) / std[:, None]).astype(np.float32)
         lut = ort_quantize_linear(f, spec.scale, spec.zero_point, spec.signed)
