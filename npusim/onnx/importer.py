@@ -10,6 +10,13 @@ QDQ models are read the way ONNX Runtime runs them (its graph optimizer fuses
 dequantized tensors or constants becomes one program node at the QuantizeLinear that follows it;
 Relu / Clip between them narrow that node's clamp; MaxPool / Flatten / Reshape pass quantized
 tensors through. Anything else is refused with one line naming the node and its op type.
+
+Exactness: equal to ONNX Runtime on x86-64 (its AVX2 QLinearAdd kernel; the ARM NEON kernel
+uses fixed point when the scale ratios allow, and differs) for every mapped op except average
+pooling with a window (QLinearAveragePool, or a QDQ AveragePool that ORT runs in float): ORT
+averages dequantized floats, the NPU sums integers and requantizes once (off by one, rarely).
+On CPUs without VNNI, ORT's u8s8 kernels saturate pairs of products to int16 unless the
+weights are 7-bit (``reduce_range=True`` when quantizing): that is ORT's error, not ours.
 """
 
 from __future__ import annotations
