@@ -407,8 +407,9 @@ class _Importer:
             self.fail(pend.node, "the QuantizeLinear after it changes scale/zero point (a "
                                  "requantization is not supported)")
         node = x.producer
-        readers = [n for n in self.graph.node if set(n.input) & {pend.attrs["src"]}]
-        if node is None or "clamp" not in node.attrs or len(readers) != 1 or \
+        names = {pend.attrs["src"]} | {k for k, v in self.q.items() if v is x}
+        readers = [n for n in self.graph.node if set(n.input) & names]
+        if node is None or "clamp" not in node.attrs or len(readers) != 2 or \
                 any(x.name in n.inputs for n in self.nodes):
             self.fail(pend.node, "only a Relu/Clip of a tensor read by nothing else, made by a "
                                  "requantizing node, is supported")

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from npusim.ir.program import save_program
-from npusim.onnx import OnnxExportError, export_onnx, import_onnx, to_onnx
+from npusim.onnx import (
+    OnnxExportError,
+    OnnxImportError,
+    export_onnx,
+    import_onnx,
+    to_onnx,
+)
 from npusim.onnx.importer import ort_quantize_linear
 from npusim.sim.simulator import Simulator
 from tests.npusim.onnx import helpers as H
@@ -99,3 +105,18 @@ def test_refusals_are_one_line(programs, tmp_path):
         to_onnx(narrow_bits)
     save_program(prog, tmp_path / "p.safetensors")  # a valid program stays valid
     assert onnx.load(str(export_onnx(prog, tmp_path / "m.onnx"))).producer_name == "npusim"
+
+
+def test_clip_of_a_shared_tensor_is_refused(programs):
+    # DQ -> Clip -> Q may only narrow the clamp of a node whose output nothing else reads
+    prog = narrowed(programs[("NoAvgPool", "qop")], 4)
+    model = to_onnx(prog)
+    clip = next(n for n in model.graph.node if n.op_type == "Clip")
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear"
+              and n.output[0] == clip.input[0])
+    extra = onnx.helper.make_node("DequantizeLinear", list(dq.input), ["d2"],
+                                  name="second_reader")
+    model.graph.node.insert(list(model.graph.node).index(clip), extra)
+    with pytest.raises(OnnxImportError, match=r"\(Clip\): only a Relu/Clip of a tensor read by "
+                                              r"nothing else"):
+        import_onnx(model)
