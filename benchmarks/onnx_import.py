@@ -245,9 +245,10 @@ elements of EVERY program node's output that differ from ONNX Runtime's tensor o
 on the same inputs (`elements_compared` in all). ResNet-18 / MobileNetV2 have random weights
 (arithmetic only); ResNet-20 is a float model trained {args.epochs} epochs on mnist5k, imported
 with `--pixels` (an `embed` LUT from raw uint8 pixels), and `top1_sim` is its test accuracy on
-the simulator. Times: the simulator with its default threads; ONNX Runtime with one thread.
+the simulator (the first `images` test images; the export pads the normalised image in the stem
+conv instead of the raw one, so borders differ slightly from the trained float model). Times: the simulator with its default threads; ONNX Runtime with one thread.
 
-{markdown_table(df)}
+{markdown_table(df, floatfmt=".3g")}
 
 What "equal" rests on (see `npusim/onnx/importer.py`):
 - QLinearConv / QGemm / QLinearMatMul: ``f32(acc) * f32(f32(s_x*s_w)/s_y)``, clamp, round half
@@ -255,7 +256,8 @@ What "equal" rests on (see `npusim/onnx/importer.py`):
 - QLinearAdd: MLAS's AVX2 kernel, ``rne(fma(a, r_a, fma(b, r_b, zp_y - fma(r_a, zp_a,
   r_b*zp_b))))`` in float32 with ``r = f32(s_in/s_y)``; the output zero point is inside the
   rounded value. npusim emulates the FMAs exactly (float64 products, sums rounded to odd). ORT's
-  ARM (NEON fixed-point) and SSE2-only kernels compute QLinearAdd differently.
+  ARM NEON kernel uses fixed point when the scale ratios allow and differs; its SSE2-only
+  kernel was not checked.
 - QLinearGlobalAveragePool: integer sum times ``f32(s_x / f32(s_y * f32(H*W)))``.
 - Not exact: QLinearAveragePool (and a QDQ AveragePool, which ORT runs in float) averages
   dequantized floats; the NPU's avgpool2d sums integers (tests: within 1, rare). The networks
