@@ -23,6 +23,7 @@ from npusim.cli import train  # noqa: F401
 from npusim.cli import program  # noqa: F401
 from npusim.cli import sweep  # noqa: F401
 from npusim.cli import demo  # noqa: F401
+from npusim.cli import onnx  # noqa: F401
 # isort: on
 
 _debug = {"on": False}

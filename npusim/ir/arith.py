@@ -152,15 +152,50 @@ def requant_one(acc, m0, n, mf, scale_float, code, mbits, zp, lo, hi):
 
 
 @register_jitable
+def fma_f32(x, y, z):
+    """float32 ``x*y + z`` rounded once (a fused multiply-add), for an integer `x` of at most
+    29 bits and float32 `y`, `z`: the product is exact in float64, the float64 sum is rounded
+    to odd (TwoSum error, then one step towards it when the sum is even), which makes the final
+    rounding to float32 correct (no double rounding)."""
+    p = np.float64(x) * np.float64(y)
+    zz = np.float64(z)
+    s = p + zz
+    bp = s - p
+    err = (p - (s - bp)) + (zz - bp)
+    if err != 0.0:
+        m, _ = math.frexp(s)
+        if (np.int64(m * 9007199254740992.0) & 1) == 0:
+            s = np.nextafter(s, np.inf if err > 0.0 else -np.inf)
+    return np.float32(s)
+
+
+@register_jitable
+def ort_qlinearadd_one(a, b, zp_a, zp_b, r_a, r_b, zp_y, lo, hi):
+    """ONNX Runtime's QLinearAdd (MLAS AVX2 kernel) on raw integers `a`, `b`: with float32
+    ``r_a = s_a/s_y``, ``r_b = s_b/s_y``, ``c = zp_y - fma(r_a, zp_a, r_b*zp_b)`` (float32),
+    ``y = rne(fma(a, r_a, fma(b, r_b, c)))`` clamped to [lo, hi]; the output zero point is
+    inside the rounded value, so ties follow its parity."""
+    ra = np.float32(r_a)
+    rb = np.float32(r_b)
+    c = np.float32(np.float32(zp_y) - fma_f32(zp_a, ra, np.float32(rb * np.float32(zp_b))))
+    f = fma_f32(a, ra, fma_f32(b, rb, c))
+    y = np.int64(np.rint(f))
+    if y < lo:
+        return lo
+    if y > hi:
+        return hi
+    return y
+
+
+@register_jitable
 def add_one(a, b, m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac, scale_float, code, shift_code, mbits,
-            zp_y, lo, hi):
+            zp_y, lo, hi, zp_a=0, zp_b=0):
     """Residual add of two zero-point-free values: each rescaled to the output scale with
     `frac` extra fractional bits, summed, rounded once more, offset and clamped. The float
-    mode is ORT-style: ``round_half_even(f32(a)*Ma + f32(b)*Mb)``."""
+    mode is ONNX Runtime's QLinearAdd (`ort_qlinearadd_one`, on the values with their input
+    zero points `zp_a`, `zp_b` put back)."""
     if scale_float:
-        f = np.float32(a) * mf_a + np.float32(b) * mf_b
-        f = min(max(f, np.float32(lo - zp_y)), np.float32(hi - zp_y))
-        return np.int64(np.rint(f)) + zp_y
+        return ort_qlinearadd_one(a + zp_a, b + zp_b, zp_a, zp_b, mf_a, mf_b, zp_y, lo, hi)
     ta = requant_fixed(a, m0_a, n_a - frac, code, mbits)
     tb = requant_fixed(b, m0_b, n_b - frac, code, mbits)
     y = rounding_shift(ta + tb, frac, shift_code) + zp_y
@@ -250,7 +285,7 @@ def _add_loop(a, b, zp_a, zp_b, rq, frac, scale_float, code, shift_code, out):
     for j in range(a.shape[0]):
         out[j] = add_one(np.int64(a[j]) - zp_a, np.int64(b[j]) - zp_b, rq.m0[0], rq.n[0],
                          rq.m0[1], rq.n[1], rq.mf[0], rq.mf[1], frac, scale_float, code,
-                         shift_code, rq.mbits, rq.zp, rq.lo, rq.hi)
+                         shift_code, rq.mbits, rq.zp, rq.lo, rq.hi, zp_a, zp_b)
 
 
 def requantize(acc: np.ndarray, m0: np.ndarray, n: np.ndarray, mf: np.ndarray, scale_float: bool,

@@ -232,6 +232,15 @@ def _real_as_float32(program: IntegerProgram, node: Node) -> np.ndarray:
     return OPS[node.op].real_multipliers(program, node).astype(np.float32)
 
 
+def _global_pool_float(program: IntegerProgram, node: Node) -> np.ndarray:
+    """QLinearGlobalAveragePool's order: ``f32(s_x / f32(s_y * f32(H*W)))``."""
+    t = program.tensors
+    h, w = t[node.inputs[0]].shape[1:]
+    s_x = np.float32(t[node.inputs[0]].scales()[0])
+    s_y = np.float32(t[node.output].scales()[0])
+    return np.array([s_x / (s_y * np.float32(h * w))], dtype=np.float32)
+
+
 # ------------------------------------------------------------------------ work counts
 
 def _numel(program: IntegerProgram, tensor: str) -> int:
@@ -293,7 +302,7 @@ OPS: dict[str, OpDef] = {op.name: op for op in (
           "vector", real_multipliers=_pool_real, float_multipliers=_real_as_float32,
           vector_ops=_per_window),
     OpDef("global_avgpool", 1, (_REQUANT, _CLAMP), (), _global_pool_shape, "vector",
-          real_multipliers=_pool_real, float_multipliers=_real_as_float32,
+          real_multipliers=_pool_real, float_multipliers=_global_pool_float,
           vector_ops=_per_input),
     OpDef("flatten", 1, (), (), _flatten_shape, "none", view=True),
     # one table lookup per input element
