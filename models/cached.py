@@ -10,24 +10,40 @@ from npusim.data import load_dataset
 
 from .checkpoint import cache_dir, config_hash, load_checkpoint, save_checkpoint
 from .registry import create_model
-from .training import train
+from .training import TRAIN_THREADS, deterministic, train
 
 log = logging.getLogger(__name__)
 
 
 def float_config(model: str, data: str, epochs: int, seed: int = 0, width: float = 1.0,
-                 lr: float = 0.1, batch_size: int = 128) -> dict[str, Any]:
-    """The configuration that identifies a float training run (and its cache entry)."""
+                 lr: float = 0.1, batch_size: int = 128, threads: int = TRAIN_THREADS
+                 ) -> dict[str, Any]:
+    """The configuration that identifies a float training run (and its cache entry); the
+    torch thread count is part of it (multi-threaded float sums depend on it)."""
     return {"kind": "float", "model": model, "data": data, "epochs": epochs, "seed": seed,
-            "width": width, "lr": lr, "batch_size": batch_size}
+            "width": width, "lr": lr, "batch_size": batch_size, "threads": threads}
+
+
+def cpu_meta() -> dict[str, str]:
+    """The CPU kernels torch picked (a different instruction set may round differently)."""
+    import platform
+
+    import torch
+
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "machine": platform.machine()}
 
 
 def train_float(model: str, data: str, epochs: int, seed: int = 0, width: float = 1.0,
                 lr: float = 0.1, batch_size: int = 128, out: str | Path | None = None,
-                root: str | None = None, use_cache: bool = True, progress: bool | None = None
-                ) -> tuple[Path, dict[str, Any]]:
-    """Train a float model on a data set (or reuse the cached run); return (checkpoint, meta)."""
-    cfg = float_config(model, data, epochs, seed, width, lr, batch_size)
+                root: str | None = None, use_cache: bool = True, progress: bool | None = None,
+                threads: int = TRAIN_THREADS) -> tuple[Path, dict[str, Any]]:
+    """Train a float model on a data set (or reuse the cached run); return (checkpoint, meta).
+
+    The same configuration (seed and `threads` included) gives the same checkpoint bytes in
+    any process on the same kind of CPU (`models.training.deterministic`).
+    """
+    cfg = float_config(model, data, epochs, seed, width, lr, batch_size, threads)
     cached = cache_dir() / "float" / f"{model}-{data}-{config_hash(cfg)}.pt"
     if use_cache and cached.is_file() and cached.with_suffix(".json").is_file():
         log.info("reusing cached float model %s", cached)
@@ -40,10 +56,12 @@ def train_float(model: str, data: str, epochs: int, seed: int = 0, width: float 
     test_set = load_dataset(data, "test", root=root)
     kwargs = {"num_classes": train_set.num_classes, "in_channels": train_set.input_shape[0],
               "width": width}
-    net = create_model(model, **kwargs)
-    result = train(net, train_set, epochs, test=test_set, lr=lr, batch_size=batch_size,
-                   seed=seed, progress=progress)
+    with deterministic(seed, threads):
+        net = create_model(model, **kwargs)
+        result = train(net, train_set, epochs, test=test_set, lr=lr, batch_size=batch_size,
+                       seed=seed, progress=progress)
     meta = {"model": model, "model_kwargs": kwargs, "dataset": data, "config": cfg,
+            "cpu": cpu_meta(),
             "test_acc": result.test_acc, "train_seconds": result.seconds,
             "epoch_seconds": result.history["epoch_s"].tolist(),
             "history": result.history.to_dict(orient="list")}
