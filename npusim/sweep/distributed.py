@@ -291,7 +291,6 @@ class _Run:
                     self.db.heartbeat(self.owner)
                     last_beat = time.monotonic()
                     for qhash in list(self.waiting):
-                        self.waiting.discard(qhash)
                         self._start(qhash)
                 self._show()
         finally:
@@ -304,6 +303,7 @@ class _Run:
         """Simulate a stored program, or claim and train it, or wait for another sweep."""
         stored = self.db.program(qhash)
         if stored is not None:
+            self.waiting.discard(qhash)
             self._simulate(qhash, *stored)
             return
         holder = self.db.claims().get(qhash)
@@ -316,6 +316,7 @@ class _Run:
                          holder)
             self.waiting.add(qhash)
             return
+        self.waiting.discard(qhash)
         point = self.keyed[self.groups[qhash][0]][0]
         log.info("%s: training %s on the cluster", qhash, point.quant.short_name())
         fut = self.client.submit(_train_task, point, *self.train_args, retries=self.retries,
