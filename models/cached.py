@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from npusim.data import load_dataset
 
@@ -22,6 +23,25 @@ def float_config(model: str, data: str, epochs: int, seed: int = 0, width: float
     torch thread count is part of it (multi-threaded float sums depend on it)."""
     return {"kind": "float", "model": model, "data": data, "epochs": epochs, "seed": seed,
             "width": width, "lr": lr, "batch_size": batch_size, "threads": threads}
+
+
+@contextlib.contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a cache entry while it is looked up and, if missing, trained:
+    processes sharing the cache (sweep workers on one machine, two sweeps) train it once;
+    the others wait and reuse it. A no-op where ``fcntl`` is missing."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def cpu_meta() -> dict[str, str]:
@@ -45,6 +65,13 @@ def train_float(model: str, data: str, epochs: int, seed: int = 0, width: float 
     """
     cfg = float_config(model, data, epochs, seed, width, lr, batch_size, threads)
     cached = cache_dir() / "float" / f"{model}-{data}-{config_hash(cfg)}.pt"
+    with cache_lock(cached) if use_cache else contextlib.nullcontext():
+        return _train_float(cached, cfg, model, data, epochs, seed, width, lr, batch_size, out,
+                            root, use_cache, progress, threads)
+
+
+def _train_float(cached: Path, cfg, model, data, epochs, seed, width, lr, batch_size, out, root,
+                 use_cache, progress, threads) -> tuple[Path, dict[str, Any]]:
     if use_cache and cached.is_file() and cached.with_suffix(".json").is_file():
         log.info("reusing cached float model %s", cached)
         net, meta = load_checkpoint(cached)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from models.cached import cpu_meta, float_config, train_float
+from models.cached import cache_lock, cpu_meta, float_config, train_float
 from models.checkpoint import cache_dir, config_hash, load_checkpoint
 from models.training import TRAIN_THREADS, deterministic
 from npusim.data import load_dataset
@@ -39,6 +39,13 @@ def train_qat(model: str, data: str, qcfg: QuantConfig, epochs: int = 3, float_e
     """
     cfg = qat_config(model, data, qcfg, epochs, float_epochs, seed, width, lr, threads)
     path = cache_dir() / "qat" / f"{model}-{data}-{qcfg.short_name()}-{config_hash(cfg)}.pt"
+    with cache_lock(path):  # one process trains it, the others wait and reuse it
+        return _train_qat(path, cfg, model, data, qcfg, epochs, float_epochs, seed, width, lr,
+                          root, progress, threads)
+
+
+def _train_qat(path, cfg, model, data, qcfg, epochs, float_epochs, seed, width, lr, root,
+               progress, threads):
     if path.is_file() and path.with_suffix(".json").is_file():
         log.info("reusing cached QAT model %s", path)
         return load_qat(path)

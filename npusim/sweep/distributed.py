@@ -262,7 +262,7 @@ class _Run:
 
         self.bar = tqdm(total=total, initial=total - todo, desc="sweep", unit="pt",
                         disable=not progress, dynamic_ncols=True, file=sys.stderr)
-        workers = len(client.scheduler_info().get("workers", {})) or 1
+        workers = sum(client.nthreads().values()) or 1  # task slots (workers x threads)
         # one simulation task per program when there are enough programs to keep every
         # worker busy, else each program's points split over several tasks
         self.chunks = max(1, math.ceil(workers / max(len(groups), 1)))

@@ -170,3 +170,25 @@ def test_training_gives_the_same_checkpoint_bytes_in_fresh_processes(tmp_path):
         outs.append(res.stdout.split("\n"))
     assert [line.split()[0] for line in outs[0] if line] == ["float", "qat"]
     assert outs[0] == outs[1]
+
+
+def test_cache_lock_lets_one_process_train_an_entry_at_a_time(tmp_path):
+    import threading
+
+    from models.cached import cache_lock
+
+    entry = tmp_path / "float" / "m.pt"
+    order = []
+    inside = threading.Event()
+
+    def second():
+        with cache_lock(entry):  # a separate open file: blocks like another process would
+            order.append("second")
+
+    with cache_lock(entry):
+        t = threading.Thread(target=second)
+        t.start()
+        inside.wait(0.3)  # give the thread time to block on the lock
+        order.append("first")
+    t.join(10)
+    assert order == ["first", "second"]
