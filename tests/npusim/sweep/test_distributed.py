@@ -56,6 +56,21 @@ def test_claims_are_exclusive_refreshable_and_go_stale(tmp_path):
         assert b.program("q2") is None
 
 
+def test_claims_of_a_dead_client_on_this_host_are_recognised():
+    import socket
+    import subprocess
+    import sys
+
+    from npusim.sweep.distributed import _owner_dead
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = socket.gethostname()
+    assert _owner_dead(f"{host}:{gone}:abc")  # a killed client: its claims are taken over
+    assert not _owner_dead(f"{host}:{os.getpid()}:abc")  # alive
+    assert not _owner_dead(f"elsewhere-{host}:{gone}:abc")  # another host: wait for stale_s
+
+
 def test_cluster_flags_are_checked_before_anything_runs(tmp_path, capsys):
     with pytest.raises(ValueError, match="exactly one"):
         with cluster_client():
