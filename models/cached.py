@@ -2,33 +2,76 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from npusim.data import load_dataset
 
 from .checkpoint import cache_dir, config_hash, load_checkpoint, save_checkpoint
 from .registry import create_model
-from .training import train
+from .training import TRAIN_THREADS, deterministic, train
 
 log = logging.getLogger(__name__)
 
 
 def float_config(model: str, data: str, epochs: int, seed: int = 0, width: float = 1.0,
-                 lr: float = 0.1, batch_size: int = 128) -> dict[str, Any]:
-    """The configuration that identifies a float training run (and its cache entry)."""
+                 lr: float = 0.1, batch_size: int = 128, threads: int = TRAIN_THREADS
+                 ) -> dict[str, Any]:
+    """The configuration that identifies a float training run (and its cache entry); the
+    torch thread count is part of it (multi-threaded float sums depend on it)."""
     return {"kind": "float", "model": model, "data": data, "epochs": epochs, "seed": seed,
-            "width": width, "lr": lr, "batch_size": batch_size}
+            "width": width, "lr": lr, "batch_size": batch_size, "threads": threads}
+
+
+@contextlib.contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a cache entry while it is looked up and, if missing, trained:
+    processes sharing the cache (sweep workers on one machine, two sweeps) train it once;
+    the others wait and reuse it. A no-op where ``fcntl`` is missing."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def cpu_meta() -> dict[str, str]:
+    """The CPU kernels torch picked (a different instruction set may round differently)."""
+    import platform
+
+    import torch
+
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "machine": platform.machine()}
 
 
 def train_float(model: str, data: str, epochs: int, seed: int = 0, width: float = 1.0,
                 lr: float = 0.1, batch_size: int = 128, out: str | Path | None = None,
-                root: str | None = None, use_cache: bool = True, progress: bool | None = None
-                ) -> tuple[Path, dict[str, Any]]:
-    """Train a float model on a data set (or reuse the cached run); return (checkpoint, meta)."""
-    cfg = float_config(model, data, epochs, seed, width, lr, batch_size)
+                root: str | None = None, use_cache: bool = True, progress: bool | None = None,
+                threads: int = TRAIN_THREADS) -> tuple[Path, dict[str, Any]]:
+    """Train a float model on a data set (or reuse the cached run); return (checkpoint, meta).
+
+    The same configuration (seed and `threads` included) gives the same checkpoint bytes in
+    any process on the same kind of CPU (`models.training.deterministic`).
+    """
+    cfg = float_config(model, data, epochs, seed, width, lr, batch_size, threads)
     cached = cache_dir() / "float" / f"{model}-{data}-{config_hash(cfg)}.pt"
+    with cache_lock(cached) if use_cache else contextlib.nullcontext():
+        return _train_float(cached, cfg, model, data, epochs, seed, width, lr, batch_size, out,
+                            root, use_cache, progress, threads)
+
+
+def _train_float(cached: Path, cfg, model, data, epochs, seed, width, lr, batch_size, out, root,
+                 use_cache, progress, threads) -> tuple[Path, dict[str, Any]]:
     if use_cache and cached.is_file() and cached.with_suffix(".json").is_file():
         log.info("reusing cached float model %s", cached)
         net, meta = load_checkpoint(cached)
@@ -40,10 +83,12 @@ def train_float(model: str, data: str, epochs: int, seed: int = 0, width: float 
     test_set = load_dataset(data, "test", root=root)
     kwargs = {"num_classes": train_set.num_classes, "in_channels": train_set.input_shape[0],
               "width": width}
-    net = create_model(model, **kwargs)
-    result = train(net, train_set, epochs, test=test_set, lr=lr, batch_size=batch_size,
-                   seed=seed, progress=progress)
+    with deterministic(seed, threads):
+        net = create_model(model, **kwargs)
+        result = train(net, train_set, epochs, test=test_set, lr=lr, batch_size=batch_size,
+                       seed=seed, progress=progress)
     meta = {"model": model, "model_kwargs": kwargs, "dataset": data, "config": cfg,
+            "cpu": cpu_meta(),
             "test_acc": result.test_acc, "train_seconds": result.seconds,
             "epoch_seconds": result.history["epoch_s"].tolist(),
             "history": result.history.to_dict(orient="list")}

@@ -6,6 +6,7 @@ data set's statistics, which `train` sets before the first step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -31,6 +32,38 @@ AUGMENT_POLICY: dict[str, tuple[int, bool]] = {
     "digits": (1, False),
     "synthetic": (0, False),
 }
+
+
+#: Torch threads a training uses unless told otherwise. The float sums of a multi-threaded
+#: kernel depend on the thread count, so the count is part of every training's cache key;
+#: one thread makes a serial run, a cluster worker and another machine of the same CPU type
+#: produce the same checkpoint, byte for byte.
+TRAIN_THREADS = 1
+
+
+@contextlib.contextmanager
+def deterministic(seed: int, threads: int = TRAIN_THREADS) -> Iterator[None]:
+    """Run a block reproducibly: torch's global RNG seeded with `seed` (state restored after),
+    `threads` intra-op threads and deterministic algorithms (both restored after).
+
+    Everything that draws from the global RNG inside the block (model initialisation,
+    quantizer set-up, dropout) then depends on `seed` alone, not on what ran before in the
+    process (torch seeds its global generator from the OS at start-up).
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old_threads)
+            torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
 
 
 def set_input_stats(model: nn.Module, dataset: Dataset) -> None:

@@ -75,8 +75,19 @@ def sweep_cmd(
     root: Optional[str] = typer.Option(None, help="Data directory (cifar10)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Run on a local Dask cluster of N "
+                                          "single-threaded worker processes (127.0.0.1)."),
+    scheduler: Optional[str] = typer.Option(None, help="Run on the Dask cluster whose "
+                                            "scheduler is at tcp://HOST:PORT."),
+    scheduler_file: Optional[Path] = typer.Option(None, help="Run on the Dask cluster "
+                                                  "described by this scheduler file."),
+    train_threads: int = typer.Option(1, min=1, help="Torch threads per training (part of "
+                                      "the cache key: the same count gives the same model)."),
 ) -> None:
-    """Sweep quantization x NPU settings: simulate, cost and store every point (resumable)."""
+    """Sweep quantization x NPU settings: simulate, cost and store every point (resumable).
+
+    With --workers, --scheduler or --scheduler-file the points run on a Dask cluster (see
+    docs/cluster.md); the rows are the same as a serial run's."""
     _setup_logging(verbose)
     from npusim.io import check_output_path
     from npusim.sweep import Grid, ResultsStore, sweep
@@ -98,13 +109,26 @@ def sweep_cmd(
         quants.append(f"bits={bits}")
     grid = Grid.parse(quants, sets, npu=npu)  # validates every axis before anything runs
     _check_model_data(model, data)
+    cluster = [f for f, v in (("--workers", workers), ("--scheduler", scheduler),
+                              ("--scheduler-file", scheduler_file)) if v is not None]
+    if len(cluster) > 1:
+        _fail(f"{cluster[0]} and {cluster[1]}: give one way to reach a cluster")
+    if scheduler_file is not None and not scheduler_file.is_file():
+        _fail(f"--scheduler-file: {scheduler_file} not found")
     points = grid.points()
     path = db or _cache_root() / "sweeps" / "sweep.sqlite"
     typer.echo(f"sweep: {len(points)} points ({model} on {data}, {npu}); results: {path}")
+    kwargs = dict(model=model, dataset=data, split=split, images=images or None, epochs=epochs,
+                  float_epochs=float_epochs, width=width, seed=seed, lr=lr, root=root,
+                  progress=progress, train_threads=train_threads)
     with ResultsStore(path) as store:
-        df = sweep(points, model=model, dataset=data, split=split, images=images or None,
-                   epochs=epochs, float_epochs=float_epochs, width=width, seed=seed, lr=lr,
-                   root=root, store=store, progress=progress)
+        if cluster:
+            from npusim.sweep.distributed import cluster_client, sweep_distributed
+
+            with cluster_client(workers, scheduler, scheduler_file) as client:
+                df = sweep_distributed(points, client, store=store, **kwargs)
+        else:
+            df = sweep(points, store=store, **kwargs)
         typer.echo(_sweep_view(df).to_string(index=False))
         changed = df.get("requant_changes")
         for text in ([] if changed is None else changed.dropna().unique()):

@@ -59,10 +59,11 @@ def _hash(obj: Any) -> str:
 
 
 def _training_config(point: Point, model: str, dataset: str, epochs: int, float_epochs: int,
-                     seed: int, width: float, lr: float) -> dict[str, Any]:
+                     seed: int, width: float, lr: float, threads: int = 1) -> dict[str, Any]:
     from quantize.cached import qat_config
 
-    return qat_config(model, dataset, point.quant, epochs, float_epochs, seed, width, lr)
+    return qat_config(model, dataset, point.quant, epochs, float_epochs, seed, width, lr,
+                      threads)
 
 
 def point_hash(training: dict[str, Any], npu: NPUConfig, evaluation: dict[str, Any]) -> str:
@@ -193,7 +194,8 @@ def sweep(grid: Grid | Point | Sequence[Grid | Point], *, model: str = "resnet20
           lr: float = 0.01, root: str | None = None,
           store: ResultsStore | str | Path | None = None, batch: int = 1,
           progress: bool = False,
-          on_point: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
+          on_point: Callable[[dict[str, Any]], None] | None = None,
+          train_threads: int = 1) -> pd.DataFrame:
     """Run every point of `grid` not yet in `store`; return the grid's rows (grid order).
 
     Args:
@@ -205,22 +207,24 @@ def sweep(grid: Grid | Point | Sequence[Grid | Point], *, model: str = "resnet20
         batch: images per batch for the cost model (weights reused across a batch).
         progress: show a tqdm bar (points done / total and the current point).
         on_point: called with each new row as it is committed.
+        train_threads: torch threads of every training (part of its cache key and of the
+            point hash; `npusim.sweep.distributed` runs the same trainings on a cluster).
     """
     points = _as_points(grid)
     own = not isinstance(store, ResultsStore)
     db = store if isinstance(store, ResultsStore) else ResultsStore(store or ":memory:")
     try:
         return _run(points, db, model, dataset, split, images, epochs, float_epochs, width, seed,
-                    lr, root, batch, progress, on_point)
+                    lr, root, batch, progress, on_point, train_threads)
     finally:
         if own:
             db.close()
 
 
-def _run(points, db, model, dataset, split, images, epochs, float_epochs, width, seed, lr, root,
-         batch, progress, on_point) -> pd.DataFrame:
-    from tqdm.auto import tqdm
-
+def _plan(points, db, model, dataset, split, images, epochs, float_epochs, width, seed, lr, root,
+          batch, train_threads=1):
+    """(data, keyed, order, groups): the simulated images, every point by its hash, the grid
+    order, and the hashes not yet in `db` grouped by their QAT config hash."""
     from models.checkpoint import config_hash
     from npusim.data import load_dataset
 
@@ -228,7 +232,8 @@ def _run(points, db, model, dataset, split, images, epochs, float_epochs, width,
     evaluation = {"dataset": dataset, "split": split, "images": len(data), "cost_batch": batch}
     keyed: dict[str, tuple[Point, dict[str, Any]]] = {}
     for p in points:
-        train = _training_config(p, model, dataset, epochs, float_epochs, seed, width, lr)
+        train = _training_config(p, model, dataset, epochs, float_epochs, seed, width, lr,
+                                 train_threads)
         keyed.setdefault(point_hash(train, p.npu, evaluation), (p, train))
     order = list(keyed)
     done = db.done()
@@ -237,6 +242,32 @@ def _run(points, db, model, dataset, split, images, epochs, float_epochs, width,
     for h in order:
         if h not in done:
             groups.setdefault(config_hash(keyed[h][1]), []).append(h)
+    return data, keyed, order, groups
+
+
+def _row(point: Point, qhash: str, qmeta: dict[str, Any], result: dict[str, Any], model, dataset,
+         split, images, width, seed, epochs, float_epochs, lr, program_requant: dict[str, Any],
+         vers: dict[str, str] | None = None) -> dict[str, Any]:
+    """The stored row of one finished point (`program_requant`: the program's manifest
+    ``requant``; `vers`: where it ran; default: here)."""
+    return {"point_label": point.label(), "model": model, "dataset": dataset,
+            "split": split, "images": images, "width": width, "seed": seed,
+            "qat_epochs": epochs, "float_epochs": float_epochs, "qat_lr": lr,
+            "quant_hash": qhash, **_quant_columns(point),
+            "fake_quant_top1": qmeta.get("fake_quant_acc"),
+            "integer_top1": qmeta.get("integer_acc"),
+            **_npu_columns(point.npu, RequantSpec.from_dict(program_requant)), **result,
+            **(vers or versions())}
+
+
+def _run(points, db, model, dataset, split, images, epochs, float_epochs, width, seed, lr, root,
+         batch, progress, on_point, train_threads=1) -> pd.DataFrame:
+    from tqdm.auto import tqdm
+
+    from models.checkpoint import config_hash
+
+    data, keyed, order, groups = _plan(points, db, model, dataset, split, images, epochs,
+                                       float_epochs, width, seed, lr, root, batch, train_threads)
     todo = [h for hs in groups.values() for h in hs]
     log.info("sweep: %d points, %d already stored, %d to run", len(order), len(order) - len(todo),
              len(todo))
@@ -251,17 +282,11 @@ def _run(points, db, model, dataset, split, images, epochs, float_epochs, width,
             if qhash not in programs:
                 programs.clear()  # one program alive at a time
                 programs[qhash] = _program(point, model, dataset, epochs, float_epochs, seed,
-                                           width, lr, root)
+                                           width, lr, root, train_threads)
             program, qmeta = programs[qhash]
             result, layers = _run_point(point, program, data, batch)
-            row = {"point_label": point.label(), "model": model, "dataset": dataset,
-                   "split": split, "images": len(data), "width": width, "seed": seed,
-                   "qat_epochs": epochs, "float_epochs": float_epochs, "qat_lr": lr,
-                   "quant_hash": qhash, **_quant_columns(point),
-                   "fake_quant_top1": qmeta.get("fake_quant_acc"),
-                   "integer_top1": qmeta.get("integer_acc"),
-                   **_npu_columns(point.npu, RequantSpec.from_dict(program.requant)),
-                   **result, **versions()}
+            row = _row(point, qhash, qmeta, result, model, dataset, split, len(data), width, seed,
+                       epochs, float_epochs, lr, program.requant)
             if db.put(h, row, layers) and on_point is not None:
                 on_point({"point_hash": h, **row})
             bar.update(1)
@@ -270,7 +295,7 @@ def _run(points, db, model, dataset, split, images, epochs, float_epochs, width,
     return db.to_frame(order)
 
 
-def _program(point, model, dataset, epochs, float_epochs, seed, width, lr, root):
+def _program(point, model, dataset, epochs, float_epochs, seed, width, lr, root, threads=1):
     """The exported IntegerProgram of a point's quantization setting (trained or cached)."""
     from quantize.cached import train_qat
     from quantize.export import build_program
@@ -278,25 +303,35 @@ def _program(point, model, dataset, epochs, float_epochs, seed, width, lr, root)
     t0 = time.perf_counter()
     qmodel, meta = train_qat(model, dataset, point.quant, epochs=epochs,
                              float_epochs=float_epochs, seed=seed, width=width, lr=lr, root=root,
-                             progress=False)
+                             progress=False, threads=threads)
     log.info("%s: QAT model ready in %.1f s", point.quant.short_name(), time.perf_counter() - t0)
     return build_program(qmodel), meta
 
 
 def _run_point(point: Point, program, data, batch) -> tuple[dict[str, Any],
                                                               pd.DataFrame | None]:
-    from npusim.cost import estimate_cost
     from npusim.sim.simulator import SimulationError, Simulator
 
     t0 = time.perf_counter()
     try:
         res = Simulator(point.npu).run(program, data.images)
     except SimulationError as e:
-        cols = {k: None for k in RESULT_COLUMNS}
-        cols.update(status="rejected", error=str(e).splitlines()[0],
-                    sim_seconds=time.perf_counter() - t0)
-        return cols, None
-    sim_s = time.perf_counter() - t0
+        return _rejected(e, time.perf_counter() - t0), None
+    return _finished(point, program, res, data, batch, time.perf_counter() - t0)
+
+
+def _rejected(error: Exception, sim_s: float) -> dict[str, Any]:
+    """The result columns of a point the NPU refused."""
+    cols: dict[str, Any] = {k: None for k in RESULT_COLUMNS}
+    cols.update(status="rejected", error=str(error).splitlines()[0], sim_seconds=sim_s)
+    return cols
+
+
+def _finished(point: Point, program, res, data, batch: int, sim_s: float
+              ) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The result columns and per-layer table of a simulated point (costed here)."""
+    from npusim.cost import estimate_cost
+
     rep = estimate_cost(program, point.npu, stats=res.stats, images=batch)
     cols = _result_columns(res, data.labels, res.stats, rep)
     cols["correct"] = int(round(cols["top1"] * len(data)))

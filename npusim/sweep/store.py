@@ -5,6 +5,12 @@ Each point is committed in its own transaction the moment it finishes (WAL journ
 keeps every point it finished and none half-written; rerunning it skips those points. A
 point's row is stored as JSON (the tidy columns of `npusim.sweep.run`) next to its per-layer
 table, so reports can be regenerated from the store alone. Standard library only.
+
+For distributed sweeps (`npusim.sweep.distributed`) the store also holds the exported
+program of every trained quantization setting (``programs``, keyed by its QAT config hash)
+and ``claims``: a sweep claims a setting before it trains it and refreshes the claim while
+it runs, so several sweeps sharing one store train each setting once; a claim whose owner
+stopped refreshing it goes stale and may be taken over.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -32,6 +39,17 @@ CREATE TABLE IF NOT EXISTS points (
     layers_json TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS programs (
+    quant_hash  TEXT PRIMARY KEY,
+    stored_at   TEXT NOT NULL,
+    program     BLOB NOT NULL,
+    meta_json   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS claims (
+    quant_hash  TEXT PRIMARY KEY,
+    owner       TEXT NOT NULL,
+    heartbeat   REAL NOT NULL
+);
 """
 
 
@@ -109,6 +127,59 @@ class ResultsStore:
         if row is None or key == "schema_version":
             return default
         return json.loads(row[0])
+
+    # ------------------------------------------------- trained programs and claims
+    def put_program(self, quant_hash: str, program: bytes, meta: dict[str, Any]) -> bool:
+        """Store the exported program (IntegerProgram file bytes) of a trained quantization
+        setting with its training meta; False if one was already stored (it is kept)."""
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self._con:
+            cur = self._con.execute(
+                "INSERT INTO programs VALUES (?, ?, ?, ?) ON CONFLICT(quant_hash) DO NOTHING",
+                (quant_hash, now, sqlite3.Binary(program), _dumps(meta)))
+        return cur.rowcount == 1
+
+    def program(self, quant_hash: str) -> tuple[bytes, dict[str, Any]] | None:
+        """(program bytes, training meta) of a stored setting, or None."""
+        row = self._con.execute("SELECT program, meta_json FROM programs WHERE quant_hash=?",
+                                (quant_hash,)).fetchone()
+        return None if row is None else (bytes(row[0]), json.loads(row[1]))
+
+    def claim(self, quant_hash: str, owner: str, stale_s: float = 120.0) -> bool:
+        """Claim the training of `quant_hash` for `owner`: True if it is now (or was already)
+        ours, False while another owner refreshed its claim within `stale_s` seconds."""
+        now = time.time()
+        self._con.execute("BEGIN IMMEDIATE")  # one claimer at a time, across processes
+        try:
+            row = self._con.execute("SELECT owner, heartbeat FROM claims WHERE quant_hash=?",
+                                    (quant_hash,)).fetchone()
+            ours = row is None or row[0] == owner or now - row[1] > stale_s
+            if ours:
+                self._con.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)",
+                                  (quant_hash, owner, now))
+            self._con.execute("COMMIT")
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        return ours
+
+    def heartbeat(self, owner: str) -> None:
+        """Refresh every claim of `owner` (a live sweep does this every few seconds)."""
+        with self._con:
+            self._con.execute("UPDATE claims SET heartbeat=? WHERE owner=?", (time.time(), owner))
+
+    def release(self, owner: str, quant_hash: str | None = None) -> None:
+        """Drop one claim of `owner` (or all of them)."""
+        with self._con:
+            if quant_hash is None:
+                self._con.execute("DELETE FROM claims WHERE owner=?", (owner,))
+            else:
+                self._con.execute("DELETE FROM claims WHERE owner=? AND quant_hash=?",
+                                  (owner, quant_hash))
+
+    def claims(self) -> dict[str, str]:
+        """Current claims: quant hash -> owner."""
+        return dict(self._con.execute("SELECT quant_hash, owner FROM claims").fetchall())
 
     # ------------------------------------------------------------------ reading
     def done(self) -> set[str]:

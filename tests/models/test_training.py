@@ -111,3 +111,88 @@ def test_train_float_reuses_cache(tmp_path, monkeypatch):
     path2, meta2 = train_float(**kw)
     assert path2 == path1 and path1.stat().st_mtime_ns == mtime
     assert meta2["test_acc"] == meta1["test_acc"]
+
+
+def test_deterministic_block_ignores_and_restores_global_state():
+    from models.training import deterministic
+
+    def init_weights() -> torch.Tensor:
+        return torch.cat([p.detach().flatten() for p in
+                          create_model("resnet8", num_classes=4, in_channels=1,
+                                       width=0.25).parameters()])
+
+    threads = torch.get_num_threads()
+    with deterministic(5, threads=1):
+        first = init_weights()
+        assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
+    torch.rand(17)  # global RNG draws in between must not matter
+    state = torch.random.get_rng_state()
+    with deterministic(5, threads=1):
+        assert torch.equal(init_weights(), first)
+    with deterministic(6, threads=1):
+        assert not torch.equal(init_weights(), first)
+    # the caller's generator, thread count and algorithm setting come back
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.get_num_threads() == threads and not torch.are_deterministic_algorithms_enabled()
+    with pytest.raises(ValueError, match="threads"):
+        with deterministic(0, threads=0):
+            pass
+
+
+_TRAIN_AND_HASH = """
+import hashlib, sys
+import torch
+if sys.argv[1] == "disturb":  # unrelated global state before training must not matter
+    torch.set_num_threads(2)
+    torch.rand(1000)
+from models.checkpoint import cache_dir
+from quantize import QuantConfig
+from quantize.cached import train_qat
+train_qat("resnet8", "digits", QuantConfig.make(method="lsq", weight_bits=4, act_bits=4),
+          epochs=1, float_epochs=1, width=0.25)
+for f in sorted(cache_dir().rglob("*.pt")):
+    print(f.parent.name, f.name, hashlib.sha256(f.read_bytes()).hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_training_gives_the_same_checkpoint_bytes_in_fresh_processes(tmp_path):
+    # Fresh processes are the point here: torch seeds its global generator differently in
+    # every process, which is what made cold runs of `npusim demo` disagree.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    outs = []
+    for i, mode in enumerate(("plain", "disturb")):
+        env = {**os.environ, "NPUSIM_CACHE": str(tmp_path / f"cache{i}"),
+               "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+        res = subprocess.run([sys.executable, "-c", _TRAIN_AND_HASH, mode], cwd=root, env=env,
+                             capture_output=True, text=True, check=True)
+        outs.append(res.stdout.split("\n"))
+    assert [line.split()[0] for line in outs[0] if line] == ["float", "qat"]
+    assert outs[0] == outs[1]
+
+
+def test_cache_lock_lets_one_process_train_an_entry_at_a_time(tmp_path):
+    import threading
+
+    from models.cached import cache_lock
+
+    entry = tmp_path / "float" / "m.pt"
+    order = []
+    inside = threading.Event()
+
+    def second():
+        with cache_lock(entry):  # a separate open file: blocks like another process would
+            order.append("second")
+
+    with cache_lock(entry):
+        t = threading.Thread(target=second)
+        t.start()
+        inside.wait(0.3)  # give the thread time to block on the lock
+        order.append("first")
+    t.join(10)
+    assert order == ["first", "second"]
