@@ -380,6 +380,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats and images")
     ap.add_argument("--out", default=str(ROOT / "reports" / "BENCHMARKS.md"))
+    ap.add_argument("--program", default=None,
+                    help="an IntegerProgram file to time instead of the cached W8A8 ResNet-20 "
+                    "(lets two code versions be timed on one program without retraining)")
     args = ap.parse_args()
     import torch
 
@@ -389,7 +392,12 @@ def main() -> None:
     sweep_images = 1000
     load0 = os.getloadavg()
     started = datetime.datetime.now().isoformat(timespec="seconds")
-    program = load_program(8)
+    if args.program:
+        from npusim.ir.program import load_program as read_program
+
+        program = read_program(args.program)
+    else:
+        program = load_program(8)
     images = load_dataset("mnist5k", "test").subset(max(sweep_images, 64)).images
     rows, layer_rows = [], []
     throughput(program, images, repeats, rows, layer_rows)

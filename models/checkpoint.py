@@ -105,7 +105,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 def _check_sidecar_bounds(meta: dict[str, Any], side: Path) -> None:
     """Refuse sidecar values that would build an absurdly large model (before building it)."""
-    from npusim.ir.limits import MAX_CLASSES, MAX_IN_CHANNELS, MAX_SPATIAL, MAX_WIDTH
+    from npusim.limits import MAX_CLASSES, MAX_IN_CHANNELS, MAX_SPATIAL, MAX_WIDTH
 
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)

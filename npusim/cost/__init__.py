@@ -6,12 +6,23 @@ INT8 baselines); `action_counts` and `price` keep counts and energy-per-action a
 versioned energy table (default ``horowitz45``). Importing this package does not import torch.
 """
 
-from npusim.cost.energy_table import (EnergyTable, EnergyTableError, list_energy_tables,
-                                      load_energy_table, table_for_npu)
-from npusim.cost.estimate import (COMPONENTS, CostReport, action_counts, charging_rules,
-                                  estimate_cost, price)
-from npusim.cost.mapping import (Precision, gemm_dims, layer_mapping, network_mapping,
-                                 program_precision, stored_bits, systolic_gemm)
+from npusim.cost.energy_table import (
+                                      EnergyTable,
+                                      EnergyTableError,
+                                      list_energy_tables,
+                                      load_energy_table,
+                                      table_for_npu,
+)
+from npusim.cost.estimate import COMPONENTS, CostReport, action_counts, charging_rules, estimate_cost, price
+from npusim.cost.mapping import (
+                                      Precision,
+                                      gemm_dims,
+                                      layer_mapping,
+                                      network_mapping,
+                                      program_precision,
+                                      stored_bits,
+                                      systolic_gemm,
+)
 
 __all__ = [
     "COMPONENTS",

@@ -44,8 +44,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from npusim.cost.energy_table import EnergyTable, table_for_npu
-from npusim.cost.mapping import (Precision, liveness, network_mapping, param_bits,
-                                 program_precision)
+from npusim.cost.mapping import Precision, liveness, network_mapping, param_bits, program_precision
 from npusim.ir.ops import OPS, pool_window
 from npusim.ir.program import IntegerProgram
 

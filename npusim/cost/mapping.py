@@ -65,9 +65,9 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping
 import numpy as np
 import pandas as pd
 
+from npusim.ir.ops import OPS, requantizes
 from npusim.ir.program import IntegerProgram, Node
 from npusim.ir.requant import RequantSpec
-from npusim.ir.ops import OPS, requantizes
 
 if TYPE_CHECKING:
     from npusim.hw.config import NPUConfig

@@ -11,6 +11,7 @@ same names), the cost model and the exporter read this table; adding an op is on
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -44,7 +45,8 @@ class Attr:
             return None if isinstance(value, bool) else f"expected true/false, got {value!r}"
         if self.kind == "clamp":
             ok = (isinstance(value, list) and len(value) == 2
-                  and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+                  and all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                          for v in value)
                   and value[0] <= value[1])
             return None if ok else f"expected [lo, hi] with lo <= hi, got {value!r}"
         ok = isinstance(value, int) and not isinstance(value, bool) \

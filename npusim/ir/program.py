@@ -20,15 +20,15 @@ from typing import Any
 import numpy as np
 
 from npusim.errors import UserError
-from npusim.ir.limits import (
+from npusim.ir.ops import OPS
+from npusim.ir.requant import RequantSpec
+from npusim.limits import (
     INT_DTYPES,
     MAX_HEADER_BYTES,
     MAX_PROGRAM_BYTES,
     check_limits,
     check_shape,
 )
-from npusim.ir.ops import OPS
-from npusim.ir.requant import RequantSpec
 
 FORMAT_NAME = "npusim.integer_program"
 FORMAT_VERSION = 1

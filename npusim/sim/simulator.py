@@ -11,8 +11,8 @@ import logging
 import math
 import time
 import weakref
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numba
@@ -20,17 +20,16 @@ import numpy as np
 import pandas as pd
 
 from npusim.errors import UserError
-from npusim.sim import kernels as K
-from npusim.sim import engines
-from npusim.sim.accumulate import LevelSpec, Requant, conv_accumulate, prepare_conv
-from npusim.sim.int8_engine import Int8Conv
 from npusim.ir import arith
 from npusim.ir.arith import bits_needed
 from npusim.ir.bounds import layer_bounds
-from npusim.ir.program import IntegerProgram, Node
-from npusim.ir.requant import NodeRequant, RequantSpec, changes_text, node_requant
 from npusim.ir.ops import OPS, pool_window
-from npusim.ir.program import TensorSpec
+from npusim.ir.program import IntegerProgram, Node, TensorSpec
+from npusim.ir.requant import NodeRequant, RequantSpec, changes_text, node_requant
+from npusim.sim import engines
+from npusim.sim import kernels as K
+from npusim.sim.accumulate import LevelSpec, Requant, conv_accumulate, prepare_conv
+from npusim.sim.int8_engine import Int8Conv
 
 if TYPE_CHECKING:
     from npusim.hw.config import NPUConfig

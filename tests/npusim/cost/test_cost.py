@@ -8,13 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from npusim.hw.config import NPUConfig
-from npusim.cost import (COMPONENTS, action_counts, estimate_cost, load_energy_table, price,
-                         table_for_npu)
+from npusim.cost import COMPONENTS, action_counts, estimate_cost, load_energy_table, price, table_for_npu
 from npusim.cost.energy_table import ENTRY_SPECS
+from npusim.hw.config import NPUConfig
 from npusim.ir.program import Node, TensorSpec, save_program
-from tests.npusim.programs import conv_program, finish
 from tests.npusim.cost.test_mapping import residual_program
+from tests.npusim.programs import conv_program, finish
 
 
 def npu(**over):

@@ -8,9 +8,14 @@ from importlib import resources
 
 import pytest
 
+from npusim.cost.energy_table import (
+    ENTRY_SPECS,
+    EnergyTableError,
+    list_energy_tables,
+    load_energy_table,
+    table_for_npu,
+)
 from npusim.hw.config import NPUConfig
-from npusim.cost.energy_table import (ENTRY_SPECS, EnergyTableError, list_energy_tables,
-                                      load_energy_table, table_for_npu)
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,17 @@ import math
 import numpy as np
 import pytest
 
+from npusim.cost.mapping import (
+    gemm_dims,
+    layer_mapping,
+    liveness,
+    network_mapping,
+    param_bits,
+    program_precision,
+    stored_bits,
+    systolic_gemm,
+)
 from npusim.hw.config import NPUConfig
-from npusim.cost.mapping import (gemm_dims, layer_mapping, liveness, network_mapping,
-                                 param_bits, program_precision, stored_bits, systolic_gemm)
 from npusim.ir.program import Node, TensorSpec
 from tests.npusim.programs import conv_program, finish
 

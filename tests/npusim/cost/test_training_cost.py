@@ -4,9 +4,14 @@ float32 is the reference, narrower words are cheaper, and the accounting is chec
 import pandas as pd
 import pytest
 
+from npusim.cost.training import (
+    TrainingCostModel,
+    compare_training,
+    constant_usage,
+    training_cost,
+    usage_from_history,
+)
 from npusim.hw.config import NPUConfig
-from npusim.cost.training import (TrainingCostModel, compare_training, constant_usage,
-                                  training_cost, usage_from_history)
 
 GEOM = pd.DataFrame({"layer": ["conv1", "conv2", "fc"], "M": [64, 16, 1], "K": [9, 72, 128],
                      "N": [8, 8, 10], "groups": [1, 1, 1], "weights": [72, 576, 1280],

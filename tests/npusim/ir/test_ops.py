@@ -42,8 +42,8 @@ def test_gemm_dims_multiply_to_the_mac_count():
 
 
 @pytest.mark.parametrize("attrs, expect", [
-    ({"stride": 0}, "attrs.stride: expected an int >= 1, got 0"),
-    ({"padding": -1}, "attrs.padding: expected an int >= 0"),
+    ({"stride": 0}, "attrs.stride: expected an int in [1, 64], got 0"),
+    ({"padding": -1}, "attrs.padding: expected an int in [0, 3]"),
     ({"groups": True}, "attrs.groups: expected an int >= 1, got True"),
     ({"requant": 1}, "attrs.requant: expected true/false"),
     ({"clamp": [5, 1]}, "attrs.clamp: expected [lo, hi] with lo <= hi"),

@@ -111,6 +111,8 @@ def check_ranges(p: Any, fail: Callable[[str], None]) -> None:
             continue
         if not (isinstance(clamp, list) and len(clamp) == 2 and all(_is_int(c) for c in clamp)):
             fail(f"{ctx}: attrs.clamp: expected two integers [lo, hi], got {clamp!r}")
+        if clamp[0] > clamp[1]:
+            fail(f"{ctx}: attrs.clamp: expected [lo, hi] with lo <= hi, got {clamp!r}")
         lo, hi = t.int_range()
         if not lo <= clamp[0] <= clamp[1] <= hi:
             fail(f"{ctx}: attrs.clamp: {clamp} is not inside the output tensor's "
