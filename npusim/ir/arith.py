@@ -144,11 +144,7 @@ def requant_one(acc, m0, n, mf, scale_float, code, mbits, zp, lo, hi):
     if scale_float:
         return requant_float(acc, mf, zp, lo, hi)
     y = requant_fixed(acc, m0, n, code, mbits) + zp
-    if y < lo:
-        return lo
-    if y > hi:
-        return hi
-    return y
+    return clamp(y, lo, hi)
 
 
 @register_jitable
@@ -180,11 +176,7 @@ def ort_qlinearadd_one(a, b, zp_a, zp_b, r_a, r_b, zp_y, lo, hi):
     c = np.float32(np.float32(zp_y) - fma_f32(zp_a, ra, np.float32(rb * np.float32(zp_b))))
     f = fma_f32(a, ra, fma_f32(b, rb, c))
     y = np.int64(np.rint(f))
-    if y < lo:
-        return lo
-    if y > hi:
-        return hi
-    return y
+    return clamp(y, lo, hi)
 
 
 @register_jitable
@@ -199,11 +191,7 @@ def add_one(a, b, m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac, scale_float, code, shi
     ta = requant_fixed(a, m0_a, n_a - frac, code, mbits)
     tb = requant_fixed(b, m0_b, n_b - frac, code, mbits)
     y = rounding_shift(ta + tb, frac, shift_code) + zp_y
-    if y < lo:
-        return lo
-    if y > hi:
-        return hi
-    return y
+    return clamp(y, lo, hi)
 
 
 class RequantParams(NamedTuple):
