@@ -49,35 +49,28 @@ class AccStats:
     sequential_outputs: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Requant:
-    """Per-channel requantization of a layer's accumulators (see `arith.requantize`)."""
+    """Per-channel requantization of a layer's accumulators (see `arith.requantize`): the
+    record the kernels take, plus what the engine paths ask of it."""
 
-    m0: np.ndarray
-    n: np.ndarray
-    mf: np.ndarray
-    scale_float: bool
-    code: int
-    mbits: int
-    zp: int
-    lo: int
-    hi: int
+    rec: arith.RequantParams
 
-    def __post_init__(self) -> None:
-        #: the record the kernels take
-        self.rec = arith.requant_params(self.m0, self.n, self.mf, self.scale_float, self.code,
-                                        self.mbits, self.zp, self.lo, self.hi)
-        self.m0, self.n, self.mf = self.rec.m0, self.rec.n, self.rec.mf
+    @classmethod
+    def of(cls, m0, n, mf, scale_float: bool, code: int, mbits: int, zp: int, lo: int,
+           hi: int) -> "Requant":
+        """Built with `arith.requant_params` (which fixes the dtypes)."""
+        return cls(arith.requant_params(m0, n, mf, scale_float, code, mbits, zp, lo, hi))
 
     def key(self) -> tuple:
         """Equal for requantizations that give equal outputs."""
-        return (self.m0.tobytes(), self.n.tobytes(), self.mf.tobytes(), self.scale_float,
-                self.code, self.mbits, self.zp, self.lo, self.hi)
+        r = self.rec
+        return (r.m0.tobytes(), r.n.tobytes(), r.mf.tobytes(), *r[3:])
 
     @property
     def dtype(self) -> np.dtype:
         """Storage dtype of the requantized values (they lie in [lo, hi])."""
-        return arith.storage_dtype(self.lo, self.hi)
+        return arith.storage_dtype(self.rec.lo, self.rec.hi)
 
     def apply_channels_last(self, acc: np.ndarray) -> np.ndarray:
         """Requantize int64 accumulators (..., O), stored in `dtype`."""
@@ -342,8 +335,8 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
 
 _I64_MAX = np.iinfo(np.int64).max
 _I64_MIN = np.iinfo(np.int64).min
-_NO_RQ = Requant(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), False,
-                 0, 32, 0, 0, 0)
+_NO_RQ = Requant.of(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), False,
+                    0, 32, 0, 0, 0)
 
 
 def _pad(x: np.ndarray, padding: int, value: int) -> np.ndarray:

@@ -304,8 +304,8 @@ class Simulator:
         stride, pad, groups = _conv_params(node)
         x4 = x.reshape(n, 1, 1, -1) if x.ndim == 2 else x  # linear: a 1x1 conv
         out_hw = tuple(c.t_out.shape[1:]) if len(c.t_out.shape) == 3 else (1, 1)
-        req = None if rq is None else Requant(rq.m0, rq.n, rq.mf, c.scale_float, s.code,
-                                              s.multiplier_bits, c.zp_y, c.lo, c.hi)
+        req = None if rq is None else Requant.of(rq.m0, rq.n, rq.mf, c.scale_float, s.code,
+                                                 s.multiplier_bits, c.zp_y, c.lo, c.hi)
         acc, ast = conv_accumulate(x4, p.weight, p.bias, stride, pad, groups,
                                    xt.zero_point, out_hw, self._levels(), p.bound_l1,
                                    p.bound_l1_nobias, self.engine, p.prep, req, c.share)
