@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from npusim.ir.ops import OPS, requantizes
 from npusim.ir.program import IntegerProgram, Node
 from npusim.onnx.importer import REQUANT_KEY, OnnxImportError
 
@@ -106,8 +107,7 @@ class _Exporter:
     def node(self, n: Node) -> None:
         p, a = self.p, n.attrs
         self._post = []
-        if n.op in ("conv2d", "linear", "add", "avgpool2d", "global_avgpool") and \
-                not a.get("requant", True):
+        if OPS[n.op].real_multipliers is not None and not requantizes(n):
             self.fail(n, "a node without requantization (int32 output) cannot be exported")
         x = n.inputs[0]
         if n.op == "conv2d":
