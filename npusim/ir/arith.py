@@ -139,6 +139,18 @@ def requant_float(acc, multiplier, zp, qmin, qmax):
 
 
 @register_jitable
+def ort_avgpool_one(total, count, s_y, zp_y, lo, hi):
+    """ONNX Runtime's QLinearAveragePool output for one window (its CPU kernel,
+    contrib_ops/cpu/quantization/qlinear_pool.cc): the float32 window sum `total` of the
+    dequantized inputs ``f32(s_x * (x - zp_x))`` divided by float32 `count`, divided by `s_y`,
+    plus `zp_y` in float32 and only then rounded half to even (``nearbyintf``), clamped."""
+    mean = np.float32(total) / np.float32(count)
+    v = np.float32(np.float32(mean) / np.float32(s_y)) + np.float32(zp_y)
+    v = np.minimum(np.maximum(np.float32(v), np.float32(lo)), np.float32(hi))
+    return np.int64(np.rint(v))
+
+
+@register_jitable
 def requant_one(acc, m0, n, mf, scale_float, code, mbits, zp, lo, hi):
     """``clamp(zp + R(acc), lo, hi)`` for one value, fixed/pow2 or float (ORT) convention."""
     if scale_float:

@@ -234,6 +234,24 @@ def _real_as_float32(program: IntegerProgram, node: Node) -> np.ndarray:
     return OPS[node.op].real_multipliers(program, node).astype(np.float32)
 
 
+def avgpool_sums_floats(program: IntegerProgram, node: Node) -> bool:
+    """Whether a float-mode avgpool2d is ONNX Runtime's QLinearAveragePool arithmetic (float32
+    sums of dequantized inputs, `npusim.ir.arith.ort_avgpool_one`): false when its window covers
+    the whole unpadded map, which ORT computes as QLinearGlobalAveragePool."""
+    op = OPS[node.op]
+    _, h, w = program.tensors[node.inputs[0]].shape
+    return not (op.attr(node, "kernel") == h == w and op.attr(node, "padding") == 0)
+
+
+def _avgpool_float(program: IntegerProgram, node: Node) -> np.ndarray:
+    """QLinearGlobalAveragePool's multiplier when the window is the whole map; otherwise ORT
+    divides twice in float32 (`avgpool_sums_floats`) and the float32 real multiplier is only
+    informative."""
+    if avgpool_sums_floats(program, node):
+        return _real_as_float32(program, node)
+    return _global_pool_float(program, node)
+
+
 def _global_pool_float(program: IntegerProgram, node: Node) -> np.ndarray:
     """QLinearGlobalAveragePool's order: ``f32(s_x / f32(s_y * f32(H*W)))``."""
     t = program.tensors
@@ -300,8 +318,10 @@ OPS: dict[str, OpDef] = {op.name: op for op in (
           real_multipliers=_add_real, float_multipliers=_add_float, vector_ops=_per_output),
     OpDef("maxpool2d", 1, (_KERNEL, _STRIDE, _PADDING), (), _pool_shape, "vector",
           vector_ops=_per_window),
-    OpDef("avgpool2d", 1, (_KERNEL, _STRIDE, _PADDING, _REQUANT, _CLAMP), (), _pool_shape,
-          "vector", real_multipliers=_pool_real, float_multipliers=_real_as_float32,
+    # count_include_pad=false: a window divides by its in-map inputs only (float mode only)
+    OpDef("avgpool2d", 1, (_KERNEL, _STRIDE, _PADDING, _REQUANT, _CLAMP,
+                           Attr("count_include_pad", "bool", default=True)), (), _pool_shape,
+          "vector", real_multipliers=_pool_real, float_multipliers=_avgpool_float,
           vector_ops=_per_window),
     OpDef("global_avgpool", 1, (_REQUANT, _CLAMP), (), _global_pool_shape, "vector",
           real_multipliers=_pool_real, float_multipliers=_global_pool_float,

@@ -6,9 +6,8 @@ maxpool2d -> MaxPool, flatten -> Flatten. The model takes the float image, quant
 the input tensor's scale/zero point and dequantizes each program output. A clamp narrower than
 the output's integer range (a fused ReLU with a zero point above the minimum, ReLU6) becomes
 ``DequantizeLinear -> Clip -> QuantizeLinear`` with the same parameters, exact in float32.
-ONNX Runtime equals the simulator on every op but QLinearAveragePool, which averages floats
-(see `npusim.onnx.importer`). Tensor and node names are the program's, so `import_onnx` of the
-file gives the program back.
+ONNX Runtime equals the simulator on every op (see `npusim.onnx.importer`). Tensor and node
+names are the program's, so `import_onnx` of the file gives the program back.
 """
 
 from __future__ import annotations
@@ -144,7 +143,7 @@ class _Exporter:
             k, pad = a["kernel"], a.get("padding", 0)
             self.add("QLinearAveragePool", [x, xs, xz, ys, yz], self.out(n), n.name,
                      domain="com.microsoft", kernel_shape=[k, k], strides=[a["stride"]] * 2,
-                     pads=[pad] * 4, count_include_pad=1)
+                     pads=[pad] * 4, count_include_pad=int(a.get("count_include_pad", True)))
         elif n.op == "maxpool2d":
             self.same_params(n)
             k, pad = a["kernel"], a.get("padding", 0)

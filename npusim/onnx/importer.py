@@ -2,7 +2,8 @@
 
 The program runs in the `float` requantization mode, which is ONNX Runtime's MLAS arithmetic:
 QLinearConv / QLinearMatMul / QGemm requantize with ``f32(f32(s_x*s_w)/s_y)``, QLinearAdd with
-``ort_qlinearadd_one``, QLinearGlobalAveragePool with ``f32(s_x/f32(s_y*HW))``. Scales and zero
+``ort_qlinearadd_one``, QLinearGlobalAveragePool with ``f32(s_x/f32(s_y*HW))``, QLinearAveragePool
+with float32 sums of dequantized inputs (``ort_avgpool_one``; count_include_pad kept). Scales and zero
 points are read from the initializers and recorded as their exact float32 values.
 
 QDQ models are read the way ONNX Runtime runs them (its graph optimizer fuses
@@ -12,9 +13,10 @@ Relu / Clip between them narrow that node's clamp; MaxPool / Flatten / Reshape p
 tensors through. Anything else is refused with one line naming the node and its op type.
 
 Exactness: equal to ONNX Runtime on x86-64 (its AVX2 QLinearAdd kernel; the ARM NEON kernel
-uses fixed point when the scale ratios allow, and differs) for every mapped op except average
-pooling with a window (QLinearAveragePool, or a QDQ AveragePool that ORT runs in float): ORT
-averages dequantized floats, the NPU sums integers and requantizes once (off by one, rarely).
+uses fixed point when the scale ratios allow, and differs) for every mapped op. A QDQ
+``DequantizeLinear -> AveragePool -> QuantizeLinear`` is what ORT's optimizer (level extended
+and up, the default) fuses into QLinearAveragePool; with optimizations off ORT runs MLAS float
+pooling and QuantizeLinear instead, which can differ by one.
 On CPUs without VNNI, ORT's u8s8 kernels saturate pairs of products to int16 unless the
 weights are 7-bit (``reduce_range=True`` when quantizing): that is ORT's error, not ours.
 """
@@ -287,10 +289,10 @@ class _Importer:
             self.fail(node, f"dilations {a['dilations']} are not supported (only 1)")
         if not average and a.get("storage_order", 0):
             self.fail(node, "storage_order=1 is not supported")
-        if average and pads[0] and not a.get("count_include_pad", 0):
-            self.fail(node, "padding with count_include_pad=0 is not supported (the NPU divides "
-                            "by the full window)")
-        return {"kernel": int(k[0]), "stride": int(strides[0]), "padding": int(pads[0])}
+        attrs = {"kernel": int(k[0]), "stride": int(strides[0]), "padding": int(pads[0])}
+        if average and pads[0]:  # ONNX's default divides by the in-map inputs only
+            attrs["count_include_pad"] = bool(a.get("count_include_pad", 0))
+        return attrs
 
     def check_flatten(self, node, x_shape: tuple[int, ...]) -> None:
         if node.op_type == "Flatten":

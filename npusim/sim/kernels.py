@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from npusim.ir.arith import requant_one, requant_span, wrap
+from npusim.ir.arith import ort_avgpool_one, requant_one, requant_span, wrap
 
 EXACT, WRAP, SATURATE = 0, 1, 2
 MODE_CODES = {"exact": EXACT, "wrap": WRAP, "saturate": SATURATE}
@@ -158,6 +158,38 @@ def pool_kernel(x, kernel, stride, is_max, zp_x, rq, out):
                     dst[c] = acc[c]
             else:
                 requant_span(acc, dst, rq, 0, 0)
+
+
+@numba.njit(parallel=True, cache=True)
+def avgpool_float_kernel(x, kernel, stride, pad, include_pad, zp_x, s_x, s_y, zp_y, lo, hi, out):
+    """ONNX Runtime's QLinearAveragePool of channels-last `x` (N, H, W, C), not padded, into
+    `out` (N, Ho, Wo, C): every input dequantized to float32 ``s_x * (x - zp_x)``, summed in
+    float32 over the window's in-map positions row by row (padding adds nothing), then
+    `ort_avgpool_one` with the window size (`include_pad`) or the in-map count."""
+    N, H, W, C = x.shape
+    Ho, Wo = out.shape[1], out.shape[2]
+    sx = np.float32(s_x)
+    for t in numba.prange(N * Ho):
+        b = t // Ho
+        oy = t - b * Ho
+        h0 = oy * stride - pad
+        h1 = min(h0 + kernel, H)
+        h0 = max(h0, 0)
+        acc = np.empty(C, np.float32)
+        for ox in range(Wo):
+            w0 = ox * stride - pad
+            w1 = min(w0 + kernel, W)
+            w0 = max(w0, 0)
+            for c in range(C):
+                acc[c] = np.float32(0.0)
+            for i in range(h0, h1):
+                for j in range(w0, w1):
+                    for c in range(C):
+                        deq = sx * np.float32(np.int64(x[b, i, j, c]) - zp_x)
+                        acc[c] = acc[c] + deq
+            count = kernel * kernel if include_pad else (h1 - h0) * (w1 - w0)
+            for c in range(C):
+                out[b, oy, ox, c] = ort_avgpool_one(acc[c], count, s_y, zp_y, lo, hi)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -381,7 +413,8 @@ def nonzero_count_kernel(x, zp_x, out):
                     out[c, h, w_] += x[b, c, h, w_] != zp_x
 
 
-__all__ = ["conv_kernel", "conv_points_kernel", "pool_kernel", "embed_kernel", "to_u8_kernel",
+__all__ = ["conv_kernel", "conv_points_kernel", "pool_kernel", "avgpool_float_kernel",
+           "embed_kernel", "to_u8_kernel",
            "window_sums_kernel", "column_sums_kernel", "conv_pixels_nhwc_kernel",
            "gemm_epilogue_kernel",
            "requant_points_kernel", "nonzero_count_kernel", "LevelSpec", "MODE_CODES",

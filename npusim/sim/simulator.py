@@ -23,7 +23,7 @@ from npusim.errors import UserError
 from npusim.ir import arith
 from npusim.ir.arith import bits_needed
 from npusim.ir.bounds import layer_bounds
-from npusim.ir.ops import OPS, pool_window
+from npusim.ir.ops import OPS, avgpool_sums_floats, pool_window
 from npusim.ir.program import IntegerProgram, Node, TensorSpec
 from npusim.ir.requant import NodeRequant, RequantSpec, changes_text, node_requant
 from npusim.sim import engines
@@ -398,6 +398,9 @@ def _run_pool(sim: Simulator, c: _Call) -> np.ndarray:
         k, stride, pad = x.shape[1], 1, 0
         if x.shape[1] != x.shape[2]:
             raise SimulationError(f"node {node.name!r}: global pooling needs a square map")
+    if pad and not is_max and not op.attr(node, "count_include_pad"):
+        raise SimulationError(f"node {node.name!r}: count_include_pad=false with padding is "
+                              f"ONNX Runtime's arithmetic only (requant.scale_mode float)")
     if pad:
         fill = np.iinfo(np.int64).min if is_max else xt.zero_point
         x = np.pad(x.astype(np.int64), ((0, 0), (pad, pad), (pad, pad), (0, 0)),
@@ -412,6 +415,23 @@ def _run_pool(sim: Simulator, c: _Call) -> np.ndarray:
     K.pool_kernel(np.ascontiguousarray(x), k, stride, is_max, xt.zero_point,
                   arith.requant_params(m0, nsh, mf, c.scale_float, s.code, s.multiplier_bits,
                                        c.zp_y, lo, hi), out)
+    return _stored(out, t_out)
+
+
+def _run_avgpool(sim: Simulator, c: _Call) -> np.ndarray:
+    """avgpool2d: in the float mode ONNX Runtime's QLinearAveragePool (float32 sums of the
+    dequantized inputs, `ops.avgpool_sums_floats`), otherwise integer sums (`_run_pool`)."""
+    node, op = c.node, OPS[c.node.op]
+    if not (c.scale_float and avgpool_sums_floats(c.program, node)):
+        return _run_pool(sim, c)
+    xt, t_out = c.program.tensors[node.inputs[0]], c.t_out
+    ch, ho, wo = t_out.shape
+    out = np.empty((len(c.x), ho, wo, ch), np.int64)
+    K.avgpool_float_kernel(np.ascontiguousarray(c.x), op.attr(node, "kernel"),
+                           op.attr(node, "stride"), op.attr(node, "padding"),
+                           bool(op.attr(node, "count_include_pad")), xt.zero_point,
+                           np.float32(xt.scales()[0]), np.float32(t_out.scales()[0]), c.zp_y,
+                           c.lo, c.hi, out)
     return _stored(out, t_out)
 
 
@@ -473,7 +493,7 @@ KERNELS: dict[str, Kernel] = {
     "linear": _GEMM,
     "add": Kernel(_run_add, _add_width, rescales_inputs=True),
     "maxpool2d": _POOL,
-    "avgpool2d": _POOL,
+    "avgpool2d": Kernel(_run_avgpool, _pool_width),
     "global_avgpool": _POOL,
     "flatten": Kernel(_run_flatten),
     "embed": Kernel(_run_embed),

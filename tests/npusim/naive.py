@@ -429,6 +429,34 @@ def avgpool_acc(x, kernel, stride, zp_x) -> np.ndarray:
     return _to_int64(out)
 
 
+def ort_avgpool(x, kernel, stride, pad, count_include_pad, s_x, zp_x, s_y, zp_y, lo, hi):
+    """ONNX Runtime's QLinearAveragePool of (N, C, H, W) (the float mode's avgpool2d): each
+    input dequantized to float32 ``s_x * (x - zp_x)``, a float32 running sum over the window's
+    in-map positions row by row, divided by the float32 window size (or in-map count), by
+    ``s_y``, plus ``zp_y`` in float32, rounded half to even, clamped to [lo, hi]."""
+    f32 = np.float32
+    x = np.asarray(x)
+    N, C, H, W = x.shape
+    Ho = (H + 2 * pad - kernel) // stride + 1
+    Wo = (W + 2 * pad - kernel) // stride + 1
+    out = np.empty((N, C, Ho, Wo), dtype=object)
+    for n in range(N):
+        for c in range(C):
+            for oh in range(Ho):
+                h0, h1 = max(oh * stride - pad, 0), min(oh * stride - pad + kernel, H)
+                for ow in range(Wo):
+                    w0, w1 = max(ow * stride - pad, 0), min(ow * stride - pad + kernel, W)
+                    total = f32(0.0)
+                    for i in range(h0, h1):
+                        for j in range(w0, w1):
+                            total = f32(total + f32(f32(s_x) * f32(int(x[n, c, i, j]) - int(zp_x))))
+                    count = kernel * kernel if count_include_pad else (h1 - h0) * (w1 - w0)
+                    v = f32(f32(f32(total / f32(count)) / f32(s_y)) + f32(zp_y))
+                    q = int(np.rint(v)) if abs(float(v)) < 2.0**40 else (hi if v > 0 else lo)
+                    out[n, c, oh, ow] = min(max(q, int(lo)), int(hi))
+    return _to_int64(out)
+
+
 def global_avgpool_acc(x, zp_x) -> np.ndarray:
     """Sum over H and W of (x - zp_x): (N, C, H, W) -> (N, C), int64."""
     x = np.asarray(x)

@@ -68,7 +68,8 @@ def test_import_of_export_is_the_program(programs, tmp_path, key, narrow):
     assert_same_program(import_onnx(path), prog)
 
 
-@pytest.mark.parametrize("key", [("NoAvgPool", "qop"), ("NoAvgPool", "qdq")])
+@pytest.mark.parametrize("key", [("NoAvgPool", "qop"), ("NoAvgPool", "qdq"), ("AllOps", "qop"),
+                                 ("AllOps", "qdq")])
 @pytest.mark.parametrize("seed", [None, 2, 3])
 def test_onnxruntime_runs_the_export_equal_to_the_simulator(programs, key, seed):
     prog = programs[key] if seed is None else narrowed(programs[key], seed)
