@@ -26,6 +26,22 @@ def _fail(message: str) -> None:
     raise CLIError(message)
 
 
+#: --data / --root help, shared by every command that reads a data set
+DATA_HELP = ("Data set: mnist5k, digits, cifar10, synthetic, or folder (an image tree under "
+             "--root); options as NAME:KEY=V,..., e.g. folder:resize=256,crop=224.")
+ROOT_HELP = "Data directory (cifar10, folder)."
+
+
+def _check_data(data: str) -> None:
+    """A one-line --data error before any work starts (name and options, no data read)."""
+    from npusim.data import DatasetError, check_data_spec
+
+    try:
+        check_data_spec(data)
+    except DatasetError as exc:
+        _fail(f"--data: {exc}")
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from npusim.cli.common import _fail, app
+from npusim.cli.common import DATA_HELP, ROOT_HELP, _check_data, _fail, app
 
 
 @app.command()
@@ -43,12 +43,14 @@ def _load_npu(npu: str, sets: list[str]):
 def simulate(
     program: Path = typer.Argument(..., help="An IntegerProgram file."),
     npu: str = typer.Option("edge16", help="NPU preset name or TOML file."),
-    data: Optional[str] = typer.Option(None, help="Data set (default: the one it was trained on)."),
+    data: Optional[str] = typer.Option(None, help=DATA_HELP + " Default: the program's."),
     split: str = typer.Option("test", help="Data split."),
     limit: Optional[int] = typer.Option(None, min=1, help="Simulate only the first N images."),
     set_: list[str] = typer.Option([], "--set", help="Override an NPU field: key=value."),
     csv: Optional[Path] = typer.Option(None, help="Write the per-layer table as CSV."),
-    root: Optional[str] = typer.Option(None, help="Data directory (cifar10)."),
+    predictions: Optional[Path] = typer.Option(
+        None, help="Write each image's label and predicted class as CSV."),
+    root: Optional[str] = typer.Option(None, help=ROOT_HELP),
     engine: str = typer.Option("auto", help="Conv engine: auto, reference, float or int8."),
 ) -> None:
     """Simulate a program bit-accurately on a virtual NPU; print top-1 and per-layer stats."""
@@ -59,13 +61,15 @@ def simulate(
     from npusim.ir.program import load_program
     from npusim.sim.simulator import Simulator, overflow_rate
 
-    if csv is not None:
-        check_output_path(csv, "--csv")
+    for path, opt in ((csv, "--csv"), (predictions, "--predictions")):
+        if path is not None:
+            check_output_path(path, opt)
     prog = load_program(program)
     cfg = _load_npu(npu, set_)
     name = data or prog.meta.get("dataset")
     if not name:
         _fail("--data: the program does not record its data set; name one")
+    _check_data(name)
     ds = load_dataset(name, split, root=root).subset(limit)
     t0 = time.perf_counter()
     sim = Simulator(cfg, engine=engine)
@@ -83,24 +87,46 @@ def simulate(
 
         write_csv(res.stats, csv)
         typer.echo(f"per-layer table: {csv}")
+    if predictions is not None:
+        _write_predictions(predictions, ds, res.predictions)
+
+
+def _write_predictions(path: Path, ds, predicted) -> None:
+    """One row per image: its index, label and prediction (with class names if known)."""
+    import pandas as pd
+
+    from npusim.io import write_csv
+
+    table = pd.DataFrame({"image": range(len(ds)), "label": ds.labels, "predicted": predicted})
+    if ds.classes:
+        names = list(ds.classes)
+        table["label_name"] = [names[i] for i in ds.labels]
+        table["predicted_name"] = [names[i] if 0 <= i < len(names) else "" for i in predicted]
+    write_csv(table, path)
+    typer.echo(f"predictions: {path}")
 
 
 @app.command()
 def bounds(
     program: Path = typer.Argument(..., help="An IntegerProgram file."),
-    data: Optional[str] = typer.Option(None, help="Also simulate this data set for observed bits."),
+    data: Optional[str] = typer.Option(None, help="Also simulate this data set for observed "
+                                       "bits. " + DATA_HELP),
+    split: str = typer.Option("test", help="Data split (with --data)."),
     limit: int = typer.Option(200, min=1, help="Images to observe."),
+    root: Optional[str] = typer.Option(None, help=ROOT_HELP),
 ) -> None:
     """Per-layer accumulator bits a program needs: data-type bound, exact weight bound, observed."""
     from npusim.ir.program import load_program
     from npusim.report.inspect import bounds_table
 
+    if data:
+        _check_data(data)
     prog = load_program(program)
     images = None
     if data:
         from npusim.data import load_dataset
 
-        images = load_dataset(data, "test").subset(limit).images
+        images = load_dataset(data, split, root=root).subset(limit).images
     typer.echo(bounds_table(prog, images).to_string(index=False))
 
 
@@ -118,8 +144,10 @@ def cost(
     csv: Optional[Path] = typer.Option(
         None, help="Write the per-layer table here (and the baselines to *_baselines.csv)."),
     data: Optional[str] = typer.Option(
-        None, help="Simulate this data set for non-zero MAC counts (default: static counts)."),
+        None, help="Simulate this data set for non-zero MAC counts (default: static counts). "
+        + DATA_HELP),
     split: str = typer.Option("test", help="Data split (with --data)."),
+    root: Optional[str] = typer.Option(None, help=ROOT_HELP),
     limit: int = typer.Option(100, min=1, help="Images to simulate (with --data)."),
     batch: int = typer.Option(1, min=1, help="Images per batch: weights that fit the weight "
                               "SRAM are read from DRAM once per batch."),
@@ -135,6 +163,8 @@ def cost(
     if csv is not None:
         check_output_path(csv, "--csv")
         check_output_path(_baselines_csv(csv), "--csv (its baselines)")
+    if data is not None:
+        _check_data(data)
     sets = list(set_) + ([f"technology.energy_table={energy_table}"] if energy_table else [])
     cfg = _load_npu(npu, sets)
     table = table_for_npu(cfg)
@@ -157,7 +187,7 @@ def cost(
         from npusim.data import load_dataset
         from npusim.sim.simulator import Simulator
 
-        ds = load_dataset(data, split).subset(limit)
+        ds = load_dataset(data, split, root=root).subset(limit)
         stats = Simulator(cfg).run(prog, ds.images).stats
     rep = estimate_cost(prog, cfg, stats=stats, images=batch, table=table)
     tot = rep.total

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from npusim.cli.common import _fail, _setup_logging, app
+from npusim.cli.common import DATA_HELP, ROOT_HELP, _check_data, _fail, _setup_logging, app
 
 
 def _cache_root() -> Path:
@@ -19,12 +19,10 @@ def _cache_root() -> Path:
 
 def _check_model_data(model: str, data: str) -> None:
     from models import list_models
-    from npusim.data import list_datasets
 
     if model not in list_models():
         _fail(f"--model: unknown model {model!r}; known: {', '.join(list_models())}")
-    if data not in list_datasets():
-        _fail(f"--data: unknown data set {data!r}; known: {', '.join(list_datasets())}")
+    _check_data(data)
 
 
 def _sweep_view(df):
@@ -47,7 +45,7 @@ def _sweep_view(df):
 @app.command("sweep")
 def sweep_cmd(
     model: str = typer.Option("resnet20", help="Model name (see models.list_models())."),
-    data: str = typer.Option("mnist5k", help="Data set: mnist5k, digits, cifar10, synthetic."),
+    data: str = typer.Option("mnist5k", help=DATA_HELP),
     split: str = typer.Option("test", help="Split simulated at every point."),
     images: int = typer.Option(500, min=0, help="Simulate the first N images (0: all)."),
     epochs: int = typer.Option(3, min=1, help="QAT fine-tuning epochs per quantization setting."),
@@ -72,7 +70,7 @@ def sweep_cmd(
                                       "$NPUSIM_CACHE/sweeps/sweep.sqlite). Points already in "
                                       "it are not rerun."),
     csv: Optional[Path] = typer.Option(None, help="Also export this sweep's rows as CSV."),
-    root: Optional[str] = typer.Option(None, help="Data directory (cifar10)."),
+    root: Optional[str] = typer.Option(None, help=ROOT_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress."),
     workers: Optional[int] = typer.Option(None, min=1, help="Run on a local Dask cluster of N "

@@ -7,20 +7,20 @@ from typing import Optional
 
 import typer
 
-from npusim.cli.common import _fail, _setup_logging, app
+from npusim.cli.common import DATA_HELP, ROOT_HELP, _check_data, _fail, _setup_logging, app
 
 
 @app.command()
 def train(
     model: str = typer.Option("resnet20", help="Model name (see models.list_models())."),
-    data: str = typer.Option("mnist5k", help="Data set: mnist5k, digits, cifar10, synthetic."),
+    data: str = typer.Option("mnist5k", help=DATA_HELP),
     epochs: int = typer.Option(15, min=1, help="Training (or QAT fine-tuning) epochs."),
     out: Optional[Path] = typer.Option(None, help="Write the checkpoint (.pt + .json) here."),
     seed: int = typer.Option(0, help="Random seed."),
     width: float = typer.Option(1.0, help="Channel width multiplier."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (float 0.1, QAT 0.01)."),
     batch_size: int = typer.Option(128, min=1, help="Batch size."),
-    root: Optional[str] = typer.Option(None, help="Data directory (cifar10)."),
+    root: Optional[str] = typer.Option(None, help=ROOT_HELP),
     quant: Optional[str] = typer.Option(None, help="QAT method: ste, pact, lsq, lglsq, dsq."),
     wbits: int = typer.Option(4, help="QAT weight bits."),
     abits: int = typer.Option(4, help="QAT activation bits."),
@@ -38,6 +38,7 @@ def train(
     """Train a float model (cached), fine-tune it with QAT when --quant is given, or train
     it with MARViN when --marvin is given."""
     _setup_logging(verbose)
+    _check_data(data)
     if marvin or marvin_config is not None:
         from npusim.cli.marvin import train_marvin_cmd
 
@@ -48,12 +49,9 @@ def train(
         return
     from models import list_models
     from models.cached import train_float
-    from npusim.data import list_datasets
 
     if model not in list_models():
         _fail(f"--model: unknown model {model!r}; known: {', '.join(list_models())}")
-    if data not in list_datasets():
-        _fail(f"--data: unknown data set {data!r}; known: {', '.join(list_datasets())}")
     if quant is None and (quant_config or from_ckpt or export):
         _fail("--from, --quant-config and --export need --quant")
     if quant is None:

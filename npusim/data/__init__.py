@@ -4,6 +4,14 @@ Every dataset is returned as uint8 ``(N, C, H, W)`` images with int64 labels; se
 :func:`load_dataset` and :func:`list_datasets`.
 """
 
-from npusim.data.datasets import Dataset, DatasetError, list_datasets, load_dataset
+from npusim.data.datasets import (
+    Dataset,
+    DatasetError,
+    check_data_spec,
+    list_datasets,
+    load_dataset,
+    parse_data_spec,
+)
 
-__all__ = ["Dataset", "DatasetError", "list_datasets", "load_dataset"]
+__all__ = ["Dataset", "DatasetError", "check_data_spec", "list_datasets", "load_dataset",
+           "parse_data_spec"]

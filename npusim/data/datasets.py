@@ -16,6 +16,13 @@ Datasets (see :func:`list_datasets`):
   reconstruction helpers.
 * ``synthetic`` -- seeded, learnable random data for tests (kwargs ``n``,
   ``num_classes``, ``shape``, ``seed``).
+* ``folder`` -- a class-per-subfolder tree of PNG/JPEG images under ``root`` (options
+  ``resize``, ``crop``, ``channels``); see :mod:`npusim.data.folder`.
+
+A data set is named by a *spec*: its name, optionally followed by ``:`` and comma-separated
+``key=value`` options, each value an int or ``AxBxC`` ints (``folder:resize=256,crop=224``,
+``synthetic:n=64,shape=3x8x8``). :func:`load_dataset` accepts a spec wherever it takes a name,
+so one string carries the options through the CLI, caches and sweep stores.
 
 Stratified splits (``mnist5k``, ``digits``): one generator, seeded with 0, permutes the
 indices of each class in ascending class order; the first ``round_half_up(20 % of the
@@ -40,6 +47,7 @@ import importlib.util
 import logging
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -50,7 +58,8 @@ from npusim.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Dataset", "DatasetError", "list_datasets", "load_dataset"]
+__all__ = ["Dataset", "DatasetError", "check_data_spec", "list_datasets", "load_dataset",
+           "parse_data_spec"]
 
 SPLITS: tuple[str, ...] = ("train", "test")
 SPLIT_SEED = 0  # seed of the PCG64 generator behind the mnist5k / digits splits
@@ -86,6 +95,7 @@ class Dataset:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    classes: tuple[str, ...] = ()  # class names by label, where the data set has them
 
     def __post_init__(self) -> None:
         images, labels = self.images, self.labels
@@ -441,6 +451,7 @@ def _cifar_stats(
 _KWARGS: dict[str, dict[str, Any]] = {
     "cifar10": {},
     "digits": {},
+    "folder": {"resize": None, "crop": None, "channels": 3},
     "mnist5k": {},
     "synthetic": {"n": 256, "num_classes": 10, "shape": (1, 16, 16), "seed": 0},
 }
@@ -466,22 +477,46 @@ def list_datasets() -> list[str]:
     return sorted(_KWARGS)
 
 
-def load_dataset(
-    name: str,
-    split: str = "train",
-    root: str | os.PathLike[str] | None = None,
-    **kwargs: Any,
-) -> Dataset:
-    """Load one split (``"train"`` or ``"test"``) of a named dataset as uint8 NCHW images.
+_SPEC_KEY = re.compile(r"[a-z_][a-z0-9_]*")
+_SPEC_VALUE = re.compile(r"[0-9]+(x[0-9]+)*")
 
-    ``root`` is only used by ``cifar10`` (falling back to ``$NPUSIM_CIFAR10``); the other
-    datasets ignore it.  Raises :class:`DatasetError` on any failure.
-    """
-    if not isinstance(name, str) or name.strip().lower() not in _KWARGS:
-        raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
+
+def parse_data_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``name[:key=value,...]`` -> (lower-case name, options); values are ints or ``AxB...``
+    int tuples (nothing is evaluated). Checks the syntax and the name, not the options."""
+    if not isinstance(spec, str):
+        raise DatasetError(f"a data set is named by a string, got {type(spec).__name__}")
+    name, _, rest = spec.strip().partition(":")
     name = name.strip().lower()
-    if split not in SPLITS:
-        raise DatasetError(f"{name}: unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    if name not in _KWARGS:
+        raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
+    options: dict[str, Any] = {}
+    for item in rest.split(",") if rest.strip() else []:
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if not eq or not _SPEC_KEY.fullmatch(key) or not _SPEC_VALUE.fullmatch(value):
+            raise DatasetError(f"{name}: bad option {item.strip()!r} in {spec!r}; expected "
+                               f"key=INT or key=AxB ints, e.g. folder:resize=256,crop=224")
+        if key in options:
+            raise DatasetError(f"{name}: option {key} given twice in {spec!r}")
+        parts = tuple(int(v) for v in value.split("x"))
+        options[key] = parts[0] if len(parts) == 1 else parts
+    return name, options
+
+
+def check_data_spec(spec: str) -> str:
+    """Check a data set spec (name and options) without reading any data; return its name."""
+    name, options = parse_data_spec(spec)
+    _check_kwargs(name, options)
+    if name == "synthetic":
+        _normalize_synthetic({**_KWARGS[name], **options})
+    elif name == "folder":
+        from npusim.data.folder import check_options
+
+        check_options({**_KWARGS[name], **options})
+    return name
+
+
+def _check_kwargs(name: str, kwargs: dict[str, Any]) -> None:
     accepted = _KWARGS[name]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
@@ -490,7 +525,37 @@ def load_dataset(
             f"{name}: unknown keyword argument(s) {', '.join(unknown)}; accepted: {valid}"
         )
 
-    if name == "cifar10":
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    root: str | os.PathLike[str] | None = None,
+    **kwargs: Any,
+) -> Dataset:
+    """Load one split (``"train"`` or ``"test"``) of a data set, named by its spec, as uint8
+    NCHW images.
+
+    ``root`` is used by ``cifar10`` (falling back to ``$NPUSIM_CIFAR10``) and ``folder``; the
+    other datasets ignore it.  Raises :class:`DatasetError` on any failure.
+    """
+    name, spec_kwargs = parse_data_spec(name)
+    both = sorted(set(spec_kwargs) & set(kwargs))
+    if both:
+        raise DatasetError(f"{name}: {', '.join(both)} given both in the spec and as arguments")
+    kwargs = {**spec_kwargs, **kwargs}
+    if split not in SPLITS:
+        raise DatasetError(f"{name}: unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    _check_kwargs(name, kwargs)
+    accepted = _KWARGS[name]
+    classes: tuple[str, ...] = ()
+
+    if name == "folder":
+        from npusim.data.folder import load_folder
+
+        images, labels, classes, stats_images = load_folder(root, split, {**accepted, **kwargs})
+        mean, std = _channel_stats(stats_images)
+        num_classes = len(classes)
+    elif name == "cifar10":
         directory = _cifar_dir(root)
         signature = _cifar_signature(directory, split)
         train_signature = signature if split == "train" else _cifar_signature(directory, "train")
@@ -513,6 +578,7 @@ def load_dataset(
         num_classes=num_classes,
         mean=mean,
         std=std,
+        classes=classes,
     )
     logger.info(
         "loaded %s/%s: %d images of shape %s, %d classes",

@@ -96,7 +96,7 @@ def digits() -> dict[str, Dataset]:
 
 
 def test_list_datasets():
-    assert list_datasets() == ["cifar10", "digits", "mnist5k", "synthetic"]
+    assert list_datasets() == ["cifar10", "digits", "folder", "mnist5k", "synthetic"]
 
 
 def test_unknown_dataset_split_kwarg():
