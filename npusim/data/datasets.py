@@ -54,7 +54,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from npusim.errors import UserError
+from npusim.data.errors import DatasetError, _one_line
 
 logger = logging.getLogger(__name__)
 
@@ -68,20 +68,6 @@ CIFAR10_ENV = "NPUSIM_CIFAR10"
 SYNTHETIC_NOISE_STD = 40.0  # std (in uint8 grey levels) of the noise around each prototype
 
 _Split = tuple[np.ndarray, np.ndarray]
-
-
-class DatasetError(UserError):
-    """Any user-facing dataset failure; the message is always a single line."""
-
-    def __init__(self, message: object) -> None:
-        super().__init__(_one_line(message))
-
-
-def _one_line(text: object, limit: int | None = None) -> str:
-    line = " ".join(str(text).split())
-    if limit is not None and len(line) > limit:
-        line = line[: limit - 3] + "..."
-    return line
 
 
 @dataclass(frozen=True, eq=False, repr=False)

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from npusim.data.datasets import DatasetError
+from npusim.data.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
