@@ -346,8 +346,9 @@ OPS: dict[str, OpDef] = {op.name: op for op in (
           vector_ops=_per_input),
     OpDef("flatten", 1, (), (), _flatten_shape, "none", view=True),
     # along channels; each input requantized to the output's scale and zero point (ORT's
-    # QLinearConcat; a copy where they agree): one requantization per output element
-    OpDef("concat", 2, (_CLAMP,), (), _concat_shape, "vector", real_multipliers=_concat_real,
+    # QLinearConcat; a copy where they agree): one requantization per output element. With one
+    # input it is a requantization to other parameters (DequantizeLinear -> QuantizeLinear)
+    OpDef("concat", 1, (_CLAMP,), (), _concat_shape, "vector", real_multipliers=_concat_real,
           float_multipliers=_concat_float, vector_ops=_per_output, variadic=True),
     # channels [start, stop): the consumer reads a window of the producer's buffer
     OpDef("slice", 1, (Attr("start", "int", 0), Attr("stop", "int", 1)), (), _slice_shape,

@@ -17,8 +17,10 @@ RATIOS = st.one_of(st.sampled_from([1.0, 0.5, 2.0, 1.5, 0.25, 2.5, 1 / 3]),
                    st.floats(0.05, 4.0))
 
 
-def _program(c, k, hw, sx, zpx, sb, zpb, sy, zpy, signed, groups, order, rq, clamp=None):
-    """x -> slice [0,k) -> a;  x -> slice [k,c) -> relabel (other scale/zp) -> b;
+def _program(c, k, hw, sx, zpx, sb, zpb, sy, zpy, signed, groups, order, rq, clamp=None,
+             relabel="maxpool2d"):
+    """x -> slice [0,k) -> a;  x -> slice [k,c) -> relabel (other scale/zp: the same integers
+    by a 1x1 max pool, or requantized by a one-input concat) -> b;
     concat(order of a/b) -> y; channel_shuffle(groups) -> z."""
     def spec(ch, s, zp):
         return TensorSpec((ch, hw, hw), 8, signed, s, zp)
@@ -29,7 +31,9 @@ def _program(c, k, hw, sx, zpx, sb, zpb, sy, zpy, signed, groups, order, rq, cla
     lo, hi = clamp or tensors["y"].int_range()
     nodes = [Node("s1", "slice", ["x"], "a", {"start": 0, "stop": k}),
              Node("s2", "slice", ["x"], "b0", {"start": k, "stop": c}),
-             Node("relabel", "maxpool2d", ["b0"], "b", {"kernel": 1, "stride": 1}),
+             Node("relabel", "maxpool2d", ["b0"], "b", {"kernel": 1, "stride": 1})
+             if relabel == "maxpool2d" else
+             Node("relabel", "concat", ["b0"], "b", {"clamp": list(ins["b"].int_range())}),
              Node("cat", "concat", list(order), "y", {"clamp": [lo, hi]}),
              Node("shuf", "channel_shuffle", ["y"], "z", {"groups": groups})]
     return finish(nodes, tensors, {}, "x", ["z"], rq.to_dict())
@@ -110,7 +114,7 @@ def test_concat_hits_ties_and_copies_inputs_with_the_output_parameters():
 @pytest.mark.parametrize("node, msg", [
     (Node("s", "slice", ["x"], "y", {"start": 2, "stop": 2}), "attrs.stop: expected start < stop"),
     (Node("s", "channel_shuffle", ["x"], "y", {"groups": 3}), "attrs.groups: 3 does not divide"),
-    (Node("s", "concat", ["x"], "y", {"clamp": [0, 255]}), r"concat takes 2 or more input\(s\), got 1"),
+    (Node("s", "concat", [], "y", {"clamp": [0, 255]}), r"concat takes 1 or more input\(s\), got 0"),
 ])
 def test_bad_nodes_are_refused_naming_node_and_field(node, msg):
     spec = TensorSpec((4, 2, 2), 8, False, 0.1)
