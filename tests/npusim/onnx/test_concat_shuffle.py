@@ -7,15 +7,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import helper, numpy_helper
 from torch import nn
 
 from models.layers import ChannelShuffle
 from npusim.ir.requant import RequantSpec
-from npusim.onnx import import_onnx
+from npusim.onnx import OnnxImportError, import_onnx
 from npusim.onnx.exporter import to_onnx
 from npusim.sim.simulator import Simulator
 from tests.npusim.onnx import helpers as H
-from tests.npusim.onnx.test_import import images, traced_mismatches
+from tests.npusim.onnx.test_import import _qdq_model, images, traced_mismatches
 from tests.npusim.sim.test_concat_shuffle import _program
 
 SHAPE = (3, 8, 8)
@@ -92,3 +93,25 @@ def test_export_runs_in_onnxruntime_equal_to_the_simulator_and_imports_back(prog
     back = import_onnx(onnx.load_from_string(model.SerializeToString()))
     assert back.manifest()["nodes"] == prog.manifest()["nodes"]
     assert back.manifest()["tensors"] == prog.manifest()["tensors"]
+
+
+def _i64(name, values):
+    return numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+@pytest.mark.parametrize("nodes, inits, msg", [
+    ([helper.make_node("Slice", ["cd", "st", "en", "ax"], ["y"], name="sl")],
+     [_i64("st", [0]), _i64("en", [2]), _i64("ax", [2])],
+     r"'sl' \(Slice\): axes \[2\], steps None: only a slice of the channels"),
+    ([helper.make_node("Split", ["cd", "sp"], ["y", "y2"], name="spl", axis=2)],
+     [_i64("sp", [2, 2])], r"'spl' \(Split\): axis=2: only a split of the channels"),
+    ([helper.make_node("Reshape", ["cd", "sh"], ["r"], name="r1"),
+      helper.make_node("Transpose", ["r"], ["y"], name="tr", perm=[0, 1, 2, 4, 3])],
+     [_i64("sh", [1, 2, 2, 4, 4])], r"'tr' \(Transpose\): perm \[0, 1, 2, 4, 3\]: only the "),
+])
+def test_other_slices_splits_and_transposes_are_refused_in_one_line(nodes, inits, msg):
+    model = _qdq_model(nodes)
+    model.graph.initializer.extend(inits)
+    with pytest.raises(OnnxImportError, match=msg) as e:
+        import_onnx(model)
+    assert "\n" not in str(e.value)
