@@ -115,3 +115,27 @@ def test_other_slices_splits_and_transposes_are_refused_in_one_line(nodes, inits
     with pytest.raises(OnnxImportError, match=msg) as e:
         import_onnx(model)
     assert "\n" not in str(e.value)
+
+
+class MatMulNet(nn.Module):
+    """A matrix product with a constant B (ONNX MatMul; QLinearMatMul in QOperator form)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2)
+        self.b = nn.Parameter(torch.randn(4 * 3 * 3, 6) * 0.1)
+
+    def forward(self, x):
+        return torch.flatten(torch.relu(self.conv(x)), 1) @ self.b
+
+
+@pytest.mark.parametrize("fmt, onnx_op", [("qdq", "MatMul"), ("qop", "QLinearMatMul")])
+def test_matmul_with_a_constant_b_is_linear_and_equals_onnxruntime(tmp_path, fmt, onnx_op):
+    torch.manual_seed(0)
+    shape = (3, 7, 7)
+    f = H.export_torch(MatMulNet(), shape, tmp_path / "f.onnx")
+    q = H.quantize(f, tmp_path / "q.onnx", shape, fmt, True)
+    assert onnx_op in {n.op_type for n in onnx.load(str(q)).graph.node}
+    prog = import_onnx(q)
+    assert [n.op for n in prog.nodes][-1] == "linear"
+    assert H.compare_with_ort(prog, q, images(32, seed=3, shape=shape)) == {prog.outputs[0]: 0}
