@@ -102,3 +102,43 @@ class Add(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.act(a + b)
+
+
+class Concat(nn.Module):
+    """Concatenation of feature maps along the channel axis."""
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, dim=1)
+
+
+class ChannelSlice(nn.Module):
+    """Channels ``[start, stop)`` of a feature map (one half of ShuffleNetV2's channel split)."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        super().__init__()
+        if not 0 <= start < stop:
+            raise ValueError(f"ChannelSlice: expected 0 <= start < stop, got {start}, {stop}")
+        self.start, self.stop = int(start), int(stop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.start:self.stop]
+
+    def extra_repr(self) -> str:
+        return f"start={self.start}, stop={self.stop}"
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle: channels viewed as (groups, C/groups), transposed, flattened."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        if groups < 1:
+            raise ValueError(f"ChannelShuffle: groups must be >= 1, got {groups}")
+        self.groups = int(groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return x.reshape(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"

@@ -10,6 +10,12 @@ from torch import nn
 from models.mobilenetv2 import mobilenetv2, mobilenetv2_cifar
 from models.resnet_cifar import check_model_args, resnet8, resnet14, resnet20, resnet32, resnet56
 from models.resnet_imagenet import resnet18, resnet34
+from models.shufflenetv2 import (
+    shufflenetv2_x0_5,
+    shufflenetv2_x0_5_cifar,
+    shufflenetv2_x1_0,
+    shufflenetv2_x1_0_cifar,
+)
 from npusim.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -28,6 +34,10 @@ MODEL_REGISTRY: dict[str, ModelConstructor] = {
     "resnet34": resnet34,
     "mobilenetv2": mobilenetv2,
     "mobilenetv2_cifar": mobilenetv2_cifar,
+    "shufflenetv2_x0_5": shufflenetv2_x0_5,
+    "shufflenetv2_x1_0": shufflenetv2_x1_0,
+    "shufflenetv2_x0_5_cifar": shufflenetv2_x0_5_cifar,
+    "shufflenetv2_x1_0_cifar": shufflenetv2_x1_0_cifar,
 }
 
 

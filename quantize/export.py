@@ -60,11 +60,11 @@ def build_program(qmodel: QuantizedModel) -> IntegerProgram:
             _export_conv(n.name, mod, ins[0], tensors, arrays, nodes, shapes[n.name])
         elif n.kind == "linear":
             _export_linear(n.name, mod, ins[0], tensors, arrays, nodes)
-        elif n.kind == "add":
+        elif n.kind in ("add", "concat"):
             spec = _act_spec(mod.oq, shapes[n.name])
             tensors[n.name] = spec
             lo, hi = spec.int_range()
-            nodes.append(Node(n.name, "add", ins, n.name, {"clamp": [lo, hi]}))
+            nodes.append(Node(n.name, n.kind, ins, n.name, {"clamp": [lo, hi]}))
         elif n.kind == "avgpool":
             spec = _act_spec(mod.oq, shapes[n.name])
             tensors[n.name] = spec
@@ -74,11 +74,11 @@ def build_program(qmodel: QuantizedModel) -> IntegerProgram:
             else:
                 nodes.append(Node(n.name, "avgpool2d", ins, n.name,
                                   {"kernel": mod.kernel, "stride": mod.kernel, "clamp": [lo, hi]}))
-        elif n.kind in ("maxpool", "flatten"):
+        elif n.kind in ("maxpool", "flatten", "slice", "shuffle"):
             src = tensors[ins[0]]
             tensors[n.name] = TensorSpec(tuple(shapes[n.name]), src.bits, src.signed, src.scale,
                                          src.zero_point)
-            op = "maxpool2d" if n.kind == "maxpool" else "flatten"
+            op = {"maxpool": "maxpool2d", "shuffle": "channel_shuffle"}.get(n.kind, n.kind)
             nodes.append(Node(n.name, op, ins, n.name, dict(n.attrs)))
         alias[n.name] = n.name
     cfg = qmodel.config

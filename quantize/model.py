@@ -6,7 +6,9 @@ replaced by its quantized counterpart:
   bias *before* its weight quantizer (its padding is done on raw pixels, as the NPU does);
 - conv + BN (+ ReLU/ReLU6) -> integer conv, per-channel requantization, output quantizer;
 - residual add -> both inputs already quantized by their producers, output quantizer;
-- max pooling exact; average pooling requantized; the classifier stops at its accumulator.
+- max pooling exact; average pooling requantized; the classifier stops at its accumulator;
+- channel slices and shuffles pass quantized tensors through; a concat requantizes each input
+  to its own output quantizer (a copy where the scales agree).
 
 Batch norm during QAT: for the first ``1 - bn_freeze_frac`` of the epochs (all of them by
 default, see `QuantConfig.bn_freeze_frac`) BN uses batch statistics (running statistics keep
@@ -28,7 +30,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import Add, ConvBNAct, InputNorm
+from models.layers import Add, ChannelShuffle, ChannelSlice, Concat, ConvBNAct, InputNorm
 from npusim.errors import UserError
 from quantize.a2q import A2QQuantizer, bias_limit
 from quantize.config import EmbeddingConfig, QuantConfig
@@ -41,7 +43,9 @@ log = logging.getLogger(__name__)
 INPUT_SCALE = 1.0 / 255.0
 _PASSTHROUGH = (nn.Identity, nn.Flatten, nn.MaxPool2d)
 _LEAVES = (InputNorm, ConvBNAct, Add, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-           nn.Flatten, nn.Linear, nn.Identity)
+           nn.Flatten, nn.Linear, nn.Identity, Concat, ChannelSlice, ChannelShuffle)
+#: node kinds whose output is their (first) input's integers, with its scale
+_VIEWS = ("maxpool", "flatten", "slice", "shuffle")
 
 
 class QuantizeError(UserError):
@@ -225,6 +229,17 @@ class QAdd(nn.Module):
         return self.oq(F.relu(z) if self.relu else z)
 
 
+class QConcat(nn.Module):
+    """Concatenation along channels of quantized tensors, requantized by an output quantizer."""
+
+    def __init__(self, oq: Quantizer) -> None:
+        super().__init__()
+        self.oq = oq
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self.oq(torch.cat(xs, dim=1))
+
+
 class QAvgPool(nn.Module):
     """Average pooling (global, or kernel == stride without padding) with an output quantizer."""
 
@@ -243,7 +258,7 @@ class QNode:
     """One step of the quantized graph: `inputs` and `name` are tensor names."""
 
     name: str
-    kind: str  # conv | linear | add | avgpool | maxpool | flatten | embed
+    kind: str  # conv | linear | add | avgpool | maxpool | flatten | embed | concat | slice | shuffle
     inputs: list[str]
     module: str | None  # key in QuantizedModel.layers (None for flatten)
     attrs: dict[str, Any]
@@ -300,9 +315,9 @@ class QuantizedModel(nn.Module):
     def _producers(self) -> dict[str, Any]:
         prod: dict[str, Any] = {"input": None}
         for n in self.nodes:
-            if n.kind in ("conv", "add", "avgpool", "embed"):
+            if n.kind in ("conv", "add", "avgpool", "embed", "concat"):
                 prod[n.name] = self.layers[n.module]
-            elif n.kind in ("maxpool", "flatten"):
+            elif n.kind in _VIEWS:
                 prod[n.name] = prod[n.inputs[0]]
         return prod
 
@@ -320,7 +335,7 @@ class QuantizedModel(nn.Module):
             elif n.kind == "linear":
                 y = self.layers[n.module](ins[0], scales[n.inputs[0]])
                 scales[n.name] = torch.tensor(float("nan"))
-            elif n.kind == "add":
+            elif n.kind in ("add", "concat"):
                 mod = self.layers[n.module]
                 y = mod(*ins)
                 scales[n.name] = mod.oq.scale().detach()
@@ -338,6 +353,12 @@ class QuantizedModel(nn.Module):
                 scales[n.name] = scales[n.inputs[0]]
             elif n.kind == "flatten":
                 y = ins[0].flatten(1)
+                scales[n.name] = scales[n.inputs[0]]
+            elif n.kind == "slice":
+                y = ins[0][:, n.attrs["start"]:n.attrs["stop"]]
+                scales[n.name] = scales[n.inputs[0]]
+            elif n.kind == "shuffle":
+                y = ChannelShuffle(n.attrs["groups"])(ins[0])
                 scales[n.name] = scales[n.inputs[0]]
             else:  # pragma: no cover
                 raise QuantizeError(f"unknown node kind {n.kind}")
@@ -416,13 +437,13 @@ def quantize_model(model: nn.Module, config: QuantConfig,
         while stack:
             t = stack.pop()
             for cname, ckind in consumers.get(t, []):
-                if ckind in ("maxpool", "flatten"):
+                if ckind in _VIEWS:
                     stack.append(cname)
                 elif ckind == "linear" and cname == classifier:
                     conv_bits = max(conv_bits, config.last_layer_bits or config.act_bits)
                 elif ckind in ("conv", "linear"):
                     conv_bits = max(conv_bits, config.layer_bits(cname, "act", config.act_bits))
-                elif ckind == "avgpool":
+                elif ckind in ("avgpool", "concat"):
                     conv_bits = max(conv_bits, consumer_bits(cname))
         return conv_bits or config.residual_bits
 
@@ -438,8 +459,10 @@ def quantize_model(model: nn.Module, config: QuantConfig,
                     return isinstance(mod.act, nn.Identity)
                 if kind == "add":
                     return isinstance(mod.act, nn.Identity)
-                if kind in ("maxpool", "flatten", "avgpool"):
+                if kind in _VIEWS or kind == "avgpool":
                     return signed_of(ins[0])
+                if kind == "concat":
+                    return any(signed_of(i) for i in ins)
         return False  # the raw input is unsigned
 
     layers = nn.ModuleDict()
@@ -451,7 +474,7 @@ def quantize_model(model: nn.Module, config: QuantConfig,
     def input_range(tensor: str) -> tuple[int, int]:
         """Integer range of a conv/linear input, from its producer's output quantizer."""
         by_name = {n.name: n for n in qnodes}
-        while tensor in by_name and by_name[tensor].kind in ("maxpool", "flatten"):
+        while tensor in by_name and by_name[tensor].kind in _VIEWS:
             tensor = by_name[tensor].inputs[0]
         if tensor == "input":
             return 0, 255
@@ -533,6 +556,13 @@ def quantize_model(model: nn.Module, config: QuantConfig,
             if mod.dilation not in (1, (1, 1)) or mod.ceil_mode:
                 raise QuantizeError(f"{name}: dilated or ceil-mode max pooling is not supported")
             key = None
+        elif kind == "concat":
+            layers[key] = QConcat(act_quantizer(name, any(signed_of(i) for i in ins)))
+            attrs = {}
+        elif kind == "slice":
+            key, attrs = None, {"start": mod.start, "stop": mod.stop}
+        elif kind == "shuffle":
+            key, attrs = None, {"groups": mod.groups}
         else:  # flatten
             key = None
             attrs = {}
@@ -556,6 +586,12 @@ def _kind(mod: nn.Module, name: str) -> str:
         return "maxpool"
     if isinstance(mod, nn.Flatten):
         return "flatten"
+    if isinstance(mod, Concat):
+        return "concat"
+    if isinstance(mod, ChannelSlice):
+        return "slice"
+    if isinstance(mod, ChannelShuffle):
+        return "shuffle"
     raise QuantizeError(f"{name}: module {type(mod).__name__} has no integer counterpart")
 
 

@@ -240,6 +240,10 @@ def _counts(program: IntegerProgram, npu: "NPUConfig", prec: Precision, mapping:
                         what=f"rounding add ({sum_bits} b)")
                     add(name, op, "requant", "shifter.shift", n, bw=sum_bits,
                         what=f"shift ({sum_bits} b)")
+        elif op == "concat":  # each input requantized to the output's scale (a copy at m = 1)
+            if r.requant_outputs and prec.scale_mode != "none":
+                bits = max(prec.bits(i) for i in node.inputs) + 1  # the input less its zero point
+                requant(name, op, int(r.requant_outputs), bits)
         elif op == "maxpool2d":
             window = pool_window(program, node)
             bits = prec.bits(node.inputs[0])
@@ -446,6 +450,8 @@ def charging_rules() -> pd.DataFrame:
                          "rounding add + shift per output"),
         ("pooling", "max: comparator.compare(in_bits) x (window-1); avg: int_adder.add(acc_bits)"
                     " x (window-1) + requant, per output"),
+        ("concat", "requant at (input bits + 1) per output (each input rescaled to the output's "
+                   "scale); slice / channel_shuffle are views: buffers only"),
         ("lookup", "sram.access at the weight SRAM size x LUT entry bits, per lookup"),
         ("sram", "sram.access(size_kib of the buffer) x bits read or written (activation, "
                  "weight, accumulator buffers as counted by the SCALE-Sim mapping)"),

@@ -206,6 +206,26 @@ def add_one(a, b, m0_a, n_a, m0_b, n_b, mf_a, mf_b, frac, scale_float, code, shi
     return clamp(y, lo, hi)
 
 
+def ort_requantize_linear(x: np.ndarray, s_x: float, zp_x: int, s_y: float, zp_y: int, lo: int,
+                          hi: int) -> np.ndarray:
+    """ONNX Runtime's QLinearConcat on raw integers `x` (its lookup table, built by
+    ``QlinearBuildLookupTable``): dequantize in float32, ``f = f32(s_x * f32(x - zp_x))``, then
+    MLAS QuantizeLinear, ``rne(f32(f / s_y)) + zp_y`` clamped to [lo, hi] (a division, not a
+    multiplication by a ratio; ties to even, before the zero point is added)."""
+    d = (np.asarray(x, np.int64) - int(zp_x)).astype(np.float32) * np.float32(s_x)
+    q = np.rint((d / np.float32(s_y)).astype(np.float32)).astype(np.int64) + int(zp_y)
+    return clamp(q, int(lo), int(hi))
+
+
+def requant_values(x: np.ndarray, zp_x: int, m0: int, n: int, code: int, mbits: int, zp_y: int,
+                   lo: int, hi: int) -> np.ndarray:
+    """Fixed/pow2 requantization of raw integers to another scale and zero point:
+    ``clamp(zp_y + R(x - zp_x), lo, hi)`` (a concat input; m = 1 is an exact copy)."""
+    v = np.asarray(x, np.int64) - int(zp_x)
+    return clamp(requant_fixed(v, np.int64(m0), np.int64(n), code, mbits) + int(zp_y), int(lo),
+                 int(hi))
+
+
 class RequantParams(NamedTuple):
     """A layer's requantization as one record the kernels take: per-channel `m0`, `n` (int64)
     and `mf` (float32) arrays (length 1 for one tensor-wide multiplier), the float/fixed

@@ -69,7 +69,8 @@ class OpDef:
     ones of the ``float`` mode in ONNX Runtime's order. `macs(program, node)` counts the
     multiply-accumulates per image, `gemm` gives a node's ``(M, K, N, groups)`` per group on the
     MAC array (unit ``array``), `vector_ops` its operations per image on the vector unit (unit
-    ``vector``). `view` ops only reinterpret their input's buffer.
+    ``vector``). `view` ops only reinterpret or re-address their input's buffer (their output
+    keeps the input's bits, sign, scale and zero point). A `variadic` op takes `inputs` or more.
     """
 
     name: str
@@ -84,6 +85,7 @@ class OpDef:
     gemm: Callable[[IntegerProgram, Node], tuple[int, int, int, int]] | None = None
     vector_ops: Callable[[IntegerProgram, Node], int] | None = None
     view: bool = False
+    variadic: bool = False
 
     def attr(self, node: Node, name: str) -> Any:
         """A node's attribute, or the op's default for it."""
@@ -173,6 +175,31 @@ def _flatten_shape(ins, arrays, a) -> Shape:
     return (int(np.prod(ins[0])),)
 
 
+def _concat_shape(ins, arrays, a) -> Shape:
+    """Along channels (axis 0 of (C, H, W) or (F,)); the other dimensions must agree."""
+    rest = {tuple(i[1:]) for i in ins}
+    if len(rest) != 1 or len({len(i) for i in ins}) != 1:
+        raise ValueError(f"inputs: shapes {[list(i) for i in ins]} differ outside the channel "
+                         f"axis")
+    return (sum(i[0] for i in ins), *ins[0][1:])
+
+
+def _slice_shape(ins, arrays, a) -> Shape:
+    """Channels ``[start, stop)`` of the input."""
+    c = ins[0][0]
+    if not a["start"] < a["stop"] <= c:
+        raise ValueError(f"attrs.stop: expected start < stop <= {c} channels, got "
+                         f"start={a['start']} stop={a['stop']}")
+    return (a["stop"] - a["start"], *ins[0][1:])
+
+
+def _shuffle_shape(ins, arrays, a) -> Shape:
+    c, g = ins[0][0], a["groups"]
+    if c % g:
+        raise ValueError(f"attrs.groups: {g} does not divide {c} channels")
+    return tuple(ins[0])
+
+
 def _embed_shape(ins, arrays, a) -> Shape:
     lut = arrays["lut"]
     if lut.ndim != 3 or lut.shape[0] != ins[0][0] or lut.shape[1] != 256:
@@ -212,6 +239,17 @@ def _add_float(program: IntegerProgram, node: Node) -> np.ndarray:
     t = program.tensors
     s_y = np.float32(t[node.output].scales()[0])
     return np.array([np.float32(t[i].scales()[0]) / s_y for i in node.inputs], dtype=np.float32)
+
+
+def _concat_real(program: IntegerProgram, node: Node) -> np.ndarray:
+    """``s_in / s_y`` for each input (1 where the input already has the output's scale)."""
+    return _add_real(program, node)
+
+
+def _concat_float(program: IntegerProgram, node: Node) -> np.ndarray:
+    """Recorded for the table's completeness: the float mode of `concat` is ONNX Runtime's
+    QLinearConcat, which divides by ``s_y`` (see `npusim.ir.arith.ort_requantize_linear`)."""
+    return _add_float(program, node)
 
 
 def pool_window(program: IntegerProgram, node: Node) -> int:
@@ -327,6 +365,18 @@ OPS: dict[str, OpDef] = {op.name: op for op in (
           real_multipliers=_pool_real, float_multipliers=_global_pool_float,
           vector_ops=_per_input),
     OpDef("flatten", 1, (), (), _flatten_shape, "none", view=True),
+    # along channels; each input requantized to the output's scale and zero point (ORT's
+    # QLinearConcat; a copy where they agree): one requantization per output element. With one
+    # input it is a requantization to other parameters (DequantizeLinear -> QuantizeLinear)
+    OpDef("concat", 1, (_CLAMP,), (), _concat_shape, "vector", real_multipliers=_concat_real,
+          float_multipliers=_concat_float, vector_ops=_per_output, variadic=True),
+    # channels [start, stop): the consumer reads a window of the producer's buffer
+    OpDef("slice", 1, (Attr("start", "int", 0), Attr("stop", "int", 1)), (), _slice_shape,
+          "none", view=True),
+    # ShuffleNet's channel shuffle: out[j*g + i] = in[i*(C/g) + j]; the consumer reads the
+    # producer's buffer in permuted channel order
+    OpDef("channel_shuffle", 1, (Attr("groups", "int", 1),), (), _shuffle_shape, "none",
+          view=True),
     # one table lookup per input element
     OpDef("embed", 1, (), ("lut",), _embed_shape, "vector", vector_ops=_per_input),
 )}

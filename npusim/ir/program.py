@@ -350,8 +350,9 @@ def _validate(p: IntegerProgram, where: str) -> None:
         if node.op not in OPS:
             fail(f"{ctx}: op: unknown op {node.op!r} (known: {', '.join(OPS)})")
         op = OPS[node.op]
-        if len(node.inputs) != op.inputs:
-            fail(f"{ctx}: inputs: {node.op} takes {op.inputs} input(s), got {len(node.inputs)}")
+        if len(node.inputs) < op.inputs or (len(node.inputs) > op.inputs and not op.variadic):
+            fail(f"{ctx}: inputs: {node.op} takes {op.inputs}{' or more' if op.variadic else ''}"
+                 f" input(s), got {len(node.inputs)}")
         for src in node.inputs:
             if src not in produced:
                 fail(f"{ctx}: inputs: {src!r} is not produced by an earlier node (dangling input)")
@@ -404,3 +405,8 @@ def _check_shapes(p: IntegerProgram, node: Node, fail) -> None:
         fail(f"{ctx}: {e}")
     if expect != out:
         fail(f"{ctx}: output: shape {list(out)} does not match the computed {list(expect)}")
+    if op.view:
+        ti, to = p.tensors[node.inputs[0]], p.tensors[node.output]
+        if (ti.bits, ti.signed, ti.scale, ti.zero_point) != (to.bits, to.signed, to.scale,
+                                                             to.zero_point):
+            fail(f"{ctx}: output: a {node.op} keeps its input's bits, sign, scale and zero point")

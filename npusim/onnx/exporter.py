@@ -2,9 +2,11 @@
 
 conv2d -> QLinearConv, linear -> QGemm (com.microsoft, transB=1, int32 bias), add ->
 QLinearAdd, global_avgpool -> QLinearGlobalAveragePool, avgpool2d -> QLinearAveragePool,
-maxpool2d -> MaxPool, flatten -> Flatten. The model takes the float image, quantizes it with
-the input tensor's scale/zero point and dequantizes each program output. A clamp narrower than
-the output's integer range (a fused ReLU with a zero point above the minimum, ReLU6) becomes
+maxpool2d -> MaxPool, flatten -> Flatten, concat -> QLinearConcat, slice -> Slice (axis 1),
+channel_shuffle -> Reshape (N, g, C/g, H, W) -> Transpose (0, 2, 1, 3, 4) -> Reshape. The
+model takes the float image, quantizes it with the input tensor's scale/zero point and
+dequantizes each program output. A clamp narrower than the output's integer range (a fused
+ReLU with a zero point above the minimum, ReLU6) becomes
 ``DequantizeLinear -> Clip -> QuantizeLinear`` with the same parameters, exact in float32.
 ONNX Runtime equals the simulator on every op (see `npusim.onnx.importer`). Tensor and node
 names are the program's, so `import_onnx` of the file gives the program back.
@@ -152,6 +154,26 @@ class _Exporter:
         elif n.op == "flatten":
             self.same_params(n)
             self.add("Flatten", [x], n.output, n.name, axis=1)
+        elif n.op == "concat":
+            ys, yz = self.act(n.output)
+            ins = [v for i in n.inputs for v in (i, *self.act(i))]
+            self.add("QLinearConcat", [ys, yz, *ins], self.out(n), n.name,
+                     domain="com.microsoft", axis=1)
+        elif n.op == "slice":
+            self.same_params(n)
+            i64 = [self.init(f"{n.name}.{k}", np.array([v], np.int64))
+                   for k, v in (("starts", a["start"]), ("ends", a["stop"]), ("axes", 1))]
+            self.add("Slice", [x, *i64], n.output, n.name)
+        elif n.op == "channel_shuffle":
+            self.same_params(n)
+            c, *hw = p.tensors[x].shape
+            g = a["groups"]
+            grouped = self.init(f"{n.name}.grouped_shape", np.array([-1, g, c // g, *hw], np.int64))
+            back = self.init(f"{n.name}.shape", np.array([-1, c, *hw], np.int64))
+            self.add("Reshape", [x, grouped], f"{n.name}.grouped", f"{n.name}.group")
+            self.add("Transpose", [f"{n.name}.grouped"], f"{n.name}.transposed",
+                     f"{n.name}.transpose", perm=[0, 2, 1, 3, 4])
+            self.add("Reshape", [f"{n.name}.transposed", back], n.output, n.name)
         else:
             self.fail(n, "op has no QOperator ONNX form")
 

@@ -10,7 +10,15 @@ QDQ models are read the way ONNX Runtime runs them (its graph optimizer fuses
 ``DequantizeLinear -> op -> QuantizeLinear`` into the QLinear ops): a float op whose inputs are
 dequantized tensors or constants becomes one program node at the QuantizeLinear that follows it;
 Relu / Clip between them narrow that node's clamp; MaxPool / Flatten / Reshape pass quantized
-tensors through. Anything else is refused with one line naming the node and its op type.
+tensors through. Concat / QLinearConcat become `concat` (ORT's QLinearConcat arithmetic; a
+QuantizeLinear that changes the parameters of a dequantized tensor is a one-input `concat`),
+Split / Slice on channels `slice` views, and the ``Reshape (N, g, C/g, H, W) -> Transpose
+(0, 2, 1, 3, 4) -> Reshape (N, C, H, W)`` pattern a `channel_shuffle`. Shape arithmetic (the
+Shape / Gather / Div... subgraphs torch exports for ``chunk`` and reshapes) is folded with
+`onnx.reference` on the known activation shapes, the batch taken as 1 (only batch-free values
+may depend on it: a reshape keeps dimension 0 as the batch). A MatMul / QLinearMatMul with a
+constant B is the `linear` op. Anything else is refused with one line naming the node and its
+op type.
 
 Exactness: equal to ONNX Runtime on x86-64 (its AVX2 QLinearAdd kernel; the ARM NEON kernel
 uses fixed point when the scale ratios allow, and differs) for every mapped op. A QDQ
@@ -116,6 +124,10 @@ class _Importer:
         self.names: set[str] = set()
         self.input: str | None = None
         self.float_inputs = {i.name for i in self.graph.input if i.name not in self.consts}
+        # Reshape (N, g, C/g, H, W) of a tensor / its Transpose (0, 2, 1, 3, 4), by ONNX name:
+        # (the quantized tensor, groups, transposed?, quantized or dequantized)
+        self.virtual: dict[str, tuple[_Q, int, bool, bool]] = {}
+        self.opsets = list(model.opset_import)
 
     # ------------------------------------------------------------------ helpers
     def fail(self, node, msg: str) -> None:
@@ -202,6 +214,8 @@ class _Importer:
             shape = (weight.q.shape[0],)
         elif op == "add":
             shape = x.shape
+        elif op == "concat":
+            shape = (sum(i.shape[0] for i in inputs), *x.shape[1:])
         elif op == "global_avgpool":
             shape = (x.shape[0], 1, 1)
         else:  # avgpool2d
@@ -222,7 +236,7 @@ class _Importer:
             self.arrays[f"{name}.bias"] = b
             k = o
         else:
-            k = 2 if op == "add" else 1
+            k = len(inputs) if op in ("add", "concat") else 1
         self.add_tensor(f"{name}.multiplier", TensorSpec((k,), 32, True))
         self.add_tensor(f"{name}.shift", TensorSpec((k,), 8, True))
         self.arrays[f"{name}.multiplier"] = np.zeros(k, np.int32)
@@ -239,10 +253,15 @@ class _Importer:
         return y
 
     def passthrough(self, onnx_node, op: str, x: _Q, out_name: str, attrs: dict[str, Any]) -> _Q:
-        """maxpool2d / flatten: the output keeps the input's scale and zero point."""
+        """maxpool2d / flatten / slice / channel_shuffle: the output keeps the input's scale
+        and zero point."""
         name = self.unique(onnx_node.name or f"{onnx_node.op_type}_{len(self.nodes)}")
         if op == "flatten":
             shape = (int(np.prod(x.shape)),)
+        elif op == "slice":
+            shape = (attrs["stop"] - attrs["start"], *x.shape[1:])
+        elif op == "channel_shuffle":
+            shape = x.shape
         else:
             k, st, pad = attrs["kernel"], attrs["stride"], attrs["padding"]
             shape = (x.shape[0], (x.shape[1] + 2 * pad - k) // st + 1,
@@ -310,7 +329,7 @@ class _Importer:
     def run(self) -> IntegerProgram:
         for node in self.graph.node:
             handler = getattr(self, f"op_{node.op_type}", None)
-            if node.op_type == "Constant":
+            if node.op_type == "Constant" or self.fold(node):
                 continue
             if handler is None or node.domain not in ("", "ai.onnx", "com.microsoft"):
                 self.fail(node, "op not supported by npusim (no program op maps it)")
@@ -374,6 +393,44 @@ class _Importer:
         prog.input = raw
         prog.meta["pixels"] = {"mean": mean.tolist(), "std": std.tolist(), "scale": scale.tolist()}
 
+    # ------------------------------------------------------------------ shape arithmetic
+    _FOLDABLE = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Div", "Mul",
+                           "Add", "Sub", "Cast", "Slice", "Range", "Reshape", "Floor", "Identity",
+                           "ConstantOfShape", "Equal", "Where", "Expand"})
+
+    def fold(self, node) -> bool:
+        """Evaluate a shape-arithmetic node whose inputs are all known (constants, or the
+        Shape of an activation, batch 1) into `consts`; False when it is not one."""
+        if node.op_type == "Shape":
+            x = self.q.get(node.input[0]) or self.deq.get(node.input[0])
+            if x is None:
+                return False
+            a = self.attrs(node)
+            self.consts[node.output[0]] = np.array([1, *x.shape], np.int64)[
+                a.get("start", 0):a.get("end")]
+            return True
+        if node.op_type not in self._FOLDABLE or \
+                not all(i == "" or i in self.consts for i in node.input):
+            return False
+        from onnx import helper
+        from onnx.reference import ReferenceEvaluator
+
+        ins = [i for i in node.input if i]
+        vals = [self.consts[i] for i in ins]
+        graph = helper.make_graph(
+            [node], "fold",
+            [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+             for i, v in zip(ins, vals)],
+            [helper.make_tensor_value_info(o, 0, None) for o in node.output])
+        try:
+            outs = ReferenceEvaluator(helper.make_model(graph, opset_imports=self.opsets)).run(
+                None, dict(zip(ins, vals)))
+        except Exception as e:  # noqa: BLE001 - the reference runtime raises many types
+            self.fail(node, f"cannot evaluate this constant expression ({type(e).__name__})")
+        for o, v in zip(node.output, outs):
+            self.consts[o] = np.asarray(v)
+        return True
+
     # ------------------------------------------------------------------ Q / DQ
     def op_QuantizeLinear(self, node) -> None:
         src = node.input[0]
@@ -396,9 +453,16 @@ class _Importer:
                       pend.clip)
         elif src in self.deq:
             x = self.deq[src]
+            if (x.scale, x.zp, x.signed) != (s, zp, signed):  # DQ -> Q: a one-input concat
+                self.emit(node, "concat", [x], node.output[0], (s, zp, signed), {})
+            else:
+                self.q[node.output[0]] = x
+        elif src in self.virtual:
+            x, g, tr, _ = self.virtual[src]
             if (x.scale, x.zp, x.signed) != (s, zp, signed):
-                self.fail(node, f"requantizing {x.name!r} to other parameters is not supported")
-            self.q[node.output[0]] = x
+                self.fail(node, "a QuantizeLinear inside a channel shuffle must keep the "
+                                "parameters")
+            self.virtual[node.output[0]] = (x, g, tr, True)
         else:
             self.fail(node, f"input {src!r} is neither the model input nor a supported op result")
 
@@ -446,6 +510,10 @@ class _Importer:
             axis = self.attrs(node).get("axis", 1)
             self.wdeq[node.output[0]] = _Const(q, scale, np.zeros(1, q.dtype) if zp is None
                                                else zp, axis)
+            return
+        if src in self.virtual:
+            x, g, tr, _ = self.virtual[src]
+            self.virtual[node.output[0]] = (x, g, tr, False)
             return
         x = self.need_q(node, src)
         s, zp, _ = self.scalar_q(node, node.input[1], zp_name)
@@ -536,7 +604,98 @@ class _Importer:
         self.check_flatten(node, x.shape)
         self.deq[node.output[0]] = self.passthrough(node, "flatten", x, node.output[0], {})
 
-    op_Reshape = op_Flatten
+    def op_Reshape(self, node) -> None:
+        src, shape = node.input[0], self.const(node, node.input[1], "shape").reshape(-1).tolist()
+        if src in self.virtual:  # the last Reshape of a channel shuffle
+            x, g, tr, quantized = self.virtual[src]
+            if not tr or len(shape) != 4 or shape[0] not in (0, -1, 1) \
+                    or shape[1:] != list(x.shape):
+                self.fail(node, f"shape {shape}: only the channel shuffle pattern Reshape (N, g, "
+                                f"C/g, H, W) -> Transpose (0, 2, 1, 3, 4) -> Reshape (N, C, H, W) "
+                                f"is supported")
+            y = self.passthrough(node, "channel_shuffle", x, node.output[0], {"groups": g})
+            if not quantized:
+                self.deq[node.output[0]] = y
+            return
+        x = self.q.get(src) or self.deq.get(src)
+        if x is not None and len(shape) == 5 and len(x.shape) == 3 and shape[0] in (0, -1, 1) \
+                and shape[3:] == list(x.shape[1:]) and shape[1] * shape[2] == x.shape[0] \
+                and shape[1] > 0:
+            self.virtual[node.output[0]] = (x, int(shape[1]), False, src in self.q)
+            return
+        self.op_Flatten(node)
+
+    def op_Transpose(self, node) -> None:
+        src, perm = node.input[0], list(self.attrs(node).get("perm", []))
+        if src not in self.virtual or perm != [0, 2, 1, 3, 4] or self.virtual[src][2]:
+            self.fail(node, f"perm {perm}: only the Transpose (0, 2, 1, 3, 4) of a channel "
+                            f"shuffle (Reshape -> Transpose -> Reshape) is supported")
+        x, g, _, quantized = self.virtual[src]
+        self.virtual[node.output[0]] = (x, g, True, quantized)
+
+    def channel_slice(self, node, src: str, out: str, start: int, stop: int) -> None:
+        """Channels [start, stop) of a quantized or dequantized activation (a view)."""
+        if src in self.q:
+            x, quantized = self.q[src], True
+        else:
+            x, quantized = self.need_deq(node, src), False
+        c = x.shape[0]
+        start, stop = (min(max(v + c if v < 0 else v, 0), c) for v in (start, stop))
+        if start >= stop:
+            self.fail(node, f"an empty channel range [{start}, {stop})")
+        if (start, stop) == (0, c):  # the whole tensor
+            (self.q if quantized else self.deq)[out] = x
+            return
+        y = self.passthrough(node, "slice", x, out, {"start": int(start), "stop": int(stop)})
+        if not quantized:
+            self.deq[out] = y
+
+    def op_Slice(self, node) -> None:
+        x = self.q.get(node.input[0]) or self.deq.get(node.input[0])
+        rank = len(x.shape) + 1 if x is not None else 4
+        ins = [self.const(node, i, what).reshape(-1).tolist() if i else None for i, what in
+               zip(list(node.input[1:]) + [""] * (5 - len(node.input)),
+                   ("starts", "ends", "axes", "steps"))]
+        starts, ends, axes, steps = ins
+        axes = [a + rank if a < 0 else a for a in (axes or range(len(starts)))]
+        if axes != [1] or (steps is not None and steps != [1]):
+            self.fail(node, f"axes {axes}, steps {steps}: only a slice of the channels (axis 1, "
+                            f"step 1) is supported")
+        self.channel_slice(node, node.input[0], node.output[0], int(starts[0]), int(ends[0]))
+
+    def op_Split(self, node) -> None:
+        a = self.attrs(node)
+        x = self.q.get(node.input[0]) or self.deq.get(node.input[0])
+        if x is None:
+            self.need_deq(node, node.input[0])
+        axis = a.get("axis", 0)
+        if axis not in (1, 1 - len(x.shape) - 1):
+            self.fail(node, f"axis={axis}: only a split of the channels (axis 1) is supported")
+        if len(node.input) > 1 and node.input[1]:
+            sizes = self.const(node, node.input[1], "split").reshape(-1).tolist()
+        elif "split" in a:
+            sizes = list(a["split"])
+        else:
+            c, k = x.shape[0], len(node.output)
+            step = -(-c // k)
+            sizes = [min(step, c - i * step) for i in range(k)]
+        if sum(sizes) != x.shape[0] or len(sizes) != len(node.output):
+            self.fail(node, f"split {sizes} does not cover {x.shape[0]} channels in "
+                            f"{len(node.output)} outputs")
+        start = 0
+        for out, size in zip(node.output, sizes):
+            self.channel_slice(node, node.input[0], out, start, start + int(size))
+            start += int(size)
+
+    def op_Concat(self, node) -> None:
+        if self.attrs(node).get("axis") not in (1, -3):
+            self.fail(node, f"axis={self.attrs(node).get('axis')}: only a concat of the channels "
+                            f"(axis 1) is supported")
+        xs = [self.need_deq(node, i) for i in node.input]
+        if len({x.shape[1:] for x in xs}) != 1 or len({len(x.shape) for x in xs}) != 1:
+            self.fail(node, f"inputs of shapes {[list(x.shape) for x in xs]} differ outside the "
+                            f"channel axis")
+        self.pending[node.output[0]] = _Pending(node, "concat", xs)
 
     def op_Relu(self, node) -> None:
         self.clip(node, 0.0, np.inf)
@@ -619,6 +778,23 @@ class _Importer:
             self.fail(node, f"inputs of shapes {list(a.shape)} and {list(b.shape)}: only "
                             f"same-shape adds are supported")
         self.emit(node, "add", [a, b], node.output[0], self.out_q(node, 6, 7), {})
+
+    def op_QLinearConcat(self, node) -> None:
+        if self.attrs(node).get("axis") not in (1, -3):
+            self.fail(node, f"axis={self.attrs(node).get('axis')}: only a concat of the channels "
+                            f"(axis 1) is supported")
+        if (len(node.input) - 2) % 3 or len(node.input) < 5:
+            self.fail(node, "expected Y_scale, Y_zero_point and (X, X_scale, X_zero_point) "
+                            "triples")
+        xs = []
+        for i in range(2, len(node.input), 3):
+            x = self.need_q(node, node.input[i])
+            self.check_in(node, x, i + 1, i + 2)
+            xs.append(x)
+        if len({x.shape[1:] for x in xs}) != 1:
+            self.fail(node, f"inputs of shapes {[list(x.shape) for x in xs]} differ outside the "
+                            f"channel axis")
+        self.emit(node, "concat", xs, node.output[0], self.out_q(node, 0, 1), {})
 
     def op_QLinearGlobalAveragePool(self, node) -> None:
         if self.attrs(node).get("channels_last", 0):

@@ -442,6 +442,38 @@ def _run_flatten(sim: Simulator, c: _Call) -> np.ndarray:
         x.transpose(0, 3, 1, 2).reshape(n, -1)
 
 
+def _run_concat(sim: Simulator, c: _Call) -> np.ndarray:
+    """Along channels (the last axis of the channels-last batch); each input requantized to
+    the output's scale and zero point: fixed/pow2 with its own multiplier, the float mode as
+    ONNX Runtime's QLinearConcat (`arith.ort_requantize_linear`)."""
+    s, node, rq, t = sim.settings, c.node, c.rq, c.program.tensors
+    parts = []
+    for i, name in enumerate(node.inputs):
+        ti = t[name]
+        if c.scale_float:
+            parts.append(arith.ort_requantize_linear(c.vals[name], ti.scales()[0], ti.zero_point,
+                                                     c.t_out.scales()[0], c.zp_y, c.lo, c.hi))
+        else:
+            parts.append(arith.requant_values(c.vals[name], ti.zero_point, int(rq.m0[i]),
+                                              int(rq.n[i]), s.code, s.multiplier_bits, c.zp_y,
+                                              c.lo, c.hi))
+    return _stored(np.concatenate(parts, axis=-1), c.t_out)
+
+
+def _run_slice(sim: Simulator, c: _Call) -> np.ndarray:
+    """Channels [start, stop) (the last axis of the channels-last batch)."""
+    a = c.node.attrs
+    return np.ascontiguousarray(c.x[..., a["start"]:a["stop"]])
+
+
+def _run_channel_shuffle(sim: Simulator, c: _Call) -> np.ndarray:
+    """out[..., j*g + i] = in[..., i*(C/g) + j] on the channel (last) axis."""
+    x, g = c.x, c.node.attrs["groups"]
+    ch = x.shape[-1]
+    return np.ascontiguousarray(
+        x.reshape(*x.shape[:-1], g, ch // g).swapaxes(-1, -2).reshape(x.shape))
+
+
 def _run_embed(sim: Simulator, c: _Call) -> np.ndarray:
     lut = c.program.arrays[f"{c.node.name}.lut"].astype(np.int64)
     ch, h, w = c.t_out.shape
@@ -458,6 +490,7 @@ def _gemm_width(sim: Simulator, program: IntegerProgram, node: Node, p: _Plan) -
 
 
 def _add_width(sim: Simulator, program: IntegerProgram, node: Node, p: _Plan) -> int:
+    """add / concat: an input less its zero point."""
     return max(program.tensors[i].bits for i in node.inputs) + 1
 
 
@@ -496,6 +529,9 @@ KERNELS: dict[str, Kernel] = {
     "avgpool2d": Kernel(_run_avgpool, _pool_width),
     "global_avgpool": _POOL,
     "flatten": Kernel(_run_flatten),
+    "concat": Kernel(_run_concat, _add_width),
+    "slice": Kernel(_run_slice),
+    "channel_shuffle": Kernel(_run_channel_shuffle),
     "embed": Kernel(_run_embed),
 }
 

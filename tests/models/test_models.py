@@ -10,20 +10,23 @@ import torch.fx as fx
 from torch import nn
 
 from models import create_model, list_models, summary
-from models.layers import Add, ConvBNAct, InputNorm
+from models.layers import Add, ChannelShuffle, ChannelSlice, Concat, ConvBNAct, InputNorm
 from models.mobilenetv2 import make_divisible
 from models.resnet_cifar import resnet20
 
-CIFAR_MODELS = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet56", "mobilenetv2_cifar"]
-IMAGENET_MODELS = ["resnet18", "resnet34", "mobilenetv2"]
+CIFAR_MODELS = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet56", "mobilenetv2_cifar",
+                "shufflenetv2_x0_5_cifar", "shufflenetv2_x1_0_cifar"]
+IMAGENET_MODELS = ["resnet18", "resnet34", "mobilenetv2", "shufflenetv2_x0_5", "shufflenetv2_x1_0"]
 ALL_MODELS = CIFAR_MODELS + IMAGENET_MODELS
 ALLOWED_MODULES = (
     InputNorm, ConvBNAct, Add, nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Identity,
     nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear, nn.Sequential,
+    Concat, ChannelSlice, ChannelShuffle,
 )
 # Padding of each model's first convolution (done by InputNorm in raw-pixel space).
 STEM_PADDING = {name: 1 for name in CIFAR_MODELS} | {"resnet18": 3, "resnet34": 3,
-                                                     "mobilenetv2": 1}
+                                                     "mobilenetv2": 1, "shufflenetv2_x0_5": 1,
+                                                     "shufflenetv2_x1_0": 1}
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +186,21 @@ def test_mobilenetv2_figures() -> None:
     assert last["layer"] == "head.conv" and last["output_shape"] == "1280x7x7"
 
 
+@pytest.mark.parametrize("name, params", [("shufflenetv2_x0_5", 1_366_792),
+                                           ("shufflenetv2_x1_0", 2_278_604)])
+def test_shufflenetv2_params(name: str, params: int) -> None:
+    # torchvision shufflenet_v2_x0_5 / _x1_0 (Ma et al. 2018, Table 5 channels)
+    model = create_model(name, num_classes=1000)
+    assert sum(p.numel() for p in model.parameters()) == params
+    df = summary(model, (3, 224, 224))
+    assert df.set_index("layer").loc["head.conv", "output_shape"] == "1024x7x7"
+
+
+def test_channel_shuffle_interleaves_the_halves() -> None:
+    x = torch.arange(6.0).view(1, 6, 1, 1)
+    assert ChannelShuffle(2)(x).flatten().tolist() == [0, 3, 1, 4, 2, 5]
+
+
 # --------------------------------------------------------------------------- summary
 
 
@@ -221,7 +239,8 @@ class _LeafTracer(fx.Tracer):
     """Treat InputNorm and Add (custom modules with arithmetic inside) as graph leaves."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (InputNorm, Add)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (InputNorm, Add, Concat, ChannelSlice, ChannelShuffle)) \
+            or super().is_leaf_module(m, qualname)
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -229,7 +248,7 @@ def test_fx_graph_is_module_calls_only(name: str, models_cache: dict[str, nn.Mod
     model = models_cache[name]
     for m in model.modules():
         assert isinstance(m, ALLOWED_MODULES + (type(model),)) or type(m).__name__ in (
-            "BasicBlock", "InvertedResidual"), type(m)
+            "BasicBlock", "InvertedResidual", "ShuffleBlock"), type(m)
     # With InputNorm/Add as leaves, the graph is call_module nodes only.
     graph = _LeafTracer().trace(model)
     ops = {node.op for node in graph.nodes}
@@ -243,7 +262,8 @@ def test_fx_graph_is_module_calls_only(name: str, models_cache: dict[str, nn.Mod
         if node.op in ("placeholder", "output", "call_module"):
             continue
         owner = list(node.meta.get("nn_module_stack", {}).values())[-1][1]
-        assert owner in (InputNorm, Add), (node.op, node.target, owner)
+        assert owner in (InputNorm, Add, Concat, ChannelSlice, ChannelShuffle), \
+            (node.op, node.target, owner)
     x = torch.rand(1, 3, 32, 32) * 255
     with torch.no_grad():
         torch.testing.assert_close(gm(x), model(x))

@@ -35,6 +35,15 @@ def test_one_epoch_smoke_training_learns(synth):
 
 
 @pytest.mark.slow
+def test_shufflenetv2_trains(synth):
+    train_set, _ = synth
+    model = create_model("shufflenetv2_x0_5_cifar", num_classes=4, in_channels=1, width=0.25)
+    result = train(model, train_set, epochs=3, lr=0.05, batch_size=32, seed=1)
+    loss = result.history["train_loss"].tolist()
+    assert all(np.isfinite(loss)) and loss[-1] < loss[0]
+
+
+@pytest.mark.slow
 def test_training_is_deterministic(synth):
     train_set, _ = synth
     outs = []

@@ -472,6 +472,80 @@ def global_avgpool_acc(x, zp_x) -> np.ndarray:
     return _to_int64(out)
 
 
+def concat_fixed(inputs: list, zps: list, m0s: list, ns: list, rounding: str, multiplier_bits: int,
+                 zp_y: int, lo: int, hi: int, pow2: bool = False) -> np.ndarray:
+    """Concat along axis 1 of (N, C, ...) tensors: input k's value v becomes
+    clamp(zp_y + requant_fixed(v - zp_k, m0_k, n_k), lo, hi) (`pow2`: one rounding shift of
+    (v - zp_k) * m0_k by n_k, whatever the rounding); int64."""
+    parts = []
+    for k, x in enumerate(inputs):
+        x = np.asarray(x)
+        out = np.empty(x.shape, dtype=np.int64)
+        for idx in np.ndindex(*x.shape):
+            v = int(x[idx]) - int(zps[k])
+            r = round_shift(v * int(m0s[k]), int(ns[k]), rounding) if pow2 else \
+                requant_fixed(v, int(m0s[k]), int(ns[k]), rounding, multiplier_bits)
+            out[idx] = _clamp(int(zp_y) + r, lo, hi)
+        parts.append(out)
+    return _cat_channels(parts)
+
+
+def concat_ort(inputs: list, scales: list, zps: list, s_y: float, zp_y: int, lo: int,
+               hi: int) -> np.ndarray:
+    """ONNX Runtime's QLinearConcat along axis 1: each value dequantized in float32,
+    f = f32(s_k * f32(v - zp_k)), then QuantizeLinear: q = f32(f / s_y) rounded half to even,
+    + zp_y, clamped to [lo, hi]; int64."""
+    parts = []
+    sy = np.float32(s_y)
+    for k, x in enumerate(inputs):
+        x = np.asarray(x)
+        sk = np.float32(scales[k])
+        out = np.empty(x.shape, dtype=np.int64)
+        for idx in np.ndindex(*x.shape):
+            f = np.float32(sk * _int_to_f32(int(x[idx]) - int(zps[k])))
+            q = np.float32(f / sy)
+            out[idx] = _clamp(_round_fraction(Fraction(float(q)), "half_even") + int(zp_y), lo, hi)
+        parts.append(out)
+    return _cat_channels(parts)
+
+
+def _cat_channels(parts: list) -> np.ndarray:
+    """Stack (N, C_k, ...) tensors channel after channel, by explicit copying."""
+    n = parts[0].shape[0]
+    total = sum(p.shape[1] for p in parts)
+    out = np.empty((n, total, *parts[0].shape[2:]), dtype=np.int64)
+    c0 = 0
+    for p in parts:
+        for c in range(p.shape[1]):
+            out[:, c0 + c] = p[:, c]
+        c0 += p.shape[1]
+    return out
+
+
+def slice_channels(x: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Channels start..stop-1 of (N, C, ...), copied one by one."""
+    x = np.asarray(x)
+    out = np.empty((x.shape[0], stop - start, *x.shape[2:]), dtype=x.dtype)
+    for c in range(start, stop):
+        out[:, c - start] = x[:, c]
+    return out
+
+
+def channel_shuffle(x: np.ndarray, groups: int) -> np.ndarray:
+    """ShuffleNet's shuffle of (N, C, ...): view the channels as a groups x (C/groups) matrix
+    (row-major), transpose it and read it back row-major: output channel o = j*groups + i holds
+    input channel i*(C/groups) + j."""
+    x = np.asarray(x)
+    C = x.shape[1]
+    per = C // groups
+    assert per * groups == C
+    out = np.empty_like(x)
+    for o in range(C):
+        j, i = divmod(o, groups)
+        out[:, o] = x[:, i * per + j]
+    return out
+
+
 def embed(x: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """Pixel embedding: out[n, c*d + j, h, w] = lut[c, x[n, c, h, w], j]; (N, C, H, W) -> (N, C*d, H, W)."""
     x = np.asarray(x)

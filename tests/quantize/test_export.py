@@ -52,6 +52,7 @@ def test_folding_preserves_the_float_function(digits):
     ("resnet8", None),
     pytest.param("mobilenetv2_cifar", (3, 16, 16), marks=pytest.mark.slow),
     pytest.param("resnet18", (3, 32, 32), marks=pytest.mark.slow),
+    pytest.param("shufflenetv2_x0_5_cifar", (3, 16, 16), marks=pytest.mark.slow),
 ])
 def test_every_model_quantizes_exports_and_simulates_bit_exactly(name, shape, digits):
     train, test = digits
@@ -64,6 +65,8 @@ def test_every_model_quantizes_exports_and_simulates_bit_exactly(name, shape, di
     assert {"conv2d", "linear", "global_avgpool"} <= ops
     if name == "mobilenetv2_cifar":
         assert any(n.attrs.get("groups", 1) > 1 for n in prog.nodes)
+    if name.startswith("shufflenetv2"):
+        assert {"concat", "slice", "channel_shuffle"} <= ops
     images = test.images[:6]
     ref = run_integer(prog, images)
     sim = Simulator(NPUConfig.preset("edge16")).run(prog, images)
@@ -74,6 +77,24 @@ def test_every_model_quantizes_exports_and_simulates_bit_exactly(name, shape, di
     scale = prog.tensors[prog.outputs[0]].scales()[0]
     # (per-layer rounding differences of +-1 LSB compound with depth at 4 bits)
     assert np.corrcoef(fq.ravel(), ref.ravel() * scale)[0, 1] > 0.9
+
+
+def test_shufflenetv2_concat_requantizes_its_inputs_as_the_fake_quant_model_does():
+    kw = dict(n=16, num_classes=10, shape=(3, 16, 16), seed=2)
+    train = load_dataset("synthetic", "train", **kw)
+    cfg = QuantConfig(weight_bits=8, act_bits=8)
+    _, q = make_q("shufflenetv2_x0_5_cifar", train, cfg, width=1.0)
+    prog = build_program(q)
+    cats = [n for n in prog.nodes if n.op == "concat"]
+    assert len(cats) == 16 and all(len(n.inputs) == 2 for n in cats)
+    images = train.images[:2]
+    res = Simulator(NPUConfig.ideal(prog.requant)).run(prog, images, trace=True)
+    q.eval()
+    env = q(torch.from_numpy(images).float(), return_all=True)
+    for n in cats[:3]:  # early layers: the integer and fake-quant tensors agree to 1 LSB
+        s_y = prog.tensors[n.output].scales()[0]
+        fq = env[n.output].detach().numpy() / s_y
+        assert np.abs(res.traces[n.output] - fq).max() <= 1
 
 
 @pytest.mark.parametrize("requant", [

@@ -173,9 +173,10 @@ def test_unmapped_op_is_refused_naming_node_and_op(op, attrs):
     assert "'the_node'" in msg and op in msg and "\n" not in msg
 
 
-def test_concat_is_refused():
-    model = _qdq_model([helper.make_node("Concat", ["cd", "cd"], ["y"], name="cat", axis=1)])
-    with pytest.raises(OnnxImportError, match=r"'cat' \(Concat\)"):
+def test_concat_off_the_channels_is_refused():
+    model = _qdq_model([helper.make_node("Concat", ["cd", "cd"], ["y"], name="cat", axis=2)])
+    with pytest.raises(OnnxImportError, match=r"'cat' \(Concat\): axis=2: only a concat of the "
+                                              r"channels"):
         import_onnx(model)
 
 
