@@ -34,9 +34,11 @@ def import_(
         "(p/SCALE - MEAN)/STD, SCALE 255); once for all channels or once per channel."),
 ) -> None:
     """Import an ONNX Runtime-quantized model as a float-mode (ORT-exact) IntegerProgram."""
+    from npusim.io import check_output_path
     from npusim.ir.program import save_program
     from npusim.onnx import import_onnx
 
+    check_output_path(out, "--out")
     px = _parse_pixels(pixels) if pixels else None
     prog = import_onnx(model, pixels=px)
     save_program(prog, out)
@@ -51,9 +53,11 @@ def export_onnx_cmd(
     out: Path = typer.Option(..., "--out", help="The ONNX model to write."),
 ) -> None:
     """Export a float-mode program as a QOperator ONNX model that ONNX Runtime runs."""
+    from npusim.io import check_output_path
     from npusim.ir.program import load_program
     from npusim.onnx import export_onnx
 
+    check_output_path(out, "--out")
     prog = load_program(program)
     export_onnx(prog, out)
     typer.echo(f"{program} -> {out}: {len(prog.nodes)} nodes")
