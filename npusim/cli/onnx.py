@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -17,7 +18,8 @@ def _parse_pixels(values: list[str]) -> tuple[list[float], list[float], list[flo
             parts = [float(x) for x in v.split(",")]
         except ValueError:
             parts = []
-        if len(parts) not in (2, 3) or parts[1] <= 0 or (len(parts) == 3 and parts[2] <= 0):
+        if len(parts) not in (2, 3) or not all(math.isfinite(p) for p in parts) \
+                or parts[1] <= 0 or (len(parts) == 3 and parts[2] <= 0):
             _fail(f"--pixels: expected MEAN,STD[,SCALE] with STD, SCALE > 0, got {v!r}")
         means.append(parts[0])
         stds.append(parts[1])

@@ -46,6 +46,7 @@ def train(
     if export is not None:
         check_output_path(export, "--export")
     if marvin or marvin_config is not None:
+        check_output_path(marvin_out, "--marvin-out", directory=True)
         from npusim.cli.marvin import train_marvin_cmd
 
         if quant is not None or quant_config or export:
