@@ -101,6 +101,9 @@ class ResultsStore:
                 "SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
             for table, cols in _COLUMNS.items():  # another program's tables of the same name
                 self._con.execute(f"SELECT {', '.join(cols)} FROM {table} LIMIT 0")
+            check = self._con.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if check != "ok":  # a damaged page is refused before any work starts
+                raise sqlite3.DatabaseError(f"damaged: {check}")
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: not a results database ({e})") from None
         if str(ver) != str(SCHEMA_VERSION):
