@@ -94,9 +94,13 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     if not side.is_file():
         raise CheckpointError(f"{side}: sidecar JSON not found (expected next to the checkpoint)")
     try:
-        meta = json.loads(side.read_text())
+        meta = json.loads(side.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{side}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{side}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise CheckpointError(f"{side}: JSON nested too deeply") from None
     if not isinstance(meta, dict) or "model" not in meta or "model_kwargs" not in meta:
         raise CheckpointError(f"{side}: expected keys 'model' and 'model_kwargs'")
     _check_sidecar_bounds(meta, side)
@@ -143,6 +147,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt files
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__})") from None
+    if not (isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                            for k, v in state.items())):
+        raise CheckpointError(f"{path}: not a state_dict (expected a dict of named tensors, got "
+                              f"{type(state).__name__})")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

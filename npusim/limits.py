@@ -51,6 +51,8 @@ def check_shape(shape: Any, what: str, fail: Callable[[str], None]) -> int:
 def _window(ctx: str, kernel: Any, stride: Any, pad: Any, pool: bool,
             fail: Callable[[str], None]) -> None:
     ks = kernel if isinstance(kernel, (list, tuple)) else [kernel]
+    if not ks:
+        fail(f"{ctx}: kernel: expected an int in [1, {MAX_KERNEL}], got {kernel!r}")
     for k in ks:
         if not (_is_int(k) and 1 <= k <= MAX_KERNEL):
             fail(f"{ctx}: kernel: expected an int in [1, {MAX_KERNEL}], got {k!r}")

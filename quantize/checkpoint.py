@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from models import create_model
-from models.checkpoint import CheckpointError, read_meta, save_checkpoint
+from models.checkpoint import CheckpointError, read_meta, save_checkpoint, sidecar_path
 from quantize.config import QuantConfig
 from quantize.model import QuantizedModel, quantize_model
 
@@ -24,16 +24,32 @@ def save_qat(qmodel: QuantizedModel, path: str | os.PathLike, meta: dict[str, An
 def load_qat(path: str | os.PathLike) -> tuple[QuantizedModel, dict[str, Any]]:
     """Rebuild a quantized model from its sidecar and load its weights (weights_only=True)."""
     meta = read_meta(path)
-    if "quant_config" not in meta:
-        raise CheckpointError(f"{path}: not a QAT checkpoint (no 'quant_config' in the sidecar)")
-    cfg = QuantConfig.from_json(__import__("json").dumps(meta["quant_config"]), source=str(path))
+    side = sidecar_path(path)
+    for key in ("quant_config", "input_shape"):
+        if key not in meta:
+            raise CheckpointError(f"{side}: not a QAT checkpoint (no {key!r} in the sidecar)")
+    if not isinstance(meta["quant_config"], dict):
+        raise CheckpointError(f"{side}: quant_config: expected an object, got "
+                              f"{type(meta['quant_config']).__name__}")
+    if not isinstance(meta.get("qmeta", {}), dict):
+        raise CheckpointError(f"{side}: qmeta: expected an object, got "
+                              f"{type(meta['qmeta']).__name__}")
+    channels = meta["model_kwargs"].get("in_channels", 3)
+    if not isinstance(meta["input_shape"], list):
+        raise CheckpointError(f"{side}: input_shape: expected [C, H, W], got "
+                              f"{meta['input_shape']!r}")
+    if meta["input_shape"][0] != channels:  # read_meta checked it is [C, H, W]
+        raise CheckpointError(f"{side}: input_shape: {meta['input_shape'][0]} channels, the model "
+                              f"takes {channels} (model_kwargs.in_channels)")
+    cfg = QuantConfig.from_json(__import__("json").dumps(meta["quant_config"]), source=str(side))
     model = create_model(meta["model"], **meta["model_kwargs"])
     q = quantize_model(model, cfg, input_shape=tuple(meta["input_shape"]))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         q.load_state_dict(state)
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot load QAT weights ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: cannot load QAT weights ({type(e).__name__}: "
+                              f"{(str(e).splitlines() or [''])[0]})") from None
     q.meta.update(meta.get("qmeta", {}))
     q.eval()
     return q, meta

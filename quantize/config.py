@@ -133,6 +133,8 @@ class QuantConfig(_Strict):
             return cls.model_validate(json.loads(text))
         except json.JSONDecodeError as e:
             raise QuantConfigError(f"{source}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        except RecursionError:
+            raise QuantConfigError(f"{source}: JSON nested too deeply") from None
         except ValidationError as e:
             raise QuantConfigError(f"{source}: {first_error_line(e)}") from None
 

@@ -25,7 +25,12 @@ def train_marvin_cmd(model: str, data: str, epochs: int, out: Path | None, seed:
     if config_path is not None:
         if not config_path.is_file():
             raise CLIError(f"--marvin-config: {config_path} not found")
-        cfg = MarvinConfig.from_json(config_path.read_text(), source=str(config_path))
+        try:
+            text = config_path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CLIError(f"--marvin-config: {config_path}: not UTF-8 text (byte {e.start})") \
+                from None
+        cfg = MarvinConfig.from_json(text, source=str(config_path))
     else:
         cfg = MarvinConfig()
     train_set = load_dataset(data, "train", root=root)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -17,7 +18,8 @@ def _parse_pixels(values: list[str]) -> tuple[list[float], list[float], list[flo
             parts = [float(x) for x in v.split(",")]
         except ValueError:
             parts = []
-        if len(parts) not in (2, 3) or parts[1] <= 0 or (len(parts) == 3 and parts[2] <= 0):
+        if len(parts) not in (2, 3) or not all(math.isfinite(p) for p in parts) \
+                or parts[1] <= 0 or (len(parts) == 3 and parts[2] <= 0):
             _fail(f"--pixels: expected MEAN,STD[,SCALE] with STD, SCALE > 0, got {v!r}")
         means.append(parts[0])
         stds.append(parts[1])
@@ -34,9 +36,11 @@ def import_(
         "(p/SCALE - MEAN)/STD, SCALE 255); once for all channels or once per channel."),
 ) -> None:
     """Import an ONNX Runtime-quantized model as a float-mode (ORT-exact) IntegerProgram."""
+    from npusim.io import check_output_path
     from npusim.ir.program import save_program
     from npusim.onnx import import_onnx
 
+    check_output_path(out, "--out")
     px = _parse_pixels(pixels) if pixels else None
     prog = import_onnx(model, pixels=px)
     save_program(prog, out)
@@ -51,9 +55,11 @@ def export_onnx_cmd(
     out: Path = typer.Option(..., "--out", help="The ONNX model to write."),
 ) -> None:
     """Export a float-mode program as a QOperator ONNX model that ONNX Runtime runs."""
+    from npusim.io import check_output_path
     from npusim.ir.program import load_program
     from npusim.onnx import export_onnx
 
+    check_output_path(out, "--out")
     prog = load_program(program)
     export_onnx(prog, out)
     typer.echo(f"{program} -> {out}: {len(prog.nodes)} nodes")

@@ -115,11 +115,11 @@ def sweep_cmd(
         _fail(f"--scheduler-file: {scheduler_file} not found")
     points = grid.points()
     path = db or _cache_root() / "sweeps" / "sweep.sqlite"
-    typer.echo(f"sweep: {len(points)} points ({model} on {data}, {npu}); results: {path}")
     kwargs = dict(model=model, dataset=data, split=split, images=images or None, epochs=epochs,
                   float_epochs=float_epochs, width=width, seed=seed, lr=lr, root=root,
                   progress=progress, train_threads=train_threads)
-    with ResultsStore(path) as store:
+    with ResultsStore(path) as store:  # a store that cannot be opened is refused first
+        typer.echo(f"sweep: {len(points)} points ({model} on {data}, {npu}); results: {path}")
         if cluster:
             from npusim.sweep.distributed import cluster_client, sweep_distributed
 
@@ -143,7 +143,13 @@ def _read_results(results: Path):
     if not results.is_file():
         _fail(f"RESULTS: {results} not found")
     if results.suffix.lower() == ".csv":
-        return pd.read_csv(results)
+        try:
+            return pd.read_csv(results)
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame()
+        except (UnicodeDecodeError, pd.errors.ParserError) as e:
+            _fail(f"RESULTS: {results} is not a readable CSV file "
+                  f"({' '.join(str(e).split())[:120]})")
     from npusim.sweep import ResultsStore
 
     with ResultsStore(results) as store:

@@ -39,7 +39,15 @@ def train(
     it with MARViN when --marvin is given."""
     _setup_logging(verbose)
     _check_data(data)
+    from npusim.io import check_output_path
+
+    if out is not None:
+        check_output_path(out, "--out")
+        check_output_path(out.with_suffix(".json"), "--out (its .json sidecar)")
+    if export is not None:
+        check_output_path(export, "--export")
     if marvin or marvin_config is not None:
+        check_output_path(marvin_out, "--marvin-out", directory=True)
         from npusim.cli.marvin import train_marvin_cmd
 
         if quant is not None or quant_config or export:
@@ -80,13 +88,16 @@ def _train_qat(model, data, epochs, out, seed, width, lr, batch_size, root, quan
             _fail(f"--quant-config: {quant_config} not found")
         import json
 
-        text = quant_config.read_text()
+        try:
+            text = quant_config.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            _fail(f"--quant-config: {quant_config}: not UTF-8 text (byte {e.start})")
         try:  # --quant/--wbits/--abits fill the keys the file does not set
             doc = json.loads(text)
             if isinstance(doc, dict):
                 text = json.dumps({"method": quant, "weight_bits": wbits, "act_bits": abits,
                                    **doc})
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             pass  # from_json reports it in one line
         cfg = QuantConfig.from_json(text, source=str(quant_config))
     else:
@@ -117,9 +128,11 @@ def export_cmd(
     out: Path = typer.Option(..., help="Where to write the IntegerProgram (.safetensors)."),
 ) -> None:
     """Export a QAT checkpoint as an IntegerProgram."""
+    from npusim.io import check_output_path
     from quantize import export_program
     from quantize.checkpoint import load_qat
 
+    check_output_path(out, "--out")
     qmodel, _ = load_qat(checkpoint)
     prog = export_program(qmodel, out)
     typer.echo(f"program: {out} ({len(prog.nodes)} nodes)")

@@ -421,6 +421,8 @@ def _parse(text: str, source: str) -> EnergyTableFile:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise EnergyTableError(f"{source}: TOML syntax error: {exc}") from None
+    except RecursionError:
+        raise EnergyTableError(f"{source}: TOML arrays or tables nested too deeply") from None
     return _validate(raw, source, strict=True)
 
 

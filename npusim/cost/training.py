@@ -51,12 +51,17 @@ import pandas as pd
 
 from npusim.cost.energy_table import EnergyTable, table_for_npu
 from npusim.cost.mapping import systolic_gemm
+from npusim.errors import UserError
 
 if TYPE_CHECKING:
     from npusim.hw.config import NPUConfig
 
 __all__ = ["GEOMETRY_COLUMNS", "USAGE_COLUMNS", "TrainingCostModel", "compare_training",
            "constant_usage", "training_cost", "usage_from_history"]
+
+class TrainingTableError(UserError):
+    """A MARViN geometry / usage / history table that does not fit together (one line)."""
+
 
 GEOMETRY_COLUMNS = ["layer", "M", "K", "N", "groups", "weights", "input_grad"]
 USAGE_COLUMNS = ["layer", "weight_bits", "act_bits", "grad_bits", "weight_float", "act_float",
@@ -169,7 +174,7 @@ def training_cost(geometry: pd.DataFrame, usage: pd.DataFrame, npu: "NPUConfig",
     geo = geometry.set_index("layer")
     unknown = sorted(set(usage["layer"]) - set(geo.index))
     if unknown:
-        raise ValueError(f"usage: layer {unknown[0]!r} is not in the geometry table")
+        raise TrainingTableError(f"usage: layer {unknown[0]!r} is not in the geometry table")
     keys = ["layer", "weight_bits", "act_bits", "grad_bits", "weight_float", "act_float",
             "grad_float", "batch_size"]
     grouped = usage.groupby(keys, as_index=False, sort=False)["batches"].sum()
@@ -216,7 +221,7 @@ def usage_from_history(history: pd.DataFrame, batch_sizes: list[int], activation
         h = h.sort_values("iteration", kind="stable").drop_duplicates("iteration", keep="last")
         its = [int(i) for i in h["iteration"]] + [total]
         if its[0] != 0:
-            raise ValueError(f"history: layer {layer!r} has no decision at iteration 0")
+            raise TrainingTableError(f"history: layer {layer!r} has no decision at iteration 0")
         for (start, end), wl in zip(zip(its, its[1:]), h["word_length_bits"]):
             for b in batch_sizes[start:end]:
                 counts[(layer, int(wl), int(b))] += 1
@@ -264,4 +269,4 @@ def compare_training(geometry: pd.DataFrame, usage: pd.DataFrame, npu: "NPUConfi
 def _check(df: pd.DataFrame, cols: list[str], what: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise ValueError(f"{what}: missing column {missing[0]!r}")
+        raise TrainingTableError(f"{what}: missing column {missing[0]!r}")

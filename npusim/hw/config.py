@@ -203,6 +203,8 @@ class NPUConfig(BaseModel):
         except tomllib.TOMLDecodeError as exc:
             # tomllib's message carries "(at line L, column C)".
             raise ConfigError(f"{source}: TOML syntax error: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{source}: TOML arrays or tables nested too deeply") from None
         try:
             return cls.model_validate(data, strict=True)
         except ValidationError as exc:

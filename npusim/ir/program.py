@@ -167,6 +167,8 @@ def _read_header(path: Path, where: str) -> tuple[dict[str, Any], dict[str, Any]
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):
             header = None
+        except RecursionError:
+            fail("not a readable safetensors file (header JSON nested too deeply)")
     if not isinstance(header, dict):
         fail("not a readable safetensors file (header is not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
@@ -177,7 +179,7 @@ def _read_header(path: Path, where: str) -> tuple[dict[str, Any], dict[str, Any]
         ctx = f"array {name!r}"
         if not (isinstance(e, dict) and set(e) == {"dtype", "shape", "data_offsets"}):
             fail(f"{ctx}: header entry must hold exactly dtype, shape and data_offsets")
-        if e["dtype"] not in INT_DTYPES:
+        if not isinstance(e["dtype"], str) or e["dtype"] not in INT_DTYPES:
             fail(f"{ctx}: dtype {e['dtype']!r} is not an integer type "
                  f"({', '.join(INT_DTYPES)})")
         count = check_shape(e["shape"], ctx, fail)
@@ -215,6 +217,8 @@ def load_program(path: str | os.PathLike) -> IntegerProgram:
         manifest = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError as e:
         raise ProgramError(f"{where}: manifest is not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise ProgramError(f"{where}: manifest JSON is nested too deeply") from None
     declared = manifest.get("tensors") if isinstance(manifest, dict) else None
     for name, e in header.items():
         spec = declared.get(name) if isinstance(declared, dict) else None
@@ -255,6 +259,7 @@ def program_from_manifest(manifest: Any, arrays: dict[str, np.ndarray], where: s
     for key in ("requant", "input", "outputs", "tensors", "nodes"):
         if key not in manifest:
             raise ProgramError(f"{where}: manifest: missing key {key!r}")
+    _check_types(manifest, where)
     tensors: dict[str, TensorSpec] = {}
     if not isinstance(manifest["tensors"], dict):
         raise ProgramError(f"{where}: tensors: expected an object")
@@ -293,6 +298,55 @@ def program_from_manifest(manifest: Any, arrays: dict[str, np.ndarray], where: s
     return prog.validate(where)
 
 
+_IS = {  # JSON type name -> check (a bool is not a number here)
+    "an object": lambda v: isinstance(v, dict),
+    "a list": lambda v: isinstance(v, list),
+    "a string": lambda v: isinstance(v, str),
+    "true/false": lambda v: isinstance(v, bool),
+    "an int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "a list of ints": lambda v: isinstance(v, list) and all(_IS["an int"](d) for d in v),
+    "a list of strings": lambda v: isinstance(v, list) and all(isinstance(d, str) for d in v),
+    "a number or a non-empty list of numbers": lambda v: (
+        isinstance(v, (int, float)) and not isinstance(v, bool)) or (
+        isinstance(v, list) and len(v) > 0 and all(
+            isinstance(d, (int, float)) and not isinstance(d, bool) for d in v)),
+}
+_TOP_TYPES = {"version": "an int", "producer": "an object", "quant_config": "an object",
+              "requant": "an object", "input": "a string", "outputs": "a list of strings",
+              "meta": "an object", "tensors": "an object", "nodes": "a list"}
+_TENSOR_TYPES = {"shape": "a list of ints", "bits": "an int", "signed": "true/false",
+                 "scale": "a number or a non-empty list of numbers", "zero_point": "an int"}
+_NODE_TYPES = {"name": "a string", "op": "a string", "inputs": "a list of strings",
+               "output": "a string", "attrs": "an object"}
+
+
+def _check_types(m: dict[str, Any], where: str) -> None:
+    """The JSON type of every manifest field, before anything is built from it."""
+    def check(ctx: str, value: Any, kind: str) -> None:
+        if not _IS[kind](value):
+            text = repr(value)
+            raise ProgramError(f"{where}: {ctx}: expected {kind}, got "
+                               f"{text if len(text) <= 60 else text[:57] + '...'}")
+
+    for key, kind in _TOP_TYPES.items():
+        if key in m:
+            check(key, m[key], kind)
+    if "dataset" in m.get("meta", {}):
+        check("meta.dataset", m["meta"]["dataset"], "a string")
+    for name, spec in m["tensors"].items():
+        check(f"tensor {name!r}", spec, "an object")
+        for key, kind in _TENSOR_TYPES.items():
+            if key in spec:
+                check(f"tensor {name!r}: {key}", spec[key], kind)
+    for i, nd in enumerate(m["nodes"]):
+        check(f"nodes[{i}]", nd, "an object")
+        for key, kind in _NODE_TYPES.items():
+            if key in nd:
+                label = f"nodes[{i}]" if key == "name" or not isinstance(nd.get("name"), str) \
+                    else f"node {nd['name']!r}"
+                check(f"{label}: {key}", nd[key], kind)
+
+
 def _validate(p: IntegerProgram, where: str) -> None:
     def fail(msg: str) -> None:
         raise ProgramError(f"{where}: {msg}")
@@ -310,14 +364,18 @@ def _validate(p: IntegerProgram, where: str) -> None:
             fail(f"{ctx}: signed: expected true/false, got {t.signed!r}")
         if not all(isinstance(d, int) and d >= 0 for d in t.shape):
             fail(f"{ctx}: shape: expected non-negative ints, got {list(t.shape)!r}")
-        if not isinstance(t.zero_point, int):
+        if not isinstance(t.zero_point, int) or isinstance(t.zero_point, bool):
             fail(f"{ctx}: zero_point: expected an int, got {t.zero_point!r}")
         lo, hi = t.int_range()
         if not lo <= t.zero_point <= hi:
             fail(f"{ctx}: zero_point {t.zero_point} outside its {t.bits}-bit range")
         sc = t.scale if isinstance(t.scale, list) else [t.scale]
-        if not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in sc):
+        if not sc or not all(isinstance(s, (int, float)) and not isinstance(s, bool)
+                             and math.isfinite(s) and s > 0 for s in sc):
             fail(f"{ctx}: scale: expected positive finite numbers")
+        if len(sc) > 1 and (not t.shape or len(sc) != t.shape[0]):
+            fail(f"{ctx}: scale: {len(sc)} per-channel scales for shape {list(t.shape)}, "
+                 f"expected one or {t.shape[0] if t.shape else 1}")
 
     for key, arr in p.arrays.items():
         if key not in p.tensors:
@@ -371,11 +429,11 @@ def _validate(p: IntegerProgram, where: str) -> None:
                 fail(f"{ctx}: attrs.{a.name}: {problem}")
         for key in op.arrays:
             if f"{node.name}.{key}" not in p.arrays:
-                fail(f"{ctx}: missing array {node.name}.{key!r}")
+                fail(f"{ctx}: missing array {node.name + '.' + key!r}")
         if op.requantizes(node):
             for key in ("multiplier", "shift"):
                 if f"{node.name}.{key}" not in p.arrays:
-                    fail(f"{ctx}: missing array {node.name}.{key!r}")
+                    fail(f"{ctx}: missing array {node.name + '.' + key!r}")
             if "clamp" not in node.attrs:
                 fail(f"{ctx}: attrs.clamp: expected [lo, hi] with lo <= hi, got None")
         if node.output not in p.tensors:

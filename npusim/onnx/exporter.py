@@ -230,15 +230,12 @@ def to_onnx(program: IntegerProgram) -> Any:
 
 
 def export_onnx(program: IntegerProgram, path: str | os.PathLike) -> Path:
-    """Write a float-mode program as a QOperator ONNX model to `path`."""
-    import onnx
+    """Write a float-mode program as a QOperator ONNX model to `path` (atomically)."""
+    from npusim.io import atomic_write_bytes
 
     model = to_onnx(program)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, model.SerializeToString())  # a fresh mkstemp name, never a planted one
     log.info("exported %d nodes to %s", len(program.nodes), path)
     return path
 

@@ -365,7 +365,7 @@ class _Importer:
         if REQUANT_KEY in meta:
             try:
                 rq = {**rq, **json.loads(meta[REQUANT_KEY]), "scale_mode": "float"}
-            except (json.JSONDecodeError, TypeError):
+            except (json.JSONDecodeError, TypeError, ValueError, RecursionError):
                 raise OnnxImportError(f"metadata {REQUANT_KEY!r}: not a JSON object") from None
         return rq
 
@@ -848,6 +848,12 @@ def import_onnx(path_or_model: str | os.PathLike | Any,
                 from None
     else:
         model = path_or_model
-    prog = _Importer(model, pixels).run()
+        path = None
+    try:
+        prog = _Importer(model, pixels).run()
+    except OnnxImportError as e:
+        if path is None:
+            raise
+        raise OnnxImportError(f"{path}: {e}") from None
     log.info("imported %d nodes from %s", len(prog.nodes), model.producer_name or "an ONNX model")
     return prog

@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from npusim.cost.training import TrainingCostModel, compare_training
+from npusim.cost.training import (
+    GEOMETRY_COLUMNS,
+    USAGE_COLUMNS,
+    TrainingCostModel,
+    compare_training,
+)
 from npusim.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -29,13 +34,40 @@ def load_run(run_dir: str | Path) -> dict:
     for f in _FILES:
         if not (d / f).is_file():
             raise UserError(f"{d}: {f} not found (expected a MARViN run written by save_run)")
-    usage = pd.read_csv(d / "marvin_usage.csv")
+    usage = _read_csv(d / "marvin_usage.csv", [c for c in USAGE_COLUMNS if c != "weight_float"],
+                      ["weight_bits", "act_bits", "grad_bits", "batch_size", "batches"])
     if "weight_float" not in usage:  # runs saved before the column existed: weights are fixed
         usage.insert(4, "weight_float", False)
-    meta = json.loads((d / "marvin_config.json").read_text()) \
-        if (d / "marvin_config.json").is_file() else {}
-    return {"history": pd.read_csv(d / "marvin_history.csv"), "usage": usage,
-            "geometry": pd.read_csv(d / "marvin_geometry.csv"), "meta": meta}
+    meta: dict = {}
+    if (d / "marvin_config.json").is_file():
+        try:
+            meta = json.loads((d / "marvin_config.json").read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            meta = None
+        if not isinstance(meta, dict):
+            raise UserError(f"{d / 'marvin_config.json'}: not a JSON object")
+    history = _read_csv(d / "marvin_history.csv", ["iteration", "layer", "word_length_bits"],
+                        ["iteration", "word_length_bits"])
+    geometry = _read_csv(d / "marvin_geometry.csv", GEOMETRY_COLUMNS, GEOMETRY_COLUMNS[1:])
+    return {"history": history, "usage": usage, "geometry": geometry, "meta": meta}
+
+
+def _read_csv(path: Path, columns: list[str], numeric: list[str]) -> pd.DataFrame:
+    """A run table with its columns checked (one-line UserError naming the file)."""
+    try:
+        df = pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError) as e:  # EmptyDataError, UnicodeDecodeError too
+        raise UserError(f"{path}: not a readable CSV table ({' '.join(str(e).split())[:100]})") \
+            from None
+    missing = [c for c in columns if c not in df]
+    if missing:
+        raise UserError(f"{path}: missing column {missing[0]!r} (expected {', '.join(columns)})")
+    for c in numeric:
+        if df[c].dtype.kind not in "iub" or (len(df) and df[c].min() < 0):
+            raise UserError(f"{path}: column {c!r}: expected non-negative integers")
+    if not len(df):
+        raise UserError(f"{path}: no rows")
+    return df
 
 
 def marvin_costs(run: dict, npu_name: str = "edge16",

@@ -186,10 +186,18 @@ def write_report(store: ResultsStore | str | Path, out_dir: str | Path = "report
             db.close()
 
 
+_REQUIRED = ("point_hash", "status", "quant_label", "acc_bits", "overflow_mode", "top1",
+             "energy_per_image_uj")
+
+
 def _write(db: ResultsStore, out: Path, tolerance: float, plots) -> list[Path]:
     df = db.to_frame()
     if not len(df):
         raise StoreError(f"{db.path}: no results stored yet (run npusim sweep or npusim demo)")
+    missing = [c for c in _REQUIRED if c not in df]
+    if missing:
+        raise StoreError(f"{db.path}: stored rows lack the column(s) {', '.join(missing)} "
+                         f"(not written by npusim sweep)")
     out.mkdir(parents=True, exist_ok=True)
     df = _with_setting(df)
     meta = {k: db.get_meta(k) for k in ("command", "timing", "title")}

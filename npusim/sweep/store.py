@@ -53,6 +53,11 @@ CREATE TABLE IF NOT EXISTS claims (
 """
 
 
+_COLUMNS = {"points": ("point_hash", "finished_at", "row_json", "layers_json"),
+            "meta": ("key", "value"), "programs": ("quant_hash", "stored_at", "program", "meta_json"),
+            "claims": ("quant_hash", "owner", "heartbeat")}
+
+
 class StoreError(UserError):
     """A results database that cannot be opened or is not one of ours (one line)."""
 
@@ -94,11 +99,16 @@ class ResultsStore:
                               (str(SCHEMA_VERSION),))
             ver = self._con.execute(
                 "SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+            for table, cols in _COLUMNS.items():  # another program's tables of the same name
+                self._con.execute(f"SELECT {', '.join(cols)} FROM {table} LIMIT 0")
+            check = self._con.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if check != "ok":  # a damaged page is refused before any work starts
+                raise sqlite3.DatabaseError(f"damaged: {check}")
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: not a results database ({e})") from None
-        if int(ver) != SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: results schema version {ver}, this npusim reads "
-                             f"{SCHEMA_VERSION}")
+        if str(ver) != str(SCHEMA_VERSION):
+            raise StoreError(f"{self.path}: results schema version {str(ver)[:40]!r}, this npusim "
+                             f"reads {SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ writing
     def put(self, point_hash: str, row: dict[str, Any],
@@ -123,10 +133,13 @@ class ResultsStore:
             self._con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, _dumps(value)))
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self._con.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        if row is None or key == "schema_version":
+        rows = self._read("SELECT value FROM meta WHERE key=?", (key,))
+        if not rows or key == "schema_version":
             return default
-        return json.loads(row[0])
+        try:
+            return json.loads(rows[0][0])
+        except (TypeError, ValueError, RecursionError):
+            raise StoreError(f"{self.path}: meta {key!r}: stored value is not JSON") from None
 
     # ------------------------------------------------- trained programs and claims
     def put_program(self, quant_hash: str, program: bytes, meta: dict[str, Any]) -> bool:
@@ -193,21 +206,40 @@ class ResultsStore:
     def __len__(self) -> int:
         return int(self._con.execute("SELECT COUNT(*) FROM points").fetchone()[0])
 
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Rows of a query; a damaged file is a one-line StoreError."""
+        try:
+            return self._con.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path}: cannot read the results database ({e})") from None
+
+    def _json(self, text: Any, what: str, kind: type) -> Any:
+        """A stored JSON value of type `kind`; anything else is a one-line StoreError."""
+        try:
+            value = json.loads(text)
+        except (TypeError, ValueError, RecursionError):
+            value = None
+        if not isinstance(value, kind):
+            raise StoreError(f"{self.path}: {what}: stored value is not a JSON "
+                             f"{'object' if kind is dict else 'list'}")
+        return value
+
     def to_frame(self, hashes: Iterable[str] | None = None) -> pd.DataFrame:
         """One row per point, in the order they finished (or in the order of `hashes`)."""
-        rows = self._con.execute(
-            "SELECT point_hash, row_json FROM points ORDER BY rowid").fetchall()
-        recs = {h: json.loads(j) for h, j in rows}
+        rows = self._read("SELECT point_hash, row_json FROM points ORDER BY rowid")
+        recs = {h: self._json(j, f"point {h!r}", dict) for h, j in rows}
         order = list(recs) if hashes is None else [h for h in hashes if h in recs]
         return pd.DataFrame([recs[h] for h in order])
 
     def layers(self, point_hash: str) -> pd.DataFrame:
         """The per-layer table stored with one point (empty if it has none)."""
-        row = self._con.execute("SELECT layers_json FROM points WHERE point_hash=?",
-                                (point_hash,)).fetchone()
-        if row is None:
+        rows = self._read("SELECT layers_json FROM points WHERE point_hash=?", (point_hash,))
+        if not rows:
             raise KeyError(f"no point {point_hash!r} in {self.path}")
-        return pd.DataFrame(json.loads(row[0]) if row[0] else [])
+        layers = self._json(rows[0][0], f"point {point_hash!r} layers", list) if rows[0][0] else []
+        if not all(isinstance(r, dict) for r in layers):
+            raise StoreError(f"{self.path}: point {point_hash!r} layers: expected a list of objects")
+        return pd.DataFrame(layers)
 
     def layers_frame(self, hashes: Iterable[str] | None = None) -> pd.DataFrame:
         """Per-layer tables of many points, stacked, with a ``point_hash`` column."""

@@ -100,6 +100,8 @@ class MarvinConfig(BaseModel):
         except json.JSONDecodeError as e:
             raise MarvinConfigError(f"{source}: not valid JSON ({e.msg} at line {e.lineno})") \
                 from None
+        except RecursionError:
+            raise MarvinConfigError(f"{source}: JSON nested too deeply") from None
         except ValidationError as e:
             raise MarvinConfigError(f"{source}: {first_error_line(e)}") from None
 

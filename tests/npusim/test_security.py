@@ -393,3 +393,77 @@ def test_numpy_integer_clamp_is_accepted():
     prog = _small_program()
     prog.node("l").attrs["clamp"] = [np.int64(0), np.int64(200)]
     prog.validate("<t>")
+
+
+# ------------------------------------------------------------------ every writer: planted symlinks
+
+def _tiny_onnx():
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    return helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])],
+                                               "g", [x], [y]))
+
+
+def _write_onnx(path, monkeypatch):
+    import npusim.onnx.exporter as ex
+
+    monkeypatch.setattr(ex, "to_onnx", lambda program: _tiny_onnx())
+    ex.export_onnx(_small_program(), path)
+
+
+def _write_program(path, monkeypatch):
+    from npusim.ir.program import save_program
+
+    save_program(_small_program(), path)
+
+
+def _write_checkpoint(path, monkeypatch):
+    from torch import nn
+
+    from models.checkpoint import save_checkpoint
+
+    save_checkpoint(nn.Linear(2, 2), path, {"model": "x", "model_kwargs": {}})
+
+
+@pytest.mark.parametrize("write, target, planted", [
+    (_write_onnx, "m.onnx", ".m.onnx.tmp"),  # the exporter's old fixed temporary name
+    (_write_program, "p.safetensors", ".p.safetensors.tmp"),
+    (_write_checkpoint, "m.pt", ".m.pt.tmp"),
+])
+@pytest.mark.parametrize("at", ["temp", "target"])
+def test_writers_never_write_through_a_planted_symlink(tmp_path, monkeypatch, write, target,
+                                                        planted, at):
+    """A symlink planted at the old predictable temporary name, or at the target itself, is
+    never followed: the victim keeps its contents and the target becomes a plain file."""
+    victim = _plant(tmp_path, planted) if at == "temp" else tmp_path / "victim.txt"
+    if at == "target":
+        victim.write_text("precious\n")
+        (tmp_path / target).symlink_to(victim)
+    write(tmp_path / target, monkeypatch)
+    assert victim.read_text() == "precious\n"
+    assert (tmp_path / target).is_file() and not (tmp_path / target).is_symlink()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp") and not p.is_symlink()]
+
+
+@pytest.mark.parametrize("payload", [
+    "os.system('touch {m}') == 0",
+    "acc_bits == `touch {m}`",
+    "acc_bits == $(touch {m})",
+    "acc_bits == 8; __import__('os').system('touch {m}')",
+    "eval(\"__import__('os').system('touch {m}')\") == 0",
+])
+def test_where_on_a_results_store_runs_nothing(tmp_path, capsys, payload):
+    """--where on a SQLite store (not only a CSV) is parsed, never evaluated."""
+    from npusim.sweep.store import ResultsStore
+
+    marker = tmp_path / "PWNED"
+    with ResultsStore(tmp_path / "s.sqlite") as store:
+        for i, bits in enumerate([8, 12]):
+            store.put(f"h{i}", {"acc_bits": bits, "top1": 0.5, "status": "ok"})
+    rc = main(["plot", str(tmp_path / "s.sqlite"), "--x", "acc_bits", "--where",
+               payload.format(m=marker), "--out", str(tmp_path / "p.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: --where:"), err
+    assert not marker.exists() and not (tmp_path / "p.png").exists()
