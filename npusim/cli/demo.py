@@ -57,7 +57,11 @@ def demo(
     from npusim.sweep import sweep
 
     path = db or _demo_db()
-    typer.echo(f"demo: resnet20 on mnist5k; float model ({float_epochs} epochs, cached) ...")
+    from models.cached import float_cache_path, is_cached
+
+    state = ("from the cache" if is_cached(float_cache_path("resnet20", "mnist5k", float_epochs))
+             else "training now, cached for later runs")
+    typer.echo(f"demo: resnet20 on mnist5k; float model, {float_epochs} epochs ({state}) ...")
     _, fmeta = train_float("resnet20", "mnist5k", float_epochs, progress=progress)
     typer.echo(f"float top-1 {100 * fmeta['test_acc']:.2f}% ({time.perf_counter() - t0:.0f} s)")
     n = sum(len(g) for g in grids)

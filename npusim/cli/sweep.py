@@ -158,12 +158,13 @@ def plot(
     x: str = typer.Option(..., help="Column on the x axis, e.g. acc_bits."),
     y: str = typer.Option("top1", help="Column on the y axis, e.g. energy_per_image_uj."),
     hue: Optional[str] = typer.Option(None, help="Colour by this column, e.g. quant_label."),
-    style: Optional[str] = typer.Option(None, help="Line style by this column, e.g. "
+    style: Optional[str] = typer.Option(None, help="Marker by this column, e.g. "
                                         "overflow_mode."),
     where: Optional[str] = typer.Option(None, help="Keep rows matching COLUMN OP VALUE terms "
                                         "(== != < <= > >=, in [a, b]) joined by and/or, e.g. "
                                         "\"overflow_mode != exact and acc_bits >= 12\"."),
-    kind: str = typer.Option("auto", help="auto, line or scatter."),
+    kind: str = typer.Option("auto", help="auto (a scatter, lines when x is an ordered sweep "
+                             "axis: numeric, one point per group and value), line or scatter."),
     out: Path = typer.Option(Path("plot.png"), help="PNG to write (its CSV goes beside it)."),
 ) -> None:
     """Draw any two columns of stored sweep results (PNG + the CSV behind it)."""

@@ -9,7 +9,6 @@ or op appears after re-running.
 
 from __future__ import annotations
 
-import re
 import sys
 import types
 import typing
@@ -18,7 +17,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from npusim.hw.config import NPUConfig, list_presets
 from npusim.io import atomic_write_bytes
@@ -251,7 +249,7 @@ npusim inspect PROGRAM     # one row per node: op, shapes, bits, scales, shifts,
 | `shape` | array of integers | shape without the batch dimension |
 | `bits` | integer | bit width of the integer values |
 | `signed` | boolean | two's complement (true) or unsigned |
-| `scale` | number or array of numbers | real value = scale · (q − zero_point); one per output channel for weights |
+| `scale` | number or array | real value = scale · (q − zero_point); per output channel for weights |
 | `zero_point` | integer | the integer that represents real 0 |
 
 ### Node
