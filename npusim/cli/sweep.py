@@ -34,7 +34,7 @@ def _sweep_view(df):
     return pd.DataFrame({
         "point": df["point_label"],
         "top1_%": (100 * df["top1"].astype(float)).round(2),
-        "overflow_rate": df["overflow_rate"].astype(float).map(
+        "overflows_per_mac": df["overflow_rate"].astype(float).map(
             lambda v: "" if v != v else f"{v:.1e}"),
         "energy_uj": df["energy_per_image_uj"].astype(float).round(3),
         "latency_us": df["latency_us"].astype(float).round(1),

@@ -58,6 +58,12 @@ def train(
     if quant is None and (quant_config or from_ckpt or export):
         _fail("--from, --quant-config and --export need --quant")
     if quant is None:
+        from models.cached import float_cache_path, is_cached
+
+        hit = not no_cache and is_cached(float_cache_path(model, data, epochs, seed, width,
+                                                          lr or 0.1, batch_size))
+        typer.echo(f"{model} on {data}: {epochs} epoch(s) from the cache (--no-cache retrains)"
+                   if hit else f"training {model} on {data} for {epochs} epoch(s) ...")
         path, meta = train_float(model, data, epochs, seed=seed, width=width, lr=lr or 0.1,
                                  batch_size=batch_size, out=out, root=root,
                                  use_cache=not no_cache)

@@ -37,14 +37,14 @@ OTHER_REPORTS = {
                    "accuracy against the first layer's energy and storage.",
     "marvin": "MARViN quantized training: accuracy, mean word length and the training cost "
               "against float32 and fixed 8/16-bit training.",
-    "marvin_cost_resnet20": "Training energy/time of MARViN on ResNet-20 against float32, per "
-                            "epoch, from the cost model.",
-    "marvin_cost_resnet8": "Training energy/time of MARViN on ResNet-8 against float32, per "
-                           "epoch, from the cost model.",
+    "marvin_cost_resnet20": "Training energy and time of ResNet-20 under MARViN, its variants "
+                            "and fixed 8/16-bit training against float32 (cost model).",
+    "marvin_cost_resnet8": "Training energy and time of ResNet-8 under MARViN, its variants "
+                            "and fixed 8/16-bit training against float32 (cost model).",
     "marvin_heatmap_resnet20": "Word length of each ResNet-20 layer over MARViN training "
-                               "(a heatmap: layers by decisions).",
+                               "(a heatmap: layers by training iteration).",
     "marvin_heatmap_resnet8": "Word length of each ResNet-8 layer over MARViN training "
-                              "(a heatmap: layers by decisions).",
+                               "(a heatmap: layers by training iteration).",
     "onnx_import": "ONNX Runtime-quantized models imported as IntegerPrograms: the simulator's "
                    "logits against ONNX Runtime's, node by node.",
     "perf_core_after": "Simulator timings after the core refactor (perf_simulator --quick).",
