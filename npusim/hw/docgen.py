@@ -24,7 +24,7 @@ from npusim.ir import ops
 from npusim.ir.program import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY
 from npusim.ir.requant import RequantSpec
 
-__all__ = ["npu_file_markdown", "program_format_markdown", "write_docs"]
+__all__ = ["keys_markdown", "npu_file_markdown", "program_format_markdown", "write_docs"]
 
 #: Units read off a field name's suffix (the codebase's unit-bearing snake_case names).
 _UNIT_SUFFIXES = (("_bytes_per_cycle", "bytes/cycle"), ("_bits", "bits"), ("_mhz", "MHz"),
@@ -174,12 +174,19 @@ publication or design choice behind its number.
 """
 
 
+def keys_markdown(model: type[BaseModel]) -> list[str]:
+    """Markdown tables of every key of a TOML schema: the top level, then each section
+    (``[name]``) or array of tables (``[[name]]``), recursively."""
+    out = ["### top level", ""] + _field_rows(model)
+    _sections(model, "", out)
+    return out
+
+
 def npu_file_markdown() -> str:
     """The NPU file reference (markdown), generated from `NPUConfig`."""
     out = [_NPU_INTRO.replace("{presets}", ", ".join(f"`{p}`" for p in list_presets())).rstrip(),
-           "", "## Keys", "", "### top level", ""]
-    out += _field_rows(NPUConfig)
-    _sections(NPUConfig, "", out)
+           "", "## Keys", ""]
+    out += keys_markdown(NPUConfig)
     example = NPUConfig.load("edge16").with_overrides({"precision.acc_bits": 16,
                                                        "precision.overflow": "wrap"})
     out += ["", "## Example", "",
