@@ -243,7 +243,7 @@ npusim inspect PROGRAM     # one row per node: op, shapes, bits, scales, shifts,
 | `producer` | table | who wrote the file (tool, model, data set, ...); free-form |
 | `quant_config` | table | the training library's `QuantConfig` the program was trained with; free-form |
 | `requant` | table | the requantization the multipliers were derived with: every key of the table below |
-| `input` | string | name of the input tensor: raw uint8 pixels (C, H, W) |
+| `input` | string | name of the input tensor (C, H, W): raw uint8 pixels for trained programs |
 | `outputs` | array of strings | names of the output tensors (the logits) |
 | `meta` | table | free-form (accuracy measured at export, ...) |
 | `tensors` | table | tensor name → tensor spec (below) |
@@ -271,7 +271,8 @@ npusim inspect PROGRAM     # one row per node: op, shapes, bits, scales, shifts,
 
 ### Arrays
 
-Weights (`<node>.weight`) and biases (`<node>.bias`) are stored in the smallest of
+Weights (`<node>.weight`) and biases (`<node>.bias`) have tensor specs of the same name (bits,
+sign, per-channel scales) and are stored in the smallest of
 int8/int16/int32/int64 (uint8 for unsigned widths up to 8) that holds their declared bits, and
 every value is checked against the declared range. A requantizing node also stores its integer
 multipliers and shifts (`<node>.multiplier`, `<node>.shift`, one per output channel), derived
