@@ -126,11 +126,12 @@ def _title(ax, text: str, results: pd.DataFrame | None = None) -> None:
     ax.set_title(f"{text}\n({extra})" if extra else text, fontsize=10)
 
 
-def _zoom_y(ax, values: pd.Series, label: str, top: float = 100.5) -> None:
-    """Zoom the y axis to the data (percent values), stating the range in the label."""
+def _zoom_y(ax, values: pd.Series, label: str, top: float | None = None) -> None:
+    """Zoom the y axis to the data (percent values), stating where it starts in the label."""
     lo = float(values.min()) if len(values) else 0.0
+    hi = float(values.max()) if len(values) else 100.0
     bottom = max(0.0, math.floor(lo / 5) * 5 - 2)
-    ax.set_ylim(bottom, top)
+    ax.set_ylim(bottom, top if top is not None else min(100.5, math.ceil(hi) + 1.5))
     ax.set_ylabel(f"{label}; axis from {bottom:g}" if bottom > 0 else label)
 
 
@@ -139,6 +140,9 @@ def _refused_marks(ax, xs: Sequence[float], color: Any = "0.35") -> None:
     if len(xs):
         from matplotlib.transforms import blended_transform_factory
 
+        lo, hi = ax.get_xlim()
+        pad = 0.04 * (max(hi, max(xs)) - min(lo, min(xs)) or 1.0)
+        ax.set_xlim(min(lo, min(xs) - pad), max(hi, max(xs) + pad))  # refused widths show
         tr = blended_transform_factory(ax.transData, ax.transAxes)
         ax.scatter(list(xs), [0.0] * len(xs), marker="x", s=30, color=color, lw=1.2,
                    transform=tr, clip_on=False, zorder=5)
@@ -220,7 +224,7 @@ def accuracy_vs_acc_bits(results: pd.DataFrame, ax=None, out: str | Path | None 
     ax.set_xlabel("accumulator width (bits, both levels)")
     # zoom in when every setting is accurate, so a loss of a point or two is visible
     if lo >= 50:
-        _zoom_y(ax, shown, axis_label("top1"))
+        _zoom_y(ax, shown, axis_label("top1"), top=100.5)
     else:
         ax.set_ylim(0, 102)
         ax.set_ylabel(axis_label("top1"))
@@ -509,8 +513,26 @@ def custom(results: pd.DataFrame, x: str, y: str, hue: str | None = None,
             ax.scatter(sub[x], scale * sub[y], marker=mks[st], color=colors[h], label=label,
                        s=20)
     ax.set_xlabel(axis_label(x))
-    ax.set_ylabel(axis_label(y) + (" (mean, bars: min-max over seeds)" if seeds else ""))
-    if keys:
+    ylabel = axis_label(y) + (" (mean, bars: min-max over seeds)" if seeds else "")
+    if scale == 100.0 and len(df):
+        _zoom_y(ax, scale * df[y].astype(float), ylabel)
+    else:
+        ax.set_ylabel(ylabel)
+    if pd.api.types.is_integer_dtype(df[x]) or (
+            pd.api.types.is_numeric_dtype(df[x]) and len(df) and (df[x] % 1 == 0).all()):
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    refused = results[results["status"] != "ok"] if "status" in results else results.iloc[:0]
+    if len(refused) and pd.api.types.is_numeric_dtype(refused[x]) and refused[x].notna().any():
+        _refused_marks(ax, sorted(refused[x].dropna().unique()))
+        from matplotlib.lines import Line2D
+
+        handles, _ = ax.get_legend_handles_labels()
+        ax.legend(handles=[*handles, Line2D([], [], color="0.35", marker="x", ls="",
+                                            label=f"refused by the NPU ({len(refused)})")],
+                  title=" / ".join(keys) or None, fontsize=8, title_fontsize=8)
+    elif keys:
         ax.legend(title=" / ".join(keys), fontsize=8, title_fontsize=8)
     ax.grid(alpha=0.3)
     _title(ax, title or f"{axis_label(y)} vs {axis_label(x)}", results)
