@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from npusim.cli.common import _fail, _setup_logging, app
+from npusim.cli.common import _fail, _progress, _setup_logging, app
 
 
 def _cache_root() -> Path:
@@ -73,7 +73,8 @@ def sweep_cmd(
                                       "it are not rerun."),
     csv: Optional[Path] = typer.Option(None, help="Also export this sweep's rows as CSV."),
     root: Optional[str] = typer.Option(None, help="Data directory (cifar10)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress "
+                                            "bars on stderr (default: when it is a terminal)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress."),
     workers: Optional[int] = typer.Option(None, min=1, help="Run on a local Dask cluster of N "
                                           "single-threaded worker processes (127.0.0.1)."),
@@ -89,6 +90,7 @@ def sweep_cmd(
     With --workers, --scheduler or --scheduler-file the points run on a Dask cluster (see
     docs/cluster.md); the rows are the same as a serial run's."""
     _setup_logging(verbose)
+    progress = _progress(progress)
     from npusim.io import check_output_path
     from npusim.sweep import Grid, ResultsStore, sweep
 
