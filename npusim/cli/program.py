@@ -105,12 +105,6 @@ def simulate(
         typer.echo(f"per-layer table: {csv}")
 
 
-#: Shorter headers for `bounds` on screen (the CSV keeps the full names).
-_BOUNDS_SCREEN = {"product_bits": "prod_bits", "bound_l1_bits": "l1_bits",
-                  "bound_dtype_bits": "dtype_bits", "observed_bits": "seen_bits",
-                  "trained_acc_bits": "trained_bits", "fits_trained_width": "fits_trained"}
-
-
 @app.command()
 def bounds(
     program: Path = typer.Argument(..., help="An IntegerProgram file."),
@@ -132,7 +126,7 @@ def bounds(
 
         images = load_dataset(data, "test").subset(limit).images
     table = bounds_table(prog, images)
-    typer.echo(table.rename(columns=_BOUNDS_SCREEN).to_string(index=False))
+    typer.echo(table.to_string(index=False))
     _write_table(table, csv, "per-layer table")
 
 
