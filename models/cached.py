@@ -54,6 +54,18 @@ def cpu_meta() -> dict[str, str]:
             "machine": platform.machine()}
 
 
+def float_cache_path(model: str, data: str, epochs: int, seed: int = 0, width: float = 1.0,
+                     lr: float = 0.1, batch_size: int = 128, threads: int = TRAIN_THREADS) -> Path:
+    """Where `train_float` caches this configuration (the file exists once it is trained)."""
+    cfg = float_config(model, data, epochs, seed, width, lr, batch_size, threads)
+    return cache_dir() / "float" / f"{model}-{data}-{config_hash(cfg)}.pt"
+
+
+def is_cached(path: Path) -> bool:
+    """Whether a cache entry (checkpoint and sidecar) is complete."""
+    return path.is_file() and path.with_suffix(".json").is_file()
+
+
 def train_float(model: str, data: str, epochs: int, seed: int = 0, width: float = 1.0,
                 lr: float = 0.1, batch_size: int = 128, out: str | Path | None = None,
                 root: str | None = None, use_cache: bool = True, progress: bool | None = None,
@@ -64,7 +76,7 @@ def train_float(model: str, data: str, epochs: int, seed: int = 0, width: float 
     any process on the same kind of CPU (`models.training.deterministic`).
     """
     cfg = float_config(model, data, epochs, seed, width, lr, batch_size, threads)
-    cached = cache_dir() / "float" / f"{model}-{data}-{config_hash(cfg)}.pt"
+    cached = float_cache_path(model, data, epochs, seed, width, lr, batch_size, threads)
     with cache_lock(cached) if use_cache else contextlib.nullcontext():
         return _train_float(cached, cfg, model, data, epochs, seed, width, lr, batch_size, out,
                             root, use_cache, progress, threads)

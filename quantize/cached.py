@@ -3,10 +3,12 @@ for NPU-only axes)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from pathlib import Path
 from typing import Any
 
-from models.cached import cache_lock, cpu_meta, float_config, train_float
+from models.cached import cache_lock, cpu_meta, float_config, is_cached, train_float
 from models.checkpoint import cache_dir, config_hash, load_checkpoint
 from models.training import TRAIN_THREADS, deterministic
 from npusim.data import load_dataset
@@ -64,3 +66,41 @@ def _train_qat(path, cfg, model, data, qcfg, epochs, float_epochs, seed, width, 
     return load_qat(path)
 
 
+
+
+def qat_from_cache_path(checkpoint: str | Path, data: str, qcfg: QuantConfig, epochs: int,
+                        lr: float = 0.01, batch_size: int = 128, seed: int = 0) -> Path:
+    """Where `train_qat_from` caches a QAT run that starts from the float checkpoint file
+    `checkpoint` (keyed by the file's SHA-256, so a retrained file is a new entry)."""
+    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+    cfg = {"kind": "qat-from", "from_sha256": digest, "data": data,
+           "quant": qcfg.model_dump(mode="json"), "epochs": epochs, "lr": lr,
+           "batch_size": batch_size, "seed": seed}
+    return cache_dir() / "qat" / f"from-{data}-{qcfg.short_name()}-{config_hash(cfg)}.pt"
+
+
+def train_qat_from(checkpoint: str | Path, data: str, qcfg: QuantConfig, epochs: int,
+                   lr: float = 0.01, batch_size: int = 128, seed: int = 0,
+                   root: str | None = None, use_cache: bool = True,
+                   progress: bool | None = None) -> tuple[Any, dict[str, Any], bool]:
+    """Fine-tune the float checkpoint file with QAT, or reuse the cached run of the same file
+    and settings. Returns (quantized model, meta with the accuracies, whether it was cached)."""
+    path = qat_from_cache_path(checkpoint, data, qcfg, epochs, lr, batch_size, seed)
+    with cache_lock(path):
+        if use_cache and is_cached(path):
+            log.info("reusing cached QAT model %s", path)
+            qmodel, meta = load_qat(path)
+            return qmodel, meta, True
+        net, fmeta = load_checkpoint(checkpoint)
+        train_set = load_dataset(data, "train", root=root)
+        test_set = load_dataset(data, "test", root=root)
+        qmodel = prepare_qat(net, qcfg, train_set, seed=seed)
+        result = qat_train(qmodel, train_set, epochs, lr=lr, batch_size=batch_size, seed=seed,
+                           progress=progress)
+        acc = evaluate(qmodel, test_set)
+        meta = {"model": fmeta["model"], "model_kwargs": fmeta["model_kwargs"], "dataset": data,
+                "from": str(checkpoint), "cpu": cpu_meta(), "train_seconds": result.seconds,
+                **acc}
+        if use_cache:
+            save_qat(qmodel, path, meta)
+        return qmodel, meta, False

@@ -46,3 +46,10 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 
+
+
+def _progress(flag: bool | None) -> bool:
+    """--progress/--no-progress, or by default whether stderr is a terminal."""
+    import sys
+
+    return sys.stderr.isatty() if flag is None else flag

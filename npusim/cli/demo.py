@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from npusim.cli.common import _setup_logging, app
+from npusim.cli.common import _progress, _setup_logging, app
 from npusim.cli.sweep import _demo_db
 
 
@@ -22,7 +22,8 @@ def demo(
     out: Path = typer.Option(Path("reports"), help="Where the figures go."),
     db: Optional[Path] = typer.Option(None, help="Results store (default "
                                       "$NPUSIM_CACHE/sweeps/demo.sqlite)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress "
+                                            "bars on stderr (default: when it is a terminal)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress."),
 ) -> None:
     """The main job: ResNet-20 on mnist5k, QAT at a few widths, accumulator-width sweep in
@@ -36,6 +37,7 @@ def demo(
     import time
 
     _setup_logging(verbose)
+    progress = _progress(progress)
     from npusim.hw.config import NPUConfig
     from npusim.sweep import Grid, ResultsStore, parse_npu_axis, parse_quant_axis
 
@@ -57,7 +59,11 @@ def demo(
     from npusim.sweep import sweep
 
     path = db or _demo_db()
-    typer.echo(f"demo: resnet20 on mnist5k; float model ({float_epochs} epochs, cached) ...")
+    from models.cached import float_cache_path, is_cached
+
+    state = ("from the cache" if is_cached(float_cache_path("resnet20", "mnist5k", float_epochs))
+             else "training now, cached for later runs")
+    typer.echo(f"demo: resnet20 on mnist5k; float model, {float_epochs} epochs ({state}) ...")
     _, fmeta = train_float("resnet20", "mnist5k", float_epochs, progress=progress)
     typer.echo(f"float top-1 {100 * fmeta['test_acc']:.2f}% ({time.perf_counter() - t0:.0f} s)")
     n = sum(len(g) for g in grids)

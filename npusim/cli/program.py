@@ -10,16 +10,35 @@ import typer
 from npusim.cli.common import DATA_HELP, ROOT_HELP, _check_data, _fail, app
 
 
-@app.command()
-def inspect(program: Path = typer.Argument(..., help="An IntegerProgram file.")) -> None:
-    """Print an IntegerProgram's nodes, shapes, bits, scales and shifts."""
-    from npusim.ir.program import load_program
-    from npusim.report.inspect import program_table
+def _write_table(df, csv: Optional[Path], what: str) -> None:
+    if csv is not None:
+        from npusim.io import write_csv
 
+        write_csv(df, csv)
+        typer.echo(f"{what}: {csv}")
+
+
+@app.command()
+def inspect(
+    program: Path = typer.Argument(..., help="An IntegerProgram file."),
+    csv: Optional[Path] = typer.Option(None, help="Write the full per-node table (attributes "
+                                       "and input names included) as CSV."),
+) -> None:
+    """Print an IntegerProgram's nodes, shapes, bits, scales and shifts."""
+    from npusim.io import check_output_path
+    from npusim.ir.program import load_program
+    from npusim.report.inspect import program_screen, program_table
+
+    if csv is not None:
+        check_output_path(csv, "--csv")
     prog = load_program(program)
+    rq = prog.requant
     typer.echo(f"{program}: {len(prog.nodes)} nodes, input {prog.input} "
-               f"{list(prog.tensors[prog.input].shape)}, requant {prog.requant}")
-    typer.echo(program_table(prog).to_string(index=False))
+               f"{list(prog.tensors[prog.input].shape)}; requant {rq.get('scale_mode')} "
+               f"{rq.get('multiplier_bits')}-bit {rq.get('rounding')}")
+    table = program_table(prog)
+    typer.echo(program_screen(table).to_string(index=False))
+    _write_table(table, csv, "per-node table")
 
 
 def _echo_requant_changes(cfg, prog) -> None:
@@ -73,11 +92,12 @@ def simulate(
     ds = load_dataset(name, split, root=root).subset(limit)
     t0 = time.perf_counter()
     sim = Simulator(cfg, engine=engine)
-    res = sim.run(prog, ds.images)
+    res = sim.run(prog, ds.images, progress=None)
     secs = time.perf_counter() - t0
     typer.echo(f"{cfg.name}: {len(ds)} {name}/{split} images in {secs:.1f} s "
                f"({sim.engine_used} engine), top-1 "
-               f"{100 * res.accuracy(ds.labels):.2f}%, overflow rate {overflow_rate(res.stats):.2e}")
+               f"{100 * res.accuracy(ds.labels):.2f}%, overflow rate {overflow_rate(res.stats):.2e} "
+               f"events per MAC")
     _echo_requant_changes(cfg, prog)
     cols = ["layer", "op", "output_shape", "macs_per_image", "pe_overflows", "acc_overflows",
             "acc_min", "acc_max", "observed_bits", "bound_l1_bits", "bound_dtype_bits"]
@@ -114,20 +134,26 @@ def bounds(
     split: str = typer.Option("test", help="Data split (with --data)."),
     limit: int = typer.Option(200, min=1, help="Images to observe."),
     root: Optional[str] = typer.Option(None, help=ROOT_HELP),
+    csv: Optional[Path] = typer.Option(None, help="Write the per-layer table as CSV."),
 ) -> None:
     """Per-layer accumulator bits a program needs: data-type bound, exact weight bound, observed."""
+    from npusim.io import check_output_path
     from npusim.ir.program import load_program
     from npusim.report.inspect import bounds_table
 
     if data:
         _check_data(data)
+    if csv is not None:
+        check_output_path(csv, "--csv")
     prog = load_program(program)
     images = None
     if data:
         from npusim.data import load_dataset
 
         images = load_dataset(data, split, root=root).subset(limit).images
-    typer.echo(bounds_table(prog, images).to_string(index=False))
+    table = bounds_table(prog, images)
+    typer.echo(table.to_string(index=False))
+    _write_table(table, csv, "per-layer table")
 
 
 def _baselines_csv(csv: Path) -> Path:
@@ -188,14 +214,14 @@ def cost(
         from npusim.sim.simulator import Simulator
 
         ds = load_dataset(data, split, root=root).subset(limit)
-        stats = Simulator(cfg).run(prog, ds.images).stats
+        stats = Simulator(cfg).run(prog, ds.images, progress=None).stats
     rep = estimate_cost(prog, cfg, stats=stats, images=batch, table=table)
     tot = rep.total
     a = cfg.array
     typer.echo(f"{program}: {cfg.name} ({a.rows}x{a.cols} {a.dataflow}, {a.clock_mhz:g} MHz), "
                f"energy table {table.label}, batch {batch}, {tot['counts_source']} counts"
                + (f" ({len(ds)} {data}/{split} images)" if stats is not None else "")
-               + (", weights resident in SRAM" if tot["weights_resident"] else ""))
+               )
     _echo_requant_changes(cfg, prog)
     lay = rep.layers
     view = pd.DataFrame({
@@ -213,6 +239,7 @@ def cost(
                f"{tot['avg_power_mw']:.2f} mW (leakage {tot['leakage_power_mw']:.2f} mW); weights "
                f"{tot['weight_storage_bytes'] / 1024:.2f} KiB; peak activations "
                f"{tot['peak_activation_bytes'] / 1024:.2f} KiB")
+    typer.echo(_dram_text(tot, cfg))
     base = rep.baselines
     typer.echo(pd.DataFrame({
         "variant": base["variant"], "energy_uj": base["energy_per_image_uj"].round(3),
@@ -226,6 +253,30 @@ def cost(
         write_csv(rep.layers, csv)
         write_csv(rep.baselines, _baselines_csv(csv))
         typer.echo(f"per-layer table: {csv}")
+
+
+def _dram_text(tot: dict, cfg) -> str:
+    """DRAM traffic and energy per image split into weights and activations, and why: whether
+    the weights stay resident in the weight SRAM and whether activations spill at this batch."""
+    kib = 1024
+    if tot["weights_resident"]:
+        w_why = (f"all weights fit the {cfg.memory.weight_sram_kib:g} KiB weight SRAM and stay "
+                 f"resident (no weight traffic in steady state)")
+    elif tot["weights_fit_sram"]:
+        w_why = (f"weights do not all fit the {cfg.memory.weight_sram_kib:g} KiB weight SRAM: "
+                 f"each layer's are read once per batch of {tot['batch']}")
+    else:
+        w_why = "a layer's weights exceed the weight SRAM: read for every image"
+    spill = tot["activation_spill_layers"]
+    a_why = (f"activations spill to DRAM in {spill} layer(s): the batch's live activations "
+             f"exceed the\n  {cfg.memory.activation_sram_kib:g} KiB activation SRAM, so "
+             f"energy per image can rise with the batch" if spill else
+             f"activations stay in the {cfg.memory.activation_sram_kib:g} KiB activation SRAM "
+             f"(only the input and the logits move)")
+    return (f"DRAM per image: weights {tot['dram_weight_bytes'] / kib:.2f} KiB "
+            f"({tot['dram_weight_pj'] / 1e3:.2f} nJ), activations "
+            f"{tot['dram_activation_bytes'] / kib:.2f} KiB "
+            f"({tot['dram_activation_pj'] / 1e3:.2f} nJ)\n  weights: {w_why}\n  activations: {a_why}")
 
 
 @app.command()

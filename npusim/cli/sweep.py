@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from npusim.cli.common import DATA_HELP, ROOT_HELP, _check_data, _fail, _setup_logging, app
+from npusim.cli.common import DATA_HELP, ROOT_HELP, _check_data, _fail, _progress, _setup_logging, app
 
 
 def _cache_root() -> Path:
@@ -32,7 +32,7 @@ def _sweep_view(df):
     return pd.DataFrame({
         "point": df["point_label"],
         "top1_%": (100 * df["top1"].astype(float)).round(2),
-        "overflow_rate": df["overflow_rate"].astype(float).map(
+        "overflows_per_mac": df["overflow_rate"].astype(float).map(
             lambda v: "" if v != v else f"{v:.1e}"),
         "energy_uj": df["energy_per_image_uj"].astype(float).round(3),
         "latency_us": df["latency_us"].astype(float).round(1),
@@ -71,7 +71,8 @@ def sweep_cmd(
                                       "it are not rerun."),
     csv: Optional[Path] = typer.Option(None, help="Also export this sweep's rows as CSV."),
     root: Optional[str] = typer.Option(None, help=ROOT_HELP),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress "
+                                            "bars on stderr (default: when it is a terminal)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress."),
     workers: Optional[int] = typer.Option(None, min=1, help="Run on a local Dask cluster of N "
                                           "single-threaded worker processes (127.0.0.1)."),
@@ -87,6 +88,7 @@ def sweep_cmd(
     With --workers, --scheduler or --scheduler-file the points run on a Dask cluster (see
     docs/cluster.md); the rows are the same as a serial run's."""
     _setup_logging(verbose)
+    progress = _progress(progress)
     from npusim.io import check_output_path
     from npusim.sweep import Grid, ResultsStore, sweep
 
@@ -162,12 +164,13 @@ def plot(
     x: str = typer.Option(..., help="Column on the x axis, e.g. acc_bits."),
     y: str = typer.Option("top1", help="Column on the y axis, e.g. energy_per_image_uj."),
     hue: Optional[str] = typer.Option(None, help="Colour by this column, e.g. quant_label."),
-    style: Optional[str] = typer.Option(None, help="Line style by this column, e.g. "
+    style: Optional[str] = typer.Option(None, help="Marker by this column, e.g. "
                                         "overflow_mode."),
     where: Optional[str] = typer.Option(None, help="Keep rows matching COLUMN OP VALUE terms "
                                         "(== != < <= > >=, in [a, b]) joined by and/or, e.g. "
                                         "\"overflow_mode != exact and acc_bits >= 12\"."),
-    kind: str = typer.Option("auto", help="auto, line or scatter."),
+    kind: str = typer.Option("auto", help="auto (a scatter, lines when x is an ordered sweep "
+                             "axis: numeric, one point per group and value), line or scatter."),
     out: Path = typer.Option(Path("plot.png"), help="PNG to write (its CSV goes beside it)."),
 ) -> None:
     """Draw any two columns of stored sweep results (PNG + the CSV behind it)."""

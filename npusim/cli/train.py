@@ -35,8 +35,9 @@ def train(
                                     "CSV, heatmap and cost figure."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress per epoch."),
 ) -> None:
-    """Train a float model (cached), fine-tune it with QAT when --quant is given, or train
-    it with MARViN when --marvin is given."""
+    """Train a float model, fine-tune it with QAT when --quant is given (from --from, or from a
+    15-epoch float model it trains first), or train it with MARViN when --marvin is given.
+    Float and QAT runs are cached ($NPUSIM_CACHE, --no-cache to retrain)."""
     _setup_logging(verbose)
     _check_data(data)
     from npusim.io import check_output_path
@@ -63,6 +64,12 @@ def train(
     if quant is None and (quant_config or from_ckpt or export):
         _fail("--from, --quant-config and --export need --quant")
     if quant is None:
+        from models.cached import float_cache_path, is_cached
+
+        hit = not no_cache and is_cached(float_cache_path(model, data, epochs, seed, width,
+                                                          lr or 0.1, batch_size))
+        typer.echo(f"{model} on {data}: {epochs} epoch(s) from the cache (--no-cache retrains)"
+                   if hit else f"training {model} on {data} for {epochs} epoch(s) ...")
         path, meta = train_float(model, data, epochs, seed=seed, width=width, lr=lr or 0.1,
                                  batch_size=batch_size, out=out, root=root,
                                  use_cache=not no_cache)
@@ -72,15 +79,18 @@ def train(
         typer.echo(f"checkpoint: {path}")
         return
     _train_qat(model, data, epochs, out, seed, width, lr or 0.01, batch_size, root, quant, wbits,
-               abits, quant_config, from_ckpt, export)
+               abits, quant_config, from_ckpt, export, use_cache=not no_cache)
+
+
+#: Epochs of the float model `train --quant` trains (and caches) when no --from is given.
+_IMPLICIT_FLOAT_EPOCHS = 15
 
 
 def _train_qat(model, data, epochs, out, seed, width, lr, batch_size, root, quant, wbits, abits,
-               quant_config, from_ckpt, export) -> None:
-    from models.cached import train_float
-    from models.checkpoint import load_checkpoint
-    from npusim.data import load_dataset
-    from quantize import QuantConfig, evaluate, export_program, prepare_qat, qat_train
+               quant_config, from_ckpt, export, use_cache=True) -> None:
+    from models.cached import float_cache_path, is_cached, train_float
+    from quantize import QuantConfig, export_program
+    from quantize.cached import qat_from_cache_path, train_qat_from
     from quantize.checkpoint import save_qat
 
     if quant_config is not None:
@@ -103,19 +113,30 @@ def _train_qat(model, data, epochs, out, seed, width, lr, batch_size, root, quan
     else:
         cfg = QuantConfig.make(method=quant, weight_bits=wbits, act_bits=abits)
     if from_ckpt is None:
-        from_ckpt, _ = train_float(model, data, 15, width=width, root=root)
-    net, fmeta = load_checkpoint(from_ckpt)
-    train_set = load_dataset(data, "train", root=root)
-    test_set = load_dataset(data, "test", root=root)
-    qmodel = prepare_qat(net, cfg, train_set, seed=seed)
-    result = qat_train(qmodel, train_set, epochs, lr=lr, batch_size=batch_size, seed=seed)
-    acc = evaluate(qmodel, test_set)
-    typer.echo(f"{cfg.short_name()} {fmeta['model']} on {data}: fake-quant top-1 "
+        fpath = float_cache_path(model, data, _IMPLICIT_FLOAT_EPOCHS, width=width)
+        if use_cache and is_cached(fpath):
+            typer.echo(f"no --from: using the cached float {model} on {data} "
+                       f"({_IMPLICIT_FLOAT_EPOCHS} epochs)")
+        else:
+            typer.echo(f"no --from: training a float {model} on {data} first "
+                       f"({_IMPLICIT_FLOAT_EPOCHS} epochs, cached for later runs) ...")
+        from_ckpt, _ = train_float(model, data, _IMPLICIT_FLOAT_EPOCHS, width=width, root=root)
+    elif not from_ckpt.is_file():
+        _fail(f"--from: {from_ckpt} not found")
+    qpath = qat_from_cache_path(from_ckpt, data, cfg, epochs, lr, batch_size, seed)
+    if use_cache and is_cached(qpath):
+        typer.echo(f"QAT {cfg.short_name()} ({epochs} epochs) from {from_ckpt}: cached")
+    else:
+        typer.echo(f"QAT {cfg.short_name()}: fine-tuning {from_ckpt} for {epochs} epoch(s) ...")
+    qmodel, acc, _ = train_qat_from(from_ckpt, data, cfg, epochs, lr=lr, batch_size=batch_size,
+                                    seed=seed, root=root, use_cache=use_cache)
+    secs = f" ({acc['train_seconds']:.0f} s)" if "train_seconds" in acc else ""
+    typer.echo(f"{cfg.short_name()} {acc['model']} on {data}: fake-quant top-1 "
                f"{100 * acc['fake_quant_acc']:.2f}%, integer-exact top-1 "
-               f"{100 * acc['integer_acc']:.2f}% ({result.seconds:.0f} s)")
+               f"{100 * acc['integer_acc']:.2f}%{secs}")
     if out is not None:
-        save_qat(qmodel, out, {"model": fmeta["model"], "model_kwargs": fmeta["model_kwargs"],
-                               "dataset": data, "from": str(from_ckpt), **acc})
+        save_qat(qmodel, out, {k: v for k, v in acc.items() if k not in (
+            "quant_config", "input_shape", "qmeta", "versions")})
         typer.echo(f"checkpoint: {out}")
     if export is not None:
         export_program(qmodel, export)

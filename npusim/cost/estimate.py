@@ -371,6 +371,13 @@ def estimate_cost(program: IntegerProgram, npu_config: "NPUConfig",
                                    "weight_sram_read_bits", "acc_sram_read_bits",
                                    "acc_sram_write_bits"]].sum(axis=1).to_numpy()
     layers["dram_bits"] = mapping["dram_bits"].to_numpy()
+    # DRAM energy is per bit moved, so it splits exactly by the bits of each kind
+    layers["dram_weight_bits"] = mapping["dram_weight_bits"].to_numpy()
+    layers["dram_activation_bits"] = mapping["dram_activation_bits"].to_numpy()
+    share = (layers["dram_weight_bits"] / layers["dram_bits"].where(layers["dram_bits"] > 0)
+             ).fillna(0.0)
+    layers["dram_weight_pj"] = layers["dram_pj"] * share
+    layers["dram_activation_pj"] = layers["dram_pj"] - layers["dram_weight_pj"]
     layers["weights_fit_sram"] = mapping["weights_fit_sram"].to_numpy()
     layers["weights_resident"] = mapping["weights_resident"].to_numpy()
     layers["activation_spill"] = mapping["activation_spill"].to_numpy()
@@ -397,6 +404,11 @@ def estimate_cost(program: IntegerProgram, npu_config: "NPUConfig",
                                          if s0 else math.nan)
     tot["fp32_energy_per_image_pj"] = summaries["fp32"]["energy_per_image_pj"]
     tot["int8_energy_per_image_pj"] = summaries["int8"]["energy_per_image_pj"]
+    for kind in ("weight", "activation"):
+        tot[f"dram_{kind}_pj"] = float(layers[f"dram_{kind}_pj"].sum())
+        tot[f"dram_{kind}_bytes"] = float(layers[f"dram_{kind}_bits"].sum()) / 8
+    tot["weights_fit_sram"] = bool(layers["weights_fit_sram"].all())
+    tot["activation_spill_layers"] = int(layers["activation_spill"].sum())
     tot["batch"] = info.images
     tot["counts_source"] = info.counts_source
     tot["simulated_images"] = info.simulated_images

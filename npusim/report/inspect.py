@@ -10,31 +10,58 @@ from npusim.ir.ops import OPS
 from npusim.ir.program import IntegerProgram
 
 
-def _fmt_scale(scale) -> str:
-    s = np.atleast_1d(np.asarray(scale, dtype=float))
-    return f"{s[0]:.4g}" if len(s) == 1 else f"{s.min():.3g}..{s.max():.3g} ({len(s)} ch)"
+def _fmt_range(lo: float, hi: float, n: int) -> str:
+    return f"{lo:.4g}" if n == 1 else f"{lo:.3g}..{hi:.3g} ({n} ch)"
 
 
 def program_table(prog: IntegerProgram) -> pd.DataFrame:
-    """One row per node: op, inputs, output shape, weight/input/output bits, scales, shifts."""
+    """One tidy row per node: op, input names, output shape, bits and sign of input, weights
+    and output, scale ranges, shift range, MACs per image and the other attributes."""
+    from npusim.ir.ops import OPS as _OPS  # noqa: N811
+
     rows = []
     for n in prog.nodes:
-        out = prog.tensors[n.output]
-        row = {"node": n.name, "op": n.op, "inputs": ",".join(n.inputs),
-               "output_shape": "x".join(map(str, out.shape)),
-               "out_bits": f"{'s' if out.signed else 'u'}{out.bits}",
-               "out_scale": _fmt_scale(out.scale)}
+        out, x = prog.tensors[n.output], prog.tensors[n.inputs[0]]
         w = prog.tensors.get(f"{n.name}.weight")
-        x = prog.tensors[n.inputs[0]]
-        row["in_bits"] = f"{'s' if x.signed else 'u'}{x.bits}"
-        row["w_bits"] = w.bits if w is not None else ""
-        row["w_scale"] = _fmt_scale(w.scale) if w is not None else ""
+        ws = w.scales() if w is not None else np.array([np.nan])
         sh = prog.arrays.get(f"{n.name}.shift")
-        row["shift"] = f"{int(sh.min())}..{int(sh.max())}" if sh is not None and sh.size else ""
-        attrs = {k: v for k, v in n.attrs.items() if k not in ("requant",)}
-        row["attrs"] = " ".join(f"{k}={v}" for k, v in attrs.items())
-        rows.append(row)
-    return pd.DataFrame(rows)
+        has_sh = sh is not None and sh.size > 0
+        rows.append({
+            "node": n.name, "op": n.op, "inputs": ",".join(n.inputs),
+            "output_shape": "x".join(map(str, out.shape)),
+            "in_bits": x.bits, "in_signed": x.signed,
+            "w_bits": w.bits if w is not None else pd.NA,
+            "out_bits": out.bits, "out_signed": out.signed,
+            "out_scale": float(out.scales()[0]),
+            "w_scale_min": float(ws.min()), "w_scale_max": float(ws.max()),
+            "w_channels": len(ws) if w is not None else pd.NA,
+            "shift_min_bits": int(sh.min()) if has_sh else pd.NA,
+            "shift_max_bits": int(sh.max()) if has_sh else pd.NA,
+            "macs_per_image": int(_OPS[n.op].macs(prog, n)),
+            "attrs": " ".join(f"{k}={v}" for k, v in n.attrs.items() if k != "requant")})
+    df = pd.DataFrame(rows)
+    for col in ("w_bits", "w_channels", "shift_min_bits", "shift_max_bits"):
+        df[col] = df[col].astype("Int64")
+    return df
+
+
+def program_screen(table: pd.DataFrame) -> pd.DataFrame:
+    """`program_table` narrowed for a terminal (under 110 characters a row for typical names):
+    bits as ``in/w/out`` with u/s for the sign, scale and shift ranges as text."""
+    def bits_of(r) -> str:
+        w = "-" if r.w_bits is pd.NA else str(r.w_bits)
+        return (f"{'s' if r.in_signed else 'u'}{r.in_bits}/{w}/"
+                f"{'s' if r.out_signed else 'u'}{r.out_bits}")
+
+    bits = [bits_of(r) for r in table.itertuples(index=False)]
+    w_scale = [_fmt_range(lo, hi, int(c)) if c is not pd.NA else "" for lo, hi, c in
+               zip(table["w_scale_min"], table["w_scale_max"], table["w_channels"])]
+    shift = [f"{lo}..{hi}" if lo is not pd.NA else "" for lo, hi in
+             zip(table["shift_min_bits"], table["shift_max_bits"])]
+    return pd.DataFrame({"node": table["node"], "op": table["op"],
+                         "output_shape": table["output_shape"], "bits_in_w_out": bits,
+                         "w_scale": w_scale, "out_scale": table["out_scale"].map("{:.4g}".format),
+                         "shift": shift})
 
 
 def bounds_table(prog: IntegerProgram, images: np.ndarray | None = None) -> pd.DataFrame:

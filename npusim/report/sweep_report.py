@@ -23,6 +23,41 @@ log = logging.getLogger(__name__)
 __all__ = ["FIGURES", "accuracy_table", "choose_points", "write_report"]
 
 #: Figure stems this module owns, in index order.
+#: One sentence for each report other commands and benchmarks leave in reports/ (the index
+#: lists every file there; a stem not named here is listed without a sentence).
+OTHER_REPORTS = {
+    "BENCHMARKS": "The simulator's speed against fbgemm and a NumPy reference, its targets and "
+                  "the machine it was measured on.",
+    "a2q_sweep": "Accumulator-aware training (A2Q/A2Q+) for a target width against training "
+                 "normally and narrowing the accumulator afterwards (wrap/saturate): top-1 per "
+                 "width.",
+    "cost_resnet20_edge16": "Energy, latency, power and storage of ResNet-20 programs on edge16 "
+                            "per W/A setting, with the FP32 and INT8 baselines.",
+    "first_layer": "The first layer's options (8-bit pixels, low-bit input, pixel embedding): "
+                   "accuracy against the first layer's energy and storage.",
+    "marvin": "MARViN quantized training: accuracy, mean word length and the training cost "
+              "against float32 and fixed 8/16-bit training.",
+    "marvin_cost_resnet20": "Training energy and time of ResNet-20 under MARViN, its variants "
+                            "and fixed 8/16-bit training against float32 (cost model).",
+    "marvin_cost_resnet8": "Training energy and time of ResNet-8 under MARViN, its variants "
+                            "and fixed 8/16-bit training against float32 (cost model).",
+    "marvin_heatmap_resnet20": "Word length of each ResNet-20 layer over MARViN training "
+                               "(a heatmap: layers by training iteration).",
+    "marvin_heatmap_resnet8": "Word length of each ResNet-8 layer over MARViN training "
+                               "(a heatmap: layers by training iteration).",
+    "onnx_import": "ONNX Runtime-quantized models imported as IntegerPrograms: the simulator's "
+                   "logits against ONNX Runtime's, node by node.",
+    "perf_core_after": "Simulator timings after the core refactor (perf_simulator --quick).",
+    "perf_core_before": "Simulator timings before the core refactor (perf_simulator --quick).",
+    "qat_accuracy": "QAT top-1 on mnist5k for every method at W8A8 to W2A2: fake-quant, the "
+                    "exported integer program, and the same under TFLite double rounding.",
+    "simulate_e2e": "End-to-end simulation of trained programs on the presets: top-1, overflow "
+                    "events per MAC and accumulator widths per layer.",
+    "simulate_e2e_overflows": "Per-layer overflow counts behind simulate_e2e.md.",
+    "sweep_cluster": "The same sweep run serially and on a local Dask cluster: equal rows and "
+                     "the wall times.",
+}
+
 FIGURES = ("acc_vs_width", "energy_vs_accuracy", "savings", "layer_energy", "acc_ranges")
 RESULTS_CSV = "sweep_results.csv"
 #: Accuracy a "lossless" choice may lose against its setting's best point (fraction).
@@ -218,7 +253,8 @@ def _write(db: ResultsStore, out: Path, tolerance: float, plots) -> list[Path]:
         sections.append(_figure_md(
             "acc_vs_width", "Accuracy vs accumulator width, wrap vs saturate",
             "Simulated top-1 per accumulator width (both levels), wrap solid, saturate "
-            "dashed, unbounded run dotted; a line starts at the first width the NPU accepts.",
+            "dashed, unbounded run dotted; a line starts at the first width the NPU accepts, "
+            "and the widths it refuses are x marks on the x axis.",
             extra=("Top-1 (%) per width (`-`: the NPU refuses the width, one product needs more "
                    "bits):\n\n" + markdown_table(acc) + "\n\nWhat the statistics report "
                    "(unbounded run of each setting): the bits the observed accumulator values "
@@ -227,8 +263,7 @@ def _write(db: ResultsStore, out: Path, tolerance: float, plots) -> list[Path]:
 
     # 2. energy vs accuracy with the Pareto frontier
     if len(ok):
-        plots.energy_vs_accuracy(df[df["status"] == "ok"], hue="setting",
-                                 out=out / "energy_vs_accuracy.png")
+        plots.energy_vs_accuracy(df, hue="setting", out=out / "energy_vs_accuracy.png")
         front = ok[plots.pareto_front(ok)].sort_values("energy_per_image_uj")
         ftab = pd.DataFrame({
             "configuration": [f"{r['setting']} acc {int(r['acc_bits'])} b {r['overflow_mode']}"
@@ -237,8 +272,11 @@ def _write(db: ResultsStore, out: Path, tolerance: float, plots) -> list[Path]:
             "energy (µJ/image)": front["energy_per_image_uj"].round(3).to_list()})
         sections.append(_figure_md(
             "energy_vs_accuracy", "Energy per image vs accuracy",
-            "Every configuration that ran; the black step line is the Pareto frontier (none "
-            "is both cheaper and more accurate), its points labelled W/A, width, mode.",
+            "Every configuration that ran (colour: W/A setting, marker: overflow mode); the "
+            "bold black step line is the Pareto frontier (none is both cheaper and more "
+            "accurate), its points numbered and listed with W/A, width and mode; the y axis is "
+            "zoomed to the data and says where it starts; refused configurations are counted in "
+            "the corner.",
             extra="Pareto frontier:\n\n" + markdown_table(ftab)))
         written += [out / "energy_vs_accuracy.png", out / "energy_vs_accuracy.csv"]
 
@@ -281,6 +319,11 @@ def _write(db: ResultsStore, out: Path, tolerance: float, plots) -> list[Path]:
             f"narrowest wrap width within {tol_txt} of unbounded top-1 (dashed; red bars do not "
             "fit it)."))
 
+    from npusim.report.plots.figures import _images_text
+
+    images = _images_text(df)
+    if images:  # every caption states how many images each point simulated
+        sections = [sec.replace(" Data: [", f" ({images}.) Data: [", 1) for sec in sections]
     _write_index(out, df, meta, sections)
     written.append(out / "README.md")
     return written
@@ -349,7 +392,8 @@ def _write_index(out: Path, df: pd.DataFrame, meta: dict[str, Any], sections: li
             groups.setdefault(p.stem, []).append(p)
         for stem, ps in groups.items():
             links = ", ".join(f"[{p.name}]({p.name})" for p in ps)
-            lines.append(f"- {stem}: {links}")
+            what = OTHER_REPORTS.get(stem)
+            lines.append(f"- {stem}: {what} {links}" if what else f"- {stem}: {links}")
         lines.append("")
     _atomic_text(out / "README.md", "\n".join(lines).rstrip() + "\n")
 

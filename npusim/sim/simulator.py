@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 import numba
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from npusim.errors import UserError
 from npusim.ir import arith
@@ -240,9 +242,10 @@ class Simulator:
 
     # ------------------------------------------------------------------ running
     def run(self, program: IntegerProgram, images: np.ndarray, trace: bool = False,
-            batch_size: int = 256) -> SimResult:
-        """Simulate `images` (uint8 (N, C, H, W)) through `program`."""
-        return run_many([self], program, images, trace, batch_size)[0]
+            batch_size: int = 256, progress: bool | None = False) -> SimResult:
+        """Simulate `images` (uint8 (N, C, H, W)) through `program` (`progress`: see
+        `run_many`)."""
+        return run_many([self], program, images, trace, batch_size, progress)[0]
 
     def _check_images(self, program: IntegerProgram, images: np.ndarray) -> np.ndarray:
         in_spec = program.tensors[program.input]
@@ -537,14 +540,15 @@ KERNELS: dict[str, Kernel] = {
 
 
 def run_many(simulators: list[Simulator], program: IntegerProgram, images: np.ndarray,
-             trace: bool = False, batch_size: int = 256) -> list[SimResult]:
+             trace: bool = False, batch_size: int = 256,
+             progress: bool | None = False) -> list[SimResult]:
     """Run several simulators (for example an accumulator-width sweep) over the same images,
     batch by batch and node by node, sharing work that is provably identical: a node whose
     inputs are the very tensors another configuration already processed reuses its engine
     sums, and its whole output when the settings that shape it agree and no output can
     overflow differently (see `accumulate.conv_accumulate`); outputs stay shared objects
     while the configurations have not diverged. Each result is exactly what ``sim.run``
-    returns."""
+    returns. `progress` shows a bar of batches on stderr (None: when stderr is a terminal)."""
     if not simulators:
         return []
     images = simulators[0]._check_images(program, images)
@@ -561,7 +565,11 @@ def run_many(simulators: list[Simulator], program: IntegerProgram, images: np.nd
     for sim in simulators:
         sim._threads = threads
     try:
-        for start in range(0, max(n_img, 1), batch_size):
+        starts = range(0, max(n_img, 1), batch_size)
+        if progress is None:
+            progress = sys.stderr.isatty()
+        for start in tqdm(starts, desc="simulate", unit="batch", disable=not progress or
+                          len(starts) < 2, leave=False):
             chunk = _channels_last(images[start:start + batch_size])
             envs = [{program.input: chunk} for _ in simulators]
             sts: list[dict] = [{} for _ in simulators]

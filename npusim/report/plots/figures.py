@@ -110,6 +110,44 @@ def _colors(n: int) -> list[Any]:
     return [cmap(i % 10) for i in range(n)]
 
 
+def _images_text(results: pd.DataFrame) -> str:
+    """``"200 test images per point"`` from a results table's ``images``/``split`` columns."""
+    if "images" not in results or not results["images"].notna().any():
+        return ""
+    n = sorted({int(v) for v in results["images"].dropna()})
+    split = results["split"].dropna().iloc[0] if "split" in results and \
+        results["split"].notna().any() else ""
+    count = str(n[0]) if len(n) == 1 else f"{n[0]}-{n[-1]}"
+    return f"{count} {split} images per point".replace("  ", " ")
+
+
+def _title(ax, text: str, results: pd.DataFrame | None = None) -> None:
+    extra = _images_text(results) if results is not None else ""
+    ax.set_title(f"{text}\n({extra})" if extra else text, fontsize=10)
+
+
+def _zoom_y(ax, values: pd.Series, label: str, top: float | None = None) -> None:
+    """Zoom the y axis to the data (percent values), stating where it starts in the label."""
+    lo = float(values.min()) if len(values) else 0.0
+    hi = float(values.max()) if len(values) else 100.0
+    bottom = max(0.0, math.floor(lo / 5) * 5 - 2)
+    ax.set_ylim(bottom, top if top is not None else min(100.5, math.ceil(hi) + 1.5))
+    ax.set_ylabel(f"{label}; axis from {bottom:g}" if bottom > 0 else label)
+
+
+def _refused_marks(ax, xs: Sequence[float], color: Any = "0.35") -> None:
+    """Refused configurations as x marks on the bottom axis (drawn over the spine)."""
+    if len(xs):
+        from matplotlib.transforms import blended_transform_factory
+
+        lo, hi = ax.get_xlim()
+        pad = 0.04 * (max(hi, max(xs)) - min(lo, min(xs)) or 1.0)
+        ax.set_xlim(min(lo, min(xs) - pad), max(hi, max(xs) + pad))  # refused widths show
+        tr = blended_transform_factory(ax.transData, ax.transAxes)
+        ax.scatter(list(xs), [0.0] * len(xs), marker="x", s=30, color=color, lw=1.2,
+                   transform=tr, clip_on=False, zorder=5)
+
+
 def _short(row: pd.Series) -> str:
     """``W4A4 12b wrap`` for a sweep row."""
     wa = row.get("wa") or row.get("quant_label", "")
@@ -174,15 +212,23 @@ def accuracy_vs_acc_bits(results: pd.DataFrame, ax=None, out: str | Path | None 
                             ms=4, label=m) for m in modes if m in _MODE_STYLE]
     if len(exact):
         style_handles.append(Line2D([], [], color="0.3", ls=":", lw=1, label="exact (no limit)"))
+    refused = table.loc[table["status"] != "ok", "acc_bits"].dropna().unique()
+    if len(refused):
+        style_handles.append(Line2D([], [], color="0.35", marker="x", ls="",
+                                    label="width refused by the NPU\n(a product does not fit)"))
     sep = Line2D([], [], ls="", label=" ")
     head = Line2D([], [], ls="", label="overflow mode:")
     ax.legend(handles=[*handles, sep, head, *style_handles], title="W/A setting:",
               loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title_fontsize=8,
               alignment="left")
     ax.set_xlabel("accumulator width (bits, both levels)")
-    ax.set_ylabel(axis_label("top1"))
     # zoom in when every setting is accurate, so a loss of a point or two is visible
-    ax.set_ylim((max(0.0, math.floor(lo / 5) * 5 - 5), 100.5) if lo >= 50 else (-2, 102))
+    if lo >= 50:
+        _zoom_y(ax, shown, axis_label("top1"), top=100.5)
+    else:
+        ax.set_ylim(0, 102)
+        ax.set_ylabel(axis_label("top1"))
+    _refused_marks(ax, refused)
     xs = table["acc_bits"].dropna()
     ticks = sorted(xs.unique().astype(int)) if len(xs) else []
     ax.set_xticks(ticks)
@@ -195,7 +241,7 @@ def accuracy_vs_acc_bits(results: pd.DataFrame, ax=None, out: str | Path | None 
         inset.grid(alpha=0.3)
         inset.set_title("zoom: top-1 >= 80%", fontsize=7)
         inset.set_ylabel("top-1 (%)", fontsize=7)
-    ax.set_title(title or "Accuracy vs accumulator width: wrap vs saturate", fontsize=10)
+    _title(ax, title or "Accuracy vs accumulator width: wrap vs saturate", results)
     return _finish(fig, table, out)
 
 
@@ -213,26 +259,25 @@ def pareto_front(df: pd.DataFrame, x: str = "energy_per_image_uj", y: str = "top
     return keep
 
 
-def _label_points(ax, pts: pd.DataFrame) -> None:
-    """Label points below-right of themselves with leader lines, moving a label further down
-    while its box would overlap an earlier one (greedy, in display pixels)."""
-    ax.autoscale_view()
-    to_px = ax.transData.transform
-    scale = ax.figure.dpi / 72.0
-    placed: list[tuple[float, float, float, float]] = []
-    for _, r in pts.sort_values("energy_per_image_uj").iterrows():
-        x, y = to_px((r["energy_per_image_uj"], 100 * r["top1"]))
-        w, h = 4.3 * len(r["label"]) * scale, 11 * scale
-        dy = 20.0
-        while any(abs((x + 12 * scale) - px) < max(w, pw) and abs((y - dy * scale) - py) < h
-                  for px, py, pw, _ in placed) and dy < 200:
-            dy += 12
-        placed.append((x + 12 * scale, y - dy * scale, w, h))
-        ax.annotate(r["label"], (r["energy_per_image_uj"], 100 * r["top1"]),
-                    xytext=(12, -dy), textcoords="offset points", fontsize=7, va="top",
-                    arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "0.4"},
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
-                          "alpha": 0.8})
+def _label_points(ax, pts: pd.DataFrame) -> list[str]:
+    """Number the frontier points from the cheapest (a small number beside each, no leader
+    lines to cross) and list the numbers with their labels in a box in the axes' upper right.
+    Returns the listed lines."""
+    from matplotlib.offsetbox import AnchoredText
+
+    lines = []
+    for i, (_, r) in enumerate(pts.sort_values("energy_per_image_uj").iterrows(), start=1):
+        ax.annotate(str(i), (r["energy_per_image_uj"], 100 * r["top1"]), xytext=(-5, 5),
+                    textcoords="offset points", fontsize=7, fontweight="bold", ha="right",
+                    va="bottom", zorder=6)
+        lines.append(f"{i}: {r['label']} ({100 * r['top1']:.1f}%, "
+                     f"{r['energy_per_image_uj']:.3g} µJ)")
+    if lines:
+        box = AnchoredText("Pareto frontier:\n" + "\n".join(lines), loc="center right",
+                           prop={"size": 7}, frameon=True)
+        box.patch.set(alpha=0.85, edgecolor="0.6")
+        ax.add_artist(box)
+    return lines
 
 
 def energy_vs_accuracy(results: pd.DataFrame, ax=None, out: str | Path | None = None,
@@ -242,6 +287,7 @@ def energy_vs_accuracy(results: pd.DataFrame, ax=None, out: str | Path | None = 
     (least energy for the accuracy) drawn and its points labelled."""
     fig, ax = _new_ax(ax, (7.0, 4.6))
     ok = _ok(results).copy()
+    n_refused = len(results) - len(ok)
     ok["pareto"] = pareto_front(ok)
     ok["label"] = [_short(r) for _, r in ok.iterrows()]
     cols = ["label", hue, "overflow_mode", "acc_bits", "top1", "energy_per_image_uj",
@@ -261,25 +307,27 @@ def energy_vs_accuracy(results: pd.DataFrame, ax=None, out: str | Path | None = 
     front = ok[ok["pareto"]].sort_values("energy_per_image_uj")
     if len(front):
         ax.step(front["energy_per_image_uj"], 100 * front["top1"], where="post", color="k",
-                lw=1.2, zorder=1)
+                lw=2.6, zorder=4)
         ax.scatter(front["energy_per_image_uj"], 100 * front["top1"], facecolor="none",
-                   edgecolor="k", s=60, lw=1.0, zorder=3)
+                   edgecolor="k", s=70, lw=1.6, zorder=5)
     e = ok["energy_per_image_uj"]
     if len(e) and e.min() > 0 and e.max() / e.min() > 8:
         ax.set_xscale("log")
-    ax.set_ylim(-2, 102)
-    if len(front):
-        _label_points(ax, front[front["top1"] >= min_label_top1])
+    _zoom_y(ax, 100 * ok["top1"], axis_label("top1"), top=101)
+    fig.npusim_frontier_labels = (_label_points(ax, front[front["top1"] >= min_label_top1])
+                          if len(front) else [])
     handles = [Line2D([], [], color=colors[h], marker="o", ls="", label=str(h)) for h in hues]
     handles += [Line2D([], [], color="0.3", marker=m, ls="", label=k) for k, m in markers.items()
                 if (ok["overflow_mode"] == k).any()]
-    handles.append(Line2D([], [], color="k", lw=1.2, marker="o", mfc="none",
+    handles.append(Line2D([], [], color="k", lw=2.6, marker="o", mfc="none",
                           label="Pareto frontier"))
     ax.legend(handles=handles, fontsize=8, loc="lower right")
     ax.set_xlabel(axis_label("energy_per_image_uj"))
-    ax.set_ylabel(axis_label("top1"))
     ax.grid(alpha=0.3)
-    ax.set_title(title or "Energy per image vs accuracy (all configurations)", fontsize=10)
+    if n_refused:
+        ax.text(0.01, 0.01, f"{n_refused} configuration(s) refused by the NPU: no point",
+                transform=ax.transAxes, fontsize=7, color="0.35", va="bottom")
+    _title(ax, title or "Energy per image vs accuracy (all configurations)", results)
     return _finish(fig, table, out)
 
 
@@ -409,43 +457,88 @@ def accumulator_ranges(layers: pd.DataFrame, ax=None, out: str | Path | None = N
 
 # ----------------------------------------------------------------------- custom
 
+def _x_is_ordered(df: pd.DataFrame, x: str, keys: list[str]) -> bool:
+    """Whether `x` is a swept, ordered axis: numeric, with one value per group and x (seeds
+    aside), so a line between neighbours means something."""
+    if not pd.api.types.is_numeric_dtype(df[x]) or not len(df):
+        return False
+    per = [*keys, x] + ([c for c in ("seed",) if c in df and c not in keys and c != x])
+    return not df.duplicated(per).any()
+
+
 def custom(results: pd.DataFrame, x: str, y: str, hue: str | None = None,
            style: str | None = None, ax=None, out: str | Path | None = None,
            kind: str = "auto", title: str | None = None):
-    """Any two columns of a results table: lines when `x` is numeric (one per `hue` x `style`
-    group, sorted by x), else a scatter. Accuracy columns are drawn in percent."""
+    """Any two columns of a results table: a scatter by default, lines (one per `hue` x
+    `style` group, sorted by x) when `x` is an ordered sweep axis (numeric, one point per group
+    and value). Several seeds at one point become their mean with a min-max error bar.
+    Colour encodes `hue`, the marker `style`; accuracy columns are drawn in percent."""
     for c in (x, y, hue, style):
         if c is not None and c not in results:
             raise KeyError(f"no column {c!r} in the results (have: {', '.join(results.columns)})")
     df = _ok(results).copy()
     fig, ax = _new_ax(ax, (7.0, 4.4))
     scale = 100.0 if y in _PERCENT else 1.0
-    numeric_x = pd.api.types.is_numeric_dtype(df[x])
+    keys = [k for k in dict.fromkeys((hue, style)) if k]
     if kind == "auto":
-        kind = "line" if numeric_x else "scatter"
-    keys = [k for k in (hue, style) if k]
-    groups = list(df.groupby(keys, sort=False)) if keys else [((), df)]
+        kind = "line" if _x_is_ordered(df, x, keys) else "scatter"
+    seeds = "seed" in df and df["seed"].nunique() > 1 and x != "seed" and "seed" not in keys
     hues = list(dict.fromkeys(df[hue])) if hue else [None]
     styles = list(dict.fromkeys(df[style])) if style else [None]
     colors = dict(zip(hues, _colors(len(hues))))
-    lstyles = dict(zip(styles, ["-", "--", ":", "-."] * 4))
     mks = dict(zip(styles, ["o", "s", "^", "D", "v", "P"] * 3))
+    rows = []
+    groups = list(df.groupby(keys, sort=False)) if keys else [((), df)]
     for key, sub in groups:
         key = key if isinstance(key, tuple) else (key,)
         kv = dict(zip(keys, key))
-        h, s = kv.get(hue) if hue else None, kv.get(style) if style else None
+        h, st = kv.get(hue) if hue else None, kv.get(style) if style else None
         label = " ".join(str(v) for v in key) or None
-        sub = sub.sort_values(x) if numeric_x else sub
+        if seeds and pd.api.types.is_numeric_dtype(df[y]):
+            agg = (sub.groupby(x, sort=True)[y].agg(["mean", "min", "max", "count"])
+                   .reset_index())
+            xs, ys = agg[x], scale * agg["mean"]
+            err = [scale * (agg["mean"] - agg["min"]), scale * (agg["max"] - agg["mean"])]
+            ax.errorbar(xs, ys, yerr=err, ls="-" if kind == "line" else "", marker=mks[st],
+                        ms=4, color=colors[h], label=label, capsize=2, lw=1.2)
+            rows.append(agg.rename(columns={"mean": f"{y}_mean", "min": f"{y}_min",
+                                            "max": f"{y}_max", "count": "seeds"})
+                        .assign(**kv))
+            continue
         if kind == "line":
-            ax.plot(sub[x], scale * sub[y], ls=lstyles[s], marker=mks[s], ms=4, color=colors[h],
+            sub = sub.sort_values(x)
+            ax.plot(sub[x], scale * sub[y], ls="-", marker=mks[st], ms=4, color=colors[h],
                     label=label)
         else:
-            ax.scatter(sub[x], scale * sub[y], marker=mks[s], color=colors[h], label=label, s=20)
+            ax.scatter(sub[x], scale * sub[y], marker=mks[st], color=colors[h], label=label,
+                       s=20)
     ax.set_xlabel(axis_label(x))
-    ax.set_ylabel(axis_label(y))
-    if keys:
+    ylabel = axis_label(y) + (" (mean, bars: min-max over seeds)" if seeds else "")
+    if scale == 100.0 and len(df):
+        _zoom_y(ax, scale * df[y].astype(float), ylabel)
+    else:
+        ax.set_ylabel(ylabel)
+    if pd.api.types.is_integer_dtype(df[x]) or (
+            pd.api.types.is_numeric_dtype(df[x]) and len(df) and (df[x] % 1 == 0).all()):
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    refused = results[results["status"] != "ok"] if "status" in results else results.iloc[:0]
+    if len(refused) and pd.api.types.is_numeric_dtype(refused[x]) and refused[x].notna().any():
+        _refused_marks(ax, sorted(refused[x].dropna().unique()))
+        from matplotlib.lines import Line2D
+
+        handles, _ = ax.get_legend_handles_labels()
+        ax.legend(handles=[*handles, Line2D([], [], color="0.35", marker="x", ls="",
+                                            label=f"refused by the NPU ({len(refused)})")],
+                  title=" / ".join(keys) or None, fontsize=8, title_fontsize=8)
+    elif keys:
         ax.legend(title=" / ".join(keys), fontsize=8, title_fontsize=8)
     ax.grid(alpha=0.3)
-    ax.set_title(title or f"{axis_label(y)} vs {axis_label(x)}", fontsize=10)
-    table = df[[c for c in dict.fromkeys([*keys, x, y, "point_hash"]) if c in df]]
+    _title(ax, title or f"{axis_label(y)} vs {axis_label(x)}", results)
+    if rows:
+        table = pd.concat(rows, ignore_index=True)
+        table = table[[*keys, *[c for c in table.columns if c not in keys]]]
+    else:
+        table = df[[c for c in dict.fromkeys([*keys, x, y, "point_hash"]) if c in df]]
     return _finish(fig, table, out)

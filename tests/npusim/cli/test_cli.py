@@ -153,3 +153,42 @@ def test_interrupt_exits_130(monkeypatch, capsys):
     _presets_raising(monkeypatch, KeyboardInterrupt())
     assert main(["presets"]) == 130
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_inspect_and_bounds_write_tidy_csv_and_fit_a_screen(tmp_path, capsys):
+    import pandas as pd
+
+    from npusim.ir.program import save_program
+    from tests.npusim.cost.test_mapping import residual_program
+
+    p = save_program(residual_program(), tmp_path / "p.safetensors")
+    nodes, lay = tmp_path / "nodes.csv", tmp_path / "bounds.csv"
+    assert main(["inspect", str(p), "--csv", str(nodes)]) == 0
+    assert main(["bounds", str(p), "--csv", str(lay)]) == 0
+    out = capsys.readouterr().out.replace(str(tmp_path), "runs")  # a short path, as a user's
+    assert max(len(line) for line in out.splitlines()) < 110
+    df = pd.read_csv(nodes)
+    assert {"node", "op", "in_bits", "w_bits", "out_bits", "out_scale", "w_scale_min",
+            "shift_min_bits", "macs_per_image", "attrs"} <= set(df.columns)
+    assert list(df["node"]) == ["c1", "c2", "add"]
+    b = pd.read_csv(lay)
+    assert {"layer", "k", "product_bits", "bound_l1_bits", "bound_dtype_bits"} <= set(b.columns)
+
+
+@pytest.mark.slow
+def test_train_quant_says_what_it_trains_and_caches_the_qat_run(tmp_path, monkeypatch, capsys):
+    import npusim.cli.train as train_cmd
+
+    monkeypatch.setenv("NPUSIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(train_cmd, "_IMPLICIT_FLOAT_EPOCHS", 1)
+    args = ["train", "--model", "resnet8", "--data", "digits", "--width", "0.25", "--epochs", "1",
+            "--quant", "lsq", "--wbits", "4", "--abits", "4"]
+    assert main([*args, "--export", str(tmp_path / "a.safetensors")]) == 0
+    first = capsys.readouterr().out
+    assert "no --from: training a float resnet8 on digits first (1 epochs" in first
+    assert "fine-tuning" in first and "cached" not in first.split("fine-tuning")[1]
+    assert main([*args, "--export", str(tmp_path / "b.safetensors")]) == 0
+    second = capsys.readouterr().out
+    assert "using the cached float resnet8" in second and "from the cache" not in first
+    assert ": cached" in second and "fine-tuning" not in second
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()

@@ -257,3 +257,35 @@ def test_cli_cost_errors_are_one_line(tmp_path):
     assert "dram.acess" in res.stderr
     res = run("cost")
     assert res.returncode == 2 and "PROGRAM" in res.stderr
+
+
+@pytest.mark.parametrize("over, batch", [({}, 1), ({"memory.weight_sram_kib": 0.01}, 4),
+                                          ({"memory.activation_sram_kib": 0.01}, 8)])
+def test_dram_energy_splits_into_weights_and_activations(over, batch):
+    """DRAM energy is per bit, so the weight and activation shares add up to it exactly and
+    follow their bit counts; spills and non-resident weights show in the split."""
+    rep = estimate_cost(residual_program(), npu(**over), images=batch)
+    lay, tot = rep.layers, rep.total
+    assert np.allclose(lay["dram_weight_pj"] + lay["dram_activation_pj"], lay["dram_pj"])
+    assert tot["dram_weight_pj"] + tot["dram_activation_pj"] == pytest.approx(tot["dram_pj"])
+    per_bit = lay["dram_pj"] / lay["dram_bits"].where(lay["dram_bits"] > 0)
+    moved = lay["dram_bits"] > 0
+    assert np.allclose((lay["dram_weight_pj"] / lay["dram_weight_bits"].where(
+        lay["dram_weight_bits"] > 0)).dropna(), per_bit[moved & (lay["dram_weight_bits"] > 0)])
+    assert tot["dram_weight_bytes"] == pytest.approx(lay["dram_weight_bits"].sum() / 8)
+    if not over:
+        assert tot["weights_resident"] and tot["dram_weight_pj"] == 0
+    if "memory.weight_sram_kib" in over:
+        assert not tot["weights_resident"] and tot["dram_weight_pj"] > 0
+    if "memory.activation_sram_kib" in over:
+        assert tot["activation_spill_layers"] > 0
+
+
+def test_cli_cost_explains_dram_residency(tmp_path, capsys):
+    from npusim.cli.app import main
+
+    path = save_program(residual_program(), tmp_path / "tiny.safetensors")
+    assert main(["cost", str(path), "--batch", "8", "--set", "memory.activation_sram_kib=0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "DRAM per image: weights" in out and "activations" in out
+    assert "stay resident" in out and "spill" in out and "rise with the batch" in out

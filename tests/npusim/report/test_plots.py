@@ -136,6 +136,65 @@ def test_savings_and_custom(tmp_path):
         plots.custom(res, "nope", "top1")
 
 
+def _titles_and_texts(ax) -> str:
+    return " ".join([ax.get_title(), ax.get_ylabel(), *[t.get_text() for t in ax.texts]])
+
+
+def test_accuracy_vs_width_marks_refused_widths_and_states_images(tmp_path):
+    res = fake_results()
+    fig = plots.accuracy_vs_acc_bits(res)
+    ax = fig.axes[0]
+    assert "32 images per point" in ax.get_title()
+    # the refused widths are x marks on the x axis (axes-fraction y = 0)
+    marks = [c for c in ax.collections if c.get_offsets().shape[0]
+             and np.allclose(c.get_offsets()[:, 1], 0.0)]
+    refused = sorted(res.loc[res["status"] != "ok", "acc_bits"].unique())
+    assert marks and sorted(marks[0].get_offsets()[:, 0]) == refused
+    legend = " ".join(t.get_text() for t in ax.get_legend().get_texts())
+    assert "refused" in legend
+
+
+def test_energy_vs_accuracy_zooms_numbers_the_frontier_and_counts_refused():
+    res = fake_results()
+    fig = plots.energy_vs_accuracy(res)
+    ax = fig.axes[0]
+    text = _titles_and_texts(ax)
+    ok = res[res["status"] == "ok"]
+    assert f"{(res['status'] != 'ok').sum()} configuration(s) refused" in text
+    assert "32 images per point" in text
+    lo = ax.get_ylim()[0]
+    assert 0 < lo <= 100 * ok["top1"].min() and f"axis from {lo:g}" in ax.get_ylabel()
+    front = ok[plots.pareto_front(ok)]
+    assert len(fig.npusim_frontier_labels) == len(front)
+    step = [ln for ln in ax.lines if ln.get_linewidth() >= 2.5]
+    assert step, "the frontier is drawn bold"
+
+
+def test_custom_is_a_scatter_unless_x_is_an_ordered_axis():
+    res = fake_results()
+    ordered = plots.custom(res, "acc_bits", "top1", hue="quant_label", style="overflow_mode")
+    assert len(ordered.axes[0].lines) > 0  # one point per group and width: lines
+    free = plots.custom(res, "energy_per_image_uj", "top1", hue="quant_label")
+    assert not free.axes[0].lines and free.axes[0].collections  # a scatter
+    forced = plots.custom(res, "energy_per_image_uj", "top1", kind="line")
+    assert forced.axes[0].lines
+
+
+def test_custom_draws_error_bars_over_seeds(tmp_path):
+    res = fake_results()
+    seeds = pd.concat([res.assign(seed=0), res.assign(seed=1, top1=res["top1"] - 0.02)],
+                      ignore_index=True)
+    out = tmp_path / "s.png"
+    fig = plots.custom(seeds, "acc_bits", "top1", hue="quant_label", style="overflow_mode",
+                       out=out)
+    table = pd.read_csv(out.with_suffix(".csv"))
+    assert {"top1_mean", "top1_min", "top1_max", "seeds"} <= set(table.columns)
+    assert (table["seeds"] == 2).all()
+    assert np.allclose(table["top1_max"] - table["top1_min"], 0.02)
+    assert "seeds" in fig.axes[0].get_ylabel()
+    assert fig.axes[0].lines  # acc_bits stays an ordered axis across seeds
+
+
 def _store(tmp_path) -> ResultsStore:
     st = ResultsStore(tmp_path / "r.sqlite")
     for _, r in fake_results().iterrows():
