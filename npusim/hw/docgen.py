@@ -198,24 +198,6 @@ def npu_file_markdown() -> str:
 # ------------------------------------------------------------------- program format
 
 #: What each op computes (the op table declares its interface; this is its meaning).
-OP_SEMANTICS = {
-    "conv2d": "2-D convolution: `acc = bias + Σ x·w` over the kernel window and the input "
-              "channels of its group, accumulated in the NPU's order and width, then "
-              "requantized per output channel and clamped.",
-    "linear": "Fully connected layer: `acc = bias + Σ x·w`, then requantized per output "
-              "channel and clamped.",
-    "add": "Residual add of two tensors of equal shape: each input is rescaled to a common "
-           "grid with `add_frac_bits` extra fraction bits (TFLite/ONNX Runtime QLinearAdd "
-           "arithmetic), summed, requantized and clamped.",
-    "maxpool2d": "Max over each `kernel`×`kernel` window (padding never wins); no rescaling.",
-    "avgpool2d": "Sum over each window, then requantized by `s_in / (window · s_out)`.",
-    "global_avgpool": "Sum over each channel's whole map, then requantized by "
-                      "`s_in / (H·W · s_out)`; output shape (C, 1, 1).",
-    "flatten": "Reinterprets a (C, H, W) buffer as (C·H·W,) in C order; no data moves.",
-    "embed": "Pixel embedding: each uint8 input pixel indexes its channel's table `lut` "
-             "(shape (C, 256, d)), giving `d` output channels per input channel.",
-}
-
 _PROGRAM_INTRO = """\
 # The IntegerProgram file
 
@@ -324,7 +306,7 @@ def program_format_markdown() -> str:
             f"`{name}`", str(op.inputs), ", ".join(f"`{a}`" for a in op.arrays) or "—",
             ", ".join(_attr_text(a) for a in op.attrs) or "—", op.unit,
             "yes" if op.real_multipliers is not None else "no",
-            OP_SEMANTICS.get(name, "(not described yet)"))) + " |")
+            op.doc)) + " |")
     out.append("")
     return "\n".join(out)
 

@@ -71,6 +71,7 @@ class OpDef:
     MAC array (unit ``array``), `vector_ops` its operations per image on the vector unit (unit
     ``vector``). `view` ops only reinterpret or re-address their input's buffer (their output
     keeps the input's bits, sign, scale and zero point). A `variadic` op takes `inputs` or more.
+    `doc` is the op's meaning in one sentence (the program-format reference prints it).
     """
 
     name: str
@@ -86,6 +87,7 @@ class OpDef:
     vector_ops: Callable[[IntegerProgram, Node], int] | None = None
     view: bool = False
     variadic: bool = False
+    doc: str = ""
 
     def attr(self, node: Node, name: str) -> Any:
         """A node's attribute, or the op's default for it."""
@@ -348,35 +350,67 @@ OPS: dict[str, OpDef] = {op.name: op for op in (
     OpDef("conv2d", 1, (_STRIDE, Attr("padding", "int", 0), Attr("groups", "int", 1),
                         Attr("requant", "bool"), _CLAMP, _ACC_TARGET),
           ("weight", "bias"), _conv_shape, "array", macs=_gemm_macs,
-          real_multipliers=_gemm_real, float_multipliers=_gemm_float, gemm=_conv_gemm),
+          real_multipliers=_gemm_real, float_multipliers=_gemm_float, gemm=_conv_gemm,
+          doc=(
+              "2-D convolution: `acc = bias + Σ x·w` over the kernel window and the input channels "
+              "of its group, accumulated in the NPU's order and width, then requantized per output "
+              "channel and clamped.")),
     OpDef("linear", 1, (Attr("requant", "bool"), _CLAMP, _ACC_TARGET), ("weight", "bias"),
           _linear_shape, "array", macs=_gemm_macs, real_multipliers=_gemm_real,
-          float_multipliers=_gemm_float, gemm=_linear_gemm),
+          float_multipliers=_gemm_float, gemm=_linear_gemm,
+          doc=(
+              "Fully connected layer: `acc = bias + Σ x·w`, then requantized per output channel and "
+              "clamped.")),
     OpDef("add", 2, (_REQUANT, _CLAMP), (), _add_shape, "vector",
-          real_multipliers=_add_real, float_multipliers=_add_float, vector_ops=_per_output),
+          real_multipliers=_add_real, float_multipliers=_add_float, vector_ops=_per_output,
+          doc=(
+              "Residual add of two tensors of equal shape: each input is rescaled to a common grid "
+              "with `add_frac_bits` extra fraction bits (TFLite/ONNX Runtime QLinearAdd "
+              "arithmetic), summed, requantized and clamped.")),
     OpDef("maxpool2d", 1, (_KERNEL, _STRIDE, _PADDING), (), _pool_shape, "vector",
-          vector_ops=_per_window),
+          vector_ops=_per_window,
+          doc=(
+              "Max over each `kernel`×`kernel` window (padding never wins); no rescaling.")),
     # count_include_pad=false: a window divides by its in-map inputs only (float mode only)
     OpDef("avgpool2d", 1, (_KERNEL, _STRIDE, _PADDING, _REQUANT, _CLAMP,
                            Attr("count_include_pad", "bool", default=True)), (), _pool_shape,
           "vector", real_multipliers=_pool_real, float_multipliers=_avgpool_float,
-          vector_ops=_per_window),
+          vector_ops=_per_window,
+          doc=(
+              "Sum over each window, then requantized by `s_in / (count · s_out)`; `count` is the "
+              "window size, or its in-map inputs with `count_include_pad` false.")),
     OpDef("global_avgpool", 1, (_REQUANT, _CLAMP), (), _global_pool_shape, "vector",
           real_multipliers=_pool_real, float_multipliers=_global_pool_float,
-          vector_ops=_per_input),
-    OpDef("flatten", 1, (), (), _flatten_shape, "none", view=True),
+          vector_ops=_per_input,
+          doc=(
+              "Sum over each channel's whole map, then requantized by `s_in / (H·W · s_out)`; "
+              "output shape (C, 1, 1).")),
+    OpDef("flatten", 1, (), (), _flatten_shape, "none", view=True,
+          doc=(
+              "Reinterprets a (C, H, W) buffer as (C·H·W,) in C order; no data moves.")),
     # along channels; each input requantized to the output's scale and zero point (ORT's
     # QLinearConcat; a copy where they agree): one requantization per output element. With one
     # input it is a requantization to other parameters (DequantizeLinear -> QuantizeLinear)
     OpDef("concat", 1, (_CLAMP,), (), _concat_shape, "vector", real_multipliers=_concat_real,
-          float_multipliers=_concat_float, vector_ops=_per_output, variadic=True),
+          float_multipliers=_concat_float, vector_ops=_per_output, variadic=True,
+          doc=(
+              "Concatenation along channels; each input is requantized to the output's scale and "
+              "zero point (ONNX Runtime's QLinearConcat; a copy where they agree).")),
     # channels [start, stop): the consumer reads a window of the producer's buffer
     OpDef("slice", 1, (Attr("start", "int", 0), Attr("stop", "int", 1)), (), _slice_shape,
-          "none", view=True),
+          "none", view=True,
+          doc=(
+              "Channels `[start, stop)` of its input: a view, no data moves.")),
     # ShuffleNet's channel shuffle: out[j*g + i] = in[i*(C/g) + j]; the consumer reads the
     # producer's buffer in permuted channel order
     OpDef("channel_shuffle", 1, (Attr("groups", "int", 1),), (), _shuffle_shape, "none",
-          view=True),
+          view=True,
+          doc=(
+              "ShuffleNet's channel shuffle `out[j·g + i] = in[i·(C/g) + j]`: a view read in "
+              "permuted channel order.")),
     # one table lookup per input element
-    OpDef("embed", 1, (), ("lut",), _embed_shape, "vector", vector_ops=_per_input),
+    OpDef("embed", 1, (), ("lut",), _embed_shape, "vector", vector_ops=_per_input,
+          doc=(
+              "Pixel embedding: each uint8 input pixel indexes its channel's table `lut` (shape (C, "
+              "256, d)), giving `d` output channels per input channel.")),
 )}

@@ -90,3 +90,9 @@ def test_adding_an_op_is_one_declaration(monkeypatch):
         with pytest.raises(ProgramError) as e:
             _toy_program(attrs, out, inputs).validate()
         assert expect in str(e.value), str(e.value)
+
+
+def test_every_op_has_a_one_sentence_meaning():
+    """The program-format reference prints each op's `doc`; none may be missing."""
+    for name, op in OPS.items():
+        assert op.doc.strip(), name
