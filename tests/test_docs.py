@@ -102,6 +102,11 @@ def test_every_documented_command_parses(where, argv):
     assert ctx.params is not None
 
 
+def test_one_epoch_rewrites_only_epoch_values():
+    assert _one_epoch(["train", "--epochs", "15", "--wbits", "4"]) == ["train", "--epochs", "1",
+                                                                      "--wbits", "4"]
+
+
 def test_block_parser(tmp_path):
     md = tmp_path / "x.md"
     md.write_text("a\n<!-- test: slow -->\n```bash\nnpusim train \\\n  --epochs 2  # c\n"
@@ -113,11 +118,18 @@ def test_block_parser(tmp_path):
 
 # ------------------------------------------------------------------ the flows, run
 
-def _run_blocks(chosen: list[Block], cwd: Path, monkeypatch) -> None:
+def _one_epoch(argv: list[str]) -> list[str]:
+    """`argv` with every `--epochs N` set to 1 (the commands as written, at a test's budget)."""
+    return [("1" if i and argv[i - 1] == "--epochs" else a) for i, a in enumerate(argv)]
+
+
+def _run_blocks(chosen: list[Block], cwd: Path, monkeypatch, one_epoch: bool = False) -> None:
     monkeypatch.chdir(cwd)
     runner = CliRunner()
     for block in chosen:
         for argv in commands(block):
+            if one_epoch:
+                argv = _one_epoch(argv)
             where = f"{block.path.name}:{block.line}: {shlex.join(argv)}"
             if argv[0] == "echo" and len(argv) == 4 and argv[2] == ">":
                 Path(argv[3]).write_text(argv[1] + "\n")
@@ -139,8 +151,11 @@ def test_readme_first_result_runs(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_readme_mnist_flow_runs(tmp_path, monkeypatch):
+    """README's MNIST block, every command as written except one epoch per training (the
+    README's 15 + 3 epochs take about 15 minutes on 2 cores: too long for every CI run)."""
     monkeypatch.setenv("NPUSIM_CACHE", str(tmp_path / "cache"))
-    _run_blocks(_shell_blocks(slow=True), tmp_path, monkeypatch)
+    _run_blocks(_shell_blocks(slow=True), tmp_path, monkeypatch, one_epoch=True)
+    assert (tmp_path / "runs" / "w4a4_mnist.safetensors").is_file()
 
 
 @pytest.mark.slow
