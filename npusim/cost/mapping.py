@@ -26,7 +26,8 @@ Three buffers, each sized by `NPUConfig.memory`: ifmap reads and the requantized
 writes go to the activation SRAM at the activations' bits; filter reads to the weight SRAM at
 the weights' stored width (``packed`` = exact bits, ``pad4`` / ``pad8`` = rounded up to a
 multiple of 4 / 8), plus each output channel's bias / multiplier / shift once per image;
-ofmap writes go to the accumulator SRAM at ``acc_bits``, and every one is read back once
+ofmap writes go to the accumulator SRAM at the node's ``acc_bits`` (its ``[[layer]]`` table's
+where one matches, `Precision.acc_for`), and every one is read back once
 (ws / is: the read-modify-write of the next row-fold's partial sum, and the final read for
 requantization; os: the final read). Partial sums inside the array travel at ``pe_acc_bits``
 (charged as registers by the estimator, not as SRAM). Buffer traffic is counted in bits, as
@@ -114,6 +115,17 @@ class Precision:
     multiplier_bits: int
     add_frac_bits: int
     weight_storage: str
+    #: node -> (pe_acc_bits, acc_bits) where a node runs at other widths than the body's
+    #: (the NPU's ``[[layer]]`` tables); the baselines have none
+    layer_acc: Mapping[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+
+    def acc_for(self, node: str) -> int:
+        """Accumulator width of node `node` (its ``[[layer]]`` table's, else the body's)."""
+        return int(self.layer_acc.get(node, (self.pe_acc_bits, self.acc_bits))[1])
+
+    def pe_acc_for(self, node: str) -> int:
+        """Partial-sum width inside the array of node `node`."""
+        return int(self.layer_acc.get(node, (self.pe_acc_bits, self.acc_bits))[0])
 
     def bits(self, tensor: str) -> int:
         return int(self.tensor_bits[tensor])
@@ -135,8 +147,14 @@ def program_precision(program: IntegerProgram, npu: "NPUConfig",
     rq, prec = npu.requant.over(RequantSpec.from_dict(program.requant)), npu.precision
     bits = {k: int(v.bits) for k, v in program.tensors.items()}
     if variant == "npu":
+        layer_acc = {}
+        for node in program.nodes:
+            p = npu.precision_for(node.name)
+            if (p.pe_acc_bits, p.acc_bits) != (prec.pe_acc_bits, prec.acc_bits):
+                layer_acc[node.name] = (p.pe_acc_bits, p.acc_bits)
         return Precision("npu", "int", bits, prec.pe_acc_bits, prec.acc_bits, rq.scale_mode,
-                         rq.multiplier_bits, rq.add_frac_bits, npu.memory.weight_storage)
+                         rq.multiplier_bits, rq.add_frac_bits, npu.memory.weight_storage,
+                         layer_acc)
     if variant == "fp32":
         return Precision("fp32", "fp32", {k: 32 for k in bits}, 32, 32, "none", 0, 0,
                          npu.memory.weight_storage)
@@ -342,8 +360,8 @@ def _node_mapping(program: IntegerProgram, node: Node, npu: "NPUConfig",
         })
         row["act_sram_read_bits"] = row["ifmap_sram_reads"] * a_bits
         row["weight_sram_read_bits"] = row["filter_sram_reads"] * w_bits + meta
-        row["acc_sram_write_bits"] = row["ofmap_sram_writes"] * prec.acc_bits
-        row["acc_sram_read_bits"] = row["ofmap_sram_writes"] * prec.acc_bits
+        row["acc_sram_write_bits"] = row["ofmap_sram_writes"] * prec.acc_for(node.name)
+        row["acc_sram_read_bits"] = row["ofmap_sram_writes"] * prec.acc_for(node.name)
         row["act_sram_write_bits"] = out_n * out_bits
     elif op.unit == "vector":
         ops = op.vector_ops(program, node)
