@@ -355,7 +355,8 @@ def estimate_cost(program: IntegerProgram, npu_config: "NPUConfig",
     layers["w_bits"] = layers["w_bits"].astype("Int64")
     layers["pe_acc_bits"] = [prec.pe_acc_for(n.name) for n in nodes]
     layers["acc_bits"] = [prec.acc_for(n.name) for n in nodes]
-    for col in ("M", "K", "N", "groups", "folds", "compute_cycles", "stall_cycles", "cycles",
+    for col in ("M", "K", "N", "groups", "folds", "compute_cycles", "scalesim_cycles",
+                "stall_cycles", "cycles",
                 "latency_us", "utilization"):
         layers[col] = mapping[col].to_numpy()
     layers["energy_pj"] = per.sum(axis=1).to_numpy()

@@ -20,7 +20,20 @@ REFERENCES §3). A conv becomes a GEMM per image (no batching into M):
   is    K*M                  K*N*ceil(M/C)        M*N*ceil(K/R)
   ====  ===================  ===================  =====================
 
-  (SCALE-Sim's os ofmap count carries a per-fold R+C bookkeeping artefact; it is left out.)
+  (SCALE-Sim's os ofmap count carries a per-fold R+C bookkeeping artefact; it is left out:
+  SCALE-Sim 3.0.0 reports ``M*N + folds*(R+C)`` there.)
+
+- Cycles: ``compute_cycles`` counts the cycles the array is busy, one per line of SCALE-Sim's
+  demand matrices (cycles 0 .. L-1 are L cycles). SCALE-Sim 3.0.0 reports the *index* of the
+  last ofmap line serviced (``max(ofmap_serviced_cycles)`` in
+  ``memory/double_buffered_scratchpad_mem.py``; ``ofmap_serviced_cycles[-1][0]`` in earlier
+  versions), which without stalls is L - 1 per layer, not per fold. Ours is kept (it is the
+  count; a one-cycle GEMM is one cycle, not zero) and ``scalesim_cycles`` gives SCALE-Sim's
+  number, ``compute_cycles - groups`` for an array layer (each group's GEMM a SCALE-Sim layer).
+  Both, and every SRAM count above, are pinned row by row to SCALE-Sim 3.0.0's own reports of
+  the ResNet-20 layers on 8/16/32 arrays x os/ws/is (tests/npusim/cost/golden/, written by
+  tests/npusim/cost/make_golden_scalesim.py). SCALE-Sim's output size is
+  ``ceil((H - R + s) / s)`` (a partial last window when ``s > 1``); ours is the conv's.
 
 Three buffers, each sized by `NPUConfig.memory`: ifmap reads and the requantized output
 writes go to the activation SRAM at the activations' bits; filter reads to the weight SRAM at
@@ -333,7 +346,7 @@ def _node_mapping(program: IntegerProgram, node: Node, npu: "NPUConfig",
         "layer": node.name, "op": node.op, "variant": prec.variant, "unit": "none",
         "dataflow": arr.dataflow, "rows": arr.rows, "cols": arr.cols,
         "M": 0, "K": 0, "N": 0, "groups": 0, "folds": 0, "cycles_per_fold": 0,
-        "compute_cycles": 0, "macs": 0, "mapping_efficiency": math.nan,
+        "compute_cycles": 0, "scalesim_cycles": 0, "macs": 0, "mapping_efficiency": math.nan,
         "ifmap_sram_reads": 0, "filter_sram_reads": 0, "ofmap_sram_writes": 0,
         "outputs": out_n, "requant_outputs": out_n if requantizes(node) else 0,
         "act_sram_read_bits": 0, "act_sram_write_bits": 0, "weight_sram_read_bits": 0,
@@ -353,6 +366,7 @@ def _node_mapping(program: IntegerProgram, node: Node, npu: "NPUConfig",
             "Sr": s["Sr"], "Sc": s["Sc"], "T": s["T"],
             "row_folds": s["row_folds"] * g, "folds": s["folds"] * g,
             "cycles_per_fold": s["cycles_per_fold"], "compute_cycles": s["compute_cycles"] * g,
+            "scalesim_cycles": max(s["compute_cycles"] - 1, 0) * g,
             "macs": m * k * n * g, "mapping_efficiency": s["mapping_efficiency"],
             "ifmap_sram_reads": s["ifmap_sram_reads"] * g,
             "filter_sram_reads": s["filter_sram_reads"] * g,

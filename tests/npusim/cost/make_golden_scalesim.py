@@ -6,8 +6,11 @@ dependency of npusim; run it in its own venv):
 
 Every distinct conv / linear layer of ResNet-20 on a 28x28x1 input (mnist5k; the CIFAR
 ResNet-20 of He et al. 2016 with widths 16/32/64, option-B 1x1 shortcuts), each on 8x8,
-16x16 and 32x32 arrays in the os, ws and is dataflows. SCALE-Sim has no padding: a padded conv
-is given its padded input size (the output size is then ours). SRAMs are large and the
+16x16 and 32x32 arrays in the os, ws and is dataflows. SCALE-Sim has no padding, and its
+output size is ``ceil((H - R + s) / s)``, one more than a conv's ``(H - R) // s + 1`` when
+``s > 1`` and ``H - R`` is odd (it counts a partial last window); so every layer is given the
+rows and columns of the padded input that our conv reads, ``(Ho - 1) * s + k``, and the output
+sizes agree. SRAMs are large and the
 interface bandwidth is CALC, so no layer stalls. The CSV keeps SCALE-Sim's own numbers:
 ``total_cycles`` (COMPUTE_REPORT "Total Cycles"), ``stall_cycles`` and the SRAM accesses of
 DETAILED_ACCESS_REPORT. This script imports nothing from npusim.
@@ -23,15 +26,16 @@ import tempfile
 from contextlib import redirect_stdout
 from pathlib import Path
 
-# name, padded ifmap h, w, filter h, w, channels, filters, stride
+# name, ifmap h, w, filter h, w, channels, filters, stride: the input rows/columns our conv
+# reads, (Ho - 1) * stride + k of the padded input (see the module docstring)
 LAYERS = [
     ("stem", 30, 30, 3, 3, 1, 16, 1),
     ("layer1.conv", 30, 30, 3, 3, 16, 16, 1),
-    ("layer2.0.conv1", 30, 30, 3, 3, 16, 32, 2),
-    ("layer2.0.shortcut", 28, 28, 1, 1, 16, 32, 2),
+    ("layer2.0.conv1", 29, 29, 3, 3, 16, 32, 2),
+    ("layer2.0.shortcut", 27, 27, 1, 1, 16, 32, 2),
     ("layer2.conv", 16, 16, 3, 3, 32, 32, 1),
-    ("layer3.0.conv1", 16, 16, 3, 3, 32, 64, 2),
-    ("layer3.0.shortcut", 14, 14, 1, 1, 32, 64, 2),
+    ("layer3.0.conv1", 15, 15, 3, 3, 32, 64, 2),
+    ("layer3.0.shortcut", 13, 13, 1, 1, 32, 64, 2),
     ("layer3.conv", 9, 9, 3, 3, 64, 64, 1),
     ("fc", 1, 1, 1, 1, 64, 10, 1),
 ]
