@@ -97,3 +97,18 @@ def test_a_pattern_that_matches_no_node_is_refused():
         cfg.check_layers(["stem", "fc"], source="mine.toml")
     assert one_line(e) == ("mine.toml: layer[1].match 'clf*' matches no node of the program "
                            "(nodes: stem, fc)")
+
+
+def test_a_sweep_axis_varies_the_body_or_a_table():
+    from npusim.sweep.grid import Grid
+
+    base = NPUConfig.from_toml_str(TEXT)
+    grid = Grid.parse([], ["precision.pe_acc_bits,precision.acc_bits=8:10",
+                           "layer[0].precision.acc_bits=20,24"], npu=base)
+    points = grid.points()
+    assert len(points) == 6
+    for p in points:
+        assert p.npu.layer[1] == base.layer[1]  # the catch-all table keeps its widths
+    assert {(p.npu.precision.acc_bits, p.npu.precision_for("stem").acc_bits) for p in points} == {
+        (b, t) for b in (8, 9, 10) for t in (20, 24)}
+    assert points[0].label().endswith("pe_acc_bits,acc_bits=8 layer[0].acc_bits=20")
