@@ -16,6 +16,9 @@ GOLDEN = pd.read_csv(Path(__file__).with_name("golden") / "scalesim_resnet20.csv
 
 
 def _mapping(r):
+    r = r._replace(**{k: int(getattr(r, k)) for k in ("rows", "cols", "ifmap_h", "ifmap_w",
+                                                     "filter_h", "filter_w", "channels",
+                                                     "filters", "stride")})
     npu = NPUConfig.preset("edge16").with_overrides(
         {"array.rows": r.rows, "array.cols": r.cols, "array.dataflow": r.dataflow})
     w = np.ones((r.filters, r.channels, r.filter_h, r.filter_w), np.int64)
@@ -36,7 +39,7 @@ def test_the_golden_table_covers_every_array_and_dataflow_without_stalls():
 @pytest.mark.parametrize("i", range(len(GOLDEN)),
                          ids=[f"{r.layer}-{r.rows}-{r.dataflow}" for r in GOLDEN.itertuples()])
 def test_cycles_and_sram_accesses_equal_scalesim(i):
-    r = GOLDEN.iloc[i]
+    r = next(GOLDEN.iloc[[i]].itertuples(index=False))
     m = _mapping(r)
     # SCALE-Sim reports the index of the last cycle; ours is the count (mapping.py docstring)
     assert m["scalesim_cycles"] == r.total_cycles
