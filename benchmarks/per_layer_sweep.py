@@ -34,10 +34,13 @@ COLUMNS = ["npu_kind", "overflow_mode", "body_acc_bits", "status", "error", "top
            "layer_tables"]
 
 
-def tidy(per_layer: pd.DataFrame, single: pd.DataFrame) -> pd.DataFrame:
-    """Both sweeps in one table, one row per (kind, overflow mode, body width)."""
+def tidy(per_layer: pd.DataFrame, single: pd.DataFrame,
+         suggested: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Both sweeps (and the --suggest configs) in one table, one row per (kind, overflow mode,
+    body width)."""
     parts = []
-    for kind, df in (("stem+fc at 24 b, body swept", per_layer), ("one width everywhere", single)):
+    for kind, df in (("stem+fc at 24 b, body swept", per_layer), ("one width everywhere", single),
+                     *((f"--suggest {k} widths per layer", v) for k, v in suggested.items())):
         d = df.assign(npu_kind=kind, body_acc_bits=df["acc_bits"].astype(int))
         parts.append(d)
     out = pd.concat(parts, ignore_index=True)
@@ -55,17 +58,25 @@ def plot(table: pd.DataFrame, axes=None):
     fig = axes[0].figure
     styles = {"wrap": "-", "saturate": "--"}
     colors = {"stem+fc at 24 b, body swept": "tab:blue", "one width everywhere": "tab:orange"}
-    for (kind, mode), g in table.groupby(["npu_kind", "overflow_mode"]):
+    extra = table[table["npu_kind"].str.startswith("--suggest")]
+    for (kind, mode), g in table.drop(extra.index).groupby(["npu_kind", "overflow_mode"]):
         ok = g[g["status"] == "ok"]
         bad = g[g["status"] != "ok"]
         label = f"{kind}, {mode}"
         for ax, col, scale in ((axes[0], "top1", 100.0), (axes[1], "energy_per_image_uj", 1.0)):
             ax.plot(ok["body_acc_bits"], ok[col] * scale, styles[mode], marker="o",
                     color=colors[kind], label=label)
-            if len(bad):
-                ax.plot(bad["body_acc_bits"], [ax.get_ylim()[0]] * len(bad), "x",
-                        color=colors[kind], markersize=9, clip_on=False,
+            if len(bad):  # refused: an x on the bottom edge
+                ax.plot(bad["body_acc_bits"], [0.03] * len(bad), "x", color=colors[kind],
+                        markersize=9, transform=ax.get_xaxis_transform(),
                         label=f"{label}: refused" if ax is axes[0] else None)
+    for r, marker in zip(extra.itertuples(), "*Ds^"):
+        if r.status == "ok":  # a whole-network config: drawn as a level
+            for ax, col, scale in ((axes[0], "top1", 100.0),
+                                   (axes[1], "energy_per_image_uj", 1.0)):
+                ax.axhline(getattr(r, col) * scale, color="gray", lw=0.8,
+                           ls=":" if marker == "*" else "-.",
+                           label=f"{r.npu_kind}, {r.overflow_mode}" if ax is axes[0] else None)
     axes[0].set_ylabel("top-1 (%)")
     axes[1].set_ylabel("energy per image (uJ)")
     for ax in axes:
@@ -92,11 +103,14 @@ def main() -> None:
     ap.add_argument("--per-layer", required=True)
     ap.add_argument("--single", required=True)
     ap.add_argument("--suggest", required=True)
+    ap.add_argument("--suggested-sweep", action="append", default=[],
+                    help="BASIS=CSV: a sweep of a --suggest config (bound or observed)")
     ap.add_argument("--out", default="reports")
     ap.add_argument("--note", default="")
     a = ap.parse_args()
     out = Path(a.out)
-    table = tidy(pd.read_csv(a.per_layer), pd.read_csv(a.single))
+    suggested = {k: pd.read_csv(v) for k, v in (x.split("=", 1) for x in a.suggested_sweep)}
+    table = tidy(pd.read_csv(a.per_layer), pd.read_csv(a.single), suggested)
     fig = plot(table)
     png = out / "per_layer_sweep.png"
     atomic_write_bytes(png, _png(fig))

@@ -78,6 +78,13 @@ def test_hardware_only_sweep_stores_rows_and_shows_refusal_reasons(files, capsys
     ok = df[df["status"] == "ok"]
     assert ok["energy_per_image_uj"].gt(0).all() and ok["top1"].between(0, 1).all()
     assert len(set(df["quant_hash"])) == 1  # the program's hash keys every row
+    from npusim.sweep import ResultsStore
+
+    with ResultsStore(db) as store:  # the stored per-layer table: each layer's own widths
+        h = ok.loc[ok["acc_bits"] == 13, "point_hash"].iloc[0]
+        lay = store.layers(h).set_index("layer")
+    assert (lay.loc["stem", "acc_bits"], lay.loc["fc", "acc_bits"]) == (24, 13)
+    assert lay.loc["stem", "overflow"] in ("wrap", "saturate")
     # resumable: a second run reruns nothing and gives the same rows
     assert main(args) == 0
     capsys.readouterr()
