@@ -41,7 +41,9 @@ def tidy(per_layer: pd.DataFrame, single: pd.DataFrame,
     parts = []
     for kind, df in (("stem+fc at 24 b, body swept", per_layer), ("one width everywhere", single),
                      *((f"--suggest {k} widths per layer", v) for k, v in suggested.items())):
-        d = df.assign(npu_kind=kind, body_acc_bits=df["acc_bits"].astype(int))
+        d = df.assign(npu_kind=kind, body_acc_bits=df["acc_bits"].astype("Int64"))
+        if kind.startswith("--suggest"):  # every conv/linear has a table: no body width
+            d["body_acc_bits"] = pd.NA
         parts.append(d)
     out = pd.concat(parts, ignore_index=True)
     out["layer_tables"] = out["layer_tables"].fillna("")
@@ -120,7 +122,9 @@ def main() -> None:
     write_csv(widths, out / "per_layer_widths.csv")
     view = table.assign(top1=(100 * table["top1"]).round(2),
                         energy_per_image_uj=table["energy_per_image_uj"].round(4),
-                        accumulator_uj=table["accumulator_uj"].round(4))
+                        accumulator_uj=table["accumulator_uj"].round(4),
+                        overflow_rate=table["overflow_rate"].map(
+                            lambda v: "" if v != v else f"{v:.1e}"))
     md = [f"# Per-layer accumulator widths: W4A4 ResNet-20 on mnist5k, edge16\n\n{a.note}\n",
           "![per-layer sweep](per_layer_sweep.png)\n",
           "## Sweep points (data: per_layer_sweep.csv)\n",
