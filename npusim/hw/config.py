@@ -487,6 +487,9 @@ def _set_path(data: dict[str, Any], key: str, value: object) -> None:
     if m:
         _set_layer(data, key, int(m.group(1)), m.group(2), value)
         return
+    if key == "layer" or key.startswith(("layer.", "layer[")):
+        raise ConfigError(f"overrides: {key}: a [[layer]] table is set by index: "
+                          f"layer[N].match=GLOB or layer[N].precision.KEY=VALUE")
     parts = key.split(".")
     node, cls = data, NPUConfig
     for i, part in enumerate(parts):

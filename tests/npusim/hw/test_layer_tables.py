@@ -68,6 +68,8 @@ def test_set_reaches_tables_by_index_and_appends_one():
     ({"layer[0].precision.acc_bits": "99"}, "layer[0].precision.acc_bits: Input should be less"),
     ({"layer[0].precision.overflow": "clip"}, "layer[0].precision.overflow: Input should be"),
     ({"layer[2].precision.acc_bits": "9"}, "layer[2].match: missing key"),
+    ({"layer.stem.acc_bits": "9"}, "a [[layer]] table is set by index: layer[N].match=GLOB"),
+    ({"layer[x].match": "a"}, "a [[layer]] table is set by index"),
 ])
 def test_bad_overrides_are_one_line(over, want):
     with pytest.raises(ConfigError) as e:
