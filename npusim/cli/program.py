@@ -51,6 +51,16 @@ def _echo_requant_changes(cfg, prog) -> None:
                    f"{changes_text(changes)}")
 
 
+def _shorthands(sets: list[str], acc_bits: Optional[int], overflow: Optional[str]) -> list[str]:
+    """``--set`` items with the ``--acc-bits`` / ``--overflow`` shorthands added."""
+    out = list(sets)
+    if acc_bits is not None:
+        out += [f"precision.pe_acc_bits={acc_bits}", f"precision.acc_bits={acc_bits}"]
+    if overflow is not None:
+        out.append(f"precision.overflow={overflow}")
+    return out
+
+
 def _load_npu(npu: str, sets: list[str]):
     from npusim.hw.config import NPUConfig, parse_set_option
 
@@ -65,7 +75,12 @@ def simulate(
     data: Optional[str] = typer.Option(None, help=DATA_HELP + " Default: the program's."),
     split: str = typer.Option("test", help="Data split."),
     limit: Optional[int] = typer.Option(None, min=1, help="Simulate only the first N images."),
-    set_: list[str] = typer.Option([], "--set", help="Override an NPU field: key=value."),
+    set_: list[str] = typer.Option([], "--set", help="Override an NPU field: key=value "
+                                   "(a [[layer]] table: layer[0].precision.acc_bits=24)."),
+    acc_bits: Optional[int] = typer.Option(None, help="Shorthand: both accumulator levels "
+                                           "of the body (--set precision.{pe_,}acc_bits=N)."),
+    overflow: Optional[str] = typer.Option(None, help="Shorthand for --set precision.overflow"
+                                           "=...: exact, wrap or saturate."),
     csv: Optional[Path] = typer.Option(None, help="Write the per-layer table as CSV."),
     predictions: Optional[Path] = typer.Option(
         None, help="Write each image's label and predicted class as CSV."),
@@ -84,7 +99,8 @@ def simulate(
         if path is not None:
             check_output_path(path, opt)
     prog = load_program(program)
-    cfg = _load_npu(npu, set_)
+    cfg = _load_npu(npu, _shorthands(set_, acc_bits, overflow))
+    cfg.check_layers([n.name for n in prog.nodes], source=npu)
     name = data or prog.meta.get("dataset")
     if not name:
         _fail("--data: the program does not record its data set; name one")
@@ -99,8 +115,9 @@ def simulate(
                f"{100 * res.accuracy(ds.labels):.2f}%, overflow rate {overflow_rate(res.stats):.2e} "
                f"events per MAC")
     _echo_requant_changes(cfg, prog)
-    cols = ["layer", "op", "output_shape", "macs_per_image", "pe_overflows", "acc_overflows",
-            "acc_min", "acc_max", "observed_bits", "bound_l1_bits", "bound_dtype_bits"]
+    cols = ["layer", "op", "output_shape", "macs_per_image", "pe_acc_bits", "acc_bits",
+            "overflow", "pe_overflows", "acc_overflows", "acc_min", "acc_max", "observed_bits",
+            "bound_l1_bits", "bound_dtype_bits"]
     typer.echo(res.stats[[c for c in cols if c in res.stats]].to_string(index=False))
     if csv is not None:
         from npusim.io import write_csv
@@ -135,25 +152,90 @@ def bounds(
     limit: int = typer.Option(200, min=1, help="Images to observe."),
     root: Optional[str] = typer.Option(None, help=ROOT_HELP),
     csv: Optional[Path] = typer.Option(None, help="Write the per-layer table as CSV."),
+    suggest: bool = typer.Option(False, "--suggest", help="Write per-layer [[layer]] tables "
+                                 "with the narrowest safe accumulator widths (an NPU config)."),
+    basis: Optional[str] = typer.Option(None, help="With --suggest: widths 'bound' (safe for "
+                                        "any input, the default) or 'observed' (no overflow "
+                                        "on --data, the default with --data)."),
+    npu: str = typer.Option("edge16", help="With --suggest: the base NPU (its dataflow and "
+                            "rows decide the pe level)."),
+    set_: list[str] = typer.Option([], "--set", help="With --suggest: override a base NPU "
+                                   "field: key=value."),
+    out: Optional[Path] = typer.Option(None, help="With --suggest: write the TOML here "
+                                       "(default: stdout)."),
 ) -> None:
-    """Per-layer accumulator bits a program needs: data-type bound, exact weight bound, observed."""
+    """Per-layer accumulator bits a program needs: data-type bound, exact weight bound, observed.
+
+    With --suggest: the narrowest width per layer that the exact weight (L1) bound proves safe
+    and, with --data, the narrowest whose running sums (both levels, exact simulation) never
+    overflowed on the data, as a ready NPU config: the base NPU with one [[layer]] table per
+    conv/linear node (its own name as the pattern; the base's tables are replaced)."""
     from npusim.io import check_output_path
     from npusim.ir.program import load_program
     from npusim.report.inspect import bounds_table
 
+    if not suggest and (basis or out):
+        _fail("--basis / --out: only with --suggest")
+    if basis not in (None, "bound", "observed"):
+        _fail(f"--basis: expected bound or observed, got {basis!r}")
+    if basis == "observed" and not data:
+        _fail("--basis observed: needs --data (the images to observe)")
+    if suggest and csv is not None:
+        _fail("--csv: not with --suggest (it writes the TOML to --out)")
     if data:
         _check_data(data)
-    if csv is not None:
-        check_output_path(csv, "--csv")
+    for path, opt in ((csv, "--csv"), (out, "--out")):
+        if path is not None:
+            check_output_path(path, opt)
     prog = load_program(program)
+    cfg = _load_npu(npu, set_) if suggest else None
     images = None
     if data:
         from npusim.data import load_dataset
 
         images = load_dataset(data, split, root=root).subset(limit).images
-    table = bounds_table(prog, images)
-    typer.echo(table.to_string(index=False))
-    _write_table(table, csv, "per-layer table")
+    if not suggest:
+        table = bounds_table(prog, images)
+        typer.echo(table.to_string(index=False))
+        _write_table(table, csv, "per-layer table")
+        return
+    from npusim.report.inspect import suggest_widths
+
+    df = suggest_widths(prog, images, cfg.array.dataflow, cfg.array.rows)
+    basis = basis or ("observed" if data else "bound")
+    text = _suggest_toml(cfg, df, basis, f"{data}/{split}, {len(images)} images" if data else "")
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    from npusim.io import atomic_write_bytes
+
+    atomic_write_bytes(out, text.encode("utf-8"))
+    typer.echo(f"suggested widths ({basis}): {out}", err=True)
+
+
+def _suggest_toml(cfg, df, basis: str, observed_on: str) -> str:
+    """`cfg` as TOML with one [[layer]] table per row of `df` at the `basis` widths, each
+    preceded by a comment giving both the bound's and the observed widths."""
+    from npusim.hw.config import layer_tables_toml
+
+    body = cfg.model_copy(update={"layer": []}).to_toml()
+    lines = [f"# [[layer]] widths: {basis} "
+             + ("(the exact weight L1 bound: safe for any input)" if basis == "bound" else
+                f"(no overflow on {observed_on}; NOT proven for other inputs)"),
+             f"# for a {cfg.array.rows}-row {cfg.array.dataflow} array; written by "
+             "npusim bounds --suggest", body.rstrip("\n")]
+    has_obs = "observed_acc_bits" in df
+    for r in df.to_dict("records"):
+        note = (f"# {r['layer']}: product {r['product_bits']} b; L1 bound acc "
+                f"{r['bound_acc_bits']} / pe {r['bound_pe_acc_bits']}")
+        if has_obs:
+            note += (f"; observed ({observed_on}) acc {r['observed_acc_bits']} / pe "
+                     f"{r['observed_pe_acc_bits']}")
+        table = {"match": r["match"], "precision": {
+            "pe_acc_bits": int(r[f"{basis}_pe_acc_bits"]), "acc_bits": int(r[f"{basis}_acc_bits"])}}
+        tl = layer_tables_toml([table])
+        lines += ["", note, *tl[1:]]
+    return "\n".join(lines) + "\n"
 
 
 def _baselines_csv(csv: Path) -> Path:

@@ -42,10 +42,21 @@ def _sweep_view(df):
     })
 
 
+def _echo_sweep(df) -> None:
+    """The sweep's table, then one line per refused point with the NPU's reason."""
+    typer.echo(_sweep_view(df).to_string(index=False))
+    for r in df[df["status"] != "ok"].itertuples(index=False):
+        typer.echo(f"refused {r.point_label}: {r.error}")
+
+
 @app.command("sweep")
 def sweep_cmd(
     model: str = typer.Option("resnet20", help="Model name (see models.list_models())."),
-    data: str = typer.Option("mnist5k", help=DATA_HELP),
+    data: Optional[str] = typer.Option(None, help=DATA_HELP + " Default: mnist5k (with "
+                                       "--program: the program's)."),
+    program: Optional[Path] = typer.Option(None, "--program", help="Hardware-only sweep: "
+                                           "simulate this IntegerProgram on every NPU point "
+                                           "(no training; --quant is refused)."),
     split: str = typer.Option("test", help="Split simulated at every point."),
     images: int = typer.Option(500, min=0, help="Simulate the first N images (0: all)."),
     epochs: int = typer.Option(3, min=1, help="QAT fine-tuning epochs per quantization setting."),
@@ -82,6 +93,8 @@ def sweep_cmd(
                                                   "described by this scheduler file."),
     train_threads: int = typer.Option(1, min=1, help="Torch threads per training (part of "
                                       "the cache key: the same count gives the same model)."),
+    engine: str = typer.Option("auto", help="Conv engine (with --program): auto, reference, "
+                               "float or int8."),
 ) -> None:
     """Sweep quantization x NPU settings: simulate, cost and store every point (resumable).
 
@@ -107,6 +120,15 @@ def sweep_cmd(
         quants.append(f"method={method}")
     if bits is not None:
         quants.append(f"bits={bits}")
+    if program is not None:
+        if quants:
+            _fail("--program: a hardware-only sweep has no quantization axes (--quant, "
+                  "--method, --bits); the program's quantization is fixed")
+        if workers is not None or scheduler is not None or scheduler_file is not None:
+            _fail("--program: a hardware-only sweep runs here (no --workers / --scheduler)")
+        _sweep_program(program, data, split, images, npu, sets, db, csv, root, engine)
+        return
+    data = data or "mnist5k"
     grid = Grid.parse(quants, sets, npu=npu)  # validates every axis before anything runs
     _check_model_data(model, data)
     cluster = [f for f, v in (("--workers", workers), ("--scheduler", scheduler),
@@ -129,11 +151,49 @@ def sweep_cmd(
                 df = sweep_distributed(points, client, store=store, **kwargs)
         else:
             df = sweep(points, store=store, **kwargs)
-        typer.echo(_sweep_view(df).to_string(index=False))
+        _echo_sweep(df)
         changed = df.get("requant_changes")
         for text in ([] if changed is None else changed.dropna().unique()):
             if text:  # the NPU's pinned [requant] keys override the program's
                 typer.echo(f"requant: the NPU's [requant] differs from the program's: {text}")
+        if csv is not None:
+            store.export_csv(csv, df["point_hash"])
+            typer.echo(f"results: {csv}")
+
+
+def _sweep_program(program: Path, data: Optional[str], split: str, images: int, npu: str,
+                   sets: list[str], db: Optional[Path], csv: Optional[Path], root: Optional[str],
+                   engine: str) -> None:
+    """`npusim sweep --program`: every NPU point of the grid on one program, no training."""
+    from npusim.data import load_dataset
+    from npusim.hw.config import NPUConfig
+    from npusim.ir.program import load_program
+    from npusim.sim import engines
+    from npusim.sweep import Grid, ResultsStore
+    from npusim.sweep.hw_only import sweep_program
+
+    if engine not in engines.ENGINES:
+        _fail(f"--engine: expected one of {', '.join(engines.ENGINES)}, got {engine!r}")
+    prog = load_program(program)
+    base = NPUConfig.load(npu)
+    base.check_layers([n.name for n in prog.nodes], source=npu)
+    grid = Grid.parse([], sets, npu=base)  # every axis validated before anything runs
+    points = grid.points()
+    for p in points:  # a swept layer table must match too
+        p.npu.check_layers([n.name for n in prog.nodes], source=f"--set point {p.label()}")
+    name = data or prog.meta.get("dataset")
+    if not name:
+        _fail("--data: the program does not record its data set; name one")
+    _check_data(name)
+    ds = load_dataset(name, split, root=root).subset(images or None)
+    path = db or _cache_root() / "sweeps" / "sweep.sqlite"
+    typer.echo(f"sweep: {len(points)} points ({program.name} on {name}/{split}, {len(ds)} "
+               f"images, {npu}); results: {path}")
+    evaluation = {"dataset": name, "split": split, "images": len(ds)}
+    with ResultsStore(path) as store:
+        df = sweep_program(prog, points, ds.images, ds.labels, evaluation=evaluation,
+                           label=program.stem, store=store, engine=engine)
+        _echo_sweep(df)
         if csv is not None:
             store.export_csv(csv, df["point_hash"])
             typer.echo(f"results: {csv}")

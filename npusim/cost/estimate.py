@@ -32,7 +32,9 @@ What is charged (per image; `charging_rules()` lists it as a table):
 - ``dram``: DRAM bits (mapping model) x the DRAM energy per bit.
 - ``leakage``: (PEs x mW/PE + SRAM KiB x mW/KiB) x the layer's latency.
 
-Nothing here imports torch or numba.
+Every width above is the node's own: an NPU's ``[[layer]]`` table that matches a node prices
+that node at its widths (`Precision.acc_for` / `pe_acc_for`). Nothing here imports torch or
+numba.
 """
 
 from __future__ import annotations
@@ -203,16 +205,17 @@ def _counts(program: IntegerProgram, npu: "NPUConfig", prec: Precision, mapping:
             else:
                 add(name, op, "operand", "register.write", macs * ws + int(r.ifmap_sram_reads) * a,
                     "bit", what=f"forward weight ({ws} b per MAC) + input preload")
-            psum = prec.acc_bits if arr.dataflow == "os" else prec.pe_acc_bits
+            acc_bits = prec.acc_for(name)
+            psum = acc_bits if arr.dataflow == "os" else prec.pe_acc_for(name)
             level = "accumulate" if arr.dataflow == "os" else "partial sum down the column"
             adder(name, op, "accumulator", psum, macs, level)
             add(name, op, "accumulator", "register.write", macs * psum, "bit",
                 what=f"{level} register ({psum} b per MAC)")
             if arr.dataflow != "os":
-                adder(name, op, "accumulator", prec.acc_bits, int(r.ofmap_sram_writes),
+                adder(name, op, "accumulator", acc_bits, int(r.ofmap_sram_writes),
                       "add row-fold partial sum into the accumulator")
             if r.requant_outputs and prec.scale_mode != "none":
-                requant(name, op, int(r.requant_outputs), prec.acc_bits)
+                requant(name, op, int(r.requant_outputs), prec.acc_for(name))
         elif op == "add":
             n = int(r.outputs)
             in_bits = max(prec.bits(i) for i in node.inputs)
@@ -251,13 +254,13 @@ def _counts(program: IntegerProgram, npu: "NPUConfig", prec: Precision, mapping:
                 bw=bits, what=f"max of {window} ({bits} b compares)")
         elif op in ("avgpool2d", "global_avgpool"):
             window = pool_window(program, node)
-            adder(name, op, "vector", prec.acc_bits, int(r.outputs) * (window - 1),
+            adder(name, op, "vector", prec.acc_for(name), int(r.outputs) * (window - 1),
                   f"sum of {window}")
             if fp:
                 add(name, op, "vector", "fp32_multiplier.multiply", int(r.outputs),
                     what="scale by 1/window (fp32)")
             elif r.requant_outputs:
-                requant(name, op, int(r.requant_outputs), prec.acc_bits)
+                requant(name, op, int(r.requant_outputs), prec.acc_for(name))
         elif op == "embed":
             add(name, op, "lookup", "sram.access", int(r.lut_read_bits), "bit",
                 size=mem.weight_sram_kib, what="LUT entry reads (weight SRAM)")
@@ -354,9 +357,10 @@ def estimate_cost(program: IntegerProgram, npu_config: "NPUConfig",
     layers["a_bits"] = [prec.bits(n.inputs[0]) for n in nodes]
     layers["out_bits"] = [prec.bits(n.output) for n in nodes]
     layers["w_bits"] = layers["w_bits"].astype("Int64")
-    layers["pe_acc_bits"] = prec.pe_acc_bits
-    layers["acc_bits"] = prec.acc_bits
-    for col in ("M", "K", "N", "groups", "folds", "compute_cycles", "stall_cycles", "cycles",
+    layers["pe_acc_bits"] = [prec.pe_acc_for(n.name) for n in nodes]
+    layers["acc_bits"] = [prec.acc_for(n.name) for n in nodes]
+    for col in ("M", "K", "N", "groups", "folds", "compute_cycles", "scalesim_cycles",
+                "stall_cycles", "cycles",
                 "latency_us", "utilization"):
         layers[col] = mapping[col].to_numpy()
     layers["energy_pj"] = per.sum(axis=1).to_numpy()

@@ -20,13 +20,27 @@ REFERENCES §3). A conv becomes a GEMM per image (no batching into M):
   is    K*M                  K*N*ceil(M/C)        M*N*ceil(K/R)
   ====  ===================  ===================  =====================
 
-  (SCALE-Sim's os ofmap count carries a per-fold R+C bookkeeping artefact; it is left out.)
+  (SCALE-Sim's os ofmap count carries a per-fold R+C bookkeeping artefact; it is left out:
+  SCALE-Sim 3.0.0 reports ``M*N + folds*(R+C)`` there.)
+
+- Cycles: ``compute_cycles`` counts the cycles the array is busy, one per line of SCALE-Sim's
+  demand matrices (cycles 0 .. L-1 are L cycles). SCALE-Sim 3.0.0 reports the *index* of the
+  last ofmap line serviced (``max(ofmap_serviced_cycles)`` in
+  ``memory/double_buffered_scratchpad_mem.py``; ``ofmap_serviced_cycles[-1][0]`` in earlier
+  versions), which without stalls is L - 1 per layer, not per fold. Ours is kept (it is the
+  count; a one-cycle GEMM is one cycle, not zero) and ``scalesim_cycles`` gives SCALE-Sim's
+  number, ``compute_cycles - groups`` for an array layer (each group's GEMM a SCALE-Sim layer).
+  Both, and every SRAM count above, are pinned row by row to SCALE-Sim 3.0.0's own reports of
+  the ResNet-20 layers on 8/16/32 arrays x os/ws/is (tests/npusim/cost/golden/, written by
+  tests/npusim/cost/make_golden_scalesim.py). SCALE-Sim's output size is
+  ``ceil((H - R + s) / s)`` (a partial last window when ``s > 1``); ours is the conv's.
 
 Three buffers, each sized by `NPUConfig.memory`: ifmap reads and the requantized output
 writes go to the activation SRAM at the activations' bits; filter reads to the weight SRAM at
 the weights' stored width (``packed`` = exact bits, ``pad4`` / ``pad8`` = rounded up to a
 multiple of 4 / 8), plus each output channel's bias / multiplier / shift once per image;
-ofmap writes go to the accumulator SRAM at ``acc_bits``, and every one is read back once
+ofmap writes go to the accumulator SRAM at the node's ``acc_bits`` (its ``[[layer]]`` table's
+where one matches, `Precision.acc_for`), and every one is read back once
 (ws / is: the read-modify-write of the next row-fold's partial sum, and the final read for
 requantization; os: the final read). Partial sums inside the array travel at ``pe_acc_bits``
 (charged as registers by the estimator, not as SRAM). Buffer traffic is counted in bits, as
@@ -114,6 +128,17 @@ class Precision:
     multiplier_bits: int
     add_frac_bits: int
     weight_storage: str
+    #: node -> (pe_acc_bits, acc_bits) where a node runs at other widths than the body's
+    #: (the NPU's ``[[layer]]`` tables); the baselines have none
+    layer_acc: Mapping[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+
+    def acc_for(self, node: str) -> int:
+        """Accumulator width of node `node` (its ``[[layer]]`` table's, else the body's)."""
+        return int(self.layer_acc.get(node, (self.pe_acc_bits, self.acc_bits))[1])
+
+    def pe_acc_for(self, node: str) -> int:
+        """Partial-sum width inside the array of node `node`."""
+        return int(self.layer_acc.get(node, (self.pe_acc_bits, self.acc_bits))[0])
 
     def bits(self, tensor: str) -> int:
         return int(self.tensor_bits[tensor])
@@ -135,8 +160,14 @@ def program_precision(program: IntegerProgram, npu: "NPUConfig",
     rq, prec = npu.requant.over(RequantSpec.from_dict(program.requant)), npu.precision
     bits = {k: int(v.bits) for k, v in program.tensors.items()}
     if variant == "npu":
+        layer_acc = {}
+        for node in program.nodes:
+            p = npu.precision_for(node.name)
+            if (p.pe_acc_bits, p.acc_bits) != (prec.pe_acc_bits, prec.acc_bits):
+                layer_acc[node.name] = (p.pe_acc_bits, p.acc_bits)
         return Precision("npu", "int", bits, prec.pe_acc_bits, prec.acc_bits, rq.scale_mode,
-                         rq.multiplier_bits, rq.add_frac_bits, npu.memory.weight_storage)
+                         rq.multiplier_bits, rq.add_frac_bits, npu.memory.weight_storage,
+                         layer_acc)
     if variant == "fp32":
         return Precision("fp32", "fp32", {k: 32 for k in bits}, 32, 32, "none", 0, 0,
                          npu.memory.weight_storage)
@@ -315,7 +346,7 @@ def _node_mapping(program: IntegerProgram, node: Node, npu: "NPUConfig",
         "layer": node.name, "op": node.op, "variant": prec.variant, "unit": "none",
         "dataflow": arr.dataflow, "rows": arr.rows, "cols": arr.cols,
         "M": 0, "K": 0, "N": 0, "groups": 0, "folds": 0, "cycles_per_fold": 0,
-        "compute_cycles": 0, "macs": 0, "mapping_efficiency": math.nan,
+        "compute_cycles": 0, "scalesim_cycles": 0, "macs": 0, "mapping_efficiency": math.nan,
         "ifmap_sram_reads": 0, "filter_sram_reads": 0, "ofmap_sram_writes": 0,
         "outputs": out_n, "requant_outputs": out_n if requantizes(node) else 0,
         "act_sram_read_bits": 0, "act_sram_write_bits": 0, "weight_sram_read_bits": 0,
@@ -335,6 +366,7 @@ def _node_mapping(program: IntegerProgram, node: Node, npu: "NPUConfig",
             "Sr": s["Sr"], "Sc": s["Sc"], "T": s["T"],
             "row_folds": s["row_folds"] * g, "folds": s["folds"] * g,
             "cycles_per_fold": s["cycles_per_fold"], "compute_cycles": s["compute_cycles"] * g,
+            "scalesim_cycles": max(s["compute_cycles"] - 1, 0) * g,
             "macs": m * k * n * g, "mapping_efficiency": s["mapping_efficiency"],
             "ifmap_sram_reads": s["ifmap_sram_reads"] * g,
             "filter_sram_reads": s["filter_sram_reads"] * g,
@@ -342,8 +374,8 @@ def _node_mapping(program: IntegerProgram, node: Node, npu: "NPUConfig",
         })
         row["act_sram_read_bits"] = row["ifmap_sram_reads"] * a_bits
         row["weight_sram_read_bits"] = row["filter_sram_reads"] * w_bits + meta
-        row["acc_sram_write_bits"] = row["ofmap_sram_writes"] * prec.acc_bits
-        row["acc_sram_read_bits"] = row["ofmap_sram_writes"] * prec.acc_bits
+        row["acc_sram_write_bits"] = row["ofmap_sram_writes"] * prec.acc_for(node.name)
+        row["acc_sram_read_bits"] = row["ofmap_sram_writes"] * prec.acc_for(node.name)
         row["act_sram_write_bits"] = out_n * out_bits
     elif op.unit == "vector":
         ops = op.vector_ops(program, node)

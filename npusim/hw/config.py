@@ -9,6 +9,15 @@ The optional, partial ``[requant]`` section pins only the requantization keys th
 fixes (`npusim.ir.requant.RequantOverrides`); every other key is the program's own, and the
 simulator says (log warning, `Simulator.requant_changes`) where a pinned key differs.
 
+Per-layer precision: ``[[layer]]`` tables, each a ``match`` glob (`fnmatch`, case-sensitive)
+on the program's node names and a partial ``precision`` table (``acc_bits``, ``pe_acc_bits``,
+``overflow``, ``pe_overflow``, ``acc_overflow``). A node takes the keys of the FIRST table whose
+pattern matches it over the body's ``[precision]`` (`NPUConfig.precision_for`); a table's
+``overflow`` sets both levels unless the table names ``pe_overflow`` / ``acc_overflow`` too.
+``--set`` reaches them by index: ``layer[0].precision.acc_bits=24``, ``layer[0].match=stem*``
+(index ``len`` appends a table). A pattern that matches no node of a program is refused when the
+program is run (`NPUConfig.check_layers`).
+
 Files are validated strictly (a TOML string is not an integer, a boolean is not a width);
 overrides are validated leniently so that command-line strings ("16", "ws") are coerced.
 Nothing here imports torch or numba.
@@ -17,6 +26,7 @@ Nothing here imports torch or numba.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import hashlib
 import json
 import math
@@ -35,6 +45,8 @@ __all__ = [
     "ArrayConfig",
     "ConfigError",
     "Dataflow",
+    "LayerConfig",
+    "LayerPrecision",
     "MemoryConfig",
     "NPUConfig",
     "Overflow",
@@ -102,6 +114,37 @@ class PrecisionConfig(BaseModel):
         return self.acc_overflow if self.acc_overflow is not None else self.overflow
 
 
+class LayerPrecision(BaseModel):
+    """The precision keys a ``[[layer]]`` table may set; a key left out is the body's."""
+
+    model_config = _MODEL_CONFIG
+
+    pe_acc_bits: int | None = Field(None, ge=2, le=62, description="partial-sum width")
+    acc_bits: int | None = Field(None, ge=2, le=62, description="accumulator width")
+    overflow: Overflow | None = Field(None, description="overflow mode of both levels")
+    pe_overflow: Overflow | None = Field(None, description="override for the array level")
+    acc_overflow: Overflow | None = Field(None, description="override for the accumulator")
+
+
+class LayerConfig(BaseModel):
+    """One ``[[layer]]`` table: the nodes whose names match `match` run at `precision`."""
+
+    model_config = _MODEL_CONFIG
+
+    match: str = Field(min_length=1, description="fnmatch glob on the program's node names")
+    precision: LayerPrecision = Field(default_factory=LayerPrecision)
+
+    def applies_to(self, node_name: str) -> bool:
+        """Whether this table's pattern matches `node_name` (case-sensitive fnmatch)."""
+        return fnmatch.fnmatchcase(node_name, self.match)
+
+    def short(self) -> str:
+        """``stem*:acc_bits=24,pe_acc_bits=24`` (for labels and result columns)."""
+        keys = ",".join(f"{k}={v}" for k, v in self.precision.model_dump().items()
+                        if v is not None)
+        return f"{self.match}:{keys or '(body)'}"
+
+
 class MemoryConfig(BaseModel):
     """On-chip buffers, DRAM bandwidth and how sub-byte weights are stored."""
 
@@ -154,6 +197,9 @@ class NPUConfig(BaseModel):
         "left out is the program's own, so a section-less file runs a program as exported")
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     technology: TechnologyConfig = Field(default_factory=TechnologyConfig)
+    layer: list[LayerConfig] = Field(
+        default_factory=list, description="per-layer precision ([[layer]] tables); the first "
+        "table whose match glob fits a node name wins, the body's [precision] elsewhere")
 
     @model_validator(mode="after")
     def _check_product_width(self) -> NPUConfig:
@@ -274,6 +320,8 @@ class NPUConfig(BaseModel):
         for key, value in dump.items():
             if isinstance(value, dict) and key in _SECTIONS:
                 sections.append((key, value))
+            elif key == "layer":
+                continue
             elif value is not None:
                 lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
         for key, table in sections:
@@ -284,6 +332,7 @@ class NPUConfig(BaseModel):
             for sub, value in table.items():
                 if value is not None:  # TOML has no null; None is every such field's default
                     lines.append(f"{_toml_key(sub)} = {_toml_value(value)}")
+        lines.extend(layer_tables_toml(dump["layer"]))
         return "\n".join(lines) + "\n"
 
     def config_hash(self) -> str:
@@ -293,9 +342,45 @@ class NPUConfig(BaseModel):
         """
         return hashlib.sha256(_canonical_json(self).encode("ascii")).hexdigest()[:16]
 
+    # ------------------------------------------------------------ per-layer precision
+
+    def layer_index(self, node_name: str) -> int | None:
+        """Index of the first ``[[layer]]`` table matching `node_name`, or None (the body)."""
+        return next((i for i, t in enumerate(self.layer) if t.applies_to(node_name)), None)
+
+    def precision_for(self, node_name: str) -> PrecisionConfig:
+        """The precision node `node_name` runs at: the body's with the first matching
+        ``[[layer]]`` table's keys laid over it."""
+        i = self.layer_index(node_name)
+        if i is None:
+            return self.precision
+        upd = {k: v for k, v in self.layer[i].precision.model_dump().items() if v is not None}
+        if "overflow" in upd:  # a layer's overflow sets both levels unless it names them
+            upd.setdefault("pe_overflow", None)
+            upd.setdefault("acc_overflow", None)
+        return self.precision.model_copy(update=upd)
+
+    def check_layers(self, node_names: list[str] | tuple[str, ...], source: str = "npu") -> None:
+        """Refuse (one-line ConfigError) a ``[[layer]]`` pattern that matches no node."""
+        for i, t in enumerate(self.layer):
+            if not any(t.applies_to(n) for n in node_names):
+                shown = ", ".join(list(node_names)[:8]) + (", ..." if len(node_names) > 8 else "")
+                raise ConfigError(f"{source}: layer[{i}].match {t.match!r} matches no node of "
+                                  f"the program (nodes: {shown})")
+
 
 _SECTIONS = {name for name, f in NPUConfig.model_fields.items()
              if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+
+
+def layer_tables_toml(tables: list[Mapping[str, Any]]) -> list[str]:
+    """TOML lines of ``[[layer]]`` tables (dicts of `LayerConfig` fields; None keys left out)."""
+    lines = []
+    for t in tables:
+        prec = {k: v for k, v in dict(t.get("precision") or {}).items() if v is not None}
+        lines += ["", "[[layer]]", f"match = {_toml_str(str(t['match']))}",
+                  f"precision = {_toml_value(prec)}"]
+    return lines
 
 
 # --------------------------------------------------------------------- presets
@@ -332,20 +417,34 @@ def parse_set_option(items: list[str] | tuple[str, ...]) -> dict[str, str]:
 def _model_at(parts: tuple[Any, ...]) -> type[BaseModel] | None:
     """The model class found by following `parts` from NPUConfig (None if not a section)."""
     cls: type[BaseModel] = NPUConfig
+    item: type[BaseModel] | None = None  # the model of a list field's items, after its name
     for part in parts:
+        if isinstance(part, int) and item is not None:
+            cls, item = item, None
+            continue
         field = cls.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
             return None
         ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        if getattr(ann, "__origin__", None) is list and args and issubclass(args[0], BaseModel):
+            item = args[0]
+            continue
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return None
         cls = ann
-    return cls
+    return None if item is not None else cls
 
 
 def _loc_str(loc: tuple[Any, ...]) -> str:
-    return ".".join(p if isinstance(p, str) and re.fullmatch(r"[A-Za-z0-9_-]+", p)
-                    else json.dumps(p) if isinstance(p, str) else f"[{p}]" for p in loc)
+    out = ""
+    for p in loc:
+        if not isinstance(p, str):
+            out += f"[{p}]"  # a list index: layer[0]
+            continue
+        text = p if re.fullmatch(r"[A-Za-z0-9_-]+", p) else json.dumps(p)
+        out += f".{text}" if out else text
+    return out
 
 
 def _suggest(parts: tuple[Any, ...]) -> str:
@@ -386,6 +485,13 @@ def _config_error(exc: ValidationError, source: str) -> ConfigError:
 
 def _set_path(data: dict[str, Any], key: str, value: object) -> None:
     """Put `value` at dotted `key` inside a model dump, refusing paths the model lacks."""
+    m = re.fullmatch(r"layer\[(\d+)\]\.(.+)", key)
+    if m:
+        _set_layer(data, key, int(m.group(1)), m.group(2), value)
+        return
+    if key == "layer" or key.startswith(("layer.", "layer[")):
+        raise ConfigError(f"overrides: {key}: a [[layer]] table is set by index: "
+                          f"layer[N].match=GLOB or layer[N].precision.KEY=VALUE")
     parts = key.split(".")
     node, cls = data, NPUConfig
     for i, part in enumerate(parts):
@@ -411,6 +517,31 @@ def _set_path(data: dict[str, Any], key: str, value: object) -> None:
             value = None
         node[part] = value
         return
+
+
+def _set_layer(data: dict[str, Any], key: str, index: int, rest: str, value: object) -> None:
+    """``layer[N].match`` / ``layer[N].precision.KEY``; index ``len`` appends a table."""
+    tables = data.setdefault("layer", [])
+    if index > len(tables):
+        raise ConfigError(f"overrides: {key}: there are {len(tables)} [[layer]] tables "
+                          f"(layer[{len(tables)}] adds one)")
+    if index == len(tables):
+        tables.append({"precision": {}})
+    table = tables[index]
+    parts = rest.split(".")
+    if parts == ["match"]:
+        table["match"] = value
+        return
+    fields = LayerPrecision.model_fields
+    if len(parts) == 2 and parts[0] == "precision" and parts[1] in fields:
+        if isinstance(value, str) and value.strip().lower() in ("none", "null"):
+            value = None
+        table["precision"] = {**(table.get("precision") or {}), parts[1]: value}
+        return
+    close = difflib.get_close_matches(rest, ["match", *(f"precision.{f}" for f in fields)], n=1)
+    hint = f" (did you mean 'layer[{index}].{close[0]}'?)" if close else \
+        f" (known: match, precision.{{{', '.join(fields)}}})"
+    raise ConfigError(f"overrides: {key}: unknown key{hint}")
 
 
 # ------------------------------------------------------------------ TOML writer

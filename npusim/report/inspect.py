@@ -91,3 +91,47 @@ def bounds_table(prog: IntegerProgram, images: np.ndarray | None = None) -> pd.D
         stats = Simulator(cfg).run(prog, images).stats.set_index("layer")
         df["observed_bits"] = df["layer"].map(stats["observed_bits"]).astype("Int64")
     return df
+
+
+def _glob_literal(name: str) -> str:
+    """An fnmatch pattern matching exactly `name` (its ``*``, ``?`` and ``[`` escaped)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def suggest_widths(prog: IntegerProgram, images: np.ndarray | None = None,
+                   dataflow: str = "os", rows: int = 16) -> pd.DataFrame:
+    """Per conv/linear layer, the narrowest accumulator widths that are safe by the exact
+    weight (L1) bound (``bound_*``) and, with `images`, that saw no overflow on them in an
+    exact simulation (``observed_*``, running sums at both levels, `npusim.sim.observe`).
+
+    Widths are never below one product's bits (the simulator refuses that); with a pe level
+    (``ws`` / ``is``) the acc width is at least the pe width. For ``os`` there is no pe level
+    and ``pe_acc_bits`` is set equal to ``acc_bits``.
+    """
+    rows_out = []
+    for n in prog.nodes:
+        if OPS[n.op].unit != "array":
+            continue
+        b = layer_bounds(prog, n)
+        acc = max(b.bound_l1_bits, b.product_bits)
+        pe = acc if dataflow == "os" else max(b.bound_l1_nobias_bits, b.product_bits)
+        rows_out.append({"layer": n.name, "match": _glob_literal(n.name), "op": n.op, "k": b.k,
+                         "product_bits": b.product_bits, "bound_pe_acc_bits": pe,
+                         "bound_acc_bits": max(acc, pe)})
+    df = pd.DataFrame(rows_out)
+    if images is not None and len(df):
+        from npusim.sim.observe import observed_widths
+
+        obs = observed_widths(prog, images, dataflow, rows).set_index("layer")
+        acc = np.maximum(df["layer"].map(obs["observed_acc_bits"]).astype(int),
+                         df["product_bits"])
+        if dataflow == "os":
+            pe = acc
+        else:
+            pe = np.maximum(df["layer"].map(obs["observed_pe_bits"]).astype(int),
+                            df["product_bits"])
+        df["observed_pe_acc_bits"] = pe.astype(int)
+        df["observed_acc_bits"] = np.maximum(acc, pe).astype(int)
+        for c in ("acc_min", "acc_max", "pe_min", "pe_max"):
+            df[f"observed_{c}"] = df["layer"].map(obs[c])
+    return df

@@ -419,3 +419,56 @@ __all__ = ["conv_kernel", "conv_points_kernel", "pool_kernel", "avgpool_float_ke
            "gemm_epilogue_kernel",
            "requant_points_kernel", "nonzero_count_kernel", "LevelSpec", "MODE_CODES",
            "ORDER_CODES"]
+
+
+@numba.njit(parallel=True, cache=True)
+def running_range_kernel(x, w, bias, stride, groups, zp_x, order, rows, ho, wo, ranges):
+    """Extremes of every running sum of an exact, order-faithful conv (the additions of
+    `_accumulate_point`, no width limit): `ranges` (N, 4) = pe min, pe max, acc min, acc max
+    per image (the pe level only in the ws/is order; 0 is always in range)."""
+    N = x.shape[0]
+    O = w.shape[0]
+    og = O // groups
+    cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    for b in numba.prange(N):
+        pe_lo = 0
+        pe_hi = 0
+        acc_lo = 0
+        acc_hi = 0
+        for o in range(O):
+            c0 = (o // og) * cg
+            for oy in range(ho):
+                for ox in range(wo):
+                    acc = bias[o]
+                    acc_lo = min(acc_lo, acc)
+                    acc_hi = max(acc_hi, acc)
+                    ps = 0
+                    cnt = 0
+                    for c in range(cg):
+                        for i in range(kh):
+                            for j in range(kw):
+                                p = (x[b, c0 + c, oy * stride + i, ox * stride + j] - zp_x) \
+                                    * w[o, c, i, j]
+                                if order == OS:
+                                    acc += p
+                                    acc_lo = min(acc_lo, acc)
+                                    acc_hi = max(acc_hi, acc)
+                                else:
+                                    ps += p
+                                    pe_lo = min(pe_lo, ps)
+                                    pe_hi = max(pe_hi, ps)
+                                    cnt += 1
+                                    if cnt == rows:
+                                        acc += ps
+                                        acc_lo = min(acc_lo, acc)
+                                        acc_hi = max(acc_hi, acc)
+                                        ps = 0
+                                        cnt = 0
+                    if order != OS and cnt > 0:
+                        acc += ps
+                        acc_lo = min(acc_lo, acc)
+                        acc_hi = max(acc_hi, acc)
+        ranges[b, 0] = pe_lo
+        ranges[b, 1] = pe_hi
+        ranges[b, 2] = acc_lo
+        ranges[b, 3] = acc_hi

@@ -34,7 +34,7 @@ from npusim.sim.accumulate import LevelSpec, Requant, conv_accumulate, prepare_c
 from npusim.sim.int8_engine import Int8Conv
 
 if TYPE_CHECKING:
-    from npusim.hw.config import NPUConfig
+    from npusim.hw.config import NPUConfig, PrecisionConfig
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ class SimResult:
 class _Plan:
     node: Node
     rq: NodeRequant | None
+    #: the node's effective precision (the NPU's body or its first matching [[layer]] table)
+    prec: "PrecisionConfig | None" = None
     k: int = 0
     macs: int = 0
     bound_dtype: int = 0
@@ -139,11 +141,15 @@ class Simulator:
     def plan(self, program: IntegerProgram) -> list[_Plan]:
         """Check the program against this NPU and derive every node's parameters."""
         self._use_requant_of(program)
+        try:
+            self.config.check_layers([n.name for n in program.nodes])
+        except UserError as e:
+            raise SimulationError(str(e)) from None
         plans = []
         for node in program.nodes:
             ctx = f"node {node.name!r}"
             rq = None
-            p = _Plan(node, None)
+            p = _Plan(node, None, self.config.precision_for(node.name))
             if OPS[node.op].unit == "array":
                 self._plan_gemm(program, node, p)
             if OPS[node.op].requantizes(node):
@@ -161,7 +167,7 @@ class Simulator:
     def _plan_gemm(self, program: IntegerProgram, node: Node, p: _Plan) -> None:
         """Check a conv2d/linear node against the datapath; pack its weights for the engines."""
         cfg = self.config
-        prec = cfg.precision
+        prec = p.prec
         t = program.tensors
         ctx = f"node {node.name!r}"
         w = program.arrays[f"{node.name}.weight"]
@@ -177,10 +183,12 @@ class Simulator:
         lb = layer_bounds(program, node)
         widest = prec.pe_acc_bits if cfg.array.dataflow != "os" else prec.acc_bits
         if lb.product_bits > min(widest, prec.acc_bits):
+            where = "precision" if cfg.layer_index(node.name) is None else \
+                f"layer[{cfg.layer_index(node.name)}].precision"
             raise SimulationError(
                 f"{ctx}: a single product needs {lb.product_bits} bits but the "
                 f"accumulator has {min(widest, prec.acc_bits)} "
-                f"(precision.acc_bits/pe_acc_bits)")
+                f"({where}.acc_bits/pe_acc_bits)")
         p.k, p.macs = lb.k, lb.macs_per_image
         p.weight = w.astype(np.int64)
         p.bias = program.arrays[f"{node.name}.bias"].astype(np.int64)
@@ -190,7 +198,7 @@ class Simulator:
         if self.engine.int8_kind:
             stride, pad, groups = _conv_params(node)
             p.prep = prepare_conv(self.engine, p.weight, stride, pad, groups, xt.zero_point,
-                                  xt.int_range(), self._levels(), p.bound_l1,
+                                  xt.int_range(), self._levels(prec), p.bound_l1,
                                   p.bound_l1_nobias)
 
     def _check_product_width(self, program: IntegerProgram, node: Node, rq: NodeRequant,
@@ -234,9 +242,9 @@ class Simulator:
                 f"node {node.name!r}: stored multiplier/shift disagree with the scales in the "
                 f"tensor table under the program's requant settings")
 
-    def _levels(self) -> LevelSpec:
+    def _levels(self, prec: "PrecisionConfig") -> LevelSpec:
+        """The two accumulator levels of a node running at `prec`."""
         cfg = self.config
-        prec = cfg.precision
         return LevelSpec(K.ORDER_CODES[cfg.array.dataflow], cfg.array.rows, prec.pe_acc_bits,
                          K.MODE_CODES[prec.pe_mode], prec.acc_bits, K.MODE_CODES[prec.acc_mode])
 
@@ -310,16 +318,16 @@ class Simulator:
         req = None if rq is None else Requant.of(rq.m0, rq.n, rq.mf, c.scale_float, s.code,
                                                  s.multiplier_bits, c.zp_y, c.lo, c.hi)
         acc, ast = conv_accumulate(x4, p.weight, p.bias, stride, pad, groups,
-                                   xt.zero_point, out_hw, self._levels(), p.bound_l1,
+                                   xt.zero_point, out_hw, self._levels(p.prec), p.bound_l1,
                                    p.bound_l1_nobias, self.engine, p.prep, req, c.share)
         c.st[node.name] = ast
         return acc if x.ndim == 4 else acc.reshape(n, -1)
 
     def _stats_table(self, program, plans, stats, n_img) -> pd.DataFrame:
-        prec = self.config.precision
         rows = []
         for p in plans:
             node = p.node
+            prec = p.prec
             parts = stats[node.name]
             row = {"layer": node.name, "op": node.op,
                    "output_shape": "x".join(map(str, program.tensors[node.output].shape)),
@@ -335,6 +343,7 @@ class Simulator:
                     "observed_bits": bits_needed(min(lo, 0), max(hi, 0)),
                     "bound_l1_bits": p.bound_l1, "bound_dtype_bits": p.bound_dtype,
                     "pe_acc_bits": prec.pe_acc_bits, "acc_bits": prec.acc_bits,
+                    "overflow": _mode_text(prec),
                     "sequential_outputs": sum(a.sequential_outputs for a in parts),
                 })
             rows.append(row)
@@ -345,6 +354,11 @@ class Simulator:
             if c in df:
                 df[c] = df[c].astype("Int64")
         return df
+
+
+def _mode_text(prec: "PrecisionConfig") -> str:
+    """``wrap``, or ``pe/acc`` modes when the two levels differ (``wrap/saturate``)."""
+    return prec.acc_mode if prec.pe_mode == prec.acc_mode else f"{prec.pe_mode}/{prec.acc_mode}"
 
 
 # ------------------------------------------------------------------------ kernels
@@ -488,7 +502,7 @@ def _run_embed(sim: Simulator, c: _Call) -> np.ndarray:
 def _gemm_width(sim: Simulator, program: IntegerProgram, node: Node, p: _Plan) -> int:
     """The accumulator reaching requantization: the exact weight bound, and in wrap/saturate
     modes also the accumulator width."""
-    prec = sim.config.precision
+    prec = p.prec
     return p.bound_l1 if prec.acc_mode == "exact" else min(prec.acc_bits, p.bound_l1)
 
 

@@ -63,9 +63,16 @@ class Point:
         parts = [self.quant.short_name()]
         if self.quant.overrides:
             parts[0] += "+" + "+".join(_override_text(o) for o in self.quant.overrides)
-        parts += [f"{','.join(k.split('.')[-1] for k in key.split(','))}={v}"
+        parts += [f"{','.join(_short_key(k) for k in key.split(','))}={v}"
                   for key, v in self.npu_set]
         return " ".join(parts)
+
+
+def _short_key(key: str) -> str:
+    """``precision.acc_bits`` -> ``acc_bits``; ``layer[0].precision.acc_bits`` ->
+    ``layer[0].acc_bits`` (a layer table's key keeps its index)."""
+    parts = key.split(".")
+    return f"{parts[0]}.{parts[-1]}" if parts[0].startswith("layer[") else parts[-1]
 
 
 # ------------------------------------------------------------------------------ values

@@ -35,7 +35,7 @@ __all__ = ["point_hash", "sweep"]
 LAYER_STAT_COLUMNS = ["layer", "op", "output_shape", "macs_per_image", "nonzero_macs",
                       "pe_overflows", "acc_overflows", "acc_min", "acc_max", "observed_bits",
                       "bound_l1_bits", "bound_dtype_bits", "pe_acc_bits", "acc_bits",
-                      "sequential_outputs"]
+                      "overflow", "sequential_outputs"]
 LAYER_COST_COLUMNS = ["w_bits", "a_bits", "out_bits", "cycles", "latency_us", "weight_bytes",
                       "energy_pj", "mac_pj", "operand_pj", "accumulator_pj", "requant_pj",
                       "vector_pj", "sram_pj", "lookup_pj", "dram_pj", "leakage_pj"]
@@ -101,6 +101,8 @@ def _npu_columns(npu: NPUConfig, program_requant: RequantSpec) -> dict[str, Any]
                 cols[k] = json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
     cols.update(npu.requant.over(program_requant).to_dict())
     cols["requant_changes"] = changes_text(npu.requant.changes(program_requant))
+    # the [[layer]] tables, "stem*:acc_bits=24+fc:overflow=saturate" ("" when none)
+    cols["layer_tables"] = "+".join(t.short() for t in npu.layer)
     p = npu.precision
     cols["pe_overflow"], cols["acc_overflow"] = p.pe_mode, p.acc_mode
     cols["overflow_mode"] = p.acc_mode if p.pe_mode == p.acc_mode else f"{p.pe_mode}/{p.acc_mode}"

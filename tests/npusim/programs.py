@@ -66,3 +66,36 @@ def conv_program(w, bias, in_shape, x_bits=8, x_signed=False, zp_x=0, w_bits=8, 
     nodes = [Node("l", op, ["x"], "y", attrs)]
     return finish(nodes, tensors, arrays, "x", ["y"],
                   rq_settings.to_dict() if rq_settings else None)
+
+
+def stem_fc_program(seed=0, c_out=4, x_bits=5, w_bits=4, h=8, classes=10, s_y=0.05,
+                    stem_bias=200, fc_bias=2000):
+    """A three-node program on digits-shaped input (1, 8, 8): conv2d ``stem`` (3x3, pad 1,
+    requantized to 8 unsigned bits) -> ``flatten`` -> raw-accumulator ``fc`` (linear)."""
+    rng = np.random.default_rng(seed)
+    wq = (1 << (w_bits - 1)) - 1
+    w1 = rng.integers(-wq, wq + 1, size=(c_out, 1, 3, 3))
+    b1 = rng.integers(-stem_bias, stem_bias + 1, size=c_out)
+    feat = c_out * h * h
+    w2 = rng.integers(-wq, wq + 1, size=(classes, feat))
+    b2 = rng.integers(-fc_bias, fc_bias + 1, size=classes)
+    tensors = {
+        "x": TensorSpec((1, h, h), x_bits, False, 0.02, 0),
+        "stem.weight": TensorSpec(w1.shape, w_bits, True,
+                                  [float(v) for v in np.linspace(0.01, 0.03, c_out)]),
+        "stem.bias": TensorSpec((c_out,), 32, True),
+        "s": TensorSpec((c_out, h, h), 8, False, s_y, 0),
+        "f": TensorSpec((feat,), 8, False, s_y, 0),
+        "fc.weight": TensorSpec(w2.shape, w_bits, True, [0.02] * classes),
+        "fc.bias": TensorSpec((classes,), 32, True),
+        "y": TensorSpec((classes,), 32, True, 1.0, 0),
+    }
+    arrays = {"stem.weight": _arr(w1, w_bits, True), "stem.bias": _arr(b1, 32, True),
+              "fc.weight": _arr(w2, w_bits, True), "fc.bias": _arr(b2, 32, True)}
+    nodes = [Node("stem", "conv2d", ["x"], "s", {"stride": 1, "padding": 1, "groups": 1,
+                                                 "requant": True, "clamp": [0, 255]}),
+             Node("flatten", "flatten", ["s"], "f", {}),
+             Node("fc", "linear", ["f"], "y", {"requant": False})]
+    prog = finish(nodes, tensors, arrays, "x", ["y"])
+    prog.meta["dataset"] = "digits"
+    return prog
