@@ -18,12 +18,13 @@ log = logging.getLogger(__name__)
 
 
 def qat_config(model: str, data: str, qcfg: QuantConfig, epochs: int, float_epochs: int,
-               seed: int = 0, width: float = 1.0, lr: float = 0.01, threads: int = TRAIN_THREADS
-               ) -> dict[str, Any]:
-    """The configuration that identifies a QAT run (and its cache entry), torch threads
-    included (they are the float model's too)."""
+               seed: int = 0, width: float = 1.0, lr: float = 0.01, threads: int = TRAIN_THREADS,
+               root: str | None = None) -> dict[str, Any]:
+    """The configuration that identifies a QAT run (and its cache entry), torch threads and
+    the data's fingerprint included (they are the float model's too)."""
     return {"kind": "qat",
-            "float": float_config(model, data, float_epochs, seed, width, threads=threads),
+            "float": float_config(model, data, float_epochs, seed, width, threads=threads,
+                                  root=root),
             "quant": qcfg.model_dump(mode="json"), "epochs": epochs, "lr": lr, "seed": seed,
             "threads": threads}
 
@@ -37,7 +38,7 @@ def train_qat(model: str, data: str, qcfg: QuantConfig, epochs: int = 3, float_e
     The same configuration (seed and `threads` included) gives the same checkpoint bytes in
     any process on the same kind of CPU, whether the float model was cached or not.
     """
-    cfg = qat_config(model, data, qcfg, epochs, float_epochs, seed, width, lr, threads)
+    cfg = qat_config(model, data, qcfg, epochs, float_epochs, seed, width, lr, threads, root)
     path = cache_dir() / "qat" / f"{model}-{data}-{qcfg.short_name()}-{config_hash(cfg)}.pt"
     with cache_lock(path):  # one process trains it, the others wait and reuse it
         return _train_qat(path, cfg, model, data, qcfg, epochs, float_epochs, seed, width, lr,

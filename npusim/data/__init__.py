@@ -4,6 +4,6 @@ Every dataset is returned as uint8 ``(N, C, H, W)`` images with int64 labels; se
 :func:`load_dataset` and :func:`list_datasets`.
 """
 
-from npusim.data.datasets import Dataset, DatasetError, list_datasets, load_dataset
+from npusim.data.datasets import Dataset, DatasetError, dataset_fingerprint, list_datasets, load_dataset
 
-__all__ = ["Dataset", "DatasetError", "list_datasets", "load_dataset"]
+__all__ = ["Dataset", "DatasetError", "dataset_fingerprint", "list_datasets", "load_dataset"]

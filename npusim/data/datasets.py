@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import hashlib
 import importlib
 import importlib.util
 import logging
@@ -50,7 +51,11 @@ from npusim.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Dataset", "DatasetError", "list_datasets", "load_dataset"]
+__all__ = ["Dataset", "DatasetError", "dataset_fingerprint", "list_datasets", "load_dataset"]
+
+#: Bumped whenever a loader's output changes for the same source files (split rule, pixel
+#: rescaling, label decoding): every cache key holding a fingerprint changes with it.
+LOADER_VERSION = 1
 
 SPLITS: tuple[str, ...] = ("train", "test")
 SPLIT_SEED = 0  # seed of the PCG64 generator behind the mnist5k / digits splits
@@ -519,3 +524,61 @@ def load_dataset(
         name, split, len(dataset), dataset.input_shape, num_classes,
     )
     return dataset
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file's bytes; memoized per process on (path, size, mtime_ns)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_fingerprint(name: str, root: str | os.PathLike[str] | None = None,
+                        **kwargs: Any) -> str:
+    """What identifies the data a loader returns, for cache keys: ``name:v<LOADER_VERSION>:<hex>``.
+
+    ``cifar10``: SHA-256 over the sorted (file name, size, SHA-256 of the bytes) of the six
+    batch files the loader reads -- bytes, not paths or mtimes, so a copy of the same files
+    elsewhere shares the key and any edited file changes it (about 0.4 s for the real 180 MB,
+    memoized per process on path, size and mtime). A missing or incomplete directory is a
+    `DatasetError`, so callers fail before any cache lookup. The built-in sets (``digits``,
+    ``mnist5k``, ``synthetic``, small): SHA-256 of both splits' images and labels as loaded;
+    for them a ``root`` is refused (they read no directory).
+    """
+    if not isinstance(name, str) or name.strip().lower() not in _KWARGS:
+        raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
+    name = name.strip().lower()
+    digest = hashlib.sha256()
+    if name == "cifar10":
+        directory = _cifar_dir(root)
+        files = sorted(f for split in SPLITS for f in _cifar_signature(directory, split))
+        for path, size, mtime_ns in files:
+            digest.update(f"{Path(path).name}\0{size}\0{_file_sha256(path, size, mtime_ns)}\n"
+                          .encode())
+    else:
+        if root is not None:
+            raise DatasetError(f"{name}: a data directory ({root}) was given, but {name} reads "
+                               "none (only cifar10 does)")
+        load_dataset(name, "train", **kwargs)  # checks the kwargs
+        options = {**_KWARGS[name], **kwargs}
+        params = _normalize_synthetic(options) if name == "synthetic" else ()
+        return _builtin_fingerprint(name, params)
+    return f"{name}:v{LOADER_VERSION}:{digest.hexdigest()[:16]}"
+
+
+@functools.lru_cache(maxsize=16)
+def _builtin_fingerprint(name: str, params: tuple[tuple[str, Any], ...]) -> str:
+    digest = hashlib.sha256(repr(params).encode())
+    splits = _load_builtin(name, params)[0]
+    for split in SPLITS:
+        for array in splits[split]:
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(array.tobytes())
+    return f"{name}:v{LOADER_VERSION}:{digest.hexdigest()[:16]}"
+
