@@ -411,6 +411,8 @@ def _read_cifar_batch(path: str) -> _Split:
     n = data.shape[0]
     try:
         labels = np.asarray(fields["labels"])
+        if labels.size == 0 and labels.ndim == 1:
+            labels = labels.astype(np.int64)  # an empty list reads as float64
     except Exception as exc:
         raise DatasetError(f"cifar10: {path} has labels that are not a list of ints") from exc
     if labels.ndim != 1 or labels.shape[0] != n or labels.dtype.kind not in "iu":
@@ -510,6 +512,9 @@ def load_dataset(
         splits, num_classes, mean, std = _load_builtin(name, params)
         images, labels = splits[split]
 
+    if len(labels) == 0:  # an accuracy over no images would read as 0.00 %
+        raise DatasetError(f"{name}: the {split} split is empty (0 images)"
+                           + (f" in {directory}" if name == "cifar10" else ""))
     dataset = Dataset(
         name=name,
         split=split,
