@@ -89,8 +89,11 @@ def sweep_cmd(
     With --workers, --scheduler or --scheduler-file the points run on a Dask cluster (see
     docs/cluster.md); the rows are the same as a serial run's."""
     _setup_logging(verbose)
+    from npusim.cli.common import check_numbers
     from npusim.io import check_output_path
     from npusim.sweep import Grid, ResultsStore, sweep
+
+    check_numbers(lr, width, seed)
 
     if csv is not None:
         check_output_path(csv, "--csv")

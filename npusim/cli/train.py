@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from npusim.cli.common import _fail, _setup_logging, app
+from npusim.cli.common import _fail, _setup_logging, app, check_numbers
 
 
 @app.command()
@@ -38,6 +38,7 @@ def train(
     """Train a float model (cached), fine-tune it with QAT when --quant is given, or train
     it with MARViN when --marvin is given."""
     _setup_logging(verbose)
+    check_numbers(lr, width, seed)
     if marvin or marvin_config is not None:
         from npusim.cli.marvin import train_marvin_cmd
 

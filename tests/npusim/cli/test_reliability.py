@@ -127,3 +127,35 @@ def test_top1_only_for_class_scores(tmp_path, capsys):
     assert main(["simulate", _program(tmp_path, 3), "--data", "synthetic"]) == 0
     out = capsys.readouterr().out
     assert "no top-1 (output" in out and "[10, 14, 14] is not 10 class scores" in out
+
+
+# ---------------------------------------------------------------- impossible training numbers
+
+@pytest.mark.parametrize("args, field", [
+    (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"), (["--lr", "-0.1"], "--lr"),
+    (["--lr", "0"], "--lr"), (["--width", "nan"], "--width"), (["--width", "0"], "--width"),
+    (["--width", "1e9"], "--width"), (["--seed", "-1"], "--seed"),
+])
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_impossible_training_numbers_exit_2_before_training(tmp_path, monkeypatch, capsys,
+                                                            command, args, field):
+    monkeypatch.setenv("NPUSIM_CACHE", str(tmp_path / "cache"))
+    assert main([command, "--data", "digits", *args]) == 2
+    assert field in _one_error_line(capsys)
+    assert not (tmp_path / "cache").exists()  # nothing was trained or stored
+
+
+def test_a_diverging_loss_is_an_error_not_chance_accuracy(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NPUSIM_CACHE", str(tmp_path / "cache"))
+    import models.training as training
+
+    real = training.nn.CrossEntropyLoss
+
+    class Exploding(real):  # the loss of a run whose weights overflowed
+        def forward(self, out, y):
+            return super().forward(out, y) * float("inf")
+
+    monkeypatch.setattr(training.nn, "CrossEntropyLoss", Exploding)
+    assert main([*TINY, "--data", "digits", "--no-cache"]) == 2
+    line = _one_error_line(capsys)
+    assert "training diverged: the loss is" in line and "epoch 1, step 1" in line
