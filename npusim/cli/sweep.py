@@ -151,7 +151,7 @@ def _read_results(results: Path):
         return pd.read_csv(results)
     from npusim.sweep import ResultsStore
 
-    with ResultsStore(results) as store:
+    with ResultsStore(results, readonly=True) as store:
         return store.to_frame()
 
 
