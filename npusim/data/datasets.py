@@ -550,11 +550,12 @@ def dataset_fingerprint(name: str, root: str | os.PathLike[str] | None = None,
 
     ``cifar10``: SHA-256 over the sorted (file name, size, SHA-256 of the bytes) of the six
     batch files the loader reads -- bytes, not paths or mtimes, so a copy of the same files
-    elsewhere shares the key and any edited file changes it (about 0.4 s for the real 180 MB,
-    memoized per process on path, size and mtime). A missing or incomplete directory is a
-    `DatasetError`, so callers fail before any cache lookup. The built-in sets (``digits``,
-    ``mnist5k``, ``synthetic``, small): SHA-256 of both splits' images and labels as loaded;
-    for them a ``root`` is refused (they read no directory).
+    elsewhere shares the key and any edited file changes it (SHA-256 of 178 MiB in memory took
+    0.3 s on one AMD EPYC core at load 9; memoized per process on path, size and mtime). A
+    missing or incomplete directory is a `DatasetError`, so callers fail before any cache
+    lookup. The built-in sets (``digits``, ``mnist5k``, ``synthetic``, small): SHA-256 of
+    both splits' images and labels as loaded; for them a ``root`` is refused (they read no
+    directory).
     """
     if not isinstance(name, str) or name.strip().lower() not in _KWARGS:
         raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
