@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import logging
 from pathlib import Path
 from typing import Any, Iterator
 
-from npusim.data import load_dataset
+from npusim.data import dataset_fingerprint, load_dataset
 
 from .checkpoint import cache_dir, config_hash, load_checkpoint, save_checkpoint
 from .registry import create_model
@@ -17,11 +18,14 @@ log = logging.getLogger(__name__)
 
 
 def float_config(model: str, data: str, epochs: int, seed: int = 0, width: float = 1.0,
-                 lr: float = 0.1, batch_size: int = 128, threads: int = TRAIN_THREADS
-                 ) -> dict[str, Any]:
-    """The configuration that identifies a float training run (and its cache entry); the
-    torch thread count is part of it (multi-threaded float sums depend on it)."""
-    return {"kind": "float", "model": model, "data": data, "epochs": epochs, "seed": seed,
+                 lr: float = 0.1, batch_size: int = 128, threads: int = TRAIN_THREADS,
+                 root: str | None = None) -> dict[str, Any]:
+    """The configuration that identifies a float training run (and its cache entry): the torch
+    thread count is part of it (multi-threaded float sums depend on it), and so is the data's
+    fingerprint (`npusim.data.dataset_fingerprint`: the files under `root` for cifar10), so a
+    bad or missing `root` fails here, before any cache lookup."""
+    return {"kind": "float", "model": model, "data": data,
+            "data_fingerprint": dataset_fingerprint(data, root), "epochs": epochs, "seed": seed,
             "width": width, "lr": lr, "batch_size": batch_size, "threads": threads}
 
 
@@ -55,10 +59,17 @@ def cpu_meta() -> dict[str, str]:
 
 
 def float_cache_path(model: str, data: str, epochs: int, seed: int = 0, width: float = 1.0,
-                     lr: float = 0.1, batch_size: int = 128, threads: int = TRAIN_THREADS) -> Path:
+                     lr: float = 0.1, batch_size: int = 128, threads: int = TRAIN_THREADS,
+                     root: str | None = None) -> Path:
     """Where `train_float` caches this configuration (the file exists once it is trained)."""
-    cfg = float_config(model, data, epochs, seed, width, lr, batch_size, threads)
-    return cache_dir() / "float" / f"{model}-{data}-{config_hash(cfg)}.pt"
+    cfg = float_config(model, data, epochs, seed, width, lr, batch_size, threads, root)
+    return cache_dir() / "float" / f"{model}-{file_label(data)}-{config_hash(cfg)}.pt"
+
+
+def file_label(data: str) -> str:
+    """A data set spec (``folder:resize=256,crop=224``) as a portable file-name part; the
+    cache key's hash carries the exact spec and the data's fingerprint."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", data)
 
 
 def is_cached(path: Path) -> bool:
@@ -75,8 +86,8 @@ def train_float(model: str, data: str, epochs: int, seed: int = 0, width: float 
     The same configuration (seed and `threads` included) gives the same checkpoint bytes in
     any process on the same kind of CPU (`models.training.deterministic`).
     """
-    cfg = float_config(model, data, epochs, seed, width, lr, batch_size, threads)
-    cached = float_cache_path(model, data, epochs, seed, width, lr, batch_size, threads)
+    cfg = float_config(model, data, epochs, seed, width, lr, batch_size, threads, root)
+    cached = float_cache_path(model, data, epochs, seed, width, lr, batch_size, threads, root)
     with cache_lock(cached) if use_cache else contextlib.nullcontext():
         return _train_float(cached, cfg, model, data, epochs, seed, width, lr, batch_size, out,
                             root, use_cache, progress, threads)

@@ -21,8 +21,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from npusim.data import Dataset
+from npusim.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class TrainingError(UserError):
+    """Impossible training settings, or a run whose loss stopped being a finite number."""
+
+
+def check_loss(loss: float, epoch: int, step: int, lr: float) -> None:
+    """Refuse a loss that is NaN or infinite: the weights after it are garbage, and reporting
+    their (chance) accuracy as a result would be silent nonsense."""
+    if not math.isfinite(loss):
+        raise TrainingError(f"training diverged: the loss is {loss} at epoch {epoch + 1}, step "
+                            f"{step + 1} (peak lr {lr:g}); lower --lr")
 
 # Random-crop padding (in pixels) and horizontal flips per data set; digit images must not be
 # flipped. "auto" in `make_batches` looks the data set up here.
@@ -163,11 +176,11 @@ def train(
     `on_epoch_start(epoch)` lets callers switch phases (e.g. freeze batch-norm statistics).
     """
     if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+        raise TrainingError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+        raise TrainingError(f"batch_size must be >= 1, got {batch_size}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise TrainingError(f"lr must be a finite number > 0, got {lr}")
     torch.manual_seed(seed)
     set_input_stats(model, dataset)
     groups = params if params is not None else _default_groups(model, weight_decay)
@@ -200,9 +213,10 @@ def train(
         batches = make_batches(dataset, batch_size, True, augment, seed, epoch)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
                    disable=not progress, leave=False)
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar):
             out = model(x)
             loss = criterion(out, y) if loss_fn is None else loss_fn(model, out, y)
+            check_loss(float(loss.detach()), epoch, step, lr)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -8,10 +8,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from models.cached import cache_lock, cpu_meta, float_config, is_cached, train_float
+from models.cached import cache_lock, cpu_meta, file_label, float_config, is_cached, train_float
 from models.checkpoint import cache_dir, config_hash, load_checkpoint
 from models.training import TRAIN_THREADS, deterministic
-from npusim.data import load_dataset
+from npusim.data import dataset_fingerprint, load_dataset
 from quantize.checkpoint import load_qat, save_qat
 from quantize.config import QuantConfig
 from quantize.qat import evaluate, prepare_qat, qat_train
@@ -20,12 +20,13 @@ log = logging.getLogger(__name__)
 
 
 def qat_config(model: str, data: str, qcfg: QuantConfig, epochs: int, float_epochs: int,
-               seed: int = 0, width: float = 1.0, lr: float = 0.01, threads: int = TRAIN_THREADS
-               ) -> dict[str, Any]:
-    """The configuration that identifies a QAT run (and its cache entry), torch threads
-    included (they are the float model's too)."""
+               seed: int = 0, width: float = 1.0, lr: float = 0.01, threads: int = TRAIN_THREADS,
+               root: str | None = None) -> dict[str, Any]:
+    """The configuration that identifies a QAT run (and its cache entry), torch threads and
+    the data's fingerprint included (they are the float model's too)."""
     return {"kind": "qat",
-            "float": float_config(model, data, float_epochs, seed, width, threads=threads),
+            "float": float_config(model, data, float_epochs, seed, width, threads=threads,
+                                  root=root),
             "quant": qcfg.model_dump(mode="json"), "epochs": epochs, "lr": lr, "seed": seed,
             "threads": threads}
 
@@ -39,8 +40,8 @@ def train_qat(model: str, data: str, qcfg: QuantConfig, epochs: int = 3, float_e
     The same configuration (seed and `threads` included) gives the same checkpoint bytes in
     any process on the same kind of CPU, whether the float model was cached or not.
     """
-    cfg = qat_config(model, data, qcfg, epochs, float_epochs, seed, width, lr, threads)
-    path = cache_dir() / "qat" / f"{model}-{data}-{qcfg.short_name()}-{config_hash(cfg)}.pt"
+    cfg = qat_config(model, data, qcfg, epochs, float_epochs, seed, width, lr, threads, root)
+    path = cache_dir() / "qat" / f"{model}-{file_label(data)}-{qcfg.short_name()}-{config_hash(cfg)}.pt"
     with cache_lock(path):  # one process trains it, the others wait and reuse it
         return _train_qat(path, cfg, model, data, qcfg, epochs, float_epochs, seed, width, lr,
                           root, progress, threads)
@@ -69,14 +70,17 @@ def _train_qat(path, cfg, model, data, qcfg, epochs, float_epochs, seed, width, 
 
 
 def qat_from_cache_path(checkpoint: str | Path, data: str, qcfg: QuantConfig, epochs: int,
-                        lr: float = 0.01, batch_size: int = 128, seed: int = 0) -> Path:
+                        lr: float = 0.01, batch_size: int = 128, seed: int = 0,
+                        root: str | None = None) -> Path:
     """Where `train_qat_from` caches a QAT run that starts from the float checkpoint file
-    `checkpoint` (keyed by the file's SHA-256, so a retrained file is a new entry)."""
+    `checkpoint` (keyed by the file's SHA-256, so a retrained file is a new entry, and by the
+    data's fingerprint)."""
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
     cfg = {"kind": "qat-from", "from_sha256": digest, "data": data,
+           "data_fingerprint": dataset_fingerprint(data, root),
            "quant": qcfg.model_dump(mode="json"), "epochs": epochs, "lr": lr,
            "batch_size": batch_size, "seed": seed}
-    return cache_dir() / "qat" / f"from-{data}-{qcfg.short_name()}-{config_hash(cfg)}.pt"
+    return cache_dir() / "qat" / f"from-{file_label(data)}-{qcfg.short_name()}-{config_hash(cfg)}.pt"
 
 
 def train_qat_from(checkpoint: str | Path, data: str, qcfg: QuantConfig, epochs: int,
@@ -85,7 +89,7 @@ def train_qat_from(checkpoint: str | Path, data: str, qcfg: QuantConfig, epochs:
                    progress: bool | None = None) -> tuple[Any, dict[str, Any], bool]:
     """Fine-tune the float checkpoint file with QAT, or reuse the cached run of the same file
     and settings. Returns (quantized model, meta with the accuracies, whether it was cached)."""
-    path = qat_from_cache_path(checkpoint, data, qcfg, epochs, lr, batch_size, seed)
+    path = qat_from_cache_path(checkpoint, data, qcfg, epochs, lr, batch_size, seed, root)
     with cache_lock(path):
         if use_cache and is_cached(path):
             log.info("reusing cached QAT model %s", path)

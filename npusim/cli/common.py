@@ -42,6 +42,20 @@ def _check_data(data: str) -> None:
         _fail(f"--data: {exc}")
 
 
+def check_numbers(lr: float | None, width: float, seed: int) -> None:
+    """Refuse training numbers no run can use (click's ranges let NaN through)."""
+    import math
+
+    from npusim.limits import MAX_WIDTH
+
+    if lr is not None and not (math.isfinite(lr) and 0 < lr <= 10):
+        _fail(f"--lr: expected a learning rate in (0, 10], got {lr}")
+    if not (math.isfinite(width) and 0 < width <= MAX_WIDTH):
+        _fail(f"--width: expected a width multiplier in (0, {MAX_WIDTH:g}], got {width}")
+    if not 0 <= seed < 2**63:
+        _fail(f"--seed: expected an integer in [0, 2^63), got {seed}")
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -110,9 +110,14 @@ def simulate(
     sim = Simulator(cfg, engine=engine)
     res = sim.run(prog, ds.images, progress=None)
     secs = time.perf_counter() - t0
+    out = prog.outputs[0]
+    shape = list(prog.tensors[out].shape)
+    if [d for d in shape if d != 1] == [ds.num_classes]:
+        top1 = f"top-1 {100 * res.accuracy(ds.labels):.2f}%"
+    else:  # an argmax over anything else is no accuracy
+        top1 = f"no top-1 (output {out!r} {shape} is not {ds.num_classes} class scores)"
     typer.echo(f"{cfg.name}: {len(ds)} {name}/{split} images in {secs:.1f} s "
-               f"({sim.engine_used} engine), top-1 "
-               f"{100 * res.accuracy(ds.labels):.2f}%, overflow rate {overflow_rate(res.stats):.2e} "
+               f"({sim.engine_used} engine), {top1}, overflow rate {overflow_rate(res.stats):.2e} "
                f"events per MAC")
     _echo_requant_changes(cfg, prog)
     cols = ["layer", "op", "output_shape", "macs_per_image", "pe_acc_bits", "acc_bits",

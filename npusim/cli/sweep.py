@@ -102,8 +102,11 @@ def sweep_cmd(
     docs/cluster.md); the rows are the same as a serial run's."""
     _setup_logging(verbose)
     progress = _progress(progress)
+    from npusim.cli.common import check_numbers
     from npusim.io import check_output_path
     from npusim.sweep import Grid, ResultsStore, sweep
+
+    check_numbers(lr, width, seed)
 
     if csv is not None:
         check_output_path(csv, "--csv")
@@ -214,7 +217,7 @@ def _read_results(results: Path):
                   f"({' '.join(str(e).split())[:120]})")
     from npusim.sweep import ResultsStore
 
-    with ResultsStore(results) as store:
+    with ResultsStore(results, readonly=True) as store:
         return store.to_frame()
 
 

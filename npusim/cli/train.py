@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from npusim.cli.common import DATA_HELP, ROOT_HELP, _check_data, _fail, _setup_logging, app
+from npusim.cli.common import DATA_HELP, ROOT_HELP, _check_data, _fail, _setup_logging, app, check_numbers
 
 
 @app.command()
@@ -39,6 +39,7 @@ def train(
     15-epoch float model it trains first), or train it with MARViN when --marvin is given.
     Float and QAT runs are cached ($NPUSIM_CACHE, --no-cache to retrain)."""
     _setup_logging(verbose)
+    check_numbers(lr, width, seed)
     _check_data(data)
     from npusim.io import check_output_path
 
@@ -67,7 +68,7 @@ def train(
         from models.cached import float_cache_path, is_cached
 
         hit = not no_cache and is_cached(float_cache_path(model, data, epochs, seed, width,
-                                                          lr or 0.1, batch_size))
+                                                          lr or 0.1, batch_size, root=root))
         typer.echo(f"{model} on {data}: {epochs} epoch(s) from the cache (--no-cache retrains)"
                    if hit else f"training {model} on {data} for {epochs} epoch(s) ...")
         path, meta = train_float(model, data, epochs, seed=seed, width=width, lr=lr or 0.1,
@@ -113,7 +114,7 @@ def _train_qat(model, data, epochs, out, seed, width, lr, batch_size, root, quan
     else:
         cfg = QuantConfig.make(method=quant, weight_bits=wbits, act_bits=abits)
     if from_ckpt is None:
-        fpath = float_cache_path(model, data, _IMPLICIT_FLOAT_EPOCHS, width=width)
+        fpath = float_cache_path(model, data, _IMPLICIT_FLOAT_EPOCHS, width=width, root=root)
         if use_cache and is_cached(fpath):
             typer.echo(f"no --from: using the cached float {model} on {data} "
                        f"({_IMPLICIT_FLOAT_EPOCHS} epochs)")
@@ -123,7 +124,7 @@ def _train_qat(model, data, epochs, out, seed, width, lr, batch_size, root, quan
         from_ckpt, _ = train_float(model, data, _IMPLICIT_FLOAT_EPOCHS, width=width, root=root)
     elif not from_ckpt.is_file():
         _fail(f"--from: {from_ckpt} not found")
-    qpath = qat_from_cache_path(from_ckpt, data, cfg, epochs, lr, batch_size, seed)
+    qpath = qat_from_cache_path(from_ckpt, data, cfg, epochs, lr, batch_size, seed, root)
     if use_cache and is_cached(qpath):
         typer.echo(f"QAT {cfg.short_name()} ({epochs} epochs) from {from_ckpt}: cached")
     else:

@@ -47,6 +47,7 @@ import pandas as pd
 
 from npusim.cost.energy_table import EnergyTable, table_for_npu
 from npusim.cost.mapping import Precision, liveness, network_mapping, param_bits, program_precision
+from npusim.errors import UserError
 from npusim.ir.ops import OPS, pool_window
 from npusim.ir.program import IntegerProgram
 
@@ -341,7 +342,10 @@ def estimate_cost(program: IntegerProgram, npu_config: "NPUConfig",
         table: an energy table (default: the one the NPU config names, with its overrides,
             at its node and supply voltage).
     """
+    from npusim.sim.simulator import check_runnable
+
     npu = npu_config
+    check_runnable(npu, program)  # cost refuses exactly what simulate refuses
     table = table or table_for_npu(npu)
     results = {v: _variant(program, npu, table, stats, images, v) for v in VARIANTS}
     priced, mapping, prec, per, info = results["npu"]
@@ -418,8 +422,36 @@ def estimate_cost(program: IntegerProgram, npu_config: "NPUConfig",
     tot["simulated_images"] = info.simulated_images
     totals = _stamp(pd.DataFrame([tot]), table, npu)
     counts = _stamp(pd.concat([results[v][0] for v in VARIANTS], ignore_index=True), table, npu)
+    for what, frame in (("per-layer", layers), ("total", totals), ("baseline", base),
+                        ("component", components)):
+        _check_finite(frame, what, npu)
     return CostReport(layers=layers, components=components, totals=totals, baselines=base,
                       counts=counts, table=table)
+
+
+class CostError(UserError):
+    """The cost model cannot give finite numbers for this NPU (an absurd energy or size)."""
+
+
+#: columns that are NaN by definition when the NPU's own figure is 0 (a ratio to it)
+_RATIOS = ("energy_saving", "storage_saving", "utilization")
+
+
+def _check_finite(frame: pd.DataFrame, what: str, npu: "NPUConfig") -> None:
+    """Refuse a report with an infinite number, or a NaN outside the ratio columns."""
+    for col in frame.columns:
+        values = pd.to_numeric(frame[col], errors="coerce") if frame[col].dtype == object \
+            else frame[col]
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        arr = values.to_numpy(dtype=float, na_value=math.nan)
+        bad = ~pd.isna(arr) & ~(abs(arr) < math.inf)
+        if not col.startswith(_RATIOS):
+            bad |= pd.isna(arr) & frame[col].notna().to_numpy()
+        if bad.any():
+            raise CostError(
+                f"NPU {npu.name!r}: the {what} cost column {col!r} is not finite "
+                f"({arr[bad][0]!r}); check the NPU's sizes and technology.energy_overrides")
 
 
 def _summary(program: IntegerProgram, npu: "NPUConfig", mapping: pd.DataFrame, prec: Precision,

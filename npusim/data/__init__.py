@@ -8,10 +8,11 @@ from npusim.data.datasets import (
     Dataset,
     DatasetError,
     check_data_spec,
+    dataset_fingerprint,
     list_datasets,
     load_dataset,
     parse_data_spec,
 )
 
-__all__ = ["Dataset", "DatasetError", "check_data_spec", "list_datasets", "load_dataset",
-           "parse_data_spec"]
+__all__ = ["Dataset", "DatasetError", "check_data_spec", "dataset_fingerprint", "list_datasets",
+           "load_dataset", "parse_data_spec"]

@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import hashlib
 import importlib
 import importlib.util
 import logging
@@ -58,8 +59,12 @@ from npusim.data.errors import DatasetError, _one_line
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Dataset", "DatasetError", "check_data_spec", "list_datasets", "load_dataset",
-           "parse_data_spec"]
+__all__ = ["Dataset", "DatasetError", "check_data_spec", "dataset_fingerprint", "list_datasets",
+           "load_dataset", "parse_data_spec"]
+
+#: Bumped whenever a loader's output changes for the same source files (split rule, pixel
+#: rescaling, label decoding): every cache key holding a fingerprint changes with it.
+LOADER_VERSION = 1
 
 SPLITS: tuple[str, ...] = ("train", "test")
 SPLIT_SEED = 0  # seed of the PCG64 generator behind the mnist5k / digits splits
@@ -402,6 +407,8 @@ def _read_cifar_batch(path: str) -> _Split:
     n = data.shape[0]
     try:
         labels = np.asarray(fields["labels"])
+        if labels.size == 0 and labels.ndim == 1:
+            labels = labels.astype(np.int64)  # an empty list reads as float64
     except Exception as exc:
         raise DatasetError(f"cifar10: {path} has labels that are not a list of ints") from exc
     if labels.ndim != 1 or labels.shape[0] != n or labels.dtype.kind not in "iu":
@@ -556,6 +563,9 @@ def load_dataset(
         splits, num_classes, mean, std = _load_builtin(name, params)
         images, labels = splits[split]
 
+    if len(labels) == 0:  # an accuracy over no images would read as 0.00 %
+        raise DatasetError(f"{name}: the {split} split is empty (0 images)"
+                           + (f" in {directory}" if name == "cifar10" else ""))
     dataset = Dataset(
         name=name,
         split=split,
@@ -571,3 +581,71 @@ def load_dataset(
         name, split, len(dataset), dataset.input_shape, num_classes,
     )
     return dataset
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file's bytes; memoized per process on (path, size, mtime_ns)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_fingerprint(spec: str, root: str | os.PathLike[str] | None = None,
+                        **kwargs: Any) -> str:
+    """What identifies the data a loader returns, for cache keys: ``name:v<LOADER_VERSION>:<hex>``.
+
+    ``cifar10``: SHA-256 over the sorted (file name, size, SHA-256 of the bytes) of the six
+    batch files the loader reads -- bytes, not paths or mtimes, so a copy of the same files
+    elsewhere shares the key and any edited file changes it (SHA-256 of 178 MiB in memory took
+    0.3 s on one AMD EPYC core at load 9; memoized per process on path, size and mtime).
+    ``folder``: the options, then (relative path, size, SHA-256 of the bytes) of every image of
+    every split the tree has. A missing or incomplete directory is a `DatasetError`, so callers
+    fail before any cache lookup. The built-in sets (``digits``, ``mnist5k``, ``synthetic``,
+    small): SHA-256 of both splits' images and labels as loaded; for them a ``root`` is refused
+    (they read no directory).
+    """
+    name, spec_kwargs = parse_data_spec(spec)
+    kwargs = {**spec_kwargs, **kwargs}
+    _check_kwargs(name, kwargs)
+    digest = hashlib.sha256()
+    if name == "cifar10":
+        directory = _cifar_dir(root)
+        files = sorted(f for split in SPLITS for f in _cifar_signature(directory, split))
+        for path, size, mtime_ns in files:
+            digest.update(f"{Path(path).name}\0{size}\0{_file_sha256(path, size, mtime_ns)}\n"
+                          .encode())
+    elif name == "folder":
+        from npusim.data.folder import check_options, image_files
+
+        digest.update(repr(check_options({**_KWARGS[name], **kwargs})).encode())
+        base = Path(os.fspath(root)) if root is not None else None
+        for split, path, label, size, mtime_ns in image_files(root):
+            rel = Path(path).relative_to(base.absolute()) if base is not None else Path(path)
+            digest.update(f"{split}\0{rel.as_posix()}\0{label}\0{size}\0"
+                          f"{_file_sha256(path, size, mtime_ns)}\n".encode())
+    else:
+        if root is not None:
+            raise DatasetError(f"{name}: a data directory ({root}) was given, but {name} reads "
+                               "none (only cifar10 and folder do)")
+        options = {**_KWARGS[name], **kwargs}
+        params = _normalize_synthetic(options) if name == "synthetic" else ()
+        return _builtin_fingerprint(name, params)
+    return f"{name}:v{LOADER_VERSION}:{digest.hexdigest()[:16]}"
+
+
+@functools.lru_cache(maxsize=16)
+def _builtin_fingerprint(name: str, params: tuple[tuple[str, Any], ...]) -> str:
+    digest = hashlib.sha256(repr(params).encode())
+    splits = _load_builtin(name, params)[0]
+    for split in SPLITS:
+        for array in splits[split]:
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(array.tobytes())
+    return f"{name}:v{LOADER_VERSION}:{digest.hexdigest()[:16]}"
+

@@ -47,6 +47,7 @@ MAX_IMAGE_PIXELS = 2**26  # width x height one image may claim in its header (64
 MAX_DATASET_BYTES = 2**31  # the uint8 array of one split, after pre-processing
 MAX_SIZE = 8192  # resize / crop
 SPLIT_DIRS = {"train": ("train",), "test": ("val", "test")}
+SPLITS = ("train", "test")
 
 _Files = tuple[tuple[str, int, int, int], ...]  # (path, label, size, mtime_ns)
 
@@ -215,4 +216,19 @@ def load_folder(root: str | os.PathLike[str] | None, split: str, options: dict[s
     return images, labels, classes, stats
 
 
-__all__ = ["MAX_IMAGE_PIXELS", "check_options", "load_folder", "split_tree"]
+def image_files(root: str | os.PathLike[str] | None) -> list[tuple[str, str, int, int, int]]:
+    """(split, absolute path, label, size, mtime_ns) of every image of every split the tree
+    under `root` has (a single tree is the test split), without decoding any."""
+    out = []
+    for split in SPLITS:
+        try:
+            tree, _ = split_tree(root, split)
+        except DatasetError:
+            if split == "train":
+                continue  # a tree without train/ has only the test split
+            raise
+        out += [(split, *f) for f in _listing(tree, _classes(tree))]
+    return out
+
+
+__all__ = ["MAX_IMAGE_PIXELS", "check_options", "image_files", "load_folder", "split_tree"]

@@ -75,8 +75,8 @@ class ConfigError(UserError):
         super().__init__(" ".join(str(message).splitlines()))
 
 
-def _pos_float(default: float, description: str) -> Any:
-    return Field(default, gt=0, allow_inf_nan=False, description=description)
+def _pos_float(default: float, description: str, ge: float, le: float) -> Any:
+    return Field(default, ge=ge, le=le, allow_inf_nan=False, description=description)
 
 
 class ArrayConfig(BaseModel):
@@ -84,10 +84,12 @@ class ArrayConfig(BaseModel):
 
     model_config = _MODEL_CONFIG
 
-    rows: int = Field(16, ge=1, description="PE rows (the reduction chunk height for ws/is)")
-    cols: int = Field(16, ge=1, description="PE columns")
+    rows: int = Field(16, ge=1, le=4096, description="PE rows (the reduction chunk height for "
+                      "ws/is); <= 4096, 16x the largest shipped array (TPU v1, 256x256)")
+    cols: int = Field(16, ge=1, le=4096, description="PE columns; <= 4096 as rows")
     dataflow: Dataflow = Field("os", description="output / weight / input stationary")
-    clock_mhz: float = _pos_float(500.0, "array clock")
+    clock_mhz: float = _pos_float(500.0, "array clock; 0.001 (1 kHz) to 10,000 (10 GHz, above "
+                                  "any CMOS logic clock)", 1e-3, 1e4)
     max_weight_bits: int = Field(8, ge=2, le=16, description="widest weight operand")
     max_input_bits: int = Field(8, ge=2, le=16, description="widest activation operand")
 
@@ -97,11 +99,28 @@ class PrecisionConfig(BaseModel):
 
     model_config = _MODEL_CONFIG
 
-    pe_acc_bits: int = Field(32, ge=2, le=62, description="partial-sum width inside the array")
-    acc_bits: int = Field(32, ge=2, le=62, description="accumulator width")
+    pe_acc_bits: int | None = Field(
+        None, ge=2, le=62,
+        description="partial-sum width inside the array; left out (or set to none): the same as "
+        "acc_bits, so --set precision.acc_bits=N narrows both. It may not exceed acc_bits: the "
+        "partial sums feed the accumulator, and a wider one would be cut at the first add "
+        "(a file that sets pe_acc_bits explicitly needs it set again when acc_bits is narrowed)")
+    acc_bits: int = Field(32, ge=2, le=62, description="accumulator width; 62 leaves the "
+                          "64-bit register two bits for the exact-mode carry checks")
     overflow: Overflow = Field("exact", description="default overflow mode for both levels")
     pe_overflow: Overflow | None = Field(None, description="override for the array level")
     acc_overflow: Overflow | None = Field(None, description="override for the accumulator")
+
+    @model_validator(mode="after")
+    def _pe_within_acc(self) -> PrecisionConfig:
+        if self.pe_acc_bits is None:  # "same as acc_bits"; model_fields_set still says unset
+            object.__setattr__(self, "pe_acc_bits", self.acc_bits)
+        elif self.pe_acc_bits > self.acc_bits:
+            raise ValueError(
+                f"precision.pe_acc_bits = {self.pe_acc_bits} is wider than precision.acc_bits = "
+                f"{self.acc_bits}: the array's partial sums feed the accumulator; set "
+                f"precision.pe_acc_bits <= {self.acc_bits} too (or none: the same as acc_bits)")
+        return self
 
     @property
     def pe_mode(self) -> Overflow:
@@ -150,11 +169,18 @@ class MemoryConfig(BaseModel):
 
     model_config = _MODEL_CONFIG
 
-    weight_sram_kib: float = _pos_float(64.0, "weight buffer size")
-    activation_sram_kib: float = _pos_float(64.0, "activation buffer size")
-    accumulator_sram_kib: float = _pos_float(16.0, "accumulator buffer size")
-    dram_bandwidth_bytes_per_cycle: float = _pos_float(16.0, "DRAM bytes per array cycle")
-    sram_word_bits: int = Field(64, ge=8, description="SRAM access width")
+    weight_sram_kib: float = _pos_float(64.0, "weight buffer size; 1 byte (2^-10 KiB) "
+                                        "to 2^26 KiB = 64 GiB (Cerebras WSE-3: 44 GB)",
+                                        2.0**-10, 2.0**26)
+    activation_sram_kib: float = _pos_float(64.0, "activation buffer size; as weight_sram_kib",
+                                            2.0**-10, 2.0**26)
+    accumulator_sram_kib: float = _pos_float(16.0, "accumulator buffer size; as weight_sram_kib",
+                                             2.0**-10, 2.0**26)
+    dram_bandwidth_bytes_per_cycle: float = _pos_float(
+        16.0, "DRAM bytes per array cycle; 1/1024 to 2^20 (HBM3E's ~5 TB/s is 5,000 B/cycle "
+        "at 1 GHz; larger is an 'unlimited' what-if)", 2.0**-10, 2.0**20)
+    sram_word_bits: int = Field(64, ge=8, le=8192, description="SRAM access width; 8 to 8192 "
+                                "bits (a 4096-column array of 2-bit operands)")
     weight_storage: WeightStorage = Field(
         "packed", description="sub-byte weights packed, or padded to 4 / 8 bits")
 
@@ -164,8 +190,10 @@ class TechnologyConfig(BaseModel):
 
     model_config = _MODEL_CONFIG
 
-    node_nm: float = _pos_float(45.0, "process node")
-    supply_v: float = _pos_float(0.9, "supply voltage")
+    node_nm: float = _pos_float(45.0, "process node; 1 to 1000 nm (no logic outside them)",
+                                1.0, 1000.0)
+    supply_v: float = _pos_float(0.9, "supply voltage; 0.1 to 5 V (near-threshold to 5 V "
+                                 "CMOS)", 0.1, 5.0)
     energy_table: str = Field(
         "horowitz45", min_length=1,
         description="a shipped table's name or a path to a TOML table (relative to the cwd)")
@@ -303,6 +331,8 @@ class NPUConfig(BaseModel):
         one energy entry (its key may itself contain dots).
         """
         data = self.model_dump()
+        if "pe_acc_bits" not in self.precision.model_fields_set:
+            del data["precision"]["pe_acc_bits"]  # still unset: "the same as acc_bits"
         for key, value in overrides.items():
             _set_path(data, str(key), value)
         try:
@@ -507,7 +537,7 @@ def _set_path(data: dict[str, Any], key: str, value: object) -> None:
             node, cls = node[part], sub
             continue
         if rest:
-            if isinstance(node[part], dict):  # a free-form table: the rest is one key
+            if isinstance(node.get(part), dict):  # a free-form table: the rest is one key
                 node[part] = {**node[part], ".".join(rest): value}
                 return
             raise ConfigError(f"overrides: {key}: unknown key "

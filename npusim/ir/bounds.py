@@ -36,13 +36,22 @@ def l1_bound_bits(w: np.ndarray, bias: np.ndarray, xlo: int, xhi: int) -> int:
 
     Each product's interval ``[min(w*xlo, w*xhi), max(...)]`` contains 0 (xlo <= 0 <= xhi), so
     every partial sum, in any order, lies within the full sums of the lower and upper ends;
-    this is A2Q's per-channel weight-L1 bound made exact.
+    this is A2Q's per-channel weight-L1 bound made exact. The sums are int64 where they provably
+    fit, else Python ints (64-bit weights), so a bound never wraps.
     """
-    wf = w.reshape(w.shape[0], -1).astype(np.int64)
+    wf = w.reshape(w.shape[0], -1)
+    worst = _abs_max(wf) * max(abs(int(xlo)), abs(int(xhi))) * wf.shape[1] + _abs_max(bias)
+    dtype = np.int64 if worst < 2**62 else object
+    wf, b = wf.astype(dtype), bias.astype(dtype)
+    xlo, xhi = int(xlo), int(xhi)
     lo_terms = np.minimum(wf * xlo, wf * xhi).sum(axis=1)
     hi_terms = np.maximum(wf * xlo, wf * xhi).sum(axis=1)
-    b = bias.astype(np.int64)
     return bits_needed(int(min((b + lo_terms).min(), 0)), int(max((b + hi_terms).max(), 0)))
+
+
+def _abs_max(a: np.ndarray) -> int:
+    """Largest magnitude as a Python int (np.abs wraps the most negative int64)."""
+    return max(abs(int(a.min())), abs(int(a.max()))) if a.size else 0
 
 
 def layer_bounds(program: IntegerProgram, node: Node) -> LayerBounds:
@@ -53,7 +62,7 @@ def layer_bounds(program: IntegerProgram, node: Node) -> LayerBounds:
     wt, xt = t[f"{node.name}.weight"], t[node.inputs[0]]
     xlo, xhi = xt.int_range()
     xlo, xhi = xlo - xt.zero_point, xhi - xt.zero_point
-    wmax = int(np.abs(w).max()) if w.size else 0
+    wmax = _abs_max(w)
     prod = bits_needed(min(xlo * wmax, -xhi * wmax), max(xhi * wmax, -xlo * wmax))
     k = int(np.prod(w.shape[1:]))
     return LayerBounds(

@@ -213,7 +213,7 @@ def write_report(store: ResultsStore | str | Path, out_dir: str | Path = "report
     from npusim.report import plots
 
     own = not isinstance(store, ResultsStore)
-    db = ResultsStore(store) if own else store
+    db = ResultsStore(store, readonly=True) if own else store
     try:
         return _write(db, Path(out_dir), tolerance, plots)
     finally:

@@ -95,6 +95,13 @@ class _Plan:
     prep: Int8Conv | None = None
 
 
+def check_runnable(config: "NPUConfig", program: IntegerProgram) -> None:
+    """Raise the one-line `SimulationError` `Simulator.run` raises when this NPU cannot run
+    `program` (datapath widths, a product wider than the accumulator, the requant product
+    register, requant settings); the one check `simulate` and `cost` share."""
+    Simulator(config, engine="reference").plan(program)
+
+
 class Simulator:
     """A bit-accurate integer NPU described by an `NPUConfig`."""
 

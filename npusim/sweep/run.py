@@ -59,11 +59,12 @@ def _hash(obj: Any) -> str:
 
 
 def _training_config(point: Point, model: str, dataset: str, epochs: int, float_epochs: int,
-                     seed: int, width: float, lr: float, threads: int = 1) -> dict[str, Any]:
+                     seed: int, width: float, lr: float, threads: int = 1,
+                     root: str | None = None) -> dict[str, Any]:
     from quantize.cached import qat_config
 
     return qat_config(model, dataset, point.quant, epochs, float_epochs, seed, width, lr,
-                      threads)
+                      threads, root)
 
 
 def point_hash(training: dict[str, Any], npu: NPUConfig, evaluation: dict[str, Any]) -> str:
@@ -235,7 +236,7 @@ def _plan(points, db, model, dataset, split, images, epochs, float_epochs, width
     keyed: dict[str, tuple[Point, dict[str, Any]]] = {}
     for p in points:
         train = _training_config(p, model, dataset, epochs, float_epochs, seed, width, lr,
-                                 train_threads)
+                                 train_threads, root)
         keyed.setdefault(point_hash(train, p.npu, evaluation), (p, train))
     order = list(keyed)
     done = db.done()

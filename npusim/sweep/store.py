@@ -16,6 +16,7 @@ stopped refreshing it goes stale and may be taken over.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sqlite3
 import time
@@ -26,6 +27,8 @@ from typing import Any, Iterable
 import pandas as pd
 
 from npusim.errors import UserError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ResultsStore", "StoreError"]
 
@@ -87,8 +90,13 @@ def _dumps(obj: Any) -> str:
 class ResultsStore:
     """A SQLite file of sweep points: ``put`` commits one point, ``to_frame`` reads them all."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
+        """Open (or create) a store; `readonly` opens an existing file with SQLite's
+        ``mode=ro`` URI: no journal, pragma or schema writes, so a read-only file works."""
         self.path = Path(path)
+        if readonly:
+            self._con = self._open_readonly()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
@@ -109,6 +117,40 @@ class ResultsStore:
         if str(ver) != str(SCHEMA_VERSION):
             raise StoreError(f"{self.path}: results schema version {str(ver)[:40]!r}, this npusim "
                              f"reads {SCHEMA_VERSION}")
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise StoreError(f"{self.path}: no such results store")
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        # No -wal journal beside the file: no connection has it open (the last one to close
+        # removes it), so it is opened immutable and nothing at all is written (no -shm
+        # index). With a -wal (a sweep running, or killed), a plain read-only open reads the
+        # points in it; where its index cannot be created (read-only directory), immutable.
+        live = self.path.with_name(self.path.name + "-wal").exists()
+        queries = (uri, uri + "&immutable=1") if live else (uri + "&immutable=1",)
+        for query in queries:
+            con = None
+            try:
+                con = sqlite3.connect(query, uri=True, timeout=60.0, isolation_level=None)
+                row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            except sqlite3.OperationalError as e:
+                if con is not None:
+                    con.close()
+                if "unable to open" in str(e) and "immutable" not in query:
+                    log.warning("%s: its -wal journal cannot be read here (read-only "
+                                "directory); the points only in it are left out", self.path)
+                    continue
+                raise StoreError(f"{self.path}: not a results database ({e})") from None
+            except sqlite3.DatabaseError as e:
+                con.close()
+                raise StoreError(f"{self.path}: not a results database ({e})") from None
+            if row is None or str(row[0]) != str(SCHEMA_VERSION):
+                con.close()
+                raise StoreError(f"{self.path}: results schema version "
+                                 f"{row[0] if row else 'missing'}, this npusim reads "
+                                 f"{SCHEMA_VERSION}")
+            return con
+        raise StoreError(f"{self.path}: cannot be opened")  # pragma: no cover
 
     # ------------------------------------------------------------------ writing
     def put(self, point_hash: str, row: dict[str, Any],

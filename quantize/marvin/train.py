@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from models.training import _default_groups, evaluate, make_batches, set_input_stats
+from models.training import _default_groups, check_loss, evaluate, make_batches, set_input_stats
 from npusim.data import Dataset
 from quantize.marvin.config import MarvinConfig
 from quantize.marvin.controller import PrecisionController
@@ -139,9 +139,10 @@ def train_marvin(model: nn.Module, dataset: Dataset, epochs: int, config: Marvin
             batches = make_batches(dataset, batch_size, True, augment, seed, epoch)
             bar = tqdm(batches, total=steps_per_epoch, desc=f"marvin epoch {epoch + 1}/{epochs}",
                        disable=not progress, leave=False)
-            for x, y in bar:
+            for step, (x, y) in enumerate(bar):
                 out = model(x)
                 loss = criterion(out, y)
+                check_loss(float(loss.detach()), epoch, step, lr)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 ctl.observe_updates({n: opt.param_groups[group_of[id(m.weight)]]["lr"]
