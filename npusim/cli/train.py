@@ -124,6 +124,10 @@ def _train_qat(model, data, epochs, out, seed, width, lr, batch_size, root, quan
         from_ckpt, _ = train_float(model, data, _IMPLICIT_FLOAT_EPOCHS, width=width, root=root)
     elif not from_ckpt.is_file():
         _fail(f"--from: {from_ckpt} not found")
+    else:
+        from models.checkpoint import load_checkpoint
+
+        load_checkpoint(from_ckpt)  # a bad --from file is refused before any message or work
     qpath = qat_from_cache_path(from_ckpt, data, cfg, epochs, lr, batch_size, seed, root)
     if use_cache and is_cached(qpath):
         typer.echo(f"QAT {cfg.short_name()} ({epochs} epochs) from {from_ckpt}: cached")

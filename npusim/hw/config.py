@@ -244,6 +244,12 @@ class NPUConfig(BaseModel):
                 f"(narrow one of them, or use requant.scale_mode = \"pow2\" / \"float\")")
         return self
 
+    @model_validator(mode="after")
+    def _check_layer_widths(self) -> NPUConfig:
+        for i in range(len(self.layer)):
+            self._layer_precision(i)  # a table's effective widths obey the body's rules
+        return self
+
     def __hash__(self) -> int:
         return hash(_canonical_json(self))
 
@@ -382,13 +388,25 @@ class NPUConfig(BaseModel):
         """The precision node `node_name` runs at: the body's with the first matching
         ``[[layer]]`` table's keys laid over it."""
         i = self.layer_index(node_name)
-        if i is None:
-            return self.precision
+        return self.precision if i is None else self._layer_precision(i)
+
+    def _layer_precision(self, i: int) -> PrecisionConfig:
+        """Table `i`'s keys over the body's precision, validated as one: a table that sets
+        acc_bits alone keeps pe_acc_bits "the same as acc_bits" when the body leaves it so."""
         upd = {k: v for k, v in self.layer[i].precision.model_dump().items() if v is not None}
         if "overflow" in upd:  # a layer's overflow sets both levels unless it names them
             upd.setdefault("pe_overflow", None)
             upd.setdefault("acc_overflow", None)
-        return self.precision.model_copy(update=upd)
+        body = self.precision
+        data = {**body.model_dump(), **upd}
+        if "pe_acc_bits" not in upd and "pe_acc_bits" not in body.model_fields_set:
+            data["pe_acc_bits"] = None
+        try:
+            return PrecisionConfig.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            msg = str(err.get("msg", exc)).removeprefix("Value error, ")
+            raise ValueError(f"layer[{i}] ({self.layer[i].match!r}): {msg}") from None
 
     def check_layers(self, node_names: list[str] | tuple[str, ...], source: str = "npu") -> None:
         """Refuse (one-line ConfigError) a ``[[layer]]`` pattern that matches no node."""

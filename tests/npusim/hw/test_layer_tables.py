@@ -52,13 +52,24 @@ def test_the_first_matching_table_wins_and_overflow_sets_both_levels():
 
 def test_set_reaches_tables_by_index_and_appends_one():
     cfg = NPUConfig.from_toml_str(TEXT)
-    new = cfg.with_overrides({"layer[0].precision.acc_bits": "20", "layer[2].match": "fc",
+    new = cfg.with_overrides({"layer[0].precision.acc_bits": "20",
+                              "layer[0].precision.pe_acc_bits": "20", "layer[2].match": "fc",
                               "layer[2].precision.overflow": "exact",
-                              "precision.acc_bits": "10"})
+                              "precision.acc_bits": "10", "precision.pe_acc_bits": "10"})
     assert new.layer[0].precision.acc_bits == 20 and new.layer[2].match == "fc"
     assert new.precision.acc_bits == 10 and new.precision_for("stem").acc_bits == 20
     assert new.with_overrides({"layer[0].precision.pe_acc_bits": "none"}).precision_for(
-        "stem").pe_acc_bits == 12
+        "stem").pe_acc_bits == 10
+
+
+def test_a_table_obeys_pe_within_acc_and_inherits_same_as_acc():
+    with pytest.raises(ConfigError) as e:  # the body's explicit pe 12 is wider than 10
+        NPUConfig.from_toml_str(TEXT).with_overrides({"layer[1].precision.acc_bits": "10"})
+    assert "layer[1] ('*'): precision.pe_acc_bits = 12 is wider than" in one_line(e)
+    cfg = NPUConfig.from_toml_str('name = "x"\n[precision]\nacc_bits = 32\n'
+                                  '[[layer]]\nmatch = "body*"\nprecision = { acc_bits = 14 }')
+    assert cfg.precision_for("body.conv").pe_acc_bits == 14  # "the same as acc_bits"
+    assert cfg.precision_for("stem").pe_acc_bits == 32
 
 
 @pytest.mark.parametrize("over, want", [
@@ -106,11 +117,12 @@ def test_a_sweep_axis_varies_the_body_or_a_table():
 
     base = NPUConfig.from_toml_str(TEXT)
     grid = Grid.parse([], ["precision.pe_acc_bits,precision.acc_bits=8:10",
-                           "layer[0].precision.acc_bits=20,24"], npu=base)
+                           "layer[0].precision.pe_acc_bits,layer[0].precision.acc_bits=20,24"],
+                      npu=base)
     points = grid.points()
     assert len(points) == 6
     for p in points:
         assert p.npu.layer[1] == base.layer[1]  # the catch-all table keeps its widths
     assert {(p.npu.precision.acc_bits, p.npu.precision_for("stem").acc_bits) for p in points} == {
         (b, t) for b in (8, 9, 10) for t in (20, 24)}
-    assert points[0].label().endswith("pe_acc_bits,acc_bits=8 layer[0].acc_bits=20")
+    assert points[0].label().endswith("pe_acc_bits,acc_bits=8 layer[0].pe_acc_bits,layer[0].acc_bits=20")
