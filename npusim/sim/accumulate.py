@@ -317,8 +317,7 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
     b, p = np.divmod(m, pixels)
     oy, ox = np.divmod(p, wo)
     points = np.stack([b, oc, oy, ox], axis=1).astype(np.int64)
-    xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)
-    vals = _simulate_points(xc, w, bias, stride, padding, groups, zp_x, lv, points, st)
+    vals = _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, points, st, out_hw)
     if not (st.pe_overflows or st.acc_overflows):
         # no addition wrapped or saturated: the flagged outputs are the exact ones, so the
         # whole output is the exact output (shared, as above)
@@ -396,17 +395,57 @@ def _resimulate_at_risk(f: _FloatShared, w, bias, stride, padding, groups, zp_x,
     points = np.argwhere(risky).astype(np.int64)
     st.sequential_outputs = len(points)
     if len(points):
-        acc[tuple(points.T)] = _simulate_points(f.xc, w, bias, stride, padding, groups, zp_x,
-                                                lv, points, st)
+        acc[tuple(points.T)] = _simulate_points(f.x, w, bias, stride, padding, groups, zp_x,
+                                                lv, points, st, acc.shape[2:])
 
 
-def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, points, st) -> np.ndarray:
-    """Order-faithful accumulators of the outputs `points` (M, 4) = (n, o, oy, ox) of NCHW
-    `x`, events counted into `st`."""
-    vals = np.empty(len(points), np.int64)
-    events = np.zeros((len(points), 2), np.int64)
-    K.conv_points_kernel(_pad(x, padding, zp_x), w, bias, stride, groups, zp_x, lv, points,
-                         vals, events)
+_LANE_LIMIT = 1 << 30  # every addend and held value of the int32 walk stays below this
+
+
+def _walk_fits(x: np.ndarray, w: np.ndarray, bias: np.ndarray, zp_x: int, lv: LevelSpec) -> bool:
+    """Whether `kernels.conv_walk_kernel`'s int32 lanes hold every running sum and addend of
+    this layer's order-faithful accumulation: a wrapping or saturating level at most 30 bits,
+    an exact level bounded by its worst case (|bias| + k * max|product|) below 2^30."""
+    k = int(np.prod(w.shape[1:]))
+    pmax = max(abs(int(x.min(initial=0)) - zp_x), abs(int(x.max(initial=0)) - zp_x)) * \
+        int(np.abs(w).max(initial=0))
+    bmax = int(np.abs(bias).max(initial=0))
+
+    def ok(bits: int, mode: int, worst: int) -> bool:
+        return bits <= 30 if mode != K.EXACT else worst < _LANE_LIMIT
+
+    fits = pmax < _LANE_LIMIT and ok(lv.acc_bits, lv.acc_mode, bmax + k * pmax)
+    if lv.order != K.OS:
+        fits = fits and ok(lv.pe_bits, lv.pe_mode, min(lv.rows, k) * pmax)
+    return fits
+
+
+def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, points, st,
+                     out_hw) -> np.ndarray:
+    """Order-faithful accumulators of the outputs `points` (M, 4) = (n, o, oy, ox) of
+    channels-last `x`, events counted into `st`. Every output channel of each pixel that has
+    a point is simulated at once (`kernels.conv_walk_kernel`, vectorized across channels);
+    the channels that are not points cannot overflow (their bound fits both levels), so the
+    pixel's event counts are the points' own. Layers whose sums do not fit its int32 lanes
+    take the one-output-at-a-time kernel."""
+    if not _walk_fits(x, w, bias, zp_x, lv):
+        vals = np.empty(len(points), np.int64)
+        events = np.zeros((len(points), 2), np.int64)
+        xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)
+        K.conv_points_kernel(_pad(xc, padding, zp_x), w, bias, stride, groups, zp_x, lv,
+                             points, vals, events)
+    else:
+        ho, wo = out_hw
+        o, cg, kh, kw = w.shape
+        m = (points[:, 0] * ho + points[:, 2]) * wo + points[:, 3]
+        pix, inv = np.unique(m, return_inverse=True)
+        wt = np.ascontiguousarray(w.reshape(groups, o // groups, cg * kh * kw)
+                                  .transpose(0, 2, 1), dtype=np.int32)
+        got = np.empty((len(pix), o), np.int64)
+        events = np.zeros((len(pix), 2), np.int64)
+        K.conv_walk_kernel(np.ascontiguousarray(x), wt, np.asarray(bias, np.int64), kh, kw,
+                           stride, padding, zp_x, lv, pix.astype(np.int64), ho, wo, got, events)
+        vals = got[inv.reshape(-1), points[:, 1]]
     st.pe_overflows = int(events[:, 0].sum())
     st.acc_overflows = int(events[:, 1].sum())
     return vals

@@ -128,6 +128,139 @@ def conv_points_kernel(x, w, bias, stride, groups, zp_x, lv, points, vals, event
         events[m, 1] = acc_ovf
 
 
+_WALK_TILE = 8  # pixels per task of `conv_walk_kernel` (they share each weight row)
+_WALK_LANES = 128  # output channels per block (the tile's running sums stay in L1)
+
+
+@numba.njit(inline="always")
+def _walk_add(held, cnt, v, n, bits, mode):
+    """`_level_add` on lanes: ``held[:n] += v[:n]`` at `bits` in `mode`, the additions whose
+    exact result left the range counted into `cnt` (int32 lanes, no branch per lane)."""
+    hi = np.int32((1 << (bits - 1)) - 1)
+    lo = np.int32(-hi - 1)
+    mask = np.int32((1 << bits) - 1)
+    if mode == WRAP:
+        for o in range(n):
+            s = np.int32(held[o] + v[o])
+            r = np.int32(((s - lo) & mask) + lo)
+            cnt[o] += np.int32(r != s)
+            held[o] = r
+    elif mode == SATURATE:
+        for o in range(n):
+            s = np.int32(held[o] + v[o])
+            r = min(max(s, lo), hi)
+            cnt[o] += np.int32(r != s)
+            held[o] = r
+    else:
+        for o in range(n):
+            s = np.int32(held[o] + v[o])
+            cnt[o] += np.int32((s > hi) | (s < lo))
+            held[o] = s
+
+
+@numba.njit(inline="always")
+def _walk_products(held, cnt, wrow, xv, n, bits, mode):
+    """`_walk_add` of the products ``xv * wrow[:n]``."""
+    hi = np.int32((1 << (bits - 1)) - 1)
+    lo = np.int32(-hi - 1)
+    mask = np.int32((1 << bits) - 1)
+    if mode == WRAP:
+        for o in range(n):
+            s = np.int32(held[o] + np.int32(xv * wrow[o]))
+            r = np.int32(((s - lo) & mask) + lo)
+            cnt[o] += np.int32(r != s)
+            held[o] = r
+    elif mode == SATURATE:
+        for o in range(n):
+            s = np.int32(held[o] + np.int32(xv * wrow[o]))
+            r = min(max(s, lo), hi)
+            cnt[o] += np.int32(r != s)
+            held[o] = r
+    else:
+        for o in range(n):
+            s = np.int32(held[o] + np.int32(xv * wrow[o]))
+            cnt[o] += np.int32((s > hi) | (s < lo))
+            held[o] = s
+
+
+@numba.njit(parallel=True, cache=True)
+def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, vals, events):
+    """The order-faithful accumulation of `_accumulate_point` for every output channel of the
+    output pixels `pix` (flat m = (n, oy, ox)) at once, vectorized across output channels in
+    int32 lanes (the caller proves every running sum and addend fits 31 bits). Channels-last
+    `x` (N, H, W, C), padding at zp_x; `wt` (groups, K, O/groups) int32 in the k order (c, i, j);
+    accumulators into `vals` (len(pix), O) int64, events (len(pix), 2) (pe, acc) per pixel."""
+    H, W = x.shape[1], x.shape[2]
+    G, K, og = wt.shape
+    cg = K // (kh * kw)
+    order, rows = lv.order, lv.rows
+    pe_bits, pe_mode, acc_bits, acc_mode = lv.pe_bits, lv.pe_mode, lv.acc_bits, lv.acc_mode
+    P = pix.shape[0]
+    T = _WALK_TILE
+    L = _WALK_LANES
+    for tile in numba.prange((P + T - 1) // T):
+        p0 = tile * T
+        nt = min(T, P - p0)
+        patch = np.zeros((T, K), np.int32)
+        acc = np.zeros((T, L), np.int32)
+        ps = np.zeros((T, L), np.int32)
+        ca = np.zeros((T, L), np.int32)
+        cp = np.zeros((T, L), np.int32)
+        pe_tot = np.zeros(T, np.int64)
+        acc_tot = np.zeros(T, np.int64)
+        for g in range(G):
+            for t in range(nt):
+                m = pix[p0 + t]
+                b = m // (ho * wo)
+                r = m - b * ho * wo
+                oy = r // wo
+                ox = r - oy * wo
+                k = 0
+                for c in range(cg):
+                    for i in range(kh):
+                        iy = oy * stride + i - pad
+                        for j in range(kw):
+                            ix = ox * stride + j - pad
+                            if iy < 0 or iy >= H or ix < 0 or ix >= W:
+                                patch[t, k] = 0
+                            else:
+                                patch[t, k] = np.int64(x[b, iy, ix, g * cg + c]) - zp_x
+                            k += 1
+            for o0 in range(0, og, L):
+                n = min(L, og - o0)
+                for t in range(nt):
+                    for o in range(n):  # the bias preload at the acc level, from 0
+                        v, f = _level_add(0, bias[g * og + o0 + o], acc_bits, acc_mode)
+                        acc[t, o] = v
+                        ca[t, o] = f
+                        cp[t, o] = 0
+                if order == OS:
+                    for k in range(K):
+                        wrow = wt[g, k, o0:o0 + n]
+                        for t in range(nt):
+                            _walk_products(acc[t], ca[t], wrow, patch[t, k], n, acc_bits,
+                                           acc_mode)
+                else:
+                    for k0 in range(0, K, rows):
+                        for t in range(nt):
+                            ps[t, :n] = 0
+                        for k in range(k0, min(K, k0 + rows)):
+                            wrow = wt[g, k, o0:o0 + n]
+                            for t in range(nt):
+                                _walk_products(ps[t], cp[t], wrow, patch[t, k], n,
+                                               pe_bits, pe_mode)
+                        for t in range(nt):
+                            _walk_add(acc[t], ca[t], ps[t], n, acc_bits, acc_mode)
+                for t in range(nt):
+                    for o in range(n):
+                        vals[p0 + t, g * og + o0 + o] = acc[t, o]
+                        pe_tot[t] += cp[t, o]
+                        acc_tot[t] += ca[t, o]
+        for t in range(nt):
+            events[p0 + t, 0] = pe_tot[t]
+            events[p0 + t, 1] = acc_tot[t]
+
+
 @numba.njit(parallel=True, cache=True)
 def pool_kernel(x, kernel, stride, is_max, zp_x, rq, out):
     """Channels-last pooling of pre-padded `x` (N, Hp, Wp, C) into `out` (N, Ho, Wo, C): max
@@ -381,7 +514,7 @@ def nonzero_count_kernel(x, zp_x, out):
                     out[c, h, w_] += x[b, c, h, w_] != zp_x
 
 
-__all__ = ["conv_kernel", "conv_points_kernel", "pool_kernel", "embed_kernel", "to_u8_kernel",
+__all__ = ["conv_kernel", "conv_points_kernel", "conv_walk_kernel", "pool_kernel", "embed_kernel", "to_u8_kernel",
            "window_sums_kernel", "column_sums_kernel", "conv_pixels_nhwc_kernel",
            "gemm_epilogue_kernel",
            "requant_points_kernel", "nonzero_count_kernel", "LevelSpec", "MODE_CODES",
