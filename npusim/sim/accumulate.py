@@ -314,10 +314,7 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
         return out, st
     st.sequential_outputs = len(flat)
     m, oc = np.divmod(flat, o)
-    b, p = np.divmod(m, pixels)
-    oy, ox = np.divmod(p, wo)
-    points = np.stack([b, oc, oy, ox], axis=1).astype(np.int64)
-    vals = _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, points, st, out_hw)
+    vals = _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st, out_hw)
     if not (st.pe_overflows or st.acc_overflows):
         # no addition wrapped or saturated: the flagged outputs are the exact ones, so the
         # whole output is the exact output (shared, as above)
@@ -392,11 +389,13 @@ def _resimulate_at_risk(f: _FloatShared, w, bias, stride, padding, groups, zp_x,
     risky = ~_fits(b - neg, b + pos, lv.acc_bits)
     if pe_risk:
         risky |= ~_fits(-neg, pos, lv.pe_bits)
-    points = np.argwhere(risky).astype(np.int64)
+    points = np.argwhere(risky.transpose(0, 2, 3, 1))  # pixel by pixel: (n, oy, ox, o)
     st.sequential_outputs = len(points)
     if len(points):
-        acc[tuple(points.T)] = _simulate_points(f.x, w, bias, stride, padding, groups, zp_x,
-                                                lv, points, st, acc.shape[2:])
+        ho, wo = acc.shape[2:]
+        b, oy, ox, oc = points.T
+        acc[b, oc, oy, ox] = _simulate_points(f.x, w, bias, stride, padding, groups, zp_x, lv,
+                                              (b * ho + oy) * wo + ox, oc, st, (ho, wo))
 
 
 _LANE_LIMIT = 1 << 30  # every addend and held value of the int32 walk stays below this
@@ -420,32 +419,39 @@ def _walk_fits(x: np.ndarray, w: np.ndarray, bias: np.ndarray, zp_x: int, lv: Le
     return fits
 
 
-def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, points, st,
+def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
                      out_hw) -> np.ndarray:
-    """Order-faithful accumulators of the outputs `points` (M, 4) = (n, o, oy, ox) of
-    channels-last `x`, events counted into `st`. Every output channel of each pixel that has
-    a point is simulated at once (`kernels.conv_walk_kernel`, vectorized across channels);
-    the channels that are not points cannot overflow (their bound fits both levels), so the
-    pixel's event counts are the points' own. Layers whose sums do not fit its int32 lanes
-    take the one-output-at-a-time kernel."""
+    """Order-faithful accumulators of the outputs at output pixels `m` (flat (n, oy, ox),
+    non-decreasing) and channels `oc` of channels-last `x`, events counted into `st`. Every
+    output channel of each such pixel is simulated at once (`kernels.conv_walk_kernel`,
+    vectorized across channels); the channels not asked for cannot overflow (their bound fits
+    both levels), so the pixel's event counts are those of the outputs asked for. Layers whose
+    sums do not fit its int32 lanes take the one-output-at-a-time kernel."""
+    ho, wo = out_hw
+    m = np.asarray(m, np.int64)
+    oc = np.asarray(oc, np.int64)
     if not _walk_fits(x, w, bias, zp_x, lv):
-        vals = np.empty(len(points), np.int64)
-        events = np.zeros((len(points), 2), np.int64)
+        vals = np.empty(len(m), np.int64)
+        events = np.zeros((len(m), 2), np.int64)
+        b, p = np.divmod(m, ho * wo)
+        points = np.stack([b, oc, p // wo, p % wo], axis=1)
         xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)
         K.conv_points_kernel(_pad(xc, padding, zp_x), w, bias, stride, groups, zp_x, lv,
                              points, vals, events)
     else:
-        ho, wo = out_hw
         o, cg, kh, kw = w.shape
-        m = (points[:, 0] * ho + points[:, 2]) * wo + points[:, 3]
-        pix, inv = np.unique(m, return_inverse=True)
+        new = np.empty(len(m), bool)
+        new[:1] = True
+        np.not_equal(m[1:], m[:-1], out=new[1:])
+        pix = m[new]
+        row = np.cumsum(new) - 1  # the row of each output's pixel in `pix`
         wt = np.ascontiguousarray(w.reshape(groups, o // groups, cg * kh * kw)
                                   .transpose(0, 2, 1), dtype=np.int32)
         got = np.empty((len(pix), o), np.int64)
         events = np.zeros((len(pix), 2), np.int64)
         K.conv_walk_kernel(np.ascontiguousarray(x), wt, np.asarray(bias, np.int64), kh, kw,
-                           stride, padding, zp_x, lv, pix.astype(np.int64), ho, wo, got, events)
-        vals = got[inv.reshape(-1), points[:, 1]]
+                           stride, padding, zp_x, lv, pix, ho, wo, got, events)
+        vals = got[row, oc]
     st.pe_overflows = int(events[:, 0].sum())
     st.acc_overflows = int(events[:, 1].sum())
     return vals
