@@ -401,22 +401,30 @@ def _resimulate_at_risk(f: _FloatShared, w, bias, stride, padding, groups, zp_x,
 _LANE_LIMIT = 1 << 30  # every addend and held value of the int32 walk stays below this
 
 
-def _walk_fits(x: np.ndarray, w: np.ndarray, bias: np.ndarray, zp_x: int, lv: LevelSpec) -> bool:
-    """Whether `kernels.conv_walk_kernel`'s int32 lanes hold every running sum and addend of
-    this layer's order-faithful accumulation: a wrapping or saturating level at most 30 bits,
-    an exact level bounded by its worst case (|bias| + k * max|product|) below 2^30."""
+def _walk_lanes(x: np.ndarray, w: np.ndarray, bias: np.ndarray, zp_x: int, lv: LevelSpec):
+    """The lane dtype of `kernels.conv_walk_kernel` for this layer, or None where its lanes
+    cannot hold it. int16: wrap/saturate levels of at most 16 bits (pe no wider than acc),
+    every product and input fitting the narrowest level's scaled lane; int32: a wrapping or
+    saturating level at most 30 bits, an exact level bounded by its worst case (|bias| + k *
+    max|product|) below 2^30."""
     k = int(np.prod(w.shape[1:]))
-    pmax = max(abs(int(x.min(initial=0)) - zp_x), abs(int(x.max(initial=0)) - zp_x)) * \
-        int(np.abs(w).max(initial=0))
+    xmax = max(abs(int(x.min(initial=0)) - zp_x), abs(int(x.max(initial=0)) - zp_x))
+    pmax = xmax * int(np.abs(w).max(initial=0))
     bmax = int(np.abs(bias).max(initial=0))
+    ws = lv.order != K.OS
+    widths = (lv.pe_bits, lv.acc_bits) if ws else (lv.acc_bits,)
+    modes = (lv.pe_mode, lv.acc_mode) if ws else (lv.acc_mode,)
+    if K.EXACT not in modes and max(widths) <= 16 and widths[0] <= widths[-1] and \
+            k < (1 << 15) - 1 and xmax < (1 << 15) and pmax < (1 << (widths[0] - 1)):
+        return np.int16
 
     def ok(bits: int, mode: int, worst: int) -> bool:
         return bits <= 30 if mode != K.EXACT else worst < _LANE_LIMIT
 
     fits = pmax < _LANE_LIMIT and ok(lv.acc_bits, lv.acc_mode, bmax + k * pmax)
-    if lv.order != K.OS:
+    if ws:
         fits = fits and ok(lv.pe_bits, lv.pe_mode, min(lv.rows, k) * pmax)
-    return fits
+    return np.int32 if fits else None
 
 
 def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
@@ -426,11 +434,12 @@ def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
     output channel of each such pixel is simulated at once (`kernels.conv_walk_kernel`,
     vectorized across channels); the channels not asked for cannot overflow (their bound fits
     both levels), so the pixel's event counts are those of the outputs asked for. Layers whose
-    sums do not fit its int32 lanes take the one-output-at-a-time kernel."""
+    sums do not fit its lanes take the one-output-at-a-time kernel."""
     ho, wo = out_hw
     m = np.asarray(m, np.int64)
     oc = np.asarray(oc, np.int64)
-    if not _walk_fits(x, w, bias, zp_x, lv):
+    lanes = _walk_lanes(x, w, bias, zp_x, lv)
+    if lanes is None:
         vals = np.empty(len(m), np.int64)
         events = np.zeros((len(m), 2), np.int64)
         b, p = np.divmod(m, ho * wo)
@@ -445,8 +454,10 @@ def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
         np.not_equal(m[1:], m[:-1], out=new[1:])
         pix = m[new]
         row = np.cumsum(new) - 1  # the row of each output's pixel in `pix`
-        wt = np.ascontiguousarray(w.reshape(groups, o // groups, cg * kh * kw)
-                                  .transpose(0, 2, 1), dtype=np.int32)
+        wt = w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)
+        if lanes is np.int16:  # scaled to the top of the lane (`kernels._walk16_add`)
+            wt = wt << (16 - (lv.pe_bits if lv.order != K.OS else lv.acc_bits))
+        wt = np.ascontiguousarray(wt, dtype=lanes)
         got = np.empty((len(pix), o), np.int64)
         events = np.zeros((len(pix), 2), np.int64)
         K.conv_walk_kernel(np.ascontiguousarray(x), wt, np.asarray(bias, np.int64), kh, kw,

@@ -183,29 +183,76 @@ def _walk_products(held, cnt, wrow, xv, n, bits, mode):
             held[o] = s
 
 
+@numba.njit(inline="always")
+def _walk16_add(held, cnt, v, n, mode, hi):
+    """`_walk_add` on int16 lanes holding values scaled to the top of the lane (a b-bit value
+    v is stored as v << (16 - b), so wrapping at b bits is the lane's own wrap): `hi` the
+    scaled maximum; `mode` WRAP or SATURATE."""
+    if mode == WRAP:
+        for o in range(n):
+            a = held[o]
+            s = np.int16(a + v[o])
+            cnt[o] += np.int16(((a ^ s) & (v[o] ^ s)) < 0)  # a signed overflow of the add
+            held[o] = s
+    else:
+        for o in range(n):
+            e = np.int32(held[o]) + np.int32(v[o])
+            r = min(max(e, -32768), 32767)
+            r = min(r, hi)
+            cnt[o] += np.int16(np.int16(r) != np.int16(e))
+            held[o] = np.int16(r)
+
+
+@numba.njit(inline="always")
+def _walk16_products(held, cnt, wrow, xv, n, mode, hi):
+    """`_walk16_add` of the products ``xv * wrow[:n]`` (weights pre-scaled)."""
+    if mode == WRAP:
+        for o in range(n):
+            a = held[o]
+            p = np.int16(xv * wrow[o])
+            s = np.int16(a + p)
+            cnt[o] += np.int16(((a ^ s) & (p ^ s)) < 0)
+            held[o] = s
+    else:
+        for o in range(n):
+            e = np.int32(held[o]) + np.int32(np.int16(xv * wrow[o]))
+            r = min(max(e, -32768), 32767)
+            r = min(r, hi)
+            cnt[o] += np.int16(np.int16(r) != np.int16(e))
+            held[o] = np.int16(r)
+
+
 @numba.njit(parallel=True, cache=True)
 def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, vals, events):
     """The order-faithful accumulation of `_accumulate_point` for every output channel of the
-    output pixels `pix` (flat m = (n, oy, ox)) at once, vectorized across output channels in
-    int32 lanes (the caller proves every running sum and addend fits 31 bits). Channels-last
-    `x` (N, H, W, C), padding at zp_x; `wt` (groups, K, O/groups) int32 in the k order (c, i, j);
-    accumulators into `vals` (len(pix), O) int64, events (len(pix), 2) (pe, acc) per pixel."""
+    output pixels `pix` (flat m = (n, oy, ox)) at once, vectorized across output channels.
+    Channels-last `x` (N, H, W, C), padding at zp_x; `wt` (groups, K, O/groups) in the k order
+    (c, i, j); accumulators into `vals` (len(pix), O) int64, events (len(pix), 2) (pe, acc)
+    per pixel. The lanes have `wt`'s dtype: int32 (the caller proves every running sum and
+    addend fits 31 bits), or int16 for wrap/saturate levels of at most 16 bits (pe no wider
+    than acc) with values scaled to the top of the lane (`_walk16_add`), `wt` pre-scaled by
+    ``16 - acc_bits`` (os) or ``16 - pe_bits`` (ws/is), fewer than 2^15 additions per level."""
     H, W = x.shape[1], x.shape[2]
     G, K, og = wt.shape
     cg = K // (kh * kw)
     order, rows = lv.order, lv.rows
     pe_bits, pe_mode, acc_bits, acc_mode = lv.pe_bits, lv.pe_mode, lv.acc_bits, lv.acc_mode
+    narrow = wt.itemsize == 2
+    sh_acc = 16 - acc_bits if narrow else 0
+    sh_pe = 16 - pe_bits if narrow and order != OS else 0
+    hi_acc = ((1 << (acc_bits - 1)) - 1) << sh_acc
+    hi_pe = ((1 << (pe_bits - 1)) - 1) << sh_pe
     P = pix.shape[0]
     T = _WALK_TILE
     L = _WALK_LANES
     for tile in numba.prange((P + T - 1) // T):
         p0 = tile * T
         nt = min(T, P - p0)
-        patch = np.zeros((T, K), np.int32)
-        acc = np.zeros((T, L), np.int32)
-        ps = np.zeros((T, L), np.int32)
-        ca = np.zeros((T, L), np.int32)
-        cp = np.zeros((T, L), np.int32)
+        patch = np.zeros((T, K), wt.dtype)
+        acc = np.zeros((T, L), wt.dtype)
+        ps = np.zeros((T, L), wt.dtype)
+        ca = np.zeros((T, L), wt.dtype)
+        cp = np.zeros((T, L), wt.dtype)
         pe_tot = np.zeros(T, np.int64)
         acc_tot = np.zeros(T, np.int64)
         for g in range(G):
@@ -231,15 +278,19 @@ def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, va
                 for t in range(nt):
                     for o in range(n):  # the bias preload at the acc level, from 0
                         v, f = _level_add(0, bias[g * og + o0 + o], acc_bits, acc_mode)
-                        acc[t, o] = v
+                        acc[t, o] = v << sh_acc
                         ca[t, o] = f
                         cp[t, o] = 0
                 if order == OS:
                     for k in range(K):
                         wrow = wt[g, k, o0:o0 + n]
                         for t in range(nt):
-                            _walk_products(acc[t], ca[t], wrow, patch[t, k], n, acc_bits,
-                                           acc_mode)
+                            if narrow:
+                                _walk16_products(acc[t], ca[t], wrow, patch[t, k], n, acc_mode,
+                                                 hi_acc)
+                            else:
+                                _walk_products(acc[t], ca[t], wrow, patch[t, k], n, acc_bits,
+                                               acc_mode)
                 else:
                     for k0 in range(0, K, rows):
                         for t in range(nt):
@@ -247,13 +298,23 @@ def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, va
                         for k in range(k0, min(K, k0 + rows)):
                             wrow = wt[g, k, o0:o0 + n]
                             for t in range(nt):
-                                _walk_products(ps[t], cp[t], wrow, patch[t, k], n,
-                                               pe_bits, pe_mode)
+                                if narrow:
+                                    _walk16_products(ps[t], cp[t], wrow, patch[t, k], n,
+                                                     pe_mode, hi_pe)
+                                else:
+                                    _walk_products(ps[t], cp[t], wrow, patch[t, k], n,
+                                                   pe_bits, pe_mode)
                         for t in range(nt):
-                            _walk_add(acc[t], ca[t], ps[t], n, acc_bits, acc_mode)
+                            if narrow:
+                                pt = ps[t]
+                                for o in range(n):  # the chunk at the acc level's scale
+                                    pt[o] = pt[o] >> (sh_pe - sh_acc)
+                                _walk16_add(acc[t], ca[t], pt, n, acc_mode, hi_acc)
+                            else:
+                                _walk_add(acc[t], ca[t], ps[t], n, acc_bits, acc_mode)
                 for t in range(nt):
                     for o in range(n):
-                        vals[p0 + t, g * og + o0 + o] = acc[t, o]
+                        vals[p0 + t, g * og + o0 + o] = np.int64(acc[t, o]) >> sh_acc
                         pe_tot[t] += cp[t, o]
                         acc_tot[t] += ca[t, o]
         for t in range(nt):

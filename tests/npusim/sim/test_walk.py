@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from npusim.hw.config import NPUConfig
 from npusim.sim import kernels as K
-from npusim.sim.accumulate import AccStats, _pad, _simulate_points, _walk_fits
+from npusim.sim.accumulate import AccStats, _pad, _simulate_points, _walk_lanes
 from npusim.sim.simulator import Simulator
 from tests.npusim import naive
 from tests.npusim.programs import conv_program
@@ -59,7 +59,7 @@ def test_walk_equals_one_output_kernel(case, order, rows, pe_mode, acc_mode, dpe
     ho, wo = (h + 2 * pad - kh) // s + 1, (wd + 2 * pad - kw) // s + 1
     lv = K.LevelSpec(K.ORDER_CODES[order], rows, case["prod_bits"] + dpe, K.MODE_CODES[pe_mode],
                      case["prod_bits"] + dacc, K.MODE_CODES[acc_mode])
-    assert _walk_fits(x, w, bias, case["zp_x"], lv)
+    assert _walk_lanes(x, w, bias, case["zp_x"], lv) is not None
     rng = np.random.default_rng(seed)
     pix = np.flatnonzero(rng.random(n * ho * wo) < frac)
     m = np.repeat(pix, o)
@@ -85,11 +85,14 @@ def test_walk_refuses_sums_beyond_its_lanes():
     w = np.full((2, 4, 3, 3), 127, np.int64)
     bias = np.array([5, -5])
     narrow = K.LevelSpec(K.WS, 4, 16, K.WRAP, 16, K.SATURATE)
-    assert _walk_fits(x, w, bias, 0, narrow)
-    assert not _walk_fits(x, w, bias, 0, narrow._replace(acc_bits=31))
-    assert not _walk_fits(x, w, bias, 0, narrow._replace(pe_bits=31))
-    assert _walk_fits(x, w, bias, 0, narrow._replace(order=K.OS, pe_bits=31))
-    assert not _walk_fits(x, w, 2 ** 30 + bias, 0, narrow._replace(acc_mode=K.EXACT))
+    assert _walk_lanes(x, w, bias, 0, narrow) is np.int16
+    assert _walk_lanes(x, w, bias, 0, narrow._replace(acc_bits=17)) is np.int32
+    assert _walk_lanes(x, w, bias, 0, narrow._replace(pe_bits=17)) is np.int32  # pe > acc
+    assert _walk_lanes(x, w, bias, 0, narrow._replace(pe_mode=K.EXACT)) is np.int32
+    assert _walk_lanes(x, w, bias, 0, narrow._replace(acc_bits=31)) is None
+    assert _walk_lanes(x, w, bias, 0, narrow._replace(pe_bits=31)) is None
+    assert _walk_lanes(x, w, bias, 0, narrow._replace(order=K.OS, pe_bits=31)) is np.int16
+    assert _walk_lanes(x, w, 2 ** 30 + bias, 0, narrow._replace(acc_mode=K.EXACT)) is None
     for lv in (narrow, narrow._replace(acc_bits=31)):
         st_ = AccStats()
         got = _simulate_points(x, w, bias, 1, 1, 1, 0, lv, np.repeat(np.arange(9), 2),
