@@ -184,6 +184,16 @@ def _walk_products(held, cnt, wrow, xv, n, bits, mode):
 
 
 @numba.njit(inline="always")
+def _sat16(a, v, s, hi):
+    """Saturating ``a + v`` on int16 lanes whose top is `hi` (the bottom is the lane's): `s`
+    the lane's wrapped sum; returns (result, 1 if the exact sum left the range). Branch-free
+    int16 operations (the add overflowed the lane iff a and v share a sign that s lacks)."""
+    ovf = ((a ^ s) & (v ^ s)) < 0
+    r = np.int16((a >> 15) ^ 32767) if ovf else s  # the lane's limit on a's side
+    return min(r, hi), np.int16(ovf | (r > hi))
+
+
+@numba.njit(inline="always")
 def _walk16_add(held, cnt, v, n, mode, hi):
     """`_walk_add` on int16 lanes holding values scaled to the top of the lane (a b-bit value
     v is stored as v << (16 - b), so wrapping at b bits is the lane's own wrap): `hi` the
@@ -196,11 +206,9 @@ def _walk16_add(held, cnt, v, n, mode, hi):
             held[o] = s
     else:
         for o in range(n):
-            e = np.int32(held[o]) + np.int32(v[o])
-            r = min(max(e, -32768), 32767)
-            r = min(r, hi)
-            cnt[o] += np.int16(np.int16(r) != np.int16(e))
-            held[o] = np.int16(r)
+            a = held[o]
+            held[o], f = _sat16(a, v[o], np.int16(a + v[o]), hi)
+            cnt[o] += f
 
 
 @numba.njit(inline="always")
@@ -215,11 +223,10 @@ def _walk16_products(held, cnt, wrow, xv, n, mode, hi):
             held[o] = s
     else:
         for o in range(n):
-            e = np.int32(held[o]) + np.int32(np.int16(xv * wrow[o]))
-            r = min(max(e, -32768), 32767)
-            r = min(r, hi)
-            cnt[o] += np.int16(np.int16(r) != np.int16(e))
-            held[o] = np.int16(r)
+            a = held[o]
+            p = np.int16(xv * wrow[o])
+            held[o], f = _sat16(a, p, np.int16(a + p), hi)
+            cnt[o] += f
 
 
 @numba.njit(parallel=True, cache=True)
@@ -240,8 +247,8 @@ def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, va
     narrow = wt.itemsize == 2
     sh_acc = 16 - acc_bits if narrow else 0
     sh_pe = 16 - pe_bits if narrow and order != OS else 0
-    hi_acc = ((1 << (acc_bits - 1)) - 1) << sh_acc
-    hi_pe = ((1 << (pe_bits - 1)) - 1) << sh_pe
+    hi_acc = np.int16(min(((1 << (acc_bits - 1)) - 1) << sh_acc, 32767))  # narrow lanes only
+    hi_pe = np.int16(min(((1 << (pe_bits - 1)) - 1) << sh_pe, 32767))
     P = pix.shape[0]
     T = _WALK_TILE
     L = _WALK_LANES
