@@ -314,11 +314,7 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
         return out, st
     st.sequential_outputs = len(flat)
     m, oc = np.divmod(flat, o)
-    b, p = np.divmod(m, pixels)
-    oy, ox = np.divmod(p, wo)
-    points = np.stack([b, oc, oy, ox], axis=1).astype(np.int64)
-    xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)
-    vals = _simulate_points(xc, w, bias, stride, padding, groups, zp_x, lv, points, st)
+    vals = _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st, out_hw)
     if not (st.pe_overflows or st.acc_overflows):
         # no addition wrapped or saturated: the flagged outputs are the exact ones, so the
         # whole output is the exact output (shared, as above)
@@ -393,20 +389,80 @@ def _resimulate_at_risk(f: _FloatShared, w, bias, stride, padding, groups, zp_x,
     risky = ~_fits(b - neg, b + pos, lv.acc_bits)
     if pe_risk:
         risky |= ~_fits(-neg, pos, lv.pe_bits)
-    points = np.argwhere(risky).astype(np.int64)
+    points = np.argwhere(risky.transpose(0, 2, 3, 1))  # pixel by pixel: (n, oy, ox, o)
     st.sequential_outputs = len(points)
     if len(points):
-        acc[tuple(points.T)] = _simulate_points(f.xc, w, bias, stride, padding, groups, zp_x,
-                                                lv, points, st)
+        ho, wo = acc.shape[2:]
+        b, oy, ox, oc = points.T
+        acc[b, oc, oy, ox] = _simulate_points(f.x, w, bias, stride, padding, groups, zp_x, lv,
+                                              (b * ho + oy) * wo + ox, oc, st, (ho, wo))
 
 
-def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, points, st) -> np.ndarray:
-    """Order-faithful accumulators of the outputs `points` (M, 4) = (n, o, oy, ox) of NCHW
-    `x`, events counted into `st`."""
-    vals = np.empty(len(points), np.int64)
-    events = np.zeros((len(points), 2), np.int64)
-    K.conv_points_kernel(_pad(x, padding, zp_x), w, bias, stride, groups, zp_x, lv, points,
-                         vals, events)
+_LANE_LIMIT = 1 << 30  # every addend and held value of the int32 walk stays below this
+
+
+def _walk_lanes(x: np.ndarray, w: np.ndarray, bias: np.ndarray, zp_x: int, lv: LevelSpec):
+    """The lane dtype of `kernels.conv_walk_kernel` for this layer, or None where its lanes
+    cannot hold it. int16: wrap/saturate levels of at most 16 bits (pe no wider than acc),
+    every product and input fitting the narrowest level's scaled lane; int32: a wrapping or
+    saturating level at most 30 bits, an exact level bounded by its worst case (|bias| + k *
+    max|product|) below 2^30."""
+    k = int(np.prod(w.shape[1:]))
+    xmax = max(abs(int(x.min(initial=0)) - zp_x), abs(int(x.max(initial=0)) - zp_x))
+    pmax = xmax * int(np.abs(w).max(initial=0))
+    bmax = int(np.abs(bias).max(initial=0))
+    ws = lv.order != K.OS
+    widths = (lv.pe_bits, lv.acc_bits) if ws else (lv.acc_bits,)
+    modes = (lv.pe_mode, lv.acc_mode) if ws else (lv.acc_mode,)
+    if K.EXACT not in modes and max(widths) <= 16 and widths[0] <= widths[-1] and \
+            k < (1 << 15) - 1 and xmax < (1 << 15) and pmax < (1 << (widths[0] - 1)):
+        return np.int16
+
+    def ok(bits: int, mode: int, worst: int) -> bool:
+        return bits <= 30 if mode != K.EXACT else worst < _LANE_LIMIT
+
+    fits = pmax < _LANE_LIMIT and ok(lv.acc_bits, lv.acc_mode, bmax + k * pmax)
+    if ws:
+        fits = fits and ok(lv.pe_bits, lv.pe_mode, min(lv.rows, k) * pmax)
+    return np.int32 if fits else None
+
+
+def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
+                     out_hw) -> np.ndarray:
+    """Order-faithful accumulators of the outputs at output pixels `m` (flat (n, oy, ox),
+    non-decreasing) and channels `oc` of channels-last `x`, events counted into `st`. Every
+    output channel of each such pixel is simulated at once (`kernels.conv_walk_kernel`,
+    vectorized across channels); the channels not asked for cannot overflow (their bound fits
+    both levels), so the pixel's event counts are those of the outputs asked for. Layers whose
+    sums do not fit its lanes take the one-output-at-a-time kernel."""
+    ho, wo = out_hw
+    m = np.asarray(m, np.int64)
+    oc = np.asarray(oc, np.int64)
+    lanes = _walk_lanes(x, w, bias, zp_x, lv)
+    if lanes is None:
+        vals = np.empty(len(m), np.int64)
+        events = np.zeros((len(m), 2), np.int64)
+        b, p = np.divmod(m, ho * wo)
+        points = np.stack([b, oc, p // wo, p % wo], axis=1)
+        xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)
+        K.conv_points_kernel(_pad(xc, padding, zp_x), w, bias, stride, groups, zp_x, lv,
+                             points, vals, events)
+    else:
+        o, cg, kh, kw = w.shape
+        new = np.empty(len(m), bool)
+        new[:1] = True
+        np.not_equal(m[1:], m[:-1], out=new[1:])
+        pix = m[new]
+        row = np.cumsum(new) - 1  # the row of each output's pixel in `pix`
+        wt = w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)
+        if lanes is np.int16:  # scaled to the top of the lane (`kernels._walk16_add`)
+            wt = wt << (16 - (lv.pe_bits if lv.order != K.OS else lv.acc_bits))
+        wt = np.ascontiguousarray(wt, dtype=lanes)
+        got = np.empty((len(pix), o), np.int64)
+        events = np.zeros((len(pix), 2), np.int64)
+        K.conv_walk_kernel(np.ascontiguousarray(x), wt, np.asarray(bias, np.int64), kh, kw,
+                           stride, padding, zp_x, lv, pix, ho, wo, got, events)
+        vals = got[row, oc]
     st.pe_overflows = int(events[:, 0].sum())
     st.acc_overflows = int(events[:, 1].sum())
     return vals

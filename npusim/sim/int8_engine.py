@@ -35,6 +35,7 @@ import itertools
 import logging
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from npusim.sim import kernels as K
@@ -225,6 +226,19 @@ class Int8Result:
             raise InexactError("int8 engine: output sums disagree with the input window sums")
 
 
+_SERIAL_ELEMS = 1 << 22
+
+
+def _window_sums(x: np.ndarray, plan: "Int8Conv", out_hw: tuple[int, int]):
+    """Window sums of x - zp (images weighted 1..4, so values moved between images are seen
+    too) and of (x != zp) per weight position: one check per column over the batch."""
+    s = np.zeros((1, plan.kh, plan.kw, x.shape[3]), np.int64)
+    cnt = np.zeros((plan.kh, plan.kw, x.shape[3]), np.int64)
+    K.window_sums_kernel(x, plan.zp_x, plan.stride, plan.padding, out_hw[0], out_hw[1], s[0],
+                         cnt)
+    return s, cnt
+
+
 def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Result:
     """The exact sums of raw channels-last inputs `x` (N, H, W, C; any integer dtype; values in
     the range the plan was prepared for) under `plan`. Spot-checked here; call
@@ -232,20 +246,22 @@ def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Res
     n, _, _, c = x.shape
     ho, wo = out_hw
     x = np.ascontiguousarray(x)
-    xu = x if (x.dtype == np.uint8 and plan.sub == 0) else K.to_u8_kernel(
-        x.reshape(-1), plan.sub, np.empty(x.size, np.uint8)).reshape(x.shape)
+    threads = numba.get_num_threads()
+    # one pass over the input: below `_SERIAL_ELEMS` a parallel launch costs more than the
+    # pass (every worker must wake, which on a loaded machine takes a scheduler slice)
+    numba.set_num_threads(1 if x.size < _SERIAL_ELEMS else threads)
+    try:
+        xu = x if (x.dtype == np.uint8 and plan.sub == 0) else K.to_u8_kernel(
+            x.reshape(-1), plan.sub, np.empty(x.size, np.uint8)).reshape(x.shape)
+        s, cnt = _window_sums(x, plan, out_hw)
+    finally:
+        numba.set_num_threads(threads)
     q, sk = plan.q, plan.subsample
     g = _run(xu[:, ::sk, ::sk] if sk > 1 else xu, plan.zp_x - plan.sub, plan.packed,
              2 * q if plan.radix else q, plan.stride // sk, plan.padding,
              plan.groups).reshape(n * ho * wo, -1)
     if plan.radix:  # radix * hi + lo: a multiple of 64 plus an integer, exact below 2^24
         g = _combine(g, plan)
-    # window sums of x - zp (images weighted 1..4, so values moved between images are seen
-    # too) and of (x != zp) per weight position: one check per column over the batch
-    s = np.empty((1, plan.kh, plan.kw, c), np.int64)
-    cnt = np.zeros((plan.kh, plan.kw, c), np.int64)
-    s[0] = 0
-    K.window_sums_kernel(x, plan.zp_x, plan.stride, plan.padding, ho, wo, s[0], cnt)
     expected = np.empty((1, plan.q), np.int64)
     K.column_sums_kernel(s, plan.wq, plan.o // plan.groups, plan.o, expected)
     nonzero = int((cnt.transpose(2, 0, 1) * plan.wnz).sum())

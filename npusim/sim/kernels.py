@@ -128,6 +128,207 @@ def conv_points_kernel(x, w, bias, stride, groups, zp_x, lv, points, vals, event
         events[m, 1] = acc_ovf
 
 
+_WALK_TILE = 8  # pixels per task of `conv_walk_kernel` (they share each weight row)
+_WALK_LANES = 128  # output channels per block (the tile's running sums stay in L1)
+
+
+@numba.njit(inline="always")
+def _walk_add(held, cnt, v, n, bits, mode):
+    """`_level_add` on lanes: ``held[:n] += v[:n]`` at `bits` in `mode`, the additions whose
+    exact result left the range counted into `cnt` (int32 lanes, no branch per lane)."""
+    hi = np.int32((1 << (bits - 1)) - 1)
+    lo = np.int32(-hi - 1)
+    mask = np.int32((1 << bits) - 1)
+    if mode == WRAP:
+        for o in range(n):
+            s = np.int32(held[o] + v[o])
+            r = np.int32(((s - lo) & mask) + lo)
+            cnt[o] += np.int32(r != s)
+            held[o] = r
+    elif mode == SATURATE:
+        for o in range(n):
+            s = np.int32(held[o] + v[o])
+            r = min(max(s, lo), hi)
+            cnt[o] += np.int32(r != s)
+            held[o] = r
+    else:
+        for o in range(n):
+            s = np.int32(held[o] + v[o])
+            cnt[o] += np.int32((s > hi) | (s < lo))
+            held[o] = s
+
+
+@numba.njit(inline="always")
+def _walk_products(held, cnt, wrow, xv, n, bits, mode):
+    """`_walk_add` of the products ``xv * wrow[:n]``."""
+    hi = np.int32((1 << (bits - 1)) - 1)
+    lo = np.int32(-hi - 1)
+    mask = np.int32((1 << bits) - 1)
+    if mode == WRAP:
+        for o in range(n):
+            s = np.int32(held[o] + np.int32(xv * wrow[o]))
+            r = np.int32(((s - lo) & mask) + lo)
+            cnt[o] += np.int32(r != s)
+            held[o] = r
+    elif mode == SATURATE:
+        for o in range(n):
+            s = np.int32(held[o] + np.int32(xv * wrow[o]))
+            r = min(max(s, lo), hi)
+            cnt[o] += np.int32(r != s)
+            held[o] = r
+    else:
+        for o in range(n):
+            s = np.int32(held[o] + np.int32(xv * wrow[o]))
+            cnt[o] += np.int32((s > hi) | (s < lo))
+            held[o] = s
+
+
+@numba.njit(inline="always")
+def _sat16(a, v, s, hi):
+    """Saturating ``a + v`` on int16 lanes whose top is `hi` (the bottom is the lane's): `s`
+    the lane's wrapped sum; returns (result, 1 if the exact sum left the range). Branch-free
+    int16 operations (the add overflowed the lane iff a and v share a sign that s lacks)."""
+    ovf = ((a ^ s) & (v ^ s)) < 0
+    r = np.int16((a >> 15) ^ 32767) if ovf else s  # the lane's limit on a's side
+    return min(r, hi), np.int16(ovf | (r > hi))
+
+
+@numba.njit(inline="always")
+def _walk16_add(held, cnt, v, n, mode, hi):
+    """`_walk_add` on int16 lanes holding values scaled to the top of the lane (a b-bit value
+    v is stored as v << (16 - b), so wrapping at b bits is the lane's own wrap): `hi` the
+    scaled maximum; `mode` WRAP or SATURATE."""
+    if mode == WRAP:
+        for o in range(n):
+            a = held[o]
+            s = np.int16(a + v[o])
+            cnt[o] += np.int16(((a ^ s) & (v[o] ^ s)) < 0)  # a signed overflow of the add
+            held[o] = s
+    else:
+        for o in range(n):
+            a = held[o]
+            held[o], f = _sat16(a, v[o], np.int16(a + v[o]), hi)
+            cnt[o] += f
+
+
+@numba.njit(inline="always")
+def _walk16_products(held, cnt, wrow, xv, n, mode, hi):
+    """`_walk16_add` of the products ``xv * wrow[:n]`` (weights pre-scaled)."""
+    if mode == WRAP:
+        for o in range(n):
+            a = held[o]
+            p = np.int16(xv * wrow[o])
+            s = np.int16(a + p)
+            cnt[o] += np.int16(((a ^ s) & (p ^ s)) < 0)
+            held[o] = s
+    else:
+        for o in range(n):
+            a = held[o]
+            p = np.int16(xv * wrow[o])
+            held[o], f = _sat16(a, p, np.int16(a + p), hi)
+            cnt[o] += f
+
+
+@numba.njit(parallel=True, cache=True)
+def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, vals, events):
+    """The order-faithful accumulation of `_accumulate_point` for every output channel of the
+    output pixels `pix` (flat m = (n, oy, ox)) at once, vectorized across output channels.
+    Channels-last `x` (N, H, W, C), padding at zp_x; `wt` (groups, K, O/groups) in the k order
+    (c, i, j); accumulators into `vals` (len(pix), O) int64, events (len(pix), 2) (pe, acc)
+    per pixel. The lanes have `wt`'s dtype: int32 (the caller proves every running sum and
+    addend fits 31 bits), or int16 for wrap/saturate levels of at most 16 bits (pe no wider
+    than acc) with values scaled to the top of the lane (`_walk16_add`), `wt` pre-scaled by
+    ``16 - acc_bits`` (os) or ``16 - pe_bits`` (ws/is), fewer than 2^15 additions per level."""
+    H, W = x.shape[1], x.shape[2]
+    G, K, og = wt.shape
+    cg = K // (kh * kw)
+    order, rows = lv.order, lv.rows
+    pe_bits, pe_mode, acc_bits, acc_mode = lv.pe_bits, lv.pe_mode, lv.acc_bits, lv.acc_mode
+    narrow = wt.itemsize == 2
+    sh_acc = 16 - acc_bits if narrow else 0
+    sh_pe = 16 - pe_bits if narrow and order != OS else 0
+    hi_acc = np.int16(min(((1 << (acc_bits - 1)) - 1) << sh_acc, 32767))  # narrow lanes only
+    hi_pe = np.int16(min(((1 << (pe_bits - 1)) - 1) << sh_pe, 32767))
+    P = pix.shape[0]
+    T = _WALK_TILE
+    L = _WALK_LANES
+    for tile in numba.prange((P + T - 1) // T):
+        p0 = tile * T
+        nt = min(T, P - p0)
+        patch = np.zeros((T, K), wt.dtype)
+        acc = np.zeros((T, L), wt.dtype)
+        ps = np.zeros((T, L), wt.dtype)
+        ca = np.zeros((T, L), wt.dtype)
+        cp = np.zeros((T, L), wt.dtype)
+        pe_tot = np.zeros(T, np.int64)
+        acc_tot = np.zeros(T, np.int64)
+        for g in range(G):
+            for t in range(nt):
+                m = pix[p0 + t]
+                b = m // (ho * wo)
+                r = m - b * ho * wo
+                oy = r // wo
+                ox = r - oy * wo
+                k = 0
+                for c in range(cg):
+                    for i in range(kh):
+                        iy = oy * stride + i - pad
+                        for j in range(kw):
+                            ix = ox * stride + j - pad
+                            if iy < 0 or iy >= H or ix < 0 or ix >= W:
+                                patch[t, k] = 0
+                            else:
+                                patch[t, k] = np.int64(x[b, iy, ix, g * cg + c]) - zp_x
+                            k += 1
+            for o0 in range(0, og, L):
+                n = min(L, og - o0)
+                for t in range(nt):
+                    for o in range(n):  # the bias preload at the acc level, from 0
+                        v, f = _level_add(0, bias[g * og + o0 + o], acc_bits, acc_mode)
+                        acc[t, o] = v << sh_acc
+                        ca[t, o] = f
+                        cp[t, o] = 0
+                if order == OS:
+                    for k in range(K):
+                        wrow = wt[g, k, o0:o0 + n]
+                        for t in range(nt):
+                            if narrow:
+                                _walk16_products(acc[t], ca[t], wrow, patch[t, k], n, acc_mode,
+                                                 hi_acc)
+                            else:
+                                _walk_products(acc[t], ca[t], wrow, patch[t, k], n, acc_bits,
+                                               acc_mode)
+                else:
+                    for k0 in range(0, K, rows):
+                        for t in range(nt):
+                            ps[t, :n] = 0
+                        for k in range(k0, min(K, k0 + rows)):
+                            wrow = wt[g, k, o0:o0 + n]
+                            for t in range(nt):
+                                if narrow:
+                                    _walk16_products(ps[t], cp[t], wrow, patch[t, k], n,
+                                                     pe_mode, hi_pe)
+                                else:
+                                    _walk_products(ps[t], cp[t], wrow, patch[t, k], n,
+                                                   pe_bits, pe_mode)
+                        for t in range(nt):
+                            if narrow:
+                                pt = ps[t]
+                                for o in range(n):  # the chunk at the acc level's scale
+                                    pt[o] = pt[o] >> (sh_pe - sh_acc)
+                                _walk16_add(acc[t], ca[t], pt, n, acc_mode, hi_acc)
+                            else:
+                                _walk_add(acc[t], ca[t], ps[t], n, acc_bits, acc_mode)
+                for t in range(nt):
+                    for o in range(n):
+                        vals[p0 + t, g * og + o0 + o] = np.int64(acc[t, o]) >> sh_acc
+                        pe_tot[t] += cp[t, o]
+                        acc_tot[t] += ca[t, o]
+        for t in range(nt):
+            events[p0 + t, 0] = pe_tot[t]
+            events[p0 + t, 1] = acc_tot[t]
+
+
 @numba.njit(parallel=True, cache=True)
 def pool_kernel(x, kernel, stride, is_max, zp_x, rq, out):
     """Channels-last pooling of pre-padded `x` (N, Hp, Wp, C) into `out` (N, Ho, Wo, C): max
@@ -413,8 +614,8 @@ def nonzero_count_kernel(x, zp_x, out):
                     out[c, h, w_] += x[b, c, h, w_] != zp_x
 
 
-__all__ = ["conv_kernel", "conv_points_kernel", "pool_kernel", "avgpool_float_kernel",
-           "embed_kernel", "to_u8_kernel",
+__all__ = ["conv_kernel", "conv_points_kernel", "conv_walk_kernel", "pool_kernel",
+           "avgpool_float_kernel", "embed_kernel", "to_u8_kernel",
            "window_sums_kernel", "column_sums_kernel", "conv_pixels_nhwc_kernel",
            "gemm_epilogue_kernel",
            "requant_points_kernel", "nonzero_count_kernel", "LevelSpec", "MODE_CODES",
