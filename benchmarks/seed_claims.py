@@ -4,7 +4,10 @@
     python benchmarks/seed_claims.py --quick     # 2 seeds, 1+1 epochs, ResNet-8 (a smoke run)
     python benchmarks/seed_claims.py --report-only
 
-Budget (stated in reports/seed_claims.md): ResNet-20 on `digits` (8x8 grey, 1,438 train
+Parts (``--parts``): qat (LG-LSQ, DSQ, W2A2), marvin (quantized training from scratch, ResNet-8),
+pixel (input embedding vs uniform 2/4-bit input on low-contrast digits, ResNet-8), a2q (A2Q+
+at P = 10/12 with and without wide stem/classifier accumulators, ResNet-20).
+Budget of the qat part (stated in reports/seed_claims.md): ResNet-20 on `digits` (8x8 grey, 1,438 train
 images, of which 20 % of every class are carved out as the validation split), float 10 epochs
 per seed, QAT 3 epochs at W2A2, one torch thread per process, 2 processes. Tuning choices
 (LG-LSQ's slope floor, DSQ's alpha learning-rate multiplier) are made on the validation split
@@ -79,7 +82,7 @@ def test_cells(min_slope: float, mult: float) -> dict[str, str]:
 
 MARVIN_BUDGET = Budget(model="resnet8", float_epochs=3)
 PIXEL_BUDGET = Budget(model="resnet8")
-PART_SEEDS = tuple(range(200, 205))
+PART_SEEDS = tuple(range(200, 208))
 
 
 def marvin_cells() -> dict[str, str]:
@@ -100,6 +103,22 @@ def pixel_cells() -> dict[str, str]:
     return {"first_float": c(16, None), "in4": c(4, {**lin, "bits": 4}),
             "in2": c(4, {**lin, "bits": 2}), "emb4_d8": c(4, {"d": 8, "bits": 4}),
             "emb2_d8": c(4, {"d": 8, "bits": 2})}
+
+
+def a2q_cells() -> dict[str, str]:
+    """A2Q+ with every layer at W/A bits (as reports/a2q_sweep.md), the body at P bits, and
+    optionally the stem and classifier at P = 16 (per-layer overrides)."""
+    wide = [{"pattern": "stem", "acc_bits": 16}, {"pattern": "fc", "acc_bits": 16}]
+
+    def c(bits: int, p: int | None, stem_fc_wide: bool = False) -> str:
+        return QuantConfig(method="lsq", weight_bits=bits, act_bits=bits, first_layer_bits=None,
+                           last_layer_bits=None, acc_bits=32 if p is None else p,
+                           a2q=None if p is None else {"mode": "a2q+"},
+                           overrides=wide if stem_fc_wide else []).to_json()
+
+    return {"lsq_w4": c(4, None), "lsq_w3": c(3, None), "a2qp_w4_p10": c(4, 10),
+            "a2qp_w4_p10_wide": c(4, 10, True), "a2qp_w4_p12_wide": c(4, 12, True),
+            "a2qp_w3_p10_wide": c(3, 10, True)}
 
 
 # part, claim, ours, baseline, margin (the verdict's threshold on ours - baseline: 0 for "beats",
@@ -127,7 +146,18 @@ CLAIMS = [
     ("pixel", "Pixel embedding 4-bit d=8 within 1 pt of a float (16-bit) first layer",
      "emb4_d8", "first_float", -1.0),
 ]
-SETTINGS = {"qat": "resnet20 digits W2A2, float 10 + QAT 3 epochs",
+CLAIMS += [
+    ("a2q", "A2Q+ W4 P=10: widening only stem and classifier to P=16 rescues it",
+     "a2qp_w4_p10_wide", "a2qp_w4_p10", 0.0),
+    ("a2q", "A2Q+ W4 P=10 (stem, classifier at P=16) within 1 pt of LSQ W4 (P=32)",
+     "a2qp_w4_p10_wide", "lsq_w4", -1.0),
+    ("a2q", "A2Q+ W4 P=12 (stem, classifier at P=16) within 1 pt of LSQ W4 (P=32)",
+     "a2qp_w4_p12_wide", "lsq_w4", -1.0),
+    ("a2q", "A2Q+ W3 P=10 (stem, classifier at P=16) within 1 pt of LSQ W3 (P=32)",
+     "a2qp_w3_p10_wide", "lsq_w3", -1.0),
+]
+SETTINGS = {"a2q": "resnet20 digits, every layer at W/A bits, float 10 + QAT 3 epochs",
+            "qat": "resnet20 digits W2A2, float 10 + QAT 3 epochs",
             "marvin": "resnet8 digits, trained from scratch 3 epochs",
             "pixel": "resnet8 digits-lowcontrast, W4A4 LSQ body, float 10 + QAT 3 epochs"}
 
@@ -248,7 +278,7 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--out", default="reports/seed_claims")
     ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--parts", default="qat,marvin,pixel")
+    ap.add_argument("--parts", default="qat,marvin,pixel,a2q")
     args = ap.parse_args()
     budget = Budget()
     tune_seeds, test_seeds = TUNE_SEEDS, TEST_SEEDS
@@ -281,6 +311,9 @@ def main() -> None:
     if not args.report_only and "pixel" in parts:
         run_stage("test", pixel_cells(), part_seeds, quick if args.quick else PIXEL_BUDGET,
                   runs_csv, args.processes, part="pixel", data_transform="lowcontrast")
+    if not args.report_only and "a2q" in parts:
+        run_stage("test", a2q_cells(), part_seeds, quick if args.quick else Budget(), runs_csv,
+                  args.processes, part="a2q")
     runs = pd.read_csv(runs_csv)
     if "part" not in runs:
         runs["part"] = "qat"
