@@ -36,7 +36,7 @@ ABLATION = {  # cumulative LG-LSQ parts at W2A2
 }
 # MDE's search every 10th training forward on a strided subsample of 8,192 values: the search
 # over 32 k values on every forward and 65,536 values made one LG-LSQ epoch ~10x an LSQ epoch,
-# and its result hardly moves (E(k) is non-increasing in k; see LGLSQQuantizer).
+# and its result moves little from one batch to the next (see LGLSQQuantizer).
 MDE_FAST = {"mde_every": 10, "mde_max_samples": 8192}
 
 

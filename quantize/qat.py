@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any, Callable
 
 import numpy as np
 from torch import nn
@@ -44,8 +45,10 @@ def prepare_qat(model: nn.Module, config: QuantConfig, train_set: Dataset,
 
 def qat_train(qmodel: QuantizedModel, train_set: Dataset, epochs: int, test: Dataset | None = None,
               lr: float = 0.01, weight_decay: float = 5e-5, quant_lr: float | None = None,
-              batch_size: int = 128, seed: int = 0, progress: bool | None = None) -> TrainResult:
-    """Fine-tune a quantized model; BN statistics freeze for the last `bn_freeze_frac` epochs."""
+              batch_size: int = 128, seed: int = 0, progress: bool | None = None,
+              on_epoch_start: Callable[[int], Any] | None = None) -> TrainResult:
+    """Fine-tune a quantized model; BN statistics freeze for the last `bn_freeze_frac` epochs.
+    `on_epoch_start(epoch)` is called after the schedule's own start-of-epoch switches."""
     cfg = qmodel.config
     quant_ids = {id(p) for p in qmodel.quant_parameters()}
     decay, no_decay = [], []
@@ -65,10 +68,12 @@ def qat_train(qmodel: QuantizedModel, train_set: Dataset, epochs: int, test: Dat
     freeze_from = max(1, epochs - int(math.ceil(cfg.bn_freeze_frac * epochs))) \
         if cfg.bn_freeze_frac else epochs
 
-    def on_epoch_start(epoch: int) -> None:
+    def start(epoch: int) -> None:
         qmodel.set_bn_frozen(epoch >= freeze_from)
         qmodel.set_progress(epoch / max(epochs - 1, 1))
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
 
     return train(qmodel, train_set, epochs, test=test, lr=lr, batch_size=batch_size,
-                 params=groups, seed=seed, progress=progress, on_epoch_start=on_epoch_start,
+                 params=groups, seed=seed, progress=progress, on_epoch_start=start,
                  schedule="cosine")

@@ -52,6 +52,22 @@ class MarvinConfig(BaseModel):
     # a layer's updates lr*grad round to zero at 2^-FL over the last window. 0.5 is a guess
     # (a majority of the layer's updates lost); 1.0 switches the guard off.
     guard_zero_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    # What the guard measures [ours]. "update": the optimizer's real step of each weight
+    # (w_after - w_before: momentum and weight decay included) against the layer's fixed-point
+    # grid at the stored weight -- an update "vanishes" when the rounded weight does not change.
+    # Only fixed-point master weights can lose an update, so with float32 master weights this
+    # measure is recorded but never raises a word. "lr_grad": the first design, lr * |grad|
+    # below half a step (blind to momentum and weight decay; fired with float32 masters too).
+    guard_measure: Literal["update", "lr_grad"] = "update"
+    # The information measure behind the proposal [ours]. "sqnr": the smallest word whose
+    # fixed-point copy (round to nearest, FL fitted to max|w|) keeps the signal-to-quantization-
+    # noise ratio sum(w^2) / sum((w - Q(w))^2) at or above `sqnr_min_db` -- it sees the rounding
+    # itself. "kl": the first design, KL between the float histogram and the fixed-point copy
+    # spread over its rounding cells (which smooths the rounding away).
+    info_measure: Literal["sqnr", "kl"] = "sqnr"
+    # Guess, calibrated to give the KL rule's words on the synthetic weights of
+    # tests/quantize/test_marvin_controller.py (uniform 4, Gaussian 6, Student-t(2) 12 bits).
+    sqnr_min_db: float = Field(20.0, gt=0.0)
     # What switches with the layer's word length. Weights always do; activations (the layer's
     # input) and gradients (the gradient of the layer's output) optionally, with FL fitted
     # per batch to the tensor's largest magnitude (dynamic fixed point). "float" keeps fp32.

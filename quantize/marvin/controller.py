@@ -4,11 +4,16 @@ too many updates would round to zero (METHODS.md, MARViN; every threshold in `Ma
 
 Decision rule for one layer (current word ``cur``, the menu sorted ascending):
 
-1. ``proposal`` = the smallest menu WL with ``KL(P_float || P_fixed) <= eps`` at FL fitted to
-   ``max|w|`` (the widest menu entry when none qualifies).
-2. Vanishing-gradient guard: if more than ``guard_zero_fraction`` of the layer's updates
-   ``lr * grad`` over the last window were below half a step ``2^-(FL+1)`` at ``cur``, the
-   word goes one menu step up, whatever the KL (reason ``guard``).
+1. ``proposal`` = the smallest menu WL whose fixed-point copy at FL fitted to ``max|w|``
+   keeps SQNR >= ``sqnr_min_db`` (``info_measure="sqnr"``) or ``KL(P_float || P_fixed) <= eps``
+   (``"kl"``) (the widest menu entry when none qualifies).
+2. Vanishing-gradient guard: if more than ``guard_zero_fraction`` of the layer's updates over
+   the last window vanished at ``cur``, the word goes one menu step up, whatever the proposal
+   (reason ``guard``). ``guard_measure="update"``: the real optimizer step w_after - w_before
+   (call `before_step` before ``opt.step()``) vanishes when round(w_before + d) == round(w_before)
+   on the layer's grid; only fixed-point master weights lose such updates, so with float32
+   masters the fraction is recorded and the guard never fires. ``"lr_grad"``: ``lr * |grad|``
+   below half a step ``2^-(FL+1)`` (call `observe_updates`).
 3. Else a wider proposal applies at once (``kl_up``); a narrower one is limited to words at
    which the window's updates would not trip the guard (``guard_floor`` when that leaves
    ``cur``), and applies only after ``hysteresis_decisions`` consecutive decisions asked to go
@@ -20,6 +25,7 @@ FL is re-fitted to ``max|w|`` at every decision. Every decision is a row of the 
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -35,27 +41,43 @@ from quantize.marvin.layers import LayerFormat
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HISTORY_COLUMNS", "USAGE_COLUMNS", "PrecisionController", "propose_word_bits"]
+__all__ = ["HISTORY_COLUMNS", "USAGE_COLUMNS", "PrecisionController", "propose_word_bits", "sqnr_db"]
 
-HISTORY_COLUMNS = ["iteration", "layer", "word_length_bits", "frac_bits", "kl_nats",
+HISTORY_COLUMNS = ["iteration", "layer", "word_length_bits", "frac_bits", "kl_nats", "sqnr_db",
                    "proposal_bits", "zero_update_fraction", "reason"]
 # the cost model's usage table (npusim.cost.training.USAGE_COLUMNS)
 USAGE_COLUMNS = ["layer", "weight_bits", "act_bits", "grad_bits", "weight_float", "act_float",
                  "grad_float", "batch_size", "batches"]
 
 
+def sqnr_db(weights: np.ndarray, word_bits: int, frac_bits: int) -> float:
+    """10 log10(sum w^2 / sum (w - Q(w))^2) of the round-to-nearest fixed-point copy (inf when
+    the copy is exact, 0 for all-zero weights)."""
+    w = torch.from_numpy(np.asarray(weights, dtype=np.float64).ravel())
+    signal = float((w * w).sum())
+    if signal == 0.0:
+        return 0.0
+    noise = float(((w - quantize_fixed(w, word_bits, frac_bits)) ** 2).sum())
+    return math.inf if noise == 0.0 else 10.0 * math.log10(signal / noise)
+
+
 def propose_word_bits(weights: np.ndarray, config: MarvinConfig) -> tuple[int, dict[int, float]]:
-    """The smallest menu WL whose KL is within ``kl_eps`` (the widest if none) and the KL
-    of every word length tried, in nats."""
+    """The smallest menu WL that meets the configured information measure (the widest if none)
+    and the measure of every word length tried (KL in nats or SQNR in dB)."""
     w = np.asarray(weights, dtype=np.float64).ravel()
     m = float(np.abs(w).max()) if w.size else 0.0
-    kls: dict[int, float] = {}
+    vals: dict[int, float] = {}
     for wl in config.word_bits_menu:
-        kls[wl] = fixed_point_kl(w, wl, frac_bits_for(m, wl), config.histogram_bins,
-                                 config.kl_bias_correction)
-        if kls[wl] <= config.kl_eps:
-            return wl, kls
-    return config.word_bits_menu[-1], kls
+        if config.info_measure == "sqnr":
+            vals[wl] = sqnr_db(w, wl, frac_bits_for(m, wl))
+            ok = vals[wl] >= config.sqnr_min_db
+        else:
+            vals[wl] = fixed_point_kl(w, wl, frac_bits_for(m, wl), config.histogram_bins,
+                                      config.kl_bias_correction)
+            ok = vals[wl] <= config.kl_eps
+        if ok:
+            return wl, vals
+    return config.word_bits_menu[-1], vals
 
 
 @dataclass
@@ -79,6 +101,7 @@ class PrecisionController:
     _usage: dict[tuple, int] = field(default_factory=lambda: defaultdict(int))
     _tracks: dict[str, _Track] = field(default_factory=dict)
     _gen: torch.Generator = field(default_factory=torch.Generator)
+    _before: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if set(self.formats) != set(self.modules):
@@ -95,7 +118,7 @@ class PrecisionController:
             prop, kls = propose_word_bits(w.cpu().numpy(), self.config)
             fmt.word_bits = prop
             fmt.frac_bits = frac_bits_for(max_abs(w), prop)
-            self._record(0, name, fmt, kls.get(prop, np.nan), prop, np.nan, "init")
+            self._record(0, name, fmt, w, prop, np.nan, "init")
 
     @torch.no_grad()
     def observe_updates(self, lrs: dict[str, float]) -> None:
@@ -104,6 +127,8 @@ class PrecisionController:
         Args:
             lrs: each layer's current learning rate (its weight's optimizer group).
         """
+        if self.config.guard_measure != "lr_grad":
+            return
         menu = self.config.word_bits_menu
         for name, track in self._tracks.items():
             w = self.modules[name].weight
@@ -116,10 +141,37 @@ class PrecisionController:
             track.updates += u.numel()
 
     @torch.no_grad()
+    def before_step(self) -> None:
+        """Remember the weights before ``opt.step()`` (the "update" guard measures the step)."""
+        if self.config.guard_measure == "update":
+            self._before = {n: m.weight.detach().clone() for n, m in self.modules.items()}
+
+    @torch.no_grad()
+    def _count_real_updates(self) -> None:
+        """Per layer and menu word: how many of the step's updates leave the fixed-point copy
+        of the stored weight unchanged (round(w + d) == round(w), FL fitted to max|w|; a step
+        too small to change even the float32 weight counts as vanished too)."""
+        menu = self.config.word_bits_menu
+        for name, track in self._tracks.items():
+            before = self._before.get(name)
+            if before is None:
+                continue
+            after = self.modules[name].weight.detach()
+            m = max_abs(before)
+            for i, wl in enumerate(menu):
+                fl = frac_bits_for(m, wl)
+                same = quantize_fixed(after, wl, fl) == quantize_fixed(before, wl, fl)
+                track.zero_counts[i] += int(same.sum())
+            track.updates += before.numel()
+        self._before = {}
+
+    @torch.no_grad()
     def after_step(self, iteration: int, batch_size: int) -> None:
         """Account the batch just trained (at the formats it used); round fixed master weights;
         decide when ``iteration`` (batches done) is a multiple of ``lookback_batches``."""
         cfg = self.config
+        if cfg.guard_measure == "update":
+            self._count_real_updates()  # before the fixed master weights are re-rounded
         for name, fmt in self.formats.items():
             key = (name, fmt.word_bits, fmt.act_bits, fmt.grad_bits, False, not fmt.activations,
                    not fmt.gradients, int(batch_size))
@@ -148,7 +200,9 @@ class PrecisionController:
             cur = fmt.word_bits
             ci = menu.index(cur)
             zero_now = float(frac[ci]) if track.updates else np.nan
-            vanishing = track.updates and frac[ci] > cfg.guard_zero_fraction
+            # float32 master weights lose no update: the "update" guard only records
+            can_lose = cfg.guard_measure == "lr_grad" or cfg.master_weights == "fixed"
+            vanishing = can_lose and track.updates and frac[ci] > cfg.guard_zero_fraction
             if vanishing:
                 new = menu[min(ci + 1, len(menu) - 1)]
                 reason = "guard" if new > cur else "guard_at_ceiling"
@@ -158,7 +212,8 @@ class PrecisionController:
                 track.pending_down = 0
             elif prop < cur:
                 ok = [wl for i, wl in enumerate(menu) if prop <= wl < cur
-                      and (not track.updates or frac[i] <= cfg.guard_zero_fraction)]
+                      and (not can_lose or not track.updates
+                           or frac[i] <= cfg.guard_zero_fraction)]
                 if not ok:
                     new, reason = cur, "guard_floor"
                     track.pending_down = 0
@@ -174,21 +229,23 @@ class PrecisionController:
                 track.pending_down = 0
             fmt.word_bits = new
             fmt.frac_bits = frac_bits_for(max_abs(w), new)
-            kl = kls.get(new)
-            if kl is None:  # proposal search stopped below `new`: evaluate it for the record
-                kl = fixed_point_kl(w.cpu().numpy(), new, fmt.frac_bits, cfg.histogram_bins,
-                                    cfg.kl_bias_correction)
-            self._record(iteration, name, fmt, kl, prop, zero_now, reason)
+            self._record(iteration, name, fmt, w, prop, zero_now, reason)
             track.zero_counts[:] = 0
             track.updates = 0
         log.debug("decision at iteration %d: %s", iteration,
                   {n: f.word_bits for n, f in self.formats.items()})
 
-    def _record(self, iteration: int, name: str, fmt: LayerFormat, kl: float, prop: int,
+    def _record(self, iteration: int, name: str, fmt: LayerFormat, w: torch.Tensor, prop: int,
                 zero: float, reason: str) -> None:
+        cfg = self.config
+        wn = w.detach().cpu().numpy()
+        kl = fixed_point_kl(wn, fmt.word_bits, fmt.frac_bits, cfg.histogram_bins,
+                            cfg.kl_bias_correction) if cfg.info_measure == "kl" else np.nan
         self.rows.append({"iteration": int(iteration), "layer": name,
                           "word_length_bits": int(fmt.word_bits), "frac_bits": int(fmt.frac_bits),
-                          "kl_nats": float(kl), "proposal_bits": int(prop),
+                          "kl_nats": float(kl),
+                          "sqnr_db": sqnr_db(wn, fmt.word_bits, fmt.frac_bits),
+                          "proposal_bits": int(prop),
                           "zero_update_fraction": float(zero), "reason": reason})
 
     # ------------------------------------------------------------------ results

@@ -147,6 +147,7 @@ def train_marvin(model: nn.Module, dataset: Dataset, epochs: int, config: Marvin
                 loss.backward()
                 ctl.observe_updates({n: opt.param_groups[group_of[id(m.weight)]]["lr"]
                                      for n, m in modules.items()})
+                ctl.before_step()
                 opt.step()
                 sched.step()
                 it += 1

@@ -240,7 +240,8 @@ def test_lsq_gradient_scale_definitions():
 def test_asr_dx_matches_closed_form(setup, k):
     bits, signed, narrow, per_channel, role, shape, seed, factor = setup
     q = build("lglsq", bits, signed, narrow, per_channel, shape[0], role=role,
-              asr=True, ssg=False, mde=False, k=k)
+              asr=True, ssg=False, mde=False, k=k, asr_roles=("weight", "activation"),
+              asr_unit_rms=False)
     k = float(q.k)  # the k the quantizer holds
     x = tensor_from(seed, shape)
     q.init_from(x)
@@ -341,7 +342,7 @@ def test_asr_tends_to_round_as_k_grows():
     assert errs == sorted(errs, reverse=True) and errs[-1] < 1e-2
 
 
-def mde_bruteforce(u: np.ndarray, grid: np.ndarray, min_slope: float) -> float:
+def mde_bruteforce(u: np.ndarray, grid: np.ndarray, min_slope: float, objective: str) -> float:
     """Plain NumPy: argmin E(k) over grid values whose minimum ASR slope meets the floor."""
     best_k, best_e = None, math.inf
     for k in grid:
@@ -352,6 +353,8 @@ def mde_bruteforce(u: np.ndarray, grid: np.ndarray, min_slope: float) -> float:
         r = u - f - 0.5
         asr = f + 0.5 + np.arctan(k * r) / (2 * math.atan(k / 2))
         e = float(np.mean((asr - np.round(u)) ** 2))
+        if objective == "balanced":
+            e += float(np.mean((asr - u) ** 2))
         if e < best_e:
             best_k, best_e = float(k), e
     return best_k
@@ -359,44 +362,91 @@ def mde_bruteforce(u: np.ndarray, grid: np.ndarray, min_slope: float) -> float:
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), min_slope=st.floats(0.01, 0.5),
-       spread=st.floats(0.2, 20.0))
-def test_mde_search_minimises_error_subject_to_slope_floor(seed, min_slope, spread):
+       spread=st.floats(0.2, 20.0), objective=st.sampled_from(["balanced", "round"]))
+def test_mde_search_minimises_error_subject_to_slope_floor(seed, min_slope, spread, objective):
     grid = default_k_grid()
-    q = build("lglsq", 4, False, False, False, 1, min_slope=min_slope, asr=True, ssg=True)
+    q = build("lglsq", 4, False, False, False, 1, min_slope=min_slope, asr=True, ssg=True,
+              mde_objective=objective)
     x = tensor_from(seed, (16, 20), spread).abs()
     q(x)
     s = float(q.scale())
     u = (x / s).numpy().ravel()
     u = u[(u >= q.qmin) & (u <= q.qmax)]
-    assert float(q.k) == pytest.approx(mde_bruteforce(u, grid.numpy(), min_slope), rel=1e-12)
+    want = mde_bruteforce(u, grid.numpy(), min_slope, objective)
+    assert float(q.k) == pytest.approx(want, rel=1e-9)
     # Feasibility: the chosen k's minimum slope meets the floor.
     assert float(asr_min_slope(float(q.k))) >= min_slope
 
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), spread=st.floats(0.05, 20.0))
-def test_mde_error_is_non_increasing_in_k(seed, spread):
-    """Why the search lands on the largest feasible k: each |ASR_k(u) - round(u)| shrinks with
-    k (atan(k a)/atan(k/2) increases in k for 0 < a < 1/2), so E(k) is non-increasing."""
-    q = make_quantizer("lglsq", 4, True)
+def test_round_mde_error_is_non_increasing_in_k(seed, spread):
+    """Why the first design's search always landed on the largest feasible k: each
+    |ASR_k(u) - round(u)| shrinks with k, so E(k) is non-increasing."""
+    q = make_quantizer("lglsq", 4, True, mde_objective="round")
     u = tensor_from(seed, (4000,), spread)
     e = q.mde_error(u, default_k_grid())
     assert bool(torch.all(torch.diff(e) <= 1e-15))
 
 
-def test_mde_picks_largest_feasible_k_off_grid_and_smallest_on_ties():
+def test_round_mde_picks_largest_feasible_k_off_grid_and_smallest_on_ties():
     grid = default_k_grid()
     feasible = grid[asr_min_slope(grid) >= 0.05]
-    q = build("lglsq", 4, False, False, False, 1, min_slope=0.05)
+    q = build("lglsq", 4, False, False, False, 1, min_slope=0.05, mde_objective="round")
     q(torch.rand(32, 8, dtype=torch.float64) * 4)
     assert float(q.k) == pytest.approx(float(feasible.max()))
     # Data exactly on the grid: ASR_k(u) == round(u) for every k, E ties at 0 -> smallest k.
-    q2 = build("lglsq", 4, False, False, False, 1, min_slope=0.05)
+    q2 = build("lglsq", 4, False, False, False, 1, min_slope=0.05, mde_objective="round")
     q2.init_from(torch.ones(4, 4, dtype=torch.float64))
     s = float(q2.scale())
     x = torch.randint(0, 16, (8, 8)).double() * s
     q2(x)
     assert float(q2.k) == pytest.approx(float(feasible.min()))
+
+
+def _mde_k(u: torch.Tensor) -> float:
+    """The k the default (balanced) MDE search picks for the scaled values `u` (step 1)."""
+    q = build("lglsq", 4, True, False, False, 1, role="activation", min_slope=0.01)
+    q.init_from(torch.ones(4, dtype=torch.float64))
+    with torch.no_grad():
+        q.step.fill_(1.0)
+    q(u)
+    return float(q.k)
+
+
+def test_balanced_mde_choice_depends_on_the_data_and_is_interior():
+    """Values near integers want a gentle ASR, values near half-integers a sharp one; neither
+    choice is an end of the grid (the first design always returned the grid's largest k)."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randint(-5, 5, (20000,), generator=g).double()
+    jitter = 0.1 * torch.randn(20000, generator=g, dtype=torch.float64)
+    near_int, near_mid = _mde_k(base + jitter), _mde_k(base + 0.5 + jitter)
+    uniform = _mde_k(torch.rand(20000, generator=g, dtype=torch.float64) * 10 - 5)
+    grid = default_k_grid()
+    feasible = grid[asr_min_slope(grid) >= 0.01]
+    assert near_int < uniform < near_mid
+    for k in (near_int, uniform, near_mid):
+        assert float(feasible.min()) < k < float(feasible.max())
+
+
+def test_asr_on_activations_rescaled_to_unit_rms():
+    x = torch.rand(64, 8, dtype=torch.float64) * 3
+    q = build("lglsq", 2, False, False, False, 1, role="activation", asr=True, ssg=False,
+              mde=False, k=20.0, asr_roles=("weight", "activation"))
+    q.init_from(x)
+    xi = x.clone().requires_grad_(True)
+    q(xi).sum().backward()
+    u = x / q.scale()
+    inside = (u >= q.qmin) & (u <= q.qmax)
+    g = xi.grad[inside]
+    assert float(g.pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-9)
+    assert bool(torch.all(xi.grad[~inside] == 0))
+    # Not an activation ASR by default: weights only.
+    d = make_quantizer("lglsq", 2, False, role="activation", mde=False)
+    xd = x.clone().requires_grad_(True)
+    d(xd).sum().backward()
+    ud = x / d.scale()
+    assert bool(torch.all(xd.grad[(ud >= d.qmin) & (ud <= d.qmax)] == 1.0))
 
 
 def test_mde_runs_every_n_training_steps_only():
@@ -533,15 +583,66 @@ def test_dsq_soft_curve_passes_through_grid_points():
 
 def test_dsq_init_and_parameters():
     w = torch.randn(5, 3, 2, 2)
-    q = make_quantizer("dsq", 4, True, True, True, 5)
+    q = make_quantizer("dsq", 4, True, True, True, 5, init="range")
     q.init_from(w)
     torch.testing.assert_close(q.upper.detach(), w.abs().reshape(5, -1).amax(dim=1))
     torch.testing.assert_close(q.scale(), q.upper.detach() / 7)
     assert float(q.alpha.detach()) == pytest.approx(0.2)
     assert [id(p) for p in q.quant_parameters()] == [id(q.upper), id(q.alpha)]
-    a = make_quantizer("dsq", 4, False, init_percentile=50.0)
+    a = make_quantizer("dsq", 4, False, init_percentile=50.0, init="range")
     a(torch.arange(0, 101, dtype=torch.float32).view(1, 101))
     assert float(a.upper.detach()) == pytest.approx(50.0)
+
+
+def test_dsq_mse_init_is_the_least_squared_error_candidate():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(4, 200, generator=g, dtype=torch.float64)
+    q = make_quantizer("dsq", 2, True, True, True, 4).double()
+    q.init_from(w)
+    top = w.abs().amax(dim=1)
+    for c in range(4):
+        def err(u):
+            d = u / q.qmax
+            return float(((torch.round(w[c] / d).clamp(q.qmin, q.qmax) * d - w[c]) ** 2).sum())
+        best = min((err(top[c] * i / 64), i) for i in range(1, 65))
+        assert float(q.upper[c].detach()) == pytest.approx(float(top[c]) * best[1] / 64, rel=1e-12)
+        assert float(q.upper[c].detach()) < float(top[c])  # Gaussian weights: the max is never best
+    # More non-zero 2-bit weights than from the max (the first design's init).
+    nz = float((q.int_repr(w) != 0).double().mean())
+    r = make_quantizer("dsq", 2, True, True, True, 4, init="range").double()
+    assert nz > float((r.int_repr(w) != 0).double().mean()) + 0.2
+
+
+def test_dsq_gradient_scaling_is_lsq_g_and_alpha_mult():
+    x = torch.randn(8, 3, 4, 4, dtype=torch.float64)
+    grads = {}
+    for gs in (False, True):
+        q = make_quantizer("dsq", 3, False, role="activation", grad_scale=gs,
+                           alpha_grad_mult=10.0).double()
+        q.init_from(x.abs())
+        q(x.abs().requires_grad_(True)).pow(2).sum().backward()
+        grads[gs] = (q.upper.grad.clone(), q.alpha.grad.clone())
+    n = 3 * 4 * 4
+    torch.testing.assert_close(grads[True][0], grads[False][0] / math.sqrt(n * 7))
+    torch.testing.assert_close(grads[True][1], grads[False][1] * 10 / math.sqrt(n))
+
+
+def test_dsq_alpha_and_upper_move_under_training():
+    """A short fit of a 2-bit DSQ quantizer to its input: alpha and u leave their init."""
+    torch.manual_seed(0)
+    w = torch.randn(8, 64, dtype=torch.float64)
+    q = make_quantizer("dsq", 2, True, False, True, 8, alpha_grad_mult=10.0).double()
+    q.init_from(w)
+    u0, a0 = q.upper.detach().clone(), float(q.alpha.detach())
+    wp = torch.nn.Parameter(w.clone())
+    opt = torch.optim.SGD([wp, *q.quant_parameters()], lr=0.01, momentum=0.9)
+    target = torch.randn(8, 64, dtype=torch.float64)
+    for _ in range(200):
+        opt.zero_grad()
+        ((q(wp) - target) ** 2).mean().backward()
+        opt.step()
+    assert abs(float(q.alpha.detach()) - a0) > 0.01
+    assert float((q.upper.detach() - u0).abs().max() / u0.abs().max()) > 0.01
 
 
 # ----------------------------------------------------------------------------------------------

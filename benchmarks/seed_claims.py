@@ -1,0 +1,344 @@
+"""The seed papers' claims at several seeds, judged by the 95 % Welch interval of the difference.
+
+    python benchmarks/seed_claims.py             # tune on validation, then the test runs
+    python benchmarks/seed_claims.py --quick     # 2 seeds, 1+1 epochs, ResNet-8 (a smoke run)
+    python benchmarks/seed_claims.py --report-only
+
+Parts (``--parts``): qat (LG-LSQ, DSQ, W2A2), marvin (quantized training from scratch, ResNet-8),
+pixel (input embedding vs uniform 2/4-bit input on low-contrast digits, ResNet-8), a2q (A2Q+
+at P = 10/12 with and without wide stem/classifier accumulators, ResNet-20).
+Budget of the qat part (stated in reports/seed_claims.md): ResNet-20 on `digits` (8x8 grey, 1,438 train
+images, of which 20 % of every class are carved out as the validation split), float 10 epochs
+per seed, QAT 3 epochs at W2A2, one torch thread per process, 2 processes. Tuning choices
+(LG-LSQ's slope floor, DSQ's alpha learning-rate multiplier) are made on the validation split
+with their own seeds; the test split only gives the final numbers. Every run is appended to
+reports/seed_claims_runs.csv as it finishes, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from npusim.io import atomic_write_bytes, markdown_table, write_csv  # noqa: E402
+from quantize.config import QuantConfig  # noqa: E402
+from quantize.experiments import Budget, SeedJob, iter_jobs, verdict, welch_diff  # noqa: E402
+
+W = A = 2
+MDE_FAST = {"mde_every": 10, "mde_max_samples": 8192}
+TUNE_SEEDS = (1000, 1001, 1002, 1003)
+TEST_SEEDS = tuple(range(100, 108))
+MIN_SLOPES = (0.05, 0.1, 0.35)
+ALPHA_MULTS = (1.0, 10.0, 100.0)
+
+
+def cfg(method: str, narrow: bool = True, **options) -> str:
+    """A W2A2 QuantConfig as JSON (what a seed job carries)."""
+    return QuantConfig(method=method, weight_bits=W, act_bits=A, narrow_weights=narrow,
+                       options=options).to_json()
+
+
+def lglsq(min_slope: float) -> str:
+    return cfg("lglsq", min_slope=min_slope, **MDE_FAST)
+
+
+def dsq(mult: float) -> str:
+    return cfg("dsq", narrow=False, alpha_grad_mult=mult)
+
+
+def tune_cells() -> dict[str, str]:
+    cells = {"lsq": cfg("lsq")}
+    cells |= {f"lglsq_minslope{m}": lglsq(m) for m in MIN_SLOPES}
+    cells |= {f"dsq_alphamult{m:g}": dsq(m) for m in ALPHA_MULTS}
+    return cells
+
+
+def test_cells(min_slope: float, mult: float) -> dict[str, str]:
+    return {
+        "lsq": cfg("lsq"),
+        "lsq_full": cfg("lsq", narrow=False),
+        "ste": cfg("ste"),
+        "ste_full": cfg("ste", narrow=False),
+        "lglsq": lglsq(min_slope),
+        "lglsq_ssg": cfg("lglsq", asr=False, mde=False),
+        # the first design: ASR on every quantizer, the degenerate MDE objective, floor 0.6
+        "lglsq_first": cfg("lglsq", asr_roles=["weight", "activation"], asr_unit_rms=False,
+                           mde_objective="round", min_slope=0.6, **MDE_FAST),
+        "dsq": dsq(mult),
+        # the first design: max|w| init, no gradient scaling, narrow 2-bit weights (3 levels)
+        "dsq_first": cfg("dsq", init="range", grad_scale=False),
+    }
+
+
+MARVIN_BUDGET = Budget(model="resnet8", float_epochs=3)
+PIXEL_BUDGET = Budget(model="resnet8")
+PART_SEEDS = tuple(range(200, 208))
+
+
+def marvin_cells() -> dict[str, str]:
+    from quantize.marvin import MarvinConfig
+
+    return {"float32": "float32",
+            "marvin": MarvinConfig().to_json(),
+            "marvin_first": MarvinConfig(info_measure="kl", guard_measure="lr_grad").to_json(),
+            "fixed8": MarvinConfig(word_bits_menu=(8,)).to_json()}
+
+
+def pixel_cells() -> dict[str, str]:
+    def c(first_bits: int, emb: dict | None) -> str:
+        return QuantConfig(method="lsq", weight_bits=4, act_bits=4, first_layer_bits=first_bits,
+                           embedding=emb).to_json()
+
+    lin = {"d": 1, "init": "linear", "trainable": False}
+    return {"first_float": c(16, None), "in4": c(4, {**lin, "bits": 4}),
+            "in2": c(4, {**lin, "bits": 2}), "emb4_d8": c(4, {"d": 8, "bits": 4}),
+            "emb2_d8": c(4, {"d": 8, "bits": 2})}
+
+
+def a2q_cells() -> dict[str, str]:
+    """A2Q+ with every layer at W/A bits (as reports/a2q_sweep.md), the body at P bits, and
+    optionally the stem and classifier at P = 16 (per-layer overrides)."""
+    wide = [{"pattern": "stem", "acc_bits": 16}, {"pattern": "fc", "acc_bits": 16}]
+
+    def c(bits: int, p: int | None, stem_fc_wide: bool = False) -> str:
+        return QuantConfig(method="lsq", weight_bits=bits, act_bits=bits, first_layer_bits=None,
+                           last_layer_bits=None, acc_bits=32 if p is None else p,
+                           a2q=None if p is None else {"mode": "a2q+"},
+                           overrides=wide if stem_fc_wide else []).to_json()
+
+    return {"lsq_w4": c(4, None), "lsq_w3": c(3, None), "a2qp_w4_p10": c(4, 10),
+            "a2qp_w4_p10_wide": c(4, 10, True), "a2qp_w4_p12_wide": c(4, 12, True),
+            "a2qp_w3_p10_wide": c(3, 10, True)}
+
+
+# part, claim, ours, baseline, margin (the verdict's threshold on ours - baseline: 0 for "beats",
+# -1 for "within 1 point of")
+CLAIMS = [
+    ("qat", "LG-LSQ (SSG + ASR on weights + balanced MDE) beats LSQ", "lglsq", "lsq", 0.0),
+    ("qat", "LG-LSQ SSG part alone beats LSQ", "lglsq_ssg", "lsq", 0.0),
+    ("qat", "LG-LSQ first design (ASR on all quantizers, round-MDE, floor 0.6) beats LSQ",
+     "lglsq_first", "lsq", 0.0),
+    ("qat", "LG-LSQ fixed beats LG-LSQ first design", "lglsq", "lglsq_first", 0.0),
+    ("qat", "DSQ (fixed: MSE init, grad scaling, 4 levels) beats STE at equal grid", "dsq",
+     "ste_full", 0.0),
+    ("qat", "DSQ fixed beats LSQ at equal grid (4 levels)", "dsq", "lsq_full", 0.0),
+    ("qat", "DSQ first design beats STE (3 levels)", "dsq_first", "ste", 0.0),
+    ("qat", "DSQ fixed beats DSQ first design", "dsq", "dsq_first", 0.0),
+    ("marvin", "MARViN (real-update guard, SQNR) within 1 pt of float32 training", "marvin",
+     "float32", -1.0),
+    ("marvin", "MARViN first design (lr*grad guard, KL) within 1 pt of float32 training",
+     "marvin_first", "float32", -1.0),
+    ("marvin", "fixed 8-bit training within 1 pt of float32 training", "fixed8", "float32", -1.0),
+    ("pixel", "Pixel embedding 4-bit d=8 beats 4-bit uniform input (low-contrast digits)",
+     "emb4_d8", "in4", 0.0),
+    ("pixel", "Pixel embedding 2-bit d=8 beats 2-bit uniform input (low-contrast digits)",
+     "emb2_d8", "in2", 0.0),
+    ("pixel", "Pixel embedding 4-bit d=8 within 1 pt of a float (16-bit) first layer",
+     "emb4_d8", "first_float", -1.0),
+]
+CLAIMS += [
+    ("a2q", "A2Q+ W4 P=10: widening only stem and classifier to P=16 rescues it",
+     "a2qp_w4_p10_wide", "a2qp_w4_p10", 0.0),
+    ("a2q", "A2Q+ W4 P=10 (stem, classifier at P=16) within 1 pt of LSQ W4 (P=32)",
+     "a2qp_w4_p10_wide", "lsq_w4", -1.0),
+    ("a2q", "A2Q+ W4 P=12 (stem, classifier at P=16) within 1 pt of LSQ W4 (P=32)",
+     "a2qp_w4_p12_wide", "lsq_w4", -1.0),
+    ("a2q", "A2Q+ W3 P=10 (stem, classifier at P=16) within 1 pt of LSQ W3 (P=32)",
+     "a2qp_w3_p10_wide", "lsq_w3", -1.0),
+]
+SETTINGS = {"a2q": "resnet20 digits, every layer at W/A bits, float 10 + QAT 3 epochs",
+            "qat": "resnet20 digits W2A2, float 10 + QAT 3 epochs",
+            "marvin": "resnet8 digits, trained from scratch 3 epochs",
+            "pixel": "resnet8 digits-lowcontrast, W4A4 LSQ body, float 10 + QAT 3 epochs"}
+
+
+def run_stage(split: str, cells: dict[str, str], seeds, budget: Budget, runs_csv: Path,
+              processes: int, part: str = "qat", kind: str = "qat",
+              data_transform: str | None = None) -> pd.DataFrame:
+    """Run the (seed, cell) pairs of `split` not already in `runs_csv`; return all its rows."""
+    done = pd.read_csv(runs_csv) if runs_csv.exists() else pd.DataFrame(
+        columns=["part", "cell", "seed", "split", "config"])
+    if "part" not in done:
+        done["part"] = "qat"
+    have = set(zip(done["part"], done["split"], done["seed"], done["cell"]))
+    jobs = []
+    for seed in seeds:
+        todo = tuple((n, c) for n, c in cells.items() if (part, split, seed, n) not in have)
+        if todo:
+            jobs.append(SeedJob(seed, todo, split, budget, data_transform, kind))
+    t0 = time.perf_counter()
+    for rows in iter_jobs(jobs, processes):  # written as each seed finishes: resumable
+        for r in rows:
+            r["config"] = cells.get(r["cell"], "")
+            r["budget"] = json.dumps(budget.__dict__)
+            r["part"] = part
+        new = pd.DataFrame(rows)
+        new = new[[(part, split, s, c) not in have for s, c in zip(new["seed"], new["cell"])]]
+        done = pd.concat([done, new], ignore_index=True)
+        write_csv(done, runs_csv)
+        print(f"{split} seed {rows[0]['seed']}: " + ", ".join(
+            f"{r['cell']} {r['top1_pct']:.1f}" for r in rows)
+            + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return done[(done["split"] == split) & (done["part"] == part)]
+
+
+def summarise(test: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim with test runs of both cells (Welch interval, verdict)."""
+    rows = []
+    for part, claim, ours, base, margin in CLAIMS:
+        t = test[test["part"] == part]
+        a = t[t["cell"] == ours].sort_values("seed")["top1_pct"].to_numpy()
+        b = t[t["cell"] == base].sort_values("seed")["top1_pct"].to_numpy()
+        if len(a) < 2 or len(b) < 2:
+            continue
+        d = welch_diff(a, b)
+        rows.append({"claim": claim, "setting": SETTINGS[part],
+                     "n_seeds": min(len(a), len(b)), "ours": ours,
+                     "ours_mean_pct": a.mean(), "ours_sd_pct": a.std(ddof=1), "baseline": base,
+                     "baseline_mean_pct": b.mean(), "baseline_sd_pct": b.std(ddof=1),
+                     "diff_pct": d["diff"], "diff_ci95_low_pct": d["low"],
+                     "diff_ci95_high_pct": d["high"],
+                     "verdict": verdict(d["low"], d["high"], margin), "margin_pct": margin})
+    cols = ["claim", "setting", "n_seeds", "ours_mean_pct", "ours_sd_pct", "baseline",
+            "baseline_mean_pct", "baseline_sd_pct", "diff_pct", "diff_ci95_low_pct",
+            "diff_ci95_high_pct", "verdict", "ours", "margin_pct"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def trajectories(runs: pd.DataFrame) -> pd.DataFrame:
+    """From the per-epoch traces: DSQ's alpha and mean u (first and last), LG-LSQ's k range
+    over layers at the end, MARViN's last-epoch mean word and guard switches; per cell."""
+    rows = []
+    for (split, part, cell), g in runs.groupby(["split", "part", "cell"]):
+        rec: dict = {"split": split, "part": part, "cell": cell, "n_runs": len(g)}
+        tr = [json.loads(t) for t in g["trace"].fillna("{}")]
+        if tr and isinstance(tr[0], list) and tr[0] and "dsq_alpha_mean" in tr[0][0]:
+            rec["alpha_first"] = np.mean([t[0]["dsq_alpha_mean"] for t in tr])
+            rec["alpha_last"] = np.mean([t[-1]["dsq_alpha_mean"] for t in tr])
+            rec["u_rel_change_pct"] = np.mean([100 * (t[-1]["dsq_upper_mean"] /
+                                                      t[0]["dsq_upper_mean"] - 1) for t in tr])
+        elif tr and isinstance(tr[0], list) and tr[0] and any(k.startswith("k[") for k in tr[0][-1]):
+            ks = [v for t in tr for k, v in t[-1].items() if k.startswith("k[")]
+            rec["k_min_last"], rec["k_max_last"] = min(ks), max(ks)
+            rec["k_distinct_last"] = len({round(k, 6) for k in ks})
+        elif tr and isinstance(tr[0], dict) and "mean_word_bits" in tr[0]:
+            rec["mean_word_bits"] = np.mean([t["mean_word_bits"] for t in tr])
+            rec["guard_switches"] = np.mean([t["guard_switches"] for t in tr])
+        else:
+            continue
+        rows.append(rec)
+    return pd.DataFrame(rows)
+
+
+def plot_claims(claims: pd.DataFrame, ax) -> plt.Figure:
+    """Each claim's difference (ours - baseline) with its 95 % Welch interval."""
+    y = np.arange(len(claims))
+    err = np.vstack([claims["diff_pct"] - claims["diff_ci95_low_pct"],
+                     claims["diff_ci95_high_pct"] - claims["diff_pct"]])
+    ax.errorbar(claims["diff_pct"], y, xerr=err, fmt="o", capsize=3)
+    ax.axvline(0.0, color="k", lw=0.8)
+    ax.set_yticks(y, [f"{o} vs {b}" for o, b in zip(claims["ours"], claims["baseline"])])
+    ax.set_xlabel("top-1 difference (pp), 95 % Welch interval")
+    return ax.figure
+
+
+def plot_cells(test: pd.DataFrame, ax) -> tuple[plt.Figure, pd.DataFrame]:
+    """Mean test top-1 per cell with 95 % t intervals over seeds (error bars)."""
+    test = test.assign(cell=test["part"] + ":" + test["cell"])
+    g = test.groupby("cell")["top1_pct"]
+    tab = pd.DataFrame({"mean_pct": g.mean(), "sd_pct": g.std(ddof=1), "n_seeds": g.count()})
+    from scipy import stats
+
+    tab["ci95_half_pct"] = tab["sd_pct"] * stats.t.ppf(0.975, tab["n_seeds"] - 1) / np.sqrt(
+        tab["n_seeds"])
+    tab = tab.sort_values("mean_pct").reset_index()
+    ax.errorbar(tab["mean_pct"], np.arange(len(tab)), xerr=tab["ci95_half_pct"], fmt="o",
+                capsize=3)
+    for cell, grp in test.groupby("cell"):
+        y = int(np.flatnonzero(tab["cell"] == cell)[0])
+        ax.scatter(grp["top1_pct"], np.full(len(grp), y + 0.15), s=6, alpha=0.5, color="gray")
+    ax.set_yticks(np.arange(len(tab)), tab["cell"])
+    ax.set_xlabel("test top-1 (%), mean and 95 % t interval over seeds; dots: single seeds")
+    return ax.figure, tab
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--out", default="reports/seed_claims")
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--parts", default="qat,marvin,pixel,a2q")
+    args = ap.parse_args()
+    budget = Budget()
+    tune_seeds, test_seeds = TUNE_SEEDS, TEST_SEEDS
+    if args.quick:
+        budget = Budget(model="resnet8", float_epochs=1, qat_epochs=1)
+        tune_seeds, test_seeds, args.out = (0, 1), (2, 3), args.out + "_quick"
+    out = Path(args.out)
+    runs_csv = out.parent / (out.name + "_runs.csv")
+    parts = args.parts.split(",")
+    if args.report_only:
+        runs = pd.read_csv(runs_csv)
+        if "part" not in runs:
+            runs["part"] = "qat"
+        tune = runs[(runs["split"] == "val") & (runs["part"] == "qat")]
+    else:
+        tune = run_stage("val", tune_cells(), tune_seeds, budget, runs_csv, args.processes)
+    val_means = tune.groupby("cell")["top1_pct"].agg(["mean", "std", "count"])
+    best_slope = max(MIN_SLOPES, key=lambda m: val_means.loc[f"lglsq_minslope{m}", "mean"])
+    best_mult = max(ALPHA_MULTS, key=lambda m: val_means.loc[f"dsq_alphamult{m:g}", "mean"])
+    print(val_means.round(2).to_string(), f"\nchosen: min_slope={best_slope} "
+          f"alpha_grad_mult={best_mult:g}", flush=True)
+    if not args.report_only and "qat" in parts:
+        run_stage("test", test_cells(best_slope, best_mult), test_seeds, budget, runs_csv,
+                  args.processes)
+    part_seeds = test_seeds if args.quick else PART_SEEDS
+    quick = Budget(model="resnet8", float_epochs=1, qat_epochs=1)
+    if not args.report_only and "marvin" in parts:
+        run_stage("test", marvin_cells(), part_seeds, quick if args.quick else MARVIN_BUDGET,
+                  runs_csv, args.processes, part="marvin", kind="marvin")
+    if not args.report_only and "pixel" in parts:
+        run_stage("test", pixel_cells(), part_seeds, quick if args.quick else PIXEL_BUDGET,
+                  runs_csv, args.processes, part="pixel", data_transform="lowcontrast")
+    if not args.report_only and "a2q" in parts:
+        run_stage("test", a2q_cells(), part_seeds, quick if args.quick else Budget(), runs_csv,
+                  args.processes, part="a2q")
+    runs = pd.read_csv(runs_csv)
+    if "part" not in runs:
+        runs["part"] = "qat"
+    test = runs[runs["split"] == "test"]
+    claims = summarise(test)
+    traj = trajectories(runs)
+    write_csv(claims, out.with_suffix(".csv"))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 7))
+    fig, tab = plot_cells(test, ax)
+    plot_claims(claims, ax2)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    write_csv(tab, out.parent / (out.name + "_cells.csv"))
+    lines = ["# Seed claims at several seeds (generated by benchmarks/seed_claims.py)",
+             "", f"Budget (qat part): {json.dumps(budget.__dict__)}; machine "
+             f"{platform.machine()}, {args.processes} processes x 1 torch thread.",
+             "", "## Tuning on the validation split", "",
+             markdown_table(val_means.reset_index().round(2)), "",
+             f"Chosen: LG-LSQ min_slope = {best_slope}, DSQ alpha_grad_mult = {best_mult:g}.",
+             "", "## Test split, per cell", "", markdown_table(tab.round(2)), "",
+             "## Claims", "", markdown_table(claims.round(2)), "",
+             "## Quantizer trajectories (means over runs)", "", markdown_table(traj.round(3))]
+    atomic_write_bytes(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
+    print(claims.round(2).to_string(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
