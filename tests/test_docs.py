@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +125,8 @@ def _one_epoch(argv: list[str]) -> list[str]:
 
 
 def _run_blocks(chosen: list[Block], cwd: Path, monkeypatch, one_epoch: bool = False) -> None:
+    (cwd / "reports").mkdir(exist_ok=True)  # the README names the committed example NPU file
+    shutil.copy(ROOT / "reports" / "per_layer_npu.toml", cwd / "reports" / "per_layer_npu.toml")
     monkeypatch.chdir(cwd)
     runner = CliRunner()
     for block in chosen:
