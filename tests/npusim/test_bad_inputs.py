@@ -4,7 +4,12 @@ line ``error: ...`` naming what was wrong, never a traceback or an "internal err
 The cases are generated programmatically (`CASES`, >= 300 of them, counted per class in
 `CLASS_COUNTS`) across the entry points: NPU TOML files, ``--set`` strings, program files
 (safetensors header and manifest), checkpoints and sidecars, CIFAR-10 data directories,
-quant-config JSON, sweep stores and result CSVs, output paths and ``--where`` filters. Each
+quant-config JSON, sweep stores and result CSVs, output paths and ``--where`` filters; and
+(`NEW_CLASSES`) NPU field limits that ``cost`` and ``simulate`` refuse alike, ``pe_acc_bits``
+wider than ``acc_bits``, ``[[layer]]`` tables, training numbers, empty data splits, ``--data
+folder`` trees, ``bounds --suggest`` options, ``sweep --program``, ``simulate --acc-bits /
+--overflow`` and ONNX nodes npusim cannot import. Commands that would train must refuse before
+any training. Each
 runs in-process through `npusim.cli.app.main` (the console entry point, which maps errors to
 exit codes) against tiny fixture files built once per module.
 """
