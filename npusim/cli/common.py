@@ -42,6 +42,17 @@ def _check_data(data: str) -> None:
         _fail(f"--data: {exc}")
 
 
+def _check_data_loads(data: str, root: str | None, splits: tuple[str, ...]) -> None:
+    """Load the `splits` of a data set read from files (cifar10, folder) so that a bad or
+    empty directory is refused before any message or training (the arrays are cached per
+    process: the run that follows reuses them)."""
+    from npusim.data import load_dataset, parse_data_spec
+
+    if parse_data_spec(data)[0] in ("cifar10", "folder"):
+        for split in splits:
+            load_dataset(data, split, root=root)
+
+
 def check_numbers(lr: float | None, width: float, seed: int) -> None:
     """Refuse training numbers no run can use (click's ranges let NaN through)."""
     import math

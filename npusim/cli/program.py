@@ -61,6 +61,16 @@ def _shorthands(sets: list[str], acc_bits: Optional[int], overflow: Optional[str
     return out
 
 
+def _check_runnable(cfg, prog, npu: str) -> None:
+    """The one check `simulate` and `cost` share, before any data is read: the NPU's
+    [[layer]] patterns match nodes of the program (named by `npu`), and it can run every node
+    (`npusim.sim.simulator.check_runnable`: datapath widths, accumulators, requant)."""
+    from npusim.sim.simulator import check_runnable
+
+    cfg.check_layers([n.name for n in prog.nodes], source=npu)
+    check_runnable(cfg, prog)
+
+
 def _load_npu(npu: str, sets: list[str]):
     from npusim.hw.config import NPUConfig, parse_set_option
 
@@ -100,7 +110,7 @@ def simulate(
             check_output_path(path, opt)
     prog = load_program(program)
     cfg = _load_npu(npu, _shorthands(set_, acc_bits, overflow))
-    cfg.check_layers([n.name for n in prog.nodes], source=npu)
+    _check_runnable(cfg, prog, npu)
     name = data or prog.meta.get("dataset")
     if not name:
         _fail("--data: the program does not record its data set; name one")
@@ -295,6 +305,7 @@ def cost(
     from npusim.ir.program import load_program
 
     prog = load_program(program)
+    _check_runnable(cfg, prog, npu)
     stats = None
     if data is not None:
         from npusim.data import load_dataset

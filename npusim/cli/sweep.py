@@ -7,7 +7,16 @@ from typing import Optional
 
 import typer
 
-from npusim.cli.common import DATA_HELP, ROOT_HELP, _check_data, _fail, _progress, _setup_logging, app
+from npusim.cli.common import (
+    DATA_HELP,
+    ROOT_HELP,
+    _check_data,
+    _check_data_loads,
+    _fail,
+    _progress,
+    _setup_logging,
+    app,
+)
 
 
 def _cache_root() -> Path:
@@ -140,6 +149,7 @@ def sweep_cmd(
         _fail(f"{cluster[0]} and {cluster[1]}: give one way to reach a cluster")
     if scheduler_file is not None and not scheduler_file.is_file():
         _fail(f"--scheduler-file: {scheduler_file} not found")
+    _check_data_loads(data, root, ("train", split))  # a bad data directory before any training
     points = grid.points()
     path = db or _cache_root() / "sweeps" / "sweep.sqlite"
     kwargs = dict(model=model, dataset=data, split=split, images=images or None, epochs=epochs,
@@ -190,10 +200,10 @@ def _sweep_program(program: Path, data: Optional[str], split: str, images: int, 
     _check_data(name)
     ds = load_dataset(name, split, root=root).subset(images or None)
     path = db or _cache_root() / "sweeps" / "sweep.sqlite"
-    typer.echo(f"sweep: {len(points)} points ({program.name} on {name}/{split}, {len(ds)} "
-               f"images, {npu}); results: {path}")
     evaluation = {"dataset": name, "split": split, "images": len(ds)}
-    with ResultsStore(path) as store:
+    with ResultsStore(path) as store:  # a store that cannot be opened is refused first
+        typer.echo(f"sweep: {len(points)} points ({program.name} on {name}/{split}, {len(ds)} "
+                   f"images, {npu}); results: {path}")
         df = sweep_program(prog, points, ds.images, ds.labels, evaluation=evaluation,
                            label=program.stem, store=store, engine=engine)
         _echo_sweep(df)

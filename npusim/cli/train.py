@@ -7,7 +7,16 @@ from typing import Optional
 
 import typer
 
-from npusim.cli.common import DATA_HELP, ROOT_HELP, _check_data, _fail, _setup_logging, app, check_numbers
+from npusim.cli.common import (
+    DATA_HELP,
+    ROOT_HELP,
+    _check_data,
+    _check_data_loads,
+    _fail,
+    _setup_logging,
+    app,
+    check_numbers,
+)
 
 
 @app.command()
@@ -64,6 +73,7 @@ def train(
         _fail(f"--model: unknown model {model!r}; known: {', '.join(list_models())}")
     if quant is None and (quant_config or from_ckpt or export):
         _fail("--from, --quant-config and --export need --quant")
+    _check_data_loads(data, root, ("train", "test"))
     if quant is None:
         from models.cached import float_cache_path, is_cached
 

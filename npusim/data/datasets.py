@@ -314,6 +314,14 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+def _empty_bytes(*args: Any) -> bytes:
+    """``bytes()`` as protocol-2 pickles write an empty buffer (an array of 0 images); any
+    argument is refused (``bytes(n)`` would allocate n bytes)."""
+    if args:
+        raise DatasetError("refused bytes() with arguments (only the empty bytes() is allowed)")
+    return b""
+
+
 _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
     ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_attr("multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_attr("multiarray", "_reconstruct"),
@@ -322,6 +330,8 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
     ("_codecs", "encode"): lambda: _latin1_encode,
+    ("__builtin__", "bytes"): lambda: _empty_bytes,
+    ("builtins", "bytes"): lambda: _empty_bytes,
 }
 
 
@@ -553,6 +563,11 @@ def load_dataset(
         signature = _cifar_signature(directory, split)
         train_signature = signature if split == "train" else _cifar_signature(directory, "train")
         images, labels = _cifar_load_split(signature)
+        for which, sig in ((split, signature), ("train", train_signature)):
+            if not len(_cifar_load_split(sig)[1]):  # before the statistics divide by 0
+                also = "; its pixel statistics normalize the test split too" if which != split else ""
+                raise DatasetError(f"cifar10: the {which} split is empty (0 images) in "
+                                   f"{directory}{also}")
         mean, std = _cifar_stats(train_signature)
         num_classes = 10
     else:

@@ -4,7 +4,12 @@ line ``error: ...`` naming what was wrong, never a traceback or an "internal err
 The cases are generated programmatically (`CASES`, >= 300 of them, counted per class in
 `CLASS_COUNTS`) across the entry points: NPU TOML files, ``--set`` strings, program files
 (safetensors header and manifest), checkpoints and sidecars, CIFAR-10 data directories,
-quant-config JSON, sweep stores and result CSVs, output paths and ``--where`` filters. Each
+quant-config JSON, sweep stores and result CSVs, output paths and ``--where`` filters; and
+(`NEW_CLASSES`) NPU field limits that ``cost`` and ``simulate`` refuse alike, ``pe_acc_bits``
+wider than ``acc_bits``, ``[[layer]]`` tables, training numbers, empty data splits, ``--data
+folder`` trees, ``bounds --suggest`` options, ``sweep --program``, ``simulate --acc-bits /
+--overflow`` and ONNX nodes npusim cannot import. Commands that would train must refuse before
+any training. Each
 runs in-process through `npusim.cli.app.main` (the console entry point, which maps errors to
 exit codes) against tiny fixture files built once per module.
 """
@@ -1075,7 +1080,397 @@ for name, blob in [("not_json", b"{nope"), ("list", b"[1]"), ("not_utf8", b"\xff
 add("marvin_run", "usage_unknown_layer", RUN_ARGV, "fc",
     run_dir(**{"marvin_usage.csv": _RUN["marvin_usage.csv"].replace(b"\nconv1", b"\nfc")}))
 
+# ------------------------------------------------------------------ NPU field limits (cost = simulate)
+
+SYN = "synthetic:shape=3x6x6,n=4"  # images the small program takes
+LIMIT_CMDS = {"cost": ["cost", "{p}"], "simulate": ["simulate", "{p}", "--data", SYN]}
+NPU_LIMITS = [  # (--set item, fragment): every numeric field past its range, NaN and inf
+    *[(f"array.clock_mhz={v}", "array.clock_mhz") for v in ("0", "-1", "1e-4", "1e5", "nan", "inf", "-inf")],
+    *[(f"array.{k}={v}", f"array.{k}") for k in ("rows", "cols") for v in ("0", "-1", "4097", "nan", "1.5")],
+    *[(f"memory.{k}={v}", f"memory.{k}") for k in ("weight_sram_kib", "activation_sram_kib",
+                                                  "accumulator_sram_kib")
+      for v in ("0", "1e-4", "1e9", "nan", "inf")],
+    *[(f"memory.dram_bandwidth_bytes_per_cycle={v}", "memory.dram_bandwidth_bytes_per_cycle")
+      for v in ("0", "2e6", "nan", "inf")],
+    *[(f"memory.sram_word_bits={v}", "memory.sram_word_bits") for v in ("4", "7", "8193", "nan", "inf")],
+    *[(f"precision.acc_bits={v}", "precision.acc_bits") for v in ("1", "63", "nan", "inf")],
+    *[(f"precision.pe_acc_bits={v}", "precision.pe_acc_bits") for v in ("1", "63", "nan")],
+    *[(f"technology.node_nm={v}", "technology.node_nm") for v in ("0", "0.5", "1001", "nan", "inf", "-inf")],
+    *[(f"technology.supply_v={v}", "technology.supply_v") for v in ("0", "0.05", "5.1", "nan", "inf")],
+    *[(f"array.max_{k}_bits={v}", f"array.max_{k}_bits") for k in ("weight", "input") for v in ("1", "17")],
+]
+NPU_LIMIT_TOML = [  # the same limits from a file (TOML has nan and inf literals)
+    ("array", "clock_mhz", "nan"), ("array", "clock_mhz", "1e5"), ("memory", "weight_sram_kib", "inf"),
+    ("memory", "sram_word_bits", "9000"), ("technology", "node_nm", "-inf"),
+    ("technology", "supply_v", "nan"), ("precision", "acc_bits", "63"), ("array", "rows", "5000"),
+]
+NPU_RUNNABLE = [  # valid NPUs that cannot run this program: refused by check_runnable
+    (["--set", "array.max_weight_bits=4"], ("node 'c'", "weight")),
+    (["--set", "array.max_input_bits=4"], ("node 'c'", "input")),
+    (["--set", "precision.acc_bits=8", "--set", "precision.overflow=exact"], "node 'c'"),
+]
+for cmd, head in LIMIT_CMDS.items():
+    for item, frag in NPU_LIMITS:
+        add("npu_limits", f"{cmd}:{item}", [*head, "--set", item], frag)
+    for section, key, value in NPU_LIMIT_TOML:
+        add("npu_limits", f"{cmd}:toml:{section}.{key}={value}", [*head, "--npu", "{d}/npu.toml"],
+            (f"{section}.{key}", "npu.toml"), _npu(f"[{section}]\n{key} = {value}"))
+    for i, (extra, frag) in enumerate(NPU_RUNNABLE):
+        add("npu_limits", f"{cmd}:runnable{i}", [*head, *extra], frag)
+
+# ------------------------------------------------------------------ pe_acc_bits > acc_bits
+
+_LAYER_C = '[[layer]]\nmatch = "c"\n'
+PE_CASES = [  # (name, npu.toml body or None, --set items, fragments)
+    ("body_toml", "[precision]\npe_acc_bits = 32\nacc_bits = 16", [], ("npu.toml", "pe_acc_bits")),
+    ("body_set", None, ["precision.pe_acc_bits=40"], ("overrides", "pe_acc_bits")),
+    ("body_set_narrow_acc", "[precision]\npe_acc_bits = 24", ["precision.acc_bits=16"],
+     ("overrides", "pe_acc_bits")),
+    ("layer_toml_pe", _LAYER_C + "precision = { pe_acc_bits = 40 }", [], ("layer[0]", "pe_acc_bits")),
+    ("layer_toml_both", _LAYER_C + "precision = { pe_acc_bits = 20, acc_bits = 16 }", [],
+     ("layer[0]", "pe_acc_bits")),
+    ("layer_toml_acc_below_body_pe", "[precision]\npe_acc_bits = 24\n" + _LAYER_C
+     + "precision = { acc_bits = 16 }", [], ("layer[0]", "pe_acc_bits")),
+    ("layer_toml_second", _LAYER_C + "precision = { acc_bits = 16 }\n[[layer]]\nmatch = \"l\"\n"
+     "precision = { pe_acc_bits = 33 }", [], ("layer[1]", "pe_acc_bits")),
+    ("layer_set_pe", None, ["layer[0].match=c", "layer[0].precision.pe_acc_bits=40"],
+     ("layer[0]", "pe_acc_bits")),
+    ("layer_set_acc", "[precision]\npe_acc_bits = 16", ["layer[0].match=c",
+                                                        "layer[0].precision.acc_bits=8"],
+     ("layer[0]", "pe_acc_bits")),
+    ("layer_set_over_toml", _LAYER_C + "precision = { acc_bits = 16 }",
+     ["layer[0].precision.pe_acc_bits=24"], ("layer[0]", "pe_acc_bits")),
+]
+for cmd, head in LIMIT_CMDS.items():
+    for name, body, sets, frags in PE_CASES:
+        argv = [*head, *(["--npu", "{d}/npu.toml"] if body is not None else [])]
+        for s in sets:
+            argv += ["--set", s]
+        add("pe_acc_bits", f"{cmd}:{name}", argv, frags, _npu(body) if body is not None else {})
+
+# ------------------------------------------------------------------ [[layer]] tables
+
+LAYER_TOML = [  # (name, body, fragments)
+    ("no_match", '[[layer]]\nmatch = "stem*"\nprecision = { acc_bits = 16 }',
+     ("layer[0].match", "'stem*'", "matches no node")),
+    ("second_no_match", _LAYER_C + 'precision = { acc_bits = 16 }\n[[layer]]\nmatch = "C"',
+     ("layer[1].match", "matches no node")),
+    ("unknown_key", _LAYER_C + "bogus = 1", ("layer[0].bogus", "unknown key")),
+    ("unknown_precision_key", _LAYER_C + "precision = { acc_bit = 16 }",
+     ("layer[0].precision.acc_bit", "unknown key")),
+    ("missing_match", "[[layer]]\nprecision = { acc_bits = 16 }", ("layer[0].match", "missing")),
+    ("match_empty", '[[layer]]\nmatch = ""', "layer[0].match"),
+    ("match_int", "[[layer]]\nmatch = 3", "layer[0].match"),
+    ("match_list", '[[layer]]\nmatch = ["c"]', "layer[0].match"),
+    ("layer_scalar", "layer = 5", "layer"),
+    ("layer_table", "[layer]\nmatch = \"c\"", "layer"),
+    ("precision_scalar", _LAYER_C + "precision = 16", "layer[0].precision"),
+    ("acc_bits_str", _LAYER_C + 'precision = { acc_bits = "16" }', "layer[0].precision.acc_bits"),
+    ("acc_bits_99", _LAYER_C + "precision = { acc_bits = 99 }", "layer[0].precision.acc_bits"),
+    ("acc_bits_nan", _LAYER_C + "precision = { acc_bits = nan }", "layer[0].precision.acc_bits"),
+    ("overflow_bogus", _LAYER_C + 'precision = { overflow = "bogus" }',
+     "layer[0].precision.overflow"),
+]
+LAYER_SET = [  # (name, --set items, fragments)
+    ("bad_index", ["layer[9].match=x"], ("layer[9].match", "0 [[layer]] tables")),
+    ("dotted", ["layer.x=1"], ("layer.x", "by index")),
+    ("bare", ["layer=1"], ("layer", "by index")),
+    ("negative_index", ["layer[-1].match=x"], ("layer[-1]", "by index")),
+    ("no_index_close", ["layer[0.match=x"], "by index"),
+    ("unknown_key", ["layer[0].bogus=1"], ("layer[0].bogus", "unknown key")),
+    ("typo", ["layer[0].precision.acc_bit=16"], ("layer[0].precision.acc_bit", "did you mean")),
+    ("no_match_key", ["layer[0].precision.acc_bits=16"], ("layer[0].match", "missing")),
+    ("match_nothing", ["layer[0].match=zz*"], ("layer[0].match", "matches no node")),
+    ("match_empty", ["layer[0].match="], "layer[0].match"),
+    ("acc_bits_word", ["layer[0].match=c", "layer[0].precision.acc_bits=wide"],
+     "layer[0].precision.acc_bits"),
+    ("acc_bits_nan", ["layer[0].match=c", "layer[0].precision.acc_bits=nan"],
+     "layer[0].precision.acc_bits"),
+    ("skip_index", ["layer[0].match=c", "layer[2].match=l"], ("layer[2]", "1 [[layer]] tables")),
+    ("overflow_bogus", ["layer[0].match=c", "layer[0].precision.overflow=sometimes"],
+     "layer[0].precision.overflow"),
+]
+for cmd, head in LIMIT_CMDS.items():
+    for name, body, frags in LAYER_TOML:
+        add("layer_table", f"{cmd}:toml:{name}", [*head, "--npu", "{d}/npu.toml"], frags, _npu(body))
+    for name, sets, frags in LAYER_SET:
+        argv = list(head)
+        for s in sets:
+            argv += ["--set", s]
+        add("layer_table", f"{cmd}:set:{name}", argv, frags)
+add("layer_table", "sweep_program:no_match", ["sweep", "--program", "{p}", "--data", SYN, "--db",
+                                              "{d}/s.sqlite", "--set", "layer[0].match=zz*"],
+    ("layer[0].match", "matches no node"))
+
+# ------------------------------------------------------------------ training numbers
+
+TRAIN = ["train", "--model", "resnet8", "--data", "digits", "--epochs", "1", "--out", "{d}/m.pt"]
+TRAIN_QAT = ["train", "--model", "resnet8", "--data", "digits", "--epochs", "1", "--quant", "lsq"]
+TRAIN_MV = ["train", "--model", "resnet8", "--data", "digits", "--epochs", "1", "--marvin",
+            "--marvin-out", "{d}/run"]
+SWEEP_T = ["sweep", "--model", "resnet8", "--data", "digits", "--db", "{d}/s.sqlite", "--no-progress"]
+NUMBERS = [
+    *[("--lr", v, "--lr") for v in ("nan", "inf", "-inf", "0", "-1", "100", "1e-400")],
+    *[("--width", v, "--width") for v in ("nan", "inf", "0", "-1", "1e6", "-0.0")],
+    *[("--seed", v, "--seed") for v in ("-1", str(2**63))],
+]
+for head_name, head in (("float", TRAIN), ("qat", TRAIN_QAT), ("marvin", TRAIN_MV), ("sweep", SWEEP_T)):
+    for opt, value, frag in NUMBERS:
+        if head_name != "float" and opt == "--seed" and value != "-1":
+            continue
+        add("train_numbers", f"{head_name}:{opt}={value}", [*head, opt, value], frag)
+for opt, value in (("--lr", "x"), ("--width", "wide"), ("--seed", "1.5"), ("--epochs", "0"),
+                   ("--batch-size", "0"), ("--epochs", "nan")):
+    add("train_numbers", f"float:{opt}={value}", [*TRAIN, opt, value], opt)
+
+# ------------------------------------------------------------------ empty data splits (cifar10)
+
+
+def _cifar_pickle(n: int) -> bytes:
+    return pickle.dumps({b"data": np.zeros((n, 3072), np.uint8), b"labels": [i % 10 for i in range(n)]},
+                        protocol=2)
+
+
+def empty_cifar(train: int = 0, test: int = 0) -> dict:
+    return {f"cifar/{f}": _cifar_pickle(test if f == "test_batch" else train) for f in CIFAR_FILES}
+
+
+CIF = ["--data", "cifar10", "--root", "{d}/cifar"]
+for name, argv, files, frags in [
+    ("simulate_all_empty", ["simulate", "{p}", *CIF], empty_cifar(), ("cifar10", "empty")),
+    ("simulate_test_empty", ["simulate", "{p}", *CIF], empty_cifar(train=4), ("test split", "empty")),
+    ("simulate_train_empty", ["simulate", "{p}", *CIF], empty_cifar(test=4), ("train split", "empty")),
+    ("simulate_train_split_empty", ["simulate", "{p}", *CIF, "--split", "train"], empty_cifar(test=4),
+     ("train split", "empty")),
+    ("cost_empty", ["cost", "{p}", *CIF], empty_cifar(), ("cifar10", "empty")),
+    ("bounds_empty", ["bounds", "{p}", *CIF], empty_cifar(), ("cifar10", "empty")),
+    ("suggest_empty", ["bounds", "{p}", "--suggest", *CIF], empty_cifar(), ("cifar10", "empty")),
+    ("train_empty", ["train", "--model", "resnet8", *CIF, "--epochs", "1"], empty_cifar(),
+     ("cifar10", "empty")),
+    ("train_train_empty", ["train", "--model", "resnet8", *CIF, "--epochs", "1"], empty_cifar(test=4),
+     ("train split", "empty")),
+    ("train_test_empty", ["train", "--model", "resnet8", *CIF, "--epochs", "1"], empty_cifar(train=4),
+     ("test split", "empty")),
+    ("sweep_program_empty", ["sweep", "--program", "{p}", *CIF, "--db", "{d}/s.sqlite"], empty_cifar(),
+     ("cifar10", "empty")),
+    ("sweep_empty", ["sweep", "--model", "resnet8", *CIF, "--db", "{d}/s.sqlite", "--no-progress",
+                     "--bits", "8/8"], empty_cifar(), ("cifar10", "empty")),
+    ("synthetic_n0", ["simulate", "{p}", "--data", "synthetic:n=0,shape=3x6x6"], {}, ("synthetic", "n")),
+]:
+    add("empty_split", name, argv, frags, files)
+
+# ------------------------------------------------------------------ --data folder --root DIR
+
+
+def _png(w: int, h: int, seed: int = 0) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _png_header(w: int, h: int) -> bytes:
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+
+PNG6 = memo("png6", lambda: _png(6, 6))
+PNG8 = memo("png8", lambda: _png(8, 8))
+
+
+def tree(extra: dict[str, bytes] | None = None) -> dict:
+    """A flat class tree under {d}/img (classes a and b, one 6x6 PNG each) and `extra` files."""
+    return {"img/a/1.png": PNG6, "img/b/1.png": PNG6,
+            **{f"img/{k}": v for k, v in (extra or {}).items()}}
+
+
+FOLD = ["simulate", "{p}", "--data", "folder", "--root", "{d}/img"]
+for name, argv, files, frags in [
+    ("no_root", ["simulate", "{p}", "--data", "folder"], {}, ("folder", "--root")),
+    ("root_missing", FOLD, {}, ("img", "does not exist")),
+    ("root_is_file", FOLD, {"img": b"x"}, ("img", "not a directory")),
+    ("no_class_folders", FOLD, {"img/x.png": PNG6}, ("img", "no class folders")),
+    ("only_hidden_class", FOLD, {"img/.git/x.png": PNG6}, ("img", "no class folders")),
+    ("empty_class", FOLD, tree({"c/notes.txt": b"x"}), ("img/c", "no images")),
+    ("empty_class_dir", FOLD, {**tree(), "img/c": lambda d: (d / "img" / "c").mkdir()},
+     ("img/c", "no images")),
+    ("corrupt_png", FOLD, tree({"b/2.png": b"\x89PNG junk"}), ("2.png", "not a readable PNG/JPEG")),
+    ("truncated_png", FOLD, tree({"b/2.png": PNG6[:40]}), ("2.png", "not a readable")),
+    ("text_as_jpg", FOLD, tree({"b/2.jpg": b"hello"}), "not a readable"),
+    ("gif_as_png", FOLD, tree({"b/2.png": b"GIF89a" + b"\0" * 20}), ("2.png", "not a readable")),
+    ("bomb_header", FOLD, tree({"b/2.png": _png_header(20000, 20000)}), ("2.png", str(2**26))),
+    ("bomb_wide", FOLD, tree({"b/2.png": _png_header(2**20, 100)}), ("2.png", "pixels")),
+    ("zero_size", FOLD, tree({"b/2.png": _png_header(0, 0)}), "2.png"),
+    ("mixed_sizes", FOLD, tree({"b/2.png": PNG8}), ("2.png", "crop=")),
+    ("crop_too_big", [*FOLD[:3], "folder:crop=7", *FOLD[4:]], tree(), ("1.png", "smaller than crop=7")),
+    ("wrong_shape_for_program", FOLD, {"img/a/1.png": PNG8, "img/b/1.png": PNG8},
+     ("(N, 3, 6, 6)", "(2, 3, 8, 8)")),
+    ("greyscale_for_rgb_program", [*FOLD[:3], "folder:channels=1", *FOLD[4:]], tree(),
+     ("(N, 3, 6, 6)", "(2, 1, 6, 6)")),
+    ("spec_resize_word", [*FOLD[:3], "folder:resize=abc", *FOLD[4:]], tree(), ("--data", "resize=abc")),
+    ("spec_unknown_option", [*FOLD[:3], "folder:size=3", *FOLD[4:]], tree(), ("--data", "size")),
+    ("spec_channels", [*FOLD[:3], "folder:channels=2", *FOLD[4:]], tree(), ("--data", "channels")),
+    ("spec_crop_0", [*FOLD[:3], "folder:crop=0", *FOLD[4:]], tree(), ("--data", "crop")),
+    ("spec_twice", [*FOLD[:3], "folder:crop=3,crop=4", *FOLD[4:]], tree(), ("--data", "twice")),
+    ("spec_huge", [*FOLD[:3], "folder:resize=99999", *FOLD[4:]], tree(), ("--data", "resize")),
+    ("spec_no_value", [*FOLD[:3], "folder:resize", *FOLD[4:]], tree(), ("--data", "bad option")),
+    ("train_split_flat", [*FOLD, "--split", "train"], tree(), ("img", "no train/")),
+    ("split_no_val", FOLD, {"img/train/a/1.png": PNG6}, ("img", "no val/")),
+    ("split_classes_differ", FOLD, {"img/train/a/1.png": PNG6, "img/val/b/1.png": PNG6},
+     ("different classes", "a")),
+    ("train_folder_bad_image", ["train", "--model", "resnet8", "--data", "folder", "--root", "{d}/img",
+                                "--epochs", "1"], {"img/train/a/1.png": b"junk",
+                                                   "img/val/a/1.png": PNG6},
+     ("1.png", "not a readable")),
+    ("train_folder_no_root", ["train", "--model", "resnet8", "--data", "folder", "--epochs", "1"], {},
+     ("folder", "--root")),
+    ("bounds_folder_corrupt", ["bounds", "{p}", "--data", "folder", "--root", "{d}/img"],
+     tree({"b/2.png": b"junk"}), "2.png"),
+    ("cost_folder_missing", ["cost", "{p}", "--data", "folder", "--root", "{d}/img"], {},
+     ("img", "does not exist")),
+    ("sweep_program_folder_empty_class", ["sweep", "--program", "{p}", "--data", "folder", "--root",
+                                          "{d}/img", "--db", "{d}/s.sqlite"], tree({"c/x.txt": b"x"}),
+     ("img/c", "no images")),
+]:
+    add("folder_data", name, argv, frags, files)
+
+# ------------------------------------------------------------------ bounds --suggest options
+
+BS = ["bounds", "{p}", "--suggest"]
+for name, argv, files, frags in [
+    ("basis_bad", [*BS, "--basis", "exact"], {}, ("--basis", "bound or observed")),
+    ("basis_empty", [*BS, "--basis", ""], {}, "--basis"),
+    ("basis_case", [*BS, "--basis", "Bound"], {}, "--basis"),
+    ("observed_no_data", [*BS, "--basis", "observed"], {}, ("--basis observed", "--data")),
+    ("csv_with_suggest", [*BS, "--csv", "{d}/b.csv"], {}, ("--csv", "--suggest")),
+    ("out_dir", [*BS, "--out", "{d}"], {}, "--out"),
+    ("out_under_file", [*BS, "--out", "{d}/f/n.toml"], {"f": b"x"}, "--out"),
+    ("out_dangling", [*BS, "--out", "{d}/link/n.toml"],
+     {"link": lambda d: (d / "link").symlink_to(d / "nowhere")}, "dangling"),
+    ("basis_without_suggest", ["bounds", "{p}", "--basis", "bound"], {}, ("--basis", "--suggest")),
+    ("out_without_suggest", ["bounds", "{p}", "--out", "{d}/n.toml"], {}, ("--out", "--suggest")),
+    ("npu_missing", [*BS, "--npu", "{d}/nope.toml"], {}, "nope.toml"),
+    ("npu_bad", [*BS, "--npu", "{d}/npu.toml"], _npu("[array]\nrows = 0"), "array.rows"),
+    ("set_bad", [*BS, "--set", "array.rows=nan"], {}, "array.rows"),
+    ("set_unknown", [*BS, "--set", "array.bogus=1"], {}, "array.bogus"),
+    ("data_unknown", [*BS, "--data", "imagenet"], {}, ("--data", "imagenet")),
+    ("program_junk", ["bounds", "{d}/p.safetensors", "--suggest"], {"p.safetensors": b"junk"},
+     "p.safetensors"),
+    ("limit_zero", [*BS, "--data", SYN, "--limit", "0"], {}, "--limit"),
+]:
+    add("bounds_suggest", name, argv, frags, files)
+
+# ------------------------------------------------------------------ sweep --program
+
+SP = ["sweep", "--program", "{p}", "--data", SYN, "--db", "{d}/s.sqlite", "--no-progress"]
+for name, extra_args, files, frags in [
+    ("with_quant", ["--quant", "weight_bits=4,8"], {}, ("--program", "--quant")),
+    ("with_method", ["--method", "lsq"], {}, ("--program", "--quant")),
+    ("with_bits", ["--bits", "8/8"], {}, ("--program", "--quant")),
+    ("with_workers", ["--workers", "2"], {}, ("--program", "--workers")),
+    ("with_scheduler", ["--scheduler", "tcp://127.0.0.1:1"], {}, ("--program", "--scheduler")),
+    ("with_scheduler_file", ["--scheduler-file", "{d}/s.json"], {}, "--program"),
+    ("data_unknown", ["--data", "imagenet"], {}, ("--data", "imagenet")),
+    ("data_bad_option", ["--data", "synthetic:bogus=1"], {}, ("--data", "bogus")),
+    ("layer_point_no_match", ["--set", "layer[0].match=c,zz*"], {}, ("layer[0].match", "'zz*'",
+                                                                     "matches no node")),
+    ("layer_base_no_match", ["--npu", "{d}/npu.toml"], _npu('[[layer]]\nmatch = "zz*"'),
+     ("layer[0].match", "matches no node")),
+    ("layer_point_pe_wider", ["--set", "layer[0].match=c", "--set",
+                              "layer[0].precision.pe_acc_bits=16,40"], {}, "pe_acc_bits"),
+    ("program_missing", ["--program", "{d}/nope.safetensors"], {}, ("nope.safetensors", "not found")),
+    ("program_junk", ["--program", "{d}/p.safetensors"], {"p.safetensors": b"junk" * 10}, "p.safetensors"),
+    ("engine_bad", ["--engine", "gpu"], {}, ("--engine", "gpu")),
+    ("set_bad_axis", ["--set", "array.clock_mhz=1,nan"], {}, "array.clock_mhz"),
+    ("set_unknown", ["--set", "array.bogus=1"], {}, "array.bogus"),
+    ("acc_bits_bad", ["--acc-bits", "1:70"], {}, "acc_bits"),
+    ("overflow_bad", ["--overflow", "explode"], {}, "overflow"),
+    ("db_is_dir", ["--db", "{d}"], {}, "--db"),
+    ("store_junk", [], {"s.sqlite": b"junk" * 1000}, "not a results database"),
+    ("csv_dir", ["--csv", "{d}"], {}, "--csv"),
+]:
+    add("sweep_program", name, [*SP, *extra_args], frags, files)
+
+# ------------------------------------------------------------------ simulate --acc-bits / --overflow
+
+SIM = ["simulate", "{p}", "--data", SYN]
+for name, extra_args, frags in [
+    *[(f"acc_bits={v}", ["--acc-bits", v], "acc_bits") for v in ("0", "1", "-1", "63", "99", str(2**70))],
+    *[(f"acc_bits_word={v}", ["--acc-bits", v], "--acc-bits") for v in ("abc", "nan", "16.5", "")],
+    *[(f"overflow={v!r}", ["--overflow", v], "precision.overflow") for v in ("explode", "WRAP", "", "1",
+                                                                             "wrap,saturate")],
+    ("acc_bits_and_set", ["--acc-bits", "16", "--set", "precision.acc_bits=20"], "more than once"),
+    ("overflow_and_set", ["--overflow", "wrap", "--set", "precision.overflow=exact"], "more than once"),
+    ("acc_bits_below_layer_pe", ["--acc-bits", "12", "--npu", "{d}/npu.toml"], ("layer[0]", "pe_acc_bits")),
+    ("acc_bits_too_narrow_exact", ["--acc-bits", "8", "--overflow", "exact"], "node 'c'"),
+]:
+    files = _npu(_LAYER_C + "precision = { pe_acc_bits = 20 }") if "below_layer" in name else {}
+    add("sim_shorthand", name, [*SIM, *extra_args], frags, files)
+
+# ------------------------------------------------------------------ ONNX import: unsupported nodes
+
+
+def _qdq(extra_nodes: list, outputs: tuple[str, ...] = ("y",), w_zp: int = 0):
+    """x -> Q -> DQ -> Conv(DQ(w)) -> Q -> DQ -> extra nodes (as tests/npusim/onnx/test_import.py)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.uint8), "z"),
+             numpy_helper.from_array(np.ones((4, 3, 1, 1), np.int8), "wq"),
+             numpy_helper.from_array(np.array(0.01, np.float32), "ws"),
+             numpy_helper.from_array(np.array(w_zp, np.int8), "wz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="qx"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dqx"),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], name="dqw"),
+             helper.make_node("Conv", ["xd", "w"], ["c"], name="conv"),
+             helper.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"], name="qc"),
+             helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["cd"], name="dqc"),
+             *extra_nodes]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info(o, f, None) for o in outputs], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _one_op(op: str, inputs=("cd",), domain: str = "", **attrs) -> Callable[[Path], bytes]:
+    def make(d: Path) -> bytes:
+        from onnx import helper
+
+        node = helper.make_node(op, list(inputs), ["y"], name="the_node", domain=domain or None,
+                                **attrs)
+        return _qdq([node]).SerializeToString()
+    return make
+
+
+for name, make, frags in [
+    *[(f"op_{op}", _one_op(op, **attrs), ("'the_node'", f"({op})", "supported"))
+      for op, attrs in [("Softmax", {"axis": 1}), ("Sigmoid", {}), ("Tanh", {}), ("Exp", {}),
+                        ("Transpose", {"perm": [0, 1, 3, 2]}), ("LRN", {"size": 3}),
+                        ("InstanceNormalization", {}), ("Teleport", {}), ("Einsum", {"equation": "ij"}),
+                        ("TopK", {})]],
+    ("custom_domain", _one_op("Relu", domain="my.ops"), ("'the_node'", "Relu")),
+    ("concat_axis2", _one_op("Concat", inputs=("cd", "cd"), axis=2), ("'the_node'", "Concat", "axis")),
+    ("asymmetric_weights", lambda d: _qdq([], outputs=("cd",), w_zp=3).SerializeToString(),
+     ("'conv'", "Conv", "zero point")),
+    ("float_output", lambda d: _qdq([], outputs=("c",)).SerializeToString(),
+     ("graph output 'c'", "not a quantized")),
+]:
+    add("onnx_nodes", name, ONNX_ARGV, frags, {"m.onnx": make})
+
+
 CLASS_COUNTS = collections.Counter(c.cls for c in CASES)
+#: the classes added for the checks that landed after the corpus was first written
+NEW_CLASSES = ("npu_limits", "pe_acc_bits", "layer_table", "train_numbers", "empty_split",
+               "folder_data", "bounds_suggest", "sweep_program", "sim_shorthand", "onnx_nodes")
 
 # ------------------------------------------------------------------ the tests
 
@@ -1155,6 +1550,25 @@ def test_bad_input_exits_2_with_one_line(case, shared, case_dir, capsys, monkeyp
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "PWNED_BY_PICKLE").exists()
 
 
+def _run(argv: list[str], capsys) -> tuple[int, list[str]]:
+    rc = main(argv)
+    cap = capsys.readouterr()
+    return rc, (cap.out + cap.err).strip().splitlines()
+
+
+@pytest.mark.parametrize("item", [i for i, _ in NPU_LIMITS] + ["precision.pe_acc_bits=40",
+                                                               "layer[0].match=zz*",
+                                                               "array.max_weight_bits=4"])
+def test_cost_and_simulate_refuse_an_npu_with_the_same_line(item, shared, capsys, monkeypatch,
+                                                            tmp_path):
+    """`cost` and `simulate` share `check_runnable`: the same NPU, the same one line."""
+    monkeypatch.setenv("NPUSIM_CACHE", str(tmp_path / "cache"))
+    got = [_run([*head, "--set", item], capsys) for head in
+           (["cost", shared["p"]], ["simulate", shared["p"], "--data", SYN])]
+    assert got[0][0] == got[1][0] == 2 and len(got[0][1]) == len(got[1][1]) == 1, got
+    assert got[0][1] == got[1][1]
+
+
 def test_corpus_size_by_class():
     """At least 300 cases, and every entry point has its share."""
     table = "\n".join(f"{cls:14s} {n:4d}" for cls, n in sorted(CLASS_COUNTS.items()))
@@ -1163,7 +1577,7 @@ def test_corpus_size_by_class():
     assert len({c.name for c in CASES}) == len(CASES)
     for cls in ("npu_toml", "set_option", "manifest", "graph", "program_file", "checkpoint",
                 "data_dir", "quant_config", "store", "output_path", "where", "energy_table",
-                "marvin_config", "onnx_model", "sweep_axes", "marvin_run"):
+                "marvin_config", "onnx_model", "sweep_axes", "marvin_run", *NEW_CLASSES):
         assert CLASS_COUNTS[cls] >= 10, cls
 
 

@@ -407,3 +407,35 @@ def test_cifar10_numpy1_global_names(tmp_path):
         (root / fname).write_bytes(blob.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"))
     ds = load_dataset("cifar10", "test", root=root)
     assert np.array_equal(ds.images[3], _cifar_planes(103))
+
+
+class _BigBytes:
+    """Pickles to ``bytes(10**12)``: an allocation bomb through the one builtin admitted."""
+
+    def __reduce__(self):
+        return (bytes, (10**12,))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_cifar10_empty_batches_are_an_empty_split_not_a_forbidden_pickle(tmp_path, protocol):
+    """A 0-image batch pickles its buffer as ``bytes()`` (protocol 2): read, then refused as
+    an empty split (the train split's too, whose statistics normalize the test split)."""
+    root = _write_cifar(tmp_path)
+    empty = {b"data": np.zeros((0, 3072), np.uint8), b"labels": []}
+    for f in TRAIN_FILES:
+        (root / f).write_bytes(pickle.dumps(empty, protocol=protocol))
+    with pytest.raises(DatasetError) as exc:
+        load_dataset("cifar10", "test", root=root)
+    _assert_one_line_error(exc, root, "train split is empty")
+    (root / "test_batch").write_bytes(pickle.dumps(empty, protocol=protocol))
+    with pytest.raises(DatasetError) as exc:
+        load_dataset("cifar10", "test", root=root)
+    _assert_one_line_error(exc, root, "test split is empty")
+
+
+def test_cifar10_bytes_with_arguments_is_refused(tmp_path):
+    root = _write_cifar(tmp_path)
+    bad = _corrupt(root, "test_batch", pickle.dumps({b"data": _BigBytes(), b"labels": []}, protocol=2))
+    with pytest.raises(DatasetError) as exc:
+        load_dataset("cifar10", "test", root=root)
+    _assert_one_line_error(exc, bad, "bytes()")
