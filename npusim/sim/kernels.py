@@ -521,7 +521,7 @@ def _signed_bits(lo, hi):
 
 @numba.njit(parallel=True, cache=True)
 def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out, need_acc,
-                         need_pe, mnmx, sums):
+                         need_pe, mnmx, sums, wrap_bits=0):
     """Accumulators ``acc = g + bias`` from the engine's sums `g` (M, q) (float32 or integer;
     rows m = (n, pixel); columns: o_n outputs, then with `risk` o_n positive-product sums
     ``pos``, the negative ones being ``neg = pos - g``) into channels-last `out` (M, o_n) (any
@@ -531,6 +531,9 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
     at the acc level) and `need_pe` for ``[-neg, pos]`` (every chunk sum at the pe level),
     (M, o_n) uint8; an output is flagged when its bound leaves ``lv.acc_bits`` (or
     ``lv.pe_bits``, with `pe_risk`): its value here is provisional, to be replaced.
+
+    With ``wrap_bits`` > 0 every accumulator is first wrapped to that width (the value of a
+    wrapping level whose events are not counted: `accumulate.wrap_shortcut`).
 
     Tasks are (image, block of pixels); per task partials: `mnmx` (N, B, o_n, 4) min and max of
     all accumulators, then of those not flagged, and `sums` (N, B, q) the sum of every column
@@ -562,6 +565,9 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
                 sm[j] += row[j]
             for o in range(o_n):
                 acc[o] = row[o] + bias[o]
+            if wrap_bits > 0:
+                for o in range(o_n):
+                    acc[o] = wrap(acc[o], wrap_bits)
             for o in range(o_n):
                 mn[o] = min(mn[o], acc[o])
                 mx[o] = max(mx[o], acc[o])

@@ -105,10 +105,14 @@ def check_runnable(config: "NPUConfig", program: IntegerProgram) -> None:
 class Simulator:
     """A bit-accurate integer NPU described by an `NPUConfig`."""
 
-    def __init__(self, config: "NPUConfig", engine: str = "auto") -> None:
+    def __init__(self, config: "NPUConfig", engine: str = "auto", count_events: bool = True) -> None:
         """`engine` computes the convs' exact sums: "auto", "reference" (the order-faithful
-        kernel on every output), "float" or "int8" (see `npusim.sim.engines`)."""
+        kernel on every output), "float" or "int8" (see `npusim.sim.engines`). With
+        `count_events` False, layers whose accumulators only wrap get their (exact) values
+        without the order-faithful walk and report None overflow events
+        (`accumulate.wrap_shortcut`); saturating layers are still walked and counted."""
         self.config = config
+        self.count_events = count_events
         try:
             self.engine = engines.select(engine)
         except engines.EngineError as e:
@@ -206,7 +210,7 @@ class Simulator:
             stride, pad, groups = _conv_params(node)
             p.prep = prepare_conv(self.engine, p.weight, stride, pad, groups, xt.zero_point,
                                   xt.int_range(), self._levels(prec), p.bound_l1,
-                                  p.bound_l1_nobias)
+                                  p.bound_l1_nobias, self.count_events)
 
     def _check_product_width(self, program: IntegerProgram, node: Node, rq: NodeRequant,
                              p: _Plan) -> None:
@@ -326,7 +330,8 @@ class Simulator:
                                                  s.multiplier_bits, c.zp_y, c.lo, c.hi)
         acc, ast = conv_accumulate(x4, p.weight, p.bias, stride, pad, groups,
                                    xt.zero_point, out_hw, self._levels(p.prec), p.bound_l1,
-                                   p.bound_l1_nobias, self.engine, p.prep, req, c.share)
+                                   p.bound_l1_nobias, self.engine, p.prep, req, c.share,
+                                   self.count_events)
         c.st[node.name] = ast
         return acc if x.ndim == 4 else acc.reshape(n, -1)
 
@@ -344,8 +349,8 @@ class Simulator:
                 hi = max(a.acc_max for a in parts)
                 row.update({
                     "nonzero_macs": sum(a.nonzero_macs for a in parts),
-                    "pe_overflows": sum(a.pe_overflows for a in parts),
-                    "acc_overflows": sum(a.acc_overflows for a in parts),
+                    "pe_overflows": _total(a.pe_overflows for a in parts),
+                    "acc_overflows": _total(a.acc_overflows for a in parts),
                     "acc_min": lo, "acc_max": hi,
                     "observed_bits": bits_needed(min(lo, 0), max(hi, 0)),
                     "bound_l1_bits": p.bound_l1, "bound_dtype_bits": p.bound_dtype,
@@ -560,6 +565,12 @@ KERNELS: dict[str, Kernel] = {
 }
 
 
+def _total(counts) -> int | None:
+    """Sum of event counts, None (not counted) if any is None."""
+    counts = list(counts)
+    return None if any(c is None for c in counts) else sum(counts)
+
+
 def run_many(simulators: list[Simulator], program: IntegerProgram, images: np.ndarray,
              trace: bool = False, batch_size: int = 256,
              progress: bool | None = False) -> list[SimResult]:
@@ -646,5 +657,8 @@ def _last_use(plans: list[_Plan]) -> dict[str, int]:
 def overflow_rate(stats: pd.DataFrame) -> float:
     """Overflow events per MAC over the whole network (both levels)."""
     macs = float((stats["macs_per_image"] * stats["images"]).sum())
-    events = float(stats[["pe_overflows", "acc_overflows"]].fillna(0).to_numpy().sum())
+    ev = stats[["pe_overflows", "acc_overflows"]]
+    if "acc_bits" in stats and ev[stats["acc_bits"].notna()].isna().to_numpy().any():
+        return math.nan  # some layer's events were not counted (``count_events=False``)
+    events = float(ev.fillna(0).to_numpy().sum())
     return events / macs if macs else math.nan
