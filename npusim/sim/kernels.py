@@ -478,10 +478,11 @@ def column_sums_kernel(s, wq, og, o_n, out):  # would spin against torch's and n
 
 
 @numba.njit(cache=True)  # a few pixels: a parallel launch would cost more than the work
-def conv_pixels_nhwc_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, picks, got):
-    """Exact int64 sums of the output pixels `picks` (flat m = (n, oy, ox)) for every weight
-    column of `wq` (q, C/groups, kh, kw); channels-last `x`, padding at zp_x. Column j reads
-    the channels of group (j mod o_n) // (o_n / groups)."""
+def conv_pixels_nhwc_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, picks, cols, got):
+    """Exact int64 sums of the output pixels `picks` (flat m = (n, oy, ox)) for the weight
+    columns `cols` of `wq` (q, C/groups, kh, kw) into `got` (len(picks), len(cols));
+    channels-last `x`, padding at zp_x. Column j reads the channels of group
+    (j mod o_n) // (o_n / groups)."""
     H, W = x.shape[1], x.shape[2]
     q, cg, kh, kw = wq.shape
     og = o_n // groups
@@ -491,7 +492,8 @@ def conv_pixels_nhwc_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, picks
         p = m - b * ho * wo
         oy = p // wo
         ox = p - oy * wo
-        for jq in range(q):
+        for u in range(cols.shape[0]):
+            jq = cols[u]
             c0 = ((jq % o_n) // og) * cg
             acc = 0
             for i in range(kh):
@@ -504,7 +506,7 @@ def conv_pixels_nhwc_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, picks
                         continue
                     for c in range(cg):
                         acc += (np.int64(x[b, iy, ix, c0 + c]) - zp_x) * wq[jq, c, i, j]
-            got[t, jq] = acc
+            got[t, u] = acc
 
 
 @numba.njit(inline="always")
