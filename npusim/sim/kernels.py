@@ -462,10 +462,11 @@ def window_sums_kernel(x, zp_x, stride, pad, ho, wo, s, cnt):
 
 @numba.njit(cache=True)  # small: int64 in numba (an int64 NumPy matmul is slow, BLAS threads
 def column_sums_kernel(s, wq, og, o_n, out):  # would spin against torch's and numba's)
-    """out[n, j] = sum over (i, j', c) of s[n, i, j', c] * wq[j, c, i, j'], column j reading the
-    channels of its group: the sum of column j's outputs over an image, from window sums."""
+    """out[n, j] = sum over (i, j', c) of s[n, i, j', c] * wq[j, i, j', c] (`wq` (q, kh, kw,
+    C/groups), channels innermost), column j reading the channels of its group: the sum of
+    column j's outputs over an image, from window sums."""
     N, kh, kw, C = s.shape
-    q, cg = wq.shape[0], wq.shape[1]
+    q, cg = wq.shape[0], wq.shape[3]
     for b in range(N):
         for jq in range(q):
             c0 = ((jq % o_n) // og) * cg
@@ -473,18 +474,18 @@ def column_sums_kernel(s, wq, og, o_n, out):  # would spin against torch's and n
             for i in range(kh):
                 for j in range(kw):
                     for c in range(cg):
-                        acc += s[b, i, j, c0 + c] * wq[jq, c, i, j]
+                        acc += s[b, i, j, c0 + c] * wq[jq, i, j, c]
             out[b, jq] = acc
 
 
 @numba.njit(cache=True)  # a few pixels: a parallel launch would cost more than the work
 def conv_pixels_nhwc_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, picks, cols, got):
     """Exact int64 sums of the output pixels `picks` (flat m = (n, oy, ox)) for the weight
-    columns `cols` of `wq` (q, C/groups, kh, kw) into `got` (len(picks), len(cols));
+    columns `cols` of `wq` (q, kh, kw, C/groups) into `got` (len(picks), len(cols));
     channels-last `x`, padding at zp_x. Column j reads the channels of group
     (j mod o_n) // (o_n / groups)."""
     H, W = x.shape[1], x.shape[2]
-    q, cg, kh, kw = wq.shape
+    q, kh, kw, cg = wq.shape
     og = o_n // groups
     for t in range(picks.shape[0]):
         m = picks[t]
@@ -505,7 +506,7 @@ def conv_pixels_nhwc_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, picks
                     if ix < 0 or ix >= W:
                         continue
                     for c in range(cg):
-                        acc += (np.int64(x[b, iy, ix, c0 + c]) - zp_x) * wq[jq, c, i, j]
+                        acc += (np.int64(x[b, iy, ix, c0 + c]) - zp_x) * wq[jq, i, j, c]
             got[t, u] = acc
 
 
