@@ -71,6 +71,16 @@ def _check_runnable(cfg, prog, npu: str) -> None:
     check_runnable(cfg, prog)
 
 
+def _rate_text(stats) -> str:
+    """The overflow rate of a run, or why there is none."""
+    import math
+
+    from npusim.sim.simulator import overflow_rate
+
+    rate = overflow_rate(stats)
+    return "not counted (--no-count-events)" if math.isnan(rate) else f"{rate:.2e} events per MAC"
+
+
 def _load_npu(npu: str, sets: list[str]):
     from npusim.hw.config import NPUConfig, parse_set_option
 
@@ -96,6 +106,10 @@ def simulate(
         None, help="Write each image's label and predicted class as CSV."),
     root: Optional[str] = typer.Option(None, help=ROOT_HELP),
     engine: str = typer.Option("auto", help="Conv engine: auto, reference, float or int8."),
+    count_events: bool = typer.Option(
+        True, "--count-events/--no-count-events",
+        help="Count overflow events. Off: layers whose accumulators only wrap skip the "
+             "order-faithful walk (same outputs, events shown as <NA>)."),
 ) -> None:
     """Simulate a program bit-accurately on a virtual NPU; print top-1 and per-layer stats."""
     import time
@@ -103,7 +117,7 @@ def simulate(
     from npusim.data import load_dataset
     from npusim.io import check_output_path
     from npusim.ir.program import load_program
-    from npusim.sim.simulator import Simulator, overflow_rate
+    from npusim.sim.simulator import Simulator
 
     for path, opt in ((csv, "--csv"), (predictions, "--predictions")):
         if path is not None:
@@ -117,7 +131,7 @@ def simulate(
     _check_data(name)
     ds = load_dataset(name, split, root=root).subset(limit)
     t0 = time.perf_counter()
-    sim = Simulator(cfg, engine=engine)
+    sim = Simulator(cfg, engine=engine, count_events=count_events)
     res = sim.run(prog, ds.images, progress=None)
     secs = time.perf_counter() - t0
     out = prog.outputs[0]
@@ -127,8 +141,7 @@ def simulate(
     else:  # an argmax over anything else is no accuracy
         top1 = f"no top-1 (output {out!r} {shape} is not {ds.num_classes} class scores)"
     typer.echo(f"{cfg.name}: {len(ds)} {name}/{split} images in {secs:.1f} s "
-               f"({sim.engine_used} engine), {top1}, overflow rate {overflow_rate(res.stats):.2e} "
-               f"events per MAC")
+               f"({sim.engine_used} engine), {top1}, overflow rate {_rate_text(res.stats)}")
     _echo_requant_changes(cfg, prog)
     cols = ["layer", "op", "output_shape", "macs_per_image", "pe_acc_bits", "acc_bits",
             "overflow", "pe_overflows", "acc_overflows", "acc_min", "acc_max", "observed_bits",

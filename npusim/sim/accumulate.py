@@ -11,7 +11,10 @@ no overflow event and equals its exact sum. So:
    the weights' L1 bound prove it exact, else `npusim.sim.exact_conv` (a float im2col + GEMM,
    exact because the same bound proves every partial sum, in any order, below 2^24 or 2^53);
 2. if the layer's static bound fits both levels, that is the answer (no event is possible);
-3. otherwise each output gets a data-dependent bound, ``[bias - N, bias + P]`` with P and N
+3. without event counts (``count_events=False``), a layer whose risky levels only wrap skips
+   the walk: its values are the exact sums wrapped once (`wrap_shortcut`), its event counts
+   are reported as unknown (None);
+4. otherwise each output gets a data-dependent bound, ``[bias - N, bias + P]`` with P and N
    the sums of its positive and negative products (two more GEMMs), and only the outputs whose
    bound leaves a level's range are re-simulated order-faithfully, events counted honestly.
 
@@ -41,8 +44,8 @@ log = logging.getLogger(__name__)
 class AccStats:
     """Per-batch accumulation facts of one layer."""
 
-    pe_overflows: int = 0
-    acc_overflows: int = 0
+    pe_overflows: int | None = 0  # None: not counted (`wrap_shortcut`)
+    acc_overflows: int | None = 0
     nonzero_macs: int = 0
     acc_min: int = 0
     acc_max: int = 0
@@ -91,13 +94,38 @@ def risks(lv: LevelSpec, static_bits: int, static_bits_nobias: int) -> tuple[boo
     return lv.order != K.OS and static_bits_nobias > lv.pe_bits, static_bits > lv.acc_bits
 
 
+def wrap_shortcut(lv: LevelSpec, pe_risk: bool, acc_risk: bool) -> int | None:
+    """Where a layer's values need no order-faithful walk: the width its exact accumulators
+    are wrapped to (0: they are the exact sums), else None. Two's-complement sums are modular:
+    bias + products wrapped at acc_bits, whatever the order and however often they wrapped on
+    the way, is the exact sum wrapped once; a wrapping pe level at least as wide changes each
+    chunk by a multiple of 2^pe_bits, so a multiple of 2^acc_bits too. Saturation at risk, or
+    a narrower wrapping pe level at risk, depends on the order: None. Event counts (how often a
+    running sum left the range) always need the walk."""
+    if acc_risk and lv.acc_mode == K.SATURATE:
+        return None
+    pe_ok = not pe_risk or lv.pe_mode == K.EXACT or (
+        lv.pe_mode == K.WRAP and lv.acc_mode == K.WRAP and lv.pe_bits >= lv.acc_bits)
+    if not pe_ok:
+        return None
+    return lv.acc_bits if lv.acc_mode == K.WRAP else 0
+
+
+def _shortcut(lv: LevelSpec, pe_risk: bool, acc_risk: bool, count_events: bool) -> int | None:
+    """`wrap_shortcut` where it is used: events not counted and some level at risk."""
+    if count_events or not (pe_risk or acc_risk):
+        return None
+    return wrap_shortcut(lv, pe_risk, acc_risk)
+
+
 def prepare_conv(engine: Engine, w: np.ndarray, stride: int, padding: int, groups: int,
                  zp_x: int, x_range: tuple[int, int], lv: LevelSpec, static_bits: int,
-                 static_bits_nobias: int) -> Int8Conv | None:
+                 static_bits_nobias: int, count_events: bool = True) -> Int8Conv | None:
     """The int8-engine preparation of a layer whose raw inputs lie in `x_range`, or None
     (`engine` does not use int8, or cannot prove this layer exact in it)."""
     pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
-    return engine.prepare_int8(w, stride, padding, groups, zp_x, x_range, pe_risk or acc_risk)
+    signs = (pe_risk or acc_risk) and _shortcut(lv, pe_risk, acc_risk, count_events) is None
+    return engine.prepare_int8(w, stride, padding, groups, zp_x, x_range, signs)
 
 
 def _fits(lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
@@ -120,7 +148,8 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
                     groups: int, zp_x: int, out_hw: tuple[int, int], lv: LevelSpec,
                     static_bits: int, static_bits_nobias: int, engine: Engine,
                     prep: Int8Conv | None = None, requant: Requant | None = None,
-                    share: dict | None = None) -> tuple[np.ndarray, AccStats]:
+                    share: dict | None = None,
+                    count_events: bool = True) -> tuple[np.ndarray, AccStats]:
     """Accumulators (N, Ho, Wo, O) int64 of a conv of channels-last `x` (N, H, W, C; padded
     with zp_x; any integer dtype), requantized (in `requant.dtype`) when `requant` is given,
     and their stats. `static_bits` bounds every running sum (bias included) of any input;
@@ -132,13 +161,21 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
     configurations that bring the very same input object reuse the engine's sums (or the
     float engine's exact accumulators and sign sums), the per-output bounds, and the whole
     output object when it provably equals theirs (same requantization, and no addition that
-    wrapped or saturated at this NPU's widths)."""
+    wrapped or saturated at this NPU's widths).
+
+    `count_events` False: layers whose values need no walk (`wrap_shortcut`) skip it, and
+    report their event counts as None (the reference engine always walks and counts)."""
     st = AccStats()
     pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
+    short = None if engine.reference else _shortcut(lv, pe_risk, acc_risk, count_events)
     engine_failed = False
-    if not engine.reference and prep is not None and (prep.signs or not (pe_risk or acc_risk)):
+    if not engine.reference and prep is not None and (
+            prep.signs or not (pe_risk or acc_risk) or short is not None):
         try:
             entry = _shared_entry(share, x, prep, out_hw)
+            if short is not None:
+                return _wrapped_from_engine(entry, bias, requant, lv, short, x.shape[0], out_hw,
+                                            st)
             return _from_engine(entry, x, w, bias, stride, padding, groups, zp_x, out_hw, lv,
                                 pe_risk, acc_risk, requant, st)
         except InexactError as e:  # caught by the engine's checks: nothing wrong gets out
@@ -161,6 +198,10 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
         f.acc = engine.exact_conv(f.xs, w, stride, padding, groups, f.bound,
                                   int8=not engine_failed)
         f.acc += bias.reshape(1, o, 1, 1)
+    if short is not None:
+        acc = arith.wrap(f.acc, short) if short else f.acc
+        st.pe_overflows = st.acc_overflows = None
+        return _finish(acc, requant), _acc_range(acc, st)
     if pe_risk or acc_risk:
         acc = f.acc.copy()
         _resimulate_at_risk(f, w, bias, stride, padding, groups, zp_x, lv, pe_risk, acc, st,
@@ -254,7 +295,7 @@ def _shared_entry(share, x, prep, out_hw) -> _Shared:
     return e
 
 
-def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels):
+def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_bits=0):
     """One pass of the epilogue kernel over the engine's sums: (output (M, O) requantized when
     `requant`, min and max of all accumulators, of the unflagged ones, flagged flat indices);
     with a risk, the per-output bound bits are stored in `e`."""
@@ -267,7 +308,8 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels):
     mnmx = np.empty((n, nb, o, 4), np.int64)
     sums = np.empty((n, nb, e.res.g.shape[1]), np.int64)
     K.gemm_epilogue_kernel(e.res.g, o, pixels, np.asarray(bias, np.int64), risk, pe_risk, lv,
-                           requant is not None, rq.rec, out, need[0], need[1], mnmx, sums)
+                           requant is not None, rq.rec, out, need[0], need[1], mnmx, sums,
+                           wrap_bits)
     e.res.verify(sums.sum(axis=1))
     mm = [int(f(mnmx[..., k])) if out.size else 0
           for k, f in ((0, np.min), (1, np.max), (2, np.min), (3, np.max))]
@@ -287,6 +329,21 @@ def _flagged(e: _Shared, lv, pe_risk) -> np.ndarray:
     if pe_risk:
         mask |= e.need_pe > lv.pe_bits
     return np.flatnonzero(mask.reshape(-1))
+
+
+def _wrapped_from_engine(e: _Shared, bias, requant, lv, bits, n, out_hw, st):
+    """`wrap_shortcut`'s layer from the int8 engine's sums: one epilogue pass wrapping every
+    accumulator to `bits` (0: none) before requantization; events not counted."""
+    ho, wo = out_hw
+    key = (None if requant is None else requant.key(), "wrapped", bits)
+    hit = e.exact.get(key)
+    if hit is None:
+        out, mm, _ = _epilogue(e, bias, requant, lv, False, False, n, ho * wo, bits)
+        hit = e.exact[key] = (out.reshape(n, ho, wo, e.prep.o), mm[0], mm[1])
+    out, st.acc_min, st.acc_max = hit
+    st.nonzero_macs = e.res.nonzero_macs
+    st.pe_overflows = st.acc_overflows = None
+    return out, st
 
 
 def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, lv, pe_risk,

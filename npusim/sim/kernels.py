@@ -462,10 +462,11 @@ def window_sums_kernel(x, zp_x, stride, pad, ho, wo, s, cnt):
 
 @numba.njit(cache=True)  # small: int64 in numba (an int64 NumPy matmul is slow, BLAS threads
 def column_sums_kernel(s, wq, og, o_n, out):  # would spin against torch's and numba's)
-    """out[n, j] = sum over (i, j', c) of s[n, i, j', c] * wq[j, c, i, j'], column j reading the
-    channels of its group: the sum of column j's outputs over an image, from window sums."""
+    """out[n, j] = sum over (i, j', c) of s[n, i, j', c] * wq[j, i, j', c] (`wq` (q, kh, kw,
+    C/groups), channels innermost), column j reading the channels of its group: the sum of
+    column j's outputs over an image, from window sums."""
     N, kh, kw, C = s.shape
-    q, cg = wq.shape[0], wq.shape[1]
+    q, cg = wq.shape[0], wq.shape[3]
     for b in range(N):
         for jq in range(q):
             c0 = ((jq % o_n) // og) * cg
@@ -473,17 +474,18 @@ def column_sums_kernel(s, wq, og, o_n, out):  # would spin against torch's and n
             for i in range(kh):
                 for j in range(kw):
                     for c in range(cg):
-                        acc += s[b, i, j, c0 + c] * wq[jq, c, i, j]
+                        acc += s[b, i, j, c0 + c] * wq[jq, i, j, c]
             out[b, jq] = acc
 
 
 @numba.njit(cache=True)  # a few pixels: a parallel launch would cost more than the work
-def conv_pixels_nhwc_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, picks, got):
-    """Exact int64 sums of the output pixels `picks` (flat m = (n, oy, ox)) for every weight
-    column of `wq` (q, C/groups, kh, kw); channels-last `x`, padding at zp_x. Column j reads
-    the channels of group (j mod o_n) // (o_n / groups)."""
+def conv_pixels_nhwc_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, picks, cols, got):
+    """Exact int64 sums of the output pixels `picks` (flat m = (n, oy, ox)) for the weight
+    columns `cols` of `wq` (q, kh, kw, C/groups) into `got` (len(picks), len(cols));
+    channels-last `x`, padding at zp_x. Column j reads the channels of group
+    (j mod o_n) // (o_n / groups)."""
     H, W = x.shape[1], x.shape[2]
-    q, cg, kh, kw = wq.shape
+    q, kh, kw, cg = wq.shape
     og = o_n // groups
     for t in range(picks.shape[0]):
         m = picks[t]
@@ -491,7 +493,8 @@ def conv_pixels_nhwc_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, picks
         p = m - b * ho * wo
         oy = p // wo
         ox = p - oy * wo
-        for jq in range(q):
+        for u in range(cols.shape[0]):
+            jq = cols[u]
             c0 = ((jq % o_n) // og) * cg
             acc = 0
             for i in range(kh):
@@ -503,8 +506,8 @@ def conv_pixels_nhwc_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, picks
                     if ix < 0 or ix >= W:
                         continue
                     for c in range(cg):
-                        acc += (np.int64(x[b, iy, ix, c0 + c]) - zp_x) * wq[jq, c, i, j]
-            got[t, jq] = acc
+                        acc += (np.int64(x[b, iy, ix, c0 + c]) - zp_x) * wq[jq, i, j, c]
+            got[t, u] = acc
 
 
 @numba.njit(inline="always")
@@ -521,7 +524,7 @@ def _signed_bits(lo, hi):
 
 @numba.njit(parallel=True, cache=True)
 def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out, need_acc,
-                         need_pe, mnmx, sums):
+                         need_pe, mnmx, sums, wrap_bits=0):
     """Accumulators ``acc = g + bias`` from the engine's sums `g` (M, q) (float32 or integer;
     rows m = (n, pixel); columns: o_n outputs, then with `risk` o_n positive-product sums
     ``pos``, the negative ones being ``neg = pos - g``) into channels-last `out` (M, o_n) (any
@@ -531,6 +534,9 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
     at the acc level) and `need_pe` for ``[-neg, pos]`` (every chunk sum at the pe level),
     (M, o_n) uint8; an output is flagged when its bound leaves ``lv.acc_bits`` (or
     ``lv.pe_bits``, with `pe_risk`): its value here is provisional, to be replaced.
+
+    With ``wrap_bits`` > 0 every accumulator is first wrapped to that width (the value of a
+    wrapping level whose events are not counted: `accumulate.wrap_shortcut`).
 
     Tasks are (image, block of pixels); per task partials: `mnmx` (N, B, o_n, 4) min and max of
     all accumulators, then of those not flagged, and `sums` (N, B, q) the sum of every column
@@ -562,6 +568,9 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
                 sm[j] += row[j]
             for o in range(o_n):
                 acc[o] = row[o] + bias[o]
+            if wrap_bits > 0:
+                for o in range(o_n):
+                    acc[o] = wrap(acc[o], wrap_bits)
             for o in range(o_n):
                 mn[o] = min(mn[o], acc[o])
                 mx[o] = max(mx[o], acc[o])

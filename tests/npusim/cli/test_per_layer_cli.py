@@ -132,3 +132,24 @@ def test_bounds_suggest_options_need_suggest(files, capsys):
     assert "only with --suggest" in _error_line(capsys)
     assert main(["bounds", str(prog), "--suggest", "--basis", "observed"]) == 2
     assert "needs --data" in _error_line(capsys)
+
+
+def test_simulate_without_event_counts_same_predictions(files, capsys):
+    """--no-count-events on a wrapping 12-bit body with a 24-bit [[layer]] table: the same
+    predictions as counting; the wrapping layer's events are missing, not zero."""
+    prog, npu, tmp = files
+    got = {}
+    for flag in ("--count-events", "--no-count-events"):
+        csv, pred = tmp / f"s{flag}.csv", tmp / f"p{flag}.csv"
+        assert main(["simulate", str(prog), "--npu", str(npu), "--limit", "20", "--acc-bits",
+                     "12", "--overflow", "wrap", "--csv", str(csv), "--predictions", str(pred),
+                     flag]) == 0
+        got[flag] = (pd.read_csv(csv).set_index("layer"), pd.read_csv(pred),
+                     capsys.readouterr().out)
+    on, off = got["--count-events"], got["--no-count-events"]
+    pd.testing.assert_frame_equal(on[1], off[1])
+    assert on[0].loc["fc", "acc_overflows"] > 0 and pd.isna(off[0].loc["fc", "acc_overflows"])
+    assert (off[0].loc["stem", "acc_bits"], off[0].loc["fc", "acc_bits"]) == (24, 12)
+    cols = ["acc_min", "acc_max"]
+    pd.testing.assert_frame_equal(on[0][cols], off[0][cols])
+    assert "not counted" in off[2] and "events per MAC" in on[2]

@@ -8,6 +8,7 @@ int8 arithmetic breaks (-128, 255 x 127 pairs, zero points, padding, groups).
 """
 
 import functools
+import itertools
 
 import numpy as np
 import pytest
@@ -153,6 +154,20 @@ def test_verification_catches_one_wrong_value(monkeypatch):
 def test_spot_check_catches_misplaced_values(monkeypatch):
     """Rows and columns of the output swapped (the sums cannot see it): the spot check does."""
     x, w, plan = _case()
+    real = int8_engine._run
+    monkeypatch.setattr(int8_engine, "_run", lambda *a: np.ascontiguousarray(
+        real(*a).transpose(0, 2, 1, 3)))
+    with pytest.raises(InexactError):
+        int8_conv(x, plan, (6, 6))
+
+
+def test_spot_check_on_a_column_subset_catches_misplaced_values(monkeypatch):
+    """A budget of one column per pixel (deep layers check a subset): still caught, and a
+    correct result still passes."""
+    x, w, plan = _case()
+    monkeypatch.setattr(int8_engine, "_SPOT_MACS", 1)
+    monkeypatch.setattr(int8_engine, "_CALLS", itertools.count(1))  # the same picks every run
+    int8_conv(x, plan, (6, 6))  # exact: passes
     real = int8_engine._run
     monkeypatch.setattr(int8_engine, "_run", lambda *a: np.ascontiguousarray(
         real(*a).transpose(0, 2, 1, 3)))
