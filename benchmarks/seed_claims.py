@@ -6,7 +6,9 @@
 
 Parts (``--parts``): qat (LG-LSQ, DSQ, W2A2), marvin (quantized training from scratch, ResNet-8),
 pixel (input embedding vs uniform 2/4-bit input on low-contrast digits, ResNet-8), a2q (A2Q+
-at P = 10/12 with and without wide stem/classifier accumulators, ResNet-20).
+at P = 10/12 with and without wide stem/classifier accumulators, ResNet-20), a2qbody (A2Q+
+trained for body P = 10/12 with stem/classifier at 24 bits against plain LSQ QAT run on edge16
+with the body at P = 8..12, wrap and saturate, stem/fc at 24 bits; `--bits 4,3 --seeds 5`).
 Budget of the qat part (stated in reports/seed_claims.md): ResNet-20 on `digits` (8x8 grey, 1,438 train
 images, of which 20 % of every class are carved out as the validation split), float 10 epochs
 per seed, QAT 3 epochs at W2A2, one torch thread per process, 2 processes. Tuning choices
