@@ -6,7 +6,9 @@
 
 Parts (``--parts``): qat (LG-LSQ, DSQ, W2A2), marvin (quantized training from scratch, ResNet-8),
 pixel (input embedding vs uniform 2/4-bit input on low-contrast digits, ResNet-8), a2q (A2Q+
-at P = 10/12 with and without wide stem/classifier accumulators, ResNet-20).
+at P = 10/12 with and without wide stem/classifier accumulators, ResNet-20), a2qbody (A2Q+
+trained for body P = 10/12 with stem/classifier at 24 bits against plain LSQ QAT run on edge16
+with the body at P = 8..12, wrap and saturate, stem/fc at 24 bits; `--bits 4,3 --seeds 5`).
 Budget of the qat part (stated in reports/seed_claims.md): ResNet-20 on `digits` (8x8 grey, 1,438 train
 images, of which 20 % of every class are carved out as the validation split), float 10 epochs
 per seed, QAT 3 epochs at W2A2, one torch thread per process, 2 processes. Tuning choices
@@ -83,6 +85,7 @@ def test_cells(min_slope: float, mult: float) -> dict[str, str]:
 MARVIN_BUDGET = Budget(model="resnet8", float_epochs=3)
 PIXEL_BUDGET = Budget(model="resnet8")
 PART_SEEDS = tuple(range(200, 208))
+A2QBODY_SEEDS = tuple(range(300, 308))
 
 
 def marvin_cells() -> dict[str, str]:
@@ -121,6 +124,28 @@ def a2q_cells() -> dict[str, str]:
             "a2qp_w3_p10_wide": c(3, 10, True)}
 
 
+BODY_PS = (10, 12)  # A2Q+ is trained for these body widths
+QAT_PS = (8, 9, 10, 11, 12)  # the plain QAT program is run at these body widths
+WIDE = [{"pattern": "stem", "acc_bits": 24}, {"pattern": "fc", "acc_bits": 24}]
+
+
+def a2qbody_cells(bits: int) -> tuple[dict[str, str], tuple[tuple[str, int, str], ...]]:
+    """Plain LSQ QAT at W/A `bits` (every layer) and A2Q+ trained for body P (stem and
+    classifier at P = 24 by per-layer overrides); with the NPU evaluations: the LSQ program on
+    edge16 with the body at P (wrap, saturate) and stem/fc at 24 bits, each A2Q+ program at its P."""
+    base = dict(method="lsq", weight_bits=bits, act_bits=bits, first_layer_bits=None,
+                last_layer_bits=None)
+    cells = {f"lsq_w{bits}": QuantConfig(**base).to_json()}
+    evals = [(f"lsq_w{bits}", 32, "exact")]
+    evals += [(f"lsq_w{bits}", p, m) for p in QAT_PS for m in ("wrap", "saturate")]
+    for p in BODY_PS:
+        name = f"a2qp_w{bits}_body{p}"
+        cells[name] = QuantConfig(**base, acc_bits=p, a2q={"mode": "a2q+"},
+                                  overrides=WIDE).to_json()
+        evals.append((name, p, "wrap"))
+    return cells, tuple(evals)
+
+
 # part, claim, ours, baseline, margin (the verdict's threshold on ours - baseline: 0 for "beats",
 # -1 for "within 1 point of")
 CLAIMS = [
@@ -156,7 +181,21 @@ CLAIMS += [
     ("a2q", "A2Q+ W3 P=10 (stem, classifier at P=16) within 1 pt of LSQ W3 (P=32)",
      "a2qp_w3_p10_wide", "lsq_w3", -1.0),
 ]
-SETTINGS = {"a2q": "resnet20 digits, every layer at W/A bits, float 10 + QAT 3 epochs",
+CLAIMS += [
+    ("a2qbody", f"A2Q+ at body P={p} keeps accuracy where QAT+{mode} loses it (W{b}A{b}, "
+     "stem/fc at 24 b)", f"a2qp_w{b}_body{p}@p{p}_wrap", f"lsq_w{b}@p{p}_{mode}", 0.0)
+    for b in (4, 3) for p in BODY_PS for mode in ("wrap", "saturate")]
+CLAIMS += [
+    ("a2qbody", f"A2Q+ at body P={p} (stem/fc at 24 b) within 1 pt of LSQ W{b}A{b} exact",
+     f"a2qp_w{b}_body{p}@p{p}_wrap", f"lsq_w{b}@p32_exact", -1.0)
+    for b in (4, 3) for p in BODY_PS]
+CLAIMS += [
+    ("a2qbody", f"QAT+{mode} at body P={p} within 1 pt of exact (W{b}A{b}, stem/fc at 24 b)",
+     f"lsq_w{b}@p{p}_{mode}", f"lsq_w{b}@p32_exact", -1.0)
+    for b in (4, 3) for p in (8, 9) for mode in ("wrap", "saturate")]
+SETTINGS = {"a2qbody": "resnet20 digits, every layer at W/A bits, integer on edge16 with body "
+            "at P and stem/fc at 24 b, float 10 + QAT 3 epochs",
+            "a2q": "resnet20 digits, every layer at W/A bits, float 10 + QAT 3 epochs",
             "qat": "resnet20 digits W2A2, float 10 + QAT 3 epochs",
             "marvin": "resnet8 digits, trained from scratch 3 epochs",
             "pixel": "resnet8 digits-lowcontrast, W4A4 LSQ body, float 10 + QAT 3 epochs"}
@@ -164,7 +203,8 @@ SETTINGS = {"a2q": "resnet20 digits, every layer at W/A bits, float 10 + QAT 3 e
 
 def run_stage(split: str, cells: dict[str, str], seeds, budget: Budget, runs_csv: Path,
               processes: int, part: str = "qat", kind: str = "qat",
-              data_transform: str | None = None) -> pd.DataFrame:
+              data_transform: str | None = None,
+              npu_evals: tuple[tuple[str, int, str], ...] = ()) -> pd.DataFrame:
     """Run the (seed, cell) pairs of `split` not already in `runs_csv`; return all its rows."""
     done = pd.read_csv(runs_csv) if runs_csv.exists() else pd.DataFrame(
         columns=["part", "cell", "seed", "split", "config"])
@@ -175,11 +215,12 @@ def run_stage(split: str, cells: dict[str, str], seeds, budget: Budget, runs_csv
     for seed in seeds:
         todo = tuple((n, c) for n, c in cells.items() if (part, split, seed, n) not in have)
         if todo:
-            jobs.append(SeedJob(seed, todo, split, budget, data_transform, kind))
+            jobs.append(SeedJob(seed, todo, split, budget, data_transform, kind,
+                                tuple(e for e in npu_evals if e[0] in dict(todo))))
     t0 = time.perf_counter()
     for rows in iter_jobs(jobs, processes):  # written as each seed finishes: resumable
         for r in rows:
-            r["config"] = cells.get(r["cell"], "")
+            r["config"] = cells.get(r["cell"].split("@")[0], "")
             r["budget"] = json.dumps(budget.__dict__)
             r["part"] = part
         new = pd.DataFrame(rows)
@@ -272,13 +313,49 @@ def plot_cells(test: pd.DataFrame, ax) -> tuple[plt.Figure, pd.DataFrame]:
     return ax.figure, tab
 
 
+def plot_a2qbody(test: pd.DataFrame, axes) -> tuple[plt.Figure, pd.DataFrame]:
+    """Test top-1 against the body's accumulator width P (stem and classifier at 24 b): plain
+    LSQ QAT run with wrap and saturate, A2Q+ trained for P; mean and 95 % t interval over seeds."""
+    from scipy import stats
+
+    t = test[(test["part"] == "a2qbody") & test["cell"].str.contains("@")]
+    parts = t["cell"].str.extract(r"^(?P<method>lsq|a2qp)_w(?P<bits>\d)(?:_body\d+)?"
+                                  r"@p(?P<p>\d+)_(?P<mode>\w+)$")
+    t = pd.concat([t, parts], axis=1).astype({"bits": int, "p": int})
+    t["strategy"] = np.where(t["method"] == "lsq", "QAT+" + t["mode"], "A2Q+ (trained for P)")
+    g = t.groupby(["bits", "strategy", "p"])["top1_pct"]
+    tab = pd.DataFrame({"mean_pct": g.mean(), "sd_pct": g.std(ddof=1), "n_seeds": g.count()})
+    tab["ci95_half_pct"] = tab["sd_pct"] * stats.t.ppf(0.975, tab["n_seeds"] - 1) / np.sqrt(
+        tab["n_seeds"])
+    tab = tab.reset_index()
+    for ax, bits in zip(axes, sorted(tab["bits"].unique(), reverse=True)):
+        sub = tab[tab["bits"] == bits]
+        exact = sub[sub["strategy"] == "QAT+exact"]
+        for strategy, s in sub[sub["strategy"] != "QAT+exact"].groupby("strategy"):
+            ax.errorbar(s["p"], s["mean_pct"], yerr=s["ci95_half_pct"], marker="o", capsize=3,
+                        label=strategy)
+        if len(exact):
+            e = exact.iloc[0]
+            ax.axhspan(e["mean_pct"] - e["ci95_half_pct"], e["mean_pct"] + e["ci95_half_pct"],
+                       color="gray", alpha=0.25, label="QAT, exact accumulator")
+        ax.set_title(f"W{bits}A{bits} ResNet-20, digits test, stem/fc at 24 b")
+        ax.set_xlabel("body accumulator width P (bits)")
+        ax.set_ylabel("top-1 (%), mean and 95 % t interval over seeds")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return axes[0].figure, tab
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--out", default="reports/seed_claims")
     ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--parts", default="qat,marvin,pixel,a2q")
+    ap.add_argument("--parts", default="qat,marvin,pixel,a2q,a2qbody")
+    ap.add_argument("--seeds", type=int, default=len(PART_SEEDS),
+                    help="seeds of the a2qbody part (the first N of its seed list)")
+    ap.add_argument("--bits", default="4,3", help="a2qbody part: W/A bits, in run order")
     args = ap.parse_args()
     budget = Budget()
     tune_seeds, test_seeds = TUNE_SEEDS, TEST_SEEDS
@@ -314,6 +391,11 @@ def main() -> None:
     if not args.report_only and "a2q" in parts:
         run_stage("test", a2q_cells(), part_seeds, quick if args.quick else Budget(), runs_csv,
                   args.processes, part="a2q")
+    if not args.report_only and "a2qbody" in parts:
+        for bits in map(int, args.bits.split(",")):
+            cells, evals = a2qbody_cells(bits)
+            run_stage("test", cells, A2QBODY_SEEDS[:args.seeds], quick if args.quick else Budget(),
+                      runs_csv, args.processes, part="a2qbody", npu_evals=evals)
     runs = pd.read_csv(runs_csv)
     if "part" not in runs:
         runs["part"] = "qat"
@@ -336,6 +418,16 @@ def main() -> None:
              "", "## Test split, per cell", "", markdown_table(tab.round(2)), "",
              "## Claims", "", markdown_table(claims.round(2)), "",
              "## Quantizer trajectories (means over runs)", "", markdown_table(traj.round(3))]
+    if (test["part"] == "a2qbody").any():
+        fig2, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        fig2, body = plot_a2qbody(test, axes)
+        fig2.tight_layout()
+        png = out.parent / (out.name + "_a2q_body.png")
+        fig2.savefig(png, dpi=120)
+        write_csv(body, png.with_suffix(".csv"))
+        lines += ["", "## A2Q+ at body P vs plain QAT with wrap/saturate (data: "
+                  f"{png.with_suffix('.csv').name})", "", f"![a2q body]({png.name})", "",
+                  markdown_table(body.round(2))]
     atomic_write_bytes(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
     print(claims.round(2).to_string(), flush=True)
 

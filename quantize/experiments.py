@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
 
 import numpy as np
+import torch
 from scipy import stats
 
 from models.registry import create_model
 from models.training import deterministic, train
 from npusim.data import Dataset, load_dataset
+from npusim.hw.config import NPUConfig
 from quantize.config import QuantConfig
 from quantize.qat import evaluate, prepare_qat, qat_train
 from quantize.quantizers import DSQQuantizer, LGLSQQuantizer
@@ -79,6 +81,44 @@ class SeedJob:
     # "qat": cells are QuantConfig JSON fine-tuning the seed's float model; "marvin": cells are
     # MarvinConfig JSON (or "float32") trained from scratch for `budget.float_epochs`.
     kind: Literal["qat", "marvin"] = "qat"
+    # (cell, body acc_bits, overflow mode): the cell's integer program is also run on
+    # `body_npu(acc_bits, overflow)` (edge16, stem and classifier at 24 bits); row "cell@pP_mode"
+    npu_evals: tuple[tuple[str, int, str], ...] = ()
+
+
+def body_npu(acc_bits: int, overflow: str, wide_bits: int = 24,
+             wide: tuple[str, ...] = ("stem", "fc")) -> NPUConfig:
+    """edge16 with the body's accumulators (both levels) at `acc_bits` and `overflow`, and the
+    layers matching `wide` at `wide_bits` ([[layer]] tables, as reports/per_layer_npu.toml)."""
+    ov: dict[str, object] = {"precision.acc_bits": acc_bits, "precision.pe_acc_bits": acc_bits,
+                             "precision.overflow": overflow}
+    for i, pattern in enumerate(wide):
+        ov |= {f"layer[{i}].match": pattern, f"layer[{i}].precision.acc_bits": wide_bits,
+               f"layer[{i}].precision.pe_acc_bits": wide_bits}
+    return NPUConfig.preset("edge16").with_overrides(ov)
+
+
+def a2q_layer_stats(qmodel: Any) -> dict[str, dict[str, float]]:
+    """Per A2Q layer: fraction of zero integer weights, mean budget T, mean ||q||_1 / T and
+    mean learned norm / (s T) (> 1: the budget, not the learned norm, sets the weights)."""
+    from quantize.a2q import A2QQuantizer
+
+    out = {}
+    for name, m in qmodel.named_modules():
+        wq = getattr(m, "wq", None)
+        if not isinstance(wq, A2QQuantizer) or not wq.initialized():
+            continue
+        with torch.no_grad():
+            w = m.folded_weight()[0] if hasattr(m, "folded_weight") else m.linear.weight
+            q = wq.int_repr(w).flatten(1).to(torch.float64)
+            t = wq.budgets().to(torch.float64)
+            s = wq._step_per_row(w).detach().to(torch.float64)
+            norm = wq.norm.detach().to(torch.float64).clamp(min=1e-12)
+        out[name] = {"zero_frac": float((q == 0).double().mean()), "fan_in": int(q.shape[1]),
+                     "budget_t_mean": float(t.mean()),
+                     "l1_over_t_mean": float((q.abs().sum(1) / t).mean()),
+                     "norm_over_st_mean": float((norm / (s * t)).mean())}
+    return out
 
 
 def quantizer_trace(qmodel: Any) -> dict[str, float]:
@@ -181,9 +221,32 @@ def run_seed(job: SeedJob) -> list[dict[str, Any]]:
             trace.append(quantizer_trace(qmodel))
             acc = evaluate(qmodel, held_out, integer=False)["fake_quant_acc"]
         loss = float(res.history["train_loss"].iloc[-1])
+        if any(c == name for c, _, _ in job.npu_evals):
+            trace.append({"a2q_layers": a2q_layer_stats(qmodel)})
         rows.append({"cell": name, "seed": job.seed, "split": job.split, "top1_pct": 100 * acc,
                      "final_train_loss": loss, "trace": json.dumps(trace)})
         log.info("seed %d %s %s: %.2f %%", job.seed, job.split, name, 100 * acc)
+        rows += _npu_rows(job, name, qmodel, held_out)
+    return rows
+
+
+def _npu_rows(job: SeedJob, name: str, qmodel: Any, held_out: Dataset) -> list[dict[str, Any]]:
+    """The cell's integer program on each of its `job.npu_evals` NPUs: top-1, overflow events."""
+    from npusim.sim import Simulator
+    from quantize.export import build_program
+
+    evals = [(p, mode) for c, p, mode in job.npu_evals if c == name]
+    if not evals:
+        return []
+    prog, rows = build_program(qmodel), []
+    for p, mode in evals:
+        res = Simulator(body_npu(p, mode)).run(prog, held_out.images)
+        events = int(res.stats[["pe_overflows", "acc_overflows"]].fillna(0).to_numpy().sum())
+        rows.append({"cell": f"{name}@p{p}_{mode}", "seed": job.seed, "split": job.split,
+                     "top1_pct": 100 * res.accuracy(held_out.labels),
+                     "trace": json.dumps({"overflow_events": events})})
+        log.info("seed %d %s %s@p%d_%s: %.2f %%", job.seed, job.split, name, p, mode,
+                 rows[-1]["top1_pct"])
     return rows
 
 

@@ -49,8 +49,26 @@ OTHER_REPORTS = {
                    "logits against ONNX Runtime's, node by node.",
     "perf_core_after": "Simulator timings after the core refactor (perf_simulator --quick).",
     "perf_core_before": "Simulator timings before the core refactor (perf_simulator --quick).",
+    "per_layer_npu": "edge16 with [[layer]] tables keeping the stem and the classifier at 24-bit "
+                     "accumulators (the NPU file of the per-layer sweep).",
+    "per_layer_suggest": "The NPU file `npusim bounds --suggest --data` wrote: each layer at "
+                         "the narrowest widths no running sum overflowed on the data.",
+    "per_layer_sweep": "Per-layer accumulator widths (stem/fc at 24 b, body swept) against one "
+                       "width for the whole network: top-1 and energy per image, wrap/saturate.",
+    "per_layer_widths": "Per conv/linear layer: the L1 bound's and the data's narrowest safe "
+                        "accumulator widths (behind per_layer_sweep.md).",
     "qat_accuracy": "QAT top-1 on mnist5k for every method at W8A8 to W2A2: fake-quant, the "
                     "exported integer program, and the same under TFLite double rounding.",
+    "seed_claims": "The seed papers' claims (LG-LSQ, DSQ, MARViN, pixel embedding, A2Q+) at "
+                   "5-8 seeds, each judged by the 95 % Welch interval of the difference.",
+    "seed_claims_a2q_body": "A2Q+ trained for body P against plain QAT run at body P with "
+                            "wrap/saturate (stem/fc at 24 b): test top-1 with 95 % intervals.",
+    "seed_claims_cells": "Test top-1 per seed-claims cell: mean, sd and 95 % t interval over "
+                         "seeds (the left panel of seed_claims.png).",
+    "seed_claims_discussion": "What the seed-claims statistics say and why: reproduced, not "
+                              "reproduced, the causes found and the fixes made.",
+    "seed_claims_runs": "Every seed-claims run (part, cell, seed, split, top-1, config, "
+                        "trace): the raw data the seed-claims tables are computed from.",
     "simulate_e2e": "End-to-end simulation of trained programs on the presets: top-1, overflow "
                     "events per MAC and accumulator widths per layer.",
     "simulate_e2e_overflows": "Per-layer overflow counts behind simulate_e2e.md.",
@@ -385,17 +403,25 @@ def _write_index(out: Path, df: pd.DataFrame, meta: dict[str, Any], sections: li
              f"`npusim report RESULTS.sqlite`.", "", "## Configuration", "",
              *_context_lines(df, meta), "", "## Figures", ""]
     lines += sections or ["(no figure: the store has no points that ran)", ""]
-    if others:
-        lines += ["## Other reports in this directory", ""]
-        groups: dict[str, list[Path]] = {}
-        for p in others:
-            groups.setdefault(p.stem, []).append(p)
-        for stem, ps in groups.items():
-            links = ", ".join(f"[{p.name}]({p.name})" for p in ps)
-            what = OTHER_REPORTS.get(stem)
-            lines.append(f"- {stem}: {what} {links}" if what else f"- {stem}: {links}")
-        lines.append("")
+    lines += other_reports_lines(others)
     _atomic_text(out / "README.md", "\n".join(lines).rstrip() + "\n")
+
+
+def other_reports_lines(others: list[Path]) -> list[str]:
+    """The README's "Other reports" section: one bullet per file stem with its
+    `OTHER_REPORTS` sentence and links (empty when there are no other files)."""
+    if not others:
+        return []
+    lines = ["## Other reports in this directory", ""]
+    groups: dict[str, list[Path]] = {}
+    for p in others:
+        groups.setdefault(p.stem, []).append(p)
+    for stem, ps in groups.items():
+        links = ", ".join(f"[{p.name}]({p.name})" for p in ps)
+        what = OTHER_REPORTS.get(stem)
+        lines.append(f"- {stem}: {what} {links}" if what else f"- {stem}: {links}")
+    lines.append("")
+    return lines
 
 
 def _atomic_text(path: Path, text: str) -> None:
