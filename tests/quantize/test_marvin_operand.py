@@ -190,7 +190,7 @@ def _seed_claims():
     return mod
 
 
-def test_cost_claims_need_the_speedup_and_pick_the_fixed_word_costing_at_least_as_much():
+def test_cost_claims_need_the_speedup_and_pick_the_fixed_word_nearest_in_cost():
     sc = _seed_claims()
     geom = pd.DataFrame({"layer": ["a", "b"], "M": [4, 1], "K": [3, 8], "N": [2, 5],
                          "groups": [1, 1], "weights": [6, 40], "input_grad": [False, True]})
@@ -217,13 +217,24 @@ def test_cost_claims_need_the_speedup_and_pick_the_fixed_word_costing_at_least_a
     assert c.loc["marvin_operand", "act_bits_per_mac"] == 8.0
     assert c.loc["marvin_operand", "weight_bits_per_mac"] == pytest.approx((48 * 6 + 160 * 6) / 208)
     eq = {(o, m): b for _, o, b, _, m, _ in sc.equal_cost_claims(c.reset_index())}
-    # equal cost counts as "at least as much"; between two words, the wider one
+    # nearest in cost: marvin_operand's quadratic cost 18176 / (336 * 1024) = 0.0528 lies
+    # between fixed6 (0.0352) and fixed8 (0.0625), nearer fixed8; its linear cost is 0.25
     assert eq[("marvin", "quadratic")] == "fixed6" and eq[("marvin", "linear")] == "fixed6"
+    assert c.loc["marvin_operand", "quadratic_cost_rel_fp32"] == pytest.approx(18176 / 344064)
     assert eq[("marvin_operand", "quadratic")] == eq[("marvin_operand", "linear")] == "fixed8"
     claims = sc.summarise(test, c.reset_index())
     speed = claims[claims["cost_model"].notna() & (claims["baseline"] == "float32")]
     assert len(speed) == 4 and (speed["speedup_x"] > 1.86).all()
     assert (speed["verdict"] == "reproduced").all()  # within 1 pt of float32, >= 1.86x
+    paired = sc.paired_marvin(claims, test).set_index("claim")
+    row = claims.set_index("claim").loc[speed["claim"].iloc[0]]  # marvin vs float32
+    p = paired.loc[row.name]
+    assert p["n_pairs"] == 5 and p["paired_diff_pct"] == pytest.approx(row["diff_pct"])
+    # per-seed differences -0.1 + 0.05 i: a paired t interval from a NumPy reference
+    d = -0.1 + 0.05 * np.arange(5)
+    half = 2.7764451051977987 * d.std(ddof=1) / np.sqrt(5)  # t(0.975, 4)
+    assert p["paired_ci95_low_pct"] == pytest.approx(d.mean() - half)
+    assert p["paired_verdict"] == "reproduced"
     # a cost claim whose speed-up is short of its minimum is "not reproduced" whatever accuracy
     sc.COST_CLAIMS = [("slow", "fixed16", "float32", -1.0, "linear", 3.0)]
     row = sc.summarise(test, c.reset_index()).set_index("claim").loc["slow"]
