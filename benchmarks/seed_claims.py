@@ -449,8 +449,12 @@ def plot_marvin_cost(costs: pd.DataFrame, axes) -> plt.Figure:
     for ax, m in zip(axes, COST_MODELS):
         x = costs[f"{m}_cost_rel_fp32"]
         ax.errorbar(x, costs["top1_mean_pct"], yerr=half, fmt="o", capsize=3)
+        labels: dict[tuple[float, float], list[str]] = {}
         for xi, yi, cell in zip(x, costs["top1_mean_pct"], costs["cell"]):
-            ax.annotate(cell, (xi, yi), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            labels.setdefault((round(xi, 9), round(yi, 9)), []).append(cell)
+        for (xi, yi), cells in labels.items():  # identical runs (marvin = fixed6) share a label
+            ax.annotate(" = ".join(cells), (xi, yi), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")
         ax.set_xscale("log")
         ax.set_xlabel(f"training MAC cost / float32 ({m} in operand bits)")
         ax.set_ylabel("test top-1 (%), mean and 95 % t interval")
