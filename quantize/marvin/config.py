@@ -73,7 +73,7 @@ class MarvinConfig(BaseModel):
     # word; "own": the operand's own word, chosen like the weight's (same menu, hysteresis and
     # cadence) from the SQNR of the operand's fixed-point copy pooled over the lookback
     # window's batches (>= `sqnr_min_db`; gradients measured with `gradient_rounding`), [ours];
-    # it starts at the widest menu word and is first decided after the first batch.
+    # it starts at the weight's first word and is first decided after the first batch.
     # "float": float32.
     activations: Literal["layer", "own", "float"] = "layer"
     gradients: Literal["layer", "own", "float"] = "layer"

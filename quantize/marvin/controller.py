@@ -23,7 +23,7 @@ FL is re-fitted to ``max|w|`` at every decision. Every decision is a row of the 
 
 Operands with their own word (``activations`` / ``gradients = "own"``) are decided at the same
 iterations, and once more after the first batch (their first measure, reason ``init``; until
-then they run at the widest menu word): the proposal is the smallest menu WL whose SQNR, pooled
+then they run at the weight's initial word): the proposal is the smallest menu WL whose SQNR, pooled
 over the window's batches (`SqnrMeter`), is >= ``sqnr_min_db``; wider applies at once (``up``),
 narrower after ``hysteresis_decisions`` consecutive proposals (``hysteresis``, then ``down``).
 No guard: an operand is not accumulated into, so no update can vanish in it.
@@ -133,6 +133,8 @@ class PrecisionController:
             prop, kls = propose_word_bits(w.cpu().numpy(), self.config)
             fmt.word_bits = prop
             fmt.frac_bits = frac_bits_for(max_abs(w), prop)
+            for o in self.config.own_operands:  # the weight's word until first measured
+                setattr(fmt, f"{o}_own", prop)
             ops = {o: (np.nan, "start") for o in self.config.own_operands}
             self._record(0, name, fmt, w, prop, np.nan, "init", ops)
 
