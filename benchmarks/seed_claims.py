@@ -85,6 +85,9 @@ def test_cells(min_slope: float, mult: float) -> dict[str, str]:
 MARVIN_BUDGET = Budget(model="resnet8", float_epochs=3)
 PIXEL_BUDGET = Budget(model="resnet8")
 PART_SEEDS = tuple(range(200, 208))
+# The marvin part is cheap (about 20 s per seed for its 8 cells, one thread) and its seeds
+# scatter by ~2-3 pt, so it runs 32 seeds: 8 left every "within 1 pt" claim inconclusive.
+MARVIN_SEEDS = tuple(range(200, 232))
 A2QBODY_SEEDS = tuple(range(300, 308))
 
 
@@ -94,7 +97,13 @@ def marvin_cells() -> dict[str, str]:
     return {"float32": "float32",
             "marvin": MarvinConfig().to_json(),
             "marvin_first": MarvinConfig(info_measure="kl", guard_measure="lr_grad").to_json(),
-            "fixed8": MarvinConfig(word_bits_menu=(8,)).to_json()}
+            "marvin_operand": MarvinConfig(activations="own", gradients="own").to_json(),
+            **{f"fixed{n}": MarvinConfig(word_bits_menu=(n,)).to_json() for n in FIXED_BITS}}
+
+
+FIXED_BITS = (4, 6, 8, 16)  # the fixed-word baselines of the marvin part (one-entry menus)
+PAPER_SPEEDUP = 1.86  # MARViN's claim: 1.86x average speedup vs float32 (arXiv 2107.13490)
+COST_MODELS = ("quadratic", "linear")  # npusim.cost.training.mac_bit_costs
 
 
 def pixel_cells() -> dict[str, str]:
@@ -163,7 +172,12 @@ CLAIMS = [
      "float32", -1.0),
     ("marvin", "MARViN first design (lr*grad guard, KL) within 1 pt of float32 training",
      "marvin_first", "float32", -1.0),
-    ("marvin", "fixed 8-bit training within 1 pt of float32 training", "fixed8", "float32", -1.0),
+    ("marvin", "MARViN per-operand words (weights, activations, gradients) within 1 pt of "
+     "float32 training", "marvin_operand", "float32", -1.0),
+    *[("marvin", f"fixed {n}-bit training within 1 pt of float32 training", f"fixed{n}",
+       "float32", -1.0) for n in (4, 6, 8, 16)],
+    ("marvin", "MARViN per-operand words beat MARViN (weight word for every operand)",
+     "marvin_operand", "marvin", 0.0),
     ("pixel", "Pixel embedding 4-bit d=8 beats 4-bit uniform input (low-contrast digits)",
      "emb4_d8", "in4", 0.0),
     ("pixel", "Pixel embedding 2-bit d=8 beats 2-bit uniform input (low-contrast digits)",
@@ -193,12 +207,29 @@ CLAIMS += [
     ("a2qbody", f"QAT+{mode} at body P={p} within 1 pt of exact (W{b}A{b}, stem/fc at 24 b)",
      f"lsq_w{b}@p{p}_{mode}", f"lsq_w{b}@p32_exact", -1.0)
     for b in (4, 3) for p in (8, 9) for mode in ("wrap", "saturate")]
+# (claim, ours, baseline, margin, cost model, the smallest speed-up ours must show vs baseline)
+COST_CLAIMS = [
+    (f"MARViN{' per-operand' if o == 'marvin_operand' else ''} speed-up >= {PAPER_SPEEDUP}x "
+     f"(paper) vs float32 at <= 1 pt accuracy loss, MAC cost {m} in bits", o, "float32", -1.0,
+     m, PAPER_SPEEDUP) for o in ("marvin", "marvin_operand") for m in COST_MODELS]
 SETTINGS = {"a2qbody": "resnet20 digits, every layer at W/A bits, integer on edge16 with body "
             "at P and stem/fc at 24 b, float 10 + QAT 3 epochs",
             "a2q": "resnet20 digits, every layer at W/A bits, float 10 + QAT 3 epochs",
             "qat": "resnet20 digits W2A2, float 10 + QAT 3 epochs",
             "marvin": "resnet8 digits, trained from scratch 3 epochs",
             "pixel": "resnet8 digits-lowcontrast, W4A4 LSQ body, float 10 + QAT 3 epochs"}
+
+
+MARVIN_COST_TEXT = (
+    "Per cell: each operand's width averaged over the training MACs it enters (forward, "
+    "gradient wrt input, gradient wrt weight; float32 = 32 bits) and the MACs' cost relative "
+    "to float32 under two models (`npusim.cost.training.mac_bit_costs`): *quadratic* -- a MAC "
+    "costs bx*by (multiplier energy/area; Horowitz ISSCC 2014 45 nm: 8-bit multiply 0.2 pJ, "
+    "32-bit 3.1 pJ, the fit npusim's horowitz45 table uses; an fp32 MAC is charged as 32x32, "
+    "below Horowitz's 3.7 pJ fp32 multiply, which favours float32); *linear* -- a MAC costs "
+    "max(bx, by) (bit-serial arithmetic, Stripes, Judd et al. MICRO 2016). Arithmetic only: "
+    "no memory traffic, no array mapping (`npusim report --marvin` gives the NPU estimate). "
+    "Speed-ups are 1 / relative cost. Means over seeds.")
 
 
 def run_stage(split: str, cells: dict[str, str], seeds, budget: Budget, runs_csv: Path,
@@ -233,26 +264,121 @@ def run_stage(split: str, cells: dict[str, str], seeds, budget: Budget, runs_csv
     return done[(done["split"] == split) & (done["part"] == part)]
 
 
-def summarise(test: pd.DataFrame) -> pd.DataFrame:
-    """One row per claim with test runs of both cells (Welch interval, verdict)."""
+def marvin_costs(test: pd.DataFrame) -> pd.DataFrame:
+    """Per marvin-part cell: top-1 over seeds, each operand's bits per MAC and the training
+    MACs' cost relative to float32 (quadratic and linear in bits; means over seeds) with the
+    speed-ups vs float32 and fixed16 they imply (`npusim.cost.training.mac_bit_costs`)."""
+    from npusim.cost.training import mac_bit_costs
+
+    t = test[(test["part"] == "marvin")]
     rows = []
-    for part, claim, ours, base, margin in CLAIMS:
+    for cell, g in t.groupby("cell", sort=False):
+        tr = [json.loads(x) for x in g["trace"].fillna("{}")]
+        if not all("usage" in x for x in tr):
+            continue
+        tr = [mac_bit_costs(pd.DataFrame(**x["geometry"]), pd.DataFrame(**x["usage"]))
+              for x in tr]
+        rec = {"cell": cell, "n_seeds": len(g), "top1_mean_pct": g["top1_pct"].mean(),
+               "top1_sd_pct": g["top1_pct"].std(ddof=1)}
+        for k in ("weight_bits_per_mac", "act_bits_per_mac", "grad_bits_per_mac",
+                  "quadratic_cost_rel_fp32", "linear_cost_rel_fp32"):
+            rec[k] = float(np.mean([x[k] for x in tr]))
+        rows.append(rec)
+    df = pd.DataFrame(rows)
+    if not len(df):
+        return df
+    for m, ref16 in (("quadratic", (16 / 32) ** 2), ("linear", 16 / 32)):
+        df[f"{m}_speedup_vs_fp32_x"] = 1.0 / df[f"{m}_cost_rel_fp32"]
+        df[f"{m}_speedup_vs_fixed16_x"] = ref16 / df[f"{m}_cost_rel_fp32"]
+    return df.sort_values("quadratic_cost_rel_fp32").reset_index(drop=True)
+
+
+def paired_marvin(claims: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """The marvin part's claims judged on per-seed differences (a paired t interval): every cell
+    of a seed starts from the same weights and sees the same batches, so the seed-to-seed
+    spread cancels. Same margins and `verdict` as the Welch rows; a supplement to them."""
+    from scipy import stats
+
+    t = test[test["part"] == "marvin"].pivot_table(index="seed", columns="cell",
+                                                   values="top1_pct")
+    rows = []
+    for r in claims[claims["setting"] == SETTINGS["marvin"]].itertuples(index=False):
+        d = (t[r.ours] - t[r.baseline]).dropna()
+        if len(d) < 2:
+            continue
+        if d.std(ddof=1) == 0:
+            lo = hi = float(d.mean())
+        else:
+            ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+            lo, hi = float(ci.low), float(ci.high)
+        v = verdict(lo, hi, r.margin_pct)
+        if isinstance(r.cost_model, str) and r.speedup_x < r.min_speedup_x - 1e-12:
+            v = "not reproduced"  # NaN minimum (equal-cost rows): no speed-up required
+        rows.append({"claim": r.claim, "n_pairs": len(d), "paired_diff_pct": float(d.mean()),
+                     "paired_ci95_low_pct": lo, "paired_ci95_high_pct": hi,
+                     "margin_pct": r.margin_pct, "paired_verdict": v,
+                     "welch_verdict": r.verdict})
+    return pd.DataFrame(rows)
+
+
+def equal_cost_claims(costs: pd.DataFrame) -> list[tuple]:
+    """Per cost model, each MARViN variant against the fixed-N word nearest to it in cost
+    (smallest |log cost ratio|; the row's ``speedup_x`` shows how near): does MARViN beat it?"""
+    out = []
+    if not len(costs):
+        return out
+    c = costs.set_index("cell")
+    fixed = [f"fixed{n}" for n in FIXED_BITS if f"fixed{n}" in c.index]
+    for ours in ("marvin", "marvin_operand"):
+        if ours not in c.index or not fixed:
+            continue
+        for m in COST_MODELS:
+            col = f"{m}_cost_rel_fp32"
+            base = min(fixed, key=lambda f: abs(np.log(c.loc[f, col] / c.loc[ours, col])))
+            name = "MARViN per-operand" if ours == "marvin_operand" else "MARViN"
+            out.append((f"{name} beats the fixed-N word nearest in cost (MAC cost {m} in bits)",
+                        ours, base, 0.0, m, None))
+    return out
+
+
+def summarise(test: pd.DataFrame, costs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per claim with test runs of both cells (Welch interval, verdict). Cost claims
+    (marvin part) also need ours' speed-up (baseline MAC cost / ours') to reach their minimum:
+    else the verdict is "not reproduced" whatever the accuracy."""
+    rows = []
+    cost = costs.set_index("cell") if costs is not None and len(costs) else None
+    claims = [(*c, None, None) for c in CLAIMS]
+    if cost is not None:
+        claims += [("marvin", *c) for c in COST_CLAIMS + equal_cost_claims(costs)]
+    for part, claim, ours, base, margin, model, min_speedup in claims:
         t = test[test["part"] == part]
         a = t[t["cell"] == ours].sort_values("seed")["top1_pct"].to_numpy()
         b = t[t["cell"] == base].sort_values("seed")["top1_pct"].to_numpy()
         if len(a) < 2 or len(b) < 2:
             continue
         d = welch_diff(a, b)
+        v = verdict(d["low"], d["high"], margin)
+        extra: dict = {}
+        if model is not None:
+            if ours not in cost.index or base not in cost.index:
+                continue
+            oc, bc = cost.loc[ours, f"{model}_cost_rel_fp32"], cost.loc[base, f"{model}_cost_rel_fp32"]
+            extra = {"cost_model": model, "ours_cost_rel_fp32": oc, "baseline_cost_rel_fp32": bc,
+                     "speedup_x": bc / oc,
+                     "min_speedup_x": np.nan if min_speedup is None else min_speedup}
+            if min_speedup is not None and bc / oc < min_speedup - 1e-12:
+                v = "not reproduced"
         rows.append({"claim": claim, "setting": SETTINGS[part],
                      "n_seeds": min(len(a), len(b)), "ours": ours,
                      "ours_mean_pct": a.mean(), "ours_sd_pct": a.std(ddof=1), "baseline": base,
                      "baseline_mean_pct": b.mean(), "baseline_sd_pct": b.std(ddof=1),
                      "diff_pct": d["diff"], "diff_ci95_low_pct": d["low"],
                      "diff_ci95_high_pct": d["high"],
-                     "verdict": verdict(d["low"], d["high"], margin), "margin_pct": margin})
+                     "verdict": v, "margin_pct": margin, **extra})
     cols = ["claim", "setting", "n_seeds", "ours_mean_pct", "ours_sd_pct", "baseline",
             "baseline_mean_pct", "baseline_sd_pct", "diff_pct", "diff_ci95_low_pct",
-            "diff_ci95_high_pct", "verdict", "ours", "margin_pct"]
+            "diff_ci95_high_pct", "verdict", "ours", "margin_pct", "cost_model",
+            "ours_cost_rel_fp32", "baseline_cost_rel_fp32", "speedup_x", "min_speedup_x"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -311,6 +437,30 @@ def plot_cells(test: pd.DataFrame, ax) -> tuple[plt.Figure, pd.DataFrame]:
     ax.set_yticks(np.arange(len(tab)), tab["cell"])
     ax.set_xlabel("test top-1 (%), mean and 95 % t interval over seeds; dots: single seeds")
     return ax.figure, tab
+
+
+def plot_marvin_cost(costs: pd.DataFrame, axes) -> plt.Figure:
+    """Test top-1 (mean and 95 % t interval over seeds) against the training MACs' cost
+    relative to float32, one panel per cost model (quadratic, linear in bits); log x."""
+    from scipy import stats
+
+    half = costs["top1_sd_pct"] * stats.t.ppf(0.975, costs["n_seeds"] - 1) / np.sqrt(
+        costs["n_seeds"])
+    for ax, m in zip(axes, COST_MODELS):
+        x = costs[f"{m}_cost_rel_fp32"]
+        ax.errorbar(x, costs["top1_mean_pct"], yerr=half, fmt="o", capsize=3)
+        labels: dict[tuple[float, float], list[str]] = {}
+        for xi, yi, cell in zip(x, costs["top1_mean_pct"], costs["cell"]):
+            labels.setdefault((round(xi, 9), round(yi, 9)), []).append(cell)
+        for (xi, yi), cells in labels.items():  # identical runs (marvin = fixed6) share a label
+            ax.annotate(" = ".join(cells), (xi, yi), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"training MAC cost / float32 ({m} in operand bits)")
+        ax.set_ylabel("test top-1 (%), mean and 95 % t interval")
+        ax.set_title(f"MARViN part, resnet8 digits: cost {m} in bits", fontsize=10)
+        ax.grid(alpha=0.3)
+    return axes[0].figure
 
 
 def plot_a2qbody(test: pd.DataFrame, axes) -> tuple[plt.Figure, pd.DataFrame]:
@@ -383,7 +533,8 @@ def main() -> None:
     part_seeds = test_seeds if args.quick else PART_SEEDS
     quick = Budget(model="resnet8", float_epochs=1, qat_epochs=1)
     if not args.report_only and "marvin" in parts:
-        run_stage("test", marvin_cells(), part_seeds, quick if args.quick else MARVIN_BUDGET,
+        run_stage("test", marvin_cells(), part_seeds if args.quick else MARVIN_SEEDS,
+                  quick if args.quick else MARVIN_BUDGET,
                   runs_csv, args.processes, part="marvin", kind="marvin")
     if not args.report_only and "pixel" in parts:
         run_stage("test", pixel_cells(), part_seeds, quick if args.quick else PIXEL_BUDGET,
@@ -400,7 +551,8 @@ def main() -> None:
     if "part" not in runs:
         runs["part"] = "qat"
     test = runs[runs["split"] == "test"]
-    claims = summarise(test)
+    costs = marvin_costs(test)
+    claims = summarise(test, costs)
     traj = trajectories(runs)
     write_csv(claims, out.with_suffix(".csv"))
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 7))
@@ -418,6 +570,21 @@ def main() -> None:
              "", "## Test split, per cell", "", markdown_table(tab.round(2)), "",
              "## Claims", "", markdown_table(claims.round(2)), "",
              "## Quantizer trajectories (means over runs)", "", markdown_table(traj.round(3))]
+    if len(costs):
+        fig3, axes3 = plt.subplots(1, 2, figsize=(12, 4.5))
+        plot_marvin_cost(costs, axes3)
+        fig3.tight_layout()
+        png = out.parent / (out.name + "_marvin_cost.png")
+        fig3.savefig(png, dpi=120)
+        write_csv(costs, png.with_suffix(".csv"))
+        paired = paired_marvin(claims, test)
+        write_csv(paired, out.parent / (out.name + "_marvin_paired.csv"))
+        lines += ["", "## MARViN part: accuracy beside estimated training cost (data: "
+                  f"{png.with_suffix('.csv').name})", "", MARVIN_COST_TEXT, "",
+                  f"![marvin cost]({png.name})", "", markdown_table(costs, ".4g"), "",
+                  "### MARViN claims on paired seeds (supplement to the Welch verdicts above)",
+                  "", paired_marvin.__doc__.split("\n\n")[0].replace("\n    ", " "), "",
+                  markdown_table(paired)]
     if (test["part"] == "a2qbody").any():
         fig2, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         fig2, body = plot_a2qbody(test, axes)

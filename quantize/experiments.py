@@ -13,11 +13,13 @@ import copy
 import json
 import logging
 import math
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy import stats
 
@@ -167,9 +169,12 @@ def low_contrast(ds: Dataset, low: int = 96, high: int = 128, noise: float = 3.0
 
 def run_marvin_seed(job: SeedJob) -> list[dict[str, Any]]:
     """Train every cell from scratch (same initial weights per seed); one row per cell with the
-    fixed-point model's top-1, the mean word length of the last epoch and the guard count."""
+    fixed-point model's top-1 and a trace: the mean weight word of the last epoch, the guard
+    count, and the run's ``geometry`` and ``usage`` tables as record lists (what
+    `npusim.cost.training` charges; quantize may not import it, so the benchmark does)."""
     from models.training import evaluate as float_eval
-    from quantize.marvin import MarvinConfig, train_marvin
+    from quantize.marvin import MarvinConfig, layer_geometry, train_marvin
+    from quantize.marvin.controller import USAGE_COLUMNS
 
     b = job.budget
     train_part, held_out = _load(job)
@@ -179,9 +184,16 @@ def run_marvin_seed(job: SeedJob) -> list[dict[str, Any]]:
             net = create_model(b.model, num_classes=train_part.num_classes,
                                in_channels=train_part.input_shape[0])
             if cfg_json == "float32":
+                geometry = layer_geometry(net, train_part.input_shape)
                 train(net, train_part, b.float_epochs, lr=b.float_lr, seed=job.seed,
                       progress=False)
                 acc, bits, guards = float_eval(net, held_out), 32.0, 0
+                n = len(train_part)  # train()'s batches: 128 images, the last one short
+                sizes = Counter([min(128, n - i) for i in range(0, n, 128)] * b.float_epochs)
+                usage = pd.DataFrame([(layer, 32, 32, 32, True, True, True, bs, c)
+                                      for layer in geometry["layer"]
+                                      for bs, c in sorted(sizes.items())],
+                                     columns=USAGE_COLUMNS)
             else:
                 res = train_marvin(net, train_part, b.float_epochs,
                                    MarvinConfig.from_json(cfg_json), test=held_out,
@@ -189,10 +201,19 @@ def run_marvin_seed(job: SeedJob) -> list[dict[str, Any]]:
                 acc = float(res.test_acc)
                 bits = float(res.epochs["mean_word_bits"].iloc[-1])
                 guards = int((res.history["reason"] == "guard").sum())
+                geometry, usage = res.geometry, res.usage
+        trace = {"mean_word_bits": bits, "guard_switches": guards,
+                 "geometry": geometry.to_dict("split", index=False),
+                 "usage": usage.to_dict("split", index=False)}
         rows.append({"cell": name, "seed": job.seed, "split": job.split, "top1_pct": 100 * acc,
-                     "trace": json.dumps({"mean_word_bits": bits, "guard_switches": guards})})
+                     "trace": json.dumps(trace, default=_json_scalar)})
         log.info("seed %d %s %s: %.2f %%", job.seed, job.split, name, 100 * acc)
     return rows
+
+
+def _json_scalar(v: Any) -> Any:
+    """NumPy scalars in a pandas ``to_dict`` as plain JSON numbers / booleans."""
+    return v.item() if hasattr(v, "item") else str(v)
 
 
 def run_seed(job: SeedJob) -> list[dict[str, Any]]:

@@ -63,6 +63,13 @@ def train_marvin_cmd(model: str, data: str, epochs: int, out: Path | None, seed:
                f"{c.loc['fixed8', 'energy_ratio_vs_fp32']:.3f}x, fixed16 "
                f"{c.loc['fixed16', 'speedup_vs_fp32']:.2f}x / "
                f"{c.loc['fixed16', 'energy_ratio_vs_fp32']:.3f}x)")
+    from npusim.cost.training import mac_bit_costs
+
+    mb = mac_bit_costs(res.geometry, res.usage)
+    typer.echo(f"operand bits per MAC: weights {mb['weight_bits_per_mac']:.2f}, activations "
+               f"{mb['act_bits_per_mac']:.2f}, gradients {mb['grad_bits_per_mac']:.2f}; MAC "
+               f"cost vs float32: {mb['quadratic_cost_rel_fp32']:.4f} (quadratic in bits), "
+               f"{mb['linear_cost_rel_fp32']:.4f} (linear in bits)")
     typer.echo(f"history, heatmap, costs: {run_dir} ({len(files) + 5} files)")
     if out is not None:
         save_checkpoint(net, out, {"model": name, "model_kwargs": kwargs, "dataset": data,

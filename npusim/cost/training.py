@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from npusim.hw.config import NPUConfig
 
 __all__ = ["GEOMETRY_COLUMNS", "USAGE_COLUMNS", "TrainingCostModel", "compare_training",
-           "constant_usage", "training_cost", "usage_from_history"]
+           "constant_usage", "mac_bit_costs", "training_cost", "usage_from_history"]
 
 class TrainingTableError(UserError):
     """A MARViN geometry / usage / history table that does not fit together (one line)."""
@@ -229,6 +229,60 @@ def usage_from_history(history: pd.DataFrame, batch_sizes: list[int], activation
              False, not activations, not gradients, b, c)
             for (layer, wl, b), c in counts.items()]
     return pd.DataFrame(rows, columns=USAGE_COLUMNS)
+
+
+def mac_bit_costs(geometry: pd.DataFrame, usage: pd.DataFrame) -> dict[str, float]:
+    """Average operand widths per MAC and the training MACs' cost relative to float32 under
+    two bit-scaling models (no array, no memory: the arithmetic alone).
+
+    Every batch of ``B`` images of a layer does ``B * groups * M * K * N`` MACs in each of its
+    GEMMs: forward (activation x weight), gradient wrt the input (gradient x weight; not for
+    the first layer) and gradient wrt the weight (gradient x activation). A float32 operand
+    counts 32 bits. Returned:
+
+    - ``weight_bits_per_mac``, ``act_bits_per_mac``, ``grad_bits_per_mac``: each operand's
+      width averaged over the MACs it enters;
+    - ``quadratic_cost_rel_fp32`` = sum(bx * by) / sum(32 * 32) over all MACs: multiplier
+      energy / area quadratic in bits (Horowitz, ISSCC 2014, 45 nm: 8-bit multiply 0.2 pJ,
+      32-bit 3.1 pJ, a 15.5x ratio for 4x the bits; the QKeras QTools fit npusim's
+      ``horowitz45`` table uses). An fp32 MAC is charged as 32 x 32 bits (Horowitz's fp32
+      multiply, 3.7 pJ, costs more: the ratio favours float32);
+    - ``linear_cost_rel_fp32`` = sum(max(bx, by)) / sum(32): bit-serial arithmetic, whose time
+      is linear in the bits it serialises (Stripes, Judd et al., MICRO 2016: 16/p speedup at
+      p-bit activations), here serialising the wider operand of each MAC (equivalently the
+      sub-word lanes ``32 / max(bx, by)`` of `TrainingCostModel`); at equal widths N it is N/32.
+    """
+    _check(geometry, GEOMETRY_COLUMNS, "geometry")
+    _check(usage, USAGE_COLUMNS, "usage")
+    geo = geometry.set_index("layer")
+    unknown = sorted(set(usage["layer"]) - set(geo.index))
+    if unknown:
+        raise TrainingTableError(f"usage: layer {unknown[0]!r} is not in the geometry table")
+    tot = Counter()
+    for u in usage.itertuples(index=False):
+        g = geo.loc[u.layer]
+        macs = float(u.batches) * int(u.batch_size) * int(g.groups) * int(g.M) * int(g.K) \
+            * int(g.N)
+        w = FP32_BITS if u.weight_float else int(u.weight_bits)
+        a = FP32_BITS if u.act_float else int(u.act_bits)
+        gr = FP32_BITS if u.grad_float else int(u.grad_bits)
+        gemms = [(a, w, "act", "weight"), (gr, a, "grad", "act")]
+        if bool(g.input_grad):
+            gemms.append((gr, w, "grad", "weight"))
+        for x, y, nx, ny in gemms:
+            tot["macs"] += macs
+            tot["quad"] += macs * x * y
+            tot["lin"] += macs * max(x, y)
+            for name, bits in ((nx, x), (ny, y)):
+                tot[f"{name}_macs"] += macs
+                tot[f"{name}_bits"] += macs * bits
+    if not tot["macs"]:
+        raise TrainingTableError("usage: no batches")
+    return {"macs": tot["macs"],
+            **{f"{o}_bits_per_mac": tot[f"{o}_bits"] / tot[f"{o}_macs"]
+               for o in ("weight", "act", "grad")},
+            "quadratic_cost_rel_fp32": tot["quad"] / (tot["macs"] * FP32_BITS ** 2),
+            "linear_cost_rel_fp32": tot["lin"] / (tot["macs"] * FP32_BITS)}
 
 
 def compare_training(geometry: pd.DataFrame, usage: pd.DataFrame, npu: "NPUConfig",

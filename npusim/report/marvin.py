@@ -87,9 +87,15 @@ def write_marvin_report(run_dir: str | Path, out_dir: str | Path, npu_name: str 
     run = load_run(run_dir)
     out = Path(out_dir)
     batches = int(run["usage"].groupby("layer")["batches"].sum().max())
-    precision_heatmap(run["history"], out=out / f"{stem}_heatmap.png", batches=batches)
+    history = run["history"]
+    precision_heatmap(history, out=out / f"{stem}_heatmap.png", batches=batches)
+    files = [out / f"{stem}_heatmap.png", out / f"{stem}_heatmap.csv"]
+    for op in ("act", "grad"):  # operands with their own word get their own heatmap
+        if f"{op}_reason" in history and (history[f"{op}_reason"] == "init").any():
+            png = out / f"{stem}_heatmap_{op}.png"
+            precision_heatmap(history, out=png, batches=batches, value=f"{op}_word_bits")
+            files += [png, png.with_suffix(".csv")]
     costs = marvin_costs(run, npu_name)
     costs["label"] = costs["variant"].replace({"run": "MARViN run"})
     training_savings(costs, out=out / f"{stem}_cost.png")
-    return [out / f"{stem}_heatmap.png", out / f"{stem}_heatmap.csv", out / f"{stem}_cost.png",
-            out / f"{stem}_cost.csv"]
+    return [*files, out / f"{stem}_cost.png", out / f"{stem}_cost.csv"]

@@ -60,13 +60,18 @@ OTHER_REPORTS = {
     "qat_accuracy": "QAT top-1 on mnist5k for every method at W8A8 to W2A2: fake-quant, the "
                     "exported integer program, and the same under TFLite double rounding.",
     "seed_claims": "The seed papers' claims (LG-LSQ, DSQ, MARViN, pixel embedding, A2Q+) at "
-                   "5-8 seeds, each judged by the 95 % Welch interval of the difference.",
+                   "5-32 seeds, each judged by the 95 % Welch interval of the difference.",
     "seed_claims_a2q_body": "A2Q+ trained for body P against plain QAT run at body P with "
                             "wrap/saturate (stem/fc at 24 b): test top-1 with 95 % intervals.",
     "seed_claims_cells": "Test top-1 per seed-claims cell: mean, sd and 95 % t interval over "
                          "seeds (the left panel of seed_claims.png).",
     "seed_claims_discussion": "What the seed-claims statistics say and why: reproduced, not "
                               "reproduced, the causes found and the fixes made.",
+    "seed_claims_marvin_cost": "MARViN part of the seed claims: test top-1 beside each operand's "
+                               "bits per MAC and the training MAC cost vs float32 (quadratic "
+                               "and linear in bits) for MARViN, float32 and fixed 4/6/8/16.",
+    "seed_claims_marvin_paired": "The MARViN seed claims judged on per-seed (paired) differences, "
+                                 "beside their Welch verdicts.",
     "seed_claims_runs": "Every seed-claims run (part, cell, seed, split, top-1, config, "
                         "trace): the raw data the seed-claims tables are computed from.",
     "simulate_e2e": "End-to-end simulation of trained programs on the presets: top-1, overflow "

@@ -68,11 +68,15 @@ class MarvinConfig(BaseModel):
     # Guess, calibrated to give the KL rule's words on the synthetic weights of
     # tests/quantize/test_marvin_controller.py (uniform 4, Gaussian 6, Student-t(2) 12 bits).
     sqnr_min_db: float = Field(20.0, gt=0.0)
-    # What switches with the layer's word length. Weights always do; activations (the layer's
-    # input) and gradients (the gradient of the layer's output) optionally, with FL fitted
-    # per batch to the tensor's largest magnitude (dynamic fixed point). "float" keeps fp32.
-    activations: Literal["layer", "float"] = "layer"
-    gradients: Literal["layer", "float"] = "layer"
+    # The word of the layer's input activations and of the gradient of its output (FL fitted
+    # per batch to the tensor's largest magnitude: dynamic fixed point). "layer": the weight's
+    # word; "own": the operand's own word, chosen like the weight's (same menu, hysteresis and
+    # cadence) from the SQNR of the operand's fixed-point copy pooled over the lookback
+    # window's batches (>= `sqnr_min_db`; gradients measured with `gradient_rounding`), [ours];
+    # it starts at the weight's first word and is first decided after the first batch.
+    # "float": float32.
+    activations: Literal["layer", "own", "float"] = "layer"
+    gradients: Literal["layer", "own", "float"] = "layer"
     # Rounding of gradients; stochastic keeps small gradients alive in expectation (Gupta et
     # al., ICML 2015). Weights and activations round to nearest.
     gradient_rounding: Literal["nearest", "stochastic"] = "stochastic"
@@ -100,6 +104,12 @@ class MarvinConfig(BaseModel):
     def fixed(self) -> bool:
         """A one-entry menu: fixed-precision training, no decisions to make."""
         return len(self.word_bits_menu) == 1
+
+    @property
+    def own_operands(self) -> tuple[str, ...]:
+        """The operands (``act``, ``grad``) whose word is decided on its own."""
+        return tuple(k for k, v in (("act", self.activations), ("grad", self.gradients))
+                     if v == "own")
 
     def label(self) -> str:
         """``marvin`` or ``fixed<WL>``."""

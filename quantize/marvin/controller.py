@@ -20,6 +20,13 @@ Decision rule for one layer (current word ``cur``, the menu sorted ascending):
    down (``hysteresis`` while waiting, then ``kl_down``); an equal one is ``keep``.
 
 FL is re-fitted to ``max|w|`` at every decision. Every decision is a row of the history.
+
+Operands with their own word (``activations`` / ``gradients = "own"``) are decided at the same
+iterations, and once more after the first batch (their first measure, reason ``init``; until
+then they run at the weight's initial word): the proposal is the smallest menu WL whose SQNR, pooled
+over the window's batches (`SqnrMeter`), is >= ``sqnr_min_db``; wider applies at once (``up``),
+narrower after ``hysteresis_decisions`` consecutive proposals (``hysteresis``, then ``down``).
+No guard: an operand is not accumulated into, so no update can vanish in it.
 """
 
 from __future__ import annotations
@@ -44,7 +51,12 @@ log = logging.getLogger(__name__)
 __all__ = ["HISTORY_COLUMNS", "USAGE_COLUMNS", "PrecisionController", "propose_word_bits", "sqnr_db"]
 
 HISTORY_COLUMNS = ["iteration", "layer", "word_length_bits", "frac_bits", "kl_nats", "sqnr_db",
-                   "proposal_bits", "zero_update_fraction", "reason"]
+                   "proposal_bits", "zero_update_fraction", "reason",
+                   # the operands' words (32: float32) and, for "own" ones, the window's SQNR at
+                   # the chosen word and the decision's reason ("layer" / "float" otherwise)
+                   "act_word_bits", "act_sqnr_db", "act_reason",
+                   "grad_word_bits", "grad_sqnr_db", "grad_reason"]
+OPERANDS = ("act", "grad")
 # the cost model's usage table (npusim.cost.training.USAGE_COLUMNS)
 USAGE_COLUMNS = ["layer", "weight_bits", "act_bits", "grad_bits", "weight_float", "act_float",
                  "grad_float", "batch_size", "batches"]
@@ -87,6 +99,9 @@ class _Track:
     zero_counts: np.ndarray
     updates: int = 0
     pending_down: int = 0
+    # "own" operands: consecutive narrower proposals, and whether the first decision was made
+    op_pending: dict[str, int] = field(default_factory=lambda: {o: 0 for o in OPERANDS})
+    op_decided: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -118,7 +133,10 @@ class PrecisionController:
             prop, kls = propose_word_bits(w.cpu().numpy(), self.config)
             fmt.word_bits = prop
             fmt.frac_bits = frac_bits_for(max_abs(w), prop)
-            self._record(0, name, fmt, w, prop, np.nan, "init")
+            for o in self.config.own_operands:  # the weight's word until first measured
+                setattr(fmt, f"{o}_own", prop)
+            ops = {o: (np.nan, "start") for o in self.config.own_operands}
+            self._record(0, name, fmt, w, prop, np.nan, "init", ops)
 
     @torch.no_grad()
     def observe_updates(self, lrs: dict[str, float]) -> None:
@@ -184,6 +202,51 @@ class PrecisionController:
         # a one-entry menu (fixed-precision training) still re-fits FL to max|w| here
         if iteration % cfg.lookback_batches == 0:
             self.decide(iteration)
+        elif iteration == 1 and cfg.own_operands:
+            self.decide_operands(iteration)
+
+    @torch.no_grad()
+    def _operand(self, fmt: LayerFormat, track: _Track, op: str) -> tuple[float, str]:
+        """Decide one "own" operand's word from its meter (see the module docstring); returns
+        the window's SQNR at the chosen word and the reason. Resets the meter."""
+        cfg = self.config
+        meter = getattr(fmt, f"{op}_meter")
+        cur = getattr(fmt, f"{op}_own")
+        if meter is None or meter.tensors == 0:
+            return np.nan, "no_data"
+        vals = meter.sqnr_db()
+        menu = cfg.word_bits_menu
+        prop = next((wl for wl in menu if vals[wl] >= cfg.sqnr_min_db), menu[-1])
+        new = cur
+        if op not in track.op_decided:
+            new, reason = prop, "init"
+            track.op_decided.add(op)
+            track.op_pending[op] = 0
+        elif prop > cur:
+            new, reason = prop, "up"
+            track.op_pending[op] = 0
+        elif prop < cur:
+            track.op_pending[op] += 1
+            if track.op_pending[op] >= cfg.hysteresis_decisions:
+                new, reason = prop, "down"
+                track.op_pending[op] = 0
+            else:
+                reason = "hysteresis"
+        else:
+            reason = "keep"
+            track.op_pending[op] = 0
+        setattr(fmt, f"{op}_own", new)
+        meter.reset()
+        return vals[new], reason
+
+    @torch.no_grad()
+    def decide_operands(self, iteration: int) -> None:
+        """Decide only the "own" operands (after the first batch); the weight words stay."""
+        for name, fmt in self.formats.items():
+            track = self._tracks[name]
+            ops = {o: self._operand(fmt, track, o) for o in self.config.own_operands}
+            w = self.modules[name].weight.detach()
+            self._record(iteration, name, fmt, w, fmt.word_bits, np.nan, "operands_only", ops)
 
     # ------------------------------------------------------------------ the decision
     @torch.no_grad()
@@ -229,15 +292,22 @@ class PrecisionController:
                 track.pending_down = 0
             fmt.word_bits = new
             fmt.frac_bits = frac_bits_for(max_abs(w), new)
-            self._record(iteration, name, fmt, w, prop, zero_now, reason)
+            ops = {o: self._operand(fmt, track, o) for o in cfg.own_operands}
+            self._record(iteration, name, fmt, w, prop, zero_now, reason, ops)
             track.zero_counts[:] = 0
             track.updates = 0
         log.debug("decision at iteration %d: %s", iteration,
                   {n: f.word_bits for n, f in self.formats.items()})
 
     def _record(self, iteration: int, name: str, fmt: LayerFormat, w: torch.Tensor, prop: int,
-                zero: float, reason: str) -> None:
+                zero: float, reason: str, ops: dict[str, tuple[float, str]]) -> None:
         cfg = self.config
+        modes = {"act": cfg.activations, "grad": cfg.gradients}
+        extra = {}
+        for op in OPERANDS:
+            sq, why = ops.get(op, (np.nan, modes[op]))
+            extra |= {f"{op}_word_bits": int(getattr(fmt, f"{op}_bits")),
+                      f"{op}_sqnr_db": float(sq), f"{op}_reason": why}
         wn = w.detach().cpu().numpy()
         kl = fixed_point_kl(wn, fmt.word_bits, fmt.frac_bits, cfg.histogram_bins,
                             cfg.kl_bias_correction) if cfg.info_measure == "kl" else np.nan
@@ -246,7 +316,7 @@ class PrecisionController:
                           "kl_nats": float(kl),
                           "sqnr_db": sqnr_db(wn, fmt.word_bits, fmt.frac_bits),
                           "proposal_bits": int(prop),
-                          "zero_update_fraction": float(zero), "reason": reason})
+                          "zero_update_fraction": float(zero), "reason": reason, **extra})
 
     # ------------------------------------------------------------------ results
     def history(self) -> pd.DataFrame:

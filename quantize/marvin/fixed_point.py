@@ -13,12 +13,14 @@ tensor is already on its own grid and the quantizer only saturates.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 
-__all__ = ["Rounding", "fixed_grad", "frac_bits_for", "int_limits", "max_abs", "quantize_fixed",
-           "vanish_threshold"]
+__all__ = ["Rounding", "SqnrMeter", "fixed_grad", "frac_bits_for", "int_limits", "max_abs",
+           "quantize_fixed", "vanish_threshold"]
 
 Rounding = Literal["nearest", "stochastic"]
 
@@ -101,23 +103,71 @@ def vanish_threshold(frac_bits: int) -> float:
     return math.ldexp(1.0, -(int(frac_bits) + 1))
 
 
+@dataclass
+class SqnrMeter:
+    """SQNR of a tensor's fixed-point copies at every menu word, pooled over the tensors seen
+    since the last `reset`: ``10 log10(sum x^2 / sum (x - Q(x))^2)``, each tensor rounded with
+    FL fitted to its own ``max|x|`` (dynamic fixed point, as the layers apply it)."""
+
+    menu: tuple[int, ...]
+    rounding: Rounding = "nearest"
+    generator: torch.Generator = field(repr=False, default_factory=torch.Generator)
+    signal: float = 0.0
+    noise: np.ndarray = field(init=False)
+    tensors: int = 0
+
+    def __post_init__(self) -> None:
+        self.noise = np.zeros(len(self.menu))
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor) -> None:
+        """Pool one tensor's signal and, per menu word, its quantization noise."""
+        x = x.detach().float()
+        m = max_abs(x)
+        self.signal += float((x.double() ** 2).sum())
+        for i, wl in enumerate(self.menu):
+            q = quantize_fixed(x, wl, frac_bits_for(m, wl), self.rounding,
+                               generator=self.generator)
+            self.noise[i] += float(((x - q).double() ** 2).sum())
+        self.tensors += 1
+
+    def sqnr_db(self) -> dict[int, float]:
+        """Pooled SQNR per menu word (inf: exact copies; 0 for all-zero tensors)."""
+        out = {}
+        for wl, n in zip(self.menu, self.noise):
+            if self.signal == 0.0:
+                out[wl] = 0.0
+            else:
+                out[wl] = math.inf if n == 0.0 else 10.0 * math.log10(self.signal / float(n))
+        return out
+
+    def reset(self) -> None:
+        self.signal, self.tensors = 0.0, 0
+        self.noise[:] = 0.0
+
+
 class _FixedGrad(torch.autograd.Function):
     """Identity forward; the backward rounds the incoming gradient to ``<WL, FL(max|g|)>``."""
 
     @staticmethod
-    def forward(ctx, x, word_bits, rounding, generator):  # type: ignore[override]
-        ctx.word_bits, ctx.rounding, ctx.generator = word_bits, rounding, generator
+    def forward(ctx, x, word_bits, rounding, generator, meter):  # type: ignore[override]
+        ctx.word_bits, ctx.rounding, ctx.generator, ctx.meter = \
+            word_bits, rounding, generator, meter
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
+        if ctx.meter is not None:
+            ctx.meter.add(g)
         fl = frac_bits_for(max_abs(g), ctx.word_bits)
         return quantize_fixed(g, ctx.word_bits, fl, ctx.rounding, generator=ctx.generator), \
-            None, None, None
+            None, None, None, None
 
 
 def fixed_grad(x: torch.Tensor, word_bits: int, rounding: Rounding = "nearest",
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None,
+               meter: SqnrMeter | None = None) -> torch.Tensor:
     """``x`` unchanged; its gradient is quantized to ``word_bits`` with FL fitted to the
-    gradient's largest magnitude (dynamic fixed point, one format per backward call)."""
-    return _FixedGrad.apply(x, int(word_bits), rounding, generator)
+    gradient's largest magnitude (dynamic fixed point, one format per backward call); `meter`
+    (if given) sees the float gradient first."""
+    return _FixedGrad.apply(x, int(word_bits), rounding, generator, meter)

@@ -158,6 +158,10 @@ def train_marvin(model: nn.Module, dataset: Dataset, epochs: int, config: Marvin
             row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                    "epoch_s": time.perf_counter() - t0,
                    "mean_word_bits": float(pd.Series([f.word_bits for f in formats.values()])
+                                           .mean()),
+                   "mean_act_bits": float(pd.Series([f.act_bits for f in formats.values()])
+                                          .mean()),
+                   "mean_grad_bits": float(pd.Series([f.grad_bits for f in formats.values()])
                                            .mean())}
             if test is not None:
                 row["test_acc"] = evaluate(model, test)

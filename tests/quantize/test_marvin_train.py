@@ -109,17 +109,22 @@ def test_cli_train_marvin_and_report(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("NPUSIM_CACHE", str(tmp_path / "cache"))
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"lookback_batches": 4, "word_bits_menu": [4, 8, 16]}))
+    cfg.write_text(json.dumps({"lookback_batches": 4, "word_bits_menu": [4, 8, 16],
+                               "activations": "own", "gradients": "own"}))
     run = tmp_path / "run"
     rc = main(["train", "--marvin", "--marvin-config", str(cfg), "--model", "resnet8",
                "--data", "synthetic", "--width", "0.25", "--epochs", "1", "--batch-size", "64",
                "--marvin-out", str(run), "--out", str(tmp_path / "m.pt")])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "speedup" in out and "checkpoint:" in out
+    assert "speedup" in out and "checkpoint:" in out and "operand bits per MAC" in out
     for f in ("marvin_history.csv", "marvin_heatmap.png", "marvin_heatmap.csv",
-              "marvin_cost.csv", "marvin_usage.csv"):
+              "marvin_heatmap_act.png", "marvin_heatmap_grad.csv", "marvin_cost.csv",
+              "marvin_usage.csv"):
         assert (run / f).is_file()
+    heat = pd.read_csv(run / "marvin_heatmap_act.csv")
+    assert {"act_word_bits", "act_reason", "grad_word_bits"} <= set(heat.columns)
+    assert (heat["act_reason"] == "init").any()
     meta = json.loads((tmp_path / "m.json").read_text())
     assert meta["marvin"]["config"]["lookback_batches"] == 4
     assert main(["report", "--marvin", str(run), "--out", str(tmp_path / "rep")]) == 0
@@ -134,4 +139,8 @@ def test_cli_rejects_a_bad_marvin_config(tmp_path, capsys):
     assert main(["train", "--marvin-config", str(bad), "--data", "synthetic"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bogus: unknown key" in err[0]
+    bad.write_text('{"activations": "mine"}')
+    assert main(["train", "--marvin-config", str(bad), "--data", "synthetic"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "activations" in err[0]
     assert main(["train", "--marvin", "--quant", "lsq", "--data", "synthetic"]) == 2

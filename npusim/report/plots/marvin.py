@@ -15,15 +15,18 @@ __all__ = ["precision_heatmap", "training_savings"]
 
 
 def precision_heatmap(history: pd.DataFrame, ax=None, out: str | Path | None = None,
-                      batches: int | None = None, title: str | None = None):
+                      batches: int | None = None, title: str | None = None,
+                      value: str = "word_length_bits"):
     """Word length per layer (rows, in the history's order) and training iteration (x), one
     cell per decision interval; colour = word length in bits.
 
     Args:
-        history: the controller's decisions (``iteration, layer, word_length_bits``).
+        history: the controller's decisions (``iteration, layer`` and `value`).
         batches: the run's total batches (the last interval's end; default: last decision + 1).
+        value: the word drawn: the weights' (``word_length_bits``), the activations'
+            (``act_word_bits``) or the gradients' (``grad_word_bits``).
     """
-    need = {"iteration", "layer", "word_length_bits"}
+    need = {"iteration", "layer", value}
     missing = sorted(need - set(history.columns))
     if missing:
         raise ValueError(f"history: missing column {missing[0]!r}")
@@ -31,13 +34,13 @@ def precision_heatmap(history: pd.DataFrame, ax=None, out: str | Path | None = N
     its = sorted({int(i) for i in history["iteration"]})
     end = int(batches) if batches is not None else its[-1] + 1
     grid = (history.drop_duplicates(["layer", "iteration"], keep="last")
-            .pivot(index="layer", columns="iteration", values="word_length_bits")
+            .pivot(index="layer", columns="iteration", values=value)
             .reindex(index=layers, columns=its).ffill(axis=1))
     fig, ax = _new_ax(ax, (8.0, max(3.0, 0.22 * len(layers) + 1.4)))
     from matplotlib import colormaps
     from matplotlib.colors import BoundaryNorm
 
-    menu = sorted({int(v) for v in history["word_length_bits"]})
+    menu = sorted({int(v) for v in history[value]})
     bounds = [menu[0] - 0.5] + [(a + b) / 2 for a, b in zip(menu, menu[1:])] + [menu[-1] + 0.5]
     cmap = colormaps["viridis"].resampled(max(len(menu), 2))
     norm = BoundaryNorm(bounds, cmap.N)
@@ -51,9 +54,12 @@ def precision_heatmap(history: pd.DataFrame, ax=None, out: str | Path | None = N
     ax.invert_yaxis()
     ax.set_xlabel("training iteration (batches)")
     ax.set_ylabel("layer")
-    ax.set_title(title or "MARViN word length per layer", fontsize=10)
+    what = {"act_word_bits": "activation", "grad_word_bits": "gradient"}.get(value, "weight")
+    ax.set_title(title or f"MARViN {what} word length per layer", fontsize=10)
     table = history[[c for c in ("iteration", "layer", "word_length_bits", "frac_bits",
-                                 "kl_nats", "reason") if c in history.columns]]
+                                 "kl_nats", "reason", "act_word_bits", "act_sqnr_db",
+                                 "act_reason", "grad_word_bits", "grad_sqnr_db", "grad_reason")
+                     if c in history.columns]]
     return _finish(fig, table, out)
 
 

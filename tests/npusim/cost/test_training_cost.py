@@ -5,12 +5,15 @@ import pandas as pd
 import pytest
 
 from npusim.cost.training import (
+    USAGE_COLUMNS,
     TrainingCostModel,
     compare_training,
     constant_usage,
+    mac_bit_costs,
     training_cost,
     usage_from_history,
 )
+from npusim.errors import UserError
 from npusim.hw.config import NPUConfig
 
 GEOM = pd.DataFrame({"layer": ["conv1", "conv2", "fc"], "M": [64, 16, 1], "K": [9, 72, 128],
@@ -75,3 +78,36 @@ def test_bad_inputs_are_refused():
         training_cost(GEOM, bad, NPU)
     with pytest.raises(ValueError, match="iteration 0"):
         usage_from_history(history({2: 8}), BATCHES)
+
+
+def test_mac_bit_costs_on_a_hand_computed_case():
+    """Layer a (first: no input gradient) at w8 a4 g16, layer b in float32; one batch of 2."""
+    geom = pd.DataFrame({"layer": ["a", "b"], "M": [4, 1], "K": [3, 8], "N": [2, 5],
+                         "groups": [1, 1], "weights": [6, 40], "input_grad": [False, True]})
+    usage = pd.DataFrame([("a", 8, 4, 16, False, False, False, 2, 1),
+                          ("b", 32, 32, 32, True, True, True, 2, 1)], columns=USAGE_COLUMNS)
+    c = mac_bit_costs(geom, usage)
+    # a: 2*4*3*2 = 48 MACs in forward (4x8) and grad-weight (16x4); b: 2*8*5 = 80 in three GEMMs
+    assert c["macs"] == 48 * 2 + 80 * 3
+    assert c["weight_bits_per_mac"] == pytest.approx((48 * 8 + 160 * 32) / 208)
+    assert c["act_bits_per_mac"] == pytest.approx((96 * 4 + 160 * 32) / 256)
+    assert c["grad_bits_per_mac"] == pytest.approx((48 * 16 + 160 * 32) / 208)
+    assert c["quadratic_cost_rel_fp32"] == pytest.approx(
+        (48 * 4 * 8 + 48 * 16 * 4 + 240 * 1024) / (336 * 1024))
+    assert c["linear_cost_rel_fp32"] == pytest.approx((48 * 8 + 48 * 16 + 240 * 32) / (336 * 32))
+
+
+@pytest.mark.parametrize("bits", [4, 6, 8, 16])
+def test_mac_bit_costs_of_a_fixed_word_are_the_bit_ratios(bits):
+    c = mac_bit_costs(GEOM, constant_usage(GEOM, BATCHES, bits))
+    assert c["weight_bits_per_mac"] == c["act_bits_per_mac"] == c["grad_bits_per_mac"] == bits
+    assert c["quadratic_cost_rel_fp32"] == pytest.approx((bits / 32) ** 2)
+    assert c["linear_cost_rel_fp32"] == pytest.approx(bits / 32)
+    f = mac_bit_costs(GEOM, constant_usage(GEOM, BATCHES, None))
+    assert f["quadratic_cost_rel_fp32"] == f["linear_cost_rel_fp32"] == 1.0
+
+
+def test_mac_bit_costs_refuses_unknown_layers():
+    usage = constant_usage(GEOM, BATCHES, 8).assign(layer="nope")
+    with pytest.raises(UserError, match="nope"):
+        mac_bit_costs(GEOM, usage)
