@@ -169,12 +169,7 @@ def training_cost(geometry: pd.DataFrame, usage: pd.DataFrame, npu: "NPUConfig",
     every batch had one format costs exactly what the fixed-format baseline does.
     """
     table = table or table_for_npu(npu)
-    _check(geometry, GEOMETRY_COLUMNS, "geometry")
-    _check(usage, USAGE_COLUMNS, "usage")
-    geo = geometry.set_index("layer")
-    unknown = sorted(set(usage["layer"]) - set(geo.index))
-    if unknown:
-        raise TrainingTableError(f"usage: layer {unknown[0]!r} is not in the geometry table")
+    geo = _geometry_for(geometry, usage)
     keys = ["layer", "weight_bits", "act_bits", "grad_bits", "weight_float", "act_float",
             "grad_float", "batch_size"]
     grouped = usage.groupby(keys, as_index=False, sort=False)["batches"].sum()
@@ -252,12 +247,7 @@ def mac_bit_costs(geometry: pd.DataFrame, usage: pd.DataFrame) -> dict[str, floa
       p-bit activations), here serialising the wider operand of each MAC (equivalently the
       sub-word lanes ``32 / max(bx, by)`` of `TrainingCostModel`); at equal widths N it is N/32.
     """
-    _check(geometry, GEOMETRY_COLUMNS, "geometry")
-    _check(usage, USAGE_COLUMNS, "usage")
-    geo = geometry.set_index("layer")
-    unknown = sorted(set(usage["layer"]) - set(geo.index))
-    if unknown:
-        raise TrainingTableError(f"usage: layer {unknown[0]!r} is not in the geometry table")
+    geo = _geometry_for(geometry, usage)
     tot = Counter()
     for u in usage.itertuples(index=False):
         g = geo.loc[u.layer]
@@ -318,6 +308,18 @@ def compare_training(geometry: pd.DataFrame, usage: pd.DataFrame, npu: "NPUConfi
     df["npu"] = npu.name
     df["throughput_model"] = model.throughput
     return df
+
+
+def _geometry_for(geometry: pd.DataFrame, usage: pd.DataFrame) -> pd.DataFrame:
+    """`geometry` indexed by layer, after checking both tables' columns and that every layer
+    of `usage` is in it."""
+    _check(geometry, GEOMETRY_COLUMNS, "geometry")
+    _check(usage, USAGE_COLUMNS, "usage")
+    geo = geometry.set_index("layer")
+    unknown = sorted(set(usage["layer"]) - set(geo.index))
+    if unknown:
+        raise TrainingTableError(f"usage: layer {unknown[0]!r} is not in the geometry table")
+    return geo
 
 
 def _check(df: pd.DataFrame, cols: list[str], what: str) -> None:

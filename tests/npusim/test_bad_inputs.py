@@ -34,6 +34,7 @@ import pytest
 
 from npusim.cli.app import main
 from npusim.ir.program import IntegerProgram, Node, TensorSpec, save_program
+from tests.npusim.onnx.helpers import qdq_model
 from tests.npusim.programs import _arr, finish
 
 # ------------------------------------------------------------------ fixture builders
@@ -1419,35 +1420,13 @@ for name, extra_args, frags in [
 # ------------------------------------------------------------------ ONNX import: unsupported nodes
 
 
-def _qdq(extra_nodes: list, outputs: tuple[str, ...] = ("y",), w_zp: int = 0):
-    """x -> Q -> DQ -> Conv(DQ(w)) -> Q -> DQ -> extra nodes (as tests/npusim/onnx/test_import.py)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    f = TensorProto.FLOAT
-    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
-             numpy_helper.from_array(np.array(0, np.uint8), "z"),
-             numpy_helper.from_array(np.ones((4, 3, 1, 1), np.int8), "wq"),
-             numpy_helper.from_array(np.array(0.01, np.float32), "ws"),
-             numpy_helper.from_array(np.array(w_zp, np.int8), "wz")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="qx"),
-             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dqx"),
-             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], name="dqw"),
-             helper.make_node("Conv", ["xd", "w"], ["c"], name="conv"),
-             helper.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"], name="qc"),
-             helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["cd"], name="dqc"),
-             *extra_nodes]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info(o, f, None) for o in outputs], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-
-
 def _one_op(op: str, inputs=("cd",), domain: str = "", **attrs) -> Callable[[Path], bytes]:
     def make(d: Path) -> bytes:
         from onnx import helper
 
         node = helper.make_node(op, list(inputs), ["y"], name="the_node", domain=domain or None,
                                 **attrs)
-        return _qdq([node]).SerializeToString()
+        return qdq_model([node]).SerializeToString()
     return make
 
 
@@ -1459,9 +1438,9 @@ for name, make, frags in [
                         ("TopK", {})]],
     ("custom_domain", _one_op("Relu", domain="my.ops"), ("'the_node'", "Relu")),
     ("concat_axis2", _one_op("Concat", inputs=("cd", "cd"), axis=2), ("'the_node'", "Concat", "axis")),
-    ("asymmetric_weights", lambda d: _qdq([], outputs=("cd",), w_zp=3).SerializeToString(),
+    ("asymmetric_weights", lambda d: qdq_model([], outputs=("cd",), w_zp=3).SerializeToString(),
      ("'conv'", "Conv", "zero point")),
-    ("float_output", lambda d: _qdq([], outputs=("c",)).SerializeToString(),
+    ("float_output", lambda d: qdq_model([], outputs=("c",)).SerializeToString(),
      ("graph output 'c'", "not a quantized")),
 ]:
     add("onnx_nodes", name, ONNX_ARGV, frags, {"m.onnx": make})

@@ -118,3 +118,26 @@ def with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
         if n not in have:
             m.graph.output.append(onnx.ValueInfoProto(name=n))
     return m
+
+
+def qdq_model(extra_nodes, w_zp: int = 0, outputs=("y",)) -> onnx.ModelProto:
+    """x -> Q -> DQ -> Conv(DQ(w)) -> Q -> DQ -> extra nodes; output `outputs` (a 1x3x4x4
+    input, 4 output channels: the smallest QDQ model the refusal tests extend)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.uint8), "z"),
+             numpy_helper.from_array(np.ones((4, 3, 1, 1), np.int8), "wq"),
+             numpy_helper.from_array(np.array(0.01, np.float32), "ws"),
+             numpy_helper.from_array(np.array(w_zp, np.int8), "wz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="qx"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dqx"),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], name="dqw"),
+             helper.make_node("Conv", ["xd", "w"], ["c"], name="conv"),
+             helper.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"], name="qc"),
+             helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["cd"], name="dqc"),
+             *extra_nodes]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info(o, f, None) for o in outputs], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])

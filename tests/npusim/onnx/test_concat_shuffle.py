@@ -16,7 +16,7 @@ from npusim.onnx import OnnxImportError, import_onnx
 from npusim.onnx.exporter import to_onnx
 from npusim.sim.simulator import Simulator
 from tests.npusim.onnx import helpers as H
-from tests.npusim.onnx.test_import import _qdq_model, images, traced_mismatches
+from tests.npusim.onnx.test_import import images, traced_mismatches
 from tests.npusim.sim.test_concat_shuffle import _program
 
 SHAPE = (3, 8, 8)
@@ -110,7 +110,7 @@ def _i64(name, values):
      [_i64("sh", [1, 2, 2, 4, 4])], r"'tr' \(Transpose\): perm \[0, 1, 2, 4, 3\]: only the "),
 ])
 def test_other_slices_splits_and_transposes_are_refused_in_one_line(nodes, inits, msg):
-    model = _qdq_model(nodes)
+    model = H.qdq_model(nodes)
     model.graph.initializer.extend(inits)
     with pytest.raises(OnnxImportError, match=msg) as e:
         import_onnx(model)

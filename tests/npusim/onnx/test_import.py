@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from models.registry import create_model
 from npusim.ir.program import load_program, save_program
@@ -143,30 +143,10 @@ def test_pixels_embed_lut_is_onnxruntimes_quantizelinear(allops_float, tmp_path)
 
 # ---------------------------------------------------------------- refusals, one line each
 
-def _qdq_model(extra_nodes, w_zp=0, outputs=("y",)):
-    """x -> Q -> DQ -> Conv(DQ(w)) -> Q -> DQ -> extra nodes; output `outputs`."""
-    f = TensorProto.FLOAT
-    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
-             numpy_helper.from_array(np.array(0, np.uint8), "z"),
-             numpy_helper.from_array(np.ones((4, 3, 1, 1), np.int8), "wq"),
-             numpy_helper.from_array(np.array(0.01, np.float32), "ws"),
-             numpy_helper.from_array(np.array(w_zp, np.int8), "wz")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="qx"),
-             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dqx"),
-             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], name="dqw"),
-             helper.make_node("Conv", ["xd", "w"], ["c"], name="conv"),
-             helper.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"], name="qc"),
-             helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["cd"], name="dqc"),
-             *extra_nodes]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info(o, f, None) for o in outputs], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-
-
 @pytest.mark.parametrize("op, attrs", [("Softmax", {"axis": 1}), ("Transpose", {"perm": [0, 1, 3, 2]}),
                                        ("Sigmoid", {})])
 def test_unmapped_op_is_refused_naming_node_and_op(op, attrs):
-    model = _qdq_model([helper.make_node(op, ["cd"], ["y"], name="the_node", **attrs)])
+    model = H.qdq_model([helper.make_node(op, ["cd"], ["y"], name="the_node", **attrs)])
     with pytest.raises(OnnxImportError) as e:
         import_onnx(model)
     msg = str(e.value)
@@ -174,17 +154,17 @@ def test_unmapped_op_is_refused_naming_node_and_op(op, attrs):
 
 
 def test_concat_off_the_channels_is_refused():
-    model = _qdq_model([helper.make_node("Concat", ["cd", "cd"], ["y"], name="cat", axis=2)])
+    model = H.qdq_model([helper.make_node("Concat", ["cd", "cd"], ["y"], name="cat", axis=2)])
     with pytest.raises(OnnxImportError, match=r"'cat' \(Concat\): axis=2: only a concat of the "
                                               r"channels"):
         import_onnx(model)
 
 
 def test_asymmetric_weights_are_refused():
-    model = _qdq_model([], w_zp=3, outputs=("cd",))
+    model = H.qdq_model([], w_zp=3, outputs=("cd",))
     with pytest.raises(OnnxImportError, match=r"'conv' \(Conv\): weight zero point must be 0"):
         import_onnx(model)
-    assert import_onnx(_qdq_model([], outputs=("cd",))).nodes[0].op == "conv2d"
+    assert import_onnx(H.qdq_model([], outputs=("cd",))).nodes[0].op == "conv2d"
 
 
 def test_unreadable_file_is_one_line(tmp_path):
