@@ -16,7 +16,10 @@ no overflow event and equals its exact sum. So:
    are reported as unknown (None);
 4. otherwise each output gets a data-dependent bound, ``[bias - N, bias + P]`` with P and N
    the sums of its positive and negative products (two more GEMMs), and only the outputs whose
-   bound leaves a level's range are re-simulated order-faithfully, events counted honestly.
+   bound leaves a level's range are re-simulated order-faithfully, events counted honestly:
+   chunk by chunk where the int8 engine gives the chunk sums (`npusim.sim.screen`: a chunk
+   whose sums bound every running sum inside the range is added at once), else product by
+   product.
 
 The "reference" engine runs the order-faithful kernel on every output (what the fast path is
 tested against). Activations are channels last (N, H, W, C) and stored narrow (see
@@ -25,6 +28,7 @@ tested against). Activations are channels last (N, H, W, C) and stored narrow (s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -32,6 +36,7 @@ import numpy as np
 
 from npusim.ir import arith
 from npusim.sim import kernels as K
+from npusim.sim import screen
 from npusim.sim.engines import Engine
 from npusim.sim.exact_conv import F64_EXACT, InexactError, l1_bound
 from npusim.sim.int8_engine import Int8Conv, Int8Result, int8_conv
@@ -50,6 +55,8 @@ class AccStats:
     acc_min: int = 0
     acc_max: int = 0
     sequential_outputs: int = 0
+    screened_chunks: int = 0  # chunks of the flagged pixels' outputs added at once (`screen`)
+    walked_chunks: int = 0  # and those walked product by product
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,12 @@ def prepare_conv(engine: Engine, w: np.ndarray, stride: int, padding: int, group
     (`engine` does not use int8, or cannot prove this layer exact in it)."""
     pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
     signs = (pe_risk or acc_risk) and _shortcut(lv, pe_risk, acc_risk, count_events) is None
-    return engine.prepare_int8(w, stride, padding, groups, zp_x, x_range, signs)
+    prep = engine.prepare_int8(w, stride, padding, groups, zp_x, x_range, signs)
+    if prep is not None and prep.signs:
+        cp = screen.prepare_chunks(prep, w, lv, x_range, engine.int8_kind)
+        if cp is not None:
+            prep = dataclasses.replace(prep, chunks=cp)
+    return prep
 
 
 def _fits(lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
@@ -177,7 +189,7 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
                 return _wrapped_from_engine(entry, bias, requant, lv, short, x.shape[0], out_hw,
                                             st)
             return _from_engine(entry, x, w, bias, stride, padding, groups, zp_x, out_hw, lv,
-                                pe_risk, acc_risk, requant, st)
+                                pe_risk, acc_risk, requant, st, prep.chunks)
         except InexactError as e:  # caught by the engine's checks: nothing wrong gets out
             if share is not None:
                 share["conv"] = [c for c in share.get("conv", []) if not _same_array(c.x, x)]
@@ -271,6 +283,7 @@ class _Shared:
     need_acc: np.ndarray | None = None  # (M, O) uint8: bits of [bias - neg, bias + pos]
     need_pe: np.ndarray | None = None  # (M, O) uint8: bits of [-neg, pos]
     need_max: tuple[int, int] = (0, 0)
+    chunk_g: dict = field(default_factory=dict)  # chunk size -> `screen.chunk_sums` of x
 
 
 def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
@@ -289,7 +302,13 @@ def _shared_entry(share, x, prep, out_hw) -> _Shared:
             if _same_array(e.x, x) and (e.prep.signs or not prep.signs) and \
                     e.prep.zp_x == prep.zp_x and np.array_equal(e.prep.wq[:prep.q], prep.wq):
                 return e
-    e = _Shared(x, prep, int8_conv(x, prep, out_hw))
+    cp = prep.chunks
+    if cp is not None and screen.fits(cp, x.shape[0], out_hw[0] * out_hw[1]):
+        gc, res = screen.chunk_sums(x, cp, out_hw)  # the sign columns, summed from chunks
+        e = _Shared(x, prep, res)
+        e.chunk_g[cp.size] = gc
+    else:
+        e = _Shared(x, prep, int8_conv(x, prep, out_hw))
     if share is not None:
         share["conv"].append(e)
     return e
@@ -347,10 +366,11 @@ def _wrapped_from_engine(e: _Shared, bias, requant, lv, bits, n, out_hw, st):
 
 
 def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, lv, pe_risk,
-                 acc_risk, requant, st):
+                 acc_risk, requant, st, cp=None):
     """Finish a layer from the int8 engine's sums: the exact output (requantization fused
     into the epilogue) where no output's bound leaves this NPU's widths; else the flagged
-    outputs re-simulated order-faithfully, requantized one by one and patched in."""
+    outputs re-simulated order-faithfully (chunk screening with the `screen.ChunkPlan` `cp`
+    where the batch fits it), requantized one by one and patched in."""
     n, o = x.shape[0], e.prep.o
     ho, wo = out_hw
     pixels = ho * wo
@@ -371,7 +391,14 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
         return out, st
     st.sequential_outputs = len(flat)
     m, oc = np.divmod(flat, o)
-    vals = _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st, out_hw)
+    if cp is not None and screen.fits(cp, n, pixels):
+        gc = e.chunk_g.get(cp.size)
+        if gc is None:  # an entry made by a configuration without this chunk size
+            gc = e.chunk_g[cp.size] = screen.chunk_sums(x, cp, out_hw)[0]
+        vals = screen.screened_points(x, cp, gc, bias, lv, m, oc, st, out_hw)
+    else:
+        vals = _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
+                                out_hw)
     if not (st.pe_overflows or st.acc_overflows):
         # no addition wrapped or saturated: the flagged outputs are the exact ones, so the
         # whole output is the exact output (shared, as above)

@@ -330,6 +330,131 @@ def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, va
 
 
 @numba.njit(parallel=True, cache=True)
+def chunk_reduce_kernel(gc, n, nch, q, g, sums):
+    """From the chunked engine's sums `gc` (n * pixels, nch * q) float32 (exact integers,
+    chunk j in columns [j*q, (j+1)*q)): their total over the chunks ``g`` (n * pixels, q)
+    float32 (exact: the caller's bound keeps every total below 2^24) and every column's
+    sum per image ``sums`` (n, nch * q) int64 (the engine's check)."""
+    pixels = gc.shape[0] // n
+    for b in numba.prange(n):
+        sm = np.zeros(nch * q, np.int64)
+        row = np.empty(nch * q, np.int32)
+        tot = np.empty(q, np.int32)
+        for p in range(b * pixels, (b + 1) * pixels):
+            src = gc[p]
+            for c in range(nch * q):  # exact integers below 2^24: int32 lanes
+                row[c] = np.int32(src[c])
+            for c in range(nch * q):
+                sm[c] += row[c]
+            for c in range(q):
+                tot[c] = row[c]
+            for j in range(1, nch):
+                for c in range(q):
+                    tot[c] += row[j * q + c]
+            dst = g[p]
+            for c in range(q):
+                dst[c] = np.float32(tot[c])
+        for c in range(nch * q):
+            sums[b, c] = sm[c]
+
+
+@numba.njit(parallel=True, cache=True)
+def screen_walk_kernel(x, wl, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, gc, size,
+                       vals, events, chunks):
+    """`_accumulate_point` for every output channel of the output pixels `pix` (flat m = (n,
+    oy, ox)), chunk by chunk: the k order (c, i, j) cut into chunks of `size` products (whole
+    pe chunks: ``rows`` divides `size` in the ws/is order). Row m of `gc` holds per chunk j,
+    in columns [2jO, 2jO + O), its exact sum and in [2jO + O, 2(j+1)O) the sum `pos` of its
+    positive products (float32, exact integers); ``neg = sum - pos``. Every running sum in a
+    chunk lies in [s + neg, s + pos] (s: the held value at its start) and every pe-level chunk
+    sum in [neg, pos]: where both fit their levels no addition can overflow, and the held
+    value becomes s + sum exactly (wrap and saturate alike); elsewhere the chunk is walked
+    product by product with `_level_add`. Channels-last `x` (N, H, W, C), padding at zp_x;
+    `wl` (O, K) int64 weights in the k order. Out: `vals` (len(pix), O) int64, `events`
+    (len(pix), 2) (pe, acc) and `chunks` (len(pix), 2) (screened, walked) per pixel."""
+    H, W = x.shape[1], x.shape[2]
+    O, K = wl.shape
+    cg = K // (kh * kw)
+    nch = (K + size - 1) // size
+    ws = lv.order != OS
+    rows = lv.rows
+    pe_bits, pe_mode, acc_bits, acc_mode = lv.pe_bits, lv.pe_mode, lv.acc_bits, lv.acc_mode
+    acc_hi = (1 << (acc_bits - 1)) - 1
+    acc_lo = -acc_hi - 1
+    pe_hi = (1 << (pe_bits - 1)) - 1 if ws else _I64_MAX
+    pe_lo = -pe_hi - 1
+    for t in numba.prange(pix.shape[0]):
+        m = pix[t]
+        b = m // (ho * wo)
+        r = m - b * ho * wo
+        oy = r // wo
+        ox = r - oy * wo
+        patch = np.empty(K, np.int64)
+        k = 0
+        for c in range(cg):
+            for i in range(kh):
+                iy = oy * stride + i - pad
+                for j in range(kw):
+                    ix = ox * stride + j - pad
+                    if iy < 0 or iy >= H or ix < 0 or ix >= W:
+                        patch[k] = 0
+                    else:
+                        patch[k] = np.int64(x[b, iy, ix, c]) - zp_x
+                    k += 1
+        row = gc[m]
+        acc = np.empty(O, np.int64)
+        ok = np.empty(O, np.bool_)
+        pe_ev = 0
+        acc_ev = 0
+        for o in range(O):  # the bias preload at the acc level, from 0
+            v, f = _level_add(0, bias[o], acc_bits, acc_mode)
+            acc[o] = v
+            acc_ev += f
+        walked = 0
+        for jc in range(nch):
+            base = 2 * jc * O
+            nfail = 0
+            for o in range(O):
+                sm = np.int64(np.int32(row[base + o]))
+                pos = np.int64(np.int32(row[base + O + o]))
+                neg = sm - pos
+                a = acc[o]
+                good = (a + pos <= acc_hi) & (a + neg >= acc_lo) & (pos <= pe_hi) & (neg >= pe_lo)
+                ok[o] = good
+                acc[o] = a + sm if good else a
+                nfail += not good
+            walked += nfail
+            if nfail == 0:
+                continue
+            k0 = jc * size
+            k1 = min(K, k0 + size)
+            for o in range(O):
+                if ok[o]:
+                    continue
+                a = acc[o]
+                wr = wl[o]
+                if ws:
+                    for c0 in range(k0, k1, rows):
+                        ps = 0
+                        for k in range(c0, min(k1, c0 + rows)):
+                            ps, f = _level_add(ps, patch[k] * wr[k], pe_bits, pe_mode)
+                            pe_ev += f
+                        a, f = _level_add(a, ps, acc_bits, acc_mode)
+                        acc_ev += f
+                else:
+                    for k in range(k0, k1):
+                        a, f = _level_add(a, patch[k] * wr[k], acc_bits, acc_mode)
+                        acc_ev += f
+                acc[o] = a
+        for o in range(O):
+            vals[t, o] = acc[o]
+        events[t, 0] = pe_ev
+        events[t, 1] = acc_ev
+        chunks[t, 0] = nch * O - walked
+        chunks[t, 1] = walked
+
+
+@numba.njit(parallel=True, cache=True)
 def pool_kernel(x, kernel, stride, is_max, zp_x, rq, out):
     """Channels-last pooling of pre-padded `x` (N, Hp, Wp, C) into `out` (N, Ho, Wo, C): max
     (exact; x padded with the int64 minimum) or average (sum of x - zp_x over the window, then
@@ -623,7 +748,8 @@ def nonzero_count_kernel(x, zp_x, out):
                     out[c, h, w_] += x[b, c, h, w_] != zp_x
 
 
-__all__ = ["conv_kernel", "conv_points_kernel", "conv_walk_kernel", "pool_kernel",
+__all__ = ["conv_kernel", "conv_points_kernel", "conv_walk_kernel", "chunk_reduce_kernel",
+           "screen_walk_kernel", "pool_kernel",
            "avgpool_float_kernel", "embed_kernel", "to_u8_kernel",
            "window_sums_kernel", "column_sums_kernel", "conv_pixels_nhwc_kernel",
            "gemm_epilogue_kernel",
