@@ -316,7 +316,7 @@ def _shared_entry(share, x, prep, out_hw) -> _Shared:
 
 def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_bits=0):
     """One pass of the epilogue kernel over the engine's sums: (output (M, O) requantized when
-    `requant`, min and max of all accumulators, of the unflagged ones, flagged flat indices);
+    `requant`, min and max of all accumulators, of the unflagged ones, `_flagged`);
     with a risk, the per-output bound bits are stored in `e`."""
     o = e.prep.o
     risk = pe_risk or acc_risk
@@ -332,7 +332,7 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
     e.res.verify(sums.sum(axis=1))
     mm = [int(f(mnmx[..., k])) if out.size else 0
           for k, f in ((0, np.min), (1, np.max), (2, np.min), (3, np.max))]
-    flat = ()
+    flat = _NONE_FLAGGED
     if risk:
         e.need_acc, e.need_pe = need[0], need[1]
         e.need_max = (int(need[0].max(initial=0)), int(need[1].max(initial=0)))
@@ -340,14 +340,19 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
     return out, mm, flat
 
 
-def _flagged(e: _Shared, lv, pe_risk) -> np.ndarray:
-    """Flat indices of the outputs whose bound leaves this NPU's widths."""
+_NONE_FLAGGED = (np.zeros(0, np.int64), 0)
+
+
+def _flagged(e: _Shared, lv, pe_risk) -> tuple[np.ndarray, int]:
+    """(the rows m = (n, pixel) with an output whose bound leaves this NPU's widths, the
+    number of such outputs)."""
     if e.need_max[0] <= lv.acc_bits and (not pe_risk or e.need_max[1] <= lv.pe_bits):
-        return np.zeros(0, np.int64)
+        return _NONE_FLAGGED
     mask = e.need_acc > lv.acc_bits
     if pe_risk:
         mask |= e.need_pe > lv.pe_bits
-    return np.flatnonzero(mask.reshape(-1))
+    per = np.count_nonzero(mask, axis=1)
+    return np.flatnonzero(per), int(per.sum())
 
 
 def _wrapped_from_engine(e: _Shared, bias, requant, lv, bits, n, out_hw, st):
@@ -378,27 +383,26 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
     key = None if requant is None else requant.key()
     risk = pe_risk or acc_risk
     hit = e.exact.get(key)
-    flat = _flagged(e, lv, pe_risk) if risk and e.need_acc is not None else ()
+    flat = _flagged(e, lv, pe_risk) if risk and e.need_acc is not None else _NONE_FLAGGED
     out = mm = None
     if hit is None or (risk and e.need_acc is None):
         out, mm, flat = _epilogue(e, bias, requant, lv, pe_risk, acc_risk, n, pixels)
-        if not len(flat) and hit is None:
+        if not flat[1] and hit is None:
             # the very object is handed to every configuration that gets here, so the next
             # layers see identical inputs (`is`) and share in turn
             hit = e.exact[key] = (out.reshape(n, ho, wo, o), mm[0], mm[1])
-    if not len(flat):  # the exact result, shared by every configuration that gets here
+    if not flat[1]:  # the exact result, shared by every configuration that gets here
         out, st.acc_min, st.acc_max = hit
         return out, st
-    st.sequential_outputs = len(flat)
-    m, oc = np.divmod(flat, o)
+    pix, st.sequential_outputs = flat
+    # every output of the flagged pixels (the others equal their exact sums, events none)
     if cp is not None and screen.fits(cp, n, pixels):
         gc = e.chunk_g.get(cp.size)
         if gc is None:  # an entry made by a configuration without this chunk size
             gc = e.chunk_g[cp.size] = screen.chunk_sums(x, cp, out_hw)[0]
-        vals = screen.screened_points(x, cp, gc, bias, lv, m, oc, st, out_hw)
+        vals = screen.screened_pixels(x, cp, gc, bias, lv, pix, st, out_hw)
     else:
-        vals = _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
-                                out_hw)
+        vals = _simulate_pixels(x, w, bias, stride, padding, groups, zp_x, lv, pix, st, out_hw)
     if not (st.pe_overflows or st.acc_overflows):
         # no addition wrapped or saturated: the flagged outputs are the exact ones, so the
         # whole output is the exact output (shared, as above)
@@ -409,7 +413,7 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
     if out is None:  # the unflagged outputs' range at these widths: one epilogue pass
         out, mm, _ = _epilogue(e, bias, requant, lv, pe_risk, acc_risk, n, pixels)
     st.acc_min, st.acc_max = min(mm[2], int(vals.min())), max(mm[3], int(vals.max()))
-    out.reshape(-1)[flat] = vals if requant is None else requant.apply_points(vals, oc)
+    out.reshape(-1, o)[pix] = vals if requant is None else requant.apply_channels_last(vals)
     return out.reshape(n, ho, wo, o), st
 
 
@@ -514,30 +518,38 @@ def _walk_lanes(x: np.ndarray, w: np.ndarray, bias: np.ndarray, zp_x: int, lv: L
 def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
                      out_hw) -> np.ndarray:
     """Order-faithful accumulators of the outputs at output pixels `m` (flat (n, oy, ox),
-    non-decreasing) and channels `oc` of channels-last `x`, events counted into `st`. Every
-    output channel of each such pixel is simulated at once (`kernels.conv_walk_kernel`,
-    vectorized across channels); the channels not asked for cannot overflow (their bound fits
-    both levels), so the pixel's event counts are those of the outputs asked for. Layers whose
-    sums do not fit its lanes take the one-output-at-a-time kernel."""
-    ho, wo = out_hw
+    non-decreasing) and channels `oc` of channels-last `x`, events counted into `st`: every
+    output channel of each such pixel is simulated (`_simulate_pixels`); the channels not
+    asked for cannot overflow (their bound fits both levels), so the pixel's event counts are
+    those of the outputs asked for."""
     m = np.asarray(m, np.int64)
-    oc = np.asarray(oc, np.int64)
+    new = np.empty(len(m), bool)
+    new[:1] = True
+    np.not_equal(m[1:], m[:-1], out=new[1:])
+    row = np.cumsum(new) - 1  # the row of each output's pixel in `pix`
+    got = _simulate_pixels(x, w, bias, stride, padding, groups, zp_x, lv, m[new], st, out_hw)
+    return got[row, np.asarray(oc, np.int64)]
+
+
+def _simulate_pixels(x, w, bias, stride, padding, groups, zp_x, lv, pix, st,
+                     out_hw) -> np.ndarray:
+    """Order-faithful accumulators (len(pix), O) of every output channel of the output pixels
+    `pix` (flat (n, oy, ox)) of channels-last `x`, events counted into `st`, vectorized across
+    channels (`kernels.conv_walk_kernel`); layers whose sums do not fit its lanes take the
+    one-output-at-a-time kernel."""
+    ho, wo = out_hw
+    pix = np.asarray(pix, np.int64)
+    o, cg, kh, kw = w.shape
     lanes = _walk_lanes(x, w, bias, zp_x, lv)
     if lanes is None:
-        vals = np.empty(len(m), np.int64)
-        events = np.zeros((len(m), 2), np.int64)
-        b, p = np.divmod(m, ho * wo)
-        points = np.stack([b, oc, p // wo, p % wo], axis=1)
+        got = np.empty((len(pix), o), np.int64)
+        events = np.zeros((len(pix) * o, 2), np.int64)
+        b, p = np.divmod(np.repeat(pix, o), ho * wo)
+        points = np.stack([b, np.tile(np.arange(o), len(pix)), p // wo, p % wo], axis=1)
         xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)
         K.conv_points_kernel(_pad(xc, padding, zp_x), w, bias, stride, groups, zp_x, lv,
-                             points, vals, events)
+                             points, got.reshape(-1), events)
     else:
-        o, cg, kh, kw = w.shape
-        new = np.empty(len(m), bool)
-        new[:1] = True
-        np.not_equal(m[1:], m[:-1], out=new[1:])
-        pix = m[new]
-        row = np.cumsum(new) - 1  # the row of each output's pixel in `pix`
         wt = w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)
         if lanes is np.int16:  # scaled to the top of the lane (`kernels._walk16_add`)
             wt = wt << (16 - (lv.pe_bits if lv.order != K.OS else lv.acc_bits))
@@ -546,7 +558,6 @@ def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
         events = np.zeros((len(pix), 2), np.int64)
         K.conv_walk_kernel(np.ascontiguousarray(x), wt, np.asarray(bias, np.int64), kh, kw,
                            stride, padding, zp_x, lv, pix, ho, wo, got, events)
-        vals = got[row, oc]
     st.pe_overflows = int(events[:, 0].sum())
     st.acc_overflows = int(events[:, 1].sum())
-    return vals
+    return got

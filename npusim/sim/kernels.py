@@ -338,19 +338,18 @@ def chunk_reduce_kernel(gc, n, nch, q, g, sums):
     pixels = gc.shape[0] // n
     for b in numba.prange(n):
         sm = np.zeros(nch * q, np.int64)
-        row = np.empty(nch * q, np.int32)
         tot = np.empty(q, np.int32)
         for p in range(b * pixels, (b + 1) * pixels):
             src = gc[p]
-            for c in range(nch * q):  # exact integers below 2^24: int32 lanes
-                row[c] = np.int32(src[c])
-            for c in range(nch * q):
-                sm[c] += row[c]
-            for c in range(q):
-                tot[c] = row[c]
-            for j in range(1, nch):
+            for c in range(q):  # exact integers below 2^24: int32 lanes
+                v = np.int32(src[c])
+                tot[c] = v
+                sm[c] += v
+            for jc in range(1, nch):
                 for c in range(q):
-                    tot[c] += row[j * q + c]
+                    v = np.int32(src[jc * q + c])
+                    tot[c] += v
+                    sm[jc * q + c] += v
             dst = g[p]
             for c in range(q):
                 dst[c] = np.float32(tot[c])
@@ -359,7 +358,7 @@ def chunk_reduce_kernel(gc, n, nch, q, g, sums):
 
 
 @numba.njit(parallel=True, cache=True)
-def screen_walk_kernel(x, wl, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, gc, size,
+def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, gc, size,
                        vals, events, chunks):
     """`_accumulate_point` for every output channel of the output pixels `pix` (flat m = (n,
     oy, ox)), chunk by chunk: the k order (c, i, j) cut into chunks of `size` products (whole
@@ -369,8 +368,10 @@ def screen_walk_kernel(x, wl, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, 
     chunk lies in [s + neg, s + pos] (s: the held value at its start) and every pe-level chunk
     sum in [neg, pos]: where both fit their levels no addition can overflow, and the held
     value becomes s + sum exactly (wrap and saturate alike); elsewhere the chunk is walked
-    product by product with `_level_add`. Channels-last `x` (N, H, W, C), padding at zp_x;
-    `wl` (O, K) int64 weights in the k order. Out: `vals` (len(pix), O) int64, `events`
+    product by product with `_level_add`: output by output where few fail, else every
+    output of the pixel at once (vectorized; an output whose screen passed gets the same
+    value and no event that way). Channels-last `x` (N, H, W, C), padding at zp_x; the
+    weights in the k order as `wl` (O, K) and `wt` (K, O). Out: `vals` (len(pix), O) int64, `events`
     (len(pix), 2) (pe, acc) and `chunks` (len(pix), 2) (screened, walked) per pixel."""
     H, W = x.shape[1], x.shape[2]
     O, K = wl.shape
@@ -383,6 +384,11 @@ def screen_walk_kernel(x, wl, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, 
     acc_lo = -acc_hi - 1
     pe_hi = (1 << (pe_bits - 1)) - 1 if ws else _I64_MAX
     pe_lo = -pe_hi - 1
+    # wrap/saturate levels keep every held value in range, so a zero product changes nothing
+    skip0 = acc_mode != EXACT and (not ws or pe_mode != EXACT)
+    # the vectorized walk (`_walk_products`) adds in int32: levels within 30 bits, products
+    # below 2^24 (the int8 engine's bound)
+    vec = skip0 and acc_bits <= 30 and (not ws or pe_bits <= 30)
     for t in numba.prange(pix.shape[0]):
         m = pix[t]
         b = m // (ho * wo)
@@ -404,6 +410,9 @@ def screen_walk_kernel(x, wl, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, 
         row = gc[m]
         acc = np.empty(O, np.int64)
         ok = np.empty(O, np.bool_)
+        psv = np.empty(O, np.int64)
+        cp = np.zeros(O, np.int64)
+        ca = np.zeros(O, np.int64)
         pe_ev = 0
         acc_ev = 0
         for o in range(O):  # the bias preload at the acc level, from 0
@@ -428,6 +437,24 @@ def screen_walk_kernel(x, wl, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, 
                 continue
             k0 = jc * size
             k1 = min(K, k0 + size)
+            if vec and nfail * 8 > O:  # many: walk every output of the pixel from the chunk's start
+                for o in range(O):
+                    if ok[o]:
+                        acc[o] -= np.int64(np.int32(row[base + o]))
+                if ws:
+                    for c0 in range(k0, k1, rows):
+                        psv[:] = 0
+                        for k in range(c0, min(k1, c0 + rows)):
+                            if skip0 and patch[k] == 0:
+                                continue
+                            _walk_products(psv, cp, wt[k], patch[k], O, pe_bits, pe_mode)
+                        _walk_add(acc, ca, psv, O, acc_bits, acc_mode)
+                else:
+                    for k in range(k0, k1):
+                        if skip0 and patch[k] == 0:
+                            continue
+                        _walk_products(acc, ca, wt[k], patch[k], O, acc_bits, acc_mode)
+                continue
             for o in range(O):
                 if ok[o]:
                     continue
@@ -448,6 +475,8 @@ def screen_walk_kernel(x, wl, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, 
                 acc[o] = a
         for o in range(O):
             vals[t, o] = acc[o]
+            pe_ev += cp[o]
+            acc_ev += ca[o]
         events[t, 0] = pe_ev
         events[t, 1] = acc_ev
         chunks[t, 0] = nch * O - walked

@@ -44,12 +44,14 @@ _MAX_ELEMS = 1 << 26
 @dataclass(frozen=True)
 class ChunkPlan:
     """A layer's chunked conv: `plan` (groups = chunks; per chunk O sums, then O positive
-    sums), `size` products per chunk, `nch` chunks, the weights `wl` (O, K) in the k order."""
+    sums), `size` products per chunk, `nch` chunks, the weights in the k order as `wl` (O, K)
+    int64 and `wt` (K, O) int32."""
 
     plan: Int8Conv
     size: int
     nch: int
     wl: np.ndarray
+    wt: np.ndarray
 
 
 def chunk_channels(cg: int, khw: int, lv: LevelSpec, limit: int = CHUNK_PRODUCTS,
@@ -85,7 +87,8 @@ def prepare_chunks(prep: Int8Conv, w: np.ndarray, lv: LevelSpec, x_range: tuple[
         return None
     # the non-zero product count is the layer's own (not that of the doubled columns)
     plan = dataclasses.replace(plan, wnz=prep.wnz)
-    return ChunkPlan(plan, cc * kh * kw, nch, np.ascontiguousarray(w.reshape(o, -1), np.int64))
+    wl = np.ascontiguousarray(w.reshape(o, -1), np.int64)
+    return ChunkPlan(plan, cc * kh * kw, nch, wl, np.ascontiguousarray(wl.T, np.int32))
 
 
 def fits(cp: ChunkPlan, n: int, pixels: int) -> bool:
@@ -106,28 +109,21 @@ def chunk_sums(x: np.ndarray, cp: ChunkPlan, out_hw: tuple[int, int]):
     return res.g, Int8Result(g, res.expected.reshape(cp.nch, q).sum(axis=0), res.nonzero_macs)
 
 
-def screened_points(x: np.ndarray, cp: ChunkPlan, gc: np.ndarray, bias: np.ndarray,
-                    lv: LevelSpec, m: np.ndarray, oc: np.ndarray, st,
-                    out_hw: tuple[int, int]) -> np.ndarray:
-    """`accumulate._simulate_points` by chunk screening: the order-faithful accumulators of
-    the outputs at pixels `m` (flat (n, oy, ox), non-decreasing) and channels `oc`, events
-    and chunk counts (every channel of those pixels) into `st`."""
+def screened_pixels(x: np.ndarray, cp: ChunkPlan, gc: np.ndarray, bias: np.ndarray,
+                    lv: LevelSpec, pix: np.ndarray, st, out_hw: tuple[int, int]) -> np.ndarray:
+    """`accumulate._simulate_pixels` by chunk screening: the order-faithful accumulators
+    (len(pix), O) of every output channel of the output pixels `pix` (flat (n, oy, ox)),
+    events and chunk counts into `st`."""
     ho, wo = out_hw
-    m = np.asarray(m, np.int64)
-    new = np.empty(len(m), bool)
-    new[:1] = True
-    np.not_equal(m[1:], m[:-1], out=new[1:])
-    pix = m[new]
-    row = np.cumsum(new) - 1
+    pix = np.asarray(pix, np.int64)
     o = cp.wl.shape[0]
-    kh, kw = cp.plan.kh, cp.plan.kw
     got = np.empty((len(pix), o), np.int64)
     events = np.zeros((len(pix), 2), np.int64)
     chunks = np.zeros((len(pix), 2), np.int64)
-    K.screen_walk_kernel(np.ascontiguousarray(x), cp.wl, np.asarray(bias, np.int64), kh, kw,
-                         cp.plan.stride, cp.plan.padding, cp.plan.zp_x, lv, pix, ho, wo, gc,
-                         cp.size, got, events, chunks)
+    K.screen_walk_kernel(np.ascontiguousarray(x), cp.wl, cp.wt, np.asarray(bias, np.int64),
+                         cp.plan.kh, cp.plan.kw, cp.plan.stride, cp.plan.padding, cp.plan.zp_x,
+                         lv, pix, ho, wo, gc, cp.size, got, events, chunks)
     st.pe_overflows = int(events[:, 0].sum())
     st.acc_overflows = int(events[:, 1].sum())
     st.screened_chunks, st.walked_chunks = (int(v) for v in chunks.sum(axis=0))
-    return got[row, np.asarray(oc, np.int64)]
+    return got

@@ -100,8 +100,9 @@ def test_screen_kernel_equals_one_output_kernel(case, order, rows, per, pe_mode,
     vals = np.empty((len(pix), o), np.int64)
     events = np.zeros((len(pix), 2), np.int64)
     chunks = np.zeros((len(pix), 2), np.int64)
-    K.screen_walk_kernel(x, np.ascontiguousarray(wm), bias.astype(np.int64), kh, kw, s, pad, zp,
-                         lv, pix, ho, wo, gc, size, vals, events, chunks)
+    K.screen_walk_kernel(x, np.ascontiguousarray(wm), np.ascontiguousarray(wm.T, np.int32),
+                         bias.astype(np.int64), kh, kw, s, pad, zp, lv, pix, ho, wo, gc, size,
+                         vals, events, chunks)
     b, p = np.divmod(np.repeat(pix, o), ho * wo)
     oc = np.tile(np.arange(o), len(pix))
     points = np.stack([b, oc, p // wo, p % wo], axis=1).astype(np.int64)
