@@ -284,6 +284,7 @@ class _Shared:
     need_pe: np.ndarray | None = None  # (M, O) uint8: bits of [-neg, pos]
     need_max: tuple[int, int] = (0, 0)
     chunk_g: dict = field(default_factory=dict)  # chunk size -> `screen.chunk_sums` of x
+    nch: int = 1  # > 1: `res` holds the columns per chunk (`screen`), summed by the epilogue
 
 
 def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
@@ -304,9 +305,9 @@ def _shared_entry(share, x, prep, out_hw) -> _Shared:
                 return e
     cp = prep.chunks
     if cp is not None and screen.fits(cp, x.shape[0], out_hw[0] * out_hw[1]):
-        gc, res = screen.chunk_sums(x, cp, out_hw)  # the sign columns, summed from chunks
-        e = _Shared(x, prep, res)
-        e.chunk_g[cp.size] = gc
+        # the sign columns per chunk (the epilogue sums them)
+        e = _Shared(x, prep, int8_conv(x, cp.plan, out_hw), nch=cp.nch)
+        e.chunk_g[cp.size] = e.res.g
     else:
         e = _Shared(x, prep, int8_conv(x, prep, out_hw))
     if share is not None:
@@ -328,7 +329,7 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
     sums = np.empty((n, nb, e.res.g.shape[1]), np.int64)
     K.gemm_epilogue_kernel(e.res.g, o, pixels, np.asarray(bias, np.int64), risk, pe_risk, lv,
                            requant is not None, rq.rec, out, need[0], need[1], mnmx, sums,
-                           wrap_bits)
+                           wrap_bits, e.nch)
     e.res.verify(sums.sum(axis=1))
     mm = [int(f(mnmx[..., k])) if out.size else 0
           for k, f in ((0, np.min), (1, np.max), (2, np.min), (3, np.max))]

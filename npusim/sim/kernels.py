@@ -678,7 +678,7 @@ def _signed_bits(lo, hi):
 
 @numba.njit(parallel=True, cache=True)
 def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out, need_acc,
-                         need_pe, mnmx, sums, wrap_bits=0):
+                         need_pe, mnmx, sums, wrap_bits=0, nch=1):
     """Accumulators ``acc = g + bias`` from the engine's sums `g` (M, q) (float32 or integer;
     rows m = (n, pixel); columns: o_n outputs, then with `risk` o_n positive-product sums
     ``pos``, the negative ones being ``neg = pos - g``) into channels-last `out` (M, o_n) (any
@@ -689,15 +689,18 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
     (M, o_n) uint8; an output is flagged when its bound leaves ``lv.acc_bits`` (or
     ``lv.pe_bits``, with `pe_risk`): its value here is provisional, to be replaced.
 
+    With ``nch`` > 1, `g` holds those columns per chunk (`npusim.sim.screen`: chunk j in
+    columns [j*q, (j+1)*q)), summed here (exact: below 2^24 like the totals).
+
     With ``wrap_bits`` > 0 every accumulator is first wrapped to that width (the value of a
     wrapping level whose events are not counted: `accumulate.wrap_shortcut`).
 
     Tasks are (image, block of pixels); per task partials: `mnmx` (N, B, o_n, 4) min and max of
-    all accumulators, then of those not flagged, and `sums` (N, B, q) the sum of every column
-    (the engine's check)."""
+    all accumulators, then of those not flagged, and `sums` (N, B, nch * q) the sum of every
+    column of `g` (the engine's check)."""
     N = mnmx.shape[0]
     B = mnmx.shape[1]
-    q = g.shape[1]
+    q = g.shape[1] // nch
     acc_bits, pe_bits = lv.acc_bits, lv.pe_bits
     per = (pixels + B - 1) // B
     for t in numba.prange(N * B):
@@ -707,9 +710,10 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
         mx = np.full(o_n, _I64_MIN, np.int64)
         mnu = np.full(o_n, _I64_MAX, np.int64)  # over the outputs not flagged
         mxu = np.full(o_n, _I64_MIN, np.int64)
-        sm = np.zeros(q, np.int64)
+        sm = np.zeros(nch * q, np.int64)
         row = np.empty(q, np.int64)
         ri = np.empty(q, np.int32)
+        rc = np.empty(q, np.int32)
         acc = np.empty(o_n, np.int64)
         for p in range(blk * per, min(pixels, (blk + 1) * per)):
             m = b * pixels + p
@@ -717,9 +721,15 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
             for j in range(q):  # the sums are below 2^24: int32 converts 8 or 16 lanes at once
                 ri[j] = np.int32(gm[j])
             for j in range(q):
-                row[j] = ri[j]
+                sm[j] += ri[j]
+            for c in range(1, nch):
+                for j in range(q):
+                    rc[j] = np.int32(gm[c * q + j])
+                for j in range(q):
+                    sm[c * q + j] += rc[j]
+                    ri[j] += rc[j]
             for j in range(q):
-                sm[j] += row[j]
+                row[j] = ri[j]
             for o in range(o_n):
                 acc[o] = row[o] + bias[o]
             if wrap_bits > 0:
@@ -750,7 +760,7 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
             mnmx[b, blk, o, 1] = mx[o]
             mnmx[b, blk, o, 2] = mnu[o] if risk else mn[o]
             mnmx[b, blk, o, 3] = mxu[o] if risk else mx[o]
-        for j in range(q):
+        for j in range(nch * q):
             sums[b, blk, j] = sm[j]
 
 

@@ -31,9 +31,12 @@ from npusim.sim import kernels as K
 from npusim.sim.int8_engine import Int8Conv, Int8Result, int8_conv, prepare_int8_conv
 from npusim.sim.kernels import LevelSpec
 
-#: the most products per chunk: a 3x3 conv gets 16 channels (144 products). Smaller chunks
-#: screen tighter but make a conv of more, narrower groups
-CHUNK_PRODUCTS = 160
+#: the most products per chunk (a 3x3 conv of 512 channels gets 32 channels, 288 products).
+#: Smaller chunks screen tighter but make more chunk sums to write and read
+CHUNK_PRODUCTS = 300
+#: chunks per output wanted (fewer where `min_channels` allows no more): a short reduction
+#: (ResNet-18's 576-product layer1 convs) needs short chunks to screen well at 15 bits
+MIN_CHUNKS = 8
 #: the fewest input channels per chunk (oneDNN's conv of groups of 1-3 channels, the 7x7
 #: stem's chunks, ran ~50x slower than the walk it was to save)
 _MIN_CHANNELS = 8
@@ -55,11 +58,12 @@ class ChunkPlan:
 
 
 def chunk_channels(cg: int, khw: int, lv: LevelSpec, limit: int = CHUNK_PRODUCTS,
-                   min_channels: int = _MIN_CHANNELS) -> int:
+                   min_channels: int = _MIN_CHANNELS, min_chunks: int = MIN_CHUNKS) -> int:
     """Input channels per chunk: the most that divide `cg`, keep a chunk within `limit`
-    products and (ws/is) a multiple of ``lv.rows``, with at least two chunks and
-    `min_channels`; 0 if none."""
-    for cc in range(cg // 2, min_channels - 1, -1):
+    products and (ws/is) a multiple of ``lv.rows``, with at least two chunks, `min_chunks`
+    where `min_channels` and the pe chunks allow; 0 if none."""
+    cap = min(cg // 2, max(cg // min_chunks, min_channels))
+    for cc in [*range(cap, min_channels - 1, -1), *range(cap + 1, cg // 2 + 1)]:
         size = cc * khw
         if cg % cc or size > limit or (lv.order != K.OS and size % lv.rows):
             continue
@@ -69,13 +73,14 @@ def chunk_channels(cg: int, khw: int, lv: LevelSpec, limit: int = CHUNK_PRODUCTS
 
 def prepare_chunks(prep: Int8Conv, w: np.ndarray, lv: LevelSpec, x_range: tuple[int, int],
                    kind: str, limit: int = CHUNK_PRODUCTS,
-                   min_channels: int = _MIN_CHANNELS) -> ChunkPlan | None:
+                   min_channels: int = _MIN_CHANNELS,
+                   min_chunks: int = MIN_CHUNKS) -> ChunkPlan | None:
     """The chunked plan of a layer whose int8 plan `prep` has sign columns, or None (groups,
     no chunk size that fits, or the engine cannot prove the chunked conv exact)."""
     if not prep.signs or prep.groups != 1:
         return None
     o, cg, kh, kw = w.shape
-    cc = chunk_channels(cg, kh * kw, lv, limit, min_channels)
+    cc = chunk_channels(cg, kh * kw, lv, limit, min_channels, min_chunks)
     if not cc:
         return None
     nch = cg // cc

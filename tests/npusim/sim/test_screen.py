@@ -131,7 +131,7 @@ def test_engine_chunk_sums(n, cg, k, stride, o, seed):
     lv = K.LevelSpec(K.OS, 1, 16, K.WRAP, 16, K.WRAP)
     prep = prepare_int8_conv(w, stride, pad, 1, 0, 0, 255, signs=True, kind=kind)
     cp = screen.prepare_chunks(prep, w, lv, (0, 255), kind, limit=cg // 2 * k * k,
-                               min_channels=1)
+                               min_channels=1, min_chunks=2)
     assert cp is not None and cp.nch == 2 and cp.size == cg // 2 * k * k
     ho = (5 + 2 * pad - k) // stride + 1
     gc, res = screen.chunk_sums(x, cp, (ho, ho))
@@ -144,15 +144,18 @@ def test_engine_chunk_sums(n, cg, k, stride, o, seed):
 
 
 def test_chunk_channels():
-    """Whole input channels, within the product limit, whole pe chunks, two chunks at least."""
+    """Whole input channels, within the product limit, whole pe chunks, two chunks at least,
+    `MIN_CHUNKS` where the channels allow."""
     os_, ws16 = K.LevelSpec(K.OS, 1, 16, 1, 16, 1), K.LevelSpec(K.WS, 16, 16, 1, 16, 1)
-    assert screen.chunk_channels(512, 9, os_) == 16  # 144 products
-    assert screen.chunk_channels(512, 9, ws16) == 16  # 144 = 9 pe chunks of 16
+    assert screen.chunk_channels(512, 9, os_) == 32  # 288 products, 16 chunks
+    assert screen.chunk_channels(512, 9, ws16) == 32  # 288 = 18 pe chunks of 16
+    assert screen.chunk_channels(64, 9, os_) == 8  # 8 chunks
     assert screen.chunk_channels(64, 9, ws16._replace(rows=7)) == 0  # 7 divides no 9 * 2^k
-    assert screen.chunk_channels(256, 1, os_) == 128  # 1x1 conv
+    assert screen.chunk_channels(256, 1, os_) == 32  # 1x1 conv: 8 chunks
     assert screen.chunk_channels(3, 49, os_) == 0  # the stem: chunks of 1 channel refused
-    assert screen.chunk_channels(16, 9, os_) == 8
+    assert screen.chunk_channels(16, 9, os_) == 8  # 2 chunks
     assert screen.chunk_channels(8, 9, os_) == 0  # one chunk only
+    assert screen.chunk_channels(32, 9, ws16) == 16  # 8 channels (72) are not whole pe chunks
 
 
 def wide_case(seed, cg=32, o=40, n=2, h=7):
