@@ -306,7 +306,8 @@ def _shared_entry(share, x, prep, out_hw) -> _Shared:
     cp = prep.chunks
     if cp is not None and screen.fits(cp, x.shape[0], out_hw[0] * out_hw[1]):
         # the sign columns per chunk (the epilogue sums them)
-        e = _Shared(x, prep, int8_conv(x, cp.plan, out_hw), nch=cp.nch)
+        e = _Shared(x, prep, screen.chunked_result(int8_conv(x, cp.plan, out_hw), cp.nch),
+                    nch=cp.nch)
         e.chunk_g[cp.size] = e.res.g
     else:
         e = _Shared(x, prep, int8_conv(x, prep, out_hw))
@@ -326,7 +327,7 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
     need = np.empty((2, n * pixels, o) if risk else (2, 1, 1), np.uint8)
     nb = _blocks(n, pixels, _EPILOGUE_PIXELS)
     mnmx = np.empty((n, nb, o, 4), np.int64)
-    sums = np.empty((n, nb, e.res.g.shape[1]), np.int64)
+    sums = np.empty((n, nb, len(e.res.expected)), np.int64)
     K.gemm_epilogue_kernel(e.res.g, o, pixels, np.asarray(bias, np.int64), risk, pe_risk, lv,
                            requant is not None, rq.rec, out, need[0], need[1], mnmx, sums,
                            wrap_bits, e.nch)

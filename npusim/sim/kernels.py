@@ -690,14 +690,16 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
     ``lv.pe_bits``, with `pe_risk`): its value here is provisional, to be replaced.
 
     With ``nch`` > 1, `g` holds those columns per chunk (`npusim.sim.screen`: chunk j in
-    columns [j*q, (j+1)*q)), summed here (exact: below 2^24 like the totals).
+    columns [j*q, (j+1)*q)), summed here (exact: below 2^24 like the totals); the check's
+    sums are then per column the plain sum over the chunks and the sum weighted by j + 1
+    (a value moved between chunks, or wrong in one, changes one of them).
 
     With ``wrap_bits`` > 0 every accumulator is first wrapped to that width (the value of a
     wrapping level whose events are not counted: `accumulate.wrap_shortcut`).
 
     Tasks are (image, block of pixels); per task partials: `mnmx` (N, B, o_n, 4) min and max of
-    all accumulators, then of those not flagged, and `sums` (N, B, nch * q) the sum of every
-    column of `g` (the engine's check)."""
+    all accumulators, then of those not flagged, and `sums` (N, B, q, or 2q with chunks) the
+    sum of every column (the engine's check)."""
     N = mnmx.shape[0]
     B = mnmx.shape[1]
     q = g.shape[1] // nch
@@ -710,26 +712,31 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
         mx = np.full(o_n, _I64_MIN, np.int64)
         mnu = np.full(o_n, _I64_MAX, np.int64)  # over the outputs not flagged
         mxu = np.full(o_n, _I64_MIN, np.int64)
-        sm = np.zeros(nch * q, np.int64)
+        sm = np.zeros(q, np.int64)
+        smw = np.zeros(q, np.int64)  # chunks weighted 1..nch
         row = np.empty(q, np.int64)
         ri = np.empty(q, np.int32)
-        rc = np.empty(q, np.int32)
+        rw = np.empty(q, np.int64)
         acc = np.empty(o_n, np.int64)
         for p in range(blk * per, min(pixels, (blk + 1) * per)):
             m = b * pixels + p
             gm = g[m]
             for j in range(q):  # the sums are below 2^24: int32 converts 8 or 16 lanes at once
                 ri[j] = np.int32(gm[j])
-            for j in range(q):
-                sm[j] += ri[j]
-            for c in range(1, nch):
+            if nch > 1:
                 for j in range(q):
-                    rc[j] = np.int32(gm[c * q + j])
+                    rw[j] = ri[j]
+                for c in range(1, nch):
+                    for j in range(q):
+                        v = np.int32(gm[c * q + j])
+                        ri[j] += v
+                        rw[j] += (c + 1) * np.int64(v)
                 for j in range(q):
-                    sm[c * q + j] += rc[j]
-                    ri[j] += rc[j]
+                    smw[j] += rw[j]
             for j in range(q):
                 row[j] = ri[j]
+            for j in range(q):
+                sm[j] += row[j]
             for o in range(o_n):
                 acc[o] = row[o] + bias[o]
             if wrap_bits > 0:
@@ -760,8 +767,10 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
             mnmx[b, blk, o, 1] = mx[o]
             mnmx[b, blk, o, 2] = mnu[o] if risk else mn[o]
             mnmx[b, blk, o, 3] = mxu[o] if risk else mx[o]
-        for j in range(nch * q):
+        for j in range(q):
             sums[b, blk, j] = sm[j]
+            if nch > 1:
+                sums[b, blk, q + j] = smw[j]
 
 
 @numba.njit(parallel=True, cache=True)

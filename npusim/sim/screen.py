@@ -114,6 +114,14 @@ def chunk_sums(x: np.ndarray, cp: ChunkPlan, out_hw: tuple[int, int]):
     return res.g, Int8Result(g, res.expected.reshape(cp.nch, q).sum(axis=0), res.nonzero_macs)
 
 
+def chunked_result(res: Int8Result, nch: int) -> Int8Result:
+    """The chunked conv's result as the epilogue checks it: per column, the expected sum
+    over the chunks, then the expected sum with chunk j weighted j + 1."""
+    exp = res.expected.reshape(nch, -1)
+    weighted = (np.arange(1, nch + 1, dtype=np.int64)[:, None] * exp).sum(axis=0)
+    return Int8Result(res.g, np.concatenate([exp.sum(axis=0), weighted]), res.nonzero_macs)
+
+
 def screened_pixels(x: np.ndarray, cp: ChunkPlan, gc: np.ndarray, bias: np.ndarray,
                     lv: LevelSpec, pix: np.ndarray, st, out_hw: tuple[int, int]) -> np.ndarray:
     """`accumulate._simulate_pixels` by chunk screening: the order-faithful accumulators
