@@ -231,3 +231,37 @@ def test_zero_point_and_groups_keep_the_walk():
         np.testing.assert_array_equal(fast.outputs["y"], ref.outputs["y"])
         assert fast.stats["acc_overflows"].equals(ref.stats["acc_overflows"])
         assert fast.stats.iloc[0]["screened_chunks"] == 0
+
+
+@pytest.mark.parametrize("how", ["swap", "add"])
+def test_chunk_check_catches_wrong_chunk_sums(monkeypatch, caplog, how):
+    """A chunked conv whose chunk sums are wrong (one output's values swapped between two
+    chunks, which keeps every total; or one value off by one) is caught by the check: the
+    layer is recomputed with the float engine, and the result is still the reference's."""
+    from npusim.sim import accumulate
+
+    real = accumulate.int8_conv
+
+    def broken(x, plan, out_hw):
+        res = real(x, plan, out_hw)
+        if plan.groups > 1:  # the chunked plan
+            q = plan.q // plan.groups
+            g = res.g
+            if how == "swap":  # at a pixel where the two differ (else no error)
+                m = int(np.flatnonzero(g[:, 0] != g[:, q])[0])
+                g[m, [0, q]] = g[m, [q, 0]]
+            else:
+                g[5, q + 1] += 1
+        return res
+
+    monkeypatch.setattr(accumulate, "int8_conv", broken)
+    x, w, bias = wide_case(16)
+    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
+    cfg = NPUConfig.preset("edge16").with_overrides(
+        {"precision.acc_bits": 16, "precision.pe_acc_bits": 16, "precision.overflow": "wrap"})
+    with caplog.at_level("WARNING"):
+        fast = Simulator(cfg).run(prog, x)
+    assert "recomputed with the float engine" in caplog.text
+    ref = Simulator(cfg, engine="reference").run(prog, x)
+    np.testing.assert_array_equal(fast.outputs["y"], ref.outputs["y"])
+    assert fast.stats["acc_overflows"].equals(ref.stats["acc_overflows"])
