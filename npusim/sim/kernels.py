@@ -437,7 +437,9 @@ def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, 
                 continue
             k0 = jc * size
             k1 = min(K, k0 + size)
-            if vec and nfail * 8 > O:  # many: walk every output of the pixel from the chunk's start
+            # many: walk every output of the pixel from the chunk's start (vectorized, zero
+            # products skipped; measured faster than one by one from O / 8 failing outputs)
+            if vec and nfail * 8 > O:
                 for o in range(O):
                     if ok[o]:
                         acc[o] -= np.int64(np.int32(row[base + o]))
@@ -464,12 +466,16 @@ def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, 
                     for c0 in range(k0, k1, rows):
                         ps = 0
                         for k in range(c0, min(k1, c0 + rows)):
+                            if skip0 and patch[k] == 0:
+                                continue
                             ps, f = _level_add(ps, patch[k] * wr[k], pe_bits, pe_mode)
                             pe_ev += f
                         a, f = _level_add(a, ps, acc_bits, acc_mode)
                         acc_ev += f
                 else:
                     for k in range(k0, k1):
+                        if skip0 and patch[k] == 0:
+                            continue
                         a, f = _level_add(a, patch[k] * wr[k], acc_bits, acc_mode)
                         acc_ev += f
                 acc[o] = a
