@@ -38,7 +38,7 @@ CHUNK_PRODUCTS = 300
 #: (ResNet-18's 576-product layer1 convs) needs short chunks to screen well at 15 bits
 MIN_CHUNKS = 8
 #: the fewest input channels per chunk (oneDNN's conv of groups of 1-3 channels, the 7x7
-#: stem's chunks, ran ~50x slower than the walk it was to save)
+#: stem's chunks, ran ~30x slower than the walk it was to save)
 _MIN_CHANNELS = 8
 #: the most chunk sums (pixels x columns, float32) one call keeps; larger batches walk
 _MAX_ELEMS = 1 << 26
