@@ -265,3 +265,26 @@ def test_chunk_check_catches_wrong_chunk_sums(monkeypatch, caplog, how):
     ref = Simulator(cfg, engine="reference").run(prog, x)
     np.testing.assert_array_equal(fast.outputs["y"], ref.outputs["y"])
     assert fast.stats["acc_overflows"].equals(ref.stats["acc_overflows"])
+
+
+def test_run_many_shares_chunk_sums():
+    """Configurations sharing one input: a configuration without a chunk plan (ws rows 7)
+    makes the engine's entry, later ones compute their chunk sums on top of it, or reuse
+    another's; every result equals its own `run`."""
+    from npusim.sim.simulator import run_many
+
+    x, w, bias = wide_case(7)
+    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=True)
+    base = NPUConfig.preset("edge16")
+    cfgs = [base.with_overrides({"array.dataflow": df, "array.rows": rows,
+                                 "precision.acc_bits": bits, "precision.pe_acc_bits": bits,
+                                 "precision.overflow": mode})
+            for df, rows, bits, mode in [("ws", 7, 17, "wrap"), ("os", 16, 16, "wrap"),
+                                         ("os", 16, 17, "saturate"), ("ws", 16, 17, "wrap")]]
+    many = run_many([Simulator(c) for c in cfgs], prog, x)
+    for cfg, got in zip(cfgs, many):
+        one = Simulator(cfg, engine="reference").run(prog, x)
+        np.testing.assert_array_equal(got.outputs["y"], one.outputs["y"])
+        cols = ["pe_overflows", "acc_overflows", "acc_min", "acc_max"]
+        assert got.stats[cols].equals(one.stats[cols])
+    assert [int(r.stats.iloc[0]["screened_chunks"] > 0) for r in many] == [0, 1, 1, 1]
