@@ -441,6 +441,8 @@ def narrow(program, batches: list[int], widths: list[int], repeats: int) -> pd.D
                          if count_events else "not counted",
                          "acc_overflows": int(st["acc_overflows"].fillna(0).sum())
                          if count_events else "not counted",
+                         "screened_chunks": int(st["screened_chunks"].fillna(0).sum()),
+                         "walked_chunks": int(st["walked_chunks"].fillna(0).sum()),
                          "load_1min": os.getloadavg()[0]})
             print(rows[-1], flush=True)
     return pd.DataFrame(rows)
@@ -477,6 +479,10 @@ on 8 random images; random uint8 inputs. `wrap b (os)`: b-bit accumulator, one r
 is refused for this program (a product needs 15 bits), so 15 is the narrowest width.
 `no events`: `Simulator(cfg, count_events=False)`, the same output values without the
 order-faithful walk (`accumulate.wrap_shortcut`), overflow events not counted.
+`sequential_outputs`: outputs whose bound needed the order-faithful re-simulation;
+`screened_chunks` / `walked_chunks`: of the chunks of those outputs' pixels (every channel),
+those added at once by the chunk screen and those walked product by product
+(`npusim.sim.screen`; both 0 where a layer takes the full walk).
 fbgemm: the same graph through torch's quantized ops.
 
 {fmt(df)}

@@ -16,7 +16,10 @@ no overflow event and equals its exact sum. So:
    are reported as unknown (None);
 4. otherwise each output gets a data-dependent bound, ``[bias - N, bias + P]`` with P and N
    the sums of its positive and negative products (two more GEMMs), and only the outputs whose
-   bound leaves a level's range are re-simulated order-faithfully, events counted honestly.
+   bound leaves a level's range are re-simulated order-faithfully, events counted honestly:
+   chunk by chunk where the int8 engine gives the chunk sums (`npusim.sim.screen`: a chunk
+   whose sums bound every running sum inside the range is added at once), else product by
+   product.
 
 The "reference" engine runs the order-faithful kernel on every output (what the fast path is
 tested against). Activations are channels last (N, H, W, C) and stored narrow (see
@@ -25,6 +28,7 @@ tested against). Activations are channels last (N, H, W, C) and stored narrow (s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -32,6 +36,7 @@ import numpy as np
 
 from npusim.ir import arith
 from npusim.sim import kernels as K
+from npusim.sim import screen
 from npusim.sim.engines import Engine
 from npusim.sim.exact_conv import F64_EXACT, InexactError, l1_bound
 from npusim.sim.int8_engine import Int8Conv, Int8Result, int8_conv
@@ -50,6 +55,8 @@ class AccStats:
     acc_min: int = 0
     acc_max: int = 0
     sequential_outputs: int = 0
+    screened_chunks: int = 0  # chunks of the flagged pixels' outputs added at once (`screen`)
+    walked_chunks: int = 0  # and those walked product by product
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,12 @@ def prepare_conv(engine: Engine, w: np.ndarray, stride: int, padding: int, group
     (`engine` does not use int8, or cannot prove this layer exact in it)."""
     pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
     signs = (pe_risk or acc_risk) and _shortcut(lv, pe_risk, acc_risk, count_events) is None
-    return engine.prepare_int8(w, stride, padding, groups, zp_x, x_range, signs)
+    prep = engine.prepare_int8(w, stride, padding, groups, zp_x, x_range, signs)
+    if prep is not None and prep.signs:
+        cp = screen.prepare_chunks(prep, w, lv, x_range, engine.int8_kind)
+        if cp is not None:
+            prep = dataclasses.replace(prep, chunks=cp)
+    return prep
 
 
 def _fits(lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
@@ -177,7 +189,7 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
                 return _wrapped_from_engine(entry, bias, requant, lv, short, x.shape[0], out_hw,
                                             st)
             return _from_engine(entry, x, w, bias, stride, padding, groups, zp_x, out_hw, lv,
-                                pe_risk, acc_risk, requant, st)
+                                pe_risk, acc_risk, requant, st, prep.chunks)
         except InexactError as e:  # caught by the engine's checks: nothing wrong gets out
             if share is not None:
                 share["conv"] = [c for c in share.get("conv", []) if not _same_array(c.x, x)]
@@ -271,6 +283,8 @@ class _Shared:
     need_acc: np.ndarray | None = None  # (M, O) uint8: bits of [bias - neg, bias + pos]
     need_pe: np.ndarray | None = None  # (M, O) uint8: bits of [-neg, pos]
     need_max: tuple[int, int] = (0, 0)
+    chunk_g: dict = field(default_factory=dict)  # chunk size -> `screen.chunk_sums` of x
+    nch: int = 1  # > 1: `res` holds the columns per chunk (`screen`), summed by the epilogue
 
 
 def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
@@ -289,7 +303,14 @@ def _shared_entry(share, x, prep, out_hw) -> _Shared:
             if _same_array(e.x, x) and (e.prep.signs or not prep.signs) and \
                     e.prep.zp_x == prep.zp_x and np.array_equal(e.prep.wq[:prep.q], prep.wq):
                 return e
-    e = _Shared(x, prep, int8_conv(x, prep, out_hw))
+    cp = prep.chunks
+    if cp is not None and screen.fits(cp, x.shape[0], out_hw[0] * out_hw[1]):
+        # the sign columns per chunk (the epilogue sums them)
+        e = _Shared(x, prep, screen.chunked_result(int8_conv(x, cp.plan, out_hw), cp.nch),
+                    nch=cp.nch)
+        e.chunk_g[cp.size] = e.res.g
+    else:
+        e = _Shared(x, prep, int8_conv(x, prep, out_hw))
     if share is not None:
         share["conv"].append(e)
     return e
@@ -297,7 +318,7 @@ def _shared_entry(share, x, prep, out_hw) -> _Shared:
 
 def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_bits=0):
     """One pass of the epilogue kernel over the engine's sums: (output (M, O) requantized when
-    `requant`, min and max of all accumulators, of the unflagged ones, flagged flat indices);
+    `requant`, min and max of all accumulators, of the unflagged ones, `_flagged`);
     with a risk, the per-output bound bits are stored in `e`."""
     o = e.prep.o
     risk = pe_risk or acc_risk
@@ -306,14 +327,14 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
     need = np.empty((2, n * pixels, o) if risk else (2, 1, 1), np.uint8)
     nb = _blocks(n, pixels, _EPILOGUE_PIXELS)
     mnmx = np.empty((n, nb, o, 4), np.int64)
-    sums = np.empty((n, nb, e.res.g.shape[1]), np.int64)
+    sums = np.empty((n, nb, len(e.res.expected)), np.int64)
     K.gemm_epilogue_kernel(e.res.g, o, pixels, np.asarray(bias, np.int64), risk, pe_risk, lv,
                            requant is not None, rq.rec, out, need[0], need[1], mnmx, sums,
-                           wrap_bits)
+                           wrap_bits, e.nch)
     e.res.verify(sums.sum(axis=1))
     mm = [int(f(mnmx[..., k])) if out.size else 0
           for k, f in ((0, np.min), (1, np.max), (2, np.min), (3, np.max))]
-    flat = ()
+    flat = _NONE_FLAGGED
     if risk:
         e.need_acc, e.need_pe = need[0], need[1]
         e.need_max = (int(need[0].max(initial=0)), int(need[1].max(initial=0)))
@@ -321,14 +342,19 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
     return out, mm, flat
 
 
-def _flagged(e: _Shared, lv, pe_risk) -> np.ndarray:
-    """Flat indices of the outputs whose bound leaves this NPU's widths."""
+_NONE_FLAGGED = (np.zeros(0, np.int64), 0)
+
+
+def _flagged(e: _Shared, lv, pe_risk) -> tuple[np.ndarray, int]:
+    """(the rows m = (n, pixel) with an output whose bound leaves this NPU's widths, the
+    number of such outputs)."""
     if e.need_max[0] <= lv.acc_bits and (not pe_risk or e.need_max[1] <= lv.pe_bits):
-        return np.zeros(0, np.int64)
+        return _NONE_FLAGGED
     mask = e.need_acc > lv.acc_bits
     if pe_risk:
         mask |= e.need_pe > lv.pe_bits
-    return np.flatnonzero(mask.reshape(-1))
+    per = np.count_nonzero(mask, axis=1)
+    return np.flatnonzero(per), int(per.sum())
 
 
 def _wrapped_from_engine(e: _Shared, bias, requant, lv, bits, n, out_hw, st):
@@ -347,10 +373,11 @@ def _wrapped_from_engine(e: _Shared, bias, requant, lv, bits, n, out_hw, st):
 
 
 def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, lv, pe_risk,
-                 acc_risk, requant, st):
+                 acc_risk, requant, st, cp=None):
     """Finish a layer from the int8 engine's sums: the exact output (requantization fused
     into the epilogue) where no output's bound leaves this NPU's widths; else the flagged
-    outputs re-simulated order-faithfully, requantized one by one and patched in."""
+    outputs re-simulated order-faithfully (chunk screening with the `screen.ChunkPlan` `cp`
+    where the batch fits it), requantized one by one and patched in."""
     n, o = x.shape[0], e.prep.o
     ho, wo = out_hw
     pixels = ho * wo
@@ -358,20 +385,26 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
     key = None if requant is None else requant.key()
     risk = pe_risk or acc_risk
     hit = e.exact.get(key)
-    flat = _flagged(e, lv, pe_risk) if risk and e.need_acc is not None else ()
+    flat = _flagged(e, lv, pe_risk) if risk and e.need_acc is not None else _NONE_FLAGGED
     out = mm = None
     if hit is None or (risk and e.need_acc is None):
         out, mm, flat = _epilogue(e, bias, requant, lv, pe_risk, acc_risk, n, pixels)
-        if not len(flat) and hit is None:
+        if not flat[1] and hit is None:
             # the very object is handed to every configuration that gets here, so the next
             # layers see identical inputs (`is`) and share in turn
             hit = e.exact[key] = (out.reshape(n, ho, wo, o), mm[0], mm[1])
-    if not len(flat):  # the exact result, shared by every configuration that gets here
+    if not flat[1]:  # the exact result, shared by every configuration that gets here
         out, st.acc_min, st.acc_max = hit
         return out, st
-    st.sequential_outputs = len(flat)
-    m, oc = np.divmod(flat, o)
-    vals = _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st, out_hw)
+    pix, st.sequential_outputs = flat
+    # every output of the flagged pixels (the others equal their exact sums, events none)
+    if cp is not None and screen.fits(cp, n, pixels):
+        gc = e.chunk_g.get(cp.size)
+        if gc is None:  # an entry made by a configuration without this chunk size
+            gc = e.chunk_g[cp.size] = screen.chunk_sums(x, cp, out_hw)[0]
+        vals = screen.screened_pixels(x, cp, gc, bias, lv, pix, st, out_hw)
+    else:
+        vals = _simulate_pixels(x, w, bias, stride, padding, groups, zp_x, lv, pix, st, out_hw)
     if not (st.pe_overflows or st.acc_overflows):
         # no addition wrapped or saturated: the flagged outputs are the exact ones, so the
         # whole output is the exact output (shared, as above)
@@ -382,7 +415,7 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
     if out is None:  # the unflagged outputs' range at these widths: one epilogue pass
         out, mm, _ = _epilogue(e, bias, requant, lv, pe_risk, acc_risk, n, pixels)
     st.acc_min, st.acc_max = min(mm[2], int(vals.min())), max(mm[3], int(vals.max()))
-    out.reshape(-1)[flat] = vals if requant is None else requant.apply_points(vals, oc)
+    out.reshape(-1, o)[pix] = vals if requant is None else requant.apply_channels_last(vals)
     return out.reshape(n, ho, wo, o), st
 
 
@@ -487,30 +520,38 @@ def _walk_lanes(x: np.ndarray, w: np.ndarray, bias: np.ndarray, zp_x: int, lv: L
 def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
                      out_hw) -> np.ndarray:
     """Order-faithful accumulators of the outputs at output pixels `m` (flat (n, oy, ox),
-    non-decreasing) and channels `oc` of channels-last `x`, events counted into `st`. Every
-    output channel of each such pixel is simulated at once (`kernels.conv_walk_kernel`,
-    vectorized across channels); the channels not asked for cannot overflow (their bound fits
-    both levels), so the pixel's event counts are those of the outputs asked for. Layers whose
-    sums do not fit its lanes take the one-output-at-a-time kernel."""
-    ho, wo = out_hw
+    non-decreasing) and channels `oc` of channels-last `x`, events counted into `st`: every
+    output channel of each such pixel is simulated (`_simulate_pixels`); the channels not
+    asked for cannot overflow (their bound fits both levels), so the pixel's event counts are
+    those of the outputs asked for."""
     m = np.asarray(m, np.int64)
-    oc = np.asarray(oc, np.int64)
+    new = np.empty(len(m), bool)
+    new[:1] = True
+    np.not_equal(m[1:], m[:-1], out=new[1:])
+    row = np.cumsum(new) - 1  # the row of each output's pixel in `pix`
+    got = _simulate_pixels(x, w, bias, stride, padding, groups, zp_x, lv, m[new], st, out_hw)
+    return got[row, np.asarray(oc, np.int64)]
+
+
+def _simulate_pixels(x, w, bias, stride, padding, groups, zp_x, lv, pix, st,
+                     out_hw) -> np.ndarray:
+    """Order-faithful accumulators (len(pix), O) of every output channel of the output pixels
+    `pix` (flat (n, oy, ox)) of channels-last `x`, events counted into `st`, vectorized across
+    channels (`kernels.conv_walk_kernel`); layers whose sums do not fit its lanes take the
+    one-output-at-a-time kernel."""
+    ho, wo = out_hw
+    pix = np.asarray(pix, np.int64)
+    o, cg, kh, kw = w.shape
     lanes = _walk_lanes(x, w, bias, zp_x, lv)
     if lanes is None:
-        vals = np.empty(len(m), np.int64)
-        events = np.zeros((len(m), 2), np.int64)
-        b, p = np.divmod(m, ho * wo)
-        points = np.stack([b, oc, p // wo, p % wo], axis=1)
+        got = np.empty((len(pix), o), np.int64)
+        events = np.zeros((len(pix) * o, 2), np.int64)
+        b, p = np.divmod(np.repeat(pix, o), ho * wo)
+        points = np.stack([b, np.tile(np.arange(o), len(pix)), p // wo, p % wo], axis=1)
         xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)
         K.conv_points_kernel(_pad(xc, padding, zp_x), w, bias, stride, groups, zp_x, lv,
-                             points, vals, events)
+                             points, got.reshape(-1), events)
     else:
-        o, cg, kh, kw = w.shape
-        new = np.empty(len(m), bool)
-        new[:1] = True
-        np.not_equal(m[1:], m[:-1], out=new[1:])
-        pix = m[new]
-        row = np.cumsum(new) - 1  # the row of each output's pixel in `pix`
         wt = w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)
         if lanes is np.int16:  # scaled to the top of the lane (`kernels._walk16_add`)
             wt = wt << (16 - (lv.pe_bits if lv.order != K.OS else lv.acc_bits))
@@ -519,7 +560,6 @@ def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
         events = np.zeros((len(pix), 2), np.int64)
         K.conv_walk_kernel(np.ascontiguousarray(x), wt, np.asarray(bias, np.int64), kh, kw,
                            stride, padding, zp_x, lv, pix, ho, wo, got, events)
-        vals = got[row, oc]
     st.pe_overflows = int(events[:, 0].sum())
     st.acc_overflows = int(events[:, 1].sum())
-    return vals
+    return got

@@ -141,6 +141,9 @@ class Int8Conv:
     def __post_init__(self) -> None:
         object.__setattr__(self, "wq_hwc", np.ascontiguousarray(self.wq.transpose(0, 2, 3, 1)))
     subsample: int = 1  # > 1: a 1x1 conv run at stride 1 on x[:, ::stride, ::stride]
+    #: with `signs`: the chunked plan (`npusim.sim.screen.ChunkPlan`) that computes the same
+    #: columns per chunk of input channels, for chunk screening; None: not screened
+    chunks: object = None
 
     @property
     def q(self) -> int:

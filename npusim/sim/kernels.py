@@ -330,6 +330,166 @@ def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, va
 
 
 @numba.njit(parallel=True, cache=True)
+def chunk_reduce_kernel(gc, n, nch, q, g, sums):
+    """From the chunked engine's sums `gc` (n * pixels, nch * q) float32 (exact integers,
+    chunk j in columns [j*q, (j+1)*q)): their total over the chunks ``g`` (n * pixels, q)
+    float32 (exact: the caller's bound keeps every total below 2^24) and every column's
+    sum per image ``sums`` (n, nch * q) int64 (the engine's check)."""
+    pixels = gc.shape[0] // n
+    for b in numba.prange(n):
+        sm = np.zeros(nch * q, np.int64)
+        tot = np.empty(q, np.int32)
+        for p in range(b * pixels, (b + 1) * pixels):
+            src = gc[p]
+            for c in range(q):  # exact integers below 2^24: int32 lanes
+                v = np.int32(src[c])
+                tot[c] = v
+                sm[c] += v
+            for jc in range(1, nch):
+                for c in range(q):
+                    v = np.int32(src[jc * q + c])
+                    tot[c] += v
+                    sm[jc * q + c] += v
+            dst = g[p]
+            for c in range(q):
+                dst[c] = np.float32(tot[c])
+        for c in range(nch * q):
+            sums[b, c] = sm[c]
+
+
+@numba.njit(parallel=True, cache=True)
+def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, gc, size,
+                       vals, events, chunks):
+    """`_accumulate_point` for every output channel of the output pixels `pix` (flat m = (n,
+    oy, ox)), chunk by chunk: the k order (c, i, j) cut into chunks of `size` products (whole
+    pe chunks: ``rows`` divides `size` in the ws/is order). Row m of `gc` holds per chunk j,
+    in columns [2jO, 2jO + O), its exact sum and in [2jO + O, 2(j+1)O) the sum `pos` of its
+    positive products (float32, exact integers); ``neg = sum - pos``. Every running sum in a
+    chunk lies in [s + neg, s + pos] (s: the held value at its start) and every pe-level chunk
+    sum in [neg, pos]: where both fit their levels no addition can overflow, and the held
+    value becomes s + sum exactly (wrap and saturate alike); elsewhere the chunk is walked
+    product by product with `_level_add`: output by output where few fail, else every
+    output of the pixel at once (vectorized; an output whose screen passed gets the same
+    value and no event that way). Channels-last `x` (N, H, W, C), padding at zp_x; the
+    weights in the k order as `wl` (O, K) and `wt` (K, O). Out: `vals` (len(pix), O) int64, `events`
+    (len(pix), 2) (pe, acc) and `chunks` (len(pix), 2) (screened, walked) per pixel."""
+    H, W = x.shape[1], x.shape[2]
+    O, K = wl.shape
+    cg = K // (kh * kw)
+    nch = (K + size - 1) // size
+    ws = lv.order != OS
+    rows = lv.rows
+    pe_bits, pe_mode, acc_bits, acc_mode = lv.pe_bits, lv.pe_mode, lv.acc_bits, lv.acc_mode
+    acc_hi = (1 << (acc_bits - 1)) - 1
+    acc_lo = -acc_hi - 1
+    pe_hi = (1 << (pe_bits - 1)) - 1 if ws else _I64_MAX
+    pe_lo = -pe_hi - 1
+    # wrap/saturate levels keep every held value in range, so a zero product changes nothing
+    skip0 = acc_mode != EXACT and (not ws or pe_mode != EXACT)
+    # the vectorized walk (`_walk_products`) adds in int32: levels within 30 bits, products
+    # below 2^24 (the int8 engine's bound)
+    vec = skip0 and acc_bits <= 30 and (not ws or pe_bits <= 30)
+    for t in numba.prange(pix.shape[0]):
+        m = pix[t]
+        b = m // (ho * wo)
+        r = m - b * ho * wo
+        oy = r // wo
+        ox = r - oy * wo
+        patch = np.empty(K, np.int64)
+        k = 0
+        for c in range(cg):
+            for i in range(kh):
+                iy = oy * stride + i - pad
+                for j in range(kw):
+                    ix = ox * stride + j - pad
+                    if iy < 0 or iy >= H or ix < 0 or ix >= W:
+                        patch[k] = 0
+                    else:
+                        patch[k] = np.int64(x[b, iy, ix, c]) - zp_x
+                    k += 1
+        row = gc[m]
+        acc = np.empty(O, np.int64)
+        ok = np.empty(O, np.bool_)
+        psv = np.empty(O, np.int64)
+        cp = np.zeros(O, np.int64)
+        ca = np.zeros(O, np.int64)
+        pe_ev = 0
+        acc_ev = 0
+        for o in range(O):  # the bias preload at the acc level, from 0
+            v, f = _level_add(0, bias[o], acc_bits, acc_mode)
+            acc[o] = v
+            acc_ev += f
+        walked = 0
+        for jc in range(nch):
+            base = 2 * jc * O
+            nfail = 0
+            for o in range(O):
+                sm = np.int64(np.int32(row[base + o]))
+                pos = np.int64(np.int32(row[base + O + o]))
+                neg = sm - pos
+                a = acc[o]
+                good = (a + pos <= acc_hi) & (a + neg >= acc_lo) & (pos <= pe_hi) & (neg >= pe_lo)
+                ok[o] = good
+                acc[o] = a + sm if good else a
+                nfail += not good
+            walked += nfail
+            if nfail == 0:
+                continue
+            k0 = jc * size
+            k1 = min(K, k0 + size)
+            # many: walk every output of the pixel from the chunk's start (vectorized, zero
+            # products skipped; measured faster than one by one from O / 8 failing outputs)
+            if vec and nfail * 8 > O:
+                for o in range(O):
+                    if ok[o]:
+                        acc[o] -= np.int64(np.int32(row[base + o]))
+                if ws:
+                    for c0 in range(k0, k1, rows):
+                        psv[:] = 0
+                        for k in range(c0, min(k1, c0 + rows)):
+                            if skip0 and patch[k] == 0:
+                                continue
+                            _walk_products(psv, cp, wt[k], patch[k], O, pe_bits, pe_mode)
+                        _walk_add(acc, ca, psv, O, acc_bits, acc_mode)
+                else:
+                    for k in range(k0, k1):
+                        if skip0 and patch[k] == 0:
+                            continue
+                        _walk_products(acc, ca, wt[k], patch[k], O, acc_bits, acc_mode)
+                continue
+            for o in range(O):
+                if ok[o]:
+                    continue
+                a = acc[o]
+                wr = wl[o]
+                if ws:
+                    for c0 in range(k0, k1, rows):
+                        ps = 0
+                        for k in range(c0, min(k1, c0 + rows)):
+                            if skip0 and patch[k] == 0:
+                                continue
+                            ps, f = _level_add(ps, patch[k] * wr[k], pe_bits, pe_mode)
+                            pe_ev += f
+                        a, f = _level_add(a, ps, acc_bits, acc_mode)
+                        acc_ev += f
+                else:
+                    for k in range(k0, k1):
+                        if skip0 and patch[k] == 0:
+                            continue
+                        a, f = _level_add(a, patch[k] * wr[k], acc_bits, acc_mode)
+                        acc_ev += f
+                acc[o] = a
+        for o in range(O):
+            vals[t, o] = acc[o]
+            pe_ev += cp[o]
+            acc_ev += ca[o]
+        events[t, 0] = pe_ev
+        events[t, 1] = acc_ev
+        chunks[t, 0] = nch * O - walked
+        chunks[t, 1] = walked
+
+
+@numba.njit(parallel=True, cache=True)
 def pool_kernel(x, kernel, stride, is_max, zp_x, rq, out):
     """Channels-last pooling of pre-padded `x` (N, Hp, Wp, C) into `out` (N, Ho, Wo, C): max
     (exact; x padded with the int64 minimum) or average (sum of x - zp_x over the window, then
@@ -524,7 +684,7 @@ def _signed_bits(lo, hi):
 
 @numba.njit(parallel=True, cache=True)
 def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out, need_acc,
-                         need_pe, mnmx, sums, wrap_bits=0):
+                         need_pe, mnmx, sums, wrap_bits=0, nch=1):
     """Accumulators ``acc = g + bias`` from the engine's sums `g` (M, q) (float32 or integer;
     rows m = (n, pixel); columns: o_n outputs, then with `risk` o_n positive-product sums
     ``pos``, the negative ones being ``neg = pos - g``) into channels-last `out` (M, o_n) (any
@@ -535,15 +695,20 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
     (M, o_n) uint8; an output is flagged when its bound leaves ``lv.acc_bits`` (or
     ``lv.pe_bits``, with `pe_risk`): its value here is provisional, to be replaced.
 
+    With ``nch`` > 1, `g` holds those columns per chunk (`npusim.sim.screen`: chunk j in
+    columns [j*q, (j+1)*q)), summed here (exact: below 2^24 like the totals); the check's
+    sums are then per column the plain sum over the chunks and the sum weighted by j + 1
+    (a value moved between chunks, or wrong in one, changes one of them).
+
     With ``wrap_bits`` > 0 every accumulator is first wrapped to that width (the value of a
     wrapping level whose events are not counted: `accumulate.wrap_shortcut`).
 
     Tasks are (image, block of pixels); per task partials: `mnmx` (N, B, o_n, 4) min and max of
-    all accumulators, then of those not flagged, and `sums` (N, B, q) the sum of every column
-    (the engine's check)."""
+    all accumulators, then of those not flagged, and `sums` (N, B, q, or 2q with chunks) the
+    sum of every column (the engine's check)."""
     N = mnmx.shape[0]
     B = mnmx.shape[1]
-    q = g.shape[1]
+    q = g.shape[1] // nch
     acc_bits, pe_bits = lv.acc_bits, lv.pe_bits
     per = (pixels + B - 1) // B
     for t in numba.prange(N * B):
@@ -554,14 +719,26 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
         mnu = np.full(o_n, _I64_MAX, np.int64)  # over the outputs not flagged
         mxu = np.full(o_n, _I64_MIN, np.int64)
         sm = np.zeros(q, np.int64)
+        smw = np.zeros(q, np.int64)  # chunks weighted 1..nch
         row = np.empty(q, np.int64)
         ri = np.empty(q, np.int32)
+        rw = np.empty(q, np.int64)
         acc = np.empty(o_n, np.int64)
         for p in range(blk * per, min(pixels, (blk + 1) * per)):
             m = b * pixels + p
             gm = g[m]
             for j in range(q):  # the sums are below 2^24: int32 converts 8 or 16 lanes at once
                 ri[j] = np.int32(gm[j])
+            if nch > 1:
+                for j in range(q):
+                    rw[j] = ri[j]
+                for c in range(1, nch):
+                    for j in range(q):
+                        v = np.int32(gm[c * q + j])
+                        ri[j] += v
+                        rw[j] += (c + 1) * np.int64(v)
+                for j in range(q):
+                    smw[j] += rw[j]
             for j in range(q):
                 row[j] = ri[j]
             for j in range(q):
@@ -598,6 +775,8 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
             mnmx[b, blk, o, 3] = mxu[o] if risk else mx[o]
         for j in range(q):
             sums[b, blk, j] = sm[j]
+            if nch > 1:
+                sums[b, blk, q + j] = smw[j]
 
 
 @numba.njit(parallel=True, cache=True)
@@ -623,7 +802,8 @@ def nonzero_count_kernel(x, zp_x, out):
                     out[c, h, w_] += x[b, c, h, w_] != zp_x
 
 
-__all__ = ["conv_kernel", "conv_points_kernel", "conv_walk_kernel", "pool_kernel",
+__all__ = ["conv_kernel", "conv_points_kernel", "conv_walk_kernel", "chunk_reduce_kernel",
+           "screen_walk_kernel", "pool_kernel",
            "avgpool_float_kernel", "embed_kernel", "to_u8_kernel",
            "window_sums_kernel", "column_sums_kernel", "conv_pixels_nhwc_kernel",
            "gemm_epilogue_kernel",

@@ -363,6 +363,8 @@ class Simulator:
                     "pe_acc_bits": prec.pe_acc_bits, "acc_bits": prec.acc_bits,
                     "overflow": _mode_text(prec),
                     "sequential_outputs": sum(a.sequential_outputs for a in parts),
+                    "screened_chunks": sum(a.screened_chunks for a in parts),
+                    "walked_chunks": sum(a.walked_chunks for a in parts),
                 })
             rows.append(row)
         # one construction from typed columns (assigning columns one by one after a
@@ -574,7 +576,8 @@ KERNELS: dict[str, Kernel] = {
 
 _INT_COLUMNS = frozenset(["nonzero_macs", "pe_overflows", "acc_overflows", "acc_min", "acc_max",
                           "observed_bits", "bound_l1_bits", "bound_dtype_bits", "pe_acc_bits",
-                          "acc_bits", "sequential_outputs"])
+                          "acc_bits", "sequential_outputs", "screened_chunks",
+                          "walked_chunks"])
 
 
 def _total(counts) -> int | None:

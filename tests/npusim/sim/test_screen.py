@@ -1,0 +1,290 @@
+"""Chunk screening (`npusim.sim.screen`, `kernels.screen_walk_kernel`) against the
+one-output-at-a-time kernel, the reference engine and the independent oracle: values and
+pe/acc event counts, both levels, every overflow mode, narrow widths where most outputs
+overflow, chunk boundaries (a partial last chunk), bias and zero points."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from npusim.hw.config import NPUConfig
+from npusim.sim import int8_engine, screen
+from npusim.sim import kernels as K
+from npusim.sim.int8_engine import Int8Support, prepare_int8_conv
+from npusim.sim.simulator import Simulator
+from tests.npusim import naive
+from tests.npusim.programs import conv_program
+from tests.npusim.sim.test_int8_engine import _emulated_pack, _emulated_run
+
+MODES = ["exact", "wrap", "saturate"]
+NATIVE = int8_engine.probe().ok
+
+
+@pytest.fixture(autouse=True, scope="module")
+def engine():
+    """oneDNN where this CPU has an int8 path, else the same engine with its conv emulated
+    in int64 (as in test_int8_engine), so the screened path runs on every machine."""
+    if NATIVE:
+        yield "onednn"
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(int8_engine, "_pack", _emulated_pack)
+        mp.setattr(int8_engine, "_run", _emulated_run)
+        mp.setattr(int8_engine, "probe", lambda: Int8Support("exact"))
+        yield "emulated"
+
+
+def patches(x, kh, kw, stride, pad, zp):
+    """(N*Ho*Wo, C*kh*kw) int64 windows of channels-last `x` minus zp, in the k order
+    (c, i, j), padding contributing 0."""
+    xs = np.pad(x.astype(np.int64) - zp, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    win = np.lib.stride_tricks.sliding_window_view(xs, (kh, kw), axis=(1, 2))[:, ::stride,
+                                                                             ::stride]
+    return win.reshape(-1, x.shape[3] * kh * kw)  # (n, ho, wo, c, kh, kw) flattened
+
+
+def chunk_table(pt, wm, size):
+    """Per pixel and chunk of `size` products: the chunk's sum, then the sum of its positive
+    products, for every output column (float32 like the engine's): (M, nch * 2O)."""
+    k, o = wm.shape
+    cols = []
+    for j0 in range(0, k, size):
+        prod = pt[:, j0:j0 + size, None] * wm[None, j0:j0 + size]  # (M, size, O)
+        cols += [prod.sum(axis=1), np.maximum(prod, 0).sum(axis=1)]
+    return np.concatenate(cols, axis=1).astype(np.float32)
+
+
+@st.composite
+def layer(draw):
+    """A small conv at extreme operands (signed or zero-point-shifted inputs): narrow
+    accumulators overflow often."""
+    cg = draw(st.integers(1, 6))
+    o = draw(st.sampled_from([1, 3, 8]))
+    k = draw(st.sampled_from([1, 2, 3]))
+    stride = draw(st.integers(1, 2))
+    pad = draw(st.integers(0, k // 2 + (k == 2)))
+    h, wd = draw(st.integers(k, 6)), draw(st.integers(k, 6))
+    n = draw(st.integers(1, 2))
+    x_signed = draw(st.booleans())
+    zp = 0 if x_signed else draw(st.sampled_from([0, 7, 128]))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    lo, hi = (-128, 127) if x_signed else (0, 255)
+    x = rng.choice([lo, hi, zp, rng.integers(lo, hi + 1)], size=(n, h, wd, cg))
+    w = rng.choice([-127, 127, 0, 1, -1, 60], size=(o, cg, k, k)).astype(np.int64)
+    bias = rng.integers(-5000, 5000, size=o)
+    prod_bits = max(hi - zp, zp - lo).bit_length() + 8
+    return dict(x=x.astype(np.int16), w=w, bias=bias, stride=stride, pad=pad, zp=zp,
+                prod_bits=prod_bits)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layer(), st.sampled_from(["os", "ws"]), st.integers(1, 6), st.integers(1, 4),
+       st.sampled_from(MODES), st.sampled_from(MODES), st.integers(0, 5), st.integers(0, 5),
+       st.floats(0.1, 1.0), st.integers(0, 2 ** 32 - 1))
+def test_screen_kernel_equals_one_output_kernel(case, order, rows, per, pe_mode, acc_mode, dpe,
+                                                dacc, frac, seed):
+    """Chunks of ``rows * per`` products (whole pe chunks; the last one partial where K is
+    not a multiple): values and event totals of every channel of a random subset of pixels
+    against `conv_points_kernel`."""
+    x, w, bias, s, pad, zp = (case[k] for k in ("x", "w", "bias", "stride", "pad", "zp"))
+    n, h, wd, _ = x.shape
+    o, cg, kh, kw = w.shape
+    ho, wo = (h + 2 * pad - kh) // s + 1, (wd + 2 * pad - kw) // s + 1
+    size = rows * per
+    lv = K.LevelSpec(K.ORDER_CODES[order], rows, case["prod_bits"] + dpe, K.MODE_CODES[pe_mode],
+                     case["prod_bits"] + dacc, K.MODE_CODES[acc_mode])
+    wm = w.reshape(o, -1)
+    gc = chunk_table(patches(x, kh, kw, s, pad, zp), wm.T, size)
+    pix = np.flatnonzero(np.random.default_rng(seed).random(n * ho * wo) < frac)
+    vals = np.empty((len(pix), o), np.int64)
+    events = np.zeros((len(pix), 2), np.int64)
+    chunks = np.zeros((len(pix), 2), np.int64)
+    K.screen_walk_kernel(x, np.ascontiguousarray(wm), np.ascontiguousarray(wm.T, np.int32),
+                         bias.astype(np.int64), kh, kw, s, pad, zp, lv, pix, ho, wo, gc, size,
+                         vals, events, chunks)
+    b, p = np.divmod(np.repeat(pix, o), ho * wo)
+    oc = np.tile(np.arange(o), len(pix))
+    points = np.stack([b, oc, p // wo, p % wo], axis=1).astype(np.int64)
+    want = np.empty(len(points), np.int64)
+    ev = np.zeros((len(points), 2), np.int64)
+    xc = np.pad(x.transpose(0, 3, 1, 2).astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)),
+                constant_values=zp)
+    K.conv_points_kernel(xc, w, bias.astype(np.int64), s, 1, zp, lv, points, want, ev)
+    np.testing.assert_array_equal(vals.reshape(-1), want)
+    np.testing.assert_array_equal(events.sum(axis=0), ev.sum(axis=0))
+    nch = -(-cg * kh * kw // size)
+    np.testing.assert_array_equal(chunks.sum(axis=1), nch * o)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 3), st.sampled_from([2, 4, 6]), st.sampled_from([1, 3]), st.integers(1, 2),
+       st.sampled_from([3, 8]), st.integers(0, 2 ** 32 - 1))
+def test_engine_chunk_sums(n, cg, k, stride, o, seed):
+    """The chunked conv's sums and positive sums equal int64 ones, and their totals are the
+    sign-column plan's columns (the sums the epilogue flags outputs by)."""
+    rng = np.random.default_rng(seed)
+    x = rng.choice([0, 255, rng.integers(0, 256)], size=(n, 5, 5, cg)).astype(np.uint8)
+    w = rng.choice([-128, 127, 0, -1, 50], size=(o, cg, k, k)).astype(np.int64)
+    pad = k // 2
+    kind = int8_engine.probe().kind
+    lv = K.LevelSpec(K.OS, 1, 16, K.WRAP, 16, K.WRAP)
+    prep = prepare_int8_conv(w, stride, pad, 1, 0, 0, 255, signs=True, kind=kind)
+    cp = screen.prepare_chunks(prep, w, lv, (0, 255), kind, limit=cg // 2 * k * k,
+                               min_channels=1, min_chunks=2)
+    assert cp is not None and cp.nch == 2 and cp.size == cg // 2 * k * k
+    ho = (5 + 2 * pad - k) // stride + 1
+    gc, res = screen.chunk_sums(x, cp, (ho, ho))
+    pt = patches(x, k, k, stride, pad, 0)
+    np.testing.assert_array_equal(gc, chunk_table(pt, w.reshape(o, -1).T, cp.size))
+    full = int8_engine.int8_conv(x, prep, (ho, ho))
+    np.testing.assert_array_equal(res.g, full.g)
+    np.testing.assert_array_equal(res.expected, full.expected)
+    assert res.nonzero_macs == full.nonzero_macs
+
+
+def test_chunk_channels():
+    """Whole input channels, within the product limit, whole pe chunks, two chunks at least,
+    `MIN_CHUNKS` where the channels allow."""
+    os_, ws16 = K.LevelSpec(K.OS, 1, 16, 1, 16, 1), K.LevelSpec(K.WS, 16, 16, 1, 16, 1)
+    assert screen.chunk_channels(512, 9, os_) == 32  # 288 products, 16 chunks
+    assert screen.chunk_channels(512, 9, ws16) == 32  # 288 = 18 pe chunks of 16
+    assert screen.chunk_channels(64, 9, os_) == 8  # 8 chunks
+    assert screen.chunk_channels(64, 9, ws16._replace(rows=7)) == 0  # 7 divides no 9 * 2^k
+    assert screen.chunk_channels(256, 1, os_) == 32  # 1x1 conv: 8 chunks
+    assert screen.chunk_channels(3, 49, os_) == 0  # the stem: chunks of 1 channel refused
+    assert screen.chunk_channels(16, 9, os_) == 8  # 2 chunks
+    assert screen.chunk_channels(8, 9, os_) == 0  # one chunk only
+    assert screen.chunk_channels(32, 9, ws16) == 16  # 8 channels (72) are not whole pe chunks
+
+
+def wide_case(seed, cg=32, o=40, n=2, h=7):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 48, size=(n, cg, h, h))
+    x[:, :, :2] = 255  # some windows at the extremes: runs of overflows
+    w = rng.integers(-30, 31, size=(o, cg, 3, 3))
+    w[:, :2] = rng.choice([-127, 127], size=(o, 2, 3, 3))  # a first chunk of extremes
+    bias = rng.integers(-5000, 5000, size=o)
+    return x, w, bias
+
+
+@pytest.mark.parametrize("dataflow, rows, mode, bits", [
+    ("os", 16, "wrap", 16), ("os", 16, "saturate", 17), ("ws", 16, "wrap", 17),
+    ("ws", 16, "saturate", 16), ("is", 9, "wrap", 18), ("ws", 8, "saturate", 19),
+    ("os", 16, "wrap", 20), ("ws", 16, "exact", 17)])
+def test_simulator_screened_equals_reference(dataflow, rows, mode, bits):
+    """A layer with 32 input channels (chunks of 16 channels, 144 products): the simulator's
+    screened path equals the reference engine and the oracle, outputs and event counts, and
+    it did screen (and walk) chunks."""
+    x, w, bias = wide_case(bits)
+    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
+    cfg = NPUConfig.preset("edge16").with_overrides(
+        {"array.dataflow": dataflow, "array.rows": rows, "precision.acc_bits": bits,
+         "precision.pe_acc_bits": bits, "precision.overflow": mode})
+    fast = Simulator(cfg).run(prog, x)
+    ref = Simulator(cfg, engine="reference").run(prog, x)
+    np.testing.assert_array_equal(fast.outputs["y"], ref.outputs["y"])
+    cols = ["pe_overflows", "acc_overflows", "acc_min", "acc_max"]
+    assert fast.stats[cols].equals(ref.stats[cols])
+    row = fast.stats.iloc[0]
+    assert row["screened_chunks"] > 0
+    if bits < 20:
+        assert row["walked_chunks"] > 0 and row["acc_overflows"] + row["pe_overflows"] > 0
+    want, pe, acc = naive.conv2d_acc(x, w, bias, 1, 1, 1, 0, dataflow, rows, bits, mode, bits,
+                                     mode)
+    np.testing.assert_array_equal(fast.outputs["y"], want)
+    assert row["acc_overflows"] == acc and (dataflow == "os" or row["pe_overflows"] == pe)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["os", "ws"]), st.sampled_from([4, 8, 16]), st.sampled_from(MODES[1:]),
+       st.integers(16, 20), st.sampled_from([1, 3]), st.integers(1, 2), st.booleans(),
+       st.integers(0, 2 ** 32 - 1))
+def test_simulator_screened_random(dataflow, rows, mode, bits, k, stride, requant, seed):
+    """Random layers (1x1 and 3x3, strides, requantized or not) through the screened path:
+    equal to the reference engine, values and events."""
+    rng = np.random.default_rng(seed)
+    cg = int(rng.choice([16, 32]))
+    x, w, bias = wide_case(seed, cg=cg, o=int(rng.integers(3, 20)), h=int(rng.integers(3, 8)))
+    w = w[:, :, :k, :k]
+    prog = conv_program(w, bias, x.shape[1:], padding=k // 2, stride=stride, requant=requant)
+    cfg = NPUConfig.preset("edge16").with_overrides(
+        {"array.dataflow": dataflow, "array.rows": rows, "precision.acc_bits": bits,
+         "precision.pe_acc_bits": bits, "precision.overflow": mode})
+    fast = Simulator(cfg).run(prog, x)
+    ref = Simulator(cfg, engine="reference").run(prog, x)
+    np.testing.assert_array_equal(fast.outputs["y"], ref.outputs["y"])
+    cols = ["pe_overflows", "acc_overflows", "acc_min", "acc_max"]
+    assert fast.stats[cols].equals(ref.stats[cols])
+
+
+def test_zero_point_and_groups_keep_the_walk():
+    """Inputs that may lie below the zero point, or grouped convs: no chunk plan (the full
+    walk), still equal to the reference."""
+    x, w, bias = wide_case(3)
+    cfg = NPUConfig.preset("edge16").with_overrides(
+        {"precision.acc_bits": 16, "precision.pe_acc_bits": 16, "precision.overflow": "wrap"})
+    for prog in (conv_program(w, bias, x.shape[1:], padding=1, requant=False, zp_x=3),
+                 conv_program(w[:, :16], bias, x.shape[1:], padding=1, requant=False, groups=2)):
+        fast = Simulator(cfg).run(prog, x)
+        ref = Simulator(cfg, engine="reference").run(prog, x)
+        np.testing.assert_array_equal(fast.outputs["y"], ref.outputs["y"])
+        assert fast.stats["acc_overflows"].equals(ref.stats["acc_overflows"])
+        assert fast.stats.iloc[0]["screened_chunks"] == 0
+
+
+@pytest.mark.parametrize("how", ["swap", "add"])
+def test_chunk_check_catches_wrong_chunk_sums(monkeypatch, caplog, how):
+    """A chunked conv whose chunk sums are wrong (one output's values swapped between two
+    chunks, which keeps every total; or one value off by one) is caught by the check: the
+    layer is recomputed with the float engine, and the result is still the reference's."""
+    from npusim.sim import accumulate
+
+    real = accumulate.int8_conv
+
+    def broken(x, plan, out_hw):
+        res = real(x, plan, out_hw)
+        if plan.groups > 1:  # the chunked plan
+            q = plan.q // plan.groups
+            g = res.g
+            if how == "swap":  # at a pixel where the two differ (else no error)
+                m = int(np.flatnonzero(g[:, 0] != g[:, q])[0])
+                g[m, [0, q]] = g[m, [q, 0]]
+            else:
+                g[5, q + 1] += 1
+        return res
+
+    monkeypatch.setattr(accumulate, "int8_conv", broken)
+    x, w, bias = wide_case(16)
+    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
+    cfg = NPUConfig.preset("edge16").with_overrides(
+        {"precision.acc_bits": 16, "precision.pe_acc_bits": 16, "precision.overflow": "wrap"})
+    with caplog.at_level("WARNING"):
+        fast = Simulator(cfg).run(prog, x)
+    assert "recomputed with the float engine" in caplog.text
+    ref = Simulator(cfg, engine="reference").run(prog, x)
+    np.testing.assert_array_equal(fast.outputs["y"], ref.outputs["y"])
+    assert fast.stats["acc_overflows"].equals(ref.stats["acc_overflows"])
+
+
+def test_run_many_shares_chunk_sums():
+    """Configurations sharing one input: a configuration without a chunk plan (ws rows 7)
+    makes the engine's entry, later ones compute their chunk sums on top of it, or reuse
+    another's; every result equals its own `run`."""
+    from npusim.sim.simulator import run_many
+
+    x, w, bias = wide_case(7)
+    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=True)
+    base = NPUConfig.preset("edge16")
+    cfgs = [base.with_overrides({"array.dataflow": df, "array.rows": rows,
+                                 "precision.acc_bits": bits, "precision.pe_acc_bits": bits,
+                                 "precision.overflow": mode})
+            for df, rows, bits, mode in [("ws", 7, 17, "wrap"), ("os", 16, 16, "wrap"),
+                                         ("os", 16, 17, "saturate"), ("ws", 16, 17, "wrap")]]
+    many = run_many([Simulator(c) for c in cfgs], prog, x)
+    for cfg, got in zip(cfgs, many):
+        one = Simulator(cfg, engine="reference").run(prog, x)
+        np.testing.assert_array_equal(got.outputs["y"], one.outputs["y"])
+        cols = ["pe_overflows", "acc_overflows", "acc_min", "acc_max"]
+        assert got.stats[cols].equals(one.stats[cols])
+    assert [int(r.stats.iloc[0]["screened_chunks"] > 0) for r in many] == [0, 1, 1, 1]
