@@ -682,6 +682,76 @@ def _signed_bits(lo, hi):
     return b + (1 if v > 0 else 0)
 
 
+@numba.njit(inline="always")
+def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq, rq, out,
+                   need_acc, need_pe, mnmx, sums, wrap_bits, nch, q, per, b, blk, chunked):
+    """One task (image `b`, block `blk` of pixels) of `gemm_epilogue_kernel`; `chunked` is a
+    constant at each call, so the copy without chunks has no chunk code in its loops."""
+    mn = np.full(o_n, _I64_MAX, np.int64)
+    mx = np.full(o_n, _I64_MIN, np.int64)
+    mnu = np.full(o_n, _I64_MAX, np.int64)  # over the outputs not flagged
+    mxu = np.full(o_n, _I64_MIN, np.int64)
+    sm = np.zeros(q, np.int64)
+    smw = np.zeros(q, np.int64)  # chunks weighted 1..nch
+    row = np.empty(q, np.int64)
+    ri = np.empty(q, np.int32)
+    rw = np.empty(q, np.int64)
+    acc = np.empty(o_n, np.int64)
+    for p in range(blk * per, min(pixels, (blk + 1) * per)):
+        m = b * pixels + p
+        gm = g[m]
+        for j in range(q):  # the sums are below 2^24: int32 converts 8 or 16 lanes at once
+            ri[j] = np.int32(gm[j])
+        if chunked:
+            for j in range(q):
+                rw[j] = ri[j]
+            for c in range(1, nch):
+                for j in range(q):
+                    v = np.int32(gm[c * q + j])
+                    ri[j] += v
+                    rw[j] += (c + 1) * np.int64(v)
+            for j in range(q):
+                smw[j] += rw[j]
+        for j in range(q):
+            row[j] = ri[j]
+        for j in range(q):
+            sm[j] += row[j]
+        for o in range(o_n):
+            acc[o] = row[o] + bias[o]
+        if wrap_bits > 0:
+            for o in range(o_n):
+                acc[o] = wrap(acc[o], wrap_bits)
+        for o in range(o_n):
+            mn[o] = min(mn[o], acc[o])
+            mx[o] = max(mx[o], acc[o])
+        if risk:
+            for o in range(o_n):
+                pos = row[o_n + o]
+                neg = pos - row[o]
+                na = _signed_bits(min(bias[o] - neg, 0), max(bias[o] + pos, 0))
+                npe = _signed_bits(-neg, pos)
+                need_acc[m, o] = na
+                need_pe[m, o] = npe
+                if not (na > acc_bits or (pe_risk and npe > pe_bits)):
+                    mnu[o] = min(mnu[o], acc[o])
+                    mxu[o] = max(mxu[o], acc[o])
+        if do_rq:
+            requant_span(acc, out[m], rq, 0, 1)
+        else:
+            dst = out[m]
+            for o in range(o_n):
+                dst[o] = acc[o]
+    for o in range(o_n):
+        mnmx[b, blk, o, 0] = mn[o]
+        mnmx[b, blk, o, 1] = mx[o]
+        mnmx[b, blk, o, 2] = mnu[o] if risk else mn[o]
+        mnmx[b, blk, o, 3] = mxu[o] if risk else mx[o]
+    for j in range(q):
+        sums[b, blk, j] = sm[j]
+        if chunked:
+            sums[b, blk, q + j] = smw[j]
+
+
 @numba.njit(parallel=True, cache=True)
 def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out, need_acc,
                          need_pe, mnmx, sums, wrap_bits=0, nch=1):
@@ -714,69 +784,13 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
     for t in numba.prange(N * B):
         b = t // B
         blk = t - b * B
-        mn = np.full(o_n, _I64_MAX, np.int64)
-        mx = np.full(o_n, _I64_MIN, np.int64)
-        mnu = np.full(o_n, _I64_MAX, np.int64)  # over the outputs not flagged
-        mxu = np.full(o_n, _I64_MIN, np.int64)
-        sm = np.zeros(q, np.int64)
-        smw = np.zeros(q, np.int64)  # chunks weighted 1..nch
-        row = np.empty(q, np.int64)
-        ri = np.empty(q, np.int32)
-        rw = np.empty(q, np.int64)
-        acc = np.empty(o_n, np.int64)
-        for p in range(blk * per, min(pixels, (blk + 1) * per)):
-            m = b * pixels + p
-            gm = g[m]
-            for j in range(q):  # the sums are below 2^24: int32 converts 8 or 16 lanes at once
-                ri[j] = np.int32(gm[j])
-            if nch > 1:
-                for j in range(q):
-                    rw[j] = ri[j]
-                for c in range(1, nch):
-                    for j in range(q):
-                        v = np.int32(gm[c * q + j])
-                        ri[j] += v
-                        rw[j] += (c + 1) * np.int64(v)
-                for j in range(q):
-                    smw[j] += rw[j]
-            for j in range(q):
-                row[j] = ri[j]
-            for j in range(q):
-                sm[j] += row[j]
-            for o in range(o_n):
-                acc[o] = row[o] + bias[o]
-            if wrap_bits > 0:
-                for o in range(o_n):
-                    acc[o] = wrap(acc[o], wrap_bits)
-            for o in range(o_n):
-                mn[o] = min(mn[o], acc[o])
-                mx[o] = max(mx[o], acc[o])
-            if risk:
-                for o in range(o_n):
-                    pos = row[o_n + o]
-                    neg = pos - row[o]
-                    na = _signed_bits(min(bias[o] - neg, 0), max(bias[o] + pos, 0))
-                    npe = _signed_bits(-neg, pos)
-                    need_acc[m, o] = na
-                    need_pe[m, o] = npe
-                    if not (na > acc_bits or (pe_risk and npe > pe_bits)):
-                        mnu[o] = min(mnu[o], acc[o])
-                        mxu[o] = max(mxu[o], acc[o])
-            if do_rq:
-                requant_span(acc, out[m], rq, 0, 1)
-            else:
-                dst = out[m]
-                for o in range(o_n):
-                    dst[o] = acc[o]
-        for o in range(o_n):
-            mnmx[b, blk, o, 0] = mn[o]
-            mnmx[b, blk, o, 1] = mx[o]
-            mnmx[b, blk, o, 2] = mnu[o] if risk else mn[o]
-            mnmx[b, blk, o, 3] = mxu[o] if risk else mx[o]
-        for j in range(q):
-            sums[b, blk, j] = sm[j]
-            if nch > 1:
-                sums[b, blk, q + j] = smw[j]
+        if nch > 1:  # two copies of the task, each with its branch folded away
+            _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq, rq, out,
+                           need_acc, need_pe, mnmx, sums, wrap_bits, nch, q, per, b, blk, True)
+        else:
+            _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq, rq, out,
+                           need_acc, need_pe, mnmx, sums, wrap_bits, 1, q, per, b, blk, False)
+
 
 
 @numba.njit(parallel=True, cache=True)
