@@ -304,7 +304,7 @@ def _shared_entry(share, x, prep, out_hw) -> _Shared:
                     e.prep.zp_x == prep.zp_x and np.array_equal(e.prep.wq[:prep.q], prep.wq):
                 return e
     cp = prep.chunks
-    if cp is not None and screen.fits(cp, x.shape[0], out_hw[0] * out_hw[1]):
+    if cp is not None and cp.flagged[0] and screen.fits(cp, x.shape[0], out_hw[0] * out_hw[1]):
         # the sign columns per chunk (the epilogue sums them)
         e = _Shared(x, prep, screen.chunked_result(int8_conv(x, cp.plan, out_hw), cp.nch),
                     nch=cp.nch)
@@ -393,6 +393,8 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
             # the very object is handed to every configuration that gets here, so the next
             # layers see identical inputs (`is`) and share in turn
             hit = e.exact[key] = (out.reshape(n, ho, wo, o), mm[0], mm[1])
+    if cp is not None and risk:  # chunk the next batch's conv up front only if this one flagged
+        cp.flagged[0] = bool(flat[1])
     if not flat[1]:  # the exact result, shared by every configuration that gets here
         out, st.acc_min, st.acc_max = hit
         return out, st

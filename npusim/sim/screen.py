@@ -23,7 +23,7 @@ Layers with signed inputs, groups, a single chunk, or a batch whose chunk sums w
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,13 +48,16 @@ _MAX_ELEMS = 1 << 26
 class ChunkPlan:
     """A layer's chunked conv: `plan` (groups = chunks; per chunk O sums, then O positive
     sums), `size` products per chunk, `nch` chunks, the weights in the k order as `wl` (O, K)
-    int64 and `wt` (K, O) int32."""
+    int64 and `wt` (K, O) int32. `flagged[0]`: whether the layer's last batch flagged any
+    output (a hint, mutable: the chunked conv runs up front only then; otherwise the cheaper
+    sign-column conv runs and the chunk sums are made only if a batch flags after all)."""
 
     plan: Int8Conv
     size: int
     nch: int
     wl: np.ndarray
     wt: np.ndarray
+    flagged: np.ndarray = field(default_factory=lambda: np.ones(1, np.bool_))
 
 
 def chunk_channels(cg: int, khw: int, lv: LevelSpec, limit: int = CHUNK_PRODUCTS,

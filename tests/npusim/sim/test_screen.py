@@ -288,3 +288,25 @@ def test_run_many_shares_chunk_sums():
         cols = ["pe_overflows", "acc_overflows", "acc_min", "acc_max"]
         assert got.stats[cols].equals(one.stats[cols])
     assert [int(r.stats.iloc[0]["screened_chunks"] > 0) for r in many] == [0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("mode", ["wrap", "saturate"])
+def test_chunked_conv_follows_the_last_batch(mode):
+    """A batch that flags nothing makes the next batch start with the sign-column conv; a
+    flagging batch after it makes its chunk sums on demand: every batch equals the reference
+    engine, outputs and events, and the hint follows each batch."""
+    x, w, bias = wide_case(3)
+    quiet = np.zeros_like(x)  # all-zero inputs: every sum is the bias, nothing flags
+    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
+    cfg = NPUConfig.preset("edge16").with_overrides(
+        {"precision.acc_bits": 16, "precision.pe_acc_bits": 16, "precision.overflow": mode})
+    sim, ref = Simulator(cfg), Simulator(cfg, engine="reference")
+    cols = ["pe_overflows", "acc_overflows", "acc_min", "acc_max"]
+    seen = []
+    for batch in (x, quiet, x, x):
+        got, want = sim.run(prog, batch), ref.run(prog, batch)
+        np.testing.assert_array_equal(got.outputs["y"], want.outputs["y"])
+        assert got.stats[cols].equals(want.stats[cols])
+        cp = next(p.prep for p in sim._plans_for(prog) if p.prep is not None).chunks
+        seen.append((int(got.stats.iloc[0]["screened_chunks"] > 0), bool(cp.flagged[0])))
+    assert seen == [(1, True), (0, False), (1, True), (1, True)]
