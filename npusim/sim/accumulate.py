@@ -145,6 +145,10 @@ def _fits(lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
 
 
 _EPILOGUE_PIXELS = 256  # pixels per epilogue task
+# Chunk sums (a conv over every pixel with nch x the columns) pay once more than 1/32 of a
+# layer's outputs are flagged; below that the flagged outputs are walked whole. An estimate
+# (walking a product costs ~30-50x a product of the int8 conv here), not a measured optimum.
+_CHUNKS_PAY = 32
 
 
 def _blocks(n: int, units: int, cap: int) -> int:
@@ -393,16 +397,18 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
             # the very object is handed to every configuration that gets here, so the next
             # layers see identical inputs (`is`) and share in turn
             hit = e.exact[key] = (out.reshape(n, ho, wo, o), mm[0], mm[1])
-    if cp is not None and risk:  # chunk the next batch's conv up front only if this one flagged
-        cp.flagged[0] = bool(flat[1])
+    # many flagged outputs: chunk sums pay (made now if missing, up front for the next batch)
+    many = flat[1] * _CHUNKS_PAY > n * pixels * o
+    if cp is not None and risk:
+        cp.flagged[0] = many
     if not flat[1]:  # the exact result, shared by every configuration that gets here
         out, st.acc_min, st.acc_max = hit
         return out, st
     pix, st.sequential_outputs = flat
     # every output of the flagged pixels (the others equal their exact sums, events none)
-    if cp is not None and screen.fits(cp, n, pixels):
-        gc = e.chunk_g.get(cp.size)
-        if gc is None:  # an entry made by a configuration without this chunk size
+    gc = None if cp is None else e.chunk_g.get(cp.size)
+    if cp is not None and screen.fits(cp, n, pixels) and (gc is not None or many):
+        if gc is None:  # an entry made without chunks (a quiet last batch, another config)
             gc = e.chunk_g[cp.size] = screen.chunk_sums(x, cp, out_hw)[0]
         vals = screen.screened_pixels(x, cp, gc, bias, lv, pix, st, out_hw)
     else:

@@ -48,9 +48,10 @@ _MAX_ELEMS = 1 << 26
 class ChunkPlan:
     """A layer's chunked conv: `plan` (groups = chunks; per chunk O sums, then O positive
     sums), `size` products per chunk, `nch` chunks, the weights in the k order as `wl` (O, K)
-    int64 and `wt` (K, O) int32. `flagged[0]`: whether the layer's last batch flagged any
-    output (a hint, mutable: the chunked conv runs up front only then; otherwise the cheaper
-    sign-column conv runs and the chunk sums are made only if a batch flags after all)."""
+    int64 and `wt` (K, O) int32. `flagged[0]`: whether the layer's last batch flagged many
+    outputs (`accumulate._CHUNKS_PAY`; a mutable hint): the chunked conv runs up front only
+    then; otherwise the cheaper sign-column conv runs, and the chunk sums are made only if a
+    batch flags many after all (a few flagged outputs are walked whole)."""
 
     plan: Int8Conv
     size: int
