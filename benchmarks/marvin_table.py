@@ -261,7 +261,7 @@ What the controller did (reasons of `marvin_history`, see `quantize/marvin/contr
 
 Why we are where we are:
 
-- The vanishing-gradient guard decides, not the KL rule. With the METHODS.md rule (raise one
+- The vanishing-gradient guard decides, not the KL rule. With the docs/methods.md rule (raise one
   step when more than half of the updates `lr * grad` are below half a step `2^-(FL+1)`) and
   FL fitted to `max|w|`, the median layer saw 100 % of its updates vanish at 4-8-bit words,
   about 43 % at 12 bits and 13-17 % at 16 bits (measured from `zero_update_fraction` of both

@@ -282,7 +282,7 @@ conv instead of the raw one, so borders differ slightly from the trained float m
 
 What "equal" rests on (see `npusim/onnx/importer.py`):
 - QLinearConv / QGemm / QLinearMatMul: ``f32(acc) * f32(f32(s_x*s_w)/s_y)``, clamp, round half
-  to even, + zero point (the simulator's float mode, DESIGN §2).
+  to even, + zero point (the simulator's float mode, docs/architecture.md).
 - QLinearAdd: MLAS's AVX2 kernel, ``rne(fma(a, r_a, fma(b, r_b, zp_y - fma(r_a, zp_a,
   r_b*zp_b))))`` in float32 with ``r = f32(s_in/s_y)``; the output zero point is inside the
   rounded value. npusim emulates the FMAs exactly (float64 products, sums rounded to odd). ORT's

@@ -1,4 +1,4 @@
-"""Accumulator-aware weight quantization: A2Q and A2Q+ (METHODS.md).
+"""Accumulator-aware weight quantization: A2Q and A2Q+ (docs/methods.md).
 
 Colbert, Pappalardo, Petri-Koenig, ICCV 2023 (arXiv 2308.13504); A2Q+ arXiv 2401.10432;
 reference implementation in Brevitas. The weights of every output channel are parametrised

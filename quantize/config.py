@@ -48,7 +48,7 @@ class A2QConfig(_Strict):
 
 
 class EmbeddingConfig(_Strict):
-    """Pixel embedding first stage (quantize/embedding.py, METHODS.md): a trainable table maps
+    """Pixel embedding first stage (quantize/embedding.py, docs/methods.md): a trainable table maps
     each uint8 pixel of each channel to `d` values at `bits` bits (default: `act_bits`).
 
     ``init="linear"`` with ``d=1`` and ``trainable=False`` is plain low-bit input quantization

@@ -1,4 +1,4 @@
-"""Pixel embedding: a fully integer first layer (Tokunaga et al., arXiv 2407.16174; METHODS.md).
+"""Pixel embedding: a fully integer first layer (Tokunaga et al., arXiv 2407.16174; docs/methods.md).
 
 Each uint8 pixel value of each colour channel is a token: a trainable table ``E[c, p, :]``
 (256 rows of ``d`` values per channel, or one table shared by all channels) maps it to a

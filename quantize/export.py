@@ -1,4 +1,4 @@
-"""Export a trained `QuantizedModel` as an IntegerProgram (DESIGN §3).
+"""Export a trained `QuantizedModel` as an IntegerProgram (docs/program_format.md).
 
 Integer weights are exactly the trained quantized weights (a channel whose BN gain is negative
 has its weights and bias negated, so every requant multiplier is positive, as TFLite, ORT and

@@ -1,4 +1,4 @@
-"""Fake quantizers for quantization-aware training (METHODS.md, DESIGN.md §2).
+"""Fake quantizers for quantization-aware training (docs/methods.md, docs/architecture.md).
 
 Every quantizer's forward is the *hard* quantizer the NPU runs,
 ``x_hat = s * q`` with ``q = clip(round_half_even(x / s), qmin, qmax)``, computed from the
@@ -8,7 +8,7 @@ surrogate ``sur`` is zero in value and carries exactly the gradient the method p
 
 Gradients are written as closed-form coefficients times the tensor they differentiate
 (``x * sg(slope)``, ``s_eff * sg(coef)``) rather than left to autograd through round/clip, so
-what the code computes is the formula of METHODS.md, including its clipped regions, and two
+what the code computes is the formula of docs/methods.md, including its clipped regions, and two
 methods that should agree (LG-LSQ with every switch off, LSQ) share one code path.
 
 Conventions a caller must know (see the class docstrings for each method's scale):
@@ -124,7 +124,7 @@ def _range_of(
 
 
 # --------------------------------------------------------------------------------------------
-# ASR (arctangent soft round) of LG-LSQ — METHODS.md [ours]
+# ASR (arctangent soft round) of LG-LSQ — docs/methods.md [ours]
 # --------------------------------------------------------------------------------------------
 
 
@@ -236,7 +236,7 @@ class Quantizer(nn.Module):
 
     @property
     def qmin(self) -> int:
-        """Smallest integer of the grid (``-Qn`` of METHODS.md)."""
+        """Smallest integer of the grid (``-Qn`` of docs/methods.md)."""
         return self._qmin
 
     @property
@@ -487,7 +487,7 @@ class PACTQuantizer(Quantizer):
 
 
 class LSQQuantizer(Quantizer):
-    """LSQ (Esser et al. 2020): learned step ``step``; METHODS.md LSQ exactly.
+    """LSQ (Esser et al. 2020): learned step ``step``; docs/methods.md LSQ exactly.
 
     Backward: dx = 1 inside, 0 outside; ds = (round(u) - u) inside, qmin below, qmax above,
     times ``g = 1/sqrt(N * qmax)`` (N: elements per channel for weights, all elements for
@@ -557,7 +557,7 @@ class LSQQuantizer(Quantizer):
 
 
 class _LSQFunction(torch.autograd.Function):
-    """LSQ's forward and its closed-form backward (METHODS.md) as one autograd node: the same
+    """LSQ's forward and its closed-form backward (docs/methods.md) as one autograd node: the same
     values and gradients as the grafted surrogates, without their intermediate tensors
     (which made a QAT epoch ~2x a float epoch)."""
 

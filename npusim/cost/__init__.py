@@ -1,4 +1,4 @@
-"""Cost model (DESIGN §6): cycles, energy, power and storage per layer and per bit width.
+"""Cost model (docs/npu_file.md): cycles, energy, power and storage per layer and per bit width.
 
 `estimate_cost(program, npu)` -> `CostReport` (per-layer, per-component, totals and FP32 /
 INT8 baselines); `action_counts` and `price` keep counts and energy-per-action apart;

@@ -1,4 +1,4 @@
-"""Versioned energy-per-action tables (DESIGN §6): a TOML file validated by pydantic.
+"""Versioned energy-per-action tables (docs/npu_file.md): a TOML file validated by pydantic.
 
 A table has one entry per (component, action), e.g. ``int_multiplier.multiply`` or
 ``sram.access``, each with a unit, a value or fit coefficients, and a source line. The shipped

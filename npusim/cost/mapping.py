@@ -1,4 +1,4 @@
-"""Cycles, buffer traffic and DRAM stalls of each layer on a systolic array (DESIGN §6).
+"""Cycles, buffer traffic and DRAM stalls of each layer on a systolic array (docs/npu_file.md).
 
 The array model is SCALE-Sim's (v2/v3 ``compute/systolic_compute_{os,ws,is}.py``, checked in
 REFERENCES §3). A conv becomes a GEMM per image (no batching into M):

@@ -1,4 +1,4 @@
-"""The virtual NPU's description (DESIGN §4): a TOML file validated by pydantic models.
+"""The virtual NPU's description (docs/npu_file.md): a TOML file validated by pydantic models.
 
 `NPUConfig.load("edge16")` reads a shipped preset, `NPUConfig.from_toml(path)` a user's file;
 `config.with_overrides({"precision.acc_bits": 16})` returns a new validated copy. Every error
@@ -95,7 +95,7 @@ class ArrayConfig(BaseModel):
 
 
 class PrecisionConfig(BaseModel):
-    """Accumulator widths and overflow modes at the two levels (DESIGN §2 'Accumulators')."""
+    """Accumulator widths and overflow modes at the two levels (docs/architecture.md 'Accumulators')."""
 
     model_config = _MODEL_CONFIG
 
@@ -186,7 +186,7 @@ class MemoryConfig(BaseModel):
 
 
 class TechnologyConfig(BaseModel):
-    """Process node, supply and the energy table the cost model uses (DESIGN §6)."""
+    """Process node, supply and the energy table the cost model uses (docs/npu_file.md)."""
 
     model_config = _MODEL_CONFIG
 

@@ -1,4 +1,4 @@
-"""The integer arithmetic shared by the simulator and the training library (DESIGN §2).
+"""The integer arithmetic shared by the simulator and the training library (docs/architecture.md).
 
 Its API takes and returns NumPy arrays and Python numbers; numba is an implementation detail.
 

@@ -1,4 +1,4 @@
-"""Worst-case accumulator widths of a program's layers (DESIGN §5).
+"""Worst-case accumulator widths of a program's layers (docs/architecture.md).
 
 Two bounds per conv/linear layer: the data-type bound of A2Q (from K and the bit widths
 alone) and the exact bound from the layer's own integer weights and bias over the full input

@@ -1,4 +1,4 @@
-"""The op table: what each IntegerProgram op means, declared once (DESIGN §3).
+"""The op table: what each IntegerProgram op means, declared once (docs/program_format.md).
 
 Every op is one `OpDef` record: how many inputs it takes, its attributes (type, range,
 default), the arrays a node owns, the rule that gives its output shape, whether and how it
@@ -65,7 +65,7 @@ class OpDef:
     `shape(ins, arrays, attrs)` gives the output shape from the input shapes, the node's own
     arrays (by key: ``weight``, ``lut``...) and its attributes (defaults filled in), raising
     ValueError(``"field: what is wrong"``) on a mismatch. `real_multipliers` (None: the op never
-    requantizes) gives the float64 multipliers M (DESIGN §2), `float_multipliers` the float32
+    requantizes) gives the float64 multipliers M (docs/architecture.md), `float_multipliers` the float32
     ones of the ``float`` mode in ONNX Runtime's order. `macs(program, node)` counts the
     multiply-accumulates per image, `gemm` gives a node's ``(M, K, N, groups)`` per group on the
     MAC array (unit ``array``), `vector_ops` its operations per image on the vector unit (unit

@@ -1,4 +1,4 @@
-"""The IntegerProgram file: the only interface between `quantize` and the simulator (DESIGN §3).
+"""The IntegerProgram file: the only interface between `quantize` and the simulator (docs/program_format.md).
 
 One ``.safetensors`` file read with ``safetensors.numpy`` (nothing is unpickled): named integer
 arrays plus a JSON manifest in the header metadata under the key ``npusim``. Loading validates

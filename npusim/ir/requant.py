@@ -1,7 +1,7 @@
 """The requantization spec and the multipliers of a program's nodes under it.
 
 `RequantSpec` is the one description of how real multipliers become integer hardware
-(DESIGN §2): the training library's `QuantConfig.requant`, the program file's manifest
+(docs/architecture.md): the training library's `QuantConfig.requant`, the program file's manifest
 ``requant`` and, key by key, the NPU file's optional ``[requant]`` section (`RequantOverrides`:
 only the keys the NPU pins; the rest come from the program) all use it.
 
@@ -29,7 +29,7 @@ Rounding = Literal["half_away", "half_up", "half_even"]
 
 
 class RequantSpec(BaseModel):
-    """How accumulators are rescaled to the next layer's integers (DESIGN §2 'Requantization').
+    """How accumulators are rescaled to the next layer's integers (docs/architecture.md 'Requantization').
 
     The defaults are what export uses: a 32-bit fixed-point multiplier with single rounding,
     ties up (TFLite's single-rounding build, Arm TOSA apply_scale_32, CMSIS-NN), not TFLite's

@@ -1,5 +1,5 @@
 """`npusim report`: regenerate the figures, their CSVs and ``reports/README.md`` from a
-results store (DESIGN §7).
+results store (docs/architecture.md).
 
 Only the files named in `FIGURES` (and ``sweep_results.csv``, ``README.md``) are written;
 anything else already in the directory (other benchmarks' tables) is left alone and linked

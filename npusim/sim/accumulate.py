@@ -1,6 +1,6 @@
 """Conv/linear accumulation: an exact fast path, and the order-faithful kernel where it matters.
 
-The result of every output is defined by the order-faithful accumulation of DESIGN §2
+The result of every output is defined by the order-faithful accumulation of docs/architecture.md
 (`kernels._accumulate_point`). Computing it that way for every output is slow, and rarely
 needed: an output whose running sums cannot leave the accumulator's range, in any order, has
 no overflow event and equals its exact sum. So:

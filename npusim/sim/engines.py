@@ -1,6 +1,6 @@
 """The one place that decides which engine computes a conv's exact sums.
 
-The result of every conv output is defined by the order-faithful accumulation of DESIGN §2;
+The result of every conv output is defined by the order-faithful accumulation of docs/architecture.md;
 an engine only decides how the exact sums that stand in for it (where a bound proves no
 overflow can happen) are computed:
 

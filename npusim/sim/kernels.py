@@ -1,6 +1,6 @@
 """Private numba kernels of the simulator. Call them only through `npusim.sim.simulator`.
 
-All integer work is int64 with explicit wrap/saturate to the modelled widths (DESIGN §2); the
+All integer work is int64 with explicit wrap/saturate to the modelled widths (docs/architecture.md); the
 only floats are in the `float` requantization mode and the int8 engine's sums, which arrive
 as float32 holding exact integers (`npusim.sim.int8_engine`). Activations are channels last
 (N, H, W, C) in narrow dtypes; the order-faithful conv kernels take NCHW int64 copies. The rounding and wrap rules come from
@@ -56,7 +56,7 @@ def _level_add(held, v, bits, mode):
 
 @numba.njit(inline="always")
 def _accumulate_point(x, w, bias, b, o, oy, ox, c0, stride, zp_x, lv):
-    """Order-faithful accumulation of one output (DESIGN §2): bias preloaded at the acc level;
+    """Order-faithful accumulation of one output (docs/architecture.md): bias preloaded at the acc level;
     `os` adds each product in k order at acc_bits; `ws`/`is` sums chunks of `rows` products
     from 0 at pe_bits, then adds each chunk in order at acc_bits (`lv`: a `LevelSpec`).
     Returns (acc, pe, acc events)."""

@@ -1,7 +1,7 @@
 """The narrowest accumulator widths a program's data needed (for `npusim bounds --suggest`).
 
 `observed_widths` runs the program exactly (`NPUConfig.ideal`) on the images, then replays
-every conv / linear node's order-faithful accumulation (DESIGN §2: bias preloaded at the acc
+every conv / linear node's order-faithful accumulation (docs/architecture.md: bias preloaded at the acc
 level; ``os`` one running sum in k order; ``ws`` / ``is`` chunks of ``rows`` products summed
 from 0 at the pe level, each chunk added at the acc level) on its exact inputs and records the
 extremes of every running sum at both levels. A layer run at widths at least these, with every

@@ -1,7 +1,7 @@
 """Chunk screening: exact overflow events without walking every product (issue 20).
 
 An output whose whole-sum bound leaves a level's range is re-simulated in the dataflow's order
-(DESIGN §2), but an event can only happen where a running sum nears the range's edge. So its
+(docs/architecture.md), but an event can only happen where a running sum nears the range's edge. So its
 products, in the k order (c, i, j) of `kernels._accumulate_point`, are cut into chunks of
 ``size = cc * kh * kw`` products (cc whole input channels; in the ws/is order a multiple of
 ``rows``, so a chunk is whole pe chunks). One grouped int8 conv (`int8_engine`; group j reads

@@ -1,4 +1,4 @@
-"""The virtual NPU: runs an IntegerProgram bit-accurately on an `NPUConfig` (DESIGN §2, §5).
+"""The virtual NPU: runs an IntegerProgram bit-accurately on an `NPUConfig` (docs/architecture.md).
 
 `Simulator(config).run(program, images)` checks that the NPU can run the program (refusing it
 with a one-line reason otherwise), then executes every node with the numba kernels and returns

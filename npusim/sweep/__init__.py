@@ -1,4 +1,4 @@
-"""Sweeps (DESIGN §7): grids of quantization x NPU configurations, run into a results store
+"""Sweeps (docs/architecture.md): grids of quantization x NPU configurations, run into a results store
 that survives interruption, read back as one tidy DataFrame. Importing this package does not
 import torch (training is imported when a sweep first needs a model)."""
 

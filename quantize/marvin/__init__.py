@@ -1,5 +1,5 @@
 """MARViN: fixed-point training with per-layer word lengths switched within epochs by a KL
-rule and a vanishing-gradient guard (METHODS.md, MARViN). The training cost of a run is
+rule and a vanishing-gradient guard (docs/methods.md, MARViN). The training cost of a run is
 estimated by `npusim.cost.training`."""
 
 from quantize.marvin.config import MarvinConfig, MarvinConfigError

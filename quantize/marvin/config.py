@@ -1,7 +1,7 @@
-"""`MarvinConfig`: every threshold of MARViN training (METHODS.md, MARViN), validated.
+"""`MarvinConfig`: every threshold of MARViN training (docs/methods.md, MARViN), validated.
 
 A frozen pydantic model: unknown keys and impossible values are refused with one line naming
-the field (`MarvinConfigError`). Every choice marked [ours] in METHODS.md is a field here, so a
+the field (`MarvinConfigError`). Every choice marked [ours] in docs/methods.md is a field here, so a
 user holding the paper can set the paper's values. Defaults without a published value are the
 project's and say so ("guess") in the comment beside them.
 """
@@ -18,7 +18,7 @@ from quantize.config import first_error_line
 
 __all__ = ["MarvinConfig", "MarvinConfigError"]
 
-# METHODS.md (MARViN, [ours]): "WL from a menu (e.g. 4, 6, 8, 12, 16, 24, 32)".
+# docs/methods.md (MARViN, formats [ours]): the word length comes from a menu.
 DEFAULT_MENU = (4, 6, 8, 12, 16, 24, 32)
 
 
@@ -31,16 +31,16 @@ class MarvinConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # METHODS.md menu; a one-entry menu is fixed-precision training (the 8/16-bit baselines).
+    # docs/methods.md menu; a one-entry menu is fixed-precision training (the 8/16-bit baselines).
     word_bits_menu: tuple[int, ...] = DEFAULT_MENU
-    # METHODS.md: "re-decide every L batches (lookback)". 10 is a guess: about four decisions
+    # docs/methods.md (MARViN, cadence): re-decide every L batches. 10 is a guess: about four decisions
     # per epoch on mnist5k (32 batches of 128), so the heatmap resolves within-epoch changes.
     lookback_batches: int = Field(10, ge=1)
     # KL(P_float || P_fixed) budget in nats. Guess, calibrated on synthetic weights (10^4-10^5
     # samples, bias-corrected KL, 256 bins): uniform -> 4 bits, Gaussian and Laplace -> 6,
     # Student-t(2) -> 12 (see tests/quantize/test_marvin_controller.py).
     kl_eps: float = Field(0.01, gt=0.0)
-    # METHODS.md: "histograms (e.g. 256 bins)".
+    # docs/methods.md (MARViN, information rule): 256-bin histograms.
     histogram_bins: int = Field(256, ge=4, le=1_000_000)
     # Subtract the KL a finite sample shows by chance (quantize/marvin/kl.py); [ours].
     kl_bias_correction: bool = True
@@ -48,7 +48,7 @@ class MarvinConfig(BaseModel):
     # proposing a narrower word; moves up (KL or guard) apply at once. 2 is a guess: the
     # smallest value that stops a proposal alternating around eps from flapping.
     hysteresis_decisions: int = Field(2, ge=1)
-    # Vanishing-gradient guard (METHODS.md): raise WL one step when more than this fraction of
+    # Vanishing-gradient guard (docs/methods.md): raise WL one step when more than this fraction of
     # a layer's updates lr*grad round to zero at 2^-FL over the last window. 0.5 is a guess
     # (a majority of the layer's updates lost); 1.0 switches the guard off.
     guard_zero_fraction: float = Field(0.5, ge=0.0, le=1.0)

@@ -1,6 +1,6 @@
 """The MARViN precision controller: per layer, every `L` batches, the smallest word length
 whose fixed-point copy of the weights loses at most `eps` nats of KL divergence, raised when
-too many updates would round to zero (METHODS.md, MARViN; every threshold in `MarvinConfig`).
+too many updates would round to zero (docs/methods.md, MARViN; every threshold in `MarvinConfig`).
 
 Decision rule for one layer (current word ``cur``, the menu sorted ascending):
 

@@ -2,7 +2,7 @@
 
 A value ``x`` in ``<WL, FL>`` is ``q * 2^-FL`` with the integer ``q`` saturated to the signed
 ``WL``-bit range ``[-2^(WL-1), 2^(WL-1) - 1]``. Two roundings: ``nearest`` (ties to even, the
-convention of METHODS.md) and ``stochastic`` (``floor(x * 2^FL + r)``, ``r ~ U[0, 1)``; unbiased,
+convention of docs/methods.md) and ``stochastic`` (``floor(x * 2^FL + r)``, ``r ~ U[0, 1)``; unbiased,
 as in Gupta et al., "Deep learning with limited numerical precision", ICML 2015).
 
 Scaling by ``2^FL`` is exact in float32 (a power of two), so the float path is bit-exact to the

@@ -9,7 +9,7 @@ stands for. Spreading the mass (rather than binning the discrete values) keeps t
 of aliasing between the fixed-point grid and the histogram bins -- a grid slightly coarser than
 the bins would otherwise leave empty bins and an infinite KL at 8+ bits -- while a coarse grid
 still flattens the histogram inside each cell and so registers the information lost. The
-construction is the project's ([ours], METHODS.md: MARViN metric).
+construction is the project's ([ours], docs/methods.md: MARViN metric).
 
 NumPy only (the controller passes ``tensor.detach().cpu().numpy()``).
 """

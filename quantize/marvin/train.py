@@ -51,7 +51,7 @@ class MarvinResult:
 
 
 def layer_geometry(model: nn.Module, input_shape: tuple[int, int, int]) -> pd.DataFrame:
-    """Per conv / linear layer, the GEMM of one image's forward pass (DESIGN §6 convention).
+    """Per conv / linear layer, the GEMM of one image's forward pass (docs/npu_file.md convention).
 
     Columns: ``layer, op, M`` (output pixels), ``K`` (window), ``N`` (filters), ``groups``,
     ``weights`` (count), ``input_grad`` (False for the first layer run: no gradient wrt the

@@ -1,6 +1,6 @@
 """Independent, slow, obviously correct reference ("oracle") of the NPU's integer semantics.
 
-Written from DESIGN.md §2 and REFERENCES.md §1 only; it deliberately imports nothing from
+Written from docs/architecture.md and REFERENCES.md §1 only; it deliberately imports nothing from
 ``npusim`` so that the fast kernels are checked against an independent implementation.
 
 Rules followed throughout:

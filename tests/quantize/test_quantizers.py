@@ -1,4 +1,4 @@
-"""Tests of quantize/quantizers.py against the closed forms of METHODS.md.
+"""Tests of quantize/quantizers.py against the closed forms of docs/methods.md.
 
 Every gradient test writes the formula out again here (float64, independent of the module's
 helpers) and compares it with what autograd produces through the quantizer.

@@ -1,4 +1,4 @@
-"""Figures from sweep results: PNG plus the CSV behind each (DESIGN §7). Importing this
+"""Figures from sweep results: PNG plus the CSV behind each (docs/architecture.md). Importing this
 package does not import matplotlib; drawing the first figure does (Agg, no display)."""
 
 from npusim.report.plots.figures import (

@@ -1,4 +1,4 @@
-"""Figures drawn from sweep results (DESIGN §7), each saved as a PNG with the CSV behind it.
+"""Figures drawn from sweep results (docs/architecture.md), each saved as a PNG with the CSV behind it.
 
 Every function takes the tidy table it draws (`sweep` rows, or one point's per-layer table),
 an optional matplotlib ``ax`` (a new figure otherwise) and an optional ``out`` path; it
