@@ -1,5 +1,5 @@
 """Training energy and time on the NPU array: a MARViN run's per-layer word lengths vs float32
-and fixed-point training of the same network on the same array (docs/npu_file.md, METHODS MARViN).
+and fixed-point training of the same network on the same array (docs/methods.md, MARViN).
 
 Input: the network's GEMM geometry (one row per conv / linear layer, as
 `quantize.marvin.layer_geometry` writes it: ``layer, M, K, N, groups, weights, input_grad``)

@@ -95,7 +95,7 @@ class ArrayConfig(BaseModel):
 
 
 class PrecisionConfig(BaseModel):
-    """Accumulator widths and overflow modes at the two levels (docs/architecture.md 'Accumulators')."""
+    """Accumulator widths and overflow modes at the two levels (docs/architecture.md, section 3)."""
 
     model_config = _MODEL_CONFIG
 
@@ -186,7 +186,7 @@ class MemoryConfig(BaseModel):
 
 
 class TechnologyConfig(BaseModel):
-    """Process node, supply and the energy table the cost model uses (docs/npu_file.md)."""
+    """Process node, supply and the energy table the cost model uses (`npusim.cost`)."""
 
     model_config = _MODEL_CONFIG
 
