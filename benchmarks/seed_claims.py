@@ -4,8 +4,8 @@
     python benchmarks/seed_claims.py --quick     # 2 seeds, 1+1 epochs, ResNet-8 (a smoke run)
     python benchmarks/seed_claims.py --report-only
 
-Parts (``--parts``): qat (LG-LSQ, DSQ, W2A2), marvin (quantized training from scratch, ResNet-8),
-pixel (input embedding vs uniform 2/4-bit input on low-contrast digits, ResNet-8), a2q (A2Q+
+Parts (``--parts``): qat (LG-LSQ, DSQ, W2A2), qat3 (LG-LSQ vs LSQ at W3A3), marvin (quantized
+training from scratch, ResNet-8), pixel (input embedding vs uniform 2/4-bit input on low-contrast digits, ResNet-8), a2q (A2Q+
 at P = 10/12 with and without wide stem/classifier accumulators, ResNet-20), a2qbody (A2Q+
 trained for body P = 10/12 with stem/classifier at 24 bits against plain LSQ QAT run on edge16
 with the body at P = 8..12, wrap and saturate, stem/fc at 24 bits; `--bits 4,3 --seeds 5`).
@@ -44,14 +44,14 @@ MIN_SLOPES = (0.05, 0.1, 0.35)
 ALPHA_MULTS = (1.0, 10.0, 100.0)
 
 
-def cfg(method: str, narrow: bool = True, **options) -> str:
-    """A W2A2 QuantConfig as JSON (what a seed job carries)."""
-    return QuantConfig(method=method, weight_bits=W, act_bits=A, narrow_weights=narrow,
+def cfg(method: str, narrow: bool = True, bits: int = W, **options) -> str:
+    """A W2A2 (or W`bits`A`bits`) QuantConfig as JSON (what a seed job carries)."""
+    return QuantConfig(method=method, weight_bits=bits, act_bits=bits, narrow_weights=narrow,
                        options=options).to_json()
 
 
-def lglsq(min_slope: float) -> str:
-    return cfg("lglsq", min_slope=min_slope, **MDE_FAST)
+def lglsq(min_slope: float, bits: int = W) -> str:
+    return cfg("lglsq", bits=bits, min_slope=min_slope, **MDE_FAST)
 
 
 def dsq(mult: float) -> str:
@@ -80,6 +80,12 @@ def test_cells(min_slope: float, mult: float) -> dict[str, str]:
         # the first design: max|w| init, no gradient scaling, narrow 2-bit weights (3 levels)
         "dsq_first": cfg("dsq", init="range", grad_scale=False),
     }
+
+
+def w3_cells(min_slope: float) -> dict[str, str]:
+    """The LG-LSQ claims again at W3A3 (part qat3), with the slope floor tuned at W2A2."""
+    return {"lsq": cfg("lsq", bits=3), "lglsq": lglsq(min_slope, bits=3),
+            "lglsq_ssg": cfg("lglsq", bits=3, asr=False, mde=False)}
 
 
 MARVIN_BUDGET = Budget(model="resnet8", float_epochs=3)
@@ -168,6 +174,8 @@ CLAIMS = [
     ("qat", "DSQ fixed beats LSQ at equal grid (4 levels)", "dsq", "lsq_full", 0.0),
     ("qat", "DSQ first design beats STE (3 levels)", "dsq_first", "ste", 0.0),
     ("qat", "DSQ fixed beats DSQ first design", "dsq", "dsq_first", 0.0),
+    ("qat3", "LG-LSQ (SSG + ASR on weights + balanced MDE) beats LSQ", "lglsq", "lsq", 0.0),
+    ("qat3", "LG-LSQ SSG part alone beats LSQ", "lglsq_ssg", "lsq", 0.0),
     ("marvin", "MARViN (real-update guard, SQNR) within 1 pt of float32 training", "marvin",
      "float32", -1.0),
     ("marvin", "MARViN first design (lr*grad guard, KL) within 1 pt of float32 training",
@@ -216,6 +224,7 @@ SETTINGS = {"a2qbody": "resnet20 digits, every layer at W/A bits, integer on edg
             "at P and stem/fc at 24 b, float 10 + QAT 3 epochs",
             "a2q": "resnet20 digits, every layer at W/A bits, float 10 + QAT 3 epochs",
             "qat": "resnet20 digits W2A2, float 10 + QAT 3 epochs",
+            "qat3": "resnet20 digits W3A3, float 10 + QAT 3 epochs (slope floor tuned at W2A2)",
             "marvin": "resnet8 digits, trained from scratch 3 epochs",
             "pixel": "resnet8 digits-lowcontrast, W4A4 LSQ body, float 10 + QAT 3 epochs"}
 
@@ -428,7 +437,7 @@ def plot_cells(test: pd.DataFrame, ax) -> tuple[plt.Figure, pd.DataFrame]:
 
     tab["ci95_half_pct"] = tab["sd_pct"] * stats.t.ppf(0.975, tab["n_seeds"] - 1) / np.sqrt(
         tab["n_seeds"])
-    tab = tab.sort_values("mean_pct").reset_index()
+    tab = tab.sort_values("mean_pct", kind="stable").reset_index()
     ax.errorbar(tab["mean_pct"], np.arange(len(tab)), xerr=tab["ci95_half_pct"], fmt="o",
                 capsize=3)
     for cell, grp in test.groupby("cell"):
@@ -502,7 +511,7 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--out", default="reports/seed_claims")
     ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--parts", default="qat,marvin,pixel,a2q,a2qbody")
+    ap.add_argument("--parts", default="qat,qat3,marvin,pixel,a2q,a2qbody")
     ap.add_argument("--seeds", type=int, default=len(PART_SEEDS),
                     help="seeds of the a2qbody part (the first N of its seed list)")
     ap.add_argument("--bits", default="4,3", help="a2qbody part: W/A bits, in run order")
@@ -530,6 +539,9 @@ def main() -> None:
     if not args.report_only and "qat" in parts:
         run_stage("test", test_cells(best_slope, best_mult), test_seeds, budget, runs_csv,
                   args.processes)
+    if not args.report_only and "qat3" in parts:
+        run_stage("test", w3_cells(best_slope), test_seeds, budget, runs_csv, args.processes,
+                  part="qat3")
     part_seeds = test_seeds if args.quick else PART_SEEDS
     quick = Budget(model="resnet8", float_epochs=1, qat_epochs=1)
     if not args.report_only and "marvin" in parts:
