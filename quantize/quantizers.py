@@ -566,18 +566,20 @@ class _LSQFunction(torch.autograd.Function):
         s = _bcast(step, x)
         ctx.save_for_backward(x, step)
         ctx.g, ctx.qmin, ctx.qmax = g, qmin, qmax
-        return torch.round(x / s).clamp(qmin, qmax) * s
+        # round(x / s).clamp(qmin, qmax) * s, each step in place on the one new tensor
+        return (x / s).round_().clamp_(qmin, qmax).mul_(s)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         x, step = ctx.saved_tensors
         u = x / _bcast(step, x)
-        q = torch.round(u).clamp(ctx.qmin, ctx.qmax)
-        inside = (u >= ctx.qmin) & (u <= ctx.qmax)
+        inside = u.clamp(ctx.qmin, ctx.qmax) == u  # (u >= qmin) & (u <= qmax)
         gx = grad * inside if ctx.needs_input_grad[0] else None
         gs = None
         if ctx.needs_input_grad[1]:
-            coef = torch.where(inside, q - u, q) * grad
+            # where(inside, q - u, q) * grad as (q - u * inside) * grad, in place (the same
+            # values: u * 0 is +-0 and q - (+-0) = q)
+            coef = torch.round(u).clamp_(ctx.qmin, ctx.qmax).sub_(u.mul_(inside)).mul_(grad)
             dims = tuple(range(1 if step.dim() else 0, x.dim()))
             gs = coef.sum(dim=dims).reshape(step.shape) * ctx.g
         return gx, gs, None, None, None
