@@ -127,12 +127,18 @@ def _shortcut(lv: LevelSpec, pe_risk: bool, acc_risk: bool, count_events: bool) 
 
 def prepare_conv(engine: Engine, w: np.ndarray, stride: int, padding: int, groups: int,
                  zp_x: int, x_range: tuple[int, int], lv: LevelSpec, static_bits: int,
-                 static_bits_nobias: int, count_events: bool = True) -> Int8Conv | None:
+                 static_bits_nobias: int, count_events: bool = True,
+                 packed=None) -> Int8Conv | None:
     """The int8-engine preparation of a layer whose raw inputs lie in `x_range`, or None
-    (`engine` does not use int8, or cannot prove this layer exact in it)."""
+    (`engine` does not use int8, or cannot prove this layer exact in it). `packed(signs,
+    make)`, if given, returns ``make()`` or a stored result of it for the same layer and
+    `signs` (the weight packing does not depend on the accumulator widths)."""
     pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
     signs = (pe_risk or acc_risk) and _shortcut(lv, pe_risk, acc_risk, count_events) is None
-    prep = engine.prepare_int8(w, stride, padding, groups, zp_x, x_range, signs)
+
+    def make() -> Int8Conv | None:
+        return engine.prepare_int8(w, stride, padding, groups, zp_x, x_range, signs)
+    prep = make() if packed is None else packed(signs, make)
     if prep is not None and prep.signs:
         cp = screen.prepare_chunks(prep, w, lv, x_range, engine.int8_kind)
         if cp is not None:

@@ -129,6 +129,9 @@ class Simulator:
         self.node_seconds: dict[str, float] = {}
         self._threads = numba.get_num_threads()
         self._plan_cache: tuple[IntegerProgram, list[_Plan]] | None = None
+        #: plan pieces that depend on the program only (bounds, int64 weights, requant
+        #: records, int8 weight packing), shared by the simulators of one `run_many` call
+        self._memo: dict | None = None
 
     # ------------------------------------------------------------------ checks
     def _plans_for(self, program: IntegerProgram) -> list[_Plan]:
@@ -151,6 +154,14 @@ class Simulator:
             _warn_once(program, f"NPU {self.config.name!r} runs the program with its own "
                        f"[requant] keys: {changes_text(self.requant_changes)}")
 
+    def _memo_get(self, key: tuple, make):
+        """`make()`, or its value from the `run_many` memo under `key`."""
+        if self._memo is None:
+            return make()
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
     def plan(self, program: IntegerProgram) -> list[_Plan]:
         """Check the program against this NPU and derive every node's parameters."""
         self._use_requant_of(program)
@@ -167,7 +178,8 @@ class Simulator:
                 self._plan_gemm(program, node, p)
             if OPS[node.op].requantizes(node):
                 try:
-                    rq = node_requant(program, node, self.settings)
+                    rq = self._memo_get(("requant", node.name, self.settings),
+                                        lambda: node_requant(program, node, self.settings))
                 except ValueError as e:
                     raise SimulationError(f"{ctx}: {e}") from None
                 if self.settings.scale_mode == "fixed":
@@ -193,7 +205,7 @@ class Simulator:
             raise SimulationError(
                 f"{ctx}: {xt.bits}-bit inputs but the NPU datapath takes at most "
                 f"{cfg.array.max_input_bits} (array.max_input_bits)")
-        lb = layer_bounds(program, node)
+        lb = self._memo_get(("bounds", node.name), lambda: layer_bounds(program, node))
         widest = prec.pe_acc_bits if cfg.array.dataflow != "os" else prec.acc_bits
         if lb.product_bits > min(widest, prec.acc_bits):
             where = "precision" if cfg.layer_index(node.name) is None else \
@@ -203,16 +215,17 @@ class Simulator:
                 f"accumulator has {min(widest, prec.acc_bits)} "
                 f"({where}.acc_bits/pe_acc_bits)")
         p.k, p.macs = lb.k, lb.macs_per_image
-        p.weight = w.astype(np.int64)
+        p.weight = self._memo_get(("weight", node.name), lambda: w.astype(np.int64).reshape(
+            *w.shape, *(1,) * (4 - w.ndim)))  # linear: a 1x1 conv
         p.bias = program.arrays[f"{node.name}.bias"].astype(np.int64)
         p.bound_dtype, p.bound_l1 = lb.bound_dtype_bits, lb.bound_l1_bits
         p.bound_l1_nobias = lb.bound_l1_nobias_bits
-        p.weight = p.weight.reshape(*w.shape, *(1,) * (4 - w.ndim))  # linear: a 1x1 conv
         if self.engine.int8_kind:
             stride, pad, groups = _conv_params(node)
-            p.prep = prepare_conv(self.engine, p.weight, stride, pad, groups, xt.zero_point,
-                                  xt.int_range(), self._levels(prec), p.bound_l1,
-                                  p.bound_l1_nobias, self.count_events)
+            p.prep = prepare_conv(
+                self.engine, p.weight, stride, pad, groups, xt.zero_point, xt.int_range(),
+                self._levels(prec), p.bound_l1, p.bound_l1_nobias, self.count_events,
+                packed=lambda signs, make: self._memo_get(("int8", node.name, signs), make))
 
     def _check_product_width(self, program: IntegerProgram, node: Node, rq: NodeRequant,
                              p: _Plan) -> None:
@@ -599,7 +612,14 @@ def run_many(simulators: list[Simulator], program: IntegerProgram, images: np.nd
     if not simulators:
         return []
     images = simulators[0]._check_images(program, images)
-    plans = [sim._plans_for(program) for sim in simulators]
+    memo: dict = {}  # what only the program decides is planned once for all of them
+    for sim in simulators:
+        sim._memo = memo
+    try:
+        plans = [sim._plans_for(program) for sim in simulators]
+    finally:
+        for sim in simulators:
+            sim._memo = None
     n_img = len(images)
     outs = [{o: [] for o in program.outputs} for _ in simulators]
     traces: list[dict[str, list[np.ndarray]]] = [{} for _ in simulators]

@@ -130,6 +130,36 @@ def test_wrap_at_both_levels_equals_exact_sum_wrapped_once():
         assert res.stats.iloc[0]["acc_overflows"] + res.stats.iloc[0]["pe_overflows"] > 0
 
 
+def test_run_many_plans_what_only_the_program_decides_once():
+    """The simulators of one `run_many` share the program's pieces of their plans (bounds,
+    int64 weights, requant records, the int8 weight packing for the same `signs`) and keep
+    their own where the NPU decides (acc widths); results equal separate runs; the memo is
+    gone afterwards."""
+    from npusim.sim.simulator import run_many
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=(2, 8, 6, 6))
+    w = rng.integers(-127, 128, size=(4, 8, 3, 3))
+    prog = conv_program(w, rng.integers(-500, 500, size=4), x.shape[1:], padding=1)
+    cfgs = [npu(), npu(**{"precision.acc_bits": 28, "precision.pe_acc_bits": 28}),
+            npu(**{"precision.acc_bits": 17, "precision.pe_acc_bits": 17,
+                   "precision.overflow": "wrap"})]
+    sims = [Simulator(c) for c in cfgs]
+    many = run_many(sims, prog, x)
+    plans = [s._plan_cache[1][0] for s in sims]
+    assert plans[0].weight is plans[1].weight is plans[2].weight
+    assert plans[0].rq is plans[1].rq is plans[2].rq
+    if sims[0].engine.int8_kind and plans[0].prep is not None:
+        assert plans[0].prep is plans[1].prep  # both wide: no sign columns, one packing
+        assert plans[2].prep is None or plans[2].prep.signs  # the narrow one packs its own
+    assert all(s._memo is None for s in sims)
+    assert Simulator(cfgs[0]).plan(prog)[0].weight is not plans[0].weight
+    for c, got in zip(cfgs, many):
+        one = Simulator(c).run(prog, x)
+        np.testing.assert_array_equal(got.outputs["y"], one.outputs["y"])
+        assert got.stats.equals(one.stats)
+
+
 def naive_wrap(a, bits):
     return np.vectorize(lambda v: naive.wrap(int(v), bits))(a)
 
