@@ -576,48 +576,62 @@ def to_u8_kernel(x, sub, out):
     return out
 
 
+_FOLD_IMAGES = 1 << 16  # images folded in int32 before a flush: 4 * 255 * 2^16 < 2^31
+
+
 @numba.njit(parallel=True, cache=True)
 def window_sums_kernel(x, zp_x, stride, pad, ho, wo, s, cnt):
-    """For channels-last `x` (N, H, W, C) and each weight position (i, j) of a kh x kw conv
-    (`s`, `cnt`: (kh, kw, C)): ``s[i, j, c]`` = the sum, images weighted ``1 + n % 4``, of
-    ``x - zp_x`` and ``cnt[i, j, c]`` the number of inputs ``!= zp_x``, over the input
-    positions that weight position meets across all outputs (padding contributes nothing).
-    One pass folds the images, then strided 2-D prefix sums answer every position."""
+    """For channels-last `x` (N, H, W, C; ``|x - zp_x| <= 255``, as the int8 engine takes)
+    and each weight position (i, j) of a kh x kw conv (`s`, `cnt`: (kh, kw, C)):
+    ``s[i, j, c]`` = the sum, images weighted ``1 + n % 4``, of ``x - zp_x`` and
+    ``cnt[i, j, c]`` the number of inputs ``!= zp_x``, over the input positions that weight
+    position meets across all outputs (padding contributes nothing). Each input row folds
+    the images in int32 lanes (in blocks of `_FOLD_IMAGES`) and sums, per weight column j,
+    the input columns j meets; then, per weight row i, the rows i meets are added up. No
+    array larger than (H, kw, C)."""
     N, H, W, C = x.shape
     kh, kw = s.shape[0], s.shape[1]
-    ps = np.zeros((H + stride, W + stride, C), np.int64)  # offset by `stride`
-    pc = np.zeros((H + stride, W + stride, C), np.int64)
+    zp = np.int32(zp_x)
+    gs = np.zeros((H, kw, C), np.int64)  # row y, weight column j: the sum over j's columns
+    gc = np.zeros((H, kw, C), np.int64)
     for y in numba.prange(H):
-        for b in range(N):
-            r = 1 + b % 4
-            for x_ in range(W):
-                src = x[b, y, x_]
-                for c in range(C):
-                    v = np.int64(src[c]) - zp_x
-                    ps[y + stride, x_ + stride, c] += r * v
-                    pc[y + stride, x_ + stride, c] += v != 0
-    for y in range(stride, H + stride):
-        for x_ in range(stride, W + stride):
-            for c in range(C):
-                ps[y, x_, c] += ps[y - stride, x_, c] + ps[y, x_ - stride, c] \
-                    - ps[y - stride, x_ - stride, c]
-                pc[y, x_, c] += pc[y - stride, x_, c] + pc[y, x_ - stride, c] \
-                    - pc[y - stride, x_ - stride, c]
+        rs = np.empty((W, C), np.int32)
+        rc = np.empty((W, C), np.int32)
+        for b0 in range(0, N, _FOLD_IMAGES):
+            rs[:] = 0
+            rc[:] = 0
+            for b in range(b0, min(N, b0 + _FOLD_IMAGES)):
+                r = np.int32(1 + b % 4)
+                for x_ in range(W):
+                    src = x[b, y, x_]
+                    dr = rs[x_]
+                    dc = rc[x_]
+                    for c in range(C):
+                        v = np.int32(src[c]) - zp
+                        dr[c] += r * v
+                        dc[c] += np.int32(v != 0)
+            for j in range(kw):
+                q0 = max(0, (pad - j + stride - 1) // stride)
+                q1 = min(wo - 1, (W - 1 + pad - j) // stride)
+                gsr = gs[y, j]
+                gcr = gc[y, j]
+                for q in range(q0, q1 + 1):
+                    sr = rs[q * stride + j - pad]
+                    cr = rc[q * stride + j - pad]
+                    for c in range(C):
+                        gsr[c] += sr[c]
+                        gcr[c] += cr[c]
+    s[:] = 0
+    cnt[:] = 0
     for i in range(kh):
         o0 = max(0, (pad - i + stride - 1) // stride)
         o1 = min(ho - 1, (H - 1 + pad - i) // stride)
-        for j in range(kw):
-            q0 = max(0, (pad - j + stride - 1) // stride)
-            q1 = min(wo - 1, (W - 1 + pad - j) // stride)
-            if o1 < o0 or q1 < q0:
-                continue
-            y0, y1 = o0 * stride + i - pad + stride, o1 * stride + i - pad + stride
-            x0, x1 = q0 * stride + j - pad + stride, q1 * stride + j - pad + stride
-            for c in range(C):
-                s[i, j, c] = ps[y1, x1, c] - ps[y0 - stride, x1, c] \
-                    - ps[y1, x0 - stride, c] + ps[y0 - stride, x0 - stride, c]
-                cnt[i, j, c] = pc[y1, x1, c] - pc[y0 - stride, x1, c] \
-                    - pc[y1, x0 - stride, c] + pc[y0 - stride, x0 - stride, c]
+        for o in range(o0, o1 + 1):
+            y = o * stride + i - pad
+            for j in range(kw):
+                for c in range(C):
+                    s[i, j, c] += gs[y, j, c]
+                    cnt[i, j, c] += gc[y, j, c]
 
 
 @numba.njit(cache=True)  # small: int64 in numba (an int64 NumPy matmul is slow, BLAS threads

@@ -85,6 +85,42 @@ def int8_case(draw):
     return x.astype(np.int64), w.astype(np.int64), stride, pad, groups, zp, (lo + zp, hi + zp)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 9), st.integers(1, 9), st.integers(1, 4),
+       st.integers(1, 7), st.integers(1, 7), st.integers(1, 3), st.data())
+def test_window_sums_equal_a_walk_over_every_output(n, h, wd, c, kh, kw, stride, data):
+    """The verification's input side (`kernels.window_sums_kernel`): for every weight position,
+    the image-weighted sum of ``x - zp`` and the count of ``x != zp`` over the inputs it meets,
+    against a walk over every output position (padding skipped)."""
+    from npusim.sim import kernels as K
+
+    pad = data.draw(st.integers(0, min(kh, kw) - 1))
+    ho, wo = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
+    if ho < 1 or wo < 1:
+        return
+    zp = data.draw(st.sampled_from([0, 3, 128, 255]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    lo, hi = max(0, zp - 255), min(255, zp + 255)
+    x = rng.choice([lo, hi, zp, rng.integers(lo, hi + 1)], size=(n, h, wd, c)).astype(np.uint8)
+    s = np.full((kh, kw, c), 7, np.int64)  # the kernel overwrites, whatever is there
+    cnt = np.full((kh, kw, c), 7, np.int64)
+    K.window_sums_kernel(x, zp, stride, pad, ho, wo, s, cnt)
+    want_s = np.zeros((kh, kw, c), np.int64)
+    want_c = np.zeros((kh, kw, c), np.int64)
+    for b in range(n):
+        for i in range(kh):
+            for j in range(kw):
+                for oy in range(ho):
+                    for ox in range(wo):
+                        y, xx = oy * stride + i - pad, ox * stride + j - pad
+                        if 0 <= y < h and 0 <= xx < wd:
+                            v = x[b, y, xx].astype(np.int64) - zp
+                            want_s[i, j] += (1 + b % 4) * v
+                            want_c[i, j] += v != 0
+    np.testing.assert_array_equal(s, want_s)
+    np.testing.assert_array_equal(cnt, want_c)
+
+
 @pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(int8_case(), st.booleans())
