@@ -35,6 +35,8 @@ class LevelSpec(NamedTuple):
     acc_mode: int
 
 
+_I32_MAX = np.int32(2 ** 31 - 1)
+_I32_MIN = np.int32(-(2 ** 31))
 _I64_MAX = np.iinfo(np.int64).max
 _I64_MIN = np.iinfo(np.int64).min
 
@@ -700,14 +702,19 @@ def _signed_bits(lo, hi):
 def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq, rq, out,
                    need_acc, need_pe, mnmx, sums, wrap_bits, nch, q, per, b, blk, chunked):
     """One task (image `b`, block `blk` of pixels) of `gemm_epilogue_kernel`; `chunked` is a
-    constant at each call, so the copy without chunks has no chunk code in its loops."""
+    constant at each call, so the copy without chunks has no chunk code in its loops.
+
+    Without wrapping, the extremes are kept of the raw sums in int32 lanes (they are below
+    2^24) and the bias added once at the end: ``min(g + bias) = min(g) + bias`` per column."""
+    raw = wrap_bits == 0
     mn = np.full(o_n, _I64_MAX, np.int64)
     mx = np.full(o_n, _I64_MIN, np.int64)
     mnu = np.full(o_n, _I64_MAX, np.int64)  # over the outputs not flagged
     mxu = np.full(o_n, _I64_MIN, np.int64)
+    mn32 = np.full(o_n, _I32_MAX, np.int32)
+    mx32 = np.full(o_n, _I32_MIN, np.int32)
     sm = np.zeros(q, np.int64)
     smw = np.zeros(q, np.int64)  # chunks weighted 1..nch
-    row = np.empty(q, np.int64)
     ri = np.empty(q, np.int32)
     rw = np.empty(q, np.int64)
     acc = np.empty(o_n, np.int64)
@@ -727,21 +734,23 @@ def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq
             for j in range(q):
                 smw[j] += rw[j]
         for j in range(q):
-            row[j] = ri[j]
-        for j in range(q):
-            sm[j] += row[j]
+            sm[j] += ri[j]
         for o in range(o_n):
-            acc[o] = row[o] + bias[o]
-        if wrap_bits > 0:
+            acc[o] = np.int64(ri[o]) + bias[o]
+        if raw:
+            for o in range(o_n):
+                mn32[o] = min(mn32[o], ri[o])
+                mx32[o] = max(mx32[o], ri[o])
+        else:
             for o in range(o_n):
                 acc[o] = wrap(acc[o], wrap_bits)
-        for o in range(o_n):
-            mn[o] = min(mn[o], acc[o])
-            mx[o] = max(mx[o], acc[o])
+            for o in range(o_n):
+                mn[o] = min(mn[o], acc[o])
+                mx[o] = max(mx[o], acc[o])
         if risk:
             for o in range(o_n):
-                pos = row[o_n + o]
-                neg = pos - row[o]
+                pos = np.int64(ri[o_n + o])
+                neg = pos - ri[o]
                 na = _signed_bits(min(bias[o] - neg, 0), max(bias[o] + pos, 0))
                 npe = _signed_bits(-neg, pos)
                 need_acc[m, o] = na
@@ -755,6 +764,11 @@ def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq
             dst = out[m]
             for o in range(o_n):
                 dst[o] = acc[o]
+    if raw:
+        for o in range(o_n):
+            if mn32[o] <= mx32[o]:  # some pixel in this block
+                mn[o] = mn32[o] + bias[o]
+                mx[o] = mx32[o] + bias[o]
     for o in range(o_n):
         mnmx[b, blk, o, 0] = mn[o]
         mnmx[b, blk, o, 1] = mx[o]
