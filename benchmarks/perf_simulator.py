@@ -489,8 +489,10 @@ fbgemm: the same graph through torch's quantized ops.
 """
     out = Path(args.out)
     old = out.read_text() if out.exists() else ""
-    head = old.split(NARROW_MARK)[0].rstrip()
-    write_atomic(out, (head + "\n\n" if head else "") + md)
+    head, _, rest = old.partition(NARROW_MARK)  # only this section; the next <!-- one stays
+    tail = rest.split("\n<!-- ", 1)[1] if "\n<!-- " in rest else ""
+    head = head.rstrip()
+    write_atomic(out, (head + "\n\n" if head else "") + md + ("\n<!-- " + tail if tail else ""))
     print(f"wrote {out}")
 
 

@@ -20,12 +20,12 @@ Trust, in three layers: the engine is used only on a CPU that reports VNNI/AMX (
 within the pair bound), after a self-test on random and extreme operands (the all-255 x 127
 patterns that break saturating paths) over strides, padding, zero points and groups; and
 every call is verified, (1) for every output column, the sum of its outputs over the batch
-(images weighted 1..4) against the same sum computed from the inputs' window sums (strided
-integral images, exact int64), which catches any wrong value, and (2) a spot check of a few
-output pixels (different ones each call), all columns, recomputed in int64, which catches
-misplaced values (a permutation keeps the sums). A failed check raises `InexactError`; the
-caller (`npusim.sim.engines`, the one place that chooses engines) recomputes the layer with
-the float engine. torch is imported lazily and is optional.
+(images weighted 1..4) against the same sum computed from the inputs' window sums (per weight
+position, exact int64; `kernels.window_sums_kernel`), which catches any wrong value, and (2)
+a spot check of a few output pixels (different ones each call), all columns, recomputed in
+int64, which catches misplaced values (a permutation keeps the sums). A failed check raises
+`InexactError`; the caller (`npusim.sim.engines`, the one place that chooses engines)
+recomputes the layer with the float engine. torch is imported lazily and is optional.
 """
 
 from __future__ import annotations
