@@ -144,6 +144,9 @@ class Int8Conv:
     #: with `signs`: the chunked plan (`npusim.sim.screen.ChunkPlan`) that computes the same
     #: columns per chunk of input channels, for chunk screening; None: not screened
     chunks: object = None
+    #: a depthwise conv computed by the engine's own kernel (`kernels.depthwise_sums_kernel`,
+    #: exact int32 sums) instead of oneDNN: its weights as (kh, kw, C) int32; None: oneDNN
+    dw: np.ndarray | None = None
 
     @property
     def q(self) -> int:
@@ -174,6 +177,15 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
     xmax = max(hi - zp_x, zp_x - lo)
     if xmax * int(np.abs(w.reshape(o, -1)).sum(axis=1).max()) >= F32_EXACT:
         return None
+    cg = w.shape[1]
+    wnz = (w != 0).reshape(groups, o // groups, cg, *w.shape[2:]).sum(axis=1)
+    wnz = wnz.reshape(groups * cg, *w.shape[2:]).astype(np.int64)
+    if groups > 1 and cg == 1 and o == groups:
+        # depthwise: kh*kw products per output, where oneDNN's grouped conv is slow (with the
+        # weight split below it is not depthwise any more: ~100x slower), so the engine's own
+        # kernel computes the sums, exactly in int32 (|sum| < 2^24 by the bound above)
+        return Int8Conv(None, w, o, sub, zp_x, w.shape[2], w.shape[3], stride, padding, groups,
+                        False, wnz, dw=np.ascontiguousarray(w[:, 0].transpose(1, 2, 0), np.int32))
     # on AVX2 (no VNNI) oneDNN's strided 1x1 conv (it gathers the strided input into a
     # scratch buffer) gave wrong sums with 2 threads, at random batch sizes (found by the
     # column-sum check on an AMD EPYC): there the input is subsampled first and the conv
@@ -191,11 +203,9 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
         packed = split.transpose(1, 0, *range(2, split.ndim)).reshape(-1, *wq.shape[1:])
         if xmax * int(np.abs(packed).reshape(len(packed), -1).sum(axis=1).max()) >= F32_EXACT:
             return None
-    cg = w.shape[1]
-    wnz = (w != 0).reshape(groups, o // groups, cg, *w.shape[2:]).sum(axis=1)
     return Int8Conv(_pack(packed, zp_x - sub, stride // subsample, padding, groups), wq, o, sub,
-                    zp_x, w.shape[2], w.shape[3], stride, padding, groups, signs,
-                    wnz.reshape(groups * cg, *w.shape[2:]).astype(np.int64), radix, subsample)
+                    zp_x, w.shape[2], w.shape[3], stride, padding, groups, signs, wnz, radix,
+                    subsample)
 
 
 def _pack(wq: np.ndarray, zp_u8: int, stride: int, padding: int, groups: int):
@@ -260,15 +270,19 @@ def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Res
     # pass (every worker must wake, which on a loaded machine takes a scheduler slice)
     numba.set_num_threads(1 if x.size < _SERIAL_ELEMS else threads)
     try:
-        xu = x if (x.dtype == np.uint8 and plan.sub == 0) else K.to_u8_kernel(
-            x.reshape(-1), plan.sub, np.empty(x.size, np.uint8)).reshape(x.shape)
+        xu = x if (plan.dw is not None or (x.dtype == np.uint8 and plan.sub == 0)) else \
+            K.to_u8_kernel(x.reshape(-1), plan.sub, np.empty(x.size, np.uint8)).reshape(x.shape)
         s, cnt = _window_sums(x, plan, out_hw)
     finally:
         numba.set_num_threads(threads)
     q, sk = plan.q, plan.subsample
-    g = _run(xu[:, ::sk, ::sk] if sk > 1 else xu, plan.zp_x - plan.sub, plan.packed,
-             2 * q if plan.radix else q, plan.stride // sk, plan.padding,
-             plan.groups).reshape(n * ho * wo, -1)
+    if plan.dw is not None:
+        g = np.empty((n * ho * wo, q), np.float32)
+        K.depthwise_sums_kernel(x, plan.zp_x, plan.dw, plan.stride, plan.padding, ho, wo, g)
+    else:
+        g = _run(xu[:, ::sk, ::sk] if sk > 1 else xu, plan.zp_x - plan.sub, plan.packed,
+                 2 * q if plan.radix else q, plan.stride // sk, plan.padding,
+                 plan.groups).reshape(n * ho * wo, -1)
     if plan.radix:  # radix * hi + lo: a multiple of 64 plus an integer, exact below 2^24
         g = _combine(g, plan)
     expected = np.empty((1, plan.q), np.int64)

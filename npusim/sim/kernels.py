@@ -636,6 +636,38 @@ def window_sums_kernel(x, zp_x, stride, pad, ho, wo, s, cnt):
                     cnt[i, j, c] += gc[y, j, c]
 
 
+@numba.njit(parallel=True, cache=True)
+def depthwise_sums_kernel(x, zp_x, w, stride, pad, ho, wo, out):
+    """Exact sums of a depthwise conv: channels-last `x` (N, H, W, C; ``|x - zp_x| <= 255``,
+    padding reads zp_x, so it adds nothing), weights `w` (kh, kw, C) int32, into `out`
+    (N*ho*wo, C) float32, row ``(n*ho + oy)*wo + ox``. int32 lanes across channels; the caller
+    has proved every sum below 2^24 (exact in float32)."""
+    N, H, W, C = x.shape
+    kh, kw = w.shape[0], w.shape[1]
+    zp = np.int32(zp_x)
+    for t in numba.prange(N * ho):
+        b = t // ho
+        oy = t - b * ho
+        acc = np.empty(C, np.int32)
+        for ox in range(wo):
+            acc[:] = 0
+            for i in range(kh):
+                y = oy * stride + i - pad
+                if y < 0 or y >= H:
+                    continue
+                for j in range(kw):
+                    xx = ox * stride + j - pad
+                    if xx < 0 or xx >= W:
+                        continue
+                    src = x[b, y, xx]
+                    wr = w[i, j]
+                    for c in range(C):
+                        acc[c] += (np.int32(src[c]) - zp) * wr[c]
+            row = out[(b * ho + oy) * wo + ox]
+            for c in range(C):
+                row[c] = np.float32(acc[c])
+
+
 @numba.njit(cache=True)  # small: int64 in numba (an int64 NumPy matmul is slow, BLAS threads
 def column_sums_kernel(s, wq, og, o_n, out):  # would spin against torch's and numba's)
     """out[n, j] = sum over (i, j', c) of s[n, i, j', c] * wq[j, i, j', c] (`wq` (q, kh, kw,

@@ -121,6 +121,34 @@ def test_window_sums_equal_a_walk_over_every_output(n, h, wd, c, kh, kw, stride,
     np.testing.assert_array_equal(cnt, want_c)
 
 
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(2, 8),
+       st.sampled_from([1, 2, 3, 5]), st.integers(1, 3), st.data())
+def test_depthwise_convs_take_the_own_kernel_and_are_exact(n, h, wd, c, k, stride, data):
+    """A depthwise conv (groups = channels = outputs) is prepared for the engine's own kernel
+    (`kernels.depthwise_sums_kernel`, no oneDNN, no weight split even at +-128 weights on a
+    pair-saturating CPU) and its sums equal the int64 reference; the engine's checks pass."""
+    pad = data.draw(st.integers(0, k - 1))
+    ho, wo = (h + 2 * pad - k) // stride + 1, (wd + 2 * pad - k) // stride + 1
+    if ho < 1 or wo < 1:
+        return
+    lo, hi = data.draw(st.sampled_from([(0, 255), (-128, 127), (0, 15), (3, 200)]))
+    zp = data.draw(st.sampled_from([0, 3, -5, 128]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    x = rng.choice([lo, hi, rng.integers(lo, hi + 1)], size=(n, c, h, wd)) + zp
+    w = rng.choice([-128, 127, 0, 1, rng.integers(-128, 128)], size=(c, 1, k, k))
+    plan = _prepare(w, stride, pad, c, zp, lo + zp, hi + zp)
+    if plan is None:  # refused: a span over 255 or the float32 bound
+        assert max(hi + zp, zp) - min(lo + zp, zp) > 255 or \
+            max(hi, -lo) * int(np.abs(w).reshape(c, -1).sum(axis=1).max()) >= 2 ** 24
+        return
+    assert plan.dw is not None and plan.radix == 0 and plan.packed is None
+    res = int8_conv(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), plan, (ho, wo))
+    g = res.g.astype(np.int64).reshape(n, ho, wo, c).transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(g, ref_conv(x - zp, w, stride, pad, groups=c))
+    res.verify(g.sum(axis=(2, 3)))
+
+
 @pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(int8_case(), st.booleans())
@@ -316,14 +344,18 @@ def test_run_many_equals_separate_runs(seed, requant):
 def test_pair_saturating_cpus_split_wide_weights_and_stay_exact(case):
     """On AVX2 without VNNI (pairs of u8 x s8 products saturate at int16) a conv whose pairs
     could pass 2^15 - 1 runs as ``64 * hi + lo``, and a strided 1x1 conv at stride 1 on the
-    subsampled input; the sums stay exact either way."""
+    subsampled input; the sums stay exact either way. Depthwise convs take the engine's own
+    kernel (no split, no subsampling)."""
     x, w, stride, pad, groups, zp, (lo, hi) = case
     plan = prepare_int8_conv(w, stride, pad, groups, zp, lo, hi, kind="pairs")
     if plan is None:
         return
     u_max = max(hi, zp) - min(lo, zp)
-    assert plan.radix == (64 if 2 * u_max * np.abs(w).max() > 2 ** 15 - 1 else 0)
-    assert plan.subsample == (stride if stride > 1 and w.shape[2] == w.shape[3] == 1 else 1)
+    onednn = not (groups > 1 and w.shape[1] == 1 and w.shape[0] == groups)
+    assert (plan.dw is None) == onednn
+    assert plan.radix == (64 if onednn and 2 * u_max * np.abs(w).max() > 2 ** 15 - 1 else 0)
+    assert plan.subsample == (stride if onednn and stride > 1 and w.shape[2] == w.shape[3] == 1
+                              else 1)
     ho = (x.shape[2] + 2 * pad - w.shape[2]) // stride + 1
     wo = (x.shape[3] + 2 * pad - w.shape[3]) // stride + 1
     res = int8_conv(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), plan, (ho, wo))
