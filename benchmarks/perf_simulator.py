@@ -71,7 +71,8 @@ def engine_line() -> str:
         return "oneDNN int8 with VNNI/AMX (exact int32 accumulation)"
     return ("oneDNN int8 on AVX2 without VNNI: weights split as 64*hi+lo wherever a pair of "
             "u8 x s8 products could saturate int16 (2x conv columns for 8-bit weights), "
-            "strided 1x1 convs at stride 1 on the subsampled input; fbgemm here runs the same "
+            "strided 1x1 convs at stride 1 on the subsampled input, depthwise convs by the "
+            "engine's own int32 kernel; fbgemm here runs the same "
             "saturating vpmaddubsw path, so it is a timing peer, not an exact result")
 
 

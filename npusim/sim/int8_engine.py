@@ -14,7 +14,10 @@ On a CPU without VNNI (AVX2, AVX-512 without VNNI) oneDNN multiplies with ``vpma
 which saturates the sum of two adjacent u8 x s8 products to int16, so there the engine keeps
 every such pair below 2^15: weights with ``2 * u_max * |w| <= 32767`` go in as they are,
 others split as ``w = 64 * hi + lo`` (``lo`` in [-32, 31], ``hi`` in [-2, 2]: two column
-blocks of one conv, recombined exactly in float32).
+blocks of one conv, recombined exactly in float32). Depthwise convs (kh*kw products per
+output) are computed by the engine's own kernel instead (`kernels.depthwise_sums_kernel`,
+exact int32 sums in SIMD lanes across channels): with the split they are not depthwise for
+oneDNN any more, and its grouped path ran ~100x slower.
 
 Trust, in three layers: the engine is used only on a CPU that reports VNNI/AMX (or AVX2,
 within the pair bound), after a self-test on random and extreme operands (the all-255 x 127
