@@ -8,7 +8,9 @@ float32 output with every scale 1 and no bias, it returns ``float32(acc)``, whic
 while ``|acc| < 2^24``. So when the inputs (shifted by one constant) fit uint8, the weights
 fit int8 and the weights' L1 bound proves every sum below 2^24, this engine computes the exact
 sums of a conv at the speed of a production int8 kernel, with no im2col and in the
-simulator's channels-last layout.
+simulator's channels-last layout. Where the bound reaches 2^24 (below 2^31), the conv runs as
+convs over contiguous ranges of input channels, each below 2^24, their sums added in int32
+(`Int8Conv.parts`).
 
 On a CPU without VNNI (AVX2, AVX-512 without VNNI) oneDNN multiplies with ``vpmaddubsw``,
 which saturates the sum of two adjacent u8 x s8 products to int16, so there the engine keeps
@@ -150,6 +152,9 @@ class Int8Conv:
     #: a depthwise conv computed by the engine's own kernel (`kernels.depthwise_sums_kernel`,
     #: exact int32 sums) instead of oneDNN: its weights as (kh, kw, C) int32; None: oneDNN
     dw: np.ndarray | None = None
+    #: a conv whose sums may reach 2^24 (float32's exact range) as the sum of convs over
+    #: ranges of input channels, each below 2^24: ((c0, c1, plan), ...), summed in int32
+    parts: tuple = ()
 
     @property
     def q(self) -> int:
@@ -179,7 +184,7 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
     o = w.shape[0]
     xmax = max(hi - zp_x, zp_x - lo)
     if xmax * int(np.abs(w.reshape(o, -1)).sum(axis=1).max()) >= F32_EXACT:
-        return None
+        return _split_channels(w, stride, padding, groups, zp_x, lo, hi, signs, kind, xmax)
     cg = w.shape[1]
     wnz = (w != 0).reshape(groups, o // groups, cg, *w.shape[2:]).sum(axis=1)
     wnz = wnz.reshape(groups * cg, *w.shape[2:]).astype(np.int64)
@@ -234,7 +239,8 @@ def _run(xu: np.ndarray, zp_u8: int, packed, q: int, stride: int, padding: int,
 
 @dataclass
 class Int8Result:
-    """The engine's raw sums: ``g`` (N*Ho*Wo, q) float32 (exact integers), per column the
+    """The engine's raw sums: ``g`` (N*Ho*Wo, q) float32 (exact integers; int32 for a plan
+    split over input channels, whose sums may pass 2^24), per column the
     image-weighted sum of the outputs an exact engine must produce (`verify`), and the number
     of products with both operands non-zero."""
 
@@ -249,6 +255,39 @@ class Int8Result:
 
 
 _SERIAL_ELEMS = 1 << 22
+
+
+_I32_EXACT = 2 ** 31  # the split's parts are summed in int32
+
+
+def _split_channels(w, stride, padding, groups, zp_x, lo, hi, signs, kind, xmax):
+    """A plan whose input channels are cut into contiguous ranges, each of whose sums stays
+    below 2^24 (so each part is exact in float32), the parts summed in int32; None where
+    that cannot be done (groups, sign columns, a whole sum from 2^31, or one channel alone
+    from 2^24)."""
+    if groups != 1 or signs:
+        return None
+    per_c = np.abs(w).sum(axis=(2, 3))  # (O, C): each output's L1 per input channel
+    if xmax * int(per_c.sum(axis=1).max()) >= _I32_EXACT:
+        return None
+    parts, c0, run = [], 0, np.zeros(w.shape[0], np.int64)
+    for c in range(w.shape[1]):
+        if xmax * int((run + per_c[:, c]).max()) >= F32_EXACT:
+            if c == c0:
+                return None
+            parts.append((c0, c))
+            c0, run = c, np.zeros(w.shape[0], np.int64)
+        run += per_c[:, c]
+    parts.append((c0, w.shape[1]))
+    plans = []
+    for a, b in parts:
+        part = prepare_int8_conv(w[:, a:b], stride, padding, 1, zp_x, lo, hi, kind=kind)
+        if part is None or part.parts:
+            return None
+        plans.append((a, b, part))
+    return Int8Conv(None, w, w.shape[0], min(lo, zp_x), zp_x, w.shape[2], w.shape[3], stride,
+                    padding, 1, False, (w != 0).sum(axis=0).astype(np.int64),
+                    parts=tuple(plans))
 
 
 def _window_sums(x: np.ndarray, plan: "Int8Conv", out_hw: tuple[int, int]):
@@ -267,6 +306,16 @@ def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Res
     ``result.verify`` with the per-image column sums of ``g`` (the epilogue computes them)."""
     n, _, _, c = x.shape
     ho, wo = out_hw
+    if plan.parts:  # exact sums of each part (checked there), added in int32
+        g = np.zeros((n * ho * wo, plan.q), np.int32)
+        expected = np.zeros(plan.q, np.int64)
+        nonzero = 0
+        for c0, c1, part in plan.parts:
+            r = int8_conv(x[..., c0:c1], part, out_hw)
+            g += r.g.astype(np.int32)
+            expected += r.expected
+            nonzero += r.nonzero_macs
+        return Int8Result(g, expected, nonzero)
     x = np.ascontiguousarray(x)
     threads = numba.get_num_threads()
     # one pass over the input: below `_SERIAL_ELEMS` a parallel launch costs more than the

@@ -492,11 +492,13 @@ def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, 
 
 
 @numba.njit(parallel=True, cache=True)
-def pool_kernel(x, kernel, stride, is_max, zp_x, rq, out):
-    """Channels-last pooling of pre-padded `x` (N, Hp, Wp, C) into `out` (N, Ho, Wo, C): max
-    (exact; x padded with the int64 minimum) or average (sum of x - zp_x over the window, then
-    requantized with M = s_in / (k*k*s_out), `rq` a one-channel `arith.RequantParams`)."""
-    N, C = x.shape[0], x.shape[3]
+def pool_kernel(x, kernel, stride, pad, is_max, zp_x, rq, out):
+    """Channels-last pooling of `x` (N, H, W, C; any integer dtype; `pad` rows and columns of
+    padding on each side, not stored) into `out` (N, Ho, Wo, C): max (exact; padding never
+    wins: it is the int64 minimum) or average (sum of x - zp_x over the window, padding
+    reading zp_x and so adding nothing, then requantized with M = s_in / (k*k*s_out), `rq` a
+    one-channel `arith.RequantParams`)."""
+    N, H, W, C = x.shape
     Ho, Wo = out.shape[1], out.shape[2]
     for t in numba.prange(N * Ho):
         b = t // Ho
@@ -506,15 +508,20 @@ def pool_kernel(x, kernel, stride, is_max, zp_x, rq, out):
             for c in range(C):
                 acc[c] = _I64_MIN if is_max else 0
             for i in range(kernel):
+                y = oy * stride + i - pad
+                if y < 0 or y >= H:
+                    continue
                 for j in range(kernel):
-                    src = x[b, oy * stride + i, ox * stride + j]
-                    for c in range(C):
-                        v = np.int64(src[c])
-                        if is_max:
-                            if v > acc[c]:
-                                acc[c] = v
-                        else:
-                            acc[c] += v - zp_x
+                    xx = ox * stride + j - pad
+                    if xx < 0 or xx >= W:
+                        continue
+                    src = x[b, y, xx]
+                    if is_max:
+                        for c in range(C):
+                            acc[c] = max(acc[c], np.int64(src[c]))
+                    else:
+                        for c in range(C):
+                            acc[c] += np.int64(src[c]) - zp_x
             dst = out[b, oy, ox]
             if is_max:
                 for c in range(C):
@@ -753,8 +760,8 @@ def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq
     for p in range(blk * per, min(pixels, (blk + 1) * per)):
         m = b * pixels + p
         gm = g[m]
-        for j in range(q):  # the sums are below 2^24: int32 converts 8 or 16 lanes at once
-            ri[j] = np.int32(gm[j])
+        for j in range(q):  # exact sums in int32 range (float32 below 2^24, or int32 from a
+            ri[j] = np.int32(gm[j])  # plan split over input channels): 8 or 16 lanes at once
         if chunked:
             for j in range(q):
                 rw[j] = ri[j]
@@ -877,7 +884,7 @@ def nonzero_count_kernel(x, zp_x, out):
 
 
 __all__ = ["conv_kernel", "conv_points_kernel", "conv_walk_kernel", "chunk_reduce_kernel",
-           "screen_walk_kernel", "pool_kernel",
+           "screen_walk_kernel", "pool_kernel", "depthwise_sums_kernel",
            "avgpool_float_kernel", "embed_kernel", "to_u8_kernel",
            "window_sums_kernel", "column_sums_kernel", "conv_pixels_nhwc_kernel",
            "gemm_epilogue_kernel",

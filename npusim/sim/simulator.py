@@ -452,10 +452,6 @@ def _run_pool(sim: Simulator, c: _Call) -> np.ndarray:
     if pad and not is_max and not op.attr(node, "count_include_pad"):
         raise SimulationError(f"node {node.name!r}: count_include_pad=false with padding is "
                               f"ONNX Runtime's arithmetic only (requant.scale_mode float)")
-    if pad:
-        fill = np.iinfo(np.int64).min if is_max else xt.zero_point
-        x = np.pad(x.astype(np.int64), ((0, 0), (pad, pad), (pad, pad), (0, 0)),
-                   constant_values=fill)
     ch, ho, wo = t_out.shape
     out = np.empty((len(x), ho, wo, ch), np.int64)
     if is_max:
@@ -463,7 +459,7 @@ def _run_pool(sim: Simulator, c: _Call) -> np.ndarray:
         lo, hi = t_out.int_range()
     else:
         m0, nsh, mf = int(rq.m0[0]), int(rq.n[0]), rq.mf[0]
-    K.pool_kernel(np.ascontiguousarray(x), k, stride, is_max, xt.zero_point,
+    K.pool_kernel(np.ascontiguousarray(x), k, stride, pad, is_max, xt.zero_point,
                   arith.requant_params(m0, nsh, mf, c.scale_float, s.code, s.multiplier_bits,
                                        c.zp_y, lo, hi), out)
     return _stored(out, t_out)

@@ -149,6 +149,35 @@ def test_depthwise_convs_take_the_own_kernel_and_are_exact(n, h, wd, c, k, strid
     res.verify(g.sum(axis=(2, 3)))
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 2), st.integers(1, 5), st.integers(60, 400), st.integers(1, 4),
+       st.sampled_from([1, 3]), st.integers(1, 2), st.sampled_from([0, 128]), st.data())
+def test_sums_past_float32_range_split_over_input_channels(n, h, c, o, k, stride, zp, data):
+    """A conv whose sums may reach 2^24 (beyond float32's exact integers) is planned as convs
+    over ranges of input channels, each provably below 2^24, summed in int32: equal to the
+    int64 reference, with the engine's checks passing and the non-zero count exact."""
+    pad = k // 2
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    x = rng.choice([0, 255, rng.integers(0, 256)], size=(n, c, h, h)).astype(np.int64)
+    w = rng.choice([-128, 127, 0, rng.integers(-128, 128)], size=(o, c, k, k)).astype(np.int64)
+    plan = _prepare(w, stride, pad, 1, zp, 0, 255)
+    bound = max(255 - zp, zp) * int(np.abs(w).reshape(o, -1).sum(axis=1).max())
+    if bound < 2 ** 24:
+        assert plan is not None and not plan.parts
+        return
+    assert plan is not None and len(plan.parts) >= 2
+    assert [p[0] for p in plan.parts][0] == 0 and plan.parts[-1][1] == c
+    assert all(a[1] == b[0] for a, b in zip(plan.parts, plan.parts[1:]))  # contiguous ranges
+    ho = (h + 2 * pad - k) // stride + 1
+    res = int8_conv(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), plan, (ho, ho))
+    assert res.g.dtype == np.int32
+    g = res.g.astype(np.int64).reshape(n, ho, ho, o).transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(g, ref_conv(x - zp, w, stride, pad))
+    res.verify(g.sum(axis=(2, 3)))
+    nz = ref_conv((x != zp).astype(np.int64), (w != 0).astype(np.int64), stride, pad)
+    assert res.nonzero_macs == int(nz.sum())
+
+
 @pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(int8_case(), st.booleans())
@@ -185,8 +214,14 @@ def test_engine_sums_equal_int64_reference(case, signs):
 def test_refuses_what_int8_or_float32_cannot_hold():
     assert _prepare(np.full((1, 1, 1, 1), 200), 1, 0, 1, 0, 0, 255) is None  # weight
     assert _prepare(np.ones((1, 1, 1, 1)), 1, 0, 1, 0, -200, 200) is None  # span
-    big = np.full((1, 600, 3, 3), 127)  # 255 * 127 * 5400 >= 2^24
-    assert _prepare(big, 1, 0, 1, 0, 0, 255) is None
+    big = np.full((1, 600, 3, 3), 127)  # 255 * 127 * 5400 >= 2^24: split over channels
+    assert len(_prepare(big, 1, 0, 1, 0, 0, 255).parts) >= 2
+    one = np.full((1, 1, 23, 23), 127)  # one channel alone reaches 2^24: no split helps
+    assert _prepare(one, 1, 0, 1, 0, 0, 255) is None
+    huge = np.full((1, 7400, 3, 3), 127)  # 255 * 127 * 66600 >= 2^31: not even int32
+    assert _prepare(huge, 1, 0, 1, 0, 0, 255) is None
+    grouped = np.full((2, 300, 3, 3), 127)  # groups: not split
+    assert _prepare(grouped, 1, 0, 2, 0, 0, 255) is None
     ok = np.full((1, 500, 1, 1), 127)  # 255 * 127 * 500 < 2^24
     assert prepare_int8_conv(ok, 1, 0, 1, 0, 0, 255, kind="exact") is not None
 
@@ -391,6 +426,28 @@ def test_every_engine_gives_identical_outputs_and_stats(mode, requant):
         same = got.stats.drop(columns="sequential_outputs")
         assert same.equals(ref.stats.drop(columns="sequential_outputs")), name
     assert res["int8"].stats.equals(res["float"].stats)
+
+
+@pytest.mark.parametrize("requant", [False, True])
+def test_a_layer_split_over_input_channels_equals_the_float_engine(requant, caplog):
+    """A layer whose exact sums may pass 2^24 runs on the int8 engine as a split plan (it used
+    to fall back to the float engine): outputs and statistics equal the float engine's, in
+    the exact mode and in a wrap mode whose events need no walk (`count_events=False`)."""
+    rng = np.random.default_rng(3)
+    x = rng.choice([0, 255, rng.integers(0, 256)], size=(2, 160, 5, 5))
+    w = rng.choice([-128, 127, 0, rng.integers(-128, 128)], size=(4, 160, 3, 3))
+    prog = conv_program(w, rng.integers(-3000, 3000, size=4), x.shape[1:], padding=1,
+                        requant=requant)
+    for over, count in (({}, True), ({"precision.acc_bits": 20, "precision.pe_acc_bits": 20,
+                                       "precision.overflow": "wrap"}, False)):
+        cfg = NPUConfig.preset("edge16").with_overrides(over)
+        sim = Simulator(cfg, engine="int8", count_events=count)
+        got = sim.run(prog, x)
+        assert sim.plan(prog)[0].prep.parts  # the engine ran it, split, and its checks passed
+        assert "recomputed with the float engine" not in caplog.text
+        want = Simulator(cfg, engine="float", count_events=count).run(prog, x)
+        np.testing.assert_array_equal(got.outputs["y"], want.outputs["y"])
+        assert got.stats.equals(want.stats)
 
 
 def test_an_unknown_engine_is_a_one_line_error():
