@@ -492,12 +492,11 @@ def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, 
 
 
 @numba.njit(parallel=True, cache=True)
-def pool_kernel(x, kernel, stride, pad, is_max, zp_x, rq, out):
-    """Channels-last pooling of `x` (N, H, W, C; any integer dtype; `pad` rows and columns of
-    padding on each side, not stored) into `out` (N, Ho, Wo, C): max (exact; padding never
-    wins: it is the int64 minimum) or average (sum of x - zp_x over the window, padding
-    reading zp_x and so adding nothing, then requantized with M = s_in / (k*k*s_out), `rq` a
-    one-channel `arith.RequantParams`)."""
+def pool_kernel(x, kernel, stride, pad, zp_x, rq, out):
+    """Channels-last average pooling of `x` (N, H, W, C; any integer dtype; `pad` rows and
+    columns of padding on each side, not stored) into `out` (N, Ho, Wo, C): the sum of
+    x - zp_x over the window (padding reads zp_x and so adds nothing), requantized with
+    M = s_in / (k*k*s_out), `rq` a one-channel `arith.RequantParams`."""
     N, H, W, C = x.shape
     Ho, Wo = out.shape[1], out.shape[2]
     for t in numba.prange(N * Ho):
@@ -505,8 +504,7 @@ def pool_kernel(x, kernel, stride, pad, is_max, zp_x, rq, out):
         oy = t - b * Ho
         acc = np.empty(C, np.int64)
         for ox in range(Wo):
-            for c in range(C):
-                acc[c] = _I64_MIN if is_max else 0
+            acc[:] = 0
             for i in range(kernel):
                 y = oy * stride + i - pad
                 if y < 0 or y >= H:
@@ -516,18 +514,36 @@ def pool_kernel(x, kernel, stride, pad, is_max, zp_x, rq, out):
                     if xx < 0 or xx >= W:
                         continue
                     src = x[b, y, xx]
-                    if is_max:
-                        for c in range(C):
-                            acc[c] = max(acc[c], np.int64(src[c]))
-                    else:
-                        for c in range(C):
-                            acc[c] += np.int64(src[c]) - zp_x
+                    for c in range(C):
+                        acc[c] += np.int64(src[c]) - zp_x
+            requant_span(acc, out[b, oy, ox], rq, 0, 0)
+
+
+@numba.njit(parallel=True, cache=True)
+def maxpool_kernel(x, kernel, stride, pad, out):
+    """Max pooling of channels-last `x` (N, H, W, C; `pad` rows and columns of padding on each
+    side, not stored) into `out` (N, Ho, Wo, C) of x's own dtype, in its SIMD lanes (padding
+    never wins; a window wholly in the padding, pad >= kernel, gives the dtype's minimum)."""
+    N, H, W, C = x.shape
+    Ho, Wo = out.shape[1], out.shape[2]
+    lowest = np.iinfo(x.dtype).min
+    for t in numba.prange(N * Ho):
+        b = t // Ho
+        oy = t - b * Ho
+        for ox in range(Wo):
             dst = out[b, oy, ox]
-            if is_max:
-                for c in range(C):
-                    dst[c] = acc[c]
-            else:
-                requant_span(acc, dst, rq, 0, 0)
+            dst[:] = lowest
+            for i in range(kernel):
+                y = oy * stride + i - pad
+                if y < 0 or y >= H:
+                    continue
+                for j in range(kernel):
+                    xx = ox * stride + j - pad
+                    if xx < 0 or xx >= W:
+                        continue
+                    src = x[b, y, xx]
+                    for c in range(C):
+                        dst[c] = max(dst[c], src[c])
 
 
 @numba.njit(parallel=True, cache=True)
@@ -884,7 +900,7 @@ def nonzero_count_kernel(x, zp_x, out):
 
 
 __all__ = ["conv_kernel", "conv_points_kernel", "conv_walk_kernel", "chunk_reduce_kernel",
-           "screen_walk_kernel", "pool_kernel", "depthwise_sums_kernel",
+           "screen_walk_kernel", "pool_kernel", "maxpool_kernel", "depthwise_sums_kernel",
            "avgpool_float_kernel", "embed_kernel", "to_u8_kernel",
            "window_sums_kernel", "column_sums_kernel", "conv_pixels_nhwc_kernel",
            "gemm_epilogue_kernel",

@@ -453,15 +453,15 @@ def _run_pool(sim: Simulator, c: _Call) -> np.ndarray:
         raise SimulationError(f"node {node.name!r}: count_include_pad=false with padding is "
                               f"ONNX Runtime's arithmetic only (requant.scale_mode float)")
     ch, ho, wo = t_out.shape
+    x = np.ascontiguousarray(x)
+    if is_max:  # exact in the input's own dtype
+        out = np.empty((len(x), ho, wo, ch), x.dtype)
+        K.maxpool_kernel(x, k, stride, pad, out)
+        return _stored(out, t_out)
     out = np.empty((len(x), ho, wo, ch), np.int64)
-    if is_max:
-        m0, nsh, mf = 0, 0, np.float32(0)
-        lo, hi = t_out.int_range()
-    else:
-        m0, nsh, mf = int(rq.m0[0]), int(rq.n[0]), rq.mf[0]
-    K.pool_kernel(np.ascontiguousarray(x), k, stride, pad, is_max, xt.zero_point,
-                  arith.requant_params(m0, nsh, mf, c.scale_float, s.code, s.multiplier_bits,
-                                       c.zp_y, lo, hi), out)
+    K.pool_kernel(x, k, stride, pad, xt.zero_point,
+                  arith.requant_params(int(rq.m0[0]), int(rq.n[0]), rq.mf[0], c.scale_float,
+                                       s.code, s.multiplier_bits, c.zp_y, lo, hi), out)
     return _stored(out, t_out)
 
 
