@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from perf_simulator import best_of, cpu_flags, cpu_model, engine_line, fmt, write_atomic  # noqa: E402
+from perf_simulator import best_of, cpu_flags, cpu_model, engine_line, fmt, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "<!-- peer_int_engines -->"
@@ -216,13 +216,9 @@ engine's layout outside the timing; `x_fbgemm` = time / fbgemm's time in the sam
 
 {fmt(df)}
 """
-    path = Path(args.out)
-    old = path.read_text() if path.exists() else ""
-    head, _, rest = old.partition(MARK)
-    tail = rest.split("\n<!-- ", 1)[1] if "\n<!-- " in rest else ""
-    write_atomic(path, head.rstrip() + "\n\n" + md + ("\n<!-- " + tail if tail else ""))
+    write_section(Path(args.out), MARK, md)
     print(fmt(df))
-    print(f"wrote {path}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from perf_simulator import FbgemmNet, best_of, cpu_flags, cpu_model, engine_line, fmt, write_atomic  # noqa: E402
+from perf_simulator import FbgemmNet, best_of, cpu_flags, cpu_model, engine_line, fmt, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "<!-- perf_imagenet -->"
@@ -146,13 +146,8 @@ before the first simulation. `engines`: how many layers each engine ran.
 
 {prof_md}
 """
-    path = Path(args.out)
-    old = path.read_text() if path.exists() else ""
-    head, _, rest = old.partition(MARK)
-    tail = rest.split("\n<!-- ", 1)[1] if "\n<!-- " in rest else ""
-    text = head.rstrip() + "\n\n" + md + ("\n<!-- " + tail if tail else "")
-    write_atomic(path, text)
-    print(f"wrote {path}")
+    write_section(Path(args.out), MARK, md)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

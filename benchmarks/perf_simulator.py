@@ -488,13 +488,8 @@ fbgemm: the same graph through torch's quantized ops.
 
 {fmt(df)}
 """
-    out = Path(args.out)
-    old = out.read_text() if out.exists() else ""
-    head, _, rest = old.partition(NARROW_MARK)  # only this section; the next <!-- one stays
-    tail = rest.split("\n<!-- ", 1)[1] if "\n<!-- " in rest else ""
-    head = head.rstrip()
-    write_atomic(out, (head + "\n\n" if head else "") + md + ("\n<!-- " + tail if tail else ""))
-    print(f"wrote {out}")
+    write_section(Path(args.out), NARROW_MARK, md)
+    print(f"wrote {args.out}")
 
 
 # ----------------------------------------------------------------------------- report
@@ -502,6 +497,17 @@ def fmt(df: pd.DataFrame) -> str:
     from npusim.io import markdown_table
 
     return markdown_table(df, ".3g")
+
+
+def write_section(path: Path, mark: str, md: str) -> None:
+    """Put `md` (which starts with `mark`) in place of the section of `path` that starts at
+    `mark` and runs to the next ``<!-- `` marker, or after the file's text; the other sections
+    stay."""
+    old = path.read_text() if path.exists() else ""
+    head, _, rest = old.partition(mark)
+    tail = rest.split("\n<!-- ", 1)[1] if "\n<!-- " in rest else ""
+    head = head.rstrip()
+    write_atomic(path, (head + "\n\n" if head else "") + md + ("\n<!-- " + tail if tail else ""))
 
 
 def write_atomic(path: Path, text: str) -> None:
