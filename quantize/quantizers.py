@@ -577,9 +577,10 @@ class _LSQFunction(torch.autograd.Function):
         gx = grad * inside if ctx.needs_input_grad[0] else None
         gs = None
         if ctx.needs_input_grad[1]:
-            # where(inside, q - u, q) * grad as (q - u * inside) * grad, in place (the same
-            # values: u * 0 is +-0 and q - (+-0) = q)
-            coef = torch.round(u).clamp_(ctx.qmin, ctx.qmax).sub_(u.mul_(inside)).mul_(grad)
+            # where(inside, q - u, q) * grad, in place: q minus u with u zeroed outside (a fill,
+            # not a product, so a non-finite u outside gives q too)
+            coef = torch.round(u).clamp_(ctx.qmin, ctx.qmax).sub_(
+                u.masked_fill_(~inside, 0.0)).mul_(grad)
             dims = tuple(range(1 if step.dim() else 0, x.dim()))
             gs = coef.sum(dim=dims).reshape(step.shape) * ctx.g
         return gx, gs, None, None, None
