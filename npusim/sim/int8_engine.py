@@ -358,23 +358,12 @@ def _image_weights(n: int) -> np.ndarray:
 
 
 def _spot_check(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], g: np.ndarray) -> None:
-    """Recompute a few output pixels in int64 and compare: every column where that stays
-    within `_SPOT_MACS` products, else a different subset of columns each call (every column
-    is still checked by the column sums, `Int8Result.verify`)."""
-    m = g.shape[0]
-    # different pixels and columns each call, reproducibly: a multiplicative hash of a call
-    # counter
-    calls = next(_CALLS)
-    picks = np.unique((calls * 2654435761 + np.arange(_SPOT_PIXELS, dtype=np.int64)
-                       * 40503) % m)
-    per = int(np.prod(plan.wq.shape[1:]))
-    n_cols = min(plan.q, max(1, _SPOT_MACS // (len(picks) * per)))
-    cols = np.arange(plan.q, dtype=np.int64) if n_cols == plan.q else \
-        np.unique((calls * 40503 + np.arange(n_cols, dtype=np.int64) * 2654435761) % plan.q)
-    got = np.empty((len(picks), len(cols)), np.int64)
-    K.conv_pixels_nhwc_kernel(x, plan.wq_hwc, plan.zp_x, plan.stride, plan.padding, plan.groups,
-                              plan.o, out_hw[0], out_hw[1], picks, cols, got)
-    if not np.array_equal(got, g[np.ix_(picks, cols)].astype(np.int64)):
+    """Recompute a few output pixels in int64 and compare (`kernels.spot_check_kernel`): every
+    column where that stays within `_SPOT_MACS` products, else a different subset of columns
+    each call (every column is still checked by the column sums, `Int8Result.verify`)."""
+    if not K.spot_check_kernel(x, plan.wq_hwc, plan.zp_x, plan.stride, plan.padding,
+                               plan.groups, plan.o, out_hw[0], out_hw[1], g, next(_CALLS),
+                               _SPOT_PIXELS, _SPOT_MACS):
         raise InexactError("int8 engine: a spot-checked output pixel disagrees with int64")
 
 

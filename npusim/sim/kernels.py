@@ -710,22 +710,25 @@ def column_sums_kernel(s, wq, og, o_n, out):  # would spin against torch's and n
 
 
 @numba.njit(cache=True)  # a few pixels: a parallel launch would cost more than the work
-def conv_pixels_nhwc_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, picks, cols, got):
-    """Exact int64 sums of the output pixels `picks` (flat m = (n, oy, ox)) for the weight
-    columns `cols` of `wq` (q, kh, kw, C/groups) into `got` (len(picks), len(cols));
-    channels-last `x`, padding at zp_x. Column j reads the channels of group
-    (j mod o_n) // (o_n / groups)."""
+def spot_check_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, g, call, n_pix, budget):
+    """Recompute `n_pix` output pixels of the engine's sums `g` (N*ho*wo, q) in int64 and
+    return whether they all agree: the pixels and (where a pixel's columns need more than
+    `budget` products) a subset of the columns are picked by a multiplicative hash of `call`,
+    so each call checks different ones. `wq` (q, kh, kw, C/groups): column j reads the
+    channels of group (j mod o_n) // (o_n / groups); channels-last `x`, padding at zp_x."""
     H, W = x.shape[1], x.shape[2]
     q, kh, kw, cg = wq.shape
     og = o_n // groups
-    for t in range(picks.shape[0]):
-        m = picks[t]
+    m_n = g.shape[0]
+    n_cols = min(q, max(1, budget // (n_pix * kh * kw * cg)))
+    for t in range(n_pix):
+        m = (call * 2654435761 + t * 40503) % m_n
         b = m // (ho * wo)
         p = m - b * ho * wo
         oy = p // wo
         ox = p - oy * wo
-        for u in range(cols.shape[0]):
-            jq = cols[u]
+        for u in range(n_cols):
+            jq = u if n_cols == q else (call * 40503 + u * 2654435761) % q
             c0 = ((jq % o_n) // og) * cg
             acc = 0
             for i in range(kh):
@@ -738,7 +741,9 @@ def conv_pixels_nhwc_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, picks
                         continue
                     for c in range(cg):
                         acc += (np.int64(x[b, iy, ix, c0 + c]) - zp_x) * wq[jq, i, j, c]
-            got[t, u] = acc
+            if np.int64(g[m, jq]) != acc:
+                return False
+    return True
 
 
 @numba.njit(inline="always")
@@ -902,7 +907,7 @@ def nonzero_count_kernel(x, zp_x, out):
 __all__ = ["conv_kernel", "conv_points_kernel", "conv_walk_kernel", "chunk_reduce_kernel",
            "screen_walk_kernel", "pool_kernel", "maxpool_kernel", "depthwise_sums_kernel",
            "avgpool_float_kernel", "embed_kernel", "to_u8_kernel",
-           "window_sums_kernel", "column_sums_kernel", "conv_pixels_nhwc_kernel",
+           "window_sums_kernel", "column_sums_kernel", "spot_check_kernel",
            "gemm_epilogue_kernel",
            "requant_points_kernel", "nonzero_count_kernel", "LevelSpec", "MODE_CODES",
            "ORDER_CODES"]

@@ -386,7 +386,12 @@ class Simulator:
         cols = {}
         for c in names:
             vals = [r.get(c) for r in rows]
-            cols[c] = pd.array(vals, dtype="Int64") if c in _INT_COLUMNS else vals
+            if c in _INT_COLUMNS:  # nullable int64 from data and mask (pd.array's own
+                # inference over a list costs twice as much)
+                vals = pd.arrays.IntegerArray(
+                    np.array([0 if v is None else v for v in vals], np.int64),
+                    np.array([v is None for v in vals], bool))
+            cols[c] = vals
         return pd.DataFrame(cols, index=pd.RangeIndex(len(rows)))
 
 
