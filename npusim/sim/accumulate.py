@@ -151,6 +151,7 @@ def _fits(lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
 
 
 _EPILOGUE_PIXELS = 256  # pixels per epilogue task
+_EPILOGUE_BIAS = 1 << 52  # the epilogue's float64 bound lanes are exact below this
 # Chunk sums (a conv over every pixel with nch x the columns) pay once more than 1/32 of a
 # layer's outputs are flagged; below that the flagged outputs are walked whole. An estimate
 # (walking a product costs ~30-50x a product of the int8 conv here), not a measured optimum.
@@ -191,7 +192,8 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
     pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
     short = None if engine.reference else _shortcut(lv, pe_risk, acc_risk, count_events)
     engine_failed = False
-    if not engine.reference and prep is not None and (
+    if not engine.reference and prep is not None and _EPILOGUE_BIAS > int(
+            np.abs(bias).max(initial=0)) and (
             prep.signs or not (pe_risk or acc_risk) or short is not None):
         try:
             entry = _shared_entry(share, x, prep, out_hw)

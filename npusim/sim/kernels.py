@@ -747,15 +747,11 @@ def spot_check_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, g, call, n_
 
 
 @numba.njit(inline="always")
-def _signed_bits(lo, hi):
-    """Smallest signed width holding [lo, hi] (lo <= 0 <= hi)."""
-    v = max(hi, -lo - 1)
-    b = 1
-    for step in (32, 16, 8, 4, 2, 1):
-        if v >= (1 << step):
-            v >>= step
-            b += step
-    return b + (1 if v > 0 else 0)
+def _bits_of_f64(fbits):
+    """The smallest signed width holding [-v - 1, v], from the bit pattern of a float64 ``v``
+    that is an integer in [0, 2^53) (so exact): ``floor(log2 v) + 2`` from the exponent, 1 for
+    v = 0. In SIMD lanes, where AVX2 has no vector leading-zero count."""
+    return max((fbits >> 52) - 1021, 1)
 
 
 @numba.njit(inline="always")
@@ -765,14 +761,23 @@ def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq
     constant at each call, so the copy without chunks has no chunk code in its loops.
 
     Without wrapping, the extremes are kept of the raw sums in int32 lanes (they are below
-    2^24) and the bias added once at the end: ``min(g + bias) = min(g) + bias`` per column."""
-    raw = wrap_bits == 0
+    2^24) and the bias added once at the end: ``min(g + bias) = min(g) + bias`` per column.
+    The bounds' bits are computed in float64 lanes (exact integers: ``|bias| < 2^52``;
+    `_bits_of_f64`)."""
+    raw = wrap_bits == 0  # (`risk` comes without wrapping)
     mn = np.full(o_n, _I64_MAX, np.int64)
     mx = np.full(o_n, _I64_MIN, np.int64)
-    mnu = np.full(o_n, _I64_MAX, np.int64)  # over the outputs not flagged
-    mxu = np.full(o_n, _I64_MIN, np.int64)
     mn32 = np.full(o_n, _I32_MAX, np.int32)
     mx32 = np.full(o_n, _I32_MIN, np.int32)
+    mnu32 = np.full(o_n, _I32_MAX, np.int32)  # raw sums of the outputs not flagged
+    mxu32 = np.full(o_n, _I32_MIN, np.int32)
+    bf = np.empty(o_n, np.float64)
+    for o in range(o_n):
+        bf[o] = np.float64(bias[o])
+    fa = np.empty(o_n, np.float64)  # the acc and pe bounds' magnitudes (`_bits_of_f64`)
+    fp = np.empty(o_n, np.float64)
+    ia = fa.view(np.int64)
+    ip = fp.view(np.int64)
     sm = np.zeros(q, np.int64)
     smw = np.zeros(q, np.int64)  # chunks weighted 1..nch
     ri = np.empty(q, np.int32)
@@ -807,28 +812,37 @@ def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq
             for o in range(o_n):
                 mn[o] = min(mn[o], acc[o])
                 mx[o] = max(mx[o], acc[o])
-        if risk:
+        if risk:  # [bias - neg, bias + pos] and [-neg, pos] as max(hi, -lo - 1), then bits
             for o in range(o_n):
-                pos = np.int64(ri[o_n + o])
-                neg = pos - ri[o]
-                na = _signed_bits(min(bias[o] - neg, 0), max(bias[o] + pos, 0))
-                npe = _signed_bits(-neg, pos)
-                need_acc[m, o] = na
-                need_pe[m, o] = npe
-                if not (na > acc_bits or (pe_risk and npe > pe_bits)):
-                    mnu[o] = min(mnu[o], acc[o])
-                    mxu[o] = max(mxu[o], acc[o])
+                pos = np.float64(ri[o_n + o])
+                neg = pos - np.float64(ri[o])
+                fa[o] = max(max(bf[o] + pos, 0.0), -min(bf[o] - neg, 0.0) - 1.0)
+                fp[o] = max(pos, neg - 1.0)
+            dna = need_acc[m]
+            dnp = need_pe[m]
+            for o in range(o_n):
+                na = _bits_of_f64(ia[o])
+                npe = _bits_of_f64(ip[o])
+                dna[o] = na
+                dnp[o] = npe
+                flag = (na > acc_bits) | (pe_risk & (npe > pe_bits))
+                mnu32[o] = min(mnu32[o], _I32_MAX if flag else ri[o])
+                mxu32[o] = max(mxu32[o], _I32_MIN if flag else ri[o])
         if do_rq:
             requant_span(acc, out[m], rq, 0, 1)
         else:
             dst = out[m]
             for o in range(o_n):
                 dst[o] = acc[o]
-    if raw:
-        for o in range(o_n):
-            if mn32[o] <= mx32[o]:  # some pixel in this block
-                mn[o] = mn32[o] + bias[o]
-                mx[o] = mx32[o] + bias[o]
+    mnu = np.full(o_n, _I64_MAX, np.int64)
+    mxu = np.full(o_n, _I64_MIN, np.int64)
+    for o in range(o_n):
+        if raw and mn32[o] <= mx32[o]:  # some pixel in this block
+            mn[o] = mn32[o] + bias[o]
+            mx[o] = mx32[o] + bias[o]
+        if risk and mnu32[o] <= mxu32[o]:  # some output not flagged
+            mnu[o] = mnu32[o] + bias[o]
+            mxu[o] = mxu32[o] + bias[o]
     for o in range(o_n):
         mnmx[b, blk, o, 0] = mn[o]
         mnmx[b, blk, o, 1] = mx[o]
@@ -847,8 +861,8 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
     rows m = (n, pixel); columns: o_n outputs, then with `risk` o_n positive-product sums
     ``pos``, the negative ones being ``neg = pos - g``) into channels-last `out` (M, o_n) (any
     integer dtype that holds the values), requantized by `rq` (an `arith.RequantParams`) when
-    `do_rq`. With `risk`, the bits
-    each output's bounds need, `need_acc` for ``[bias - neg, bias + pos]`` (every running sum
+    `do_rq`; ``|bias| < 2^52`` (`accumulate` sends layers with larger biases elsewhere).
+    With `risk` (never with `wrap_bits`), the bits each output's bounds need, `need_acc` for ``[bias - neg, bias + pos]`` (every running sum
     at the acc level) and `need_pe` for ``[-neg, pos]`` (every chunk sum at the pe level),
     (M, o_n) uint8; an output is flagged when its bound leaves ``lv.acc_bits`` (or
     ``lv.pe_bits``, with `pe_risk`): its value here is provisional, to be replaced.

@@ -477,3 +477,88 @@ def test_probe_reports_a_broken_private_op(monkeypatch):
     monkeypatch.setattr(int8_engine, "_run", broken)
     sup = int8_engine._probe()
     assert not sup.ok and sup.cpu and "qconv2d_pointwise" in sup.reason
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 7), st.integers(1, 4), st.integers(1, 3),
+       st.sampled_from(["exact", "risk", "risk_pe", "wrap"]), st.sampled_from([8, 16, 20]),
+       st.sampled_from(["half_up", "half_away", "half_even"]), st.data())
+def test_epilogue_kernel_equals_a_walk_over_every_output(n, pixels, o_n, nch, case, bits,
+                                                          rounding, data):
+    """`kernels.gemm_epilogue_kernel` against Python integers: accumulators (wrapped where
+    asked) requantized, the bits each output's bounds need (float64 lanes in the kernel), the
+    extremes of all and of the unflagged accumulators, and the check's column sums (per
+    chunk weighted 1..nch), on sums up to 2^24 and biases up to 2^52."""
+    from npusim.ir import arith
+    from npusim.sim import kernels as K
+    from npusim.sim.accumulate import Requant
+
+    risk = case.startswith("risk")
+    pe_risk = case == "risk_pe"
+    wrap_bits = bits if case == "wrap" else 0
+    q = 2 * o_n if risk else o_n
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    lim = (1 << 24) - 1  # |chunk sum| of every chunk together below 2^24, as the engine's bound
+    per = lim // nch
+    m = n * pixels
+    g = np.zeros((m, nch * q), np.float32)
+    def draw_sums():  # powers of two: the bounds' edges, where a width changes
+        return rng.choice([0, per, 1 << int(rng.integers(0, 22)), (1 << int(rng.integers(0, 22))) - 1,
+                           rng.integers(0, per + 1)], size=(m, o_n))
+
+    for c in range(nch):
+        pos = draw_sums()
+        if risk:  # output = pos - neg, both in [0, per]
+            neg = draw_sums()
+            g[:, c * q:c * q + o_n] = pos - neg
+            g[:, c * q + o_n:(c + 1) * q] = pos
+        else:
+            g[:, c * q:(c + 1) * q] = pos * rng.choice([-1, 1], size=(m, o_n))
+    big = (1 << 52) - 1
+    bias = np.array([data.draw(st.sampled_from([0, 1, -1, 5000, -(1 << 23), 1 << 31, big, -big]))
+                     for _ in range(o_n)], np.int64)
+    lv = K.LevelSpec(K.OS, 16, bits, K.MODE_CODES["wrap"], bits, K.MODE_CODES["wrap"])
+    m0 = rng.integers(1 << 30, 1 << 31, o_n)
+    sh = rng.integers(31, 45, o_n)  # no left shift: |acc * m0| < 2^63, as the simulator checks
+    req = Requant.of(m0, sh, np.zeros(o_n, np.float32), False,
+                     arith.rounding_code(rounding, "fixed"), 32, 3, -128, 127)
+    do_rq = bool(np.abs(bias).max() < (1 << 31))  # larger: the 64-bit product is refused
+    out = np.empty((m, o_n), np.int16 if do_rq else np.int64)
+    need = np.empty((2, m, o_n) if risk else (2, 1, 1), np.uint8)
+    nb = data.draw(st.integers(1, pixels))
+    mnmx = np.empty((n, nb, o_n, 4), np.int64)
+    sums = np.empty((n, nb, q * (2 if nch > 1 else 1)), np.int64)
+    K.gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, req.rec, out,
+                           need[0], need[1], mnmx, sums, wrap_bits, nch)
+
+    tot = g.astype(np.int64).reshape(m, nch, q).sum(axis=1)
+    acc = tot[:, :o_n] + bias
+    if wrap_bits:
+        acc = np.vectorize(lambda v: naive.wrap(int(v), wrap_bits))(acc)
+    if do_rq:
+        want_out = naive.requantize(acc[:, :, None], m0, sh, rounding, 32, 3, -128, 127)[:, :, 0]
+    else:
+        want_out = acc
+    np.testing.assert_array_equal(out, want_out)
+    flagged = np.zeros((m, o_n), bool)
+    if risk:
+        pos, neg = tot[:, o_n:], tot[:, o_n:] - tot[:, :o_n]
+        for i, o in np.ndindex(m, o_n):
+            b = int(bias[o])
+            na = arith.bits_needed(min(b - int(neg[i, o]), 0), max(b + int(pos[i, o]), 0))
+            npe = arith.bits_needed(-int(neg[i, o]), int(pos[i, o]))
+            assert (need[0][i, o], need[1][i, o]) == (na, npe)
+            flagged[i, o] = na > bits or (pe_risk and npe > bits)
+    blk = -(-pixels // nb)
+    for b, k, o in np.ndindex(n, nb, o_n):
+        rows = np.arange(b * pixels + k * blk, b * pixels + min(pixels, (k + 1) * blk))
+        a = acc[rows, o]
+        keep = a[~flagged[rows, o]]
+        want = [a.min(initial=2 ** 63 - 1), a.max(initial=-2 ** 63),
+                keep.min(initial=2 ** 63 - 1), keep.max(initial=-2 ** 63)]
+        assert list(mnmx[b, k, o]) == want
+        col = g[rows].astype(np.int64).reshape(len(rows), nch, q)
+        assert np.array_equal(sums[b, k, :q], col.sum(axis=(0, 1)))
+        if nch > 1:
+            wsum = (col * np.arange(1, nch + 1)[None, :, None]).sum(axis=(0, 1))
+            assert np.array_equal(sums[b, k, q:], wsum)
