@@ -344,8 +344,9 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
                            requant is not None, rq.rec, out, need[0], need[1], mnmx, sums,
                            wrap_bits, e.nch)
     e.res.verify(sums.sum(axis=1))
-    mm = [int(f(mnmx[..., k])) if out.size else 0
-          for k, f in ((0, np.min), (1, np.max), (2, np.min), (3, np.max))]
+    ext = mnmx.reshape(-1, 2, 2)  # (min, max) of all, then of the unflagged
+    lo, hi = ext[:, :, 0].min(axis=0), ext[:, :, 1].max(axis=0)
+    mm = [int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1])] if out.size else [0, 0, 0, 0]
     flat = _NONE_FLAGGED
     if risk:
         e.need_acc, e.need_pe = need[0], need[1]
