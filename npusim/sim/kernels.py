@@ -806,6 +806,12 @@ def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq
             for o in range(o_n):
                 mn32[o] = min(mn32[o], ri[o])
                 mx32[o] = max(mx32[o], ri[o])
+        elif wrap_bits <= 32:  # the wrapped values fit int32: their extremes in int32 lanes
+            for o in range(o_n):
+                w32 = np.int32(wrap(acc[o], wrap_bits))
+                acc[o] = w32
+                mn32[o] = min(mn32[o], w32)
+                mx32[o] = max(mx32[o], w32)
         else:
             for o in range(o_n):
                 acc[o] = wrap(acc[o], wrap_bits)
@@ -837,9 +843,9 @@ def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq
     mnu = np.full(o_n, _I64_MAX, np.int64)
     mxu = np.full(o_n, _I64_MIN, np.int64)
     for o in range(o_n):
-        if raw and mn32[o] <= mx32[o]:  # some pixel in this block
-            mn[o] = mn32[o] + bias[o]
-            mx[o] = mx32[o] + bias[o]
+        if wrap_bits <= 32 and mn32[o] <= mx32[o]:  # some pixel in this block
+            mn[o] = mn32[o] + (bias[o] if raw else 0)  # raw sums: the bias added once here
+            mx[o] = mx32[o] + (bias[o] if raw else 0)
         if risk and mnu32[o] <= mxu32[o]:  # some output not flagged
             mnu[o] = mnu32[o] + bias[o]
             mxu[o] = mxu32[o] + bias[o]

@@ -481,7 +481,7 @@ def test_probe_reports_a_broken_private_op(monkeypatch):
 
 @settings(max_examples=150, deadline=None)
 @given(st.integers(1, 3), st.integers(1, 7), st.integers(1, 4), st.integers(1, 3),
-       st.sampled_from(["exact", "risk", "risk_pe", "wrap"]), st.sampled_from([8, 16, 20]),
+       st.sampled_from(["exact", "risk", "risk_pe", "wrap"]), st.sampled_from([8, 16, 20, 40]),
        st.sampled_from(["half_up", "half_away", "half_even"]), st.data())
 def test_epilogue_kernel_equals_a_walk_over_every_output(n, pixels, o_n, nch, case, bits,
                                                           rounding, data):
