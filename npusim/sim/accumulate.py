@@ -158,6 +158,11 @@ _EPILOGUE_BIAS = 1 << 52  # the epilogue's float64 bound lanes are exact below t
 _CHUNKS_PAY = 32
 
 
+def _bias_fits(bias: np.ndarray) -> bool:
+    """Every |bias| below `_EPILOGUE_BIAS` (in Python integers: no int64 abs overflow)."""
+    return not bias.size or max(-int(bias.min()), int(bias.max())) < _EPILOGUE_BIAS
+
+
 def _blocks(n: int, units: int, cap: int) -> int:
     """Blocks per image for a kernel parallel over (image, block): enough tasks for every
     thread, and at most `cap` units per block."""
@@ -192,8 +197,7 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
     pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
     short = None if engine.reference else _shortcut(lv, pe_risk, acc_risk, count_events)
     engine_failed = False
-    if not engine.reference and prep is not None and _EPILOGUE_BIAS > int(
-            np.abs(bias).max(initial=0)) and (
+    if not engine.reference and prep is not None and _bias_fits(bias) and (
             prep.signs or not (pe_risk or acc_risk) or short is not None):
         try:
             entry = _shared_entry(share, x, prep, out_hw)

@@ -868,8 +868,9 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
     ``pos``, the negative ones being ``neg = pos - g``) into channels-last `out` (M, o_n) (any
     integer dtype that holds the values), requantized by `rq` (an `arith.RequantParams`) when
     `do_rq`; ``|bias| < 2^52`` (`accumulate` sends layers with larger biases elsewhere).
-    With `risk` (never with `wrap_bits`), the bits each output's bounds need, `need_acc` for ``[bias - neg, bias + pos]`` (every running sum
-    at the acc level) and `need_pe` for ``[-neg, pos]`` (every chunk sum at the pe level),
+    With `risk` (never with `wrap_bits`), the bits each output's bounds need, `need_acc` for
+    ``[bias - neg, bias + pos]`` (every running sum at the acc level) and `need_pe` for
+    ``[-neg, pos]`` (every chunk sum at the pe level),
     (M, o_n) uint8; an output is flagged when its bound leaves ``lv.acc_bits`` (or
     ``lv.pe_bits``, with `pe_risk`): its value here is provisional, to be replaced.
 

@@ -562,3 +562,15 @@ def test_epilogue_kernel_equals_a_walk_over_every_output(n, pixels, o_n, nch, ca
         if nch > 1:
             wsum = (col * np.arange(1, nch + 1)[None, :, None]).sum(axis=(0, 1))
             assert np.array_equal(sums[b, k, q:], wsum)
+
+
+def test_layers_whose_bias_the_epilogue_cannot_hold_exactly_leave_the_engine():
+    """The epilogue's float64 bound lanes are exact for |bias| < 2^52: the guard, with the
+    int64 minimum (whose NumPy abs overflows) included."""
+    from npusim.sim.accumulate import _bias_fits
+
+    top = (1 << 52) - 1
+    assert _bias_fits(np.array([top, -top, 0], np.int64))
+    assert _bias_fits(np.zeros(0, np.int64))
+    for bad in (1 << 52, -(1 << 52), np.iinfo(np.int64).min, np.iinfo(np.int64).max):
+        assert not _bias_fits(np.array([0, bad], np.int64))
