@@ -523,7 +523,7 @@ def test_epilogue_kernel_equals_a_walk_over_every_output(n, pixels, o_n, nch, ca
     req = Requant.of(m0, sh, np.zeros(o_n, np.float32), False,
                      arith.rounding_code(rounding, "fixed"), 32, 3, -128, 127)
     do_rq = bool(np.abs(bias).max() < (1 << 31))  # larger: the 64-bit product is refused
-    out = np.empty((m, o_n), np.int16 if do_rq else np.int64)
+    out = np.empty((m, o_n), np.int8 if do_rq else np.int64)  # the dtypes real layers use
     need = np.empty((2, m, o_n) if risk else (2, 1, 1), np.uint8)
     nb = data.draw(st.integers(1, pixels))
     mnmx = np.empty((n, nb, o_n, 4), np.int64)
