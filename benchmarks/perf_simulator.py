@@ -591,16 +591,20 @@ def main() -> None:
     load1 = os.getloadavg()
 
     b64 = net[net["batch"] == 64].iloc[0]
+    b1 = net[net["batch"] == 1].iloc[0]
     targets = pd.DataFrame([
-        {"target": "exact, batch 64 <= 2x fbgemm (stretch 1.5x)", "measured": b64["exact_vs_fbgemm"],
-         "unit": "x fbgemm", "met": b64["exact_vs_fbgemm"] <= 2},
+        {"target": "exact, batch 64 <= 1.5x fbgemm (issue 20; issue 9 asked 2x)",
+         "measured": b64["exact_vs_fbgemm"], "unit": "x fbgemm",
+         "met": b64["exact_vs_fbgemm"] <= 1.5},
+        {"target": "exact, batch 1 <= 3x fbgemm", "measured": b1["exact_vs_fbgemm"],
+         "unit": "x fbgemm", "met": b1["exact_vs_fbgemm"] <= 3},
         {"target": "wrap, batch 64 <= 2x fbgemm", "measured": b64["wrap_vs_fbgemm"],
          "unit": "x fbgemm", "met": b64["wrap_vs_fbgemm"] <= 2},
         {"target": "wrap without event counts, batch 64 <= 2x fbgemm",
          "measured": b64["wrap_no_events_vs_fbgemm"], "unit": "x fbgemm",
          "met": b64["wrap_no_events_vs_fbgemm"] <= 2},
-        {"target": "saturate (ws 16x16), batch 64 <= 8x fbgemm", "measured": b64["saturate_vs_fbgemm"],
-         "unit": "x fbgemm", "met": b64["saturate_vs_fbgemm"] <= 8},
+        {"target": "saturate (ws 16x16), batch 64 <= 4x fbgemm", "measured": b64["saturate_vs_fbgemm"],
+         "unit": "x fbgemm", "met": b64["saturate_vs_fbgemm"] <= 4},
         {"target": ">= 50x NumPy int64 reference (exact, batch 64)",
          "measured": b64["exact_speedup_vs_numpy"], "unit": "x faster",
          "met": b64["exact_speedup_vs_numpy"] >= 50},
