@@ -125,14 +125,17 @@ def _shortcut(lv: LevelSpec, pe_risk: bool, acc_risk: bool, count_events: bool) 
     return wrap_shortcut(lv, pe_risk, acc_risk)
 
 
-def prepare_conv(engine: Engine, w: np.ndarray, stride: int, padding: int, groups: int,
-                 zp_x: int, x_range: tuple[int, int], lv: LevelSpec, static_bits: int,
-                 static_bits_nobias: int, count_events: bool = True,
+def prepare_conv(engine: Engine, w: np.ndarray, bias: np.ndarray, stride: int, padding: int,
+                 groups: int, zp_x: int, x_range: tuple[int, int], lv: LevelSpec,
+                 static_bits: int, static_bits_nobias: int, count_events: bool = True,
                  packed=None) -> Int8Conv | None:
     """The int8-engine preparation of a layer whose raw inputs lie in `x_range`, or None
-    (`engine` does not use int8, or cannot prove this layer exact in it). `packed(signs,
-    make)`, if given, returns ``make()`` or a stored result of it for the same layer and
-    `signs` (the weight packing does not depend on the accumulator widths)."""
+    (`engine` does not use int8, or cannot prove this layer exact in it, or its epilogue's
+    float64 lanes cannot hold `bias` exactly: `_bias_fits`). `packed(signs, make)`, if given,
+    returns ``make()`` or a stored result of it for the same layer and `signs` (the weight
+    packing does not depend on the accumulator widths)."""
+    if not _bias_fits(bias):
+        return None
     pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
     signs = (pe_risk or acc_risk) and _shortcut(lv, pe_risk, acc_risk, count_events) is None
 
@@ -197,7 +200,7 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
     pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
     short = None if engine.reference else _shortcut(lv, pe_risk, acc_risk, count_events)
     engine_failed = False
-    if not engine.reference and prep is not None and _bias_fits(bias) and (
+    if not engine.reference and prep is not None and (
             prep.signs or not (pe_risk or acc_risk) or short is not None):
         try:
             entry = _shared_entry(share, x, prep, out_hw)

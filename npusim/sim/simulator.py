@@ -223,7 +223,7 @@ class Simulator:
         if self.engine.int8_kind:
             stride, pad, groups = _conv_params(node)
             p.prep = prepare_conv(
-                self.engine, p.weight, stride, pad, groups, xt.zero_point, xt.int_range(),
+                self.engine, p.weight, p.bias, stride, pad, groups, xt.zero_point, xt.int_range(),
                 self._levels(prec), p.bound_l1, p.bound_l1_nobias, self.count_events,
                 packed=lambda signs, make: self._memo_get(("int8", node.name, signs), make))
 

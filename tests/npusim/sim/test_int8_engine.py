@@ -574,3 +574,17 @@ def test_layers_whose_bias_the_epilogue_cannot_hold_exactly_leave_the_engine():
     assert _bias_fits(np.zeros(0, np.int64))
     for bad in (1 << 52, -(1 << 52), np.iinfo(np.int64).min, np.iinfo(np.int64).max):
         assert not _bias_fits(np.array([0, bad], np.int64))
+    from npusim.sim import kernels as K
+    from npusim.sim.accumulate import prepare_conv
+
+    engine = engines.Engine("int8", "int8", "exact")
+    lv = K.LevelSpec(K.OS, 16, 32, K.EXACT, 32, K.EXACT)
+    w = np.ones((2, 3, 3, 3), np.int64)
+    args = (1, 1, 1, 0, (0, 255), lv, 20, 20)
+    made = []  # the packings asked for (the stub packs nothing: None)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engines.Engine, "prepare_int8", lambda self, *a: made.append(a))
+        assert prepare_conv(engine, w, np.array([0, 1 << 52], np.int64), *args) is None
+        assert not made  # refused before any packing
+        prepare_conv(engine, w, np.array([0, top], np.int64), *args)
+        assert made
