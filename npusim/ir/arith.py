@@ -253,7 +253,10 @@ def requant_values(x: np.ndarray, zp_x: int, m0: int, n: int, code: int, mbits: 
 class RequantParams(NamedTuple):
     """A layer's requantization as one record the kernels take: per-channel `m0`, `n` (int64)
     and `mf` (float32) arrays (length 1 for one tensor-wide multiplier), the float/fixed
-    mode, rounding code, multiplier width, output zero point and clamp range."""
+    mode, rounding code, multiplier width, output zero point and clamp range; then what the
+    float64 path (`requant_span_f64`) needs, derived from them: per channel the multiplier
+    times the left shift `km` and the right shift as a factor `sc` (float64, both exact), and
+    whether that path is exact for this layer at all (`f64`)."""
 
     m0: np.ndarray
     n: np.ndarray
@@ -264,16 +267,32 @@ class RequantParams(NamedTuple):
     zp: int
     lo: int
     hi: int
+    km: np.ndarray
+    sc: np.ndarray
+    f64: bool
+
+
+_F64_SHIFT_MAX = 52  # the float64 path's right shifts (see `requant_span_f64`)
 
 
 def requant_params(m0, n, mf, scale_float: bool, code: int, mbits: int, zp: int, lo: int,
                    hi: int) -> RequantParams:
     """A `RequantParams` with contiguous arrays (scalars become length-1 arrays) and plain
     Python scalars (so every layer shares one compiled kernel signature)."""
-    return RequantParams(np.ascontiguousarray(np.atleast_1d(m0), np.int64),
-                         np.ascontiguousarray(np.atleast_1d(n), np.int64),
-                         np.ascontiguousarray(np.atleast_1d(mf), np.float32),
-                         bool(scale_float), int(code), int(mbits), int(zp), int(lo), int(hi))
+    m0 = np.ascontiguousarray(np.atleast_1d(m0), np.int64)
+    n = np.ascontiguousarray(np.atleast_1d(n), np.int64)
+    # the float path's shifts: TFLite's double rounding shifts left by b1 - n before its
+    # high multiply and right by n - b1 after it; the single roundings shift by n
+    e = (int(mbits) - 1) - n if code == TFLITE_DOUBLE else -n
+    left, right = np.maximum(e, 0), np.maximum(-e, 0)
+    f64 = bool(not scale_float and len(m0) and m0.min() >= 0 and right.max() <= _F64_SHIFT_MAX
+               and left.max() <= _F64_SHIFT_MAX and mbits <= 53)
+    km = m0 * np.exp2(left) if f64 else np.zeros(len(m0))
+    sc = np.exp2(-right) if f64 else np.zeros(len(m0))
+    return RequantParams(m0, n, np.ascontiguousarray(np.atleast_1d(mf), np.float32),
+                         bool(scale_float), int(code), int(mbits), int(zp), int(lo), int(hi),
+                         np.ascontiguousarray(km, np.float64), np.ascontiguousarray(sc, np.float64),
+                         f64)
 
 
 @numba.njit(inline="always")
@@ -301,6 +320,63 @@ def requant_span(src, dst, rq, c0, cstep):
     else:  # HALF_AWAY, the default: every loop gets its code as a constant (a loop that
         # branches on a run-time code per element does not vectorize: ~3x slower)
         _requant_loop(src, dst, rq, c0, cstep, False, HALF_AWAY)
+
+
+_F64_EXACT_PRODUCT = 2.0 ** 52
+
+
+@numba.njit(inline="always")
+def _round_f64(v, code):
+    """`v` (an exact float64) rounded to an integer under `code` (not TFLite's double)."""
+    if code == HALF_EVEN:
+        return np.rint(v)
+    if code == HALF_UP:
+        return np.floor(v + 0.5)
+    t = np.floor(abs(v) + 0.5)  # HALF_AWAY
+    return t if v >= 0 else -t
+
+
+@numba.njit(inline="always")
+def _requant_loop_f64(srcf, dst, rq, c0, cstep, code):
+    bad = False
+    b1 = np.float64(rq.mbits - 1)
+    down = 2.0 ** -b1
+    nudge = 2.0 ** (b1 - 1.0)
+    zp, lo, hi = np.float64(rq.zp), np.float64(rq.lo), np.float64(rq.hi)
+    for j in range(srcf.shape[0]):
+        c = c0 + j * cstep
+        p = srcf[j] * rq.km[c]
+        bad |= abs(p) >= _F64_EXACT_PRODUCT
+        if code == TFLITE_DOUBLE:  # SRDHM: (p + nudge) / 2^b1 toward zero, then a rounding
+            # right shift half away from zero
+            y = _round_f64(np.trunc((p + (nudge if p >= 0 else 1.0 - nudge)) * down) * rq.sc[c],
+                           HALF_AWAY)
+        else:
+            y = _round_f64(p * rq.sc[c], code)
+        dst[j] = min(max(y + zp, lo), hi)
+    return not bad
+
+
+@numba.njit(inline="always")
+def requant_span_f64(srcf, dst, rq, c0, cstep):
+    """`requant_span` on accumulators given as float64 `srcf` (integers below 2^53) in float64
+    lanes (4 per AVX2 vector, where int64 has no vector multiply or arithmetic shift); only
+    for a record with ``rq.f64``. Returns False, with `dst` unfinished, when some product
+    ``|acc * m0 * 2^left|`` reaches 2^52: then call `requant_span`.
+
+    Exact, not approximate: below 2^52 the product is an exact float64 integer (and the float
+    product of a larger one is >= 2^52, so the test cannot miss); a power-of-two factor keeps
+    it exact (right shifts <= 52: no underflow); adding 1/2 or TFLite's nudge to such a value
+    stays exact (the sum's bits span at most 53 places); floor, trunc and rint of an exact
+    value are the integer rules' own results; the zero point and clamp act on small
+    integers."""
+    if rq.code == HALF_UP:
+        return _requant_loop_f64(srcf, dst, rq, c0, cstep, HALF_UP)
+    if rq.code == HALF_EVEN:
+        return _requant_loop_f64(srcf, dst, rq, c0, cstep, HALF_EVEN)
+    if rq.code == TFLITE_DOUBLE:
+        return _requant_loop_f64(srcf, dst, rq, c0, cstep, TFLITE_DOUBLE)
+    return _requant_loop_f64(srcf, dst, rq, c0, cstep, HALF_AWAY)
 
 
 @numba.njit(parallel=True, cache=True)

@@ -75,7 +75,7 @@ class Requant:
     def key(self) -> tuple:
         """Equal for requantizations that give equal outputs."""
         r = self.rec
-        return (r.m0.tobytes(), r.n.tobytes(), r.mf.tobytes(), *r[3:])
+        return (r.m0.tobytes(), r.n.tobytes(), r.mf.tobytes(), *r[3:9])
 
     @property
     def dtype(self) -> np.dtype:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from npusim.ir.arith import ort_avgpool_one, requant_one, requant_span, wrap
+from npusim.ir.arith import ort_avgpool_one, requant_one, requant_span, requant_span_f64, wrap
 
 EXACT, WRAP, SATURATE = 0, 1, 2
 MODE_CODES = {"exact": EXACT, "wrap": WRAP, "saturate": SATURATE}
@@ -783,6 +783,8 @@ def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq
     ri = np.empty(q, np.int32)
     rw = np.empty(q, np.int64)
     acc = np.empty(o_n, np.int64)
+    accf = np.empty(o_n, np.float64)
+    f64 = do_rq and rq.f64
     for p in range(blk * per, min(pixels, (blk + 1) * per)):
         m = b * pixels + p
         gm = g[m]
@@ -800,21 +802,31 @@ def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq
                 smw[j] += rw[j]
         for j in range(q):
             sm[j] += ri[j]
-        for o in range(o_n):
-            acc[o] = np.int64(ri[o]) + bias[o]
+        # requantized in float64 lanes where that is exact (`requant_span_f64`), else int64
+        fdone = False
         if raw:
             for o in range(o_n):
                 mn32[o] = min(mn32[o], ri[o])
                 mx32[o] = max(mx32[o], ri[o])
+            if f64:
+                for o in range(o_n):
+                    accf[o] = np.float64(ri[o]) + bf[o]
+                fdone = requant_span_f64(accf, out[m], rq, 0, 1)
+            if not fdone:
+                for o in range(o_n):
+                    acc[o] = np.int64(ri[o]) + bias[o]
         elif wrap_bits <= 32:  # the wrapped values fit int32: their extremes in int32 lanes
             for o in range(o_n):
-                w32 = np.int32(wrap(acc[o], wrap_bits))
+                w32 = np.int32(wrap(np.int64(ri[o]) + bias[o], wrap_bits))
                 acc[o] = w32
+                accf[o] = w32
                 mn32[o] = min(mn32[o], w32)
                 mx32[o] = max(mx32[o], w32)
+            if f64:
+                fdone = requant_span_f64(accf, out[m], rq, 0, 1)
         else:
             for o in range(o_n):
-                acc[o] = wrap(acc[o], wrap_bits)
+                acc[o] = wrap(np.int64(ri[o]) + bias[o], wrap_bits)
             for o in range(o_n):
                 mn[o] = min(mn[o], acc[o])
                 mx[o] = max(mx[o], acc[o])
@@ -835,7 +847,8 @@ def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq
                 mnu32[o] = min(mnu32[o], _I32_MAX if flag else ri[o])
                 mxu32[o] = max(mxu32[o], _I32_MIN if flag else ri[o])
         if do_rq:
-            requant_span(acc, out[m], rq, 0, 1)
+            if not fdone:
+                requant_span(acc, out[m], rq, 0, 1)
         else:
             dst = out[m]
             for o in range(o_n):
