@@ -345,14 +345,14 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
     out = np.empty((n * pixels, o), rq.dtype if requant is not None else np.int64)
     need = np.empty((2, n * pixels, o) if risk else (2, 1, 1), np.uint8)
     nb = _blocks(n, pixels, _EPILOGUE_PIXELS)
-    mnmx = np.empty((n, nb, o, 4), np.int64)
+    mnmx = np.empty((n, nb, 4), np.int64)
     sums = np.empty((n, nb, len(e.res.expected)), np.int64)
     K.gemm_epilogue_kernel(e.res.g, o, pixels, np.asarray(bias, np.int64), risk, pe_risk, lv,
                            requant is not None, rq.rec, out, need[0], need[1], mnmx, sums,
                            wrap_bits, e.nch)
     e.res.verify(sums.sum(axis=1))
-    ext = mnmx.reshape(-1, 2, 2)  # (min, max) of all, then of the unflagged
-    lo, hi = ext[:, :, 0].min(axis=0), ext[:, :, 1].max(axis=0)
+    ext = mnmx.reshape(-1, 4)  # min, max of all, then of the unflagged, per task
+    lo, hi = ext[:, 0::2].min(axis=0), ext[:, 1::2].max(axis=0)
     mm = [int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1])] if out.size else [0, 0, 0, 0]
     flat = _NONE_FLAGGED
     if risk:

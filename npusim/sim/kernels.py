@@ -862,11 +862,13 @@ def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq
         if risk and mnu32[o] <= mxu32[o]:  # some output not flagged
             mnu[o] = mnu32[o] + bias[o]
             mxu[o] = mxu32[o] + bias[o]
+    t = mnmx[b, blk]  # this task's extremes over its columns
+    t[0], t[1], t[2], t[3] = _I64_MAX, _I64_MIN, _I64_MAX, _I64_MIN
     for o in range(o_n):
-        mnmx[b, blk, o, 0] = mn[o]
-        mnmx[b, blk, o, 1] = mx[o]
-        mnmx[b, blk, o, 2] = mnu[o] if risk else mn[o]
-        mnmx[b, blk, o, 3] = mxu[o] if risk else mx[o]
+        t[0] = min(t[0], mn[o])
+        t[1] = max(t[1], mx[o])
+        t[2] = min(t[2], mnu[o] if risk else mn[o])
+        t[3] = max(t[3], mxu[o] if risk else mx[o])
     for j in range(q):
         sums[b, blk, j] = sm[j]
         if chunked:
@@ -895,8 +897,8 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
     With ``wrap_bits`` > 0 every accumulator is first wrapped to that width (the value of a
     wrapping level whose events are not counted: `accumulate.wrap_shortcut`).
 
-    Tasks are (image, block of pixels); per task partials: `mnmx` (N, B, o_n, 4) min and max of
-    all accumulators, then of those not flagged, and `sums` (N, B, q, or 2q with chunks) the
+    Tasks are (image, block of pixels); per task partials: `mnmx` (N, B, 4) min and max of
+    all its accumulators, then of those not flagged, and `sums` (N, B, q, or 2q with chunks) the
     sum of every column (the engine's check)."""
     N = mnmx.shape[0]
     B = mnmx.shape[1]
