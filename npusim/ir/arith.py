@@ -285,7 +285,10 @@ def requant_params(m0, n, mf, scale_float: bool, code: int, mbits: int, zp: int,
     # high multiply and right by n - b1 after it; the single roundings shift by n
     e = (int(mbits) - 1) - n if code == TFLITE_DOUBLE else -n
     left, right = np.maximum(e, 0), np.maximum(-e, 0)
-    f64 = bool(not scale_float and len(m0) and m0.min() >= 0 and right.max() <= _F64_SHIFT_MAX
+    # the two roundings programs use by default (`RequantSpec`: half_up; half_away in fixed
+    # mode is TFLite's): every other code would be one more inlined loop per kernel
+    f64 = bool(not scale_float and code in (HALF_UP, TFLITE_DOUBLE) and len(m0)
+               and m0.min() >= 0 and right.max() <= _F64_SHIFT_MAX
                and left.max() <= _F64_SHIFT_MAX and mbits <= 53)
     km = m0 * np.exp2(left) if f64 else np.zeros(len(m0))
     sc = np.exp2(-right) if f64 else np.zeros(len(m0))
@@ -327,12 +330,10 @@ _F64_EXACT_PRODUCT = 2.0 ** 52
 
 @numba.njit(inline="always")
 def _round_f64(v, code):
-    """`v` (an exact float64) rounded to an integer under `code` (not TFLite's double)."""
-    if code == HALF_EVEN:
-        return np.rint(v)
+    """`v` (an exact float64) rounded to an integer: ties up (HALF_UP) or away from zero."""
     if code == HALF_UP:
         return np.floor(v + 0.5)
-    t = np.floor(abs(v) + 0.5)  # HALF_AWAY
+    t = np.floor(abs(v) + 0.5)
     return t if v >= 0 else -t
 
 
@@ -361,22 +362,19 @@ def _requant_loop_f64(srcf, dst, rq, c0, cstep, code):
 def requant_span_f64(srcf, dst, rq, c0, cstep):
     """`requant_span` on accumulators given as float64 `srcf` (integers below 2^53) in float64
     lanes (4 per AVX2 vector, where int64 has no vector multiply or arithmetic shift); only
-    for a record with ``rq.f64``. Returns False, with `dst` unfinished, when some product
-    ``|acc * m0 * 2^left|`` reaches 2^52: then call `requant_span`.
+    for a record with ``rq.f64`` (half_up or TFLite double rounding). Returns False, with
+    `dst` unfinished, when some product ``|acc * m0 * 2^left|`` reaches 2^52: then call
+    `requant_span`.
 
     Exact, not approximate: below 2^52 the product is an exact float64 integer (and the float
     product of a larger one is >= 2^52, so the test cannot miss); a power-of-two factor keeps
     it exact (right shifts <= 52: no underflow); adding 1/2 or TFLite's nudge to such a value
-    stays exact (the sum's bits span at most 53 places); floor, trunc and rint of an exact
+    stays exact (the sum's bits span at most 53 places); floor and trunc of an exact
     value are the integer rules' own results; the zero point and clamp act on small
     integers."""
     if rq.code == HALF_UP:
         return _requant_loop_f64(srcf, dst, rq, c0, cstep, HALF_UP)
-    if rq.code == HALF_EVEN:
-        return _requant_loop_f64(srcf, dst, rq, c0, cstep, HALF_EVEN)
-    if rq.code == TFLITE_DOUBLE:
-        return _requant_loop_f64(srcf, dst, rq, c0, cstep, TFLITE_DOUBLE)
-    return _requant_loop_f64(srcf, dst, rq, c0, cstep, HALF_AWAY)
+    return _requant_loop_f64(srcf, dst, rq, c0, cstep, TFLITE_DOUBLE)
 
 
 @numba.njit(parallel=True, cache=True)

@@ -802,8 +802,6 @@ def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq
                 smw[j] += rw[j]
         for j in range(q):
             sm[j] += ri[j]
-        # requantized in float64 lanes where that is exact (`requant_span_f64`), else int64
-        fdone = False
         if raw:
             for o in range(o_n):
                 mn32[o] = min(mn32[o], ri[o])
@@ -811,10 +809,6 @@ def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq
             if f64:
                 for o in range(o_n):
                     accf[o] = np.float64(ri[o]) + bf[o]
-                fdone = requant_span_f64(accf, out[m], rq, 0, 1)
-            if not fdone:
-                for o in range(o_n):
-                    acc[o] = np.int64(ri[o]) + bias[o]
         elif wrap_bits <= 32:  # the wrapped values fit int32: their extremes in int32 lanes
             for o in range(o_n):
                 w32 = np.int32(wrap(np.int64(ri[o]) + bias[o], wrap_bits))
@@ -822,8 +816,6 @@ def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq
                 accf[o] = w32
                 mn32[o] = min(mn32[o], w32)
                 mx32[o] = max(mx32[o], w32)
-            if f64:
-                fdone = requant_span_f64(accf, out[m], rq, 0, 1)
         else:
             for o in range(o_n):
                 acc[o] = wrap(np.int64(ri[o]) + bias[o], wrap_bits)
@@ -846,13 +838,18 @@ def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq
                 flag = (na > acc_bits) | (pe_risk & (npe > pe_bits))
                 mnu32[o] = min(mnu32[o], _I32_MAX if flag else ri[o])
                 mxu32[o] = max(mxu32[o], _I32_MIN if flag else ri[o])
-        if do_rq:
-            if not fdone:
+        # requantized in float64 lanes where that is exact (`requant_span_f64`; one call site:
+        # each inlined copy costs compile time), else by the int64 rule
+        if not (f64 and wrap_bits <= 32 and requant_span_f64(accf, out[m], rq, 0, 1)):
+            if raw:
+                for o in range(o_n):
+                    acc[o] = np.int64(ri[o]) + bias[o]
+            if do_rq:
                 requant_span(acc, out[m], rq, 0, 1)
-        else:
-            dst = out[m]
-            for o in range(o_n):
-                dst[o] = acc[o]
+            else:
+                dst = out[m]
+                for o in range(o_n):
+                    dst[o] = acc[o]
     mnu = np.full(o_n, _I64_MAX, np.int64)
     mxu = np.full(o_n, _I64_MIN, np.int64)
     for o in range(o_n):
