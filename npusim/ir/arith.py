@@ -281,15 +281,11 @@ def requant_params(m0, n, mf, scale_float: bool, code: int, mbits: int, zp: int,
     Python scalars (so every layer shares one compiled kernel signature)."""
     m0 = np.ascontiguousarray(np.atleast_1d(m0), np.int64)
     n = np.ascontiguousarray(np.atleast_1d(n), np.int64)
-    # the float path's shifts: TFLite's double rounding shifts left by b1 - n before its
-    # high multiply and right by n - b1 after it; the single roundings shift by n
-    e = (int(mbits) - 1) - n if code == TFLITE_DOUBLE else -n
-    left, right = np.maximum(e, 0), np.maximum(-e, 0)
-    # the two roundings programs use by default (`RequantSpec`: half_up; half_away in fixed
-    # mode is TFLite's): every other code would be one more inlined loop per kernel
-    f64 = bool(not scale_float and code in (HALF_UP, TFLITE_DOUBLE) and len(m0)
-               and m0.min() >= 0 and right.max() <= _F64_SHIFT_MAX
-               and left.max() <= _F64_SHIFT_MAX and mbits <= 53)
+    # the float path (`requant_span_f64`) takes half_up, the default rounding: each rounding it
+    # took would be one more inlined loop in every kernel that requantizes (compile time)
+    left, right = np.maximum(-n, 0), np.maximum(n, 0)
+    f64 = bool(not scale_float and code == HALF_UP and len(m0) and m0.min() >= 0
+               and right.max() <= _F64_SHIFT_MAX and left.max() <= _F64_SHIFT_MAX)
     km = m0 * np.exp2(left) if f64 else np.zeros(len(m0))
     sc = np.exp2(-right) if f64 else np.zeros(len(m0))
     return RequantParams(m0, n, np.ascontiguousarray(np.atleast_1d(mf), np.float32),
@@ -329,52 +325,26 @@ _F64_EXACT_PRODUCT = 2.0 ** 52
 
 
 @numba.njit(inline="always")
-def _round_f64(v, code):
-    """`v` (an exact float64) rounded to an integer: ties up (HALF_UP) or away from zero."""
-    if code == HALF_UP:
-        return np.floor(v + 0.5)
-    t = np.floor(abs(v) + 0.5)
-    return t if v >= 0 else -t
+def requant_span_f64(srcf, dst, rq, c0, cstep):
+    """`requant_span` on accumulators given as float64 `srcf` (integers below 2^53) in float64
+    lanes (4 per AVX2 vector, where int64 has no vector multiply or arithmetic shift); only
+    for a record with ``rq.f64`` (half_up, the default rounding). Returns False, with `dst`
+    unfinished, when some product ``|acc * m0 * 2^left|`` reaches 2^52: then call
+    `requant_span`.
 
-
-@numba.njit(inline="always")
-def _requant_loop_f64(srcf, dst, rq, c0, cstep, code):
+    Exact, not approximate: below 2^52 the product is an exact float64 integer (and the float
+    product of a larger one is >= 2^52, so the test cannot miss); a power-of-two factor keeps
+    it exact (right shifts <= 52: no underflow); adding 1/2 to such a value stays exact (the
+    sum's bits span at most 53 places); floor of an exact value is the integer rule's own
+    result; the zero point and clamp act on small integers."""
     bad = False
-    b1 = np.float64(rq.mbits - 1)
-    down = 2.0 ** -b1
-    nudge = 2.0 ** (b1 - 1.0)
     zp, lo, hi = np.float64(rq.zp), np.float64(rq.lo), np.float64(rq.hi)
     for j in range(srcf.shape[0]):
         c = c0 + j * cstep
         p = srcf[j] * rq.km[c]
         bad |= abs(p) >= _F64_EXACT_PRODUCT
-        if code == TFLITE_DOUBLE:  # SRDHM: (p + nudge) / 2^b1 toward zero, then a rounding
-            # right shift half away from zero
-            y = _round_f64(np.trunc((p + (nudge if p >= 0 else 1.0 - nudge)) * down) * rq.sc[c],
-                           HALF_AWAY)
-        else:
-            y = _round_f64(p * rq.sc[c], code)
-        dst[j] = min(max(y + zp, lo), hi)
+        dst[j] = min(max(np.floor(p * rq.sc[c] + 0.5) + zp, lo), hi)
     return not bad
-
-
-@numba.njit(inline="always")
-def requant_span_f64(srcf, dst, rq, c0, cstep):
-    """`requant_span` on accumulators given as float64 `srcf` (integers below 2^53) in float64
-    lanes (4 per AVX2 vector, where int64 has no vector multiply or arithmetic shift); only
-    for a record with ``rq.f64`` (half_up or TFLite double rounding). Returns False, with
-    `dst` unfinished, when some product ``|acc * m0 * 2^left|`` reaches 2^52: then call
-    `requant_span`.
-
-    Exact, not approximate: below 2^52 the product is an exact float64 integer (and the float
-    product of a larger one is >= 2^52, so the test cannot miss); a power-of-two factor keeps
-    it exact (right shifts <= 52: no underflow); adding 1/2 or TFLite's nudge to such a value
-    stays exact (the sum's bits span at most 53 places); floor and trunc of an exact
-    value are the integer rules' own results; the zero point and clamp act on small
-    integers."""
-    if rq.code == HALF_UP:
-        return _requant_loop_f64(srcf, dst, rq, c0, cstep, HALF_UP)
-    return _requant_loop_f64(srcf, dst, rq, c0, cstep, TFLITE_DOUBLE)
 
 
 @numba.njit(parallel=True, cache=True)

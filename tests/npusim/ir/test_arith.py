@@ -153,36 +153,22 @@ def _span_f64(srcf, dst, rq):
     return A.requant_span_f64(srcf, dst, rq, 0, 1)
 
 
-_F64_CODES = {"tflite_double": A.TFLITE_DOUBLE, "half_up": A.HALF_UP}  # the two it takes
-
-
-def _oracle(acc: int, m0: int, n: int, code: str, mbits: int) -> int:
-    if code == "tflite_double":
-        return naive.requant_fixed(acc, m0, n, "half_away", mbits)
-    return naive.round_shift(acc * m0, n, code)
-
-
 @st.composite
 def f64_span_case(draw):
-    code = draw(st.sampled_from(sorted(_F64_CODES)))
     mbits = draw(st.sampled_from([2, 8, 16, 24, 32]))
     o = draw(st.integers(1, 6))
     mmax = (1 << (mbits - 1)) - 1
     m0s = draw(st.lists(st.one_of(st.integers(0, mmax), st.sampled_from(
         sorted({1, mmax, max(mmax // 2, 1), 1 << max(mbits - 3, 0)}))), min_size=o, max_size=o))
-    lo_n = 0 if code == "tflite_double" else -8  # pow2 multipliers shift left (n < 0)
-    # shifts near the multiplier's width make ties (and TFLite's nudge) matter
-    ns = draw(st.lists(st.one_of(st.integers(lo_n, 62), st.integers(max(mbits - 3, lo_n),
-                                                                      mbits + 2)),
+    # pow2 multipliers shift left (n < 0); shifts near the multiplier's width
+    ns = draw(st.lists(st.one_of(st.integers(-8, 62), st.integers(mbits - 3, mbits + 2)),
                        min_size=o, max_size=o))
     accs = []
     for j in range(o):
-        left = max((mbits - 1) - ns[j], 0) if code == "tflite_double" else max(-ns[j], 0)
-        km = m0s[j] << left
+        km = m0s[j] << max(-ns[j], 0)
         edge = (1 << 52) // km if km else 0  # products at the float path's limit
-        # a tie of the first rounding: acc * km an odd multiple of half its divisor
-        div = mbits - 1 if code == "tflite_double" else ns[j]
-        tie = div - 1 - ((km & -km).bit_length() - 1) if km else -1
+        # a tie: acc * km an odd multiple of half the divisor 2^n
+        tie = ns[j] - 1 - ((km & -km).bit_length() - 1) if km else -1
         accs.append(draw(st.one_of(
             st.integers(-(1 << 24), 1 << 24), st.integers(-64, 64),
             st.integers(-8, 7).map(lambda k, t=max(tie, 0): (2 * k + 1) << t),
@@ -191,7 +177,7 @@ def f64_span_case(draw):
     wide = draw(st.booleans())
     zp = draw(st.integers(-128, 127))
     lo, hi = (-(1 << 60), 1 << 60) if wide else (-128, 127)
-    return code, mbits, m0s, ns, accs, zp, lo, hi
+    return mbits, m0s, ns, accs, zp, lo, hi
 
 
 @settings(max_examples=400, deadline=None)
@@ -200,34 +186,29 @@ def test_float64_requant_path_is_exact_or_declines(case):
     """`requant_span_f64` equals the exact rational rule (Fraction oracle) on every value,
     ties and products next to its 2^52 limit included, or declines (returns False) exactly
     when some product reaches the limit."""
-    code, mbits, m0s, ns, accs, zp, lo, hi = case
+    mbits, m0s, ns, accs, zp, lo, hi = case
     accs = [max(min(a, (1 << 53) - 1), -(1 << 53) + 1) for a in accs]  # integers of float64
-    rq = A.requant_params(np.array(m0s), np.array(ns), np.zeros(len(m0s)), False,
-                          _F64_CODES[code], mbits, zp, lo, hi)
-    right = [(n - (mbits - 1) if code == "tflite_double" else n) for n in ns]
-    assert rq.f64 == (max(right) <= 52 and min(right) >= -52)
+    rq = A.requant_params(np.array(m0s), np.array(ns), np.zeros(len(m0s)), False, A.HALF_UP,
+                          mbits, zp, lo, hi)
+    assert rq.f64 == (max(ns) <= 52 and min(ns) >= -52)
     assume(rq.f64)
     dst = np.zeros(len(accs), np.int64)
     done = _span_f64(np.array(accs, np.float64), dst, rq)
-    lefts = [max(-r, 0) for r in right]
-    products = [abs(a * (m << s)) for a, m, s in zip(accs, m0s, lefts)]
+    products = [abs(a * (m << max(-n, 0))) for a, m, n in zip(accs, m0s, ns)]
     assert done == (max(products) < 1 << 52)
     if done:
-        expect = [min(max(_oracle(a, m, n, code, mbits) + zp, lo), hi)
+        expect = [min(max(naive.round_shift(a * m, n, "half_up") + zp, lo), hi)
                   for a, m, n in zip(accs, m0s, ns)]
         assert dst.tolist() == expect
 
 
 def test_float64_requant_path_ties_and_limits():
-    """Worked cases: ties at both signs, TFLite's nudge (-1/2 rounds to 0 in its high multiply),
-    and the path declining past 2^52 (or for roundings it does not take)."""
-    for code, acc, expect in [("half_up", 3, 2), ("half_up", -3, -1), ("tflite_double", 3, 2),
-                              ("tflite_double", -3, -1), ("tflite_double", -1, 0)]:
-        n = 31 if code == "tflite_double" else 1  # x * 1/2: every odd x is a tie
-        m0 = 1 << 30 if code == "tflite_double" else 1
-        rq = A.requant_params(m0, n, 0.0, False, _F64_CODES[code], 32, 0, -100, 100)
+    """Worked cases: ties at both signs, and the path declining past 2^52 (or for roundings
+    it does not take)."""
+    for acc, expect in [(3, 2), (-3, -1), (1, 1), (-1, 0)]:  # x/2: every odd x is a tie
+        rq = A.requant_params(1, 1, 0.0, False, A.HALF_UP, 32, 0, -100, 100)
         dst = np.zeros(1, np.int64)
-        assert _span_f64(np.array([acc], np.float64), dst, rq) and dst[0] == expect, code
+        assert _span_f64(np.array([acc], np.float64), dst, rq) and dst[0] == expect, acc
     rq = A.requant_params(1 << 30, 40, 0.0, False, A.HALF_UP, 32, 0, -(1 << 40), 1 << 40)
     dst = np.zeros(2, np.int64)
     assert _span_f64(np.array([(1 << 22) - 1, 5], np.float64), dst[:2], rq._replace(
@@ -236,5 +217,5 @@ def test_float64_requant_path_ties_and_limits():
         km=np.full(2, rq.km[0]), sc=np.full(2, rq.sc[0])))
     assert not A.requant_params(1, 53, 0.0, False, A.HALF_UP, 32, 0, 0, 1).f64  # shift > 52
     assert not A.requant_params(1, 3, 1.0, True, A.HALF_UP, 32, 0, 0, 1).f64  # float scales
-    for code in (A.HALF_EVEN, A.HALF_AWAY):  # the int64 rule only
+    for code in (A.HALF_EVEN, A.HALF_AWAY, A.TFLITE_DOUBLE):  # the int64 rule only
         assert not A.requant_params(1, 3, 0.0, False, code, 32, 0, 0, 1).f64
