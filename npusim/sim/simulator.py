@@ -60,7 +60,7 @@ class SimulationError(UserError):
 @dataclass
 class SimResult:
     """What a simulation produced: the program's outputs, the per-layer statistics table
-    `stats` (built when first read, from `make_stats`: at batch 1 the table costs ~15 % of a
+    `stats` (built when first read, from `make_stats`: at batch 1 the table costs ~12 % of a
     ResNet-20 run that nobody may read) and, with ``trace``, every node's output."""
 
     outputs: dict[str, np.ndarray]
