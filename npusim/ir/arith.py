@@ -272,7 +272,10 @@ class RequantParams(NamedTuple):
     f64: bool
 
 
-_F64_SHIFT_MAX = 52  # the float64 path's right shifts (see `requant_span_f64`)
+_F64_SHIFT_MAX = 52  # the float64 path's shifts, either way (see `requant_span_f64`)
+# `km`, `sc` of a record the float64 path does not take (writeable, as every record's arrays
+# are: a read-only array would be another numba type, so another compiled kernel)
+_NO_F64 = np.zeros(0, np.float64)
 
 
 def requant_params(m0, n, mf, scale_float: bool, code: int, mbits: int, zp: int, lo: int,
@@ -283,15 +286,15 @@ def requant_params(m0, n, mf, scale_float: bool, code: int, mbits: int, zp: int,
     n = np.ascontiguousarray(np.atleast_1d(n), np.int64)
     # the float path (`requant_span_f64`) takes half_up, the default rounding: each rounding it
     # took would be one more inlined loop in every kernel that requantizes (compile time)
-    left, right = np.maximum(-n, 0), np.maximum(n, 0)
-    f64 = bool(not scale_float and code == HALF_UP and len(m0) and m0.min() >= 0
-               and right.max() <= _F64_SHIFT_MAX and left.max() <= _F64_SHIFT_MAX)
-    km = m0 * np.exp2(left) if f64 else np.zeros(len(m0))
-    sc = np.exp2(-right) if f64 else np.zeros(len(m0))
+    f64 = bool(not scale_float and code == HALF_UP and m0.size and m0.min() >= 0
+               and np.abs(n).max() <= _F64_SHIFT_MAX)
+    km = sc = _NO_F64  # read only where `f64`
+    if f64:  # exact: m0 < 2^53 times a power of two, shifts of at most 52 places
+        km = np.ldexp(m0.astype(np.float64), np.maximum(-n, 0))
+        sc = np.ldexp(1.0, -np.maximum(n, 0))
     return RequantParams(m0, n, np.ascontiguousarray(np.atleast_1d(mf), np.float32),
                          bool(scale_float), int(code), int(mbits), int(zp), int(lo), int(hi),
-                         np.ascontiguousarray(km, np.float64), np.ascontiguousarray(sc, np.float64),
-                         f64)
+                         km, sc, f64)
 
 
 @numba.njit(inline="always")

@@ -75,7 +75,8 @@ class Requant:
     def key(self) -> tuple:
         """Equal for requantizations that give equal outputs."""
         r = self.rec
-        return (r.m0.tobytes(), r.n.tobytes(), r.mf.tobytes(), *r[3:9])
+        return (r.m0.tobytes(), r.n.tobytes(), r.mf.tobytes(), r.scale_float, r.code, r.mbits,
+                r.zp, r.lo, r.hi)  # `km`, `sc`, `f64` derive from these
 
     @property
     def dtype(self) -> np.dtype:

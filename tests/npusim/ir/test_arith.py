@@ -209,12 +209,11 @@ def test_float64_requant_path_ties_and_limits():
         rq = A.requant_params(1, 1, 0.0, False, A.HALF_UP, 32, 0, -100, 100)
         dst = np.zeros(1, np.int64)
         assert _span_f64(np.array([acc], np.float64), dst, rq) and dst[0] == expect, acc
-    rq = A.requant_params(1 << 30, 40, 0.0, False, A.HALF_UP, 32, 0, -(1 << 40), 1 << 40)
+    rq = A.requant_params(np.full(2, 1 << 30), np.full(2, 40), np.zeros(2), False, A.HALF_UP, 32,
+                          0, -(1 << 40), 1 << 40)
     dst = np.zeros(2, np.int64)
-    assert _span_f64(np.array([(1 << 22) - 1, 5], np.float64), dst[:2], rq._replace(
-        km=np.full(2, rq.km[0]), sc=np.full(2, rq.sc[0])))
-    assert not _span_f64(np.array([1 << 22, 5], np.float64), dst, rq._replace(
-        km=np.full(2, rq.km[0]), sc=np.full(2, rq.sc[0])))
+    assert _span_f64(np.array([(1 << 22) - 1, 5], np.float64), dst, rq)
+    assert not _span_f64(np.array([1 << 22, 5], np.float64), dst, rq)
     assert not A.requant_params(1, 53, 0.0, False, A.HALF_UP, 32, 0, 0, 1).f64  # shift > 52
     assert not A.requant_params(1, 3, 1.0, True, A.HALF_UP, 32, 0, 0, 1).f64  # float scales
     for code in (A.HALF_EVEN, A.HALF_AWAY, A.TFLITE_DOUBLE):  # the int64 rule only
