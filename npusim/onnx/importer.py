@@ -27,6 +27,10 @@ and up, the default) fuses into QLinearAveragePool; with optimizations off ORT r
 pooling and QuantizeLinear instead, which can differ by one.
 On CPUs without VNNI, ORT's u8s8 kernels saturate pairs of products to int16 unless the
 weights are 7-bit (``reduce_range=True`` when quantizing): that is ORT's error, not ours.
+On x86, ORT fuses QDQ groups with int8 (signed) activations into its integer kernels only
+with the session option ``session.qdqisint8allowed=1`` (its default on ARM only); otherwise it
+runs them as DequantizeLinear, a float Conv/Gemm/Concat and QuantizeLinear, whose float sums
+can round a tie the other way than the exact integer arithmetic this program follows.
 """
 
 from __future__ import annotations
