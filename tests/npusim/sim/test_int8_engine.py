@@ -481,14 +481,17 @@ def test_probe_reports_a_broken_private_op(monkeypatch):
 
 @settings(max_examples=150, deadline=None)
 @given(st.integers(1, 3), st.integers(1, 7), st.integers(1, 4), st.integers(1, 3),
-       st.sampled_from(["exact", "risk", "risk_pe", "wrap"]), st.sampled_from([8, 16, 20, 40]),
+       st.sampled_from(["exact", "signs", "risk", "risk_pe", "wrap"]),
+       st.sampled_from([8, 16, 20, 40]),
        st.sampled_from(["half_up", "half_away", "half_even"]), st.data())
 def test_epilogue_kernel_equals_a_walk_over_every_output(n, pixels, o_n, nch, case, bits,
                                                           rounding, data):
     """`kernels.gemm_epilogue_kernel` against Python integers: accumulators (wrapped where
     asked) requantized, the bits each output's bounds need (float64 lanes in the kernel), the
     extremes of all and of the unflagged accumulators, and the check's column sums (per
-    chunk weighted 1..nch), on sums up to 2^24 and biases up to 2^52."""
+    chunk weighted 1..nch), on sums up to 2^24 and biases up to 2^52. "signs": the sign
+    columns of a plan shared with a risky configuration, read by a configuration without risk
+    (only the check's sums take them)."""
     from npusim.ir import arith
     from npusim.sim import kernels as K
     from npusim.sim.accumulate import Requant
@@ -496,7 +499,8 @@ def test_epilogue_kernel_equals_a_walk_over_every_output(n, pixels, o_n, nch, ca
     risk = case.startswith("risk")
     pe_risk = case == "risk_pe"
     wrap_bits = bits if case == "wrap" else 0
-    q = 2 * o_n if risk else o_n
+    signs = risk or case == "signs"
+    q = 2 * o_n if signs else o_n
     rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
     lim = (1 << 24) - 1  # |chunk sum| of every chunk together below 2^24, as the engine's bound
     per = lim // nch
@@ -508,7 +512,7 @@ def test_epilogue_kernel_equals_a_walk_over_every_output(n, pixels, o_n, nch, ca
 
     for c in range(nch):
         pos = draw_sums()
-        if risk:  # output = pos - neg, both in [0, per]
+        if signs:  # output = pos - neg, both in [0, per]
             neg = draw_sums()
             g[:, c * q:c * q + o_n] = pos - neg
             g[:, c * q + o_n:(c + 1) * q] = pos
