@@ -80,11 +80,9 @@ def quantize(float_path: Path, out_path: Path, shape, fmt: str = "qdq", per_chan
 
 
 def session(model) -> ort.InferenceSession:
-    """An ORT session on one thread that runs QDQ groups as ORT's integer kernels: on x86 ORT
-    fuses QDQ groups with int8 (signed) activations only with ``session.qdqisint8allowed``
-    (default on ARM only), else it runs DequantizeLinear -> float Conv/Gemm/Concat ->
-    QuantizeLinear, whose float sums can round a tie the other way (seen on an AVX-512 VNNI
-    CPU: 83.49999 against the exact 83.50000018)."""
+    """An ORT session on one thread that runs QDQ groups with int8 activations as ORT's
+    integer kernels, not as float ops (``session.qdqisint8allowed``: see
+    `npusim.onnx.importer`'s docstring)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.add_session_config_entry("session.qdqisint8allowed", "1")
