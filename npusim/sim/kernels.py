@@ -359,6 +359,23 @@ def chunk_reduce_kernel(gc, n, nch, q, g, sums):
             sums[b, c] = sm[c]
 
 
+@numba.njit(inline="always")
+def _patch(x, b, oy, ox, cg, kh, kw, stride, pad, zp_x, H, W, patch):
+    """The products' input operands of output pixel (b, oy, ox) in the k order (c, i, j):
+    ``x - zp_x`` of channels-last `x`, 0 in the padding."""
+    k = 0
+    for c in range(cg):
+        for i in range(kh):
+            iy = oy * stride + i - pad
+            for j in range(kw):
+                ix = ox * stride + j - pad
+                if iy < 0 or iy >= H or ix < 0 or ix >= W:
+                    patch[k] = 0
+                else:
+                    patch[k] = np.int64(x[b, iy, ix, c]) - zp_x
+                k += 1
+
+
 @numba.njit(parallel=True, cache=True)
 def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, gc, size,
                        vals, events, chunks):
@@ -370,9 +387,10 @@ def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, 
     chunk lies in [s + neg, s + pos] (s: the held value at its start) and every pe-level chunk
     sum in [neg, pos]: where both fit their levels no addition can overflow, and the held
     value becomes s + sum exactly (wrap and saturate alike); elsewhere the chunk is walked
-    product by product with `_level_add`: output by output where few fail, else every
-    output of the pixel at once (vectorized; an output whose screen passed gets the same
-    value and no event that way). Channels-last `x` (N, H, W, C), padding at zp_x; the
+    product by product: one failing output alone with `_level_add`; a few gathered into
+    SIMD lanes of their own; from O / 8, every output of the pixel at once (an output whose
+    screen passed gets the same value and no event that way). The pixel's input patch is
+    gathered only once some chunk of it needs a walk. Channels-last `x` (N, H, W, C), padding at zp_x; the
     weights in the k order as `wl` (O, K) and `wt` (K, O). Out: `vals` (len(pix), O) int64, `events`
     (len(pix), 2) (pe, acc) and `chunks` (len(pix), 2) (screened, walked) per pixel."""
     H, W = x.shape[1], x.shape[2]
@@ -398,23 +416,19 @@ def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, 
         oy = r // wo
         ox = r - oy * wo
         patch = np.empty(K, np.int64)
-        k = 0
-        for c in range(cg):
-            for i in range(kh):
-                iy = oy * stride + i - pad
-                for j in range(kw):
-                    ix = ox * stride + j - pad
-                    if iy < 0 or iy >= H or ix < 0 or ix >= W:
-                        patch[k] = 0
-                    else:
-                        patch[k] = np.int64(x[b, iy, ix, c]) - zp_x
-                    k += 1
+        have_patch = False  # built when a chunk first needs a walk (most pixels need none)
         row = gc[m]
         acc = np.empty(O, np.int64)
         ok = np.empty(O, np.bool_)
         psv = np.empty(O, np.int64)
         cp = np.zeros(O, np.int64)
         ca = np.zeros(O, np.int64)
+        idx = np.empty(O, np.int64)  # the failing outputs of a chunk (the compact walk)
+        hc = np.empty(O, np.int32)  # their held values, pe chunk sums, event counts
+        pc = np.empty(O, np.int32)
+        cpc = np.empty(O, np.int32)
+        cac = np.empty(O, np.int32)
+        wc = np.empty(O, np.int32)
         pe_ev = 0
         acc_ev = 0
         for o in range(O):  # the bias preload at the acc level, from 0
@@ -437,6 +451,9 @@ def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, 
             walked += nfail
             if nfail == 0:
                 continue
+            if not have_patch:
+                _patch(x, b, oy, ox, cg, kh, kw, stride, pad, zp_x, H, W, patch)
+                have_patch = True
             k0 = jc * size
             k1 = min(K, k0 + size)
             # many: walk every output of the pixel from the chunk's start (vectorized, zero
@@ -458,6 +475,42 @@ def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, 
                         if skip0 and patch[k] == 0:
                             continue
                         _walk_products(acc, ca, wt[k], patch[k], O, acc_bits, acc_mode)
+                continue
+            if vec and nfail > 1:
+                # a few: the failing outputs gathered into lanes of their own and walked
+                # together (int32 lanes, as above), instead of one dependent chain each
+                nf = 0
+                for o in range(O):
+                    if not ok[o]:
+                        idx[nf] = o
+                        hc[nf] = np.int32(acc[o])
+                        cpc[nf] = 0
+                        cac[nf] = 0
+                        nf += 1
+                if ws:
+                    for c0 in range(k0, k1, rows):
+                        pc[:nf] = 0
+                        for k in range(c0, min(k1, c0 + rows)):
+                            if skip0 and patch[k] == 0:
+                                continue
+                            wk = wt[k]
+                            for f in range(nf):
+                                wc[f] = wk[idx[f]]
+                            _walk_products(pc, cpc, wc, patch[k], nf, pe_bits, pe_mode)
+                        _walk_add(hc, cac, pc, nf, acc_bits, acc_mode)
+                else:
+                    for k in range(k0, k1):
+                        if skip0 and patch[k] == 0:
+                            continue
+                        wk = wt[k]
+                        for f in range(nf):
+                            wc[f] = wk[idx[f]]
+                        _walk_products(hc, cac, wc, patch[k], nf, acc_bits, acc_mode)
+                for f in range(nf):
+                    o = idx[f]
+                    acc[o] = hc[f]
+                    cp[o] += cpc[f]
+                    ca[o] += cac[f]
                 continue
             for o in range(O):
                 if ok[o]:

@@ -56,11 +56,12 @@ def chunk_table(pt, wm, size):
 
 
 @st.composite
-def layer(draw):
+def layer(draw, few: bool = False):
     """A small conv at extreme operands (signed or zero-point-shifted inputs): narrow
-    accumulators overflow often."""
+    accumulators overflow often. With 40 outputs only a few (`few`: 2-5, the kernel's
+    compact walk) or some have large weights, so 1, a few or many fail their screens."""
     cg = draw(st.integers(1, 6))
-    o = draw(st.sampled_from([1, 3, 8]))
+    o = 40 if few else draw(st.sampled_from([1, 3, 8, 40]))
     k = draw(st.sampled_from([1, 2, 3]))
     stride = draw(st.integers(1, 2))
     pad = draw(st.integers(0, k // 2 + (k == 2)))
@@ -72,6 +73,10 @@ def layer(draw):
     lo, hi = (-128, 127) if x_signed else (0, 255)
     x = rng.choice([lo, hi, zp, rng.integers(lo, hi + 1)], size=(n, h, wd, cg))
     w = rng.choice([-127, 127, 0, 1, -1, 60], size=(o, cg, k, k)).astype(np.int64)
+    if o == 40:
+        hot = draw(st.integers(2, 5) if few else st.integers(1, 12))
+        w[hot:] = rng.choice([-1, 0, 1], size=(o - hot, cg, k, k))
+        w = w[rng.permutation(o)]
     bias = rng.integers(-5000, 5000, size=o)
     prod_bits = max(hi - zp, zp - lo).bit_length() + 8
     return dict(x=x.astype(np.int16), w=w, bias=bias, stride=stride, pad=pad, zp=zp,
@@ -87,6 +92,23 @@ def test_screen_kernel_equals_one_output_kernel(case, order, rows, per, pe_mode,
     """Chunks of ``rows * per`` products (whole pe chunks; the last one partial where K is
     not a multiple): values and event totals of every channel of a random subset of pixels
     against `conv_points_kernel`."""
+    check_screen(case, order, rows, per, pe_mode, acc_mode, dpe, dacc, frac, seed)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layer(few=True), st.sampled_from(["os", "ws"]), st.integers(2, 6), st.integers(1, 4),
+       st.sampled_from(MODES[1:]), st.sampled_from(MODES[1:]), st.integers(0, 3),
+       st.integers(0, 3), st.integers(0, 2 ** 32 - 1))
+def test_screen_kernel_walks_a_few_failing_outputs_together(case, order, rows, per, pe_mode,
+                                                            acc_mode, dpe, dacc, seed):
+    """The compact walk (a few failing outputs gathered into lanes of their own), wrap and
+    saturate at both levels: as above."""
+    check_screen(case, order, rows, per, pe_mode, acc_mode, dpe, dacc, 1.0, seed)
+
+
+def check_screen(case, order, rows, per, pe_mode, acc_mode, dpe, dacc, frac, seed):
+    """`screen_walk_kernel` on `case` against `conv_points_kernel`: values, event totals and
+    chunk counts of every channel of a random subset (`frac`) of pixels."""
     x, w, bias, s, pad, zp = (case[k] for k in ("x", "w", "bias", "stride", "pad", "zp"))
     n, h, wd, _ = x.shape
     o, cg, kh, kw = w.shape
