@@ -160,6 +160,11 @@ _EPILOGUE_BIAS = 1 << 52  # the epilogue's float64 bound lanes are exact below t
 # layer's outputs are flagged; below that the flagged outputs are walked whole. An estimate
 # (walking a product costs ~30-50x a product of the int8 conv here), not a measured optimum.
 _CHUNKS_PAY = 32
+# Up to O / 32 flagged outputs per pixel are walked one by one (`_walk_points`, ~2-3 ns per
+# product, one dependent chain each), more as every channel of their pixels in SIMD lanes
+# (`_simulate_pixels`, ~3 ns per product and 16-32 lanes; ResNet-18 at 16 bits flagged
+# 1-2 of 128 per pixel in layer2, walked in 2-3 ms per layer that way)
+_ONE_BY_ONE = 32
 
 
 def _bias_fits(bias: np.ndarray) -> bool:
@@ -366,6 +371,15 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
 _NONE_FLAGGED = (np.zeros(0, np.int64), 0)
 
 
+def _flagged_outputs(e: _Shared, lv, pe_risk, pix) -> tuple[np.ndarray, np.ndarray]:
+    """(rows m, channels) of the flagged outputs in the rows `pix` (`_flagged`'s)."""
+    mask = e.need_acc[pix] > lv.acc_bits
+    if pe_risk:
+        mask |= e.need_pe[pix] > lv.pe_bits
+    r, c = np.nonzero(mask)
+    return pix[r], c
+
+
 def _flagged(e: _Shared, lv, pe_risk) -> tuple[np.ndarray, int]:
     """(the rows m = (n, pixel) with an output whose bound leaves this NPU's widths, the
     number of such outputs)."""
@@ -422,12 +436,17 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
         out, st.acc_min, st.acc_max = hit
         return out, st
     pix, st.sequential_outputs = flat
-    # every output of the flagged pixels (the others equal their exact sums, events none)
+    # the flagged outputs, or every output of their pixels (the others equal their exact
+    # sums, events none)
+    at = None
     gc = None if cp is None else e.chunk_g.get(cp.size)
     if cp is not None and screen.fits(cp, n, pixels) and (gc is not None or many):
         if gc is None:  # an entry made without chunks (a quiet last batch, another config)
             gc = e.chunk_g[cp.size] = screen.chunk_sums(x, cp, out_hw)[0]
         vals = screen.screened_pixels(x, cp, gc, bias, lv, pix, st, out_hw)
+    elif flat[1] * _ONE_BY_ONE <= len(pix) * o:  # a few per pixel: walked alone
+        at = _flagged_outputs(e, lv, pe_risk, pix)
+        vals = _walk_points(x, w, bias, stride, padding, groups, zp_x, lv, *at, st, out_hw)
     else:
         vals = _simulate_pixels(x, w, bias, stride, padding, groups, zp_x, lv, pix, st, out_hw)
     if not (st.pe_overflows or st.acc_overflows):
@@ -440,7 +459,10 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
     if out is None:  # the unflagged outputs' range at these widths: one epilogue pass
         out, mm, _ = _epilogue(e, bias, requant, lv, pe_risk, acc_risk, n, pixels)
     st.acc_min, st.acc_max = min(mm[2], int(vals.min())), max(mm[3], int(vals.max()))
-    out.reshape(-1, o)[pix] = vals if requant is None else requant.apply_channels_last(vals)
+    if at is not None:  # the flagged outputs alone
+        out.reshape(-1, o)[at] = vals if requant is None else requant.apply_points(vals, at[1])
+    else:  # every output of the flagged pixels
+        out.reshape(-1, o)[pix] = vals if requant is None else requant.apply_channels_last(vals)
     return out.reshape(n, ho, wo, o), st
 
 
@@ -569,22 +591,40 @@ def _simulate_pixels(x, w, bias, stride, padding, groups, zp_x, lv, pix, st,
     o, cg, kh, kw = w.shape
     lanes = _walk_lanes(x, w, bias, zp_x, lv)
     if lanes is None:
-        got = np.empty((len(pix), o), np.int64)
-        events = np.zeros((len(pix) * o, 2), np.int64)
-        b, p = np.divmod(np.repeat(pix, o), ho * wo)
-        points = np.stack([b, np.tile(np.arange(o), len(pix)), p // wo, p % wo], axis=1)
-        xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)
-        K.conv_points_kernel(_pad(xc, padding, zp_x), w, bias, stride, groups, zp_x, lv,
-                             points, got.reshape(-1), events)
+        return _walk_points(x, w, bias, stride, padding, groups, zp_x, lv, np.repeat(pix, o),
+                            np.tile(np.arange(o), len(pix)), st, out_hw).reshape(len(pix), o)
+    wt = w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)
+    if lanes is np.int16:  # scaled to the top of the lane (`kernels._walk16_add`)
+        wt = wt << (16 - (lv.pe_bits if lv.order != K.OS else lv.acc_bits))
+    wt = np.ascontiguousarray(wt, dtype=lanes)
+    got = np.empty((len(pix), o), np.int64)
+    events = np.zeros((len(pix), 2), np.int64)
+    K.conv_walk_kernel(np.ascontiguousarray(x), wt, np.asarray(bias, np.int64), kh, kw, stride,
+                       padding, zp_x, lv, pix, ho, wo, got, events)
+    st.pe_overflows = int(events[:, 0].sum())
+    st.acc_overflows = int(events[:, 1].sum())
+    return got
+
+
+def _walk_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
+                 out_hw) -> np.ndarray:
+    """Order-faithful accumulators of the outputs at output pixels `m` (flat (n, oy, ox)) and
+    channels `oc` of channels-last `x`, one by one (`kernels.conv_points_kernel`), their
+    events counted into `st`."""
+    ho, wo = out_hw
+    b, p = np.divmod(np.asarray(m, np.int64), ho * wo)
+    points = np.stack([b, np.asarray(oc, np.int64), p // wo, p % wo], axis=1)
+    got = np.empty(len(points), np.int64)
+    events = np.zeros((len(points), 2), np.int64)
+    info = np.iinfo(x.dtype)
+    if padding and info.min <= zp_x <= info.max:  # padded in x's own dtype, read as NCHW
+        pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+        xp = np.pad(x, pad, constant_values=zp_x).transpose(0, 3, 1, 2)
+    elif padding:
+        xp = _pad(np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64), padding, zp_x)
     else:
-        wt = w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)
-        if lanes is np.int16:  # scaled to the top of the lane (`kernels._walk16_add`)
-            wt = wt << (16 - (lv.pe_bits if lv.order != K.OS else lv.acc_bits))
-        wt = np.ascontiguousarray(wt, dtype=lanes)
-        got = np.empty((len(pix), o), np.int64)
-        events = np.zeros((len(pix), 2), np.int64)
-        K.conv_walk_kernel(np.ascontiguousarray(x), wt, np.asarray(bias, np.int64), kh, kw,
-                           stride, padding, zp_x, lv, pix, ho, wo, got, events)
+        xp = x.transpose(0, 3, 1, 2)
+    K.conv_points_kernel(xp, w, bias, stride, groups, zp_x, lv, points, got, events)
     st.pe_overflows = int(events[:, 0].sum())
     st.acc_overflows = int(events[:, 1].sum())
     return got

@@ -129,3 +129,34 @@ def test_simulator_wide_layer_equals_reference(dataflow, mode, bits):
     want, pe, acc = naive.conv2d_acc(x, w, bias, 1, 1, 1, 0, dataflow, 7, bits, mode, bits, mode)
     np.testing.assert_array_equal(fast.outputs["y"], want)
     assert row["acc_overflows"] == acc and (dataflow == "os" or row["pe_overflows"] == pe)
+
+
+@pytest.mark.parametrize("dataflow, mode, bits, padding", [("os", "wrap", 16, 1),
+                                                           ("ws", "saturate", 17, 0),
+                                                           ("os", "saturate", 16, 1)])
+def test_a_few_flagged_outputs_per_pixel_are_walked_alone(dataflow, mode, bits, padding):
+    """Two of 64 output channels with large weights: only they are flagged (fewer than
+    O / 32 per pixel), so they are walked one by one (`accumulate._walk_points`, on x padded
+    in its own dtype); outputs and statistics equal the reference engine's and the oracle's,
+    with overflows."""
+    rng = np.random.default_rng(bits + padding)
+    x = rng.integers(0, 256, size=(2, 8, 7, 7))
+    w = rng.choice([-1, 0, 1], size=(64, 8, 3, 3))
+    w[[5, 40]] = rng.choice([-127, 127, 90], size=(2, 8, 3, 3))
+    bias = rng.integers(-500, 500, size=64)
+    prog = conv_program(w, bias, x.shape[1:], padding=padding, requant=True)
+    cfg = NPUConfig.preset("edge16").with_overrides(
+        {"array.dataflow": dataflow, "array.rows": 8, "precision.acc_bits": bits,
+         "precision.pe_acc_bits": bits, "precision.overflow": mode})
+    fast = Simulator(cfg).run(prog, x)
+    ref = Simulator(cfg, engine="reference").run(prog, x)
+    np.testing.assert_array_equal(fast.outputs["y"], ref.outputs["y"])
+    cols = ["pe_overflows", "acc_overflows", "acc_min", "acc_max"]
+    assert fast.stats[cols].equals(ref.stats[cols])
+    row = fast.stats.iloc[0]
+    assert row["acc_overflows"] + row["pe_overflows"] > 0
+    assert 0 < row["sequential_outputs"] <= 2 * x.shape[2] * x.shape[3] * 2
+    ho = x.shape[2] + 2 * padding - 2
+    acc, pe, acc_ev = naive.conv2d_acc(x, w, bias, 1, padding, 1, 0, dataflow, 8, bits, mode,
+                                       bits, mode)
+    assert acc.shape[2] == ho and row["acc_overflows"] == acc_ev
