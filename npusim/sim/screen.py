@@ -51,14 +51,17 @@ class ChunkPlan:
     int64 and `wt` (K, O) int32. `flagged[0]`: whether the layer's last batch flagged many
     outputs (`accumulate._CHUNKS_PAY`; a mutable hint): the chunked conv runs up front only
     then; otherwise the cheaper sign-column conv runs, and the chunk sums are made only if a
-    batch flags many after all (a few flagged outputs are walked whole)."""
+    batch flags many after all (a few flagged outputs are walked alone). A layer's first batch
+    starts with the sign-column conv: a wrong guess costs that conv (2O columns) where many
+    are flagged, the other guess the chunked conv (nch x 2O columns) where few are (a sweep's
+    first batch, at widths just below the static bound, flags few)."""
 
     plan: Int8Conv
     size: int
     nch: int
     wl: np.ndarray
     wt: np.ndarray
-    flagged: np.ndarray = field(default_factory=lambda: np.ones(1, np.bool_))
+    flagged: np.ndarray = field(default_factory=lambda: np.zeros(1, np.bool_))
 
 
 def chunk_channels(cg: int, khw: int, lv: LevelSpec, limit: int = CHUNK_PRODUCTS,

@@ -276,17 +276,21 @@ def test_chunk_check_catches_wrong_chunk_sums(monkeypatch, caplog, how):
                 g[5, q + 1] += 1
         return res
 
-    monkeypatch.setattr(accumulate, "int8_conv", broken)
+    monkeypatch.setattr(accumulate, "int8_conv", broken)  # the chunked conv up front
+    monkeypatch.setattr(screen, "int8_conv", broken)  # or on demand (a layer's first batch)
     x, w, bias = wide_case(16)
     prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
     cfg = NPUConfig.preset("edge16").with_overrides(
         {"precision.acc_bits": 16, "precision.pe_acc_bits": 16, "precision.overflow": "wrap"})
-    with caplog.at_level("WARNING"):
-        fast = Simulator(cfg).run(prog, x)
-    assert "recomputed with the float engine" in caplog.text
+    sim = Simulator(cfg)
     ref = Simulator(cfg, engine="reference").run(prog, x)
-    np.testing.assert_array_equal(fast.outputs["y"], ref.outputs["y"])
-    assert fast.stats["acc_overflows"].equals(ref.stats["acc_overflows"])
+    for _ in range(2):  # chunk sums made on demand, then (the hint set) up front
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            fast = sim.run(prog, x)
+        assert "recomputed with the float engine" in caplog.text
+        np.testing.assert_array_equal(fast.outputs["y"], ref.outputs["y"])
+        assert fast.stats["acc_overflows"].equals(ref.stats["acc_overflows"])
 
 
 def test_run_many_shares_chunk_sums():
