@@ -132,21 +132,25 @@ def prepare_conv(engine: Engine, w: np.ndarray, bias: np.ndarray, stride: int, p
                  packed=None) -> Int8Conv | None:
     """The int8-engine preparation of a layer whose raw inputs lie in `x_range`, or None
     (`engine` does not use int8, or cannot prove this layer exact in it, or its epilogue's
-    float64 lanes cannot hold `bias` exactly: `_bias_fits`). `packed(signs, make)`, if given,
-    returns ``make()`` or a stored result of it for the same layer and `signs` (the weight
-    packing does not depend on the accumulator widths)."""
+    float64 lanes cannot hold `bias` exactly: `_bias_fits`). `packed(key, make)`, if given,
+    returns ``make()`` or a stored result of it for the same layer and `key` (the weight
+    packing does not depend on the accumulator widths, the chunked plan only on the
+    dataflow's order and rows; each preparation gets its own `ChunkPlan.flagged` hint)."""
     if not _bias_fits(bias):
         return None
     pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
     signs = (pe_risk or acc_risk) and _shortcut(lv, pe_risk, acc_risk, count_events) is None
 
-    def make() -> Int8Conv | None:
-        return engine.prepare_int8(w, stride, padding, groups, zp_x, x_range, signs)
-    prep = make() if packed is None else packed(signs, make)
+    def memo(key, make):
+        return make() if packed is None else packed(key, make)
+    prep = memo(signs, lambda: engine.prepare_int8(w, stride, padding, groups, zp_x, x_range,
+                                                   signs))
     if prep is not None and prep.signs:
-        cp = screen.prepare_chunks(prep, w, lv, x_range, engine.int8_kind)
+        cp = memo(("chunks", lv.order, lv.rows if lv.order != K.OS else 0),
+                  lambda: screen.prepare_chunks(prep, w, lv, x_range, engine.int8_kind))
         if cp is not None:
-            prep = dataclasses.replace(prep, chunks=cp)
+            hint = np.zeros(1, np.bool_)  # this preparation's own (`ChunkPlan.flagged`)
+            prep = dataclasses.replace(prep, chunks=dataclasses.replace(cp, flagged=hint))
     return prep
 
 

@@ -233,7 +233,7 @@ class Simulator:
             p.prep = prepare_conv(
                 self.engine, p.weight, p.bias, stride, pad, groups, xt.zero_point, xt.int_range(),
                 self._levels(prec), p.bound_l1, p.bound_l1_nobias, self.count_events,
-                packed=lambda signs, make: self._memo_get(("int8", node.name, signs), make))
+                packed=lambda key, make: self._memo_get(("int8", node.name, key), make))
 
     def _check_product_width(self, program: IntegerProgram, node: Node, rq: NodeRequant,
                              p: _Plan) -> None:
