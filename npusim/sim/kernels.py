@@ -390,9 +390,10 @@ def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, 
     product by product: one failing output alone with `_level_add`; a few gathered into
     SIMD lanes of their own; from O / 8, every output of the pixel at once (an output whose
     screen passed gets the same value and no event that way). The pixel's input patch is
-    gathered only once some chunk of it needs a walk. Channels-last `x` (N, H, W, C), padding at zp_x; the
-    weights in the k order as `wl` (O, K) and `wt` (K, O). Out: `vals` (len(pix), O) int64, `events`
-    (len(pix), 2) (pe, acc) and `chunks` (len(pix), 2) (screened, walked) per pixel."""
+    gathered only once some chunk of it needs a walk. Channels-last `x` (N, H, W, C),
+    padding at zp_x; the weights in the k order as `wl` (O, K) and `wt` (K, O). Out: `vals`
+    (len(pix), O) int64, `events` (len(pix), 2) (pe, acc) and `chunks` (len(pix), 2)
+    (screened, walked) per pixel."""
     H, W = x.shape[1], x.shape[2]
     O, K = wl.shape
     cg = K // (kh * kw)

@@ -137,8 +137,8 @@ def test_simulator_wide_layer_equals_reference(dataflow, mode, bits):
 def test_a_few_flagged_outputs_per_pixel_are_walked_alone(dataflow, mode, bits, padding):
     """Two of 64 output channels with large weights: only they are flagged (fewer than
     O / 32 per pixel), so they are walked one by one (`accumulate._walk_points`, on x padded
-    in its own dtype); outputs and statistics equal the reference engine's and the oracle's,
-    with overflows."""
+    in its own dtype); outputs and statistics equal the reference engine's, event counts the
+    oracle's, with overflows."""
     rng = np.random.default_rng(bits + padding)
     x = rng.integers(0, 256, size=(2, 8, 7, 7))
     w = rng.choice([-1, 0, 1], size=(64, 8, 3, 3))
@@ -156,7 +156,6 @@ def test_a_few_flagged_outputs_per_pixel_are_walked_alone(dataflow, mode, bits, 
     row = fast.stats.iloc[0]
     assert row["acc_overflows"] + row["pe_overflows"] > 0
     assert 0 < row["sequential_outputs"] <= 2 * x.shape[2] * x.shape[3] * 2
-    ho = x.shape[2] + 2 * padding - 2
-    acc, pe, acc_ev = naive.conv2d_acc(x, w, bias, 1, padding, 1, 0, dataflow, 8, bits, mode,
-                                       bits, mode)
-    assert acc.shape[2] == ho and row["acc_overflows"] == acc_ev
+    _, pe, acc = naive.conv2d_acc(x, w, bias, 1, padding, 1, 0, dataflow, 8, bits, mode, bits,
+                                  mode)
+    assert row["acc_overflows"] == acc and (dataflow == "os" or row["pe_overflows"] == pe)
