@@ -135,7 +135,7 @@ def test_simulator_wide_layer_equals_reference(dataflow, mode, bits):
                                                            ("ws", "saturate", 17, 0),
                                                            ("os", "saturate", 16, 1)])
 def test_a_few_flagged_outputs_per_pixel_are_walked_alone(dataflow, mode, bits, padding):
-    """Two of 64 output channels with large weights: only they are flagged (fewer than
+    """Two of 64 output channels with large weights: only they are flagged (at most
     O / 32 per pixel), so they are walked one by one (`accumulate._walk_points`, on x padded
     in its own dtype); outputs and statistics equal the reference engine's, event counts the
     oracle's, with overflows."""
