@@ -231,6 +231,24 @@ def _walk16_products(held, cnt, wrow, xv, n, mode, hi):
             cnt[o] += f
 
 
+@numba.njit(inline="always")
+def _patch(x, b, oy, ox, c0, cg, kh, kw, stride, pad, zp_x, patch):
+    """The products' input operands of output pixel (b, oy, ox) in the k order (c, i, j),
+    channels c0..c0+cg of channels-last `x`: ``x - zp_x``, 0 in the padding, into `patch`."""
+    H, W = x.shape[1], x.shape[2]
+    k = 0
+    for c in range(cg):
+        for i in range(kh):
+            iy = oy * stride + i - pad
+            for j in range(kw):
+                ix = ox * stride + j - pad
+                if iy < 0 or iy >= H or ix < 0 or ix >= W:
+                    patch[k] = 0
+                else:
+                    patch[k] = np.int64(x[b, iy, ix, c0 + c]) - zp_x
+                k += 1
+
+
 @numba.njit(parallel=True, cache=True)
 def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, vals, events):
     """The order-faithful accumulation of `_accumulate_point` for every output channel of the
@@ -241,7 +259,6 @@ def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, va
     addend fits 31 bits), or int16 for wrap/saturate levels of at most 16 bits (pe no wider
     than acc) with values scaled to the top of the lane (`_walk16_add`), `wt` pre-scaled by
     ``16 - acc_bits`` (os) or ``16 - pe_bits`` (ws/is), fewer than 2^15 additions per level."""
-    H, W = x.shape[1], x.shape[2]
     G, K, og = wt.shape
     cg = K // (kh * kw)
     order, rows = lv.order, lv.rows
@@ -271,17 +288,7 @@ def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, va
                 r = m - b * ho * wo
                 oy = r // wo
                 ox = r - oy * wo
-                k = 0
-                for c in range(cg):
-                    for i in range(kh):
-                        iy = oy * stride + i - pad
-                        for j in range(kw):
-                            ix = ox * stride + j - pad
-                            if iy < 0 or iy >= H or ix < 0 or ix >= W:
-                                patch[t, k] = 0
-                            else:
-                                patch[t, k] = np.int64(x[b, iy, ix, g * cg + c]) - zp_x
-                            k += 1
+                _patch(x, b, oy, ox, g * cg, cg, kh, kw, stride, pad, zp_x, patch[t])
             for o0 in range(0, og, L):
                 n = min(L, og - o0)
                 for t in range(nt):
@@ -359,23 +366,6 @@ def chunk_reduce_kernel(gc, n, nch, q, g, sums):
             sums[b, c] = sm[c]
 
 
-@numba.njit(inline="always")
-def _patch(x, b, oy, ox, cg, kh, kw, stride, pad, zp_x, H, W, patch):
-    """The products' input operands of output pixel (b, oy, ox) in the k order (c, i, j):
-    ``x - zp_x`` of channels-last `x`, 0 in the padding."""
-    k = 0
-    for c in range(cg):
-        for i in range(kh):
-            iy = oy * stride + i - pad
-            for j in range(kw):
-                ix = ox * stride + j - pad
-                if iy < 0 or iy >= H or ix < 0 or ix >= W:
-                    patch[k] = 0
-                else:
-                    patch[k] = np.int64(x[b, iy, ix, c]) - zp_x
-                k += 1
-
-
 @numba.njit(parallel=True, cache=True)
 def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, gc, size,
                        vals, events, chunks):
@@ -394,7 +384,6 @@ def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, 
     padding at zp_x; the weights in the k order as `wl` (O, K) and `wt` (K, O). Out: `vals`
     (len(pix), O) int64, `events` (len(pix), 2) (pe, acc) and `chunks` (len(pix), 2)
     (screened, walked) per pixel."""
-    H, W = x.shape[1], x.shape[2]
     O, K = wl.shape
     cg = K // (kh * kw)
     nch = (K + size - 1) // size
@@ -453,7 +442,7 @@ def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, 
             if nfail == 0:
                 continue
             if not have_patch:
-                _patch(x, b, oy, ox, cg, kh, kw, stride, pad, zp_x, H, W, patch)
+                _patch(x, b, oy, ox, 0, cg, kh, kw, stride, pad, zp_x, patch)
                 have_patch = True
             k0 = jc * size
             k1 = min(K, k0 + size)

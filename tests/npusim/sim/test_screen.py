@@ -15,6 +15,7 @@ from npusim.sim.int8_engine import Int8Support, prepare_int8_conv
 from npusim.sim.simulator import Simulator
 from tests.npusim import naive
 from tests.npusim.programs import conv_program
+from tests.npusim.sim.helpers import equals_reference, narrow_npu
 from tests.npusim.sim.test_int8_engine import _emulated_pack, _emulated_run
 
 MODES = ["exact", "wrap", "saturate"]
@@ -200,14 +201,7 @@ def test_simulator_screened_equals_reference(dataflow, rows, mode, bits):
     it did screen (and walk) chunks."""
     x, w, bias = wide_case(bits)
     prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
-    cfg = NPUConfig.preset("edge16").with_overrides(
-        {"array.dataflow": dataflow, "array.rows": rows, "precision.acc_bits": bits,
-         "precision.pe_acc_bits": bits, "precision.overflow": mode})
-    fast = Simulator(cfg).run(prog, x)
-    ref = Simulator(cfg, engine="reference").run(prog, x)
-    np.testing.assert_array_equal(fast.outputs["y"], ref.outputs["y"])
-    cols = ["pe_overflows", "acc_overflows", "acc_min", "acc_max"]
-    assert fast.stats[cols].equals(ref.stats[cols])
+    fast = equals_reference(narrow_npu(dataflow, rows, bits, mode), prog, x)
     row = fast.stats.iloc[0]
     assert row["screened_chunks"] > 0
     if bits < 20:
@@ -230,14 +224,7 @@ def test_simulator_screened_random(dataflow, rows, mode, bits, k, stride, requan
     x, w, bias = wide_case(seed, cg=cg, o=int(rng.integers(3, 20)), h=int(rng.integers(3, 8)))
     w = w[:, :, :k, :k]
     prog = conv_program(w, bias, x.shape[1:], padding=k // 2, stride=stride, requant=requant)
-    cfg = NPUConfig.preset("edge16").with_overrides(
-        {"array.dataflow": dataflow, "array.rows": rows, "precision.acc_bits": bits,
-         "precision.pe_acc_bits": bits, "precision.overflow": mode})
-    fast = Simulator(cfg).run(prog, x)
-    ref = Simulator(cfg, engine="reference").run(prog, x)
-    np.testing.assert_array_equal(fast.outputs["y"], ref.outputs["y"])
-    cols = ["pe_overflows", "acc_overflows", "acc_min", "acc_max"]
-    assert fast.stats[cols].equals(ref.stats[cols])
+    equals_reference(narrow_npu(dataflow, rows, bits, mode), prog, x)
 
 
 def test_zero_point_and_groups_keep_the_walk():

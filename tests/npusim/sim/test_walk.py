@@ -7,12 +7,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from npusim.hw.config import NPUConfig
 from npusim.sim import kernels as K
 from npusim.sim.accumulate import AccStats, _pad, _simulate_points, _walk_lanes
-from npusim.sim.simulator import Simulator
 from tests.npusim import naive
 from tests.npusim.programs import conv_program
+from tests.npusim.sim.helpers import equals_reference, narrow_npu
 
 MODES = ["exact", "wrap", "saturate"]
 
@@ -115,14 +114,7 @@ def test_simulator_wide_layer_equals_reference(dataflow, mode, bits):
     w = rng.choice([-127, 127, -60, 60, 0], size=(130, 6, 3, 3))
     bias = rng.integers(-5000, 5000, size=130)
     prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
-    cfg = NPUConfig.preset("edge16").with_overrides(
-        {"array.dataflow": dataflow, "array.rows": 7, "precision.acc_bits": bits,
-         "precision.pe_acc_bits": bits, "precision.overflow": mode})
-    fast = Simulator(cfg).run(prog, x)
-    ref = Simulator(cfg, engine="reference").run(prog, x)
-    np.testing.assert_array_equal(fast.outputs["y"], ref.outputs["y"])
-    cols = ["pe_overflows", "acc_overflows", "acc_min", "acc_max"]
-    assert fast.stats[cols].equals(ref.stats[cols])
+    fast = equals_reference(narrow_npu(dataflow, 7, bits, mode), prog, x)
     row = fast.stats.iloc[0]
     assert row["acc_overflows"] + row["pe_overflows"] > 100
     assert row["sequential_outputs"] > 0.5 * 2 * 130 * 81
@@ -145,14 +137,7 @@ def test_a_few_flagged_outputs_per_pixel_are_walked_alone(dataflow, mode, bits, 
     w[[5, 40]] = rng.choice([-127, 127, 90], size=(2, 8, 3, 3))
     bias = rng.integers(-500, 500, size=64)
     prog = conv_program(w, bias, x.shape[1:], padding=padding, requant=True)
-    cfg = NPUConfig.preset("edge16").with_overrides(
-        {"array.dataflow": dataflow, "array.rows": 8, "precision.acc_bits": bits,
-         "precision.pe_acc_bits": bits, "precision.overflow": mode})
-    fast = Simulator(cfg).run(prog, x)
-    ref = Simulator(cfg, engine="reference").run(prog, x)
-    np.testing.assert_array_equal(fast.outputs["y"], ref.outputs["y"])
-    cols = ["pe_overflows", "acc_overflows", "acc_min", "acc_max"]
-    assert fast.stats[cols].equals(ref.stats[cols])
+    fast = equals_reference(narrow_npu(dataflow, 8, bits, mode), prog, x)
     row = fast.stats.iloc[0]
     assert row["acc_overflows"] + row["pe_overflows"] > 0
     assert 0 < row["sequential_outputs"] <= 2 * x.shape[2] * x.shape[3] * 2
