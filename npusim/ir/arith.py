@@ -501,8 +501,6 @@ def bits_needed(lo: int, hi: int) -> int:
 
 
 _STORAGE = [np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.int64)]
-
-
 _STORAGE_RANGES = [(dt, int(np.iinfo(dt).min), int(np.iinfo(dt).max)) for dt in _STORAGE]
 
 

@@ -375,12 +375,17 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
 _NONE_FLAGGED = (np.zeros(0, np.int64), 0)
 
 
+def _flag_mask(e: _Shared, lv, pe_risk, rows=slice(None)) -> np.ndarray:
+    """(rows, O) bool: the outputs of `rows` whose bound leaves this NPU's widths."""
+    mask = e.need_acc[rows] > lv.acc_bits
+    if pe_risk:
+        mask |= e.need_pe[rows] > lv.pe_bits
+    return mask
+
+
 def _flagged_outputs(e: _Shared, lv, pe_risk, pix) -> tuple[np.ndarray, np.ndarray]:
     """(rows m, channels) of the flagged outputs in the rows `pix` (`_flagged`'s)."""
-    mask = e.need_acc[pix] > lv.acc_bits
-    if pe_risk:
-        mask |= e.need_pe[pix] > lv.pe_bits
-    r, c = np.nonzero(mask)
+    r, c = np.nonzero(_flag_mask(e, lv, pe_risk, pix))
     return pix[r], c
 
 
@@ -389,10 +394,7 @@ def _flagged(e: _Shared, lv, pe_risk) -> tuple[np.ndarray, int]:
     number of such outputs)."""
     if e.need_max[0] <= lv.acc_bits and (not pe_risk or e.need_max[1] <= lv.pe_bits):
         return _NONE_FLAGGED
-    mask = e.need_acc > lv.acc_bits
-    if pe_risk:
-        mask |= e.need_pe > lv.pe_bits
-    per = np.count_nonzero(mask, axis=1)
+    per = np.count_nonzero(_flag_mask(e, lv, pe_risk), axis=1)
     return np.flatnonzero(per), int(per.sum())
 
 
