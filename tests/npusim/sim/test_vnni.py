@@ -1,0 +1,85 @@
+"""The engine's VNNI conv kernel (`npusim.sim.vnni`) against a direct int64 conv.
+
+It compiles only where the CPU has AVX-512 VNNI (LLVM cannot select ``vpdpbusd`` elsewhere),
+so these tests run there and are skipped, saying so, on other CPUs; the int8 engine's tests
+run through it wherever it is available."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from npusim.sim import vnni
+
+pytestmark = pytest.mark.skipif(not vnni.available(),
+                                reason="the CPU has no AVX-512 VNNI (vpdpbusd)")
+
+
+def _direct(x: np.ndarray, w: np.ndarray, zp: int, stride: int, pad: int) -> np.ndarray:
+    """For each output pixel, the int64 dot product of its padded input patch (padding =
+    zp) minus zp with the weights `w` (O, C, kh, kw): (N, Ho, Wo, O)."""
+    n, h, wd, c = x.shape
+    o, _, kh, kw = w.shape
+    xp = np.full((n, h + 2 * pad, wd + 2 * pad, c), zp, np.int64)
+    xp[:, pad:pad + h, pad:pad + wd] = x
+    ho, wo = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
+    wf = w.astype(np.int64).transpose(0, 2, 3, 1).reshape(o, -1)  # (O, kh*kw*C)
+    out = np.zeros((n, ho, wo, o), np.int64)
+    for b in range(n):
+        for oy in range(ho):
+            for ox in range(wo):
+                patch = xp[b, oy * stride:oy * stride + kh, ox * stride:ox * stride + kw]
+                out[b, oy, ox] = wf @ (patch.reshape(-1) - zp)
+    return out
+
+
+@st.composite
+def _case(draw):
+    k = draw(st.sampled_from([1, 2, 3, 5, 7]))
+    pad = draw(st.integers(0, k - 1))
+    h = draw(st.integers(max(1, k - 2 * pad), 12))
+    wd = draw(st.integers(max(1, k - 2 * pad), 12))
+    n = draw(st.integers(1, 3))
+    c = draw(st.integers(1, 40))
+    o = draw(st.integers(1, 70))
+    stride = draw(st.integers(1, 3))
+    zp = draw(st.sampled_from([0, 1, 128, 255]) | st.integers(0, 255))
+    seed = draw(st.integers(0, 2 ** 32 - 1))
+    rng = np.random.default_rng(seed)
+    pattern = draw(st.sampled_from(["random", "extreme", "max"]))
+    if pattern == "max":  # every product at its extreme: the largest sums the lanes hold
+        x = np.full((n, h, wd, c), draw(st.sampled_from([0, 255])), np.uint8)
+        w = np.full((o, c, k, k), draw(st.sampled_from([-128, 127])), np.int8)
+    elif pattern == "extreme":
+        x = rng.choice(np.array([0, 255, zp], np.uint8), size=(n, h, wd, c))
+        w = rng.choice(np.array([-128, 127, -1, 0, 1], np.int8), size=(o, c, k, k))
+    else:
+        x = rng.integers(0, 256, (n, h, wd, c), dtype=np.uint8)
+        w = rng.integers(-128, 128, (o, c, k, k), dtype=np.int8)
+    return x, w, zp, stride, pad
+
+
+@settings(max_examples=150, deadline=None)
+@given(_case(), st.sampled_from([np.int32, np.float32]))
+def test_conv_equals_direct_int64(case, dtype):
+    """Random shapes (channels and outputs not multiples of the tile, rows of kw * C bytes
+    not multiples of 4, strides, padding, every zero point), random and extreme operands."""
+    x, w, zp, stride, pad = case
+    want = _direct(x, w, zp, stride, pad)
+    if dtype == np.float32 and np.abs(want).max(initial=0) >= 2 ** 24:
+        dtype = np.int32  # float32 holds the sums exactly only below 2^24 (the engine's bound)
+    got = vnni.conv(x, zp, vnni.pack(w), stride, pad, dtype)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got.astype(np.int64), want)
+
+
+def test_lanes_wrap_modulo_2_32():
+    """A sum of uint8 x int8 products past 2^31 (70,000 channels of 255 * 127) wraps in the
+    int32 lanes; the zero point's share, subtracted modulo 2^32 too, brings the exact result
+    back: here 0 with zp = 255, and -127 * 70,000 with one input at 254."""
+    c = 70_000
+    x = np.full((1, 1, 2, c), 255, np.uint8)
+    x[0, 0, 1, 0] = 254
+    w = np.full((1, c, 1, 1), 127, np.int8)
+    got = vnni.conv(x, 255, vnni.pack(w), 1, 0, np.int32)
+    assert got[0, 0, :, 0].tolist() == [0, -127]
