@@ -72,8 +72,7 @@ def engine_line() -> str:
 
         if vnni.available():
             return ("the engine's own AVX-512 VNNI conv (npusim.sim.vnni, exact int32 "
-                    "accumulation; grouped convs by oneDNN int8, depthwise by the engine's "
-                    "int32 kernel)")
+                    "accumulation; depthwise convs by the engine's int32 kernel)")
         return "oneDNN int8 with VNNI/AMX (exact int32 accumulation)"
     return ("oneDNN int8 on AVX2 without VNNI: weights split as 64*hi+lo wherever a pair of "
             "u8 x s8 products could saturate int16 (2x conv columns for 8-bit weights), "

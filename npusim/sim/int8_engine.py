@@ -13,11 +13,11 @@ simulator's channels-last layout. Where the bound reaches 2^24 (below 2^31), the
 convs over contiguous ranges of input channels, each below 2^24, their sums added in int32
 (`Int8Conv.parts`).
 
-On a CPU with AVX-512 VNNI, convs without groups run on the engine's own kernel instead
+On a CPU with AVX-512 VNNI the convs run on the engine's own kernel instead
 (`npusim.sim.vnni`: ``vpdpbusd`` through an LLVM intrinsic in numba, exact in int32, its sums
 returned as float32 like oneDNN's): as fast as oneDNN at batch 64 and without its per-call
-cost (~100 us) at batch 1. Grouped convs and other CPUs keep oneDNN (`_pack` chooses); every
-check below applies to both.
+cost (~100 us) at batch 1. Other CPUs keep oneDNN (`_pack` chooses); every check below
+applies to both.
 
 On a CPU without VNNI (AVX2, AVX-512 without VNNI) oneDNN multiplies with ``vpmaddubsw``,
 which saturates the sum of two adjacent u8 x s8 products to int16, so there the engine keeps
@@ -235,10 +235,10 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
 
 
 def _pack(wq: np.ndarray, zp_u8: int, stride: int, padding: int, groups: int):
-    """The weights for `_run`: packed for the engine's own VNNI kernel (`vnni`, groups of 1
-    on a CPU with AVX-512 VNNI), else prepacked for oneDNN."""
-    if groups == 1 and vnni.available():
-        return vnni.pack(wq)
+    """The weights for `_run`: packed for the engine's own VNNI kernel (`vnni`, on a CPU with
+    AVX-512 VNNI), else prepacked for oneDNN."""
+    if vnni.available():
+        return vnni.pack(wq, groups)
     import torch
 
     return torch.ops.onednn.qconv_prepack(

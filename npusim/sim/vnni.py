@@ -15,7 +15,9 @@ the same speed at batch 64, 5-8x less time per call at batch 1 (reports/BENCHMAR
 
 Only compiled where the host CPU has AVX-512 VNNI and numba compiles for that CPU
 (`available`): elsewhere LLVM cannot select the instruction and the int8 engine keeps
-oneDNN. Grouped convs stay on oneDNN (or the engine's depthwise kernel).
+oneDNN. Grouped convs run as per-group column blocks (the chunk screening's chunked conv is
+one); depthwise convs keep the engine's depthwise kernel (4 products per lane step would
+waste 3 of 4).
 """
 
 from __future__ import annotations
@@ -139,20 +141,23 @@ _tile_b = _make_tile(*_TILES[1])
 
 
 @numba.njit(parallel=True, cache=True)
-def _conv_kernel(x, zp, pad, kh, kw, stride, ho, wo, wb, nv, zpw, out):
+def _conv_kernel(x, zp, pad, kh, kw, stride, groups, ho, wo, wb, nv, zpw, out):
     """``out[(n*ho + oy)*wo + ox, o] = sum (x - zp) * w`` for NHWC uint8 `x` (padding at zp)
-    and the weights packed by `pack` (`wb`: per block of 16 * nv outputs, per weight row, the
-    row's kw * C bytes in groups of 4; `zpw` = zp * the column sums, padded like the blocks);
-    `out` (N*ho*wo, q) int32, or float32 where every sum is below 2^24; q <= the packed
-    outputs. Sums are taken modulo 2^32, so only the result must fit int32.
+    and the weights packed by `pack` (`wb`, `zpw` = zp * the column sums, both per group
+    and block of 16 * nv outputs); column o of group g = o // (q / groups) reads that group's
+    channels. `out` (N*ho*wo, q) int32, or float32 where every sum is below 2^24. Sums are
+    taken modulo 2^32, so only the result must fit int32.
 
-    A weight row's bytes are contiguous in NHWC, so the input needs no channel padding: a row
-    whose kw * C is not a multiple of 4 reads up to 3 bytes past it (times zero weights) and
-    the input is copied (with its padding) into a buffer with slack at the end."""
+    The products run over segments of contiguous input bytes in groups of 4: without groups
+    a weight row's kw * C bytes (contiguous in NHWC, so the input needs no channel padding),
+    with groups each weight position's C / groups. A segment that is not a multiple of 4
+    reads up to 3 bytes past it (times zero weights); the input is then copied (with its
+    padding) into a buffer with slack at the end."""
     n, h, w, c = x.shape
-    rb = kw * c  # a weight row's bytes
-    gr = (rb + 3) // 4  # its groups of 4
-    if pad == 0 and rb % 4 == 0:
+    cg = c // groups
+    seg = kw * c if groups == 1 else cg  # a segment's bytes
+    gr = (seg + 3) // 4  # its groups of 4
+    if pad == 0 and seg % 4 == 0:
         hp, wp = h, w
         flat = x.reshape(-1)
     else:
@@ -173,16 +178,20 @@ def _conv_kernel(x, zp, pad, kh, kw, stride, ho, wo, wb, nv, zpw, out):
                 dst[xx] = zb
                 dst[wp - 1 - xx] = zb
             dst[pad:pad + w] = src
-    koff = np.empty(kh * gr, np.int64)
-    for i in range(kh):
-        for g in range(gr):
-            koff[i * gr + g] = i * wp * c + 4 * g
-    ks = koff.shape[0]
+    nseg = kh if groups == 1 else kh * kw
+    koff = np.empty((groups, nseg * gr), np.int64)  # byte offsets from a pixel's corner
+    for g in range(groups):
+        for sg in range(nseg):
+            at = sg * wp * c if groups == 1 else ((sg // kw) * wp + sg % kw) * c + g * cg
+            for u in range(gr):
+                koff[g, sg * gr + u] = at + 4 * u
+    ks = nseg * gr
     q = out.shape[1]
+    qg = q // groups
     o_flat = out.reshape(-1)
     mr = _TILES[0][0] if nv == 1 else _TILES[1][0]
     nr = 16 * nv
-    nb = (q + nr - 1) // nr
+    nb = (qg + nr - 1) // nr  # blocks per group
     pix = ho * wo
     nt = (pix + mr - 1) // mr
     per = min(nt, _TILES_PER_TASK)
@@ -201,48 +210,61 @@ def _conv_kernel(x, zp, pad, kh, kw, stride, ho, wo, wb, nv, zpw, out):
                 oy = p // wo
                 ox = p - oy * wo
                 rows[r] = ((b * hp + oy * stride) * wp + ox * stride) * c
-            for blk in range(nb):
-                whole = m == mr and (blk + 1) * nr <= q
+            for gb in range(groups * nb):
+                g = gb // nb
+                col = g * qg + (gb - g * nb) * nr  # the block's first column
+                o1 = min(nr, (g + 1) * qg - col)
+                whole = m == mr and o1 == nr
                 for r in range(mr):
-                    orow[r] = (b * pix + p0 + r) * q + blk * nr if whole else r * nr
+                    orow[r] = (b * pix + p0 + r) * q + col if whole else r * nr
                 dst = o_flat if whole else part
                 if nv == 1:
-                    _tile_a(flat, rows, koff, wb, blk * ks * 64, zpw, blk * nr, dst, orow)
+                    _tile_a(flat, rows, koff[g], wb, gb * ks * 64, zpw, gb * nr, dst, orow)
                 else:
-                    _tile_b(flat, rows, koff, wb, blk * ks * 128, zpw, blk * nr, dst, orow)
+                    _tile_b(flat, rows, koff[g], wb, gb * ks * 128, zpw, gb * nr, dst, orow)
                 if not whole:
                     for r in range(m):
-                        for o in range(min(nr, q - blk * nr)):
-                            out[b * pix + p0 + r, blk * nr + o] = part[r * nr + o]
+                        for o in range(o1):
+                            out[b * pix + p0 + r, col + o] = part[r * nr + o]
     return out
 
 
 @dataclass(frozen=True)
 class VnniWeights:
-    """Weights packed for `conv`: blocks of ``16 * nv`` outputs; per weight row the kw * C
-    bytes (channels innermost) in groups of 4, each group 64 * nv bytes (outputs x 4);
-    `zpw` the zero point's share per output (``zp * column sum``, int32, padded likewise)."""
+    """Weights packed for `conv`: per group, blocks of ``16 * nv`` outputs; per segment (see
+    `_conv_kernel`) its bytes in groups of 4, each group 64 * nv bytes (outputs x 4);
+    `colsum` per output (int32, padded likewise: the zero point's share is zp times it)."""
 
     wb: np.ndarray
     nv: int
     q: int
     kh: int
     kw: int
+    groups: int
     colsum: np.ndarray
 
 
-def pack(w: np.ndarray) -> VnniWeights:
-    """Pack int8 weights `w` (q, C, kh, kw) for `conv` (groups of 1)."""
-    q, c, kh, kw = w.shape
-    nv = 1 if q <= 16 else 2
+def pack(w: np.ndarray, groups: int = 1) -> VnniWeights:
+    """Pack int8 weights `w` (q, C / groups, kh, kw) for `conv`."""
+    q, cg, kh, kw = w.shape
+    qg = q // groups
+    nv = 1 if qg <= 16 else 2
     nr = 16 * nv
-    qp, gr = -(-q // nr) * nr, -(-(kw * c) // 4)
-    rows = np.zeros((qp, kh, gr * 4), np.int8)
-    rows[:q, :, :kw * c] = np.asarray(w).transpose(0, 2, 3, 1).reshape(q, kh, kw * c)
-    wb = rows.reshape(qp // nr, nr, kh, gr, 4).transpose(0, 2, 3, 1, 4)
-    colsum = np.zeros(qp, np.int32)
-    colsum[:q] = np.asarray(w, np.int64).reshape(q, -1).sum(axis=1)
-    return VnniWeights(np.ascontiguousarray(wb).reshape(-1), nv, q, kh, kw, colsum)
+    qp = -(-qg // nr) * nr  # per group
+    wg = np.asarray(w).reshape(groups, qg, cg, kh, kw).transpose(0, 1, 3, 4, 2)
+    if groups == 1:  # a segment per weight row: kw * C bytes
+        wg = wg.reshape(1, qg, kh, kw * cg)
+    else:  # a segment per weight position: C / groups bytes
+        wg = wg.reshape(groups, qg, kh * kw, cg)
+    nseg, seg = wg.shape[2], wg.shape[3]
+    gr = -(-seg // 4)
+    rows = np.zeros((groups, qp, nseg, gr * 4), np.int8)
+    rows[:, :qg, :, :seg] = wg
+    wb = rows.reshape(groups, qp // nr, nr, nseg * gr, 4).transpose(0, 1, 3, 2, 4)
+    colsum = np.zeros((groups, qp), np.int32)
+    colsum[:, :qg] = np.asarray(w, np.int64).reshape(groups, qg, -1).sum(axis=2)
+    return VnniWeights(np.ascontiguousarray(wb).reshape(-1), nv, q, kh, kw, groups,
+                       colsum.reshape(-1))
 
 
 def conv(xu: np.ndarray, zp: int, packed: VnniWeights, stride: int, padding: int,
@@ -254,6 +276,6 @@ def conv(xu: np.ndarray, zp: int, packed: VnniWeights, stride: int, padding: int
     kh, kw = packed.kh, packed.kw
     ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
     out = np.empty((n * ho * wo, packed.q), dtype)
-    _conv_kernel(np.ascontiguousarray(xu), zp, padding, kh, kw, stride, ho, wo, packed.wb,
-                 packed.nv, packed.colsum * np.int32(zp), out)
+    _conv_kernel(np.ascontiguousarray(xu), zp, padding, kh, kw, stride, packed.groups, ho, wo,
+                 packed.wb, packed.nv, packed.colsum * np.int32(zp), out)
     return out.reshape(n, ho, wo, packed.q)

@@ -15,21 +15,26 @@ pytestmark = pytest.mark.skipif(not vnni.available(),
                                 reason="the CPU has no AVX-512 VNNI (vpdpbusd)")
 
 
-def _direct(x: np.ndarray, w: np.ndarray, zp: int, stride: int, pad: int) -> np.ndarray:
-    """For each output pixel, the int64 dot product of its padded input patch (padding =
-    zp) minus zp with the weights `w` (O, C, kh, kw): (N, Ho, Wo, O)."""
+def _direct(x: np.ndarray, w: np.ndarray, zp: int, stride: int, pad: int,
+            groups: int = 1) -> np.ndarray:
+    """For each output pixel and output o, the int64 dot product of its padded input patch
+    (padding = zp) minus zp, on the channels of o's group, with w[o] (`w` (O, C / groups,
+    kh, kw)): (N, Ho, Wo, O)."""
     n, h, wd, c = x.shape
-    o, _, kh, kw = w.shape
+    o, cg, kh, kw = w.shape
+    og = o // groups
     xp = np.full((n, h + 2 * pad, wd + 2 * pad, c), zp, np.int64)
     xp[:, pad:pad + h, pad:pad + wd] = x
     ho, wo = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
-    wf = w.astype(np.int64).transpose(0, 2, 3, 1).reshape(o, -1)  # (O, kh*kw*C)
     out = np.zeros((n, ho, wo, o), np.int64)
     for b in range(n):
         for oy in range(ho):
             for ox in range(wo):
-                patch = xp[b, oy * stride:oy * stride + kh, ox * stride:ox * stride + kw]
-                out[b, oy, ox] = wf @ (patch.reshape(-1) - zp)
+                patch = xp[b, oy * stride:oy * stride + kh, ox * stride:ox * stride + kw] - zp
+                for j in range(o):
+                    g = j // og
+                    mine = patch[:, :, g * cg:(g + 1) * cg]  # (kh, kw, cg)
+                    out[b, oy, ox, j] = (mine * w[j].astype(np.int64).transpose(1, 2, 0)).sum()
     return out
 
 
@@ -40,8 +45,9 @@ def _case(draw):
     h = draw(st.integers(max(1, k - 2 * pad), 12))
     wd = draw(st.integers(max(1, k - 2 * pad), 12))
     n = draw(st.integers(1, 3))
-    c = draw(st.integers(1, 40))
-    o = draw(st.integers(1, 70))
+    groups = draw(st.sampled_from([1, 1, 2, 3, 5]))
+    c = groups * draw(st.integers(1, 40 // groups))
+    o = groups * draw(st.integers(1, 70 // groups))
     stride = draw(st.integers(1, 3))
     zp = draw(st.sampled_from([0, 1, 128, 255]) | st.integers(0, 255))
     seed = draw(st.integers(0, 2 ** 32 - 1))
@@ -49,26 +55,27 @@ def _case(draw):
     pattern = draw(st.sampled_from(["random", "extreme", "max"]))
     if pattern == "max":  # every product at its extreme: the largest sums the lanes hold
         x = np.full((n, h, wd, c), draw(st.sampled_from([0, 255])), np.uint8)
-        w = np.full((o, c, k, k), draw(st.sampled_from([-128, 127])), np.int8)
+        w = np.full((o, c // groups, k, k), draw(st.sampled_from([-128, 127])), np.int8)
     elif pattern == "extreme":
         x = rng.choice(np.array([0, 255, zp], np.uint8), size=(n, h, wd, c))
-        w = rng.choice(np.array([-128, 127, -1, 0, 1], np.int8), size=(o, c, k, k))
+        w = rng.choice(np.array([-128, 127, -1, 0, 1], np.int8), size=(o, c // groups, k, k))
     else:
         x = rng.integers(0, 256, (n, h, wd, c), dtype=np.uint8)
-        w = rng.integers(-128, 128, (o, c, k, k), dtype=np.int8)
-    return x, w, zp, stride, pad
+        w = rng.integers(-128, 128, (o, c // groups, k, k), dtype=np.int8)
+    return x, w, zp, stride, pad, groups
 
 
 @settings(max_examples=150, deadline=None)
 @given(_case(), st.sampled_from([np.int32, np.float32]))
 def test_conv_equals_direct_int64(case, dtype):
-    """Random shapes (channels and outputs not multiples of the tile, rows of kw * C bytes
-    not multiples of 4, strides, padding, every zero point), random and extreme operands."""
-    x, w, zp, stride, pad = case
-    want = _direct(x, w, zp, stride, pad)
+    """Random shapes (channels and outputs not multiples of the tile, segments of bytes not
+    multiples of 4, groups, strides, padding, every zero point), random and extreme
+    operands."""
+    x, w, zp, stride, pad, groups = case
+    want = _direct(x, w, zp, stride, pad, groups)
     if dtype == np.float32 and np.abs(want).max(initial=0) >= 2 ** 24:
         dtype = np.int32  # float32 holds the sums exactly only below 2^24 (the engine's bound)
-    got = vnni.conv(x, zp, vnni.pack(w), stride, pad, dtype)
+    got = vnni.conv(x, zp, vnni.pack(w, groups), stride, pad, dtype)
     assert got.dtype == dtype
     np.testing.assert_array_equal(got.astype(np.int64), want)
 
