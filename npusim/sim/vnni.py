@@ -34,9 +34,10 @@ from numba.extending import intrinsic
 
 _I32, _I64, _I8 = ir.IntType(32), ir.IntType(64), ir.IntType(8)
 _V16 = ir.VectorType(_I32, 16)
-#: (pixels, 16-lane vectors of outputs) per tile: 8 x 16 for narrow layers, 6 x 32 otherwise
-#: (measured on ResNet-20's shapes: 8 x 16 0.87 ms against 1.22 ms at 16 outputs, 6 x 32
-#: 0.42 against 0.59 ms at 32; 12 x 16 and 4 x 64 slower)
+#: (pixels, 16-lane vectors of outputs) per tile: 6 x 32 where the columns come in 32s, else
+#: 8 x 16 (measured on ResNet-20's shapes: 8 x 16 0.87 ms against 1.22 ms at 16 outputs,
+#: 6 x 32 0.42 against 0.59 ms at 32; 12 x 16 and 4 x 64 slower; a partial block of columns
+#: goes through scratch, which cost MobileNetV2's 144-column layers ~25%)
 _TILES = ((8, 1), (6, 2))
 _MR_MAX = 8
 _TILES_PER_TASK = 16  # a parallel task's tiles (its scratch arrays allocated once)
@@ -202,14 +203,19 @@ def _conv_kernel(x, zp, pad, kh, kw, stride, groups, ho, wo, wb, nv, zpw, out):
         rows = np.empty(_MR_MAX, np.int64)
         orow = np.empty(_MR_MAX, np.int64)
         part = np.empty(_MR_MAX * 32, out.dtype)  # a tile that does not fill `out`'s rows
+        oy = (t0 * mr) // wo  # the next pixel, stepped along (no division per pixel)
+        ox = t0 * mr - oy * wo
         for tt in range(t0, min(nt, t0 + per)):
             p0 = tt * mr
             m = min(mr, pix - p0)  # pixels in this tile; a short one repeats its last pixel
-            for r in range(mr):
-                p = p0 + min(r, m - 1)
-                oy = p // wo
-                ox = p - oy * wo
+            for r in range(m):
                 rows[r] = ((b * hp + oy * stride) * wp + ox * stride) * c
+                ox += 1
+                if ox == wo:
+                    ox = 0
+                    oy += 1
+            for r in range(m, mr):
+                rows[r] = rows[m - 1]
             for gb in range(groups * nb):
                 g = gb // nb
                 col = g * qg + (gb - g * nb) * nr  # the block's first column
@@ -248,7 +254,7 @@ def pack(w: np.ndarray, groups: int = 1) -> VnniWeights:
     """Pack int8 weights `w` (q, C / groups, kh, kw) for `conv`."""
     q, cg, kh, kw = w.shape
     qg = q // groups
-    nv = 1 if qg <= 16 else 2
+    nv = 2 if qg % 32 == 0 else 1  # blocks of 32 where they fill `out`'s rows, else of 16
     nr = 16 * nv
     qp = -(-qg // nr) * nr  # per group
     wg = np.asarray(w).reshape(groups, qg, cg, kh, kw).transpose(0, 1, 3, 4, 2)
