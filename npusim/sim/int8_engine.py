@@ -353,13 +353,16 @@ def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Res
     threads = numba.get_num_threads()
     # one pass over the input: below `_SERIAL_ELEMS` a parallel launch costs more than the
     # pass (every worker must wake, which on a loaded machine takes a scheduler slice)
-    numba.set_num_threads(1 if x.size < _SERIAL_ELEMS else threads)
+    serial = threads > 1 and x.size < _SERIAL_ELEMS
+    if serial:
+        numba.set_num_threads(1)
     try:
         xu = x if (plan.dw is not None or (x.dtype == np.uint8 and plan.sub == 0)) else \
             K.to_u8_kernel(x.reshape(-1), plan.sub, np.empty(x.size, np.uint8)).reshape(x.shape)
         s, cnt = _window_sums(x, plan, out_hw)
     finally:
-        numba.set_num_threads(threads)
+        if serial:
+            numba.set_num_threads(threads)
     q, sk = plan.q, plan.subsample
     if plan.dw is not None:
         g = np.empty((n * ho * wo, q), np.float32)

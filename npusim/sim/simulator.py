@@ -136,6 +136,9 @@ class Simulator:
         #: wall seconds spent in each node during the last `run` (for benchmarks)
         self.node_seconds: dict[str, float] = {}
         self._threads = numba.get_num_threads()
+        #: the thread count last set for a node, shared by the simulators of one `run_many`
+        #: call (a set costs ~2 us, ~30 per batch-1 ResNet-20 run; None: unknown)
+        self._threads_set: dict = {"n": None}
         self._plan_cache: tuple[IntegerProgram, list[_Plan]] | None = None
         #: plan pieces that depend on the program only (bounds, int64 weights, requant
         #: records, int8 weight packing), shared by the simulators of one `run_many` call
@@ -313,9 +316,12 @@ class Simulator:
         node = p.node
         # small layers run on one thread: a parallel region waits for every worker, which
         # costs more than the work when the machine is busy (torch does the same)
-        work = len(vals[node.inputs[0]]) * max(p.macs, int(np.prod(
-            program.tensors[node.output].shape)))
-        numba.set_num_threads(1 if work < _PARALLEL_MIN_WORK else threads)
+        work = len(vals[node.inputs[0]]) * max(p.macs, math.prod(
+            program.tensors[node.output].shape))
+        want = 1 if work < _PARALLEL_MIN_WORK else threads
+        if self._threads_set["n"] != want:
+            numba.set_num_threads(want)
+            self._threads_set["n"] = want
         t_out = program.tensors[node.output]
         zp_y = t_out.zero_point
         lo, hi = node.attrs.get("clamp", t_out.int_range())
@@ -638,8 +644,10 @@ def run_many(simulators: list[Simulator], program: IntegerProgram, images: np.nd
     threads = numba.get_num_threads()
     last_use = _last_use(plans[0])
     shared = len(simulators) > 1
+    threads_set = {"n": None}
     for sim in simulators:
         sim._threads = threads
+        sim._threads_set = threads_set
     try:
         starts = range(0, max(n_img, 1), batch_size)
         if progress is None:
