@@ -39,7 +39,8 @@ from npusim.sim import kernels as K
 from npusim.sim import screen
 from npusim.sim.engines import Engine
 from npusim.sim.exact_conv import F64_EXACT, InexactError, l1_bound
-from npusim.sim.int8_engine import Int8Conv, Int8Result, int8_conv
+from npusim.sim.int8_engine import Int8Conv, Int8Result, int8_conv, int8_conv_fused
+from npusim.sim.int8_engine import fusable as int8_fusable
 from npusim.sim.kernels import LevelSpec
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,9 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
     if not engine.reference and prep is not None and (
             prep.signs or not (pe_risk or acc_risk) or short is not None):
         try:
+            if share is None and int8_fusable(prep) and (short is not None
+                                                         or not (pe_risk or acc_risk)):
+                return _fused_from_engine(x, prep, bias, requant, lv, short, out_hw, st)
             entry = _shared_entry(share, x, prep, out_hw)
             if short is not None:
                 return _wrapped_from_engine(entry, bias, requant, lv, short, x.shape[0], out_hw,
@@ -361,15 +365,46 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
                            requant is not None, rq.rec, out, need[0], need[1], mnmx, sums,
                            wrap_bits, e.nch)
     e.res.verify(sums.sum(axis=1))
-    ext = mnmx.reshape(-1, 4)  # min, max of all, then of the unflagged, per task
-    lo, hi = ext[:, 0::2].min(axis=0), ext[:, 1::2].max(axis=0)
-    mm = [int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1])] if out.size else [0, 0, 0, 0]
+    mm = _extremes(mnmx, out.size)
     flat = _NONE_FLAGGED
     if risk:
         e.need_acc, e.need_pe = need[0], need[1]
         e.need_max = (int(need[0].max(initial=0)), int(need[1].max(initial=0)))
         flat = _flagged(e, lv, pe_risk)
     return out, mm, flat
+
+
+def _extremes(mnmx: np.ndarray, size: int) -> list[int]:
+    """[min, max] of all accumulators, then of the unflagged ones, from the epilogue's per
+    task extremes `mnmx` (N, B, 4); zeros for an empty output."""
+    ext = mnmx.reshape(-1, 4)
+    lo, hi = ext[:, 0::2].min(axis=0), ext[:, 1::2].max(axis=0)
+    return [int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1])] if size else [0, 0, 0, 0]
+
+
+def _fused_from_engine(x, prep: Int8Conv, bias, requant, lv, short, out_hw, st):
+    """A layer none of whose outputs is walked (`short` None: no risk, the exact output;
+    else wrapped once to `short` bits (0: not at all), events not counted) in one pass for a
+    single configuration: the int8 engine's own kernels' sums consumed by the epilogue where
+    they are made (`int8_engine.int8_conv_fused`), checked as usual, no sums kept (a sweep's
+    configurations share the sums instead: `_shared_entry`)."""
+    n, o = x.shape[0], prep.o
+    ho, wo = out_hw
+    pixels = ho * wo
+    rq = requant if requant is not None else _NO_RQ
+    out = np.empty((n * pixels, o), rq.dtype if requant is not None else np.int64)
+    nb = _blocks(n, pixels, _EPILOGUE_PIXELS)
+    mnmx = np.empty((n, nb, 4), np.int64)
+    sums = np.empty((n, nb, prep.q), np.int64)
+    res = int8_conv_fused(x, prep, out_hw, o, np.asarray(bias, np.int64), lv,
+                          requant is not None, rq.rec, out, mnmx, sums, short or 0)
+    res.verify(sums.sum(axis=1))
+    mm = _extremes(mnmx, out.size)
+    st.nonzero_macs = res.nonzero_macs
+    st.acc_min, st.acc_max = mm[0], mm[1]
+    if short is not None:
+        st.pe_overflows = st.acc_overflows = None
+    return out.reshape(n, ho, wo, o), st
 
 
 _NONE_FLAGGED = (np.zeros(0, np.int64), 0)

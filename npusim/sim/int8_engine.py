@@ -277,7 +277,7 @@ class Int8Result:
     image-weighted sum of the outputs an exact engine must produce (`verify`), and the number
     of products with both operands non-zero."""
 
-    g: np.ndarray
+    g: np.ndarray | None  # None: consumed where it was made (`int8_conv_fused`)
     expected: np.ndarray  # (q,) int64: sum over images b of (1 + b % 4) * (column sums of b)
     nonzero_macs: int
 
@@ -349,6 +349,24 @@ def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Res
             expected += r.expected
             nonzero += r.nonzero_macs
         return Int8Result(g, expected, nonzero)
+    x, xu, expected, nonzero = _prologue(x, plan, out_hw)
+    q, sk = plan.q, plan.subsample
+    if plan.dw is not None:
+        g = np.empty((n * ho * wo, q), np.float32)
+        K.depthwise_sums_kernel(x, plan.zp_x, plan.dw, plan.stride, plan.padding, ho, wo, g)
+    else:
+        g = _run(xu[:, ::sk, ::sk] if sk > 1 else xu, plan.zp_x - plan.sub, plan.packed,
+                 2 * q if plan.radix else q, plan.stride // sk, plan.padding,
+                 plan.groups).reshape(n * ho * wo, -1)
+    if plan.radix:  # radix * hi + lo: a multiple of 64 plus an integer, exact below 2^24
+        g = _combine(g, plan)
+    _spot_check(x, plan, out_hw, g)
+    return Int8Result(g, expected, nonzero)
+
+
+def _prologue(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]):
+    """What a call needs before the conv: (contiguous `x`, the uint8 operand, the expected
+    column sums (`Int8Result.expected`), the non-zero product count)."""
     x = np.ascontiguousarray(x)
     threads = numba.get_num_threads()
     # one pass over the input: below `_SERIAL_ELEMS` a parallel launch costs more than the
@@ -363,21 +381,43 @@ def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Res
     finally:
         if serial:
             numba.set_num_threads(threads)
-    q, sk = plan.q, plan.subsample
-    if plan.dw is not None:
-        g = np.empty((n * ho * wo, q), np.float32)
-        K.depthwise_sums_kernel(x, plan.zp_x, plan.dw, plan.stride, plan.padding, ho, wo, g)
-    else:
-        g = _run(xu[:, ::sk, ::sk] if sk > 1 else xu, plan.zp_x - plan.sub, plan.packed,
-                 2 * q if plan.radix else q, plan.stride // sk, plan.padding,
-                 plan.groups).reshape(n * ho * wo, -1)
-    if plan.radix:  # radix * hi + lo: a multiple of 64 plus an integer, exact below 2^24
-        g = _combine(g, plan)
     expected = np.empty((1, plan.q), np.int64)
     K.column_sums_kernel(s, plan.wq_hwc, plan.o // plan.groups, plan.o, expected)
     nonzero = int((cnt.transpose(2, 0, 1) * plan.wnz).sum())
-    _spot_check(x, plan, out_hw, g)
-    return Int8Result(g, expected[0], nonzero)
+    return x, xu, expected[0], nonzero
+
+
+def fusable(plan: Int8Conv) -> bool:
+    """The plan's sums can be consumed where they are made (`int8_conv_fused`): the engine's
+    own kernels (VNNI, depthwise), in one part."""
+    return (plan.dw is not None or isinstance(plan.packed, vnni.VnniWeights)) and not plan.parts
+
+
+def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n: int,
+                    bias: np.ndarray, lv, do_rq: bool, rq, out: np.ndarray, mnmx: np.ndarray,
+                    sums: np.ndarray, wrap_bits: int) -> Int8Result:
+    """`int8_conv` for a `fusable` plan, its sums passed straight to the epilogue
+    (`kernels.gemm_epilogue_kernel`'s arguments from `o_n` on, without risk or chunks: it
+    fills `out`, `mnmx`, `sums`): `vnni.conv_epilogue` or `kernels.depthwise_epilogue_kernel`.
+    A few rows' sums are spot-checked here; the result holds no ``g`` (``verify`` it with
+    `sums` as usual)."""
+    n = x.shape[0]
+    ho, wo = out_hw
+    x, xu, expected, nonzero = _prologue(x, plan, out_hw)
+    call = next(_CALLS)
+    m_n = n * ho * wo
+    ms = spot_rows(call, m_n)
+    if plan.dw is not None:
+        gs = np.zeros((len(ms), plan.q), np.int32)
+        K.depthwise_epilogue_kernel(x, plan.zp_x, plan.dw, plan.stride, plan.padding, ho, wo,
+                                    o_n, bias, lv, do_rq, rq, out, vnni.NO_NEED, mnmx, sums,
+                                    wrap_bits, ms, gs)
+    else:
+        gs = vnni.conv_epilogue(xu, plan.zp_x - plan.sub, plan.packed, plan.stride,
+                                plan.padding, o_n, bias, lv, do_rq, rq, out, mnmx, sums,
+                                wrap_bits, ms)
+    _spot_check_rows(x, plan, out_hw, m_n, ms, gs, call)
+    return Int8Result(None, expected, nonzero)
 
 
 def _combine(g: np.ndarray, plan: Int8Conv) -> np.ndarray:
@@ -399,11 +439,24 @@ def _spot_check(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], g: np.nd
     kernels) and 1/`_SPOT_SHARE` of the conv's,
     else a different subset of columns each call (at least one per pixel; every column is
     still checked by the column sums, `Int8Result.verify`)."""
+    call = next(_CALLS)
+    ms = spot_rows(call, len(g))
+    _spot_check_rows(x, plan, out_hw, len(g), ms, g[ms], call)
+
+
+def spot_rows(call: int, m_n: int) -> np.ndarray:
+    """The `_SPOT_PIXELS` rows m = (n, pixel) of `m_n` that spot check `call` recomputes
+    (a multiplicative hash: each call checks different ones)."""
+    return np.array([(call * 2654435761 + t * 40503) % m_n for t in range(_SPOT_PIXELS)]
+                    if m_n else [], np.int64)
+
+
+def _spot_check_rows(x, plan: Int8Conv, out_hw, m_n: int, ms, gs, call: int) -> None:
+    """`_spot_check` of the rows `ms` of the engine's sums, `gs` (len(ms), q), of `m_n` rows."""
     own = plan.dw is not None or isinstance(plan.packed, vnni.VnniWeights)
-    budget = min(_SPOT_OWN if own else _SPOT_MACS, g.shape[0] * plan.wq_hwc.size // _SPOT_SHARE)
+    budget = min(_SPOT_OWN if own else _SPOT_MACS, m_n * plan.wq_hwc.size // _SPOT_SHARE)
     if not K.spot_check_kernel(x, plan.wq_hwc, plan.zp_x, plan.stride, plan.padding,
-                               plan.groups, plan.o, out_hw[0], out_hw[1], g, next(_CALLS),
-                               _SPOT_PIXELS, budget):
+                               plan.groups, plan.o, out_hw[0], out_hw[1], ms, gs, call, budget):
         raise InexactError("int8 engine: a spot-checked output pixel disagrees with int64")
 
 

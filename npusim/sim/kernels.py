@@ -702,36 +702,79 @@ def window_sums_kernel(x, zp_x, stride, pad, ho, wo, s, cnt):
                     cnt[i, j, c] += gc[y, j, c]
 
 
+@numba.njit(inline="always")
+def _depthwise_pixels(x, zp, w, stride, pad, wo, b, p_a, p_b, dst, row0):
+    """Sums of image `b`'s output pixels p in [p_a, p_b) of a depthwise conv (see
+    `depthwise_sums_kernel`) into rows ``p - row0`` of `dst`, int32 lanes across channels."""
+    H, W, C = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = w.shape[0], w.shape[1]
+    zp32 = np.int32(zp)
+    acc = np.empty(C, np.int32)
+    for p in range(p_a, p_b):
+        oy = p // wo
+        ox = p - oy * wo
+        acc[:] = 0
+        for i in range(kh):
+            y = oy * stride + i - pad
+            if y < 0 or y >= H:
+                continue
+            for j in range(kw):
+                xx = ox * stride + j - pad
+                if xx < 0 or xx >= W:
+                    continue
+                src = x[b, y, xx]
+                wr = w[i, j]
+                for c in range(C):
+                    acc[c] += (np.int32(src[c]) - zp32) * wr[c]
+        row = dst[p - row0]
+        for c in range(C):
+            row[c] = acc[c]
+
+
 @numba.njit(parallel=True, cache=True)
 def depthwise_sums_kernel(x, zp_x, w, stride, pad, ho, wo, out):
     """Exact sums of a depthwise conv: channels-last `x` (N, H, W, C; ``|x - zp_x| <= 255``,
     padding reads zp_x, so it adds nothing), weights `w` (kh, kw, C) int32, into `out`
     (N*ho*wo, C) float32, row ``(n*ho + oy)*wo + ox``. int32 lanes across channels; the caller
     has proved every sum below 2^24 (exact in float32)."""
-    N, H, W, C = x.shape
-    kh, kw = w.shape[0], w.shape[1]
-    zp = np.int32(zp_x)
+    N = x.shape[0]
     for t in numba.prange(N * ho):
         b = t // ho
         oy = t - b * ho
-        acc = np.empty(C, np.int32)
-        for ox in range(wo):
-            acc[:] = 0
-            for i in range(kh):
-                y = oy * stride + i - pad
-                if y < 0 or y >= H:
-                    continue
-                for j in range(kw):
-                    xx = ox * stride + j - pad
-                    if xx < 0 or xx >= W:
-                        continue
-                    src = x[b, y, xx]
-                    wr = w[i, j]
-                    for c in range(C):
-                        acc[c] += (np.int32(src[c]) - zp) * wr[c]
-            row = out[(b * ho + oy) * wo + ox]
-            for c in range(C):
-                row[c] = np.float32(acc[c])
+        _depthwise_pixels(x, zp_x, w, stride, pad, wo, b, oy * wo, (oy + 1) * wo, out,
+                          -b * ho * wo)
+
+
+@numba.njit(parallel=True, cache=True)
+def depthwise_epilogue_kernel(x, zp_x, w, stride, pad, ho, wo, o_n, bias, lv, do_rq, rq, out,
+                              need, mnmx, sums, wrap_bits, ms, gs):
+    """`depthwise_sums_kernel`'s sums consumed where they are made: per task (image, block
+    of pixels, as `gemm_epilogue_kernel` cuts them) the block's sums in a local int32 buffer,
+    then that kernel's task on them (no risk, no chunks); rows `ms` copied to `gs` (the spot
+    check's)."""
+    n, nb = mnmx.shape[0], mnmx.shape[1]
+    pixels = ho * wo
+    per = (pixels + nb - 1) // nb
+    q = w.shape[2]
+    for t in numba.prange(n * nb):
+        b = t // nb
+        blk = t - b * nb
+        p_a = min(pixels, blk * per)
+        p_b = min(pixels, p_a + per)
+        gl = np.empty((max(p_b - p_a, 1), q), np.int32)
+        _depthwise_pixels(x, zp_x, w, stride, pad, wo, b, p_a, p_b, gl, p_a)
+        _spot_rows(gl, ms, gs, b * pixels + p_a, b * pixels + p_b)
+        _epilogue_task(gl, o_n, pixels, bias, False, False, lv.acc_bits, lv.pe_bits, do_rq,
+                       rq, out, need[0], need[1], mnmx, sums, wrap_bits, 1, q, per, b, blk,
+                       False, b * pixels + p_a)
+
+
+@numba.njit(inline="always")
+def _spot_rows(gl, ms, gs, m_a, m_b):
+    """Copy the rows m of `ms` in [m_a, m_b) from a task's sums `gl` (row m - m_a) to `gs`."""
+    for k in range(ms.shape[0]):
+        if m_a <= ms[k] < m_b:
+            gs[k] = gl[ms[k] - m_a]
 
 
 @numba.njit(cache=True)  # small: int64 in numba (an int64 NumPy matmul is slow, BLAS threads
@@ -758,19 +801,19 @@ def column_sums_kernel(s, wq, og, o_n, out):  # would spin against torch's and n
 
 
 @numba.njit(cache=True)  # a few pixels: a parallel launch would cost more than the work
-def spot_check_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, g, call, n_pix, budget):
-    """Recompute `n_pix` output pixels of the engine's sums `g` (N*ho*wo, q) in int64 and
-    return whether they all agree: the pixels and (where a pixel's columns need more than
-    `budget` products) a subset of the columns are picked by a multiplicative hash of `call`,
-    so each call checks different ones. `wq` (q, kh, kw, C/groups): column j reads the
+def spot_check_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, ms, gs, call, budget):
+    """Recompute output pixels `ms` (rows m = (n, pixel)) in int64 and return whether they all
+    agree with the engine's sums `gs` (len(ms), q) of them; where a pixel's columns need more
+    than `budget` products, a subset of the columns picked by a multiplicative hash of `call`
+    (each call checks different ones). `wq` (q, kh, kw, C/groups): column j reads the
     channels of group (j mod o_n) // (o_n / groups); channels-last `x`, padding at zp_x."""
     H, W = x.shape[1], x.shape[2]
     q, kh, kw, cg = wq.shape
     og = o_n // groups
-    m_n = g.shape[0]
+    n_pix = ms.shape[0]
     n_cols = min(q, max(1, budget // (n_pix * kh * kw * cg)))
     for t in range(n_pix):
-        m = (call * 2654435761 + t * 40503) % m_n
+        m = ms[t]
         b = m // (ho * wo)
         p = m - b * ho * wo
         oy = p // wo
@@ -789,7 +832,7 @@ def spot_check_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, g, call, n_
                         continue
                     for c in range(cg):
                         acc += (np.int64(x[b, iy, ix, c0 + c]) - zp_x) * wq[jq, i, j, c]
-            if np.int64(g[m, jq]) != acc:
+            if np.int64(gs[t, jq]) != acc:
                 return False
     return True
 
@@ -804,9 +847,11 @@ def _bits_of_f64(fbits):
 
 @numba.njit(inline="always")
 def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq, rq, out,
-                   need_acc, need_pe, mnmx, sums, wrap_bits, nch, q, per, b, blk, chunked):
+                   need_acc, need_pe, mnmx, sums, wrap_bits, nch, q, per, b, blk, chunked,
+                   g_row0=0):
     """One task (image `b`, block `blk` of pixels) of `gemm_epilogue_kernel`; `chunked` is a
-    constant at each call, so the copy without chunks has no chunk code in its loops.
+    constant at each call, so the copy without chunks has no chunk code in its loops. Row m
+    of the sums is ``g[m - g_row0]`` (a fused conv passes only its block's rows).
 
     Without wrapping, the extremes are kept of the raw sums in int32 lanes (they are below
     2^24) and the bias added once at the end: ``min(g + bias) = min(g) + bias`` per column.
@@ -835,7 +880,7 @@ def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq
     f64 = do_rq and rq.f64
     for p in range(blk * per, min(pixels, (blk + 1) * per)):
         m = b * pixels + p
-        gm = g[m]
+        gm = g[m - g_row0]
         for j in range(q):  # exact sums in int32 range (float32 below 2^24, or int32 from a
             ri[j] = np.int32(gm[j])  # plan split over input channels): 8 or 16 lanes at once
         if chunked:
@@ -987,6 +1032,7 @@ def nonzero_count_kernel(x, zp_x, out):
 
 __all__ = ["conv_kernel", "conv_points_kernel", "conv_walk_kernel", "chunk_reduce_kernel",
            "screen_walk_kernel", "pool_kernel", "maxpool_kernel", "depthwise_sums_kernel",
+           "depthwise_epilogue_kernel",
            "avgpool_float_kernel", "embed_kernel", "to_u8_kernel",
            "window_sums_kernel", "column_sums_kernel", "spot_check_kernel",
            "gemm_epilogue_kernel",

@@ -32,6 +32,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from npusim.sim.kernels import _epilogue_task, _spot_rows
+
 _I32, _I64, _I8 = ir.IntType(32), ir.IntType(64), ir.IntType(8)
 _V16 = ir.VectorType(_I32, 16)
 #: (pixels, 16-lane vectors of outputs) per tile: 6 x 32 where the columns come in 32s, else
@@ -142,97 +144,108 @@ _tile_b = _make_tile(*_TILES[1])
 
 
 @numba.njit(parallel=True, cache=True)
-def _conv_kernel(x, zp, pad, kh, kw, stride, groups, ho, wo, wb, nv, zpw, out):
-    """``out[(n*ho + oy)*wo + ox, o] = sum (x - zp) * w`` for NHWC uint8 `x` (padding at zp)
-    and the weights packed by `pack` (`wb`, `zpw` = zp * the column sums, both per group
-    and block of 16 * nv outputs); column o of group g = o // (q / groups) reads that group's
-    channels. `out` (N*ho*wo, q) int32, or float32 where every sum is below 2^24. Sums are
-    taken modulo 2^32, so only the result must fit int32.
-
-    The products run over segments of contiguous input bytes in groups of 4: without groups
-    a weight row's kw * C bytes (contiguous in NHWC, so the input needs no channel padding),
-    with groups each weight position's C / groups. A segment that is not a multiple of 4
-    reads up to 3 bytes past it (times zero weights); the input is then copied (with its
-    padding) into a buffer with slack at the end."""
+def _pad_kernel(x, zp, pad, flat):
+    """`flat` = NHWC `x` with `pad` rows and columns of zp around each image, then slack."""
     n, h, w, c = x.shape
-    cg = c // groups
-    seg = kw * c if groups == 1 else cg  # a segment's bytes
-    gr = (seg + 3) // 4  # its groups of 4
-    if pad == 0 and seg % 4 == 0:
-        hp, wp = h, w
-        flat = x.reshape(-1)
-    else:
-        hp, wp = h + 2 * pad, w + 2 * pad
-        flat = np.empty(n * hp * wp * c + 4, np.uint8)
-        flat[-4:] = 0
-        xp = flat[:-4].reshape(n, hp, wp, c)
-        zb = np.uint8(zp)
-        for t in numba.prange(n * hp):
-            b = t // hp
-            y = t - b * hp
-            dst = xp[b, y]
-            if y < pad or y >= pad + h:
-                dst[:] = zb
-                continue
-            src = x[b, y - pad]
-            for xx in range(pad):
-                dst[xx] = zb
-                dst[wp - 1 - xx] = zb
-            dst[pad:pad + w] = src
-    nseg = kh if groups == 1 else kh * kw
-    koff = np.empty((groups, nseg * gr), np.int64)  # byte offsets from a pixel's corner
-    for g in range(groups):
-        for sg in range(nseg):
-            at = sg * wp * c if groups == 1 else ((sg // kw) * wp + sg % kw) * c + g * cg
-            for u in range(gr):
-                koff[g, sg * gr + u] = at + 4 * u
-    ks = nseg * gr
-    q = out.shape[1]
+    hp, wp = h + 2 * pad, w + 2 * pad
+    flat[n * hp * wp * c:] = 0
+    xp = flat[:n * hp * wp * c].reshape(n, hp, wp, c)
+    zb = np.uint8(zp)
+    for t in numba.prange(n * hp):
+        b = t // hp
+        y = t - b * hp
+        dst = xp[b, y]
+        if y < pad or y >= pad + h:
+            dst[:] = zb
+            continue
+        for xx in range(pad):
+            dst[xx] = zb
+            dst[wp - 1 - xx] = zb
+        dst[pad:pad + w] = x[b, y - pad]
+
+
+@numba.njit(inline="always")
+def _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, dst, row0):
+    """Sums of image `b`'s output pixels p in [p_a, p_b) into rows ``p - row0`` of `dst`
+    (rows of q columns): tiles of mr pixels, per group its blocks of 16 * nv columns."""
+    groups, ks = koff.shape
+    q = dst.shape[1]
     qg = q // groups
-    o_flat = out.reshape(-1)
     mr = _TILES[0][0] if nv == 1 else _TILES[1][0]
     nr = 16 * nv
     nb = (qg + nr - 1) // nr  # blocks per group
+    rows = np.empty(_MR_MAX, np.int64)
+    orow = np.empty(_MR_MAX, np.int64)
+    part = np.empty(_MR_MAX * 32, dst.dtype)  # a tile that does not fill the rows
+    d_flat = dst.reshape(-1)
+    oy = p_a // wo  # the next pixel, stepped along (no division per pixel)
+    ox = p_a - oy * wo
+    for p0 in range(p_a, p_b, mr):
+        m = min(mr, p_b - p0)  # pixels in this tile; a short one repeats its last pixel
+        for r in range(m):
+            rows[r] = ((b * hp + oy * stride) * wp + ox * stride) * c
+            ox += 1
+            if ox == wo:
+                ox = 0
+                oy += 1
+        for r in range(m, mr):
+            rows[r] = rows[m - 1]
+        for gb in range(groups * nb):
+            g = gb // nb
+            col = g * qg + (gb - g * nb) * nr  # the block's first column
+            o1 = min(nr, (g + 1) * qg - col)
+            whole = m == mr and o1 == nr
+            for r in range(mr):
+                orow[r] = (p0 + r - row0) * q + col if whole else r * nr
+            out = d_flat if whole else part
+            if nv == 1:
+                _tile_a(flat, rows, koff[g], wb, gb * ks * 64, zpw, gb * nr, out, orow)
+            else:
+                _tile_b(flat, rows, koff[g], wb, gb * ks * 128, zpw, gb * nr, out, orow)
+            if not whole:
+                for r in range(m):
+                    for o in range(o1):
+                        dst[p0 + r - row0, col + o] = part[r * nr + o]
+
+
+@numba.njit(parallel=True, cache=True)
+def _conv_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, out):
+    """``out[(n*ho + oy)*wo + ox, o] = sum (x - zp) * w`` (see `_tiles`, `conv`) over tasks
+    of `_TILES_PER_TASK` tiles."""
+    n = out.shape[0] // (ho * wo)
     pix = ho * wo
-    nt = (pix + mr - 1) // mr
-    per = min(nt, _TILES_PER_TASK)
-    tasks = (nt + per - 1) // per
+    mr = _TILES[0][0] if nv == 1 else _TILES[1][0]
+    span = mr * _TILES_PER_TASK
+    tasks = (pix + span - 1) // span
     for task in numba.prange(n * tasks):
         b = task // tasks
-        t0 = (task - b * tasks) * per
-        rows = np.empty(_MR_MAX, np.int64)
-        orow = np.empty(_MR_MAX, np.int64)
-        part = np.empty(_MR_MAX * 32, out.dtype)  # a tile that does not fill `out`'s rows
-        oy = (t0 * mr) // wo  # the next pixel, stepped along (no division per pixel)
-        ox = t0 * mr - oy * wo
-        for tt in range(t0, min(nt, t0 + per)):
-            p0 = tt * mr
-            m = min(mr, pix - p0)  # pixels in this tile; a short one repeats its last pixel
-            for r in range(m):
-                rows[r] = ((b * hp + oy * stride) * wp + ox * stride) * c
-                ox += 1
-                if ox == wo:
-                    ox = 0
-                    oy += 1
-            for r in range(m, mr):
-                rows[r] = rows[m - 1]
-            for gb in range(groups * nb):
-                g = gb // nb
-                col = g * qg + (gb - g * nb) * nr  # the block's first column
-                o1 = min(nr, (g + 1) * qg - col)
-                whole = m == mr and o1 == nr
-                for r in range(mr):
-                    orow[r] = (b * pix + p0 + r) * q + col if whole else r * nr
-                dst = o_flat if whole else part
-                if nv == 1:
-                    _tile_a(flat, rows, koff[g], wb, gb * ks * 64, zpw, gb * nr, dst, orow)
-                else:
-                    _tile_b(flat, rows, koff[g], wb, gb * ks * 128, zpw, gb * nr, dst, orow)
-                if not whole:
-                    for r in range(m):
-                        for o in range(o1):
-                            out[b * pix + p0 + r, col + o] = part[r * nr + o]
-    return out
+        p_a = (task - b * tasks) * span
+        _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, min(pix, p_a + span),
+               out, -b * pix)
+
+
+@numba.njit(parallel=True, cache=True)
+def _conv_epilogue_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, q, o_n, bias, lv,
+                          do_rq, rq, out, need, mnmx, sums, wrap_bits, ms, gs):
+    """`_conv_kernel`'s sums consumed where they are made: per task (image, block of
+    pixels, as `kernels.gemm_epilogue_kernel` cuts them) the block's sums in a local int32
+    buffer, then that kernel's task on them (no risk, no chunks); the rows `ms` of the sums
+    are copied to `gs` for the spot check."""
+    n, nb = mnmx.shape[0], mnmx.shape[1]
+    pixels = ho * wo
+    per = (pixels + nb - 1) // nb
+    for t in numba.prange(n * nb):
+        b = t // nb
+        blk = t - b * nb
+        p_a = min(pixels, blk * per)
+        p_b = min(pixels, p_a + per)
+        gl = np.empty((max(p_b - p_a, 1), q), np.int32)
+        if p_b > p_a:
+            _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, gl, p_a)
+        _spot_rows(gl, ms, gs, b * pixels + p_a, b * pixels + p_b)
+        _epilogue_task(gl, o_n, pixels, bias, False, False, lv.acc_bits, lv.pe_bits, do_rq,
+                       rq, out, need[0], need[1], mnmx, sums, wrap_bits, 1, q, per, b, blk,
+                       False, b * pixels + p_a)
 
 
 @dataclass(frozen=True)
@@ -273,15 +286,74 @@ def pack(w: np.ndarray, groups: int = 1) -> VnniWeights:
                        colsum.reshape(-1))
 
 
+def _operand(xu: np.ndarray, zp: int, padding: int, seg: int):
+    """(flat uint8 input the tiles read, padded height, padded width): `xu` itself where it
+    needs no padding and its segments are whole groups of 4 bytes, else `_pad_kernel`'s copy."""
+    n, h, w, c = xu.shape
+    if padding == 0 and seg % 4 == 0:
+        return np.ascontiguousarray(xu).reshape(-1), h, w
+    hp, wp = h + 2 * padding, w + 2 * padding
+    flat = np.empty(n * hp * wp * c + 4, np.uint8)
+    _pad_kernel(np.ascontiguousarray(xu), zp, padding, flat)
+    return flat, hp, wp
+
+
+@functools.lru_cache(maxsize=256)
+def _koffsets(kh: int, kw: int, c: int, groups: int, wp: int) -> np.ndarray:
+    """(groups, k-steps) byte offsets of each k-step's 4 input bytes from a pixel's corner:
+    per segment (a weight row's kw * C bytes; with groups a weight position's C / groups of
+    group g), its groups of 4 (read only)."""
+    cg = c // groups
+    if groups == 1:
+        starts = np.arange(kh)[None, :] * wp * c
+        seg = kw * c
+    else:
+        i, j = np.divmod(np.arange(kh * kw), kw)
+        starts = (i * wp + j) * c + np.arange(groups)[:, None] * cg
+        seg = cg
+    off = starts[:, :, None] + 4 * np.arange(-(-seg // 4))
+    off = np.ascontiguousarray(off.reshape(groups, -1), np.int64)
+    off.flags.writeable = False
+    return off
+
+
+def _segment(packed: VnniWeights, c: int) -> int:
+    return packed.kw * c if packed.groups == 1 else c // packed.groups
+
+
 def conv(xu: np.ndarray, zp: int, packed: VnniWeights, stride: int, padding: int,
          dtype=np.float32) -> np.ndarray:
     """The exact sums of the conv of uint8 NHWC `xu` (zero point `zp`, padding reads it) with
     `packed` as `dtype` (N, Ho, Wo, q): float32 (what the int8 engine passes on; exact below
     2^24, which its plans prove) or int32. Only where `available`."""
-    n, h, w, _ = xu.shape
+    n, h, w, c = xu.shape
     kh, kw = packed.kh, packed.kw
     ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    flat, hp, wp = _operand(xu, zp, padding, _segment(packed, c))
     out = np.empty((n * ho * wo, packed.q), dtype)
-    _conv_kernel(np.ascontiguousarray(xu), zp, padding, kh, kw, stride, packed.groups, ho, wo,
+    _conv_kernel(flat, hp, wp, c, stride, ho, wo, _koffsets(kh, kw, c, packed.groups, wp),
                  packed.wb, packed.nv, packed.colsum * np.int32(zp), out)
     return out.reshape(n, ho, wo, packed.q)
+
+
+def conv_epilogue(xu: np.ndarray, zp: int, packed: VnniWeights, stride: int, padding: int,
+                  o_n: int, bias: np.ndarray, lv, do_rq: bool, rq, out: np.ndarray,
+                  mnmx: np.ndarray, sums: np.ndarray, wrap_bits: int,
+                  ms: np.ndarray) -> np.ndarray:
+    """`conv` with its sums passed straight to the epilogue (`kernels.gemm_epilogue_kernel`'s
+    arguments, without risk or chunks): fills `out`, `mnmx` and `sums` as that kernel does,
+    keeps no sums, and returns those of rows `ms` (len(ms), q) int32."""
+    n, h, w, c = xu.shape
+    kh, kw = packed.kh, packed.kw
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    flat, hp, wp = _operand(xu, zp, padding, _segment(packed, c))
+    gs = np.zeros((len(ms), packed.q), np.int32)
+    _conv_epilogue_kernel(flat, hp, wp, c, stride, ho, wo,
+                          _koffsets(kh, kw, c, packed.groups, wp), packed.wb, packed.nv,
+                          packed.colsum * np.int32(zp), packed.q, o_n, bias, lv, do_rq, rq, out,
+                          NO_NEED, mnmx, sums, wrap_bits, ms, gs)
+    return gs
+
+
+#: the bound-bit arrays a fused epilogue never writes (it runs without risk)
+NO_NEED = np.zeros((2, 1, 1), np.uint8)

@@ -7,6 +7,7 @@ against a plain int64 NumPy convolution, on random shapes and on the extreme val
 int8 arithmetic breaks (-128, 255 x 127 pairs, zero points, padding, groups).
 """
 
+import dataclasses
 import functools
 import itertools
 
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npusim.hw.config import NPUConfig
-from npusim.sim import engines, int8_engine
+from npusim.sim import accumulate, engines, int8_engine, vnni
 from npusim.sim.exact_conv import InexactError
 from npusim.sim.int8_engine import Int8Support, int8_conv, prepare_int8_conv
 from npusim.sim.simulator import SimulationError, Simulator
@@ -318,7 +319,15 @@ def test_a_failed_check_falls_back_to_the_float_engine(monkeypatch, caplog):
         y[0, 2, 3, 1] += 1
         return y
 
+    real_fused = vnni.conv_epilogue
+
+    def wrong_fused(xu, zp, packed, *a):  # one weight byte off: its column's sums are wrong
+        wb = packed.wb.copy()
+        wb[0] += 1
+        return real_fused(xu, zp, dataclasses.replace(packed, wb=wb), *a)
+
     monkeypatch.setattr(int8_engine, "_run", wrong)
+    monkeypatch.setattr(vnni, "conv_epilogue", wrong_fused)  # a single run's fused path
     with caplog.at_level("WARNING"):
         np.testing.assert_array_equal(Simulator(cfg).run(prog, x).outputs["y"], good)
         np.testing.assert_array_equal(engines.exact_conv(x, w, 1, 1), ref_conv(x, w, 1, 1))
@@ -374,6 +383,46 @@ def test_simulator_int8_engine_equals_float_engine_and_oracle(seed, dataflow, bi
             assert row["acc_overflows"] == acc_ovf
             if dataflow == "ws":
                 assert row["pe_overflows"] == pe_ovf
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2 ** 32 - 1), st.sampled_from(["dense", "grouped", "depthwise"]),
+       st.booleans(), st.sampled_from([(32, "wrap", True), (18, "wrap", False),
+                                       (17, "wrap", False), (20, "saturate", True)]),
+       st.integers(0, 2), st.integers(1, 2), st.sampled_from([0, 3]))
+def test_fused_epilogue_equals_the_shared_sums(seed, kind, requant, acc, pad, stride, zp):
+    """A single configuration consumes the own kernels' sums where they are made
+    (`int8_engine.int8_conv_fused`: exact layers, and wrapped ones without event counts);
+    a sweep keeps them to share (`run_many`): outputs and every statistic agree."""
+    from npusim.sim.simulator import run_many
+
+    rng = np.random.default_rng(seed)
+    g = 1 if kind == "dense" else 4
+    cg = 1 if kind == "depthwise" else int(rng.integers(1, 9))
+    o = 4 if kind == "depthwise" else g * int(rng.integers(1, 40))
+    x = rng.choice([zp, 255, rng.integers(0, 256)], size=(int(rng.integers(1, 4)), g * cg, 7, 6))
+    w = rng.choice([-127, 127, 0, rng.integers(-127, 128)], size=(o, cg, 3, 3))
+    bias = rng.integers(-3000, 3000, size=o)
+    prog = conv_program(w, bias, x.shape[1:], zp_x=zp, stride=stride, padding=pad, groups=g,
+                        requant=requant)
+    bits, mode, events = acc
+    cfg = NPUConfig.preset("edge16").with_overrides({
+        "precision.acc_bits": bits, "precision.pe_acc_bits": bits, "precision.overflow": mode})
+    calls, warned = [], []
+    real = accumulate.int8_conv_fused
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(accumulate, "int8_conv_fused", lambda *a: calls.append(1) or real(*a))
+        # no layer may pass only by the fallback (a failed check recomputes it, correctly)
+        mp.setattr(accumulate.log, "warning", lambda *a, **k: warned.append(a))
+        sim = Simulator(cfg, count_events=events)
+        one = sim.run(prog, x)
+        prep = sim.plan(prog)[0].prep
+        shared = run_many([Simulator(cfg, count_events=events) for _ in range(2)], prog, x)[0]
+    assert not warned
+    np.testing.assert_array_equal(one.outputs["y"], shared.outputs["y"])
+    assert one.stats.equals(shared.stats)
+    if prep is not None and int8_engine.fusable(prep) and (bits == 32 or not events):
+        assert calls  # the fused path ran (no risk at 32 bits; a wrap shortcut without events)
 
 
 @pytest.mark.slow
