@@ -6,12 +6,16 @@ and every sum the engine asks for is far inside int32). numba cannot emit it fro
 loops (its auto-vectorizer makes ``vpmaddwd``: ~13 GMAC/s per core), so the micro-kernel
 (`_make_tile`) is written as LLVM IR in a numba intrinsic: an ``MR`` pixels x ``16 * NV``
 outputs tile of int32 accumulators held in vector registers, one ``vpdpbusd`` per pixel and
-16 outputs per 4 input channels. The conv around it (`_conv_kernel`) copies the input with
-its padding (at the zero point) and channels rounded up to 4, and walks (image, MR pixels)
-tasks in parallel; each output pixel's patch is read in place (implicit im2col: per weight
-position a row offset, `_koff`), and the tile is stored with the zero point's share
-subtracted. Measured against oneDNN's int8 conv (the engine's other path) on ResNet shapes:
-the same speed at batch 64, 5-8x less time per call at batch 1 (reports/BENCHMARKS.md).
+16 outputs per 4 input bytes. Each output pixel's patch is read in place (implicit im2col):
+a weight row's kw * C bytes are contiguous in NHWC (with groups, a weight position's
+C / groups), so the k-steps are byte offsets from the pixel's corner (`_koffsets`) and the
+input needs no channel padding, only a copy with its spatial padding at the zero point
+(`_pad_kernel`). The tile is stored with the zero point's share subtracted. `conv` returns
+the sums (`_conv_kernel`, tasks of 16 tiles in parallel); `conv_epilogue` hands each block
+of pixels' sums, in a local buffer, straight to the epilogue (`kernels._epilogue_task`), so
+a single run never writes them out. Against oneDNN's int8 conv (the engine's other path) on
+ResNet and MobileNetV2 shapes: about the same speed at batch 64 and ImageNet sizes, 5-8x less
+time per call at batch 1 (reports/BENCHMARKS.md).
 
 Only compiled where the host CPU has AVX-512 VNNI and numba compiles for that CPU
 (`available`): elsewhere LLVM cannot select the instruction and the int8 engine keeps
