@@ -377,9 +377,11 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
 def _extremes(mnmx: np.ndarray, size: int) -> list[int]:
     """[min, max] of all accumulators, then of the unflagged ones, from the epilogue's per
     task extremes `mnmx` (N, B, 4); zeros for an empty output."""
+    if not size:
+        return [0, 0, 0, 0]
     ext = mnmx.reshape(-1, 4)
     lo, hi = ext[:, 0::2].min(axis=0), ext[:, 1::2].max(axis=0)
-    return [int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1])] if size else [0, 0, 0, 0]
+    return [int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1])]
 
 
 def _fused_from_engine(x, prep: Int8Conv, bias, requant, lv, short, out_hw, st):

@@ -356,8 +356,8 @@ def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Res
         K.depthwise_sums_kernel(x, plan.zp_x, plan.dw, plan.stride, plan.padding, ho, wo, g)
     else:
         g = _run(xu[:, ::sk, ::sk] if sk > 1 else xu, plan.zp_x - plan.sub, plan.packed,
-                 2 * q if plan.radix else q, plan.stride // sk, plan.padding,
-                 plan.groups).reshape(n * ho * wo, -1)
+                 2 * q if plan.radix else q, plan.stride // sk, plan.padding, plan.groups)
+        g = g.reshape(n * ho * wo, g.shape[-1])
     if plan.radix:  # radix * hi + lo: a multiple of 64 plus an integer, exact below 2^24
         g = _combine(g, plan)
     _spot_check(x, plan, out_hw, g)
@@ -453,6 +453,8 @@ def spot_rows(call: int, m_n: int) -> np.ndarray:
 
 def _spot_check_rows(x, plan: Int8Conv, out_hw, m_n: int, ms, gs, call: int) -> None:
     """`_spot_check` of the rows `ms` of the engine's sums, `gs` (len(ms), q), of `m_n` rows."""
+    if not len(ms):  # an empty batch
+        return
     own = plan.dw is not None or isinstance(plan.packed, vnni.VnniWeights)
     budget = min(_SPOT_OWN if own else _SPOT_MACS, m_n * plan.wq_hwc.size // _SPOT_SHARE)
     if not K.spot_check_kernel(x, plan.wq_hwc, plan.zp_x, plan.stride, plan.padding,

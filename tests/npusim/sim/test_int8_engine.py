@@ -667,3 +667,20 @@ def test_layers_whose_bias_the_epilogue_cannot_hold_exactly_leave_the_engine():
         assert not made  # refused before any packing
         prepare_conv(engine, w, np.array([0, top], np.int64), *args)
         assert made
+
+
+def test_an_empty_batch_gives_empty_outputs():
+    """Zero images through the int8 engine, fused (one configuration) and shared (a sweep):
+    empty outputs and zero statistics, not a failed reduction."""
+    from npusim.sim.simulator import run_many
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, size=(8, 3, 3, 3))
+    prog = conv_program(w, rng.integers(-100, 100, size=8), (3, 6, 6), padding=1)
+    x = np.zeros((0, 3, 6, 6), np.int64)
+    cfg = NPUConfig.preset("edge16")
+    narrow = cfg.with_overrides({"precision.acc_bits": 17, "precision.pe_acc_bits": 17})
+    for res in [Simulator(cfg).run(prog, x), *run_many([Simulator(cfg), Simulator(narrow)],
+                                                       prog, x)]:
+        assert res.outputs["y"].shape == (0, 8, 6, 6)
+        assert res.stats[["acc_min", "acc_max", "nonzero_macs"]].iloc[0].tolist() == [0, 0, 0]
