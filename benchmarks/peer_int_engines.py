@@ -5,8 +5,9 @@ integer engine" direction): are they exact on this CPU, and how fast against fbg
 
 Per ResNet-18 (224x224) conv shape, timed back to back in one process, best of `--repeats`:
 fbgemm's quantized conv (the production peer; it requantizes, so it is a timing reference
-only), the simulator's int8 engine (`npusim.sim.int8_engine`: the private
-``torch.ops.onednn.qconv2d_pointwise`` plus its verification), ONNX Runtime's ``ConvInteger``
+only), the simulator's int8 engine (`npusim.sim.int8_engine`, with its verification: its
+own AVX-512 VNNI kernel, `npusim.sim.vnni`, where the CPU has VNNI, and the private
+``torch.ops.onednn.qconv2d_pointwise``), ONNX Runtime's ``ConvInteger
 (NCHW, uint8 x int8, int32 out) and ``MatMulInteger`` on an im2col of the input (the im2col is
 timed with it), and ``torch._int_mm`` (int8 x int8 -> int32; on the first shape only: it has
 no fast CPU kernel here). Each engine's int32 sums are compared with an int64 reference on the
@@ -97,6 +98,7 @@ def engines(w: np.ndarray, k: int, stride: int, hw: int, threads: int, first: bo
     import torch
 
     from npusim.sim import engines as E
+    from npusim.sim import vnni
     from npusim.sim.int8_engine import int8_conv, prepare_int8_conv
 
     ho = (hw + 2 * (k // 2) - k) // stride + 1
@@ -104,15 +106,26 @@ def engines(w: np.ndarray, k: int, stride: int, hw: int, threads: int, first: bo
     rows_to_nchw = lambda y, n: y.reshape(n, ho, ho, -1).transpose(0, 3, 1, 2).astype(np.int64)  # noqa: E731
     out: dict = {}
     kind = E.select("auto").int8_kind
-    plan = prepare_int8_conv(w, stride, k // 2, 1, ZP, 0, 255, kind=kind) if kind else None
-    if plan is not None:
-        def npusim_int8(xh):
+    # the engine's own VNNI kernel where the CPU has it, and oneDNN (the engine's other path)
+    choices = [("own VNNI kernel", True), ("oneDNN", False)] if vnni.available() else \
+        [("oneDNN", False)]
+    available = vnni.available
+    for label, own in choices if kind else []:
+        vnni.available = lambda own=own: own  # `int8_engine._pack` chooses by it
+        try:
+            plan = prepare_int8_conv(w, stride, k // 2, 1, ZP, 0, 255, kind=kind)
+        finally:
+            vnni.available = available
+        if plan is None:
+            continue
+
+        def npusim_int8(xh, plan=plan):
             r = int8_conv(xh, plan, (ho, ho))
             r.verify(r.g.reshape(len(xh), -1, r.g.shape[1]).sum(axis=1, dtype=np.float64)
                      .astype(np.int64))
             return r.g
-        out["npusim int8 (oneDNN, verified)"] = (n_hwc, npusim_int8,
-                                                 lambda y, x: rows_to_nchw(y, len(x)))
+        out[f"npusim int8 ({label}, verified)"] = (n_hwc, npusim_int8,
+                                                   lambda y, x: rows_to_nchw(y, len(x)))
     conv = ort_conv(w, k, stride, threads)
     out["ORT ConvInteger"] = (lambda x: x, conv, lambda y, x: y.astype(np.int64))
     mm = ort_matmul(w, k, stride, threads)
