@@ -7,7 +7,7 @@ Per ResNet-18 (224x224) conv shape, timed back to back in one process, best of `
 fbgemm's quantized conv (the production peer; it requantizes, so it is a timing reference
 only), the simulator's int8 engine (`npusim.sim.int8_engine`, with its verification: its
 own AVX-512 VNNI kernel, `npusim.sim.vnni`, where the CPU has VNNI, and the private
-``torch.ops.onednn.qconv2d_pointwise``), ONNX Runtime's ``ConvInteger
+``torch.ops.onednn.qconv2d_pointwise``), ONNX Runtime's ``ConvInteger``
 (NCHW, uint8 x int8, int32 out) and ``MatMulInteger`` on an im2col of the input (the im2col is
 timed with it), and ``torch._int_mm`` (int8 x int8 -> int32; on the first shape only: it has
 no fast CPU kernel here). Each engine's int32 sums are compared with an int64 reference on the
