@@ -229,9 +229,11 @@ def throughput(program, images, repeats, rows, layer_rows):
         sims = {}
         for mode, cfg in configs().items():
             sim = simulator_for(mode, cfg)
-            # each mode's ratio against fbgemm timed alternately with it (best of each)
+            # each mode's ratio against fbgemm timed alternately with it (best of each; a
+            # batch-1 run takes milliseconds, so five times the pairs there: fbgemm's time is
+            # the best over every mode's pairs, the simulator's over its own)
             secs, fb_secs = paired_best(lambda: sim.run(program, x), lambda: fb.run(qx),
-                                        repeats)
+                                        repeats * (5 if batch == 1 else 1))
             res = sim.run(program, x)
             for name, m in zip(res.stats["layer"], res.stats["macs_per_image"]):
                 macs[name] = int(m)
