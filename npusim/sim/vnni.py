@@ -171,46 +171,41 @@ def _pad_kernel(x, zp, pad, flat):
 @numba.njit(inline="always")
 def _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, dst, row0):
     """Sums of image `b`'s output pixels p in [p_a, p_b) into rows ``p - row0`` of `dst`
-    (rows of q columns): tiles of mr pixels; per group, its blocks of 16 * nv columns, each
-    block over every tile (its weights stay in cache: a block of a deep layer is ~150 KB)."""
+    (rows of q columns): tiles of mr pixels, per group its blocks of 16 * nv columns."""
     groups, ks = koff.shape
     q = dst.shape[1]
     qg = q // groups
     mr = _TILES[0][0] if nv == 1 else _TILES[1][0]
     nr = 16 * nv
     nb = (qg + nr - 1) // nr  # blocks per group
-    nt = (p_b - p_a + mr - 1) // mr
-    rows = np.empty((nt, _MR_MAX), np.int64)  # per tile, its pixels' corners
+    rows = np.empty(_MR_MAX, np.int64)
+    orow = np.empty(_MR_MAX, np.int64)
+    part = np.empty(_MR_MAX * 32, dst.dtype)  # a tile that does not fill the rows
+    d_flat = dst.reshape(-1)
     oy = p_a // wo  # the next pixel, stepped along (no division per pixel)
     ox = p_a - oy * wo
-    for tt in range(nt):
-        m = min(mr, p_b - p_a - tt * mr)  # a short last tile repeats its last pixel
+    for p0 in range(p_a, p_b, mr):
+        m = min(mr, p_b - p0)  # pixels in this tile; a short one repeats its last pixel
         for r in range(m):
-            rows[tt, r] = ((b * hp + oy * stride) * wp + ox * stride) * c
+            rows[r] = ((b * hp + oy * stride) * wp + ox * stride) * c
             ox += 1
             if ox == wo:
                 ox = 0
                 oy += 1
         for r in range(m, mr):
-            rows[tt, r] = rows[tt, m - 1]
-    orow = np.empty(_MR_MAX, np.int64)
-    part = np.empty(_MR_MAX * 32, dst.dtype)  # a tile that does not fill the rows
-    d_flat = dst.reshape(-1)
-    for gb in range(groups * nb):
-        g = gb // nb
-        col = g * qg + (gb - g * nb) * nr  # the block's first column
-        o1 = min(nr, (g + 1) * qg - col)
-        for tt in range(nt):
-            p0 = p_a + tt * mr
-            m = min(mr, p_b - p0)
+            rows[r] = rows[m - 1]
+        for gb in range(groups * nb):
+            g = gb // nb
+            col = g * qg + (gb - g * nb) * nr  # the block's first column
+            o1 = min(nr, (g + 1) * qg - col)
             whole = m == mr and o1 == nr
             for r in range(mr):
                 orow[r] = (p0 + r - row0) * q + col if whole else r * nr
             out = d_flat if whole else part
             if nv == 1:
-                _tile_a(flat, rows[tt], koff[g], wb, gb * ks * 64, zpw, gb * nr, out, orow)
+                _tile_a(flat, rows, koff[g], wb, gb * ks * 64, zpw, gb * nr, out, orow)
             else:
-                _tile_b(flat, rows[tt], koff[g], wb, gb * ks * 128, zpw, gb * nr, out, orow)
+                _tile_b(flat, rows, koff[g], wb, gb * ks * 128, zpw, gb * nr, out, orow)
             if not whole:
                 for r in range(m):
                     for o in range(o1):
