@@ -141,7 +141,7 @@ def simulate(
     else:  # an argmax over anything else is no accuracy
         top1 = f"no top-1 (output {out!r} {shape} is not {ds.num_classes} class scores)"
     typer.echo(f"{cfg.name}: {len(ds)} {name}/{split} images in {secs:.1f} s "
-               f"({sim.engine_used} engine), {top1}, overflow rate {_rate_text(res.stats)}")
+               f"({sim.engine.label}), {top1}, overflow rate {_rate_text(res.stats)}")
     _echo_requant_changes(cfg, prog)
     cols = ["layer", "op", "output_shape", "macs_per_image", "pe_acc_bits", "acc_bits",
             "overflow", "pe_overflows", "acc_overflows", "acc_min", "acc_max", "observed_bits",

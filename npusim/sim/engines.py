@@ -52,6 +52,16 @@ class Engine:
     int8_kind: str | None = None
 
     @property
+    def label(self) -> str:
+        """How the CLI names it: "reference engine", "float engine", or the int8 engine with
+        the kernel that computes its convs on this CPU."""
+        if self.used != "int8":
+            return f"{self.used} engine"
+        from npusim.sim import vnni
+
+        return "int8 engine, own VNNI kernel" if vnni.available() else "int8 engine, oneDNN"
+
+    @property
     def reference(self) -> bool:
         """Every output runs the order-faithful kernel."""
         return self.used == "reference"

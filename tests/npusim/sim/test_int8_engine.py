@@ -684,3 +684,12 @@ def test_an_empty_batch_gives_empty_outputs():
                                                        prog, x)]:
         assert res.outputs["y"].shape == (0, 8, 6, 6)
         assert res.stats[["acc_min", "acc_max", "nonzero_macs"]].iloc[0].tolist() == [0, 0, 0]
+
+
+def test_the_engine_label_names_the_kernel():
+    """The CLI's engine label says which kernel computes the int8 engine's convs here."""
+    assert engines.Engine("reference", "reference").label == "reference engine"
+    assert engines.Engine("float", "float").label == "float engine"
+    own = vnni.available()
+    assert engines.Engine("auto", "int8", "exact").label == \
+        ("int8 engine, own VNNI kernel" if own else "int8 engine, oneDNN")
