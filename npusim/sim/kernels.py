@@ -763,18 +763,24 @@ def depthwise_epilogue_kernel(x, zp_x, w, stride, pad, ho, wo, o_n, bias, lv, do
         p_b = min(pixels, p_a + per)
         gl = np.empty((max(p_b - p_a, 1), q), np.int32)
         _depthwise_pixels(x, zp_x, w, stride, pad, wo, b, p_a, p_b, gl, p_a)
-        _spot_rows(gl, ms, gs, b * pixels + p_a, b * pixels + p_b)
-        _epilogue_task(gl, o_n, pixels, bias, False, False, lv.acc_bits, lv.pe_bits, do_rq,
-                       rq, out, need[0], need[1], mnmx, sums, wrap_bits, 1, q, per, b, blk,
-                       False, b * pixels + p_a)
+        fused_epilogue_task(gl, ms, gs, o_n, pixels, bias, lv, do_rq, rq, out, need, mnmx,
+                            sums, wrap_bits, per, b, blk)
 
 
 @numba.njit(inline="always")
-def _spot_rows(gl, ms, gs, m_a, m_b):
-    """Copy the rows m of `ms` in [m_a, m_b) from a task's sums `gl` (row m - m_a) to `gs`."""
+def fused_epilogue_task(gl, ms, gs, o_n, pixels, bias, lv, do_rq, rq, out, need, mnmx, sums,
+                        wrap_bits, per, b, blk):
+    """A fused kernel's task (image `b`, block `blk` of `per` pixels) once its sums are in
+    `gl` (row p - blk * per): the rows `ms` of them copied to `gs` (the spot check's), then
+    `gemm_epilogue_kernel`'s task on them (no risk, no chunks)."""
+    m_a = b * pixels + min(pixels, blk * per)
+    m_b = b * pixels + min(pixels, (blk + 1) * per)
     for k in range(ms.shape[0]):
         if m_a <= ms[k] < m_b:
             gs[k] = gl[ms[k] - m_a]
+    _epilogue_task(gl, o_n, pixels, bias, False, False, lv.acc_bits, lv.pe_bits, do_rq, rq, out,
+                   need[0], need[1], mnmx, sums, wrap_bits, 1, gl.shape[1], per, b, blk, False,
+                   m_a)
 
 
 @numba.njit(cache=True)  # small: int64 in numba (an int64 NumPy matmul is slow, BLAS threads

@@ -12,7 +12,7 @@ C / groups), so the k-steps are byte offsets from the pixel's corner (`_koffsets
 input needs no channel padding, only a copy with its spatial padding at the zero point
 (`_pad_kernel`). The tile is stored with the zero point's share subtracted. `conv` returns
 the sums (`_conv_kernel`, tasks of 16 tiles in parallel); `conv_epilogue` hands each block
-of pixels' sums, in a local buffer, straight to the epilogue (`kernels._epilogue_task`), so
+of pixels' sums, in a local buffer, straight to the epilogue (`kernels.fused_epilogue_task`), so
 a single run never writes them out. Against oneDNN's int8 conv (the engine's other path) on
 ResNet and MobileNetV2 shapes: about the same speed at batch 64 and ImageNet sizes, 5-8x less
 time per call at batch 1 (reports/BENCHMARKS.md).
@@ -36,7 +36,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from npusim.sim.kernels import _epilogue_task, _spot_rows
+from npusim.sim.kernels import fused_epilogue_task
 
 _I32, _I64, _I8 = ir.IntType(32), ir.IntType(64), ir.IntType(8)
 _V16 = ir.VectorType(_I32, 16)
@@ -246,10 +246,8 @@ def _conv_epilogue_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, q,
         gl = np.empty((max(p_b - p_a, 1), q), np.int32)
         if p_b > p_a:
             _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, gl, p_a)
-        _spot_rows(gl, ms, gs, b * pixels + p_a, b * pixels + p_b)
-        _epilogue_task(gl, o_n, pixels, bias, False, False, lv.acc_bits, lv.pe_bits, do_rq,
-                       rq, out, need[0], need[1], mnmx, sums, wrap_bits, 1, q, per, b, blk,
-                       False, b * pixels + p_a)
+        fused_epilogue_task(gl, ms, gs, o_n, pixels, bias, lv, do_rq, rq, out, need, mnmx,
+                            sums, wrap_bits, per, b, blk)
 
 
 @dataclass(frozen=True)
