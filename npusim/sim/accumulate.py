@@ -355,17 +355,12 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
     with a risk, the per-output bound bits are stored in `e`."""
     o = e.prep.o
     risk = pe_risk or acc_risk
-    rq = requant if requant is not None else _NO_RQ
-    out = np.empty((n * pixels, o), rq.dtype if requant is not None else np.int64)
+    rq, out, mnmx, sums = _epilogue_arrays(n, pixels, o, len(e.res.expected), requant)
     need = np.empty((2, n * pixels, o) if risk else (2, 1, 1), np.uint8)
-    nb = _blocks(n, pixels, _EPILOGUE_PIXELS)
-    mnmx = np.empty((n, nb, 4), np.int64)
-    sums = np.empty((n, nb, len(e.res.expected)), np.int64)
     K.gemm_epilogue_kernel(e.res.g, o, pixels, np.asarray(bias, np.int64), risk, pe_risk, lv,
                            requant is not None, rq.rec, out, need[0], need[1], mnmx, sums,
                            wrap_bits, e.nch)
-    e.res.verify(sums.sum(axis=1))
-    mm = _extremes(mnmx, out.size)
+    mm = _checked_extremes(e.res, mnmx, sums, out.size)
     flat = _NONE_FLAGGED
     if risk:
         e.need_acc, e.need_pe = need[0], need[1]
@@ -374,9 +369,21 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
     return out, mm, flat
 
 
-def _extremes(mnmx: np.ndarray, size: int) -> list[int]:
-    """[min, max] of all accumulators, then of the unflagged ones, from the epilogue's per
-    task extremes `mnmx` (N, B, 4); zeros for an empty output."""
+def _epilogue_arrays(n: int, pixels: int, o: int, q: int, requant):
+    """What an epilogue pass fills: (the requantization record or `_NO_RQ`, the output (M, O),
+    per task extremes `mnmx` (N, B, 4) and column sums (N, B, q))."""
+    rq = requant if requant is not None else _NO_RQ
+    out = np.empty((n * pixels, o), rq.dtype if requant is not None else np.int64)
+    nb = _blocks(n, pixels, _EPILOGUE_PIXELS)
+    return rq, out, np.empty((n, nb, 4), np.int64), np.empty((n, nb, q), np.int64)
+
+
+def _checked_extremes(res: Int8Result, mnmx: np.ndarray, sums: np.ndarray,
+                      size: int) -> list[int]:
+    """The epilogue's column sums checked against the engine's (`Int8Result.verify`), then
+    [min, max] of all accumulators and of the unflagged ones from the per task extremes
+    `mnmx` (N, B, 4); zeros for an empty output."""
+    res.verify(sums.sum(axis=1))
     if not size:
         return [0, 0, 0, 0]
     ext = mnmx.reshape(-1, 4)
@@ -392,16 +399,10 @@ def _fused_from_engine(x, prep: Int8Conv, bias, requant, lv, short, out_hw, st):
     configurations share the sums instead: `_shared_entry`)."""
     n, o = x.shape[0], prep.o
     ho, wo = out_hw
-    pixels = ho * wo
-    rq = requant if requant is not None else _NO_RQ
-    out = np.empty((n * pixels, o), rq.dtype if requant is not None else np.int64)
-    nb = _blocks(n, pixels, _EPILOGUE_PIXELS)
-    mnmx = np.empty((n, nb, 4), np.int64)
-    sums = np.empty((n, nb, prep.q), np.int64)
+    rq, out, mnmx, sums = _epilogue_arrays(n, ho * wo, o, prep.q, requant)
     res = int8_conv_fused(x, prep, out_hw, o, np.asarray(bias, np.int64), lv,
                           requant is not None, rq.rec, out, mnmx, sums, short or 0)
-    res.verify(sums.sum(axis=1))
-    mm = _extremes(mnmx, out.size)
+    mm = _checked_extremes(res, mnmx, sums, out.size)
     st.nonzero_macs = res.nonzero_macs
     st.acc_min, st.acc_max = mm[0], mm[1]
     if short is not None:

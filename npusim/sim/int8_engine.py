@@ -178,6 +178,12 @@ class Int8Conv:
     def q(self) -> int:
         return self.wq.shape[0]
 
+    @property
+    def own_kernel(self) -> bool:
+        """The sums come from the engine's own kernels (`vnni`, the depthwise kernel), not
+        oneDNN."""
+        return self.dw is not None or isinstance(self.packed, vnni.VnniWeights)
+
 
 def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_x: int,
                       lo: int, hi: int, signs: bool = False,
@@ -390,7 +396,7 @@ def _prologue(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]):
 def fusable(plan: Int8Conv) -> bool:
     """The plan's sums can be consumed where they are made (`int8_conv_fused`): the engine's
     own kernels (VNNI, depthwise), in one part."""
-    return (plan.dw is not None or isinstance(plan.packed, vnni.VnniWeights)) and not plan.parts
+    return plan.own_kernel and not plan.parts
 
 
 def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n: int,
@@ -455,8 +461,8 @@ def _spot_check_rows(x, plan: Int8Conv, out_hw, m_n: int, ms, gs, call: int) -> 
     """`_spot_check` of the rows `ms` of the engine's sums, `gs` (len(ms), q), of `m_n` rows."""
     if not len(ms):  # an empty batch
         return
-    own = plan.dw is not None or isinstance(plan.packed, vnni.VnniWeights)
-    budget = min(_SPOT_OWN if own else _SPOT_MACS, m_n * plan.wq_hwc.size // _SPOT_SHARE)
+    budget = min(_SPOT_OWN if plan.own_kernel else _SPOT_MACS,
+                 m_n * plan.wq_hwc.size // _SPOT_SHARE)
     if not K.spot_check_kernel(x, plan.wq_hwc, plan.zp_x, plan.stride, plan.padding,
                                plan.groups, plan.o, out_hw[0], out_hw[1], ms, gs, call, budget):
         raise InexactError("int8 engine: a spot-checked output pixel disagrees with int64")

@@ -754,27 +754,34 @@ def depthwise_epilogue_kernel(x, zp_x, w, stride, pad, ho, wo, o_n, bias, lv, do
     check's)."""
     n, nb = mnmx.shape[0], mnmx.shape[1]
     pixels = ho * wo
-    per = (pixels + nb - 1) // nb
     q = w.shape[2]
     for t in numba.prange(n * nb):
-        b = t // nb
-        blk = t - b * nb
-        p_a = min(pixels, blk * per)
-        p_b = min(pixels, p_a + per)
+        b, blk, per, p_a, p_b = fused_task_pixels(t, nb, pixels)
         gl = np.empty((max(p_b - p_a, 1), q), np.int32)
         _depthwise_pixels(x, zp_x, w, stride, pad, wo, b, p_a, p_b, gl, p_a)
         fused_epilogue_task(gl, ms, gs, o_n, pixels, bias, lv, do_rq, rq, out, need, mnmx,
-                            sums, wrap_bits, per, b, blk)
+                            sums, wrap_bits, b, blk, per, p_a, p_b)
+
+
+@numba.njit(inline="always")
+def fused_task_pixels(t, nb, pixels):
+    """Task `t` of a fused kernel, cut as `gemm_epilogue_kernel` cuts its tasks (`nb` blocks
+    per image): (image b, block blk, pixels per block, its pixels [p_a, p_b))."""
+    b = t // nb
+    blk = t - b * nb
+    per = (pixels + nb - 1) // nb
+    p_a = min(pixels, blk * per)
+    return b, blk, per, p_a, min(pixels, p_a + per)
 
 
 @numba.njit(inline="always")
 def fused_epilogue_task(gl, ms, gs, o_n, pixels, bias, lv, do_rq, rq, out, need, mnmx, sums,
-                        wrap_bits, per, b, blk):
-    """A fused kernel's task (image `b`, block `blk` of `per` pixels) once its sums are in
-    `gl` (row p - blk * per): the rows `ms` of them copied to `gs` (the spot check's), then
-    `gemm_epilogue_kernel`'s task on them (no risk, no chunks)."""
-    m_a = b * pixels + min(pixels, blk * per)
-    m_b = b * pixels + min(pixels, (blk + 1) * per)
+                        wrap_bits, b, blk, per, p_a, p_b):
+    """A fused kernel's task (`fused_task_pixels`) once its sums are in `gl` (row p - p_a):
+    the rows `ms` of them copied to `gs` (the spot check's), then `gemm_epilogue_kernel`'s
+    task on them (no risk, no chunks)."""
+    m_a = b * pixels + p_a
+    m_b = b * pixels + p_b
     for k in range(ms.shape[0]):
         if m_a <= ms[k] < m_b:
             gs[k] = gl[ms[k] - m_a]

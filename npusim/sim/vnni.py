@@ -36,7 +36,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from npusim.sim.kernels import fused_epilogue_task
+from npusim.sim.kernels import fused_epilogue_task, fused_task_pixels
 
 _I32, _I64, _I8 = ir.IntType(32), ir.IntType(64), ir.IntType(8)
 _V16 = ir.VectorType(_I32, 16)
@@ -237,17 +237,13 @@ def _conv_epilogue_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, q,
     are copied to `gs` for the spot check."""
     n, nb = mnmx.shape[0], mnmx.shape[1]
     pixels = ho * wo
-    per = (pixels + nb - 1) // nb
     for t in numba.prange(n * nb):
-        b = t // nb
-        blk = t - b * nb
-        p_a = min(pixels, blk * per)
-        p_b = min(pixels, p_a + per)
+        b, blk, per, p_a, p_b = fused_task_pixels(t, nb, pixels)
         gl = np.empty((max(p_b - p_a, 1), q), np.int32)
         if p_b > p_a:
             _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, gl, p_a)
         fused_epilogue_task(gl, ms, gs, o_n, pixels, bias, lv, do_rq, rq, out, need, mnmx,
-                            sums, wrap_bits, per, b, blk)
+                            sums, wrap_bits, b, blk, per, p_a, p_b)
 
 
 @dataclass(frozen=True)
@@ -323,18 +319,27 @@ def _segment(packed: VnniWeights, c: int) -> int:
     return packed.kw * c if packed.groups == 1 else c // packed.groups
 
 
+def _kernel_args(xu: np.ndarray, zp: int, packed: VnniWeights, stride: int, padding: int):
+    """((N, Ho, Wo), the leading arguments `_conv_kernel` and `_conv_epilogue_kernel` share:
+    the operand the tiles read, its padded size, channels, stride, output size, k-step
+    offsets, packed weights and the zero point's share per column)."""
+    n, h, w, c = xu.shape
+    kh, kw = packed.kh, packed.kw
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    flat, hp, wp = _operand(xu, zp, padding, _segment(packed, c))
+    return (n, ho, wo), (flat, hp, wp, c, stride, ho, wo,
+                         _koffsets(kh, kw, c, packed.groups, wp), packed.wb, packed.nv,
+                         packed.colsum * np.int32(zp))
+
+
 def conv(xu: np.ndarray, zp: int, packed: VnniWeights, stride: int, padding: int,
          dtype=np.float32) -> np.ndarray:
     """The exact sums of the conv of uint8 NHWC `xu` (zero point `zp`, padding reads it) with
     `packed` as `dtype` (N, Ho, Wo, q): float32 (what the int8 engine passes on; exact below
     2^24, which its plans prove) or int32. Only where `available`."""
-    n, h, w, c = xu.shape
-    kh, kw = packed.kh, packed.kw
-    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
-    flat, hp, wp = _operand(xu, zp, padding, _segment(packed, c))
+    (n, ho, wo), args = _kernel_args(xu, zp, packed, stride, padding)
     out = np.empty((n * ho * wo, packed.q), dtype)
-    _conv_kernel(flat, hp, wp, c, stride, ho, wo, _koffsets(kh, kw, c, packed.groups, wp),
-                 packed.wb, packed.nv, packed.colsum * np.int32(zp), out)
+    _conv_kernel(*args, out)
     return out.reshape(n, ho, wo, packed.q)
 
 
@@ -345,15 +350,10 @@ def conv_epilogue(xu: np.ndarray, zp: int, packed: VnniWeights, stride: int, pad
     """`conv` with its sums passed straight to the epilogue (`kernels.gemm_epilogue_kernel`'s
     arguments, without risk or chunks): fills `out`, `mnmx` and `sums` as that kernel does,
     keeps no sums, and returns those of rows `ms` (len(ms), q) int32."""
-    n, h, w, c = xu.shape
-    kh, kw = packed.kh, packed.kw
-    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
-    flat, hp, wp = _operand(xu, zp, padding, _segment(packed, c))
+    _, args = _kernel_args(xu, zp, packed, stride, padding)
     gs = np.zeros((len(ms), packed.q), np.int32)
-    _conv_epilogue_kernel(flat, hp, wp, c, stride, ho, wo,
-                          _koffsets(kh, kw, c, packed.groups, wp), packed.wb, packed.nv,
-                          packed.colsum * np.int32(zp), packed.q, o_n, bias, lv, do_rq, rq, out,
-                          NO_NEED, mnmx, sums, wrap_bits, ms, gs)
+    _conv_epilogue_kernel(*args, packed.q, o_n, bias, lv, do_rq, rq, out, NO_NEED, mnmx, sums,
+                          wrap_bits, ms, gs)
     return gs
 
 
