@@ -5,3 +5,7 @@ IntegerProgram files, never trained PyTorch objects).
 """
 
 __version__ = "0.1.0"
+
+from npusim.jitcache import configure as _configure_jit_cache
+
+_configure_jit_cache()

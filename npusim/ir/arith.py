@@ -347,8 +347,15 @@ def requant_span_f64(srcf, dst, rq, c0, cstep):
         c = c0 + j * cstep
         p = srcf[j] * rq.km[c]
         bad |= abs(p) >= _F64_EXACT_PRODUCT
-        dst[j] = min(max(np.floor(p * rq.sc[c] + 0.5) + zp, lo), hi)
+        dst[j] = requant_f64_one(p, rq.sc[c], zp, lo, hi)
     return not bad
+
+
+@numba.njit(inline="always")
+def requant_f64_one(p, sc, zp, lo, hi):
+    """The float64 path's rule on one product ``p = acc * km`` (``|p| < 2^52``, see
+    `requant_span_f64`): ``clamp(floor(p * sc + 1/2) + zp, lo, hi)``, all float64."""
+    return min(max(np.floor(p * sc + 0.5) + zp, lo), hi)
 
 
 @numba.njit(parallel=True, cache=True)

@@ -555,7 +555,8 @@ def test_probe_reports_a_broken_private_op(monkeypatch):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.integers(1, 3), st.integers(1, 7), st.integers(1, 4), st.integers(1, 3),
+@given(st.integers(1, 3), st.sampled_from([1, 2, 5, 7, 23, 40]),
+       st.sampled_from([1, 2, 3, 4, 17]), st.integers(1, 3),
        st.sampled_from(["exact", "signs", "risk", "risk_pe", "wrap"]),
        st.sampled_from([8, 16, 20, 40]),
        st.sampled_from(["half_up", "half_away", "half_even"]), st.data())
@@ -564,7 +565,8 @@ def test_epilogue_kernel_equals_a_walk_over_every_output(n, pixels, o_n, nch, ca
     """`kernels.gemm_epilogue_kernel` against Python integers: accumulators (wrapped where
     asked) requantized, the bits each output's bounds need (float64 lanes in the kernel), the
     extremes of all and of the unflagged accumulators, and the check's column sums (per
-    chunk weighted 1..nch), on sums up to 2^24 and biases up to 2^52. "signs": the sign
+    chunk weighted 1..nch), on sums up to 2^24 and biases up to 2^52, blocks of one pixel to
+    several of the flat task's runs (`kernels._flat_epilogue_task`). "signs": the sign
     columns of a plan shared with a risky configuration, read by a configuration without risk
     (only the check's sums take them)."""
     from npusim.ir import arith
@@ -641,6 +643,41 @@ def test_epilogue_kernel_equals_a_walk_over_every_output(n, pixels, o_n, nch, ca
         if nch > 1:
             wsum = (col * np.arange(1, nch + 1)[None, :, None]).sum(axis=(0, 1))
             assert np.array_equal(sums[b, k, q:], wsum)
+
+
+
+@pytest.mark.parametrize("wrap_bits", [0, 32])
+def test_epilogue_hands_inexact_float_products_to_the_integer_rule(wrap_bits):
+    """An accumulator whose product with the multiplier passes 2^52, crafted so that the
+    float64 product rounds onto a tie (``acc * m0 = k * 2^31 + 2^30 - 1``, exactly below
+    half): the flat float64 path (`kernels._flat_epilogue_task`) must see it among its
+    block's extremes and leave the block to the integer rule, beside small accumulators on
+    either side and in runs of several pixels."""
+    from npusim.ir import arith
+    from npusim.sim import kernels as K
+    from npusim.sim.accumulate import Requant
+
+    m0, sh = (1 << 31) - 1, 31
+    acc = ((1 << 30) - 1) * pow(m0, -1, 1 << 31) % (1 << 31)  # acc * m0 = 2^30 - 1 mod 2^31
+    assert float(acc) * m0 >= 2.0 ** 52 and (acc * m0) % (1 << 31) == (1 << 30) - 1
+    o_n, pixels = 2, 70
+    bias = np.array([acc - 1000, 7], np.int64)  # sums stay small, as the engine's are
+    g = np.random.default_rng(0).integers(-500, 500, (pixels, o_n)).astype(np.float32)
+    g[37, 0] = 1000.0
+    req = Requant.of(np.full(o_n, m0), np.full(o_n, sh), np.zeros(o_n, np.float32), False,
+                     arith.rounding_code("half_up", "fixed"), 32, 0, -(1 << 31), (1 << 31) - 1)
+    assert req.rec.f64
+    out = np.empty((pixels, o_n), np.int64)
+    mnmx = np.empty((1, 1, 4), np.int64)
+    sums = np.empty((1, 1, o_n), np.int64)
+    lv = K.LevelSpec(K.OS, 16, 32, K.MODE_CODES["wrap"], 32, K.MODE_CODES["wrap"])
+    no = np.empty((1, 1), np.uint8)
+    K.gemm_epilogue_kernel(g, o_n, pixels, bias, False, False, lv, True, req.rec, out, no, no,
+                           mnmx, sums, wrap_bits, 1)
+    want = naive.requantize((g.astype(np.int64) + bias)[:, :, None], np.full(o_n, m0),
+                            np.full(o_n, sh), "half_up", 32, 0, -(1 << 31), (1 << 31) - 1)
+    np.testing.assert_array_equal(out, want[:, :, 0])
+    assert out[37, 0] == acc * m0 >> sh  # the float product alone gives one more
 
 
 def test_layers_whose_bias_the_epilogue_cannot_hold_exactly_leave_the_engine():
