@@ -670,22 +670,23 @@ def window_sums_kernel(x, zp_x, stride, pad, ho, wo, s, cnt):
     zp = np.int32(zp_x)
     gs = np.zeros((H, kw, C), np.int64)  # row y, weight column j: the sum over j's columns
     gc = np.zeros((H, kw, C), np.int64)
+    xf = x.reshape(-1)
+    wc = W * C
     for y in numba.prange(H):
         rs = np.empty((W, C), np.int32)
         rc = np.empty((W, C), np.int32)
+        rsf = rs.reshape(-1)  # an input row as one run of W * C lanes
+        rcf = rc.reshape(-1)
         for b0 in range(0, N, _FOLD_IMAGES):
-            rs[:] = 0
-            rc[:] = 0
+            rsf[:] = 0
+            rcf[:] = 0
             for b in range(b0, min(N, b0 + _FOLD_IMAGES)):
                 r = np.int32(1 + b % 4)
-                for x_ in range(W):
-                    src = x[b, y, x_]
-                    dr = rs[x_]
-                    dc = rc[x_]
-                    for c in range(C):
-                        v = np.int32(src[c]) - zp
-                        dr[c] += r * v
-                        dc[c] += np.int32(v != 0)
+                src = xf[(b * H + y) * wc:(b * H + y + 1) * wc]
+                for i in range(wc):
+                    v = np.int32(src[i]) - zp
+                    rsf[i] += r * v
+                    rcf[i] += np.int32(v != 0)
             for j in range(kw):
                 q0 = max(0, (pad - j + stride - 1) // stride)
                 q1 = min(wo - 1, (W - 1 + pad - j) // stride)

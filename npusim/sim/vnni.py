@@ -149,23 +149,25 @@ _tile_b = _make_tile(*_TILES[1])
 
 @numba.njit(parallel=True, cache=True)
 def _pad_kernel(x, zp, pad, flat):
-    """`flat` = NHWC `x` with `pad` rows and columns of zp around each image, then slack."""
+    """`flat` = NHWC `x` with `pad` rows and columns of zp around each image, then slack; a
+    padded row's runs copied as flat byte ranges (2-D row slices: 8-12x slower)."""
     n, h, w, c = x.shape
     hp, wp = h + 2 * pad, w + 2 * pad
     flat[n * hp * wp * c:] = 0
-    xp = flat[:n * hp * wp * c].reshape(n, hp, wp, c)
     zb = np.uint8(zp)
+    xf = x.reshape(-1)
+    row = wp * c
     for t in numba.prange(n * hp):
         b = t // hp
         y = t - b * hp
-        dst = xp[b, y]
+        dst = flat[t * row:(t + 1) * row]
         if y < pad or y >= pad + h:
             dst[:] = zb
             continue
-        for xx in range(pad):
-            dst[xx] = zb
-            dst[wp - 1 - xx] = zb
-        dst[pad:pad + w] = x[b, y - pad]
+        dst[:pad * c] = zb
+        dst[(pad + w) * c:] = zb
+        s0 = (b * h + y - pad) * w * c
+        dst[pad * c:(pad + w) * c] = xf[s0:s0 + w * c]
 
 
 @numba.njit(inline="always")
