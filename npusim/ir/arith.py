@@ -355,14 +355,7 @@ def requant_span_f64(srcf, dst, rq, c0, cstep):
 def requant_f64_one(p, sc, zp, lo, hi):
     """The float64 path's rule on one product ``p = acc * km`` (``|p| < 2^52``, see
     `requant_span_f64`): ``clamp(floor(p * sc + 1/2) + zp, lo, hi)``, all float64."""
-    return min(max(_half_up_f64(p, sc) + zp, lo), hi)
-
-
-@numba.njit(inline="always")
-def _half_up_f64(p, sc):
-    """``floor(p * sc + 1/2)``: HALF_UP's ``(x + 2^(s-1)) >> s`` on an exact float64 ``p``
-    (``|p| < 2^52``) and ``sc = 2^-s`` (``s <= 52``)."""
-    return np.floor(p * sc + 0.5)
+    return min(max(np.floor(p * sc + 0.5) + zp, lo), hi)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -427,57 +420,12 @@ def residual_add(a: np.ndarray, b: np.ndarray, zp_a: int, zp_b: int, m0: np.ndar
     a2 = np.ascontiguousarray(a).reshape(shape[0], -1)
     b2 = np.ascontiguousarray(b).reshape(shape[0], -1)
     out = np.empty(a2.shape, out_dtype)
-    f = None if scale_float else _add_f64(tuple(int(v) for v in np.asarray(m0)[:2]),
-                                         tuple(int(v) for v in np.asarray(n)[:2]), int(frac),
-                                         int(code), int(shift_code), a2.dtype, b2.dtype,
-                                         int(zp_a), int(zp_b))
-    if f is not None:
-        _add_f64_kernel(a2, b2, int(zp_a), int(zp_b), f, int(zp_y), int(lo), int(hi), out)
-        return out.reshape(shape)
     rq = _add_params(tuple(int(v) for v in np.asarray(m0)[:2]),
                      tuple(int(v) for v in np.asarray(n)[:2]),
                      tuple(float(v) for v in np.asarray(mf, np.float32)[:2]), bool(scale_float),
                      int(code), int(mbits), int(zp_y), int(lo), int(hi))
     _add_kernel(a2, b2, int(zp_a), int(zp_b), rq, int(frac), int(shift_code), out)
     return out.reshape(shape)
-
-
-@functools.lru_cache(maxsize=256)
-def _add_f64(m0: tuple, n: tuple, frac: int, code: int, shift_code: int, dtype_a, dtype_b,
-             zp_a: int, zp_b: int) -> np.ndarray | None:
-    """(ka, sa, kb, sb, sf) float64 for `_add_f64_kernel` where its float64 lanes are exact
-    for every value the input dtypes hold, else None (the int64 rule). HALF_UP rounding both
-    times (``requant_fixed`` of each input to ``n - frac``, then ``rounding_shift`` by `frac`):
-    each rescaled input ``floor(v * m0 * 2^left * 2^-right + 1/2)`` is exact while
-    ``|v| * m0 * 2^left < 2^52`` (`requant_span_f64`'s argument), and so is the final step on
-    their sum below 2^51."""
-    if code != HALF_UP or shift_code != HALF_UP or not 0 <= frac <= _F64_SHIFT_MAX:
-        return None
-    f = []
-    top = 0.0
-    for m, s, dt, zp in ((m0[0], n[0] - frac, dtype_a, zp_a), (m0[1], n[1] - frac, dtype_b, zp_b)):
-        info = np.iinfo(dt)
-        v = max(abs(int(info.min) - zp), abs(int(info.max) - zp))
-        if m < 0 or abs(s) > _F64_SHIFT_MAX or v * m * 2 ** max(-s, 0) >= 2 ** 52:
-            return None
-        f += [float(m * 2 ** max(-s, 0)), 2.0 ** -max(s, 0)]
-        top += v * f[-2] * f[-1] + 1.0
-    if top >= 2.0 ** 51:
-        return None
-    return np.array(f + [2.0 ** -frac])
-
-
-@numba.njit(parallel=True, cache=True)
-def _add_f64_kernel(a, b, zp_a, zp_b, f, zp_y, lo, hi, out):
-    """`_add_kernel` in float64 lanes for the parameters `_add_f64` gives (exact there)."""
-    ka, sa, kb, sb, sf = f[0], f[1], f[2], f[3], f[4]
-    zp, fl, fh = np.float64(zp_y), np.float64(lo), np.float64(hi)
-    for i in numba.prange(a.shape[0]):
-        ai, bi, oi = a[i], b[i], out[i]
-        for j in range(ai.shape[0]):
-            ta = _half_up_f64((np.float64(ai[j]) - zp_a) * ka, sa)
-            tb = _half_up_f64((np.float64(bi[j]) - zp_b) * kb, sb)
-            oi[j] = requant_f64_one(ta + tb, sf, zp, fl, fh)
 
 
 @functools.lru_cache(maxsize=256)
