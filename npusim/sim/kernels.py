@@ -645,6 +645,21 @@ def embed_kernel(x, lut, out):
 
 
 @numba.njit(parallel=True, cache=True)
+def channels_last_kernel(x, out):
+    """out (N, H, W, C) = x (N, C, H, W) transposed; per output row, each channel's input row
+    read once (NumPy's strided copy: 7-10x slower on 224x224 RGB batches)."""
+    n, c, h, w = x.shape
+    for t in numba.prange(n * h):
+        b = t // h
+        y = t - b * h
+        dst = out[b, y]
+        for k in range(c):
+            src = x[b, k, y]
+            for i in range(w):
+                dst[i, k] = src[i]
+
+
+@numba.njit(parallel=True, cache=True)
 def to_u8_kernel(x, sub, out):
     """out = x - sub as uint8 (the caller has proved the values fit)."""
     for i in numba.prange(x.shape[0]):
@@ -1135,7 +1150,7 @@ def nonzero_count_kernel(x, zp_x, out):
                     out[c, h, w_] += x[b, c, h, w_] != zp_x
 
 
-__all__ = ["conv_kernel", "conv_points_kernel", "conv_walk_kernel", "chunk_reduce_kernel",
+__all__ = ["channels_last_kernel", "conv_kernel", "conv_points_kernel", "conv_walk_kernel", "chunk_reduce_kernel",
            "screen_walk_kernel", "pool_kernel", "maxpool_kernel", "depthwise_sums_kernel",
            "depthwise_epilogue_kernel",
            "avgpool_float_kernel", "embed_kernel", "to_u8_kernel",

@@ -44,7 +44,14 @@ _PARALLEL_MIN_WORK = 1 << 24  # MACs (or outputs) of a node below which it runs 
 
 def _channels_last(x: np.ndarray) -> np.ndarray:
     """(N, C, H, W) -> contiguous (N, H, W, C); other ranks unchanged."""
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x
+    if x.ndim != 4:
+        return x
+    t = x.transpose(0, 2, 3, 1)
+    if t.flags.c_contiguous:  # one channel
+        return t
+    out = np.empty(t.shape, x.dtype)
+    K.channels_last_kernel(np.ascontiguousarray(x), out)
+    return out
 
 
 def _stored(y: np.ndarray, spec) -> np.ndarray:

@@ -371,3 +371,19 @@ def test_run_many_shares_and_equals_separate_runs_on_a_network(engine):
     # at least one narrow configuration differs somewhere (the sweep is not trivial)
     assert any(not np.array_equal(m.logits, many[0].logits) for m in many[1:]) or \
         any(int(m.stats["acc_overflows"].fillna(0).sum()) for m in many[1:])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 3), st.integers(1, 5), st.integers(1, 9), st.integers(1, 9),
+       st.sampled_from([np.uint8, np.int8, np.int16]), st.integers(0, 2 ** 32 - 1))
+def test_channels_last_equals_numpy(n, c, h, w, dtype, seed):
+    """The simulator's input layout change (`kernels.channels_last_kernel`; one channel as a
+    view) equals NumPy's transpose, contiguous, for every shape and dtype it takes."""
+    from npusim.sim.simulator import _channels_last
+
+    info = np.iinfo(dtype)
+    x = np.random.default_rng(seed).integers(info.min, int(info.max) + 1, (n, c, h, w)).astype(dtype)
+    y = _channels_last(x)
+    assert y.flags.c_contiguous and y.dtype == x.dtype
+    np.testing.assert_array_equal(y, x.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(_channels_last(x[:, :, ::2]), x[:, :, ::2].transpose(0, 2, 3, 1))
