@@ -569,6 +569,34 @@ def test_epilogue_kernel_equals_a_walk_over_every_output(n, pixels, o_n, nch, ca
     several of the flat task's runs (`kernels._flat_epilogue_task`). "signs": the sign
     columns of a plan shared with a risky configuration, read by a configuration without risk
     (only the check's sums take them)."""
+    # |chunk sum| of every chunk together below 2^24, as the engine's bound; or small sums and
+    # biases, whose products with the multipliers stay below 2^52 (the float64 paths)
+    small = data.draw(st.booleans())
+    big = (1 << 52) - 1
+    bias = [data.draw(st.sampled_from([0, 1, -1, 5000, -(1 << 18)] if small else
+                                      [0, 1, -1, 5000, -(1 << 23), 1 << 31, big, -big]))
+            for _ in range(o_n)]
+    _check_epilogue(n, pixels, o_n, nch, case, bits, rounding, data.draw(st.integers(0, 2 ** 32 - 1)),
+                    small, bias, data.draw(st.integers(1, pixels)))
+
+
+@pytest.mark.parametrize("o_n", [1, 3, 16, 17])
+@pytest.mark.parametrize("case", ["risk", "risk_pe", "exact", "wrap"])
+def test_epilogue_kernel_on_long_blocks(o_n, case):
+    """The epilogue on blocks of many pixels (the flat task's runs, `kernels._flat_epilogue_task`,
+    meet each lane many times; with risk, the per-pixel task), some outputs flagged and some
+    not, at either level (sums below 2^19, an 18-bit acc and a 14-bit pe level, half_up: the
+    float64 paths), in one block and in several."""
+    for nb in (1, 3):
+        _check_epilogue(2, 150, o_n, 1, case, 18, "half_up", 7 + nb, True,
+                        [0, 5000, -1, -(1 << 18)] * 5, nb, pe_bits=14)
+
+
+def _check_epilogue(n, pixels, o_n, nch, case, bits, rounding, seed, small, bias, nb,
+                    pe_bits=None):
+    """One case of `test_epilogue_kernel_equals_a_walk_over_every_output` (`bias` per output,
+    `nb` blocks per image; the pe level `pe_bits` wide, else `bits` like the acc level)."""
+    pe_bits = bits if pe_bits is None else pe_bits
     from npusim.ir import arith
     from npusim.sim import kernels as K
     from npusim.sim.accumulate import Requant
@@ -578,13 +606,15 @@ def test_epilogue_kernel_equals_a_walk_over_every_output(n, pixels, o_n, nch, ca
     wrap_bits = bits if case == "wrap" else 0
     signs = risk or case == "signs"
     q = 2 * o_n if signs else o_n
-    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
-    lim = (1 << 24) - 1  # |chunk sum| of every chunk together below 2^24, as the engine's bound
+    rng = np.random.default_rng(seed)
+    lim = (1 << (19 if small else 24)) - 1
     per = lim // nch
     m = n * pixels
     g = np.zeros((m, nch * q), np.float32)
+    e = 18 if small else 22
+
     def draw_sums():  # powers of two: the bounds' edges, where a width changes
-        return rng.choice([0, per, 1 << int(rng.integers(0, 22)), (1 << int(rng.integers(0, 22))) - 1,
+        return rng.choice([0, per, 1 << int(rng.integers(0, e)), (1 << int(rng.integers(0, e))) - 1,
                            rng.integers(0, per + 1)], size=(m, o_n))
 
     for c in range(nch):
@@ -595,10 +625,8 @@ def test_epilogue_kernel_equals_a_walk_over_every_output(n, pixels, o_n, nch, ca
             g[:, c * q + o_n:(c + 1) * q] = pos
         else:
             g[:, c * q:(c + 1) * q] = pos * rng.choice([-1, 1], size=(m, o_n))
-    big = (1 << 52) - 1
-    bias = np.array([data.draw(st.sampled_from([0, 1, -1, 5000, -(1 << 23), 1 << 31, big, -big]))
-                     for _ in range(o_n)], np.int64)
-    lv = K.LevelSpec(K.OS, 16, bits, K.MODE_CODES["wrap"], bits, K.MODE_CODES["wrap"])
+    bias = np.asarray(bias[:o_n], np.int64)
+    lv = K.LevelSpec(K.OS, 16, pe_bits, K.MODE_CODES["wrap"], bits, K.MODE_CODES["wrap"])
     m0 = rng.integers(1 << 30, 1 << 31, o_n)
     sh = rng.integers(31, 45, o_n)  # no left shift: |acc * m0| < 2^63, as the simulator checks
     req = Requant.of(m0, sh, np.zeros(o_n, np.float32), False,
@@ -606,7 +634,6 @@ def test_epilogue_kernel_equals_a_walk_over_every_output(n, pixels, o_n, nch, ca
     do_rq = bool(np.abs(bias).max() < (1 << 31))  # larger: the 64-bit product is refused
     out = np.empty((m, o_n), np.int8 if do_rq else np.int64)  # the dtypes real layers use
     need = np.empty((2, m, o_n) if risk else (2, 1, 1), np.uint8)
-    nb = data.draw(st.integers(1, pixels))
     mnmx = np.empty((n, nb, 4), np.int64)
     sums = np.empty((n, nb, q * (2 if nch > 1 else 1)), np.int64)
     K.gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, req.rec, out,
@@ -629,7 +656,7 @@ def test_epilogue_kernel_equals_a_walk_over_every_output(n, pixels, o_n, nch, ca
             na = arith.bits_needed(min(b - int(neg[i, o]), 0), max(b + int(pos[i, o]), 0))
             npe = arith.bits_needed(-int(neg[i, o]), int(pos[i, o]))
             assert (need[0][i, o], need[1][i, o]) == (na, npe)
-            flagged[i, o] = na > bits or (pe_risk and npe > bits)
+            flagged[i, o] = na > bits or (pe_risk and npe > pe_bits)
     blk = -(-pixels // nb)
     for b, k in np.ndindex(n, nb):
         rows = np.arange(b * pixels + k * blk, b * pixels + min(pixels, (k + 1) * blk))
