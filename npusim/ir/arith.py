@@ -325,7 +325,7 @@ def requant_span(src, dst, rq, c0, cstep):
         _requant_loop(src, dst, rq, c0, cstep, False, HALF_AWAY)
 
 
-_F64_EXACT_PRODUCT = 2.0 ** 52
+F64_EXACT_PRODUCT = 2.0 ** 52  # float64 products below this are exact integers here
 
 
 @numba.njit(inline="always")
@@ -346,7 +346,7 @@ def requant_span_f64(srcf, dst, rq, c0, cstep):
     for j in range(srcf.shape[0]):
         c = c0 + j * cstep
         p = srcf[j] * rq.km[c]
-        bad |= abs(p) >= _F64_EXACT_PRODUCT
+        bad |= abs(p) >= F64_EXACT_PRODUCT
         dst[j] = requant_f64_one(p, rq.sc[c], zp, lo, hi)
     return not bad
 

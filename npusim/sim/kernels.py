@@ -15,7 +15,7 @@ import numba
 import numpy as np
 
 from npusim.ir.arith import (
-    _F64_EXACT_PRODUCT,
+    F64_EXACT_PRODUCT,
     ort_avgpool_one,
     requant_f64_one,
     requant_one,
@@ -959,7 +959,7 @@ def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, pe
             a1 = mx[i] + (bias[o] if raw else 0)
             t[0] = min(t[0], a0)
             t[1] = max(t[1], a1)
-            exact &= max(-a0, a1) * rq.km[o] < _F64_EXACT_PRODUCT
+            exact &= max(-a0, a1) * rq.km[o] < F64_EXACT_PRODUCT
     t[2], t[3] = t[0], t[1]
     return exact
 
@@ -1150,8 +1150,8 @@ def nonzero_count_kernel(x, zp_x, out):
                     out[c, h, w_] += x[b, c, h, w_] != zp_x
 
 
-__all__ = ["channels_last_kernel", "conv_kernel", "conv_points_kernel", "conv_walk_kernel", "chunk_reduce_kernel",
-           "screen_walk_kernel", "pool_kernel", "maxpool_kernel", "depthwise_sums_kernel",
+__all__ = ["channels_last_kernel", "conv_kernel", "conv_points_kernel", "conv_walk_kernel",
+           "chunk_reduce_kernel", "screen_walk_kernel", "pool_kernel", "maxpool_kernel", "depthwise_sums_kernel",
            "depthwise_epilogue_kernel",
            "avgpool_float_kernel", "embed_kernel", "to_u8_kernel",
            "window_sums_kernel", "column_sums_kernel", "spot_check_kernel",

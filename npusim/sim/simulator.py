@@ -49,8 +49,9 @@ def _channels_last(x: np.ndarray) -> np.ndarray:
     t = x.transpose(0, 2, 3, 1)
     if t.flags.c_contiguous:  # one channel
         return t
+    x = np.ascontiguousarray(x, x.dtype.newbyteorder("="))  # numba takes native byte order
     out = np.empty(t.shape, x.dtype)
-    K.channels_last_kernel(np.ascontiguousarray(x), out)
+    K.channels_last_kernel(x, out)
     return out
 
 

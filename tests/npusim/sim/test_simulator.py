@@ -387,3 +387,5 @@ def test_channels_last_equals_numpy(n, c, h, w, dtype, seed):
     assert y.flags.c_contiguous and y.dtype == x.dtype
     np.testing.assert_array_equal(y, x.transpose(0, 2, 3, 1))
     np.testing.assert_array_equal(_channels_last(x[:, :, ::2]), x[:, :, ::2].transpose(0, 2, 3, 1))
+    swapped = x.astype(x.dtype.newbyteorder(">" if x.dtype.byteorder != ">" else "<"))
+    np.testing.assert_array_equal(_channels_last(swapped), x.transpose(0, 2, 3, 1))
