@@ -1151,13 +1151,11 @@ def nonzero_count_kernel(x, zp_x, out):
 
 
 __all__ = ["channels_last_kernel", "conv_kernel", "conv_points_kernel", "conv_walk_kernel",
-           "chunk_reduce_kernel", "screen_walk_kernel", "pool_kernel", "maxpool_kernel", "depthwise_sums_kernel",
-           "depthwise_epilogue_kernel",
-           "avgpool_float_kernel", "embed_kernel", "to_u8_kernel",
-           "window_sums_kernel", "column_sums_kernel", "spot_check_kernel",
-           "gemm_epilogue_kernel",
-           "requant_points_kernel", "nonzero_count_kernel", "LevelSpec", "MODE_CODES",
-           "ORDER_CODES"]
+           "chunk_reduce_kernel", "screen_walk_kernel", "pool_kernel", "maxpool_kernel",
+           "depthwise_sums_kernel", "depthwise_epilogue_kernel", "avgpool_float_kernel",
+           "embed_kernel", "to_u8_kernel", "window_sums_kernel", "column_sums_kernel",
+           "spot_check_kernel", "gemm_epilogue_kernel", "requant_points_kernel",
+           "nonzero_count_kernel", "LevelSpec", "MODE_CODES", "ORDER_CODES"]
 
 
 @numba.njit(parallel=True, cache=True)

@@ -231,8 +231,7 @@ def test_residual_add_equals_python_integers(da, db, m0a, m0b, na, nb, frac, zpa
     dtypes, zero points, shifts either way and the three roundings, extreme values included,
     where its int64 products fit (the simulator refuses the rest)."""
     ia, ib = np.iinfo(da), np.iinfo(db)
-    for dt, zp, m0, n in ((da, zpa, m0a, na), (db, zpb, m0b, nb)):  # the widest int64 product
-        info = np.iinfo(dt)
+    for info, zp, m0, n in ((ia, zpa, m0a, na), (ib, zpb, m0b, nb)):  # the widest int64 product
         v = max(abs(int(info.min) - zp), abs(int(info.max) - zp))
         left = max(31 - (n - frac), 0) if rounding == "half_away" else max(frac - n, 0)
         assume(v.bit_length() + (31 if rounding == "half_away" else m0.bit_length()) + left <= 61)

@@ -672,7 +672,6 @@ def _check_epilogue(n, pixels, o_n, nch, case, bits, rounding, seed, small, bias
             assert np.array_equal(sums[b, k, q:], wsum)
 
 
-
 @pytest.mark.parametrize("wrap_bits", [0, 32])
 def test_epilogue_hands_inexact_float_products_to_the_integer_rule(wrap_bits):
     """An accumulator whose product with the multiplier passes 2^52, crafted so that the
