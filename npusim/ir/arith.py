@@ -162,19 +162,22 @@ def requant_one(acc, m0, n, mf, scale_float, code, mbits, zp, lo, hi):
     return clamp(y, lo, hi)
 
 
-@intrinsic
-def _llvm_fma_f32(typingctx, x, y, z):
-    """LLVM's ``llvm.fma.f32``: one rounding, by definition (``vfmadd`` where the CPU has FMA,
-    else the C library's fmaf)."""
-    sig = types.float32(types.float32, types.float32, types.float32)
+def _llvm_fma(nb, ll):
+    """LLVM's ``llvm.fma`` on `nb` (numba) / `ll` (LLVM) floats as a numba intrinsic: one
+    rounding, by definition (``vfmadd`` where the CPU has FMA, else the C library's fma)."""
+    @intrinsic
+    def fma(typingctx, x, y, z):
+        def codegen(context, builder, signature, args):
+            fn = builder.module.declare_intrinsic("llvm.fma", [ll], ir.FunctionType(ll, [ll] * 3))
+            return builder.call(fn, args)
 
-    def codegen(context, builder, signature, args):
-        f32 = ir.FloatType()
-        fn = builder.module.declare_intrinsic("llvm.fma", [f32],
-                                              ir.FunctionType(f32, [f32, f32, f32]))
-        return builder.call(fn, args)
+        return nb(nb, nb, nb), codegen
 
-    return sig, codegen
+    return fma
+
+
+_llvm_fma_f32 = _llvm_fma(types.float32, ir.FloatType())
+_llvm_fma_f64 = _llvm_fma(types.float64, ir.DoubleType())
 
 
 def fma_f32(x, y, z):
@@ -356,6 +359,30 @@ def requant_f64_one(p, sc, zp, lo, hi):
     """The float64 path's rule on one product ``p = acc * km`` (``|p| < 2^52``, see
     `requant_span_f64`): ``clamp(floor(p * sc + 1/2) + zp, lo, hi)``, all float64."""
     return min(max(np.floor(p * sc + 0.5) + zp, lo), hi)
+
+
+@numba.njit(inline="always")
+def requant_fma_terms(bias, km, sc):
+    """The float64 path's rule with the bias and the right shift folded into two terms, for
+    `requant_fma_one`: ``(k, b, ok)`` with ``k = km * sc`` and ``b = bias * k + 1/2``, `ok`
+    where ``|bias * km| < 2^52`` (both terms are then exact: ``km * sc`` is a power-of-two
+    scaling; ``bias * km`` an integer below 2^52; ``(bias * km + 2^(s-1)) * 2^-s``, with
+    ``sc = 2^-s``, has its bits within 53 places)."""
+    k = km * sc
+    bf = np.float64(bias)
+    return k, bf * k + 0.5, abs(bf) * km < F64_EXACT_PRODUCT
+
+
+@numba.njit(inline="always")
+def requant_fma_one(v, k, b, zp, lo, hi):
+    """`requant_f64_one` of ``acc = v + bias`` from `requant_fma_terms`' `k` and `b` (`v` a
+    float64 integer): ``clamp(floor(v * k + b) + zp, lo, hi)`` with one fused multiply-add.
+    Exact where ``|acc * km| < 2^52`` and the terms are (``ok``): the true value ``v * k + b
+    = (acc * km + 2^(s-1)) * 2^-s`` is then a float64 (an integer below 2^53 times a power of
+    two), and the fused multiply-add rounds only once, so it returns that value itself; the
+    integer rule is its floor (`requant_span_f64`). One operation fewer than multiplying by
+    km and sc apart, the bias added in float: 1.3-1.5x faster per output."""
+    return min(max(np.floor(_llvm_fma_f64(v, k, b)) + zp, lo), hi)
 
 
 @numba.njit(parallel=True, cache=True)

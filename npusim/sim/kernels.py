@@ -17,7 +17,8 @@ import numpy as np
 from npusim.ir.arith import (
     F64_EXACT_PRODUCT,
     ort_avgpool_one,
-    requant_f64_one,
+    requant_fma_one,
+    requant_fma_terms,
     requant_one,
     requant_span,
     requant_span_f64,
@@ -897,28 +898,30 @@ def _flat_applies(do_rq, rq, wrap_bits, q, o_n):
 @numba.njit(inline="always")
 def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, per, b, blk,
                         g_row0):
-    """`_epilogue_task` without risk or chunks, requantizing by ``rq.f64``'s float64 rule,
-    for ``wrap_bits <= 32``: the block's rows of `g` and `out` (contiguous, ``q = o_n``
-    columns) as flat runs of ``rep * o_n >= _FLAT_LANES`` outputs with the per-column
-    parameters tiled ``rep`` times, so every loop fills the vector lanes (a loop of one
-    pixel's 16 outputs ran in the compiler's scalar remainder: 1.7x slower). Returns False,
-    with the task unfinished, when some product ``|acc * km|`` reaches 2^52; the block's
-    extremes decide that: the float product is monotone in ``|acc|``."""
+    """`_epilogue_task` without risk or chunks, requantizing by ``rq.f64``'s float64 rule
+    (one fused multiply-add per output, `requant_fma_one`), for ``wrap_bits <= 32``: the
+    block's rows of `g` and `out` (contiguous, ``q = o_n`` columns) as flat runs of
+    ``rep * o_n >= _FLAT_LANES`` outputs with the per-column parameters tiled ``rep`` times,
+    so every loop fills the vector lanes (a loop of one pixel's 16 outputs ran in the
+    compiler's scalar remainder: 1.7x slower). Returns False, with the task unfinished, when
+    some product ``|bias * km|`` (before any work) or ``|acc * km|`` reaches 2^52; the
+    block's extremes decide the latter: the float product is monotone in ``|acc|``."""
     p_a = blk * per
     p_b = min(pixels, p_a + per)
     rep = max(1, (_FLAT_LANES + o_n - 1) // o_n)
     n_l = rep * o_n
     raw = wrap_bits == 0
     bt = np.empty(n_l, np.int64)
+    kt = np.empty(n_l, np.float64)  # `requant_fma_terms`, the bias folded in where raw
     bf = np.empty(n_l, np.float64)
-    kt = np.empty(n_l, np.float64)
-    st = np.empty(n_l, np.float64)
+    ok = True
     for i in range(n_l):
         o = i % o_n
         bt[i] = bias[o]
-        bf[i] = np.float64(bias[o])
-        kt[i] = rq.km[o]
-        st[i] = rq.sc[o]
+        kt[i], bf[i], good = requant_fma_terms(bias[o] if raw else 0, rq.km[o], rq.sc[o])
+        ok &= good
+    if not ok:
+        return False
     sm = np.zeros(n_l, np.int64)
     mn = np.full(n_l, _I32_MAX, np.int32)  # raw sums, or the wrapped accumulators
     mx = np.full(n_l, _I32_MIN, np.int32)
@@ -937,7 +940,7 @@ def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, pe
                 sm[i] += v
                 mn[i] = min(mn[i], v)
                 mx[i] = max(mx[i], v)
-                ds[i] = requant_f64_one((np.float64(v) + bf[i]) * kt[i], st[i], zp, lo, hi)
+                ds[i] = requant_fma_one(np.float64(v), kt[i], bf[i], zp, lo, hi)
         else:
             for i in range(cnt):
                 v = np.int32(gs[i])
@@ -945,7 +948,7 @@ def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, pe
                 a = np.int32(wrap(np.int64(v) + bt[i], wrap_bits))
                 mn[i] = min(mn[i], a)
                 mx[i] = max(mx[i], a)
-                ds[i] = requant_f64_one(np.float64(a) * kt[i], st[i], zp, lo, hi)
+                ds[i] = requant_fma_one(np.float64(a), kt[i], bf[i], zp, lo, hi)
     t = mnmx[b, blk]
     t[0], t[1] = _I64_MAX, _I64_MIN
     for o in range(o_n):

@@ -202,6 +202,37 @@ def test_float64_requant_path_is_exact_or_declines(case):
         assert dst.tolist() == expect
 
 
+@numba.njit
+def _fma_one(v, bias, km, sc, zp, lo, hi):
+    k, b, ok = A.requant_fma_terms(bias, km, sc)
+    return A.requant_fma_one(np.float64(v), k, b, np.float64(zp), np.float64(lo),
+                             np.float64(hi)), ok
+
+
+@settings(max_examples=400, deadline=None)
+@given(f64_span_case(), st.data())
+def test_fused_multiply_add_requant_is_exact_within_its_limits(case, data):
+    """`requant_fma_one` on ``acc = v + bias`` with `requant_fma_terms` (the flat epilogue's
+    rule) equals the exact rational rule wherever ``|acc * km|`` and ``|bias * km|`` are below
+    2^52, ties and both limits included; the terms say whether the bias is within its own."""
+    mbits, m0s, ns, accs, zp, lo, hi = case
+    rq = A.requant_params(np.array(m0s), np.array(ns), np.zeros(len(m0s)), False, A.HALF_UP,
+                          mbits, zp, lo, hi)
+    assume(rq.f64)
+    for acc, m, n, km, sc in zip(accs, m0s, ns, rq.km, rq.sc):
+        kmi = m << max(-n, 0)
+        edge = (1 << 52) // kmi if kmi else 1 << 40
+        bias = data.draw(st.one_of(st.integers(-(1 << 31), 1 << 31), st.integers(-64, 64),
+                                   st.integers(-2, 2).map(lambda d, e=edge: e + d),
+                                   st.integers(-2, 2).map(lambda d, e=edge: -e - d)))
+        v = acc - bias
+        assume(abs(v) < 1 << 53 and abs(bias) < 1 << 52)
+        got, ok = _fma_one(v, bias, km, sc, zp, lo, hi)
+        assert ok == (abs(bias * kmi) < 1 << 52)
+        if ok and abs(acc * kmi) < 1 << 52:
+            assert got == min(max(naive.round_shift(acc * m, n, "half_up") + zp, lo), hi)
+
+
 def test_float64_requant_path_ties_and_limits():
     """Worked cases: ties at both signs, and the path declining past 2^52 (or for roundings
     it does not take)."""

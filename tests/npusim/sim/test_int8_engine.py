@@ -706,6 +706,37 @@ def test_epilogue_hands_inexact_float_products_to_the_integer_rule(wrap_bits):
     assert out[37, 0] == acc * m0 >> sh  # the float product alone gives one more
 
 
+def test_epilogue_hands_biases_too_large_for_its_fused_rule_to_the_integer_rule():
+    """A bias whose product with the multiplier passes 2^53, so that the flat task's folded
+    term (``bias * km * 2^-31 + 1/2``, `arith.requant_fma_terms`) rounds, beside an
+    accumulator (5) whose own product is small and lies just below a rounding edge
+    (``5 * m0 = 2^30 - 1 mod 2^31``): the rounded term would give 5 instead of 4; the flat
+    task must decline the block (``|bias * km| >= 2^52``) and leave it to the integer rule."""
+    from npusim.ir import arith
+    from npusim.sim import kernels as K
+    from npusim.sim.accumulate import Requant
+
+    m0, sh, acc, b0 = 1932735283, 31, 5, 4660341
+    assert (acc * m0) % (1 << 31) == (1 << 30) - 1 and b0 * m0 >= 1 << 53
+    o_n, pixels = 2, 70
+    bias = np.array([b0, 7], np.int64)
+    g = np.random.default_rng(0).integers(-500, 500, (pixels, o_n)).astype(np.float32)
+    g[:, 0] = acc - b0  # below 2^24: the engine's float32 sums hold it
+    req = Requant.of(np.full(o_n, m0), np.full(o_n, sh), np.zeros(o_n, np.float32), False,
+                     arith.rounding_code("half_up", "fixed"), 32, 0, -(1 << 31), (1 << 31) - 1)
+    out = np.empty((pixels, o_n), np.int64)
+    mnmx = np.empty((1, 1, 4), np.int64)
+    sums = np.empty((1, 1, o_n), np.int64)
+    lv = K.LevelSpec(K.OS, 16, 32, K.MODE_CODES["wrap"], 32, K.MODE_CODES["wrap"])
+    no = np.empty((1, 1), np.uint8)
+    K.gemm_epilogue_kernel(g, o_n, pixels, bias, False, False, lv, True, req.rec, out, no, no,
+                           mnmx, sums, 0, 1)
+    want = naive.requantize((g.astype(np.int64) + bias)[:, :, None], np.full(o_n, m0),
+                            np.full(o_n, sh), "half_up", 32, 0, -(1 << 31), (1 << 31) - 1)
+    np.testing.assert_array_equal(out, want[:, :, 0])
+    assert (out[:, 0] == 4).all()
+
+
 def test_layers_whose_bias_the_epilogue_cannot_hold_exactly_leave_the_engine():
     """The epilogue's float64 bound lanes are exact for |bias| < 2^52: the guard, with the
     int64 minimum (whose NumPy abs overflows) included."""
