@@ -684,6 +684,9 @@ def window_sums_kernel(x, zp_x, stride, pad, ho, wo, s, cnt):
     N, H, W, C = x.shape
     kh, kw = s.shape[0], s.shape[1]
     zp = np.int32(zp_x)
+    # the zero point in x's dtype: zp_x itself, or (not one of its values) zp_x wrapped by a
+    # multiple of 2^8 or more, which no input within 255 of zp_x equals either
+    zpx = x.dtype.type(zp_x)
     gs = np.zeros((H, kw, C), np.int64)  # row y, weight column j: the sum over j's columns
     gc = np.zeros((H, kw, C), np.int64)
     xf = x.reshape(-1)
@@ -699,10 +702,10 @@ def window_sums_kernel(x, zp_x, stride, pad, ho, wo, s, cnt):
             for b in range(b0, min(N, b0 + _FOLD_IMAGES)):
                 r = np.int32(1 + b % 4)
                 src = xf[(b * H + y) * wc:(b * H + y + 1) * wc]
-                for i in range(wc):
-                    v = np.int32(src[i]) - zp
-                    rsf[i] += r * v
-                    rcf[i] += np.int32(v != 0)
+                for i in range(wc):  # int32 lanes, the count on x's own values: 1.2-1.7x
+                    xv = src[i]
+                    rsf[i] += np.int32(r * np.int32(np.int32(xv) - zp))
+                    rcf[i] += np.int32(xv != zpx)
             for j in range(kw):
                 q0 = max(0, (pad - j + stride - 1) // stride)
                 q1 = min(wo - 1, (W - 1 + pad - j) // stride)

@@ -92,17 +92,24 @@ def int8_case(draw):
 def test_window_sums_equal_a_walk_over_every_output(n, h, wd, c, kh, kw, stride, data):
     """The verification's input side (`kernels.window_sums_kernel`): for every weight position,
     the image-weighted sum of ``x - zp`` and the count of ``x != zp`` over the inputs it meets,
-    against a walk over every output position (padding skipped)."""
+    against a walk over every output position (padding skipped); inputs of several dtypes,
+    with zero points that are values of the dtype and some that are not (``|x - zp| <= 255``
+    either way)."""
     from npusim.sim import kernels as K
 
     pad = data.draw(st.integers(0, min(kh, kw) - 1))
     ho, wo = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
     if ho < 1 or wo < 1:
         return
-    zp = data.draw(st.sampled_from([0, 3, 128, 255]))
+    dt = data.draw(st.sampled_from([np.uint8, np.uint8, np.int8, np.int16, np.int32]))
+    zp = data.draw(st.sampled_from([0, 3, 128, 255, -5, 200, -200]))
+    info = np.iinfo(dt)
+    lo, hi = max(int(info.min), zp - 255), min(int(info.max), zp + 255)
+    if lo > hi:
+        return
     rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
-    lo, hi = max(0, zp - 255), min(255, zp + 255)
-    x = rng.choice([lo, hi, zp, rng.integers(lo, hi + 1)], size=(n, h, wd, c)).astype(np.uint8)
+    x = rng.choice([lo, hi, min(max(zp, lo), hi), rng.integers(lo, hi + 1)],
+                   size=(n, h, wd, c)).astype(dt)
     s = np.full((kh, kw, c), 7, np.int64)  # the kernel overwrites, whatever is there
     cnt = np.full((kh, kw, c), 7, np.int64)
     K.window_sums_kernel(x, zp, stride, pad, ho, wo, s, cnt)
