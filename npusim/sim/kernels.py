@@ -702,7 +702,7 @@ def window_sums_kernel(x, zp_x, stride, pad, ho, wo, s, cnt):
             for b in range(b0, min(N, b0 + _FOLD_IMAGES)):
                 r = np.int32(1 + b % 4)
                 src = xf[(b * H + y) * wc:(b * H + y + 1) * wc]
-                for i in range(wc):  # int32 lanes, the count on x's own values: 1.2-1.7x
+                for i in range(wc):  # int32 lanes, the count on x's own values: 1.1-1.5x
                     xv = src[i]
                     rsf[i] += np.int32(r * np.int32(np.int32(xv) - zp))
                     rcf[i] += np.int32(xv != zpx)
