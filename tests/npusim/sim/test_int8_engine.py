@@ -686,17 +686,39 @@ def test_epilogue_hands_inexact_float_products_to_the_integer_rule(wrap_bits):
     half): the flat float64 path (`kernels._flat_epilogue_task`) must see it among its
     block's extremes and leave the block to the integer rule, beside small accumulators on
     either side and in runs of several pixels."""
+    m0, sh = (1 << 31) - 1, 31
+    acc = ((1 << 30) - 1) * pow(m0, -1, 1 << 31) % (1 << 31)  # acc * m0 = 2^30 - 1 mod 2^31
+    assert float(acc) * m0 >= 2.0 ** 52 and (acc * m0) % (1 << 31) == (1 << 30) - 1
+    g = np.random.default_rng(0).integers(-500, 500, (70, 2)).astype(np.float32)
+    g[37, 0] = 1000.0
+    bias = np.array([acc - 1000, 7], np.int64)  # sums stay small, as the engine's are
+    out = _crafted_epilogue(g, bias, m0, sh, wrap_bits)
+    assert out[37, 0] == acc * m0 >> sh  # the float product alone gives one more
+
+
+def test_epilogue_hands_biases_too_large_for_its_fused_rule_to_the_integer_rule():
+    """A bias whose product with the multiplier passes 2^53, so that the flat task's folded
+    term (``bias * km * 2^-31 + 1/2``, `arith.requant_fma_terms`) rounds, beside an
+    accumulator (5) whose own product is small and lies just below a rounding edge
+    (``5 * m0 = 2^30 - 1 mod 2^31``): the rounded term would give 5 instead of 4; the flat
+    task must decline the block (``|bias * km| >= 2^52``) and leave it to the integer rule."""
+    m0, sh, acc, b0 = 1932735283, 31, 5, 4660341
+    assert (acc * m0) % (1 << 31) == (1 << 30) - 1 and b0 * m0 >= 1 << 53
+    g = np.random.default_rng(0).integers(-500, 500, (70, 2)).astype(np.float32)
+    g[:, 0] = acc - b0  # below 2^24: the engine's float32 sums hold it
+    out = _crafted_epilogue(g, np.array([b0, 7], np.int64), m0, sh, 0)
+    assert (out[:, 0] == 4).all()
+
+
+def _crafted_epilogue(g, bias, m0, sh, wrap_bits):
+    """`kernels.gemm_epilogue_kernel` on the sums `g` (pixels, columns) of one image and
+    task, every column requantized by (m0, sh) half_up into 32-bit outputs, checked against
+    Python integers; returns the outputs."""
     from npusim.ir import arith
     from npusim.sim import kernels as K
     from npusim.sim.accumulate import Requant
 
-    m0, sh = (1 << 31) - 1, 31
-    acc = ((1 << 30) - 1) * pow(m0, -1, 1 << 31) % (1 << 31)  # acc * m0 = 2^30 - 1 mod 2^31
-    assert float(acc) * m0 >= 2.0 ** 52 and (acc * m0) % (1 << 31) == (1 << 30) - 1
-    o_n, pixels = 2, 70
-    bias = np.array([acc - 1000, 7], np.int64)  # sums stay small, as the engine's are
-    g = np.random.default_rng(0).integers(-500, 500, (pixels, o_n)).astype(np.float32)
-    g[37, 0] = 1000.0
+    pixels, o_n = g.shape
     req = Requant.of(np.full(o_n, m0), np.full(o_n, sh), np.zeros(o_n, np.float32), False,
                      arith.rounding_code("half_up", "fixed"), 32, 0, -(1 << 31), (1 << 31) - 1)
     assert req.rec.f64
@@ -710,38 +732,7 @@ def test_epilogue_hands_inexact_float_products_to_the_integer_rule(wrap_bits):
     want = naive.requantize((g.astype(np.int64) + bias)[:, :, None], np.full(o_n, m0),
                             np.full(o_n, sh), "half_up", 32, 0, -(1 << 31), (1 << 31) - 1)
     np.testing.assert_array_equal(out, want[:, :, 0])
-    assert out[37, 0] == acc * m0 >> sh  # the float product alone gives one more
-
-
-def test_epilogue_hands_biases_too_large_for_its_fused_rule_to_the_integer_rule():
-    """A bias whose product with the multiplier passes 2^53, so that the flat task's folded
-    term (``bias * km * 2^-31 + 1/2``, `arith.requant_fma_terms`) rounds, beside an
-    accumulator (5) whose own product is small and lies just below a rounding edge
-    (``5 * m0 = 2^30 - 1 mod 2^31``): the rounded term would give 5 instead of 4; the flat
-    task must decline the block (``|bias * km| >= 2^52``) and leave it to the integer rule."""
-    from npusim.ir import arith
-    from npusim.sim import kernels as K
-    from npusim.sim.accumulate import Requant
-
-    m0, sh, acc, b0 = 1932735283, 31, 5, 4660341
-    assert (acc * m0) % (1 << 31) == (1 << 30) - 1 and b0 * m0 >= 1 << 53
-    o_n, pixels = 2, 70
-    bias = np.array([b0, 7], np.int64)
-    g = np.random.default_rng(0).integers(-500, 500, (pixels, o_n)).astype(np.float32)
-    g[:, 0] = acc - b0  # below 2^24: the engine's float32 sums hold it
-    req = Requant.of(np.full(o_n, m0), np.full(o_n, sh), np.zeros(o_n, np.float32), False,
-                     arith.rounding_code("half_up", "fixed"), 32, 0, -(1 << 31), (1 << 31) - 1)
-    out = np.empty((pixels, o_n), np.int64)
-    mnmx = np.empty((1, 1, 4), np.int64)
-    sums = np.empty((1, 1, o_n), np.int64)
-    lv = K.LevelSpec(K.OS, 16, 32, K.MODE_CODES["wrap"], 32, K.MODE_CODES["wrap"])
-    no = np.empty((1, 1), np.uint8)
-    K.gemm_epilogue_kernel(g, o_n, pixels, bias, False, False, lv, True, req.rec, out, no, no,
-                           mnmx, sums, 0, 1)
-    want = naive.requantize((g.astype(np.int64) + bias)[:, :, None], np.full(o_n, m0),
-                            np.full(o_n, sh), "half_up", 32, 0, -(1 << 31), (1 << 31) - 1)
-    np.testing.assert_array_equal(out, want[:, :, 0])
-    assert (out[:, 0] == 4).all()
+    return out
 
 
 def test_layers_whose_bias_the_epilogue_cannot_hold_exactly_leave_the_engine():
