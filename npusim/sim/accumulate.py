@@ -217,7 +217,11 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
             if share is None and int8_fusable(prep) and (short is not None
                                                          or not (pe_risk or acc_risk)):
                 return _fused_from_engine(x, prep, bias, requant, lv, short, out_hw, st)
-            entry = _shared_entry(share, x, prep, out_hw)
+            if share is None and short is None and int8_fusable(prep, risk=True) and \
+                    not _chunked(prep, x.shape[0], out_hw):
+                entry = _fused_risk_entry(x, prep, bias, requant, lv, pe_risk, out_hw)
+            else:
+                entry = _shared_entry(share, x, prep, out_hw)
             if short is not None:
                 return _wrapped_from_engine(entry, bias, requant, lv, short, x.shape[0], out_hw,
                                             st)
@@ -318,6 +322,8 @@ class _Shared:
     need_max: tuple[int, int] = (0, 0)
     chunk_g: dict = field(default_factory=dict)  # chunk size -> `screen.chunk_sums` of x
     nch: int = 1  # > 1: `res` holds the columns per chunk (`screen`), summed by the epilogue
+    #: the arrays of `_epilogue`'s pass (out, mnmx, sums, need), made where the sums were
+    pending: tuple | None = None
 
 
 def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
@@ -325,6 +331,13 @@ def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
     (activations are never written after they are made, so they hold the same values)."""
     return a is b or (a.shape == b.shape and a.dtype == b.dtype and a.strides == b.strides
                       and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
+def _chunked(prep: Int8Conv, n: int, out_hw) -> bool:
+    """The engine computes this layer's sums per chunk (the batch before had many flagged
+    outputs, and this one fits the chunk plan)."""
+    cp = prep.chunks
+    return cp is not None and cp.flagged[0] and screen.fits(cp, n, out_hw[0] * out_hw[1])
 
 
 def _shared_entry(share, x, prep, out_hw) -> _Shared:
@@ -337,8 +350,7 @@ def _shared_entry(share, x, prep, out_hw) -> _Shared:
                     e.prep.zp_x == prep.zp_x and np.array_equal(e.prep.wq[:prep.q], prep.wq):
                 return e
     cp = prep.chunks
-    if cp is not None and cp.flagged[0] and screen.fits(cp, x.shape[0], out_hw[0] * out_hw[1]):
-        # the sign columns per chunk (the epilogue sums them)
+    if _chunked(prep, x.shape[0], out_hw):  # the sign columns per chunk (the epilogue sums them)
         e = _Shared(x, prep, screen.chunked_result(int8_conv(x, cp.plan, out_hw), cp.nch),
                     nch=cp.nch)
         e.chunk_g[cp.size] = e.res.g
@@ -350,9 +362,13 @@ def _shared_entry(share, x, prep, out_hw) -> _Shared:
 
 
 def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_bits=0):
-    """One pass of the epilogue kernel over the engine's sums: (output (M, O) requantized when
-    `requant`, min and max of all accumulators, of the unflagged ones, `_flagged`);
-    with a risk, the per-output bound bits are stored in `e`."""
+    """One pass of the epilogue kernel over the engine's sums (or the pass a fused entry
+    made, `_fused_risk_entry`): (output (M, O) requantized when `requant`, min and max of all
+    accumulators, of the unflagged ones, `_flagged`); with a risk, the per-output bound bits
+    are stored in `e`."""
+    if e.pending is not None:
+        done, e.pending = e.pending, None
+        return _epilogue_done(e, *done, lv, pe_risk)
     o = e.prep.o
     risk = pe_risk or acc_risk
     rq, out, mnmx, sums = _epilogue_arrays(n, pixels, o, len(e.res.expected), requant)
@@ -360,13 +376,32 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
     K.gemm_epilogue_kernel(e.res.g, o, pixels, np.asarray(bias, np.int64), risk, pe_risk, lv,
                            requant is not None, rq.rec, out, need[0], need[1], mnmx, sums,
                            wrap_bits, e.nch)
+    return _epilogue_done(e, out, mnmx, sums, need if risk else None, lv, pe_risk)
+
+
+def _epilogue_done(e: _Shared, out, mnmx, sums, need, lv, pe_risk):
+    """`_epilogue`'s result once its kernel has run: the sums checked, the bound bits `need`
+    (None: no risk) stored in `e` and the flagged outputs found."""
     mm = _checked_extremes(e.res, mnmx, sums, out.size)
     flat = _NONE_FLAGGED
-    if risk:
+    if need is not None:
         e.need_acc, e.need_pe = need[0], need[1]
         e.need_max = (int(need[0].max(initial=0)), int(need[1].max(initial=0)))
         flat = _flagged(e, lv, pe_risk)
     return out, mm, flat
+
+
+def _fused_risk_entry(x, prep: Int8Conv, bias, requant, lv, pe_risk, out_hw) -> _Shared:
+    """A single configuration's entry for a layer with risk whose sums the engine consumes
+    where it makes them (`int8_conv_fused` with the bound bits; ``int8_fusable(prep, risk=
+    True)``): its epilogue pass already made (`_epilogue` hands it on), no sums kept."""
+    n, o = x.shape[0], prep.o
+    pixels = out_hw[0] * out_hw[1]
+    rq, out, mnmx, sums = _epilogue_arrays(n, pixels, o, prep.q, requant)
+    need = np.empty((2, n * pixels, o), np.uint8)
+    res = int8_conv_fused(x, prep, out_hw, o, np.asarray(bias, np.int64), lv,
+                          requant is not None, rq.rec, out, mnmx, sums, 0, pe_risk, need)
+    return _Shared(x, prep, res, pending=(out, mnmx, sums, need))
 
 
 def _epilogue_arrays(n: int, pixels: int, o: int, q: int, requant):

@@ -393,20 +393,26 @@ def _prologue(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]):
     return x, xu, expected[0], nonzero
 
 
-def fusable(plan: Int8Conv) -> bool:
+def fusable(plan: Int8Conv, risk: bool = False) -> bool:
     """The plan's sums can be consumed where they are made (`int8_conv_fused`): the engine's
-    own kernels (VNNI, depthwise), in one part."""
+    own kernels (VNNI, depthwise), in one part; with `risk`, VNNI with sign columns
+    (`vnni.risk_fusable`)."""
+    if risk:
+        return plan.signs and not plan.parts and isinstance(plan.packed, vnni.VnniWeights) \
+            and vnni.risk_fusable(plan.packed, plan.o)
     return plan.own_kernel and not plan.parts
 
 
 def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n: int,
                     bias: np.ndarray, lv, do_rq: bool, rq, out: np.ndarray, mnmx: np.ndarray,
-                    sums: np.ndarray, wrap_bits: int) -> Int8Result:
+                    sums: np.ndarray, wrap_bits: int, pe_risk: bool = False,
+                    need: np.ndarray | None = None) -> Int8Result:
     """`int8_conv` for a `fusable` plan, its sums passed straight to the epilogue
-    (`kernels.gemm_epilogue_kernel`'s arguments from `o_n` on, without risk or chunks: it
-    fills `out`, `mnmx`, `sums`): `vnni.conv_epilogue` or `kernels.depthwise_epilogue_kernel`.
-    A few rows' sums are spot-checked here; the result holds no ``g`` (``verify`` it with
-    `sums` as usual)."""
+    (`kernels.gemm_epilogue_kernel`'s arguments from `o_n` on, without chunks: it fills
+    `out`, `mnmx`, `sums`, and with a risk (`need` (2, M, o_n) given; ``fusable(plan,
+    risk=True)``, no wrapping) the bound bits into `need`): `vnni.conv_epilogue` or
+    `kernels.depthwise_epilogue_kernel`. A few rows' sums are spot-checked here; the result
+    holds no ``g`` (``verify`` it with `sums` as usual)."""
     n = x.shape[0]
     ho, wo = out_hw
     x, xu, expected, nonzero = _prologue(x, plan, out_hw)
@@ -421,7 +427,7 @@ def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n:
     else:
         gs = vnni.conv_epilogue(xu, plan.zp_x - plan.sub, plan.packed, plan.stride,
                                 plan.padding, o_n, bias, lv, do_rq, rq, out, mnmx, sums,
-                                wrap_bits, ms)
+                                wrap_bits, ms, need is not None, pe_risk, need)
     _spot_check_rows(x, plan, out_hw, m_n, ms, gs, call)
     return Int8Result(None, expected, nonzero)
 

@@ -971,6 +971,116 @@ def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, pe
 
 
 @numba.njit(inline="always")
+def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, need_acc,
+                    need_pe, mnmx, sums, b, blk, p_a, p_b):
+    """`gemm_epilogue_kernel`'s task with risk (no wrapping, no chunks) for a fused kernel
+    (`vnni._conv_risk_kernel`) whose sums are in `gl` as two planes of ``(p_b - p_a) x o_n``:
+    the sums, then the positive product sums (its columns o_n + o). The planes make every loop
+    a flat run of ``rep * o_n >= _FLAT_LANES`` outputs, the per-column parameters tiled
+    (`_flat_epilogue_task`; the row task's loops of one pixel's 16 outputs ran scalar), and
+    each loop writes few arrays (one loop of all the work ran scalar: the vectorizer's
+    run-time alias checks). Requantized by `requant_fma_one` where `_flat_epilogue_task`
+    would be, else (and for a block whose extremes fail its 2^52 test) by the integer rule.
+    The rows `ms` of the sums are copied to `gs` (len(ms), 2 * o_n) first."""
+    n_p = p_b - p_a
+    plane = n_p * o_n
+    m_a = b * pixels + p_a
+    for k in range(ms.shape[0]):
+        if m_a <= ms[k] < m_a + n_p:
+            r = (ms[k] - m_a) * o_n
+            for j in range(o_n):
+                gs[k, j] = gl[r + j]
+                gs[k, o_n + j] = gl[plane + r + j]
+    rep = max(1, (_FLAT_LANES + o_n - 1) // o_n)
+    n_l = rep * o_n
+    acc_bits, pe_bits = lv.acc_bits, lv.pe_bits
+    bfl = np.empty(n_l, np.float64)
+    kt = np.empty(n_l, np.float64)  # `requant_fma_terms`, the bias folded in
+    bt = np.empty(n_l, np.float64)
+    fma = do_rq and rq.f64
+    for i in range(n_l):
+        o = i % o_n
+        bfl[i] = np.float64(bias[o])
+        if fma:
+            kt[i], bt[i], good = requant_fma_terms(bias[o], rq.km[o], rq.sc[o])
+            fma &= good
+    fa = np.empty(n_l, np.float64)  # the acc and pe bounds' magnitudes (`_bits_of_f64`)
+    fp = np.empty(n_l, np.float64)
+    ia = fa.view(np.int64)
+    ip = fp.view(np.int64)
+    sm = np.zeros(n_l, np.int64)
+    sp = np.zeros(n_l, np.int64)
+    mn = np.full(n_l, _I32_MAX, np.int32)  # raw sums: all, and those not flagged
+    mx = np.full(n_l, _I32_MIN, np.int32)
+    mnu = np.full(n_l, _I32_MAX, np.int32)
+    mxu = np.full(n_l, _I32_MIN, np.int32)
+    zp, lo, hi = np.float64(rq.zp), np.float64(rq.lo), np.float64(rq.hi)
+    da_f = need_acc.reshape(-1)
+    dp_f = need_pe.reshape(-1)
+    df = out.reshape(-1)
+    for c0 in range(0, plane, n_l):
+        cnt = min(n_l, plane - c0)
+        vs = gl[c0:c0 + cnt]
+        ps = gl[plane + c0:plane + c0 + cnt]
+        at = m_a * o_n + c0
+        for i in range(cnt):  # [bias - neg, bias + pos] and [-neg, pos] as max(hi, -lo - 1)
+            pos = np.float64(ps[i])
+            neg = pos - np.float64(vs[i])
+            fa[i] = max(max(bfl[i] + pos, 0.0), -min(bfl[i] - neg, 0.0) - 1.0)
+            fp[i] = max(pos, neg - 1.0)
+        da = da_f[at:at + cnt]
+        dp = dp_f[at:at + cnt]
+        for i in range(cnt):
+            na = _bits_of_f64(ia[i])
+            npe = _bits_of_f64(ip[i])
+            da[i] = na
+            dp[i] = npe
+            flag = (na > acc_bits) | (pe_risk & (npe > pe_bits))
+            mnu[i] = min(mnu[i], _I32_MAX if flag else vs[i])
+            mxu[i] = max(mxu[i], _I32_MIN if flag else vs[i])
+        for i in range(cnt):
+            v = vs[i]
+            sm[i] += v
+            sp[i] += ps[i]
+            mn[i] = min(mn[i], v)
+            mx[i] = max(mx[i], v)
+        if fma:
+            ds = df[at:at + cnt]
+            for i in range(cnt):
+                ds[i] = requant_fma_one(np.float64(vs[i]), kt[i], bt[i], zp, lo, hi)
+    t = mnmx[b, blk]
+    t[0], t[1], t[2], t[3] = _I64_MAX, _I64_MIN, _I64_MAX, _I64_MIN
+    for o in range(2 * o_n):
+        sums[b, blk, o] = 0
+    exact = fma
+    for i in range(n_l):
+        o = i % o_n
+        sums[b, blk, o] += sm[i]
+        sums[b, blk, o_n + o] += sp[i]
+        if mn[i] <= mx[i]:  # some pixel in this lane
+            a0 = mn[i] + bias[o]
+            a1 = mx[i] + bias[o]
+            t[0] = min(t[0], a0)
+            t[1] = max(t[1], a1)
+            if fma:
+                exact &= max(-a0, a1) * rq.km[o] < F64_EXACT_PRODUCT
+        if mnu[i] <= mxu[i]:  # some output not flagged
+            t[2] = min(t[2], mnu[i] + bias[o])
+            t[3] = max(t[3], mxu[i] + bias[o])
+    if not exact:  # the integer rule, pixel by pixel
+        acc = np.empty(o_n, np.int64)
+        for r in range(n_p):
+            for o in range(o_n):
+                acc[o] = np.int64(gl[r * o_n + o]) + bias[o]
+            if do_rq:
+                requant_span(acc, out[m_a + r], rq, 0, 1)
+            else:
+                dst = out[m_a + r]
+                for o in range(o_n):
+                    dst[o] = acc[o]
+
+
+@numba.njit(inline="always")
 def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq, rq, out,
                    need_acc, need_pe, mnmx, sums, wrap_bits, nch, q, per, b, blk, chunked,
                    g_row0=0):

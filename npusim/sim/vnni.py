@@ -36,7 +36,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from npusim.sim.kernels import fused_epilogue_task, fused_task_pixels
+from npusim.sim.kernels import fused_epilogue_task, fused_risk_task, fused_task_pixels
 
 _I32, _I64, _I8 = ir.IntType(32), ir.IntType(64), ir.IntType(8)
 _V16 = ir.VectorType(_I32, 16)
@@ -62,20 +62,20 @@ def available() -> bool:
 
 def _make_tile(mr: int, nv: int):
     """The micro-kernel as a numba intrinsic ``tile(x, rows, koff, wb, w_off, zpw, z_off,
-    out, orow)``: for k-steps t in ``range(len(koff))``, pixel r's 4 input bytes at
+    out, orow, voff)``: for k-steps t in ``range(len(koff))``, pixel r's 4 input bytes at
     ``x[rows[r] + koff[t]]`` times the packed weights ``wb[w_off + t * 64 * nv:][:64 * nv]``
     (16 * nv outputs x 4 bytes), summed by ``vpdpbusd`` in mr x nv vector registers; then
-    ``zpw[z_off:][:16 * nv]`` subtracted (int32, modular) and pixel r's 16 * nv results stored
-    at ``out[orow[r]:]`` (int32, or float32 converted). ``len(koff) >= 1``; the caller keeps
-    every read and write in bounds."""
+    ``zpw[z_off:][:16 * nv]`` subtracted (int32, modular) and pixel r's v-th 16 results stored
+    at ``out[orow[r] + voff[v]:]`` (int32, or float32 converted). ``len(koff) >= 1``; the
+    caller keeps every read and write in bounds."""
 
     @intrinsic
-    def tile(typingctx, x, rows, koff, wb, w_off, zpw, z_off, out, orow):
-        sig = types.void(x, rows, koff, wb, w_off, zpw, z_off, out, orow)
+    def tile(typingctx, x, rows, koff, wb, w_off, zpw, z_off, out, orow, voff):
+        sig = types.void(x, rows, koff, wb, w_off, zpw, z_off, out, orow, voff)
         as_float = isinstance(out.dtype, types.Float)
 
         def codegen(context, builder, signature, args):
-            xa, ra, ka, wa, _, za, _, oa, rr = (
+            xa, ra, ka, wa, _, za, _, oa, rr, va = (
                 context.make_array(t)(context, builder, v) if isinstance(t, types.Array) else None
                 for t, v in zip(signature.args, args))
             xp = builder.bitcast(xa.data, _I8.as_pointer())
@@ -119,6 +119,7 @@ def _make_tile(mr: int, nv: int):
             zv = [_load(builder, builder.gep(zp, [ir.Constant(_I64, 16 * v)]), _V16)
                   for v in range(nv)]
             ty = ir.VectorType(ir.FloatType(), 16) if as_float else _V16
+            vo = [builder.load(builder.gep(va.data, [ir.Constant(_I64, v)])) for v in range(nv)]
             for r in range(mr):
                 row = builder.gep(oa.data, [builder.load(builder.gep(rr.data,
                                                                      [ir.Constant(_I64, r)]))])
@@ -126,8 +127,7 @@ def _make_tile(mr: int, nv: int):
                     val = builder.sub(new[r * nv + v], zv[v])
                     if as_float:
                         val = builder.sitofp(val, ty)
-                    ptr = builder.bitcast(builder.gep(row, [ir.Constant(_I64, 16 * v)]),
-                                          ty.as_pointer())
+                    ptr = builder.bitcast(builder.gep(row, [vo[v]]), ty.as_pointer())
                     builder.store(val, ptr).align = 4
             return context.get_dummy_value()
 
@@ -171,19 +171,23 @@ def _pad_kernel(x, zp, pad, flat):
 
 
 @numba.njit(inline="always")
-def _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, dst, row0):
-    """Sums of image `b`'s output pixels p in [p_a, p_b) into rows ``p - row0`` of `dst`
-    (rows of q columns): tiles of mr pixels, per group its blocks of 16 * nv columns."""
+def _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, dst, row0, q, pw, ps):
+    """Sums of image `b`'s output pixels p in [p_a, p_b) (q columns) into the flat `dst`:
+    column j of row ``r = p - row0`` at ``r * pw + (j // pw) * ps + j % pw`` (``pw = q``: rows
+    of q columns; else planes of `pw` columns `ps` apart, ``pw % 16 == 0``); tiles of mr
+    pixels, per group its blocks of 16 * nv columns."""
     groups, ks = koff.shape
-    q = dst.shape[1]
     qg = q // groups
     mr = _TILES[0][0] if nv == 1 else _TILES[1][0]
     nr = 16 * nv
     nb = (qg + nr - 1) // nr  # blocks per group
     rows = np.empty(_MR_MAX, np.int64)
     orow = np.empty(_MR_MAX, np.int64)
+    voff = np.empty(2, np.int64)
+    whole_off = np.empty(2, np.int64)
     part = np.empty(_MR_MAX * 32, dst.dtype)  # a tile that does not fill the rows
-    d_flat = dst.reshape(-1)
+    for v in range(2):
+        whole_off[v] = 16 * v
     oy = p_a // wo  # the next pixel, stepped along (no division per pixel)
     ox = p_a - oy * wo
     for p0 in range(p_a, p_b, mr):
@@ -202,16 +206,23 @@ def _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, dst, row
             o1 = min(nr, (g + 1) * qg - col)
             whole = m == mr and o1 == nr
             for r in range(mr):
-                orow[r] = (p0 + r - row0) * q + col if whole else r * nr
-            out = d_flat if whole else part
+                orow[r] = (p0 + r - row0) * pw if whole else r * nr
+            if whole:
+                for v in range(nv):
+                    j = col + 16 * v
+                    voff[v] = (j // pw) * ps + j - (j // pw) * pw
+            out = dst if whole else part
+            vo = voff if whole else whole_off
             if nv == 1:
-                _tile_a(flat, rows, koff[g], wb, gb * ks * 64, zpw, gb * nr, out, orow)
+                _tile_a(flat, rows, koff[g], wb, gb * ks * 64, zpw, gb * nr, out, orow, vo)
             else:
-                _tile_b(flat, rows, koff[g], wb, gb * ks * 128, zpw, gb * nr, out, orow)
+                _tile_b(flat, rows, koff[g], wb, gb * ks * 128, zpw, gb * nr, out, orow, vo)
             if not whole:
-                for r in range(m):
-                    for o in range(o1):
-                        dst[p0 + r - row0, col + o] = part[r * nr + o]
+                for o in range(o1):
+                    j = col + o
+                    at = (j // pw) * ps + j - (j // pw) * pw
+                    for r in range(m):
+                        dst[(p0 + r - row0) * pw + at] = part[r * nr + o]
 
 
 @numba.njit(parallel=True, cache=True)
@@ -227,7 +238,7 @@ def _conv_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, out):
         b = task // tasks
         p_a = (task - b * tasks) * span
         _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, min(pix, p_a + span),
-               out, -b * pix)
+               out.reshape(-1), -b * pix, out.shape[1], out.shape[1], 0)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -243,9 +254,28 @@ def _conv_epilogue_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, q,
         b, blk, per, p_a, p_b = fused_task_pixels(t, nb, pixels)
         gl = np.empty((max(p_b - p_a, 1), q), np.int32)
         if p_b > p_a:
-            _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, gl, p_a)
+            _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, gl.reshape(-1),
+                   p_a, q, q, 0)
         fused_epilogue_task(gl, ms, gs, o_n, pixels, bias, lv, do_rq, rq, out, need, mnmx,
                             sums, wrap_bits, b, blk, per, p_a, p_b)
+
+
+@numba.njit(parallel=True, cache=True)
+def _conv_risk_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, o_n, bias, pe_risk,
+                      lv, do_rq, rq, out, need, mnmx, sums, ms, gs):
+    """`_conv_epilogue_kernel` for a plan with sign columns (q = 2 * o_n, ``o_n % 16 == 0``)
+    and risk: the block's sums and positive product sums as two planes of a local buffer,
+    then `kernels.fused_risk_task` on them."""
+    n, nb = mnmx.shape[0], mnmx.shape[1]
+    pixels = ho * wo
+    for t in numba.prange(n * nb):
+        b, blk, per, p_a, p_b = fused_task_pixels(t, nb, pixels)
+        gl = np.empty(max(2 * (p_b - p_a) * o_n, 1), np.int32)
+        if p_b > p_a:
+            _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, gl, p_a,
+                   2 * o_n, o_n, (p_b - p_a) * o_n)
+        fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, need[0],
+                        need[1], mnmx, sums, b, blk, p_a, p_b)
 
 
 @dataclass(frozen=True)
@@ -347,16 +377,29 @@ def conv(xu: np.ndarray, zp: int, packed: VnniWeights, stride: int, padding: int
 
 def conv_epilogue(xu: np.ndarray, zp: int, packed: VnniWeights, stride: int, padding: int,
                   o_n: int, bias: np.ndarray, lv, do_rq: bool, rq, out: np.ndarray,
-                  mnmx: np.ndarray, sums: np.ndarray, wrap_bits: int,
-                  ms: np.ndarray) -> np.ndarray:
+                  mnmx: np.ndarray, sums: np.ndarray, wrap_bits: int, ms: np.ndarray,
+                  risk: bool = False, pe_risk: bool = False,
+                  need: np.ndarray | None = None) -> np.ndarray:
     """`conv` with its sums passed straight to the epilogue (`kernels.gemm_epilogue_kernel`'s
-    arguments, without risk or chunks): fills `out`, `mnmx` and `sums` as that kernel does,
-    keeps no sums, and returns those of rows `ms` (len(ms), q) int32."""
+    arguments, without chunks; with `risk` (`risk_fusable` weights, sign columns, no
+    wrapping) it fills `need` (2, M, o_n) too): fills `out`, `mnmx` and `sums` as that kernel
+    does, keeps no sums, and returns those of rows `ms` (len(ms), q) int32."""
     _, args = _kernel_args(xu, zp, packed, stride, padding)
     gs = np.zeros((len(ms), packed.q), np.int32)
-    _conv_epilogue_kernel(*args, packed.q, o_n, bias, lv, do_rq, rq, out, NO_NEED, mnmx, sums,
-                          wrap_bits, ms, gs)
+    if risk:
+        assert risk_fusable(packed, o_n) and not wrap_bits and need is not None
+        _conv_risk_kernel(*args, o_n, bias, pe_risk, lv, do_rq, rq, out, need, mnmx, sums, ms,
+                          gs)
+    else:
+        _conv_epilogue_kernel(*args, packed.q, o_n, bias, lv, do_rq, rq, out, NO_NEED, mnmx,
+                              sums, wrap_bits, ms, gs)
     return gs
+
+
+def risk_fusable(packed: VnniWeights, o_n: int) -> bool:
+    """`conv_epilogue` can run with risk on these weights: sign columns (q = 2 * o_n) whose
+    halves are whole 16-lane vectors, in one group."""
+    return packed.groups == 1 and packed.q == 2 * o_n and o_n % 16 == 0
 
 
 #: the bound-bit arrays a fused epilogue never writes (it runs without risk)

@@ -393,18 +393,21 @@ def test_simulator_int8_engine_equals_float_engine_and_oracle(seed, dataflow, bi
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2 ** 32 - 1), st.sampled_from(["dense", "grouped", "depthwise"]),
        st.booleans(), st.sampled_from([(32, "wrap", True), (18, "wrap", False),
-                                       (17, "wrap", False), (20, "saturate", True)]),
+                                       (17, "wrap", False), (20, "saturate", True),
+                                       (17, "wrap", True), (16, "saturate", True)]),
        st.integers(0, 2), st.integers(1, 2), st.sampled_from([0, 3]))
 def test_fused_epilogue_equals_the_shared_sums(seed, kind, requant, acc, pad, stride, zp):
     """A single configuration consumes the own kernels' sums where they are made
-    (`int8_engine.int8_conv_fused`: exact layers, and wrapped ones without event counts);
-    a sweep keeps them to share (`run_many`): outputs and every statistic agree."""
+    (`int8_engine.int8_conv_fused`: exact layers, wrapped ones without event counts, and on
+    VNNI layers with risk whose outputs come in 16s, their bound bits made there too); a
+    sweep keeps them to share (`run_many`): outputs and every statistic agree, event counts
+    included."""
     from npusim.sim.simulator import run_many
 
     rng = np.random.default_rng(seed)
     g = 1 if kind == "dense" else 4
     cg = 1 if kind == "depthwise" else int(rng.integers(1, 9))
-    o = 4 if kind == "depthwise" else g * int(rng.integers(1, 40))
+    o = 4 if kind == "depthwise" else g * int(rng.choice([16, 32, rng.integers(1, 40)]))
     x = rng.choice([zp, 255, rng.integers(0, 256)], size=(int(rng.integers(1, 4)), g * cg, 7, 6))
     w = rng.choice([-127, 127, 0, rng.integers(-127, 128)], size=(o, cg, 3, 3))
     bias = rng.integers(-3000, 3000, size=o)
@@ -413,10 +416,12 @@ def test_fused_epilogue_equals_the_shared_sums(seed, kind, requant, acc, pad, st
     bits, mode, events = acc
     cfg = NPUConfig.preset("edge16").with_overrides({
         "precision.acc_bits": bits, "precision.pe_acc_bits": bits, "precision.overflow": mode})
-    calls, warned = [], []
+    calls, warned, risky = [], [], []
     real = accumulate.int8_conv_fused
+    real_risky = accumulate._fused_risk_entry
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(accumulate, "int8_conv_fused", lambda *a: calls.append(1) or real(*a))
+        mp.setattr(accumulate, "_fused_risk_entry", lambda *a: risky.append(1) or real_risky(*a))
         # no layer may pass only by the fallback (a failed check recomputes it, correctly)
         mp.setattr(accumulate.log, "warning", lambda *a, **k: warned.append(a))
         sim = Simulator(cfg, count_events=events)
@@ -426,8 +431,13 @@ def test_fused_epilogue_equals_the_shared_sums(seed, kind, requant, acc, pad, st
     assert not warned
     np.testing.assert_array_equal(one.outputs["y"], shared.outputs["y"])
     assert one.stats.equals(shared.stats)
-    if prep is not None and int8_engine.fusable(prep) and (bits == 32 or not events):
-        assert calls  # the fused path ran (no risk at 32 bits; a wrap shortcut without events)
+    if prep is not None and int8_engine.fusable(prep) and (
+            bits == 32 or not events or int8_engine.fusable(prep, risk=True)):
+        # the fused path ran (no risk at 32 bits; a wrap shortcut without events; sign
+        # columns in 16s on VNNI)
+        assert calls
+    if prep is not None and events and bits < 32 and int8_engine.fusable(prep, risk=True):
+        assert risky  # at 20 bits and below every such layer is at risk
 
 
 @pytest.mark.slow
@@ -597,6 +607,35 @@ def test_epilogue_kernel_on_long_blocks(o_n, case):
                         [0, 5000, -1, -(1 << 18)] * 5, nb, pe_bits=14)
 
 
+@functools.cache
+def _fused_risk_kernel():
+    """A loop over `kernels.fused_risk_task`'s tasks (compiled on first use), each given its
+    block of the sums `g` (M, 2 * o_n) as two planes, as `vnni._conv_risk_kernel` makes them."""
+    import numba
+
+    from npusim.sim import kernels as K
+
+    @numba.njit
+    def run(g, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, need, mnmx, sums, ms, gs):
+        n, nb = mnmx.shape[0], mnmx.shape[1]
+        for t in range(n * nb):
+            b, blk, per, p_a, p_b = K.fused_task_pixels(t, nb, pixels)
+            rows = p_b - p_a
+            gl = np.empty(max(2 * rows * o_n, 1), np.int32)
+            for r in range(rows):
+                for o in range(o_n):
+                    gl[r * o_n + o] = np.int32(g[b * pixels + p_a + r, o])
+                    gl[(rows + r) * o_n + o] = np.int32(g[b * pixels + p_a + r, o_n + o])
+            K.fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out,
+                              need[0], need[1], mnmx, sums, b, blk, p_a, p_b)
+
+    return run
+
+
+def _fused_risk_tasks(*args):
+    _fused_risk_kernel()(*args)
+
+
 def _check_epilogue(n, pixels, o_n, nch, case, bits, rounding, seed, small, bias, nb,
                     pe_bits=None):
     """One case of `test_epilogue_kernel_equals_a_walk_over_every_output` (`bias` per output,
@@ -643,6 +682,14 @@ def _check_epilogue(n, pixels, o_n, nch, case, bits, rounding, seed, small, bias
     sums = np.empty((n, nb, q * (2 if nch > 1 else 1)), np.int64)
     K.gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, req.rec, out,
                            need[0], need[1], mnmx, sums, wrap_bits, nch)
+    if risk and nch == 1:  # the fused kernels' task on the same sums, as planes: identical
+        got = [np.empty_like(a) for a in (out, need, mnmx, sums)]
+        ms = rng.integers(0, m, 5)
+        gs = np.zeros((len(ms), q), np.int32)
+        _fused_risk_tasks(g, o_n, pixels, bias, pe_risk, lv, do_rq, req.rec, *got, ms, gs)
+        for a, b in zip(got, (out, need, mnmx, sums)):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(gs, g[ms])
 
     tot = g.astype(np.int64).reshape(m, nch, q).sum(axis=1)
     acc = tot[:, :o_n] + bias
@@ -694,6 +741,19 @@ def test_epilogue_hands_inexact_float_products_to_the_integer_rule(wrap_bits):
     assert out[37, 0] == acc * m0 >> sh  # the float product alone gives one more
 
 
+def test_epilogue_hands_inexact_products_of_raw_sums_to_the_integer_rule():
+    """A raw sum within the engine's 2^24 whose product with the multiplier passes 2^53 and
+    rounds up onto the rounding edge (``acc * m0 = k * 2^31 + 2^30 - 1``), with a small bias:
+    the fused rule's terms are exact, so only the block's extremes can send it to the integer
+    rule, in the flat task and in the fused kernels' risk task (`_crafted_epilogue`)."""
+    m0, sh, acc = 1090519041, 31, (1 << 24) - 1
+    assert (acc * m0) % (1 << 31) == (1 << 30) - 1 and float(acc) * m0 >= 2.0 ** 53
+    g = np.random.default_rng(0).integers(-500, 500, (70, 2)).astype(np.float32)
+    g[37, 0] = acc - 7
+    out = _crafted_epilogue(g, np.array([7, -3], np.int64), m0, sh, 0)
+    assert out[37, 0] == (acc * m0 + (1 << 30)) >> sh
+
+
 def test_epilogue_hands_biases_too_large_for_its_fused_rule_to_the_integer_rule():
     """A bias whose product with the multiplier passes 2^53, so that the flat task's folded
     term (``bias * km * 2^-31 + 1/2``, `arith.requant_fma_terms`) rounds, beside an
@@ -711,7 +771,8 @@ def test_epilogue_hands_biases_too_large_for_its_fused_rule_to_the_integer_rule(
 def _crafted_epilogue(g, bias, m0, sh, wrap_bits):
     """`kernels.gemm_epilogue_kernel` on the sums `g` (pixels, columns) of one image and
     task, every column requantized by (m0, sh) half_up into 32-bit outputs, checked against
-    Python integers; returns the outputs."""
+    Python integers, and without wrapping the fused kernels' risk task likewise; returns the
+    outputs."""
     from npusim.ir import arith
     from npusim.sim import kernels as K
     from npusim.sim.accumulate import Requant
@@ -730,6 +791,13 @@ def _crafted_epilogue(g, bias, m0, sh, wrap_bits):
     want = naive.requantize((g.astype(np.int64) + bias)[:, :, None], np.full(o_n, m0),
                             np.full(o_n, sh), "half_up", 32, 0, -(1 << 31), (1 << 31) - 1)
     np.testing.assert_array_equal(out, want[:, :, 0])
+    if not wrap_bits:  # the fused kernels' risk task (sign columns, nothing flagged at 32 bits)
+        fused = np.empty_like(out)
+        gp = np.concatenate([g, np.maximum(g, 0)], axis=1)
+        _fused_risk_tasks(gp, o_n, pixels, bias, False, lv, True, req.rec, fused,
+                          np.empty((2, pixels, o_n), np.uint8), mnmx, np.empty((1, 1, 2 * o_n),
+                          np.int64), np.zeros(0, np.int64), np.zeros((0, 2 * o_n), np.int32))
+        np.testing.assert_array_equal(fused, want[:, :, 0])
     return out
 
 
