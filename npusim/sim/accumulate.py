@@ -320,9 +320,12 @@ class _Shared:
     need_acc: np.ndarray | None = None  # (M, O) uint8: bits of [bias - neg, bias + pos]
     need_pe: np.ndarray | None = None  # (M, O) uint8: bits of [-neg, pos]
     need_max: tuple[int, int] = (0, 0)
+    #: (M, O) uint8, non-zero where the output's bound leaves the widths of the one
+    #: configuration that made it (`_fused_risk_entry`: no bound bits kept, none shared)
+    flags: np.ndarray | None = None
     chunk_g: dict = field(default_factory=dict)  # chunk size -> `screen.chunk_sums` of x
     nch: int = 1  # > 1: `res` holds the columns per chunk (`screen`), summed by the epilogue
-    #: the arrays of `_epilogue`'s pass (out, mnmx, sums, need), made where the sums were
+    #: the arrays of `_epilogue`'s pass (out, mnmx, sums, flags), made where the sums were
     pending: tuple | None = None
 
 
@@ -365,10 +368,10 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
     """One pass of the epilogue kernel over the engine's sums (or the pass a fused entry
     made, `_fused_risk_entry`): (output (M, O) requantized when `requant`, min and max of all
     accumulators, of the unflagged ones, `_flagged`); with a risk, the per-output bound bits
-    are stored in `e`."""
+    (a fused pass: its flags) are stored in `e`."""
     if e.pending is not None:
-        done, e.pending = e.pending, None
-        return _epilogue_done(e, *done, lv, pe_risk)
+        (out, mnmx, sums, e.flags), e.pending = e.pending, None
+        return _epilogue_done(e, out, mnmx, sums, True, lv, pe_risk)
     o = e.prep.o
     risk = pe_risk or acc_risk
     rq, out, mnmx, sums = _epilogue_arrays(n, pixels, o, len(e.res.expected), requant)
@@ -376,32 +379,31 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
     K.gemm_epilogue_kernel(e.res.g, o, pixels, np.asarray(bias, np.int64), risk, pe_risk, lv,
                            requant is not None, rq.rec, out, need[0], need[1], mnmx, sums,
                            wrap_bits, e.nch)
-    return _epilogue_done(e, out, mnmx, sums, need if risk else None, lv, pe_risk)
-
-
-def _epilogue_done(e: _Shared, out, mnmx, sums, need, lv, pe_risk):
-    """`_epilogue`'s result once its kernel has run: the sums checked, the bound bits `need`
-    (None: no risk) stored in `e` and the flagged outputs found."""
-    mm = _checked_extremes(e.res, mnmx, sums, out.size)
-    flat = _NONE_FLAGGED
-    if need is not None:
+    if risk:
         e.need_acc, e.need_pe = need[0], need[1]
         e.need_max = (int(need[0].max(initial=0)), int(need[1].max(initial=0)))
-        flat = _flagged(e, lv, pe_risk)
-    return out, mm, flat
+    return _epilogue_done(e, out, mnmx, sums, risk, lv, pe_risk)
+
+
+def _epilogue_done(e: _Shared, out, mnmx, sums, risk, lv, pe_risk):
+    """`_epilogue`'s result once its kernel has run (and, with `risk`, stored the bound bits
+    or flags in `e`): the sums checked and the flagged outputs found."""
+    mm = _checked_extremes(e.res, mnmx, sums, out.size)
+    return out, mm, _flagged(e, lv, pe_risk) if risk else _NONE_FLAGGED
 
 
 def _fused_risk_entry(x, prep: Int8Conv, bias, requant, lv, pe_risk, out_hw) -> _Shared:
     """A single configuration's entry for a layer with risk whose sums the engine consumes
-    where it makes them (`int8_conv_fused` with the bound bits; ``int8_fusable(prep, risk=
-    True)``): its epilogue pass already made (`_epilogue` hands it on), no sums kept."""
+    where it makes them (`int8_conv_fused` with flags; ``int8_fusable(prep, risk=True)``):
+    its epilogue pass already made (`_epilogue` hands it on), no sums and no bound bits
+    kept, only this configuration's flags."""
     n, o = x.shape[0], prep.o
     pixels = out_hw[0] * out_hw[1]
     rq, out, mnmx, sums = _epilogue_arrays(n, pixels, o, prep.q, requant)
-    need = np.empty((2, n * pixels, o), np.uint8)
+    flags = np.empty((n * pixels, o), np.uint8)
     res = int8_conv_fused(x, prep, out_hw, o, np.asarray(bias, np.int64), lv,
-                          requant is not None, rq.rec, out, mnmx, sums, 0, pe_risk, need)
-    return _Shared(x, prep, res, pending=(out, mnmx, sums, need))
+                          requant is not None, rq.rec, out, mnmx, sums, 0, pe_risk, flags)
+    return _Shared(x, prep, res, pending=(out, mnmx, sums, flags))
 
 
 def _epilogue_arrays(n: int, pixels: int, o: int, q: int, requant):
@@ -450,6 +452,8 @@ _NONE_FLAGGED = (np.zeros(0, np.int64), 0)
 
 def _flag_mask(e: _Shared, lv, pe_risk, rows=slice(None)) -> np.ndarray:
     """(rows, O) bool: the outputs of `rows` whose bound leaves this NPU's widths."""
+    if e.flags is not None:
+        return e.flags[rows] != 0
     mask = e.need_acc[rows] > lv.acc_bits
     if pe_risk:
         mask |= e.need_pe[rows] > lv.pe_bits
@@ -465,7 +469,10 @@ def _flagged_outputs(e: _Shared, lv, pe_risk, pix) -> tuple[np.ndarray, np.ndarr
 def _flagged(e: _Shared, lv, pe_risk) -> tuple[np.ndarray, int]:
     """(the rows m = (n, pixel) with an output whose bound leaves this NPU's widths, the
     number of such outputs)."""
-    if e.need_max[0] <= lv.acc_bits and (not pe_risk or e.need_max[1] <= lv.pe_bits):
+    if e.flags is not None:
+        if not e.flags.any():
+            return _NONE_FLAGGED
+    elif e.need_max[0] <= lv.acc_bits and (not pe_risk or e.need_max[1] <= lv.pe_bits):
         return _NONE_FLAGGED
     per = np.count_nonzero(_flag_mask(e, lv, pe_risk), axis=1)
     return np.flatnonzero(per), int(per.sum())
@@ -499,9 +506,10 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
     key = None if requant is None else requant.key()
     risk = pe_risk or acc_risk
     hit = e.exact.get(key)
-    flat = _flagged(e, lv, pe_risk) if risk and e.need_acc is not None else _NONE_FLAGGED
+    known = e.need_acc is not None or e.flags is not None
+    flat = _flagged(e, lv, pe_risk) if risk and known else _NONE_FLAGGED
     out = mm = None
-    if hit is None or (risk and e.need_acc is None):
+    if hit is None or (risk and not known):
         out, mm, flat = _epilogue(e, bias, requant, lv, pe_risk, acc_risk, n, pixels)
         if not flat[1] and hit is None:
             # the very object is handed to every configuration that gets here, so the next

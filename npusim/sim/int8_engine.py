@@ -406,13 +406,13 @@ def fusable(plan: Int8Conv, risk: bool = False) -> bool:
 def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n: int,
                     bias: np.ndarray, lv, do_rq: bool, rq, out: np.ndarray, mnmx: np.ndarray,
                     sums: np.ndarray, wrap_bits: int, pe_risk: bool = False,
-                    need: np.ndarray | None = None) -> Int8Result:
+                    flags: np.ndarray | None = None) -> Int8Result:
     """`int8_conv` for a `fusable` plan, its sums passed straight to the epilogue
     (`kernels.gemm_epilogue_kernel`'s arguments from `o_n` on, without chunks: it fills
-    `out`, `mnmx`, `sums`, and with a risk (`need` (2, M, o_n) given; ``fusable(plan,
-    risk=True)``, no wrapping) the bound bits into `need`): `vnni.conv_epilogue` or
-    `kernels.depthwise_epilogue_kernel`. A few rows' sums are spot-checked here; the result
-    holds no ``g`` (``verify`` it with `sums` as usual)."""
+    `out`, `mnmx`, `sums`, and with a risk (`flags` (M, o_n) uint8 given; ``fusable(plan,
+    risk=True)``, no wrapping) marks the flagged outputs in `flags`): `vnni.conv_epilogue`
+    or `kernels.depthwise_epilogue_kernel`. A few rows' sums are spot-checked here; the
+    result holds no ``g`` (``verify`` it with `sums` as usual)."""
     n = x.shape[0]
     ho, wo = out_hw
     x, xu, expected, nonzero = _prologue(x, plan, out_hw)
@@ -427,7 +427,7 @@ def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n:
     else:
         gs = vnni.conv_epilogue(xu, plan.zp_x - plan.sub, plan.packed, plan.stride,
                                 plan.padding, o_n, bias, lv, do_rq, rq, out, mnmx, sums,
-                                wrap_bits, ms, need is not None, pe_risk, need)
+                                wrap_bits, ms, pe_risk, flags)
     _spot_check_rows(x, plan, out_hw, m_n, ms, gs, call)
     return Int8Result(None, expected, nonzero)
 

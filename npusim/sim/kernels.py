@@ -970,18 +970,43 @@ def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, pe
     return exact
 
 
+_SUM32_RUNS = 127  # int32 lane sums of values below 2^24 fold into int64 after this many
+
+
 @numba.njit(inline="always")
-def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, need_acc,
-                    need_pe, mnmx, sums, b, blk, p_a, p_b):
-    """`gemm_epilogue_kernel`'s task with risk (no wrapping, no chunks) for a fused kernel
-    (`vnni._conv_risk_kernel`) whose sums are in `gl` as two planes of ``(p_b - p_a) x o_n``:
-    the sums, then the positive product sums (its columns o_n + o). The planes make every loop
-    a flat run of ``rep * o_n >= _FLAT_LANES`` outputs, the per-column parameters tiled
-    (`_flat_epilogue_task`; the row task's loops of one pixel's 16 outputs ran scalar), and
-    each loop writes few arrays (one loop of all the work ran scalar: the vectorizer's
-    run-time alias checks). Requantized by `requant_fma_one` where `_flat_epilogue_task`
-    would be, else (and for a block whose extremes fail its 2^52 test) by the integer rule.
-    The rows `ms` of the sums are copied to `gs` (len(ms), 2 * o_n) first."""
+def _risk_thresholds(bias, acc_bits, pe_bits, pe_risk):
+    """(tp, tn): an output with positive and negative product sums ``pos, neg >= 0`` is
+    flagged (`gemm_epilogue_kernel`'s ``need_acc > acc_bits``, or ``need_pe > pe_bits`` with
+    `pe_risk`) exactly where ``pos > tp or neg > tn``: [bias - neg, bias + pos] leaves the
+    signed acc range where ``pos > 2^(A-1) - 1 - bias`` or ``neg > bias + 2^(A-1)``, and
+    [-neg, pos] the pe range where ``pos > 2^(P-1) - 1`` or ``neg > 2^(P-1)``. Clamped to
+    [-1, 2^31 - 1] (the sums are in [0, 2^24)), so int32 lanes compare them."""
+    ha = np.int64(1) << (min(acc_bits, 40) - 1)
+    tp = ha - 1 - bias
+    tn = bias + ha
+    if pe_risk:
+        hp = np.int64(1) << (min(pe_bits, 40) - 1)
+        tp = min(tp, hp - 1)
+        tn = min(tn, hp)
+    return (np.int32(min(max(tp, -1), _I32_MAX)), np.int32(min(max(tn, -1), _I32_MAX)))
+
+
+@numba.njit(inline="always")
+def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, flags, mnmx,
+                    sums, b, blk, p_a, p_b):
+    """`gemm_epilogue_kernel`'s task with risk (no wrapping, no chunks) for a single
+    configuration's fused kernel (`vnni._conv_risk_kernel`), whose sums are in `gl` as two
+    planes of ``(p_b - p_a) x o_n``: the sums, then the positive product sums (its columns
+    o_n + o). Instead of every output's bound bits (kept where a sweep's configurations share
+    them) it writes `flags` (M, o_n) uint8, 1 where that kernel would flag the output at
+    these widths (`_risk_thresholds`: two int32 compares). The planes make every loop a flat
+    run of ``rep * o_n >= _FLAT_LANES`` outputs with the per-column parameters tiled
+    (`_flat_epilogue_task`), each loop writing few arrays (a loop of all the work ran
+    scalar: the vectorizer's run-time alias checks); the column sums run in int32 lanes,
+    folded into int64 every `_SUM32_RUNS` runs; the flagged outputs' extremes only in runs
+    that have some. Requantized by `requant_fma_one` where `_flat_epilogue_task` would be,
+    else (and for a block whose extremes fail its 2^52 test) by the integer rule. The rows
+    `ms` of the sums are copied to `gs` (len(ms), 2 * o_n) first."""
     n_p = p_b - p_a
     plane = n_p * o_n
     m_a = b * pixels + p_a
@@ -993,57 +1018,58 @@ def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, 
                 gs[k, o_n + j] = gl[plane + r + j]
     rep = max(1, (_FLAT_LANES + o_n - 1) // o_n)
     n_l = rep * o_n
-    acc_bits, pe_bits = lv.acc_bits, lv.pe_bits
-    bfl = np.empty(n_l, np.float64)
+    tp = np.empty(n_l, np.int32)
+    tn = np.empty(n_l, np.int32)
     kt = np.empty(n_l, np.float64)  # `requant_fma_terms`, the bias folded in
     bt = np.empty(n_l, np.float64)
     fma = do_rq and rq.f64
     for i in range(n_l):
         o = i % o_n
-        bfl[i] = np.float64(bias[o])
+        tp[i], tn[i] = _risk_thresholds(bias[o], lv.acc_bits, lv.pe_bits, pe_risk)
         if fma:
             kt[i], bt[i], good = requant_fma_terms(bias[o], rq.km[o], rq.sc[o])
             fma &= good
-    fa = np.empty(n_l, np.float64)  # the acc and pe bounds' magnitudes (`_bits_of_f64`)
-    fp = np.empty(n_l, np.float64)
-    ia = fa.view(np.int64)
-    ip = fp.view(np.int64)
     sm = np.zeros(n_l, np.int64)
     sp = np.zeros(n_l, np.int64)
-    mn = np.full(n_l, _I32_MAX, np.int32)  # raw sums: all, and those not flagged
-    mx = np.full(n_l, _I32_MIN, np.int32)
-    mnu = np.full(n_l, _I32_MAX, np.int32)
+    s32 = np.zeros(n_l, np.int32)
+    p32 = np.zeros(n_l, np.int32)
+    mnu = np.full(n_l, _I32_MAX, np.int32)  # raw sums not flagged, and flagged
     mxu = np.full(n_l, _I32_MIN, np.int32)
+    mnf = np.full(n_l, _I32_MAX, np.int32)
+    mxf = np.full(n_l, _I32_MIN, np.int32)
     zp, lo, hi = np.float64(rq.zp), np.float64(rq.lo), np.float64(rq.hi)
-    da_f = need_acc.reshape(-1)
-    dp_f = need_pe.reshape(-1)
+    ff = flags.reshape(-1)
     df = out.reshape(-1)
+    runs = 0
     for c0 in range(0, plane, n_l):
         cnt = min(n_l, plane - c0)
         vs = gl[c0:c0 + cnt]
         ps = gl[plane + c0:plane + c0 + cnt]
         at = m_a * o_n + c0
-        for i in range(cnt):  # [bias - neg, bias + pos] and [-neg, pos] as max(hi, -lo - 1)
-            pos = np.float64(ps[i])
-            neg = pos - np.float64(vs[i])
-            fa[i] = max(max(bfl[i] + pos, 0.0), -min(bfl[i] - neg, 0.0) - 1.0)
-            fp[i] = max(pos, neg - 1.0)
-        da = da_f[at:at + cnt]
-        dp = dp_f[at:at + cnt]
+        fl = ff[at:at + cnt]
+        hit = 0  # (a bool here made this loop 4x slower)
+        for i in range(cnt):  # int32 lanes: numba computes int32 - int32 in int64
+            f = (ps[i] > tp[i]) | (np.int32(ps[i] - vs[i]) > tn[i])
+            fl[i] = f
+            hit |= f
+            mnu[i] = min(mnu[i], _I32_MAX if f else vs[i])
+            mxu[i] = max(mxu[i], _I32_MIN if f else vs[i])
+        if hit:
+            for i in range(cnt):
+                f = fl[i] != 0
+                mnf[i] = min(mnf[i], vs[i] if f else _I32_MAX)
+                mxf[i] = max(mxf[i], vs[i] if f else _I32_MIN)
         for i in range(cnt):
-            na = _bits_of_f64(ia[i])
-            npe = _bits_of_f64(ip[i])
-            da[i] = na
-            dp[i] = npe
-            flag = (na > acc_bits) | (pe_risk & (npe > pe_bits))
-            mnu[i] = min(mnu[i], _I32_MAX if flag else vs[i])
-            mxu[i] = max(mxu[i], _I32_MIN if flag else vs[i])
-        for i in range(cnt):
-            v = vs[i]
-            sm[i] += v
-            sp[i] += ps[i]
-            mn[i] = min(mn[i], v)
-            mx[i] = max(mx[i], v)
+            s32[i] += vs[i]
+            p32[i] += ps[i]
+        runs += 1
+        if runs == _SUM32_RUNS:
+            runs = 0
+            for i in range(n_l):
+                sm[i] += s32[i]
+                sp[i] += p32[i]
+                s32[i] = 0
+                p32[i] = 0
         if fma:
             ds = df[at:at + cnt]
             for i in range(cnt):
@@ -1055,18 +1081,19 @@ def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, 
     exact = fma
     for i in range(n_l):
         o = i % o_n
-        sums[b, blk, o] += sm[i]
-        sums[b, blk, o_n + o] += sp[i]
-        if mn[i] <= mx[i]:  # some pixel in this lane
-            a0 = mn[i] + bias[o]
-            a1 = mx[i] + bias[o]
+        sums[b, blk, o] += sm[i] + s32[i]
+        sums[b, blk, o_n + o] += sp[i] + p32[i]
+        if mnu[i] <= mxu[i]:  # some output not flagged
+            t[2] = min(t[2], mnu[i] + bias[o])
+            t[3] = max(t[3], mxu[i] + bias[o])
+        lo_i, hi_i = min(mnu[i], mnf[i]), max(mxu[i], mxf[i])
+        if lo_i <= hi_i:  # some pixel in this lane
+            a0 = lo_i + bias[o]
+            a1 = hi_i + bias[o]
             t[0] = min(t[0], a0)
             t[1] = max(t[1], a1)
             if fma:
                 exact &= max(-a0, a1) * rq.km[o] < F64_EXACT_PRODUCT
-        if mnu[i] <= mxu[i]:  # some output not flagged
-            t[2] = min(t[2], mnu[i] + bias[o])
-            t[3] = max(t[3], mxu[i] + bias[o])
     if not exact:  # the integer rule, pixel by pixel
         acc = np.empty(o_n, np.int64)
         for r in range(n_p):

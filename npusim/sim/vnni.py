@@ -262,10 +262,10 @@ def _conv_epilogue_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, q,
 
 @numba.njit(parallel=True, cache=True)
 def _conv_risk_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, o_n, bias, pe_risk,
-                      lv, do_rq, rq, out, need, mnmx, sums, ms, gs):
+                      lv, do_rq, rq, out, flags, mnmx, sums, ms, gs):
     """`_conv_epilogue_kernel` for a plan with sign columns (q = 2 * o_n, ``o_n % 16 == 0``)
     and risk: the block's sums and positive product sums as two planes of a local buffer,
-    then `kernels.fused_risk_task` on them."""
+    then `kernels.fused_risk_task` on them (`flags` (M, o_n): the flagged outputs)."""
     n, nb = mnmx.shape[0], mnmx.shape[1]
     pixels = ho * wo
     for t in numba.prange(n * nb):
@@ -274,8 +274,8 @@ def _conv_risk_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, o_n, b
         if p_b > p_a:
             _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, gl, p_a,
                    2 * o_n, o_n, (p_b - p_a) * o_n)
-        fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, need[0],
-                        need[1], mnmx, sums, b, blk, p_a, p_b)
+        fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, flags,
+                        mnmx, sums, b, blk, p_a, p_b)
 
 
 @dataclass(frozen=True)
@@ -378,17 +378,17 @@ def conv(xu: np.ndarray, zp: int, packed: VnniWeights, stride: int, padding: int
 def conv_epilogue(xu: np.ndarray, zp: int, packed: VnniWeights, stride: int, padding: int,
                   o_n: int, bias: np.ndarray, lv, do_rq: bool, rq, out: np.ndarray,
                   mnmx: np.ndarray, sums: np.ndarray, wrap_bits: int, ms: np.ndarray,
-                  risk: bool = False, pe_risk: bool = False,
-                  need: np.ndarray | None = None) -> np.ndarray:
+                  pe_risk: bool = False, flags: np.ndarray | None = None) -> np.ndarray:
     """`conv` with its sums passed straight to the epilogue (`kernels.gemm_epilogue_kernel`'s
-    arguments, without chunks; with `risk` (`risk_fusable` weights, sign columns, no
-    wrapping) it fills `need` (2, M, o_n) too): fills `out`, `mnmx` and `sums` as that kernel
-    does, keeps no sums, and returns those of rows `ms` (len(ms), q) int32."""
+    arguments, without chunks; with `flags` (M, o_n) uint8 given, with risk: `risk_fusable`
+    weights, no wrapping, the flagged outputs marked there, `kernels.fused_risk_task`):
+    fills `out`, `mnmx` and `sums` as that kernel does, keeps no sums, and returns those of
+    rows `ms` (len(ms), q) int32."""
     _, args = _kernel_args(xu, zp, packed, stride, padding)
     gs = np.zeros((len(ms), packed.q), np.int32)
-    if risk:
-        assert risk_fusable(packed, o_n) and not wrap_bits and need is not None
-        _conv_risk_kernel(*args, o_n, bias, pe_risk, lv, do_rq, rq, out, need, mnmx, sums, ms,
+    if flags is not None:
+        assert risk_fusable(packed, o_n) and not wrap_bits
+        _conv_risk_kernel(*args, o_n, bias, pe_risk, lv, do_rq, rq, out, flags, mnmx, sums, ms,
                           gs)
     else:
         _conv_epilogue_kernel(*args, packed.q, o_n, bias, lv, do_rq, rq, out, NO_NEED, mnmx,

@@ -607,6 +607,17 @@ def test_epilogue_kernel_on_long_blocks(o_n, case):
                         [0, 5000, -1, -(1 << 18)] * 5, nb, pe_bits=14)
 
 
+@pytest.mark.parametrize("pe_bits", [20, 26])
+def test_risk_epilogue_sums_columns_past_int32_lanes(pe_bits):
+    """Blocks of 300 pixels x 64 outputs, sums up to 2^24 - 1: each lane of the fused risk
+    task (`kernels.fused_risk_task`) meets 300 of them, past what its int32 column-sum lanes
+    hold, so they must fold into int64 (`kernels._SUM32_RUNS`); against the epilogue kernel
+    and Python integers (`_check_epilogue`), requantized, and with a bias past 2^31 not."""
+    bias = [0, 5000, -1, -(1 << 23)] * 15 + [1, 2, 3, 1 << 31 if pe_bits == 26 else 4]
+    _check_epilogue(1, 300, 64, 1, "risk_pe", 24, "half_up", pe_bits, False, bias, 1,
+                    pe_bits=pe_bits)
+
+
 @functools.cache
 def _fused_risk_kernel():
     """A loop over `kernels.fused_risk_task`'s tasks (compiled on first use), each given its
@@ -616,7 +627,7 @@ def _fused_risk_kernel():
     from npusim.sim import kernels as K
 
     @numba.njit
-    def run(g, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, need, mnmx, sums, ms, gs):
+    def run(g, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, flags, mnmx, sums, ms, gs):
         n, nb = mnmx.shape[0], mnmx.shape[1]
         for t in range(n * nb):
             b, blk, per, p_a, p_b = K.fused_task_pixels(t, nb, pixels)
@@ -627,7 +638,7 @@ def _fused_risk_kernel():
                     gl[r * o_n + o] = np.int32(g[b * pixels + p_a + r, o])
                     gl[(rows + r) * o_n + o] = np.int32(g[b * pixels + p_a + r, o_n + o])
             K.fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out,
-                              need[0], need[1], mnmx, sums, b, blk, p_a, p_b)
+                              flags, mnmx, sums, b, blk, p_a, p_b)
 
     return run
 
@@ -682,12 +693,14 @@ def _check_epilogue(n, pixels, o_n, nch, case, bits, rounding, seed, small, bias
     sums = np.empty((n, nb, q * (2 if nch > 1 else 1)), np.int64)
     K.gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, req.rec, out,
                            need[0], need[1], mnmx, sums, wrap_bits, nch)
-    if risk and nch == 1:  # the fused kernels' task on the same sums, as planes: identical
-        got = [np.empty_like(a) for a in (out, need, mnmx, sums)]
+    if risk and nch == 1:  # the fused kernels' task on the same sums, as planes: identical,
+        # its flags those the bound bits give at these widths
+        got = [np.empty_like(a) for a in (out, need[0], mnmx, sums)]
         ms = rng.integers(0, m, 5)
         gs = np.zeros((len(ms), q), np.int32)
         _fused_risk_tasks(g, o_n, pixels, bias, pe_risk, lv, do_rq, req.rec, *got, ms, gs)
-        for a, b in zip(got, (out, need, mnmx, sums)):
+        flags = (need[0] > bits) | (pe_risk & (need[1] > pe_bits))
+        for a, b in zip(got, (out, flags, mnmx, sums)):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(gs, g[ms])
 
@@ -795,7 +808,7 @@ def _crafted_epilogue(g, bias, m0, sh, wrap_bits):
         fused = np.empty_like(out)
         gp = np.concatenate([g, np.maximum(g, 0)], axis=1)
         _fused_risk_tasks(gp, o_n, pixels, bias, False, lv, True, req.rec, fused,
-                          np.empty((2, pixels, o_n), np.uint8), mnmx, np.empty((1, 1, 2 * o_n),
+                          np.empty((pixels, o_n), np.uint8), mnmx, np.empty((1, 1, 2 * o_n),
                           np.int64), np.zeros(0, np.int64), np.zeros((0, 2 * o_n), np.int32))
         np.testing.assert_array_equal(fused, want[:, :, 0])
     return out
