@@ -981,11 +981,12 @@ def _risk_thresholds(bias, acc_bits, pe_bits, pe_risk):
     signed acc range where ``pos > 2^(A-1) - 1 - bias`` or ``neg > bias + 2^(A-1)``, and
     [-neg, pos] the pe range where ``pos > 2^(P-1) - 1`` or ``neg > 2^(P-1)``. Clamped to
     [-1, 2^31 - 1] (the sums are in [0, 2^24)), so int32 lanes compare them."""
-    ha = np.int64(1) << (min(acc_bits, 40) - 1)
+    # a width past 62 bits acts as 62: no bound reaches 2^61 (|bias| < 2^52, sums < 2^24)
+    ha = np.int64(1) << (min(acc_bits, 62) - 1)
     tp = ha - 1 - bias
     tn = bias + ha
     if pe_risk:
-        hp = np.int64(1) << (min(pe_bits, 40) - 1)
+        hp = np.int64(1) << (min(pe_bits, 62) - 1)
         tp = min(tp, hp - 1)
         tn = min(tn, hp)
     return (np.int32(min(max(tp, -1), _I32_MAX)), np.int32(min(max(tn, -1), _I32_MAX)))

@@ -10,10 +10,13 @@ outputs tile of int32 accumulators held in vector registers, one ``vpdpbusd`` pe
 a weight row's kw * C bytes are contiguous in NHWC (with groups, a weight position's
 C / groups), so the k-steps are byte offsets from the pixel's corner (`_koffsets`) and the
 input needs no channel padding, only a copy with its spatial padding at the zero point
-(`_pad_kernel`). The tile is stored with the zero point's share subtracted. `conv` returns
-the sums (`_conv_kernel`, tasks of 16 tiles in parallel); `conv_epilogue` hands each block
-of pixels' sums, in a local buffer, straight to the epilogue (`kernels.fused_epilogue_task`), so
-a single run never writes them out. Against oneDNN's int8 conv (the engine's other path) on
+(`_pad_kernel`). The tile is stored with the zero point's share subtracted, each 16-lane
+vector at its own offset (rows of q columns, or planes). `conv` returns the sums
+(`_conv_kernel`, tasks of 16 tiles in parallel); `conv_epilogue` hands each block of pixels'
+sums, in a local buffer, straight to the epilogue (`kernels.fused_epilogue_task`), so a
+single run never writes them out; for a layer at risk the buffer holds the sums and the
+positive product sums as two planes, which the risk epilogue reads as flat runs
+(`_conv_risk_kernel`, `kernels.fused_risk_task`). Against oneDNN's int8 conv (the engine's other path) on
 ResNet and MobileNetV2 shapes: about the same speed at batch 64 and ImageNet sizes, 5-8x less
 time per call at batch 1 (reports/BENCHMARKS.md).
 

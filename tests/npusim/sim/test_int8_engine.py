@@ -607,15 +607,67 @@ def test_epilogue_kernel_on_long_blocks(o_n, case):
                         [0, 5000, -1, -(1 << 18)] * 5, nb, pe_bits=14)
 
 
-@pytest.mark.parametrize("pe_bits", [20, 26])
-def test_risk_epilogue_sums_columns_past_int32_lanes(pe_bits):
-    """Blocks of 300 pixels x 64 outputs, sums up to 2^24 - 1: each lane of the fused risk
-    task (`kernels.fused_risk_task`) meets 300 of them, past what its int32 column-sum lanes
-    hold, so they must fold into int64 (`kernels._SUM32_RUNS`); against the epilogue kernel
-    and Python integers (`_check_epilogue`), requantized, and with a bias past 2^31 not."""
-    bias = [0, 5000, -1, -(1 << 23)] * 15 + [1, 2, 3, 1 << 31 if pe_bits == 26 else 4]
-    _check_epilogue(1, 300, 64, 1, "risk_pe", 24, "half_up", pe_bits, False, bias, 1,
-                    pe_bits=pe_bits)
+@pytest.mark.parametrize("acc_bits", [8, 16, 17, 25, 33, 64])
+@pytest.mark.parametrize("pe_bits", [None, 12, 16, 26])
+def test_risk_thresholds_flag_exactly_where_the_bound_bits_exceed_the_widths(acc_bits,
+                                                                            pe_bits):
+    """`kernels._risk_thresholds` (two int32 compares per output in the fused risk task)
+    against the bound bits' definition (`arith.bits_needed`) at every edge: sums one or two
+    either side of each range's limit, biases at 0, +-1, the limits (up to 2^51) and past
+    2^31."""
+    from npusim.ir import arith
+    from npusim.sim import kernels as K
+
+    pe_risk = pe_bits is not None
+    pe = pe_bits or 64
+    lim = (1 << 24) - 1  # the engine's sums are below 2^24
+
+    def near(*edges):
+        return sorted({min(max(e + d, 0), lim) for e in edges for d in (-2, -1, 0, 1, 2)})
+
+    edge = 1 << min(acc_bits - 1, 51)  # the engine takes biases below 2^52
+    for bias in (0, 1, -1, edge, -edge, 3 << 31, -(3 << 31)):
+        tp, tn = K._risk_thresholds(bias, acc_bits, pe, pe_risk)
+        ha, hp = 1 << (acc_bits - 1), 1 << (pe - 1)
+        for pos in near(0, ha - 1 - bias, hp - 1, lim):
+            for neg in near(0, bias + ha, hp, lim):
+                want = arith.bits_needed(min(bias - neg, 0), max(bias + pos, 0)) > acc_bits or (
+                    pe_risk and arith.bits_needed(-neg, pos) > pe)
+                assert (pos > tp or neg > tn) == want, (bias, pos, neg)
+
+
+def test_risk_epilogue_sums_columns_past_int32_lanes():
+    """Blocks of 300 pixels x 64 outputs, every sum near 2^24: each lane of the fused risk
+    task (`kernels.fused_risk_task`) meets 300 of them, far past what its int32 column-sum
+    lanes hold, so they must fold into int64 (`kernels._SUM32_RUNS`); its column sums,
+    extremes and outputs against the epilogue kernel's, which `_check_epilogue` holds to
+    Python integers."""
+    from npusim.ir import arith
+    from npusim.sim import kernels as K
+    from npusim.sim.accumulate import Requant
+
+    pixels, o_n, lim = 300, 64, (1 << 24) - 1
+    rng = np.random.default_rng(5)
+    pos = rng.integers(lim - 9, lim + 1, (pixels, o_n))
+    neg = np.where(np.arange(o_n) % 2, 0, rng.integers(0, 10, (pixels, o_n)))  # some near -2^24
+    neg[:, ::4] = lim - rng.integers(0, 10, (pixels, o_n // 4))
+    g = np.concatenate([pos - neg, pos], axis=1).astype(np.float32)
+    bias = rng.integers(-5000, 5000, o_n)
+    req = Requant.of(np.full(o_n, 1 << 30), np.full(o_n, 40), np.zeros(o_n, np.float32),
+                     False, arith.rounding_code("half_up", "fixed"), 32, 0, -128, 127)
+    lv = K.LevelSpec(K.OS, 16, 32, K.MODE_CODES["wrap"], 26, K.MODE_CODES["wrap"])
+    arrays = [np.empty((pixels, o_n), np.int8), np.empty((2, pixels, o_n), np.uint8),
+              np.empty((1, 1, 4), np.int64), np.empty((1, 1, 2 * o_n), np.int64)]
+    K.gemm_epilogue_kernel(g, o_n, pixels, bias, True, False, lv, True, req.rec, arrays[0],
+                           arrays[1][0], arrays[1][1], arrays[2], arrays[3], 0, 1)
+    got = [np.empty_like(a) for a in arrays]
+    got[1] = np.empty((pixels, o_n), np.uint8)
+    _fused_risk_tasks(g, o_n, pixels, bias, False, lv, True, req.rec, *got,
+                      np.zeros(0, np.int64), np.zeros((0, 2 * o_n), np.int32))
+    np.testing.assert_array_equal(got[3][0, 0], g.astype(np.int64).sum(axis=0))
+    assert got[3].max() > 1 << 32
+    for a, b in zip(got, (arrays[0], arrays[1][0] > 26, arrays[2], arrays[3])):
+        np.testing.assert_array_equal(a, b)
 
 
 @functools.cache
