@@ -176,9 +176,9 @@ def _pad_kernel(x, zp, pad, flat):
 @numba.njit(inline="always")
 def _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, dst, row0, q, pw, ps):
     """Sums of image `b`'s output pixels p in [p_a, p_b) (q columns) into the flat `dst`:
-    column j of row ``r = p - row0`` at ``r * pw + (j // pw) * ps + j % pw`` (``pw = q``: rows
-    of q columns; else planes of `pw` columns `ps` apart, ``pw % 16 == 0``); tiles of mr
-    pixels, per group its blocks of 16 * nv columns."""
+    column j of row ``r = p - row0`` at ``r * pw + j`` for ``j < pw``, at ``ps + r * pw + j -
+    pw`` beyond (``pw = q``: rows of q columns; else two planes, ``pw % 16 == 0``); tiles of
+    mr pixels, per group its blocks of 16 * nv columns."""
     groups, ks = koff.shape
     qg = q // groups
     mr = _TILES[0][0] if nv == 1 else _TILES[1][0]
@@ -213,7 +213,7 @@ def _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, dst, row
             if whole:
                 for v in range(nv):
                     j = col + 16 * v
-                    voff[v] = (j // pw) * ps + j - (j // pw) * pw
+                    voff[v] = j if j < pw else j + ps - pw
             out = dst if whole else part
             vo = voff if whole else whole_off
             if nv == 1:
@@ -223,7 +223,7 @@ def _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, dst, row
             if not whole:
                 for o in range(o1):
                     j = col + o
-                    at = (j // pw) * ps + j - (j // pw) * pw
+                    at = j if j < pw else j + ps - pw
                     for r in range(m):
                         dst[(p0 + r - row0) * pw + at] = part[r * nr + o]
 
