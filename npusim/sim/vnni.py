@@ -187,7 +187,7 @@ def _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, dst, row
     rows = np.empty(_MR_MAX, np.int64)
     orow = np.empty(_MR_MAX, np.int64)
     voff = np.empty(2, np.int64)
-    whole_off = np.empty(2, np.int64)
+    whole_off = np.empty(2, np.int64)  # rows of q columns, and the scratch tile
     part = np.empty(_MR_MAX * 32, dst.dtype)  # a tile that does not fill the rows
     for v in range(2):
         whole_off[v] = 16 * v
@@ -208,24 +208,25 @@ def _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, dst, row
             col = g * qg + (gb - g * nb) * nr  # the block's first column
             o1 = min(nr, (g + 1) * qg - col)
             whole = m == mr and o1 == nr
+            planes = whole and ps != 0  # else each row's vectors 16 apart from its column
             for r in range(mr):
-                orow[r] = (p0 + r - row0) * pw if whole else r * nr
-            if whole:
+                orow[r] = (p0 + r - row0) * pw + (0 if planes else col) if whole else r * nr
+            if planes:
                 for v in range(nv):
                     j = col + 16 * v
                     voff[v] = j if j < pw else j + ps - pw
             out = dst if whole else part
-            vo = voff if whole else whole_off
+            vo = voff if planes else whole_off
             if nv == 1:
                 _tile_a(flat, rows, koff[g], wb, gb * ks * 64, zpw, gb * nr, out, orow, vo)
             else:
                 _tile_b(flat, rows, koff[g], wb, gb * ks * 128, zpw, gb * nr, out, orow, vo)
             if not whole:
-                for o in range(o1):
-                    j = col + o
-                    at = j if j < pw else j + ps - pw
-                    for r in range(m):
-                        dst[(p0 + r - row0) * pw + at] = part[r * nr + o]
+                for r in range(m):
+                    d = dst[(p0 + r - row0) * pw:]
+                    for o in range(o1):
+                        j = col + o
+                        d[j if j < pw else j + ps - pw] = part[r * nr + o]
 
 
 @numba.njit(parallel=True, cache=True)
