@@ -506,10 +506,9 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
     key = None if requant is None else requant.key()
     risk = pe_risk or acc_risk
     hit = e.exact.get(key)
-    known = e.need_acc is not None or e.flags is not None
-    flat = _flagged(e, lv, pe_risk) if risk and known else _NONE_FLAGGED
+    flat = _flagged(e, lv, pe_risk) if risk and e.need_acc is not None else _NONE_FLAGGED
     out = mm = None
-    if hit is None or (risk and not known):
+    if hit is None or (risk and e.need_acc is None):
         out, mm, flat = _epilogue(e, bias, requant, lv, pe_risk, acc_risk, n, pixels)
         if not flat[1] and hit is None:
             # the very object is handed to every configuration that gets here, so the next

@@ -399,7 +399,7 @@ def test_simulator_int8_engine_equals_float_engine_and_oracle(seed, dataflow, bi
 def test_fused_epilogue_equals_the_shared_sums(seed, kind, requant, acc, pad, stride, zp):
     """A single configuration consumes the own kernels' sums where they are made
     (`int8_engine.int8_conv_fused`: exact layers, wrapped ones without event counts, and on
-    VNNI layers with risk whose outputs come in 16s, their bound bits made there too); a
+    VNNI layers with risk whose outputs come in 16s, their flags made there too); a
     sweep keeps them to share (`run_many`): outputs and every statistic agree, event counts
     included."""
     from npusim.sim.simulator import run_many
