@@ -329,6 +329,11 @@ class _Run:
             self.waiting.add(qhash)
             return
         self.waiting.discard(qhash)
+        stored = self.db.program(qhash)  # another sweep may have stored it and let go of its
+        if stored is not None:  # claim between our first look and our claim
+            self.db.release(self.owner, qhash)
+            self._simulate(qhash, *stored)
+            return
         point = self.keyed[self.groups[qhash][0]][0]
         log.info("%s: training %s on the cluster", qhash, point.quant.short_name())
         fut = self.client.submit(_train_task, point, *self.train_args, retries=self.retries,

@@ -71,6 +71,42 @@ def test_claims_of_a_dead_client_on_this_host_are_recognised():
     assert not _owner_dead(f"elsewhere-{host}:{gone}:abc")  # another host: wait for stale_s
 
 
+def test_a_program_stored_between_the_look_and_the_claim_is_not_trained_again(tmp_path,
+                                                                               monkeypatch):
+    """The race of two sweeps sharing a store: sweep B finds no program, sweep A stores its
+    program and lets go of its claim, B's claim succeeds: B must simulate A's program."""
+    from npusim.sweep.distributed import _Run
+
+    class Client:  # records what the sweep submits
+        def __init__(self):
+            self.keys: list[str] = []
+
+        def nthreads(self):
+            return {"w": 1}
+
+        def submit(self, fn, *args, key, **kw):
+            self.keys.append(key)
+            return key
+
+    path = tmp_path / "s.sqlite"
+    with ResultsStore(path) as db, ResultsStore(path) as other:
+        assert other.claim("q", "A")
+        claim = db.claim
+
+        def racing_claim(*args, **kw):  # A finishes just before B claims
+            other.put_program("q", b"program", {"integer_acc": 0.5})
+            other.release("A", "q")
+            return claim(*args, **kw)
+
+        monkeypatch.setattr(db, "claim", racing_claim)
+        run = _Run(Client(), db, {"p": (GRID.points()[0], {})}, {"q": ["p"]}, False, None, 0,
+                   60.0, 0.1, train_args=(), sim_args=(), row_args=(), total=1, row=None)
+        run._start("q")
+        assert [k.split("-")[0] for k in run.client.keys] == ["sim"]
+        assert run.qmeta["q"] == {"integer_acc": 0.5} and db.claims() == {}
+        run.bar.close()
+
+
 def test_cluster_flags_are_checked_before_anything_runs(tmp_path, capsys):
     with pytest.raises(ValueError, match="exactly one"):
         with cluster_client():
