@@ -6,7 +6,7 @@ integer engine" direction): are they exact on this CPU, and how fast against fbg
 Per ResNet-18 (224x224) conv shape, timed back to back in one process, best of `--repeats`:
 fbgemm's quantized conv (the production peer; it requantizes, so it is a timing reference
 only), the simulator's int8 engine (`npusim.sim.int8_engine`, with its verification: its
-own AVX-512 VNNI kernel, `npusim.sim.vnni`, where the CPU has VNNI, and the private
+own kernel, `npusim.sim.int8_tiles`, where the CPU has AVX-512 VNNI or AVX2, and the private
 ``torch.ops.onednn.qconv2d_pointwise``), ONNX Runtime's ``ConvInteger``
 (NCHW, uint8 x int8, int32 out) and ``MatMulInteger`` on an im2col of the input (the im2col is
 timed with it), and ``torch._int_mm`` (int8 x int8 -> int32; on the first shape only: it has
@@ -98,7 +98,7 @@ def engines(w: np.ndarray, k: int, stride: int, hw: int, threads: int, first: bo
     import torch
 
     from npusim.sim import engines as E
-    from npusim.sim import vnni
+    from npusim.sim import int8_engine, int8_tiles
     from npusim.sim.int8_engine import int8_conv, prepare_int8_conv
 
     ho = (hw + 2 * (k // 2) - k) // stride + 1
@@ -106,16 +106,17 @@ def engines(w: np.ndarray, k: int, stride: int, hw: int, threads: int, first: bo
     rows_to_nchw = lambda y, n: y.reshape(n, ho, ho, -1).transpose(0, 3, 1, 2).astype(np.int64)  # noqa: E731
     out: dict = {}
     kind = E.select("auto").int8_kind
-    # the engine's own VNNI kernel where the CPU has it, and oneDNN (the engine's other path)
-    choices = [("own VNNI kernel", True), ("oneDNN", False)] if vnni.available() else \
-        [("oneDNN", False)]
-    available = vnni.available
+    # the engine's own kernel where the CPU has it, and oneDNN (the engine's other path)
+    choices = [(f"own {int8_tiles.ISA_NAMES[int8_tiles.ISA]} kernel", True), ("oneDNN", False)] \
+        if int8_tiles.available() else [("oneDNN", False)]
+    available = int8_tiles.available
     for label, own in choices if kind else []:
-        vnni.available = lambda own=own: own  # `int8_engine._pack` chooses by it
-        try:
-            plan = prepare_int8_conv(w, stride, k // 2, 1, ZP, 0, 255, kind=kind)
+        int8_tiles.available = lambda own=own: own  # `int8_engine._pack` chooses by it
+        try:  # oneDNN on AVX2 without VNNI needs the weight split ("pairs")
+            plan = prepare_int8_conv(w, stride, k // 2, 1, ZP, 0, 255,
+                                     kind=int8_engine._cpu_int8_kind())
         finally:
-            vnni.available = available
+            int8_tiles.available = available
         if plan is None:
             continue
 

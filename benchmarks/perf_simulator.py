@@ -68,11 +68,16 @@ def engine_line() -> str:
     if eng.int8_kind is None:
         return "float engine only (no usable int8 engine on this CPU)"
     if eng.int8_kind == "exact":
-        from npusim.sim import vnni
+        from npusim.sim import int8_tiles
 
-        if vnni.available():
-            return ("the engine's own AVX-512 VNNI conv (npusim.sim.vnni, exact int32 "
+        if int8_tiles.ISA == "vnni":
+            return ("the engine's own AVX-512 VNNI conv (npusim.sim.int8_tiles, exact int32 "
                     "accumulation; depthwise convs by the engine's int32 kernel)")
+        if int8_tiles.ISA == "avx2":
+            return ("the engine's own AVX2 conv (npusim.sim.int8_tiles: vpmaddwd on int16 "
+                    "inputs and weights, exact int32 accumulation; depthwise convs by the "
+                    "engine's int32 kernel); fbgemm here runs the saturating vpmaddubsw "
+                    "path, so it is a timing peer, not an exact result")
         return "oneDNN int8 with VNNI/AMX (exact int32 accumulation)"
     return ("oneDNN int8 on AVX2 without VNNI: weights split as 64*hi+lo wherever a pair of "
             "u8 x s8 products could saturate int16 (2x conv columns for 8-bit weights), "

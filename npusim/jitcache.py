@@ -1,7 +1,7 @@
 """numba's on-disk cache, in a directory named by the content of every file with jitted code.
 
 numba keys a cached kernel on its own file's time stamp only: a kernel that inlines a rule
-from another file (`npusim.sim.kernels` from `npusim.ir.arith`, `npusim.sim.vnni` from
+from another file (`npusim.sim.kernels` from `npusim.ir.arith`, `npusim.sim.int8_tiles` from
 `npusim.sim.kernels`) kept its old machine code after an edit to that file alone, and ran it
 silently. Here every such file's bytes go into one digest naming the directory: an edit to
 any of them compiles everything afresh, an unchanged tree finds its kernels compiled. Set up
@@ -15,13 +15,14 @@ import sys
 from pathlib import Path
 
 #: the modules that define jitted code (numba njit, register_jitable, intrinsic), package paths
-JIT_SOURCES = ("ir/arith.py", "sim/kernels.py", "sim/vnni.py")
+JIT_SOURCES = ("ir/arith.py", "sim/kernels.py", "sim/int8_tiles.py")
 _PACKAGE = Path(__file__).resolve().parent
 
 
 def digest() -> str:
-    """16 hex digits of the SHA-256 of `JIT_SOURCES`' names and bytes."""
-    h = hashlib.sha256()
+    """16 hex digits of the SHA-256 of `JIT_SOURCES`' names and bytes and of
+    ``$NPUSIM_TILES`` (which tiles `npusim.sim.int8_tiles` compiles)."""
+    h = hashlib.sha256(b"NPUSIM_TILES=" + os.environ.get("NPUSIM_TILES", "auto").encode())
     for name in JIT_SOURCES:
         h.update(name.encode() + b"\0" + (_PACKAGE / name).read_bytes() + b"\0")
     return h.hexdigest()[:16]

@@ -57,9 +57,10 @@ class Engine:
         the kernel that computes its convs on this CPU."""
         if self.used != "int8":
             return f"{self.used} engine"
-        from npusim.sim import vnni
+        from npusim.sim import int8_tiles
 
-        return "int8 engine, own VNNI kernel" if vnni.available() else "int8 engine, oneDNN"
+        return (f"int8 engine, own {int8_tiles.ISA_NAMES[int8_tiles.ISA]} kernel"
+                if int8_tiles.available() else "int8 engine, oneDNN")
 
     @property
     def reference(self) -> bool:

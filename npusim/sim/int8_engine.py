@@ -1,5 +1,5 @@
-"""Exact integer convolution on the CPU's int8 dot-product units (oneDNN, through torch, or
-the engine's own VNNI kernel).
+"""Exact integer convolution on the CPU's int8 dot-product units (the engine's own tiles, or
+oneDNN through torch).
 
 oneDNN's quantized convolution (``torch.ops.onednn.qconv2d_pointwise``, the kernel PyTorch's
 x86 backend runs) multiplies uint8 activations by int8 weights and accumulates in int32. On
@@ -13,32 +13,34 @@ simulator's channels-last layout. Where the bound reaches 2^24 (below 2^31), the
 convs over contiguous ranges of input channels, each below 2^24, their sums added in int32
 (`Int8Conv.parts`).
 
-On a CPU with AVX-512 VNNI the convs run on the engine's own kernel instead
-(`npusim.sim.vnni`: ``vpdpbusd`` through an LLVM intrinsic in numba, exact in int32, its sums
-returned as float32 like oneDNN's): as fast as oneDNN at batch 64 and without its per-call
-cost (~100 us) at batch 1. Other CPUs keep oneDNN (`_pack` chooses); every check below
-applies to both.
+Wherever numba compiles for a CPU with AVX-512 VNNI or AVX2, the convs run on the engine's
+own kernel instead (`npusim.sim.int8_tiles`: ``vpdpbusd``, or on AVX2 ``vpmaddwd`` on inputs
+and weights widened to int16, through an LLVM intrinsic in numba, exact in int32, its sums
+returned as float32 like oneDNN's): on VNNI as fast as oneDNN at batch 64 and without its
+per-call cost (~100 us) at batch 1, on AVX2 about as fast as fbgemm and without the weight
+split below. Other processes keep oneDNN (`_pack` chooses); every check below applies to
+both.
 
-On a CPU without VNNI (AVX2, AVX-512 without VNNI) oneDNN multiplies with ``vpmaddubsw``,
-which saturates the sum of two adjacent u8 x s8 products to int16, so there the engine keeps
-every such pair below 2^15: weights with ``2 * u_max * |w| <= 32767`` go in as they are,
-others split as ``w = 64 * hi + lo`` (``lo`` in [-32, 31], ``hi`` in [-2, 2]: two column
-blocks of one conv, recombined exactly in float32). Depthwise convs (kh*kw products per
-output) are computed by the engine's own kernel instead (`kernels.depthwise_sums_kernel`,
+Where oneDNN runs on a CPU without VNNI (AVX2, AVX-512 without VNNI) it multiplies with
+``vpmaddubsw``, which saturates the sum of two adjacent u8 x s8 products to int16, so there the
+engine keeps every such pair below 2^15: weights with ``2 * u_max * |w| <= 32767`` go in as
+they are, others split as ``w = 64 * hi + lo`` (``lo`` in [-32, 31], ``hi`` in [-2, 2]: two
+column blocks of one conv, recombined exactly in float32). Depthwise convs (kh*kw products
+per output) are computed by the engine's own kernel instead (`kernels.depthwise_sums_kernel`,
 exact int32 sums in SIMD lanes across channels): with the split they are not depthwise for
 oneDNN any more, and its grouped path ran ~100x slower.
 
-Trust, in three layers: the engine is used only on a CPU that reports VNNI/AMX (or AVX2,
-within the pair bound), after a self-test on random and extreme operands (the all-255 x 127
-patterns that break saturating paths) over strides, padding, zero points and groups; and
-every call is verified, (1) for every output column, the sum of its outputs over the batch
-(images weighted 1..4) against the same sum computed from the inputs' window sums (per weight
-position, exact int64; `kernels.window_sums_kernel`), which catches any wrong value, and (2)
-a spot check of a few output pixels (different ones each call), all columns, recomputed in
-int64, which catches misplaced values (a permutation keeps the sums). A failed check raises
-`InexactError`; the caller (`npusim.sim.engines`, the one place that chooses engines)
-recomputes the layer with the float engine. torch is imported lazily and is optional.
-"""
+Trust, in three layers: the engine is used only with its own tiles, or oneDNN on a CPU
+that reports VNNI/AMX (or AVX2, within the pair bound), after a self-test on random and
+extreme operands (the all-255 x 127 patterns that break saturating paths) over strides,
+padding, zero points and groups; and every call is verified, (1) for every output column,
+the sum of its outputs over the batch (images weighted 1..4) against the same sum computed
+from the inputs' window sums (per weight position, exact int64; `kernels.window_sums_kernel`),
+which catches any wrong value, and (2) a spot check of a few output pixels (different ones
+each call), all columns, recomputed in int64, which catches misplaced values (a permutation
+keeps the sums). A failed check raises `InexactError`; the caller (`npusim.sim.engines`, the
+one place that chooses engines) recomputes the layer with the float engine. torch is
+imported lazily and is optional."""
 
 from __future__ import annotations
 
@@ -50,8 +52,8 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
+from npusim.sim import int8_tiles
 from npusim.sim import kernels as K
-from npusim.sim import vnni
 from npusim.sim.exact_conv import F32_EXACT, InexactError
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,8 @@ _SPOT_PIXELS = 4  # output pixels recomputed in int64 per call (a misplacement m
 _SPOT_MACS = 1 << 18  # products per spot check: deep layers check a subset of the columns
 _SPOT_SHARE = 32  # and at most 1/32 of the conv's own products (scalar int64 products cost
 # ~30x the engine's: at batch 1 the full budget took longer than the conv)
-#: products per spot check of the engine's own kernels (`vnni`, the depthwise kernel): code
-#: of this repository, exact by construction and tested against int64 references, so the
+#: products per spot check of the engine's own kernels (`int8_tiles`, the depthwise kernel):
+#: code of this repository, exact by construction and tested against int64 references, so the
 #: check only has to see a systematic misplacement (the column sums still check every value).
 #: ResNet-20 W8A8 on VNNI, spot checks per run: 0.47 -> 0.12 ms at batch 1 (a run: ~3.5 ms),
 #: 0.96 -> 0.17 ms at batch 64 (~34 ms)
@@ -88,8 +90,11 @@ def _cpu_has_exact_int8() -> bool:
 
 
 def _cpu_int8_kind() -> str | None:
-    """"exact" (VNNI/AMX), "pairs" (AVX2 without VNNI: exact while each pair of adjacent
-    products fits int16) or None (no int8 path in oneDNN worth using)."""
+    """"exact" (the engine's own tiles, `int8_tiles`, on AVX-512 VNNI or AVX2, or oneDNN on
+    VNNI/AMX), "pairs" (oneDNN on AVX2 without VNNI, where numba does not compile for the
+    host: exact while each pair of adjacent products fits int16) or None (no int8 path)."""
+    if int8_tiles.available():
+        return "exact"
     flags = _cpu_flags()
     if any(f in flags for f in _EXACT_FLAGS):
         return "exact"
@@ -180,9 +185,9 @@ class Int8Conv:
 
     @property
     def own_kernel(self) -> bool:
-        """The sums come from the engine's own kernels (`vnni`, the depthwise kernel), not
-        oneDNN."""
-        return self.dw is not None or isinstance(self.packed, vnni.VnniWeights)
+        """The sums come from the engine's own kernels (`int8_tiles`, the depthwise kernel),
+        not oneDNN."""
+        return self.dw is not None or isinstance(self.packed, int8_tiles.TileWeights)
 
 
 def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_x: int,
@@ -241,10 +246,10 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
 
 
 def _pack(wq: np.ndarray, zp_u8: int, stride: int, padding: int, groups: int):
-    """The weights for `_run`: packed for the engine's own VNNI kernel (`vnni`, on a CPU with
-    AVX-512 VNNI), else prepacked for oneDNN."""
-    if vnni.available():
-        return vnni.pack(wq, groups)
+    """The weights for `_run`: packed for the engine's own tiles (`int8_tiles`, where they
+    run), else prepacked for oneDNN."""
+    if int8_tiles.available():
+        return int8_tiles.pack(wq, groups)
     import torch
 
     return torch.ops.onednn.qconv_prepack(
@@ -256,8 +261,8 @@ def _run(xu: np.ndarray, zp_u8: int, packed, q: int, stride: int, padding: int,
          groups: int) -> np.ndarray:
     """The conv of uint8 NHWC `xu` (zero point zp_u8) by the engine's VNNI kernel or oneDNN
     (as `_pack` chose): float32 (N, Ho, Wo, q)."""
-    if isinstance(packed, vnni.VnniWeights):
-        return vnni.conv(xu, zp_u8, packed, stride, padding)
+    if isinstance(packed, int8_tiles.TileWeights):
+        return int8_tiles.conv(xu, zp_u8, packed, stride, padding)
     import torch
 
     tx = torch.from_numpy(np.ascontiguousarray(xu)).permute(0, 3, 1, 2)  # NCHW view, NHWC data
@@ -396,10 +401,10 @@ def _prologue(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]):
 def fusable(plan: Int8Conv, risk: bool = False) -> bool:
     """The plan's sums can be consumed where they are made (`int8_conv_fused`): the engine's
     own kernels (VNNI, depthwise), in one part; with `risk`, VNNI with sign columns
-    (`vnni.risk_fusable`)."""
+    (`int8_tiles.risk_fusable`)."""
     if risk:
-        return plan.signs and not plan.parts and isinstance(plan.packed, vnni.VnniWeights) \
-            and vnni.risk_fusable(plan.packed, plan.o)
+        return plan.signs and not plan.parts and isinstance(plan.packed, int8_tiles.TileWeights) \
+            and int8_tiles.risk_fusable(plan.packed, plan.o)
     return plan.own_kernel and not plan.parts
 
 
@@ -410,7 +415,7 @@ def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n:
     """`int8_conv` for a `fusable` plan, its sums passed straight to the epilogue
     (`kernels.gemm_epilogue_kernel`'s arguments from `o_n` on, without chunks: it fills
     `out`, `mnmx`, `sums`, and with a risk (`flags` (M, o_n) uint8 given; ``fusable(plan,
-    risk=True)``, no wrapping) marks the flagged outputs in `flags`): `vnni.conv_epilogue`
+    risk=True)``, no wrapping) marks the flagged outputs in `flags`): `int8_tiles.conv_epilogue`
     or `kernels.depthwise_epilogue_kernel`. A few rows' sums are spot-checked here; the
     result holds no ``g`` (``verify`` it with `sums` as usual)."""
     n = x.shape[0]
@@ -422,10 +427,10 @@ def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n:
     if plan.dw is not None:
         gs = np.zeros((len(ms), plan.q), np.int32)
         K.depthwise_epilogue_kernel(x, plan.zp_x, plan.dw, plan.stride, plan.padding, ho, wo,
-                                    o_n, bias, lv, do_rq, rq, out, vnni.NO_NEED, mnmx, sums,
+                                    o_n, bias, lv, do_rq, rq, out, int8_tiles.NO_NEED, mnmx, sums,
                                     wrap_bits, ms, gs)
     else:
-        gs = vnni.conv_epilogue(xu, plan.zp_x - plan.sub, plan.packed, plan.stride,
+        gs = int8_tiles.conv_epilogue(xu, plan.zp_x - plan.sub, plan.packed, plan.stride,
                                 plan.padding, o_n, bias, lv, do_rq, rq, out, mnmx, sums,
                                 wrap_bits, ms, pe_risk, flags)
     _spot_check_rows(x, plan, out_hw, m_n, ms, gs, call)

@@ -996,7 +996,7 @@ def _risk_thresholds(bias, acc_bits, pe_bits, pe_risk):
 def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, flags, mnmx,
                     sums, b, blk, p_a, p_b):
     """`gemm_epilogue_kernel`'s task with risk (no wrapping, no chunks) for a single
-    configuration's fused kernel (`vnni._conv_risk_kernel`), whose sums are in `gl` as two
+    configuration's fused kernel (`int8_tiles._conv_risk_kernel`), whose sums are in `gl` as two
     planes of ``(p_b - p_a) x o_n``: the sums, then the positive product sums (its columns
     o_n + o). Instead of every output's bound bits (kept where a sweep's configurations share
     them) it writes `flags` (M, o_n) uint8, 1 where that kernel would flag the output at

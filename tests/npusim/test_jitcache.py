@@ -21,7 +21,9 @@ def test_every_file_with_jitted_code_is_in_the_digest():
 
 def test_an_edit_to_any_jitted_file_names_another_directory(monkeypatch, tmp_path):
     """One byte changed in any of the files (a rule `kernels` inlines from `arith`, say)
-    gives another digest; the unchanged tree gives the same one."""
+    gives another digest, as does forcing other tiles (``NPUSIM_TILES``); the unchanged tree
+    gives the same one."""
+    monkeypatch.delenv("NPUSIM_TILES", raising=False)
     root = Path(npusim.__file__).resolve().parent
     for name in jitcache.JIT_SOURCES:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -34,6 +36,11 @@ def test_an_edit_to_any_jitted_file_names_another_directory(monkeypatch, tmp_pat
         (tmp_path / name).write_bytes(text + b"\n")
         assert jitcache.digest() != base, name
         (tmp_path / name).write_bytes(text)
+    assert jitcache.digest() == base
+    for tiles in ("avx2", "none"):  # the forced tiles compile into their own directory
+        monkeypatch.setenv("NPUSIM_TILES", tiles)
+        assert jitcache.digest() != base, tiles
+    monkeypatch.setenv("NPUSIM_TILES", "auto")
     assert jitcache.digest() == base
 
 

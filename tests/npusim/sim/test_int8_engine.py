@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npusim.hw.config import NPUConfig
-from npusim.sim import accumulate, engines, int8_engine, vnni
+from npusim.sim import accumulate, engines, int8_engine, int8_tiles
 from npusim.sim.exact_conv import InexactError
 from npusim.sim.int8_engine import Int8Support, int8_conv, prepare_int8_conv
 from npusim.sim.simulator import SimulationError, Simulator
@@ -324,7 +324,7 @@ def test_a_failed_check_falls_back_to_the_float_engine(monkeypatch, caplog):
         y[0, 2, 3, 1] += 1
         return y
 
-    real_fused = vnni.conv_epilogue
+    real_fused = int8_tiles.conv_epilogue
 
     def wrong_fused(xu, zp, packed, *a):  # one weight byte off: its column's sums are wrong
         wb = packed.wb.copy()
@@ -332,7 +332,7 @@ def test_a_failed_check_falls_back_to_the_float_engine(monkeypatch, caplog):
         return real_fused(xu, zp, dataclasses.replace(packed, wb=wb), *a)
 
     monkeypatch.setattr(int8_engine, "_run", wrong)
-    monkeypatch.setattr(vnni, "conv_epilogue", wrong_fused)  # a single run's fused path
+    monkeypatch.setattr(int8_tiles, "conv_epilogue", wrong_fused)  # a single run's fused path
     with caplog.at_level("WARNING"):
         np.testing.assert_array_equal(Simulator(cfg).run(prog, x).outputs["y"], good)
         np.testing.assert_array_equal(engines.exact_conv(x, w, 1, 1), ref_conv(x, w, 1, 1))
@@ -673,7 +673,7 @@ def test_risk_epilogue_sums_columns_past_int32_lanes():
 @functools.cache
 def _fused_risk_kernel():
     """A loop over `kernels.fused_risk_task`'s tasks (compiled on first use), each given its
-    block of the sums `g` (M, 2 * o_n) as two planes, as `vnni._conv_risk_kernel` makes them."""
+    block of the sums `g` (M, 2 * o_n) as two planes, as `int8_tiles._conv_risk_kernel` makes them."""
     import numba
 
     from npusim.sim import kernels as K
@@ -913,6 +913,7 @@ def test_the_engine_label_names_the_kernel():
     """The CLI's engine label says which kernel computes the int8 engine's convs here."""
     assert engines.Engine("reference", "reference").label == "reference engine"
     assert engines.Engine("float", "float").label == "float engine"
-    own = vnni.available()
+    own = int8_tiles.available()
     assert engines.Engine("auto", "int8", "exact").label == \
-        ("int8 engine, own VNNI kernel" if own else "int8 engine, oneDNN")
+        ({"vnni": "int8 engine, own AVX-512 VNNI kernel", "avx2": "int8 engine, own AVX2 kernel"}
+         [int8_tiles.ISA] if own else "int8 engine, oneDNN")

@@ -1,18 +1,24 @@
-"""The engine's VNNI conv kernel (`npusim.sim.vnni`) against a direct int64 conv.
+"""The engine's own conv tiles (`npusim.sim.int8_tiles`) against a direct int64 conv.
 
-It compiles only where the CPU has AVX-512 VNNI (LLVM cannot select ``vpdpbusd`` elsewhere),
-so these tests run there and are skipped, saying so, on other CPUs; the int8 engine's tests
-run through it wherever it is available."""
+They compile where the CPU has AVX-512 VNNI (``vpdpbusd``) or AVX2 (``vpmaddwd``), so these
+tests run there and are skipped, saying so, elsewhere; on a VNNI host they run a second time
+with the AVX2 tiles forced, in a process of their own. The int8 engine's tests run through
+the tiles wherever they are available."""
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npusim.sim import vnni
+from npusim.sim import int8_tiles
 
-pytestmark = pytest.mark.skipif(not vnni.available(),
-                                reason="the CPU has no AVX-512 VNNI (vpdpbusd)")
+pytestmark = pytest.mark.skipif(not int8_tiles.available(),
+                                reason="the CPU has neither AVX-512 VNNI nor AVX2 "
+                                       "(or NPUSIM_TILES=none)")
 
 
 def _direct(x: np.ndarray, w: np.ndarray, zp: int, stride: int, pad: int,
@@ -75,7 +81,7 @@ def test_conv_equals_direct_int64(case, dtype):
     want = _direct(x, w, zp, stride, pad, groups)
     if dtype == np.float32 and np.abs(want).max(initial=0) >= 2 ** 24:
         dtype = np.int32  # float32 holds the sums exactly only below 2^24 (the engine's bound)
-    got = vnni.conv(x, zp, vnni.pack(w, groups), stride, pad, dtype)
+    got = int8_tiles.conv(x, zp, int8_tiles.pack(w, groups), stride, pad, dtype)
     assert got.dtype == dtype
     np.testing.assert_array_equal(got.astype(np.int64), want)
 
@@ -88,5 +94,33 @@ def test_lanes_wrap_modulo_2_32():
     x = np.full((1, 1, 2, c), 255, np.uint8)
     x[0, 0, 1, 0] = 254
     w = np.full((1, c, 1, 1), 127, np.int8)
-    got = vnni.conv(x, 255, vnni.pack(w), 1, 0, np.int32)
+    got = int8_tiles.conv(x, 255, int8_tiles.pack(w), 1, 0, np.int32)
     assert got[0, 0, :, 0].tolist() == [0, -127]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(int8_tiles.ISA != "vnni",
+                    reason="the host's tiles are the AVX2 ones: the tests above ran them")
+def test_the_avx2_tiles_on_a_vnni_host():
+    """``NPUSIM_TILES=avx2``: a fresh process compiles the AVX2 tiles (in a numba cache
+    directory of their own) and passes this module's tests with them."""
+    code = ("import sys, pytest; from npusim.sim import int8_tiles; "
+            "assert int8_tiles.ISA == 'avx2', int8_tiles.ISA; "
+            f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', {__file__!r}, "
+            "'-k', 'not on_a_vnni_host']))")
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "NPUSIM_TILES": "avx2"},
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_npusim_tiles_chooses_or_refuses(monkeypatch):
+    """``NPUSIM_TILES``: none turns the own tiles off, avx2 takes them wherever the CPU has
+    AVX2, anything else is a one-line error naming the variable."""
+    monkeypatch.setenv("NPUSIM_TILES", "none")
+    assert int8_tiles._host_isa() is None
+    monkeypatch.setenv("NPUSIM_TILES", "avx2")
+    assert int8_tiles._host_isa() == "avx2"  # every host that runs this module has AVX2
+    monkeypatch.setenv("NPUSIM_TILES", "avx512")
+    with pytest.raises(ValueError, match=r"^NPUSIM_TILES: expected auto, avx2 or none; "
+                                         r"got 'avx512'$"):
+        int8_tiles._host_isa()

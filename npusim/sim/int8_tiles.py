@@ -1,35 +1,43 @@
-"""Exact int8 convolution on AVX-512 VNNI, compiled by numba: ``vpdpbusd`` through LLVM.
+"""Exact int8 convolution on the CPU's vector units, compiled by numba: tiles of int32
+accumulators written as LLVM IR, ``vpdpbusd`` on AVX-512 VNNI, ``vpmaddwd`` on AVX2.
 
 ``vpdpbusd`` multiplies 4 adjacent uint8 x int8 pairs and adds them to an int32 lane with no
 intermediate rounding or saturation, so a conv built on it is exact in int32 (modulo 2^32,
-and every sum the engine asks for is far inside int32). numba cannot emit it from Python
-loops (its auto-vectorizer makes ``vpmaddwd``: ~13 GMAC/s per core), so the micro-kernel
-(`_make_tile`) is written as LLVM IR in a numba intrinsic: an ``MR`` pixels x ``16 * NV``
-outputs tile of int32 accumulators held in vector registers, one ``vpdpbusd`` per pixel and
-16 outputs per 4 input bytes. Each output pixel's patch is read in place (implicit im2col):
-a weight row's kw * C bytes are contiguous in NHWC (with groups, a weight position's
-C / groups), so the k-steps are byte offsets from the pixel's corner (`_koffsets`) and the
-input needs no channel padding, only a copy with its spatial padding at the zero point
-(`_pad_kernel`). The tile is stored with the zero point's share subtracted, each 16-lane
-vector at its own offset (rows of q columns, or planes). `conv` returns the sums
-(`_conv_kernel`, tasks of 16 tiles in parallel); `conv_epilogue` hands each block of pixels'
-sums, in a local buffer, straight to the epilogue (`kernels.fused_epilogue_task`), so a
-single run never writes them out; for a layer at risk the buffer holds the sums and the
-positive product sums as two planes, which the risk epilogue reads as flat runs
-(`_conv_risk_kernel`, `kernels.fused_risk_task`). Against oneDNN's int8 conv (the engine's other path) on
-ResNet and MobileNetV2 shapes: about the same speed at batch 64 and ImageNet sizes, 5-8x less
-time per call at batch 1 (reports/BENCHMARKS.md).
+and every sum the engine asks for is far inside int32). AVX2 has no such instruction: its
+``vpmaddubsw`` (what oneDNN and fbgemm use there) saturates each pair of products at int16.
+The AVX2 tiles widen inputs and weights to int16 instead and use ``vpmaddwd`` (two int16 x
+int16 products summed into an int32 lane; a pair of uint8 x int8 products is at most
+2 * 255 * 128 in size, so this is exact too): half as many products per instruction, but no
+weight split and no saturation. numba cannot emit either from Python loops (its
+auto-vectorizer made ``vpmaddwd`` at ~13 GMAC/s per core), so the micro-kernel
+(`_make_tile`) is LLVM IR in a numba intrinsic: an ``MR`` pixels x ``16 * NV`` outputs tile
+of int32 accumulators held in vector registers (16 lanes: one zmm, or two ymm), per pixel
+and k-step one 4-byte broadcast of inputs (4 uint8, or 2 int16) against 16 outputs' 4 bytes
+of weights. Each output pixel's patch is read in place (implicit im2col): a weight row's
+kw * C inputs are contiguous in NHWC (with groups, a weight position's C / groups), so the
+k-steps are element offsets from the pixel's corner (`_koffsets`) and the input needs no
+channel padding, only a copy with its spatial padding at the zero point (`_pad_kernel`; on
+AVX2 the copy widens to int16). The tile is stored with the zero point's share subtracted,
+each 16-lane vector at its own offset (rows of q columns, or planes). `conv` returns the
+sums (`_conv_kernel`, tasks of 16 tiles in parallel); `conv_epilogue` hands each block of
+pixels' sums, in a local buffer, straight to the epilogue (`kernels.fused_epilogue_task`),
+so a single run never writes them out; for a layer at risk the buffer holds the sums and
+the positive product sums as two planes, which the risk epilogue reads as flat runs
+(`_conv_risk_kernel`, `kernels.fused_risk_task`). Speed (reports/BENCHMARKS.md): on VNNI
+about oneDNN's at batch 64 and ImageNet sizes, 5-8x less time per call at batch 1; on AVX2
+about fbgemm's (which saturates) and up to 2x oneDNN's exact path (whose 8-bit weights are
+split in two).
 
-Only compiled where the host CPU has AVX-512 VNNI and numba compiles for that CPU
-(`available`): elsewhere LLVM cannot select the instruction and the int8 engine keeps
-oneDNN. Grouped convs run as per-group column blocks (the chunk screening's chunked conv is
-one); depthwise convs keep the engine's depthwise kernel (4 products per lane step would
-waste 3 of 4).
+Only compiled where numba compiles for the host CPU and it has VNNI or AVX2 (`ISA`;
+``NPUSIM_TILES`` forces AVX2 or none): elsewhere the int8 engine keeps oneDNN. Grouped
+convs run as per-group column blocks (the chunk screening's chunked conv is one); depthwise
+convs keep the engine's depthwise kernel (4 products per lane step would waste 3 of 4).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import numba
@@ -41,33 +49,56 @@ from numba.extending import intrinsic
 
 from npusim.sim.kernels import fused_epilogue_task, fused_risk_task, fused_task_pixels
 
-_I32, _I64, _I8 = ir.IntType(32), ir.IntType(64), ir.IntType(8)
-_V16 = ir.VectorType(_I32, 16)
-#: (pixels, 16-lane vectors of outputs) per tile: 6 x 32 where the columns come in 32s, else
-#: 8 x 16 (measured on ResNet-20's shapes: 8 x 16 0.87 ms against 1.22 ms at 16 outputs,
-#: 6 x 32 0.42 against 0.59 ms at 32; 12 x 16 and 4 x 64 slower; a partial block of columns
-#: goes through scratch, which cost MobileNetV2's 144-column layers ~25%)
-_TILES = ((8, 1), (6, 2))
-_MR_MAX = 8
-_TILES_PER_TASK = 16  # a parallel task's tiles (its scratch arrays allocated once)
 
-
-@functools.cache
-def available() -> bool:
-    """The host CPU has AVX-512 VNNI and numba compiles for it (no ``NUMBA_CPU_NAME``)."""
-    if numba.config.CPU_NAME is not None or numba.config.CPU_FEATURES:
-        return False
+def _host_isa() -> str | None:
+    """"vnni" (AVX-512 VNNI), "avx2", or None: the instructions the tiles are built from on
+    this host, where numba compiles for it (no ``NUMBA_CPU_NAME``). ``NPUSIM_TILES=avx2``
+    takes AVX2 on a VNNI host too (both kinds tested on one machine), ``none`` no own tiles
+    (the int8 engine then runs oneDNN); `npusim.jitcache` keeps their kernels apart."""
+    force = os.environ.get("NPUSIM_TILES", "auto")
+    if force not in ("auto", "avx2", "none"):
+        raise ValueError(f"NPUSIM_TILES: expected auto, avx2 or none; got {force!r}")
+    if force == "none" or numba.config.CPU_NAME is not None or numba.config.CPU_FEATURES:
+        return None
     import llvmlite.binding as ll
 
     feats = ll.get_host_cpu_features()
-    return all(feats.get(f, False) for f in ("avx512f", "avx512bw", "avx512vnni"))
+    if force == "auto" and all(feats.get(f, False)
+                               for f in ("avx512f", "avx512bw", "avx512vnni")):
+        return "vnni"
+    return "avx2" if feats.get("avx2", False) else None
+
+
+#: the host's tile instructions ("vnni", "avx2" or None: no own kernel, oneDNN instead)
+ISA = _host_isa()
+ISA_NAMES = {"vnni": "AVX-512 VNNI", "avx2": "AVX2"}
+
+_I32, _I64, _I8 = ir.IntType(32), ir.IntType(64), ir.IntType(8)
+_V16 = ir.VectorType(_I32, 16)
+#: (pixels, 16-lane vectors of outputs) per tile. VNNI (32 zmm registers): 6 x 32 where the
+#: columns come in 32s, else 8 x 16 (measured on ResNet-20's shapes: 8 x 16 0.87 ms against
+#: 1.22 ms at 16 outputs, 6 x 32 0.42 against 0.59 ms at 32; 12 x 16 and 4 x 64 slower; a
+#: partial block of columns goes through scratch, which cost MobileNetV2's 144-column layers
+#: ~25%). AVX2 (16 ymm registers, two per 16 lanes): 5 x 16 and 2 x 32 (seven ResNet
+#: shapes, 2 threads, AMD EPYC: 88.0 ms against 92.4 ms for 6 x 16 and 3 x 32, 111 ms for
+#: 8 x 16 and 4 x 32)
+_TILES = ((8, 1), (6, 2)) if ISA == "vnni" else ((5, 1), (2, 2))
+_MR_MAX = 8
+#: input elements per k-step (4 bytes), the tiles' input and weight element types
+_STEP, _ELEM_X, _ELEM_W = (4, np.uint8, np.int8) if ISA == "vnni" else (2, np.int16, np.int16)
+_TILES_PER_TASK = 16  # a parallel task's tiles (its scratch arrays allocated once)
+
+
+def available() -> bool:
+    """The engine's own conv kernel runs on this host (AVX-512 VNNI or AVX2)."""
+    return ISA is not None
 
 
 def _make_tile(mr: int, nv: int):
     """The micro-kernel as a numba intrinsic ``tile(x, rows, koff, wb, w_off, zpw, z_off,
     out, orow, voff)``: for k-steps t in ``range(len(koff))``, pixel r's 4 input bytes at
-    ``x[rows[r] + koff[t]]`` times the packed weights ``wb[w_off + t * 64 * nv:][:64 * nv]``
-    (16 * nv outputs x 4 bytes), summed by ``vpdpbusd`` in mr x nv vector registers; then
+    element ``x[rows[r] + koff[t]]`` times the packed weights at byte ``w_off + t * 64 * nv``
+    (16 * nv outputs x 4 bytes), summed by `_dot` in mr x nv 16-lane accumulators; then
     ``zpw[z_off:][:16 * nv]`` subtracted (int32, modular) and pixel r's v-th 16 results stored
     at ``out[orow[r] + voff[v]:]`` (int32, or float32 converted). ``len(koff) >= 1``; the
     caller keeps every read and write in bounds."""
@@ -81,16 +112,15 @@ def _make_tile(mr: int, nv: int):
             xa, ra, ka, wa, _, za, _, oa, rr, va = (
                 context.make_array(t)(context, builder, v) if isinstance(t, types.Array) else None
                 for t, v in zip(signature.args, args))
-            xp = builder.bitcast(xa.data, _I8.as_pointer())
             wp = builder.gep(builder.bitcast(wa.data, _I8.as_pointer()), [args[4]])
             ks = builder.extract_value(ka.shape, 0)
-            dot = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_V16, [_V16] * 3), "llvm.x86.avx512.vpdpbusd.512")
-            base = [builder.gep(xp, [builder.load(builder.gep(ra.data, [ir.Constant(_I64, r)]))])
+            dot = _dot(builder)
+            base = [builder.gep(xa.data, [builder.load(builder.gep(ra.data,
+                                                                   [ir.Constant(_I64, r)]))])
                     for r in range(mr)]
             entry = builder.block
-            loop = builder.append_basic_block("vnni_loop")
-            done = builder.append_basic_block("vnni_done")
+            loop = builder.append_basic_block("tile_loop")
+            done = builder.append_basic_block("tile_done")
             builder.branch(loop)
             builder.position_at_end(loop)
             t = builder.phi(_I64)
@@ -111,7 +141,7 @@ def _make_tile(mr: int, nv: int):
                     builder.insert_element(ir.Constant(_V16, ir.Undefined), a,
                                            ir.Constant(_I32, 0)),
                     ir.Constant(_V16, ir.Undefined), ir.Constant(_V16, None))
-                new.extend(builder.call(dot, [accs[r * nv + v], a, wv[v]]) for v in range(nv))
+                new.extend(dot(accs[r * nv + v], a, wv[v]) for v in range(nv))
             t1 = builder.add(t, ir.Constant(_I64, 1))
             t.add_incoming(t1, loop)
             for acc, val in zip(accs, new):
@@ -139,6 +169,30 @@ def _make_tile(mr: int, nv: int):
     return tile
 
 
+def _dot(builder):
+    """``dot(acc, a, w)``: 16 int32 lanes `acc` plus, per lane j, the products of the 4 bytes
+    `a` (broadcast) with lane j's 4 bytes of `w`: ``vpdpbusd`` (4 uint8 x int8) on VNNI; on
+    AVX2 two ``vpmaddwd`` (2 int16 x int16 each, |pair| <= 2 * 255 * 128, so exact in int32)
+    and an add."""
+    if ISA == "vnni":
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16] * 3),
+                                            "llvm.x86.avx512.vpdpbusd.512")
+        return lambda acc, a, w: builder.call(fn, [acc, a, w])
+    v8, h16 = ir.VectorType(_I32, 8), ir.VectorType(ir.IntType(16), 16)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [h16, h16]),
+                                        "llvm.x86.avx2.pmadd.wd")
+    lo, hi = (ir.Constant(ir.VectorType(_I32, 8), list(range(i, i + 8))) for i in (0, 8))
+
+    def dot(acc, a, w):
+        a16 = builder.bitcast(builder.shuffle_vector(a, a, lo), h16)
+        p = [builder.call(fn, [a16, builder.bitcast(builder.shuffle_vector(w, w, m), h16)])
+             for m in (lo, hi)]
+        both = builder.shuffle_vector(p[0], p[1], ir.Constant(_V16, list(range(16))))
+        return builder.add(acc, both)
+
+    return dot
+
+
 def _load(builder, ptr, ty):
     """An unaligned load of `ty` at byte or element pointer `ptr`."""
     ld = builder.load(builder.bitcast(ptr, ty.as_pointer()))
@@ -152,12 +206,12 @@ _tile_b = _make_tile(*_TILES[1])
 
 @numba.njit(parallel=True, cache=True)
 def _pad_kernel(x, zp, pad, flat):
-    """`flat` = NHWC `x` with `pad` rows and columns of zp around each image, then slack; a
-    padded row's runs copied as flat byte ranges (2-D row slices: 8-12x slower)."""
+    """`flat` = NHWC `x` with `pad` rows and columns of zp around each image, then slack, in
+    `flat`'s dtype; a padded row's runs copied as flat ranges (2-D row slices: 8-12x
+    slower)."""
     n, h, w, c = x.shape
     hp, wp = h + 2 * pad, w + 2 * pad
     flat[n * hp * wp * c:] = 0
-    zb = np.uint8(zp)
     xf = x.reshape(-1)
     row = wp * c
     for t in numba.prange(n * hp):
@@ -165,10 +219,10 @@ def _pad_kernel(x, zp, pad, flat):
         y = t - b * hp
         dst = flat[t * row:(t + 1) * row]
         if y < pad or y >= pad + h:
-            dst[:] = zb
+            dst[:] = zp
             continue
-        dst[:pad * c] = zb
-        dst[(pad + w) * c:] = zb
+        dst[:pad * c] = zp
+        dst[(pad + w) * c:] = zp
         s0 = (b * h + y - pad) * w * c
         dst[pad * c:(pad + w) * c] = xf[s0:s0 + w * c]
 
@@ -283,9 +337,10 @@ def _conv_risk_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, o_n, b
 
 
 @dataclass(frozen=True)
-class VnniWeights:
+class TileWeights:
     """Weights packed for `conv`: per group, blocks of ``16 * nv`` outputs; per segment (see
-    `_conv_kernel`) its bytes in groups of 4, each group 64 * nv bytes (outputs x 4);
+    `_koffsets`) its weights in k-steps of `_STEP` (4 int8, or 2 int16), each k-step
+    64 * nv bytes (outputs x 4 bytes);
     `colsum` per output (int32, padded likewise: the zero point's share is zp times it)."""
 
     wb: np.ndarray
@@ -297,7 +352,7 @@ class VnniWeights:
     colsum: np.ndarray
 
 
-def pack(w: np.ndarray, groups: int = 1) -> VnniWeights:
+def pack(w: np.ndarray, groups: int = 1) -> TileWeights:
     """Pack int8 weights `w` (q, C / groups, kh, kw) for `conv`."""
     q, cg, kh, kw = w.shape
     qg = q // groups
@@ -305,38 +360,39 @@ def pack(w: np.ndarray, groups: int = 1) -> VnniWeights:
     nr = 16 * nv
     qp = -(-qg // nr) * nr  # per group
     wg = np.asarray(w).reshape(groups, qg, cg, kh, kw).transpose(0, 1, 3, 4, 2)
-    if groups == 1:  # a segment per weight row: kw * C bytes
+    if groups == 1:  # a segment per weight row: kw * C weights
         wg = wg.reshape(1, qg, kh, kw * cg)
-    else:  # a segment per weight position: C / groups bytes
+    else:  # a segment per weight position: C / groups weights
         wg = wg.reshape(groups, qg, kh * kw, cg)
     nseg, seg = wg.shape[2], wg.shape[3]
-    gr = -(-seg // 4)
-    rows = np.zeros((groups, qp, nseg, gr * 4), np.int8)
+    gr = -(-seg // _STEP)
+    rows = np.zeros((groups, qp, nseg, gr * _STEP), _ELEM_W)
     rows[:, :qg, :, :seg] = wg
-    wb = rows.reshape(groups, qp // nr, nr, nseg * gr, 4).transpose(0, 1, 3, 2, 4)
+    wb = rows.reshape(groups, qp // nr, nr, nseg * gr, _STEP).transpose(0, 1, 3, 2, 4)
     colsum = np.zeros((groups, qp), np.int32)
     colsum[:, :qg] = np.asarray(w, np.int64).reshape(groups, qg, -1).sum(axis=2)
-    return VnniWeights(np.ascontiguousarray(wb).reshape(-1), nv, q, kh, kw, groups,
+    return TileWeights(np.ascontiguousarray(wb).reshape(-1), nv, q, kh, kw, groups,
                        colsum.reshape(-1))
 
 
 def _operand(xu: np.ndarray, zp: int, padding: int, seg: int):
-    """(flat uint8 input the tiles read, padded height, padded width): `xu` itself where it
-    needs no padding and its segments are whole groups of 4 bytes, else `_pad_kernel`'s copy."""
+    """(flat input the tiles read, padded height, padded width): uint8 `xu` itself where
+    the tiles read uint8 and it needs no padding and its segments are whole k-steps, else
+    `_pad_kernel`'s copy (int16 for the AVX2 tiles)."""
     n, h, w, c = xu.shape
-    if padding == 0 and seg % 4 == 0:
+    if padding == 0 and seg % _STEP == 0 and _ELEM_X == np.uint8:
         return np.ascontiguousarray(xu).reshape(-1), h, w
     hp, wp = h + 2 * padding, w + 2 * padding
-    flat = np.empty(n * hp * wp * c + 4, np.uint8)
+    flat = np.empty(n * hp * wp * c + _STEP, _ELEM_X)
     _pad_kernel(np.ascontiguousarray(xu), zp, padding, flat)
     return flat, hp, wp
 
 
 @functools.lru_cache(maxsize=256)
 def _koffsets(kh: int, kw: int, c: int, groups: int, wp: int) -> np.ndarray:
-    """(groups, k-steps) byte offsets of each k-step's 4 input bytes from a pixel's corner:
-    per segment (a weight row's kw * C bytes; with groups a weight position's C / groups of
-    group g), its groups of 4 (read only)."""
+    """(groups, k-steps) element offsets of each k-step's inputs (`_STEP` of them) from a
+    pixel's corner: per segment (a weight row's kw * C inputs; with groups a weight
+    position's C / groups of group g), its k-steps (read only)."""
     cg = c // groups
     if groups == 1:
         starts = np.arange(kh)[None, :] * wp * c
@@ -345,17 +401,17 @@ def _koffsets(kh: int, kw: int, c: int, groups: int, wp: int) -> np.ndarray:
         i, j = np.divmod(np.arange(kh * kw), kw)
         starts = (i * wp + j) * c + np.arange(groups)[:, None] * cg
         seg = cg
-    off = starts[:, :, None] + 4 * np.arange(-(-seg // 4))
+    off = starts[:, :, None] + _STEP * np.arange(-(-seg // _STEP))
     off = np.ascontiguousarray(off.reshape(groups, -1), np.int64)
     off.flags.writeable = False
     return off
 
 
-def _segment(packed: VnniWeights, c: int) -> int:
+def _segment(packed: TileWeights, c: int) -> int:
     return packed.kw * c if packed.groups == 1 else c // packed.groups
 
 
-def _kernel_args(xu: np.ndarray, zp: int, packed: VnniWeights, stride: int, padding: int):
+def _kernel_args(xu: np.ndarray, zp: int, packed: TileWeights, stride: int, padding: int):
     """((N, Ho, Wo), the leading arguments `_conv_kernel` and `_conv_epilogue_kernel` share:
     the operand the tiles read, its padded size, channels, stride, output size, k-step
     offsets, packed weights and the zero point's share per column)."""
@@ -368,7 +424,7 @@ def _kernel_args(xu: np.ndarray, zp: int, packed: VnniWeights, stride: int, padd
                          packed.colsum * np.int32(zp))
 
 
-def conv(xu: np.ndarray, zp: int, packed: VnniWeights, stride: int, padding: int,
+def conv(xu: np.ndarray, zp: int, packed: TileWeights, stride: int, padding: int,
          dtype=np.float32) -> np.ndarray:
     """The exact sums of the conv of uint8 NHWC `xu` (zero point `zp`, padding reads it) with
     `packed` as `dtype` (N, Ho, Wo, q): float32 (what the int8 engine passes on; exact below
@@ -379,7 +435,7 @@ def conv(xu: np.ndarray, zp: int, packed: VnniWeights, stride: int, padding: int
     return out.reshape(n, ho, wo, packed.q)
 
 
-def conv_epilogue(xu: np.ndarray, zp: int, packed: VnniWeights, stride: int, padding: int,
+def conv_epilogue(xu: np.ndarray, zp: int, packed: TileWeights, stride: int, padding: int,
                   o_n: int, bias: np.ndarray, lv, do_rq: bool, rq, out: np.ndarray,
                   mnmx: np.ndarray, sums: np.ndarray, wrap_bits: int, ms: np.ndarray,
                   pe_risk: bool = False, flags: np.ndarray | None = None) -> np.ndarray:
@@ -400,7 +456,7 @@ def conv_epilogue(xu: np.ndarray, zp: int, packed: VnniWeights, stride: int, pad
     return gs
 
 
-def risk_fusable(packed: VnniWeights, o_n: int) -> bool:
+def risk_fusable(packed: TileWeights, o_n: int) -> bool:
     """`conv_epilogue` can run with risk on these weights: sign columns (q = 2 * o_n) whose
     halves are whole 16-lane vectors, in one group."""
     return packed.groups == 1 and packed.q == 2 * o_n and o_n % 16 == 0
