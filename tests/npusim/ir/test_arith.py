@@ -251,6 +251,30 @@ def test_float64_requant_path_ties_and_limits():
         assert not A.requant_params(1, 3, 0.0, False, code, 32, 0, 0, 1).f64
 
 
+@pytest.mark.parametrize("da,db", [(np.uint8, np.int8), (np.int16, np.uint8)])
+@pytest.mark.parametrize("m0,n,frac", [
+    ((1, 3), (2, 3), 1),  # halves and quarters: ties at both levels for many values
+    ((5, 1), (1, 4), 3),  # a left shift (n < frac) on one input
+    ((2 ** 31 - 1, 7), (2, 44), 6),  # int16 - 3, times m0 * 2^4: just inside the limit
+])
+@pytest.mark.parametrize("f64", [True, False])
+def test_residual_add_half_up_ties_and_limits(da, db, m0, n, frac, f64, monkeypatch):
+    """Half-up residual adds that the float64 lanes can take (`_add_f64_factors`; the host
+    decides, `_ADD_F64`, so both are forced here): every value of the first input's dtype,
+    rounding ties at both levels, a term at the path's limit; equal to Python integers in
+    float64 lanes and in the int64 kernel."""
+    monkeypatch.setattr(A, "_ADD_F64", f64)
+    ia, ib = np.iinfo(da), np.iinfo(db)
+    a = np.arange(int(ia.min), int(ia.max) + 1).astype(da)[None]
+    b = np.random.default_rng(0).integers(ib.min, int(ib.max) + 1, a.shape).astype(db)
+    assert A._add_f64_factors(a.dtype, b.dtype, 3, -2, m0, n, frac) is not None
+    got = A.residual_add(a, b, 3, -2, np.array(m0), np.array(n), np.zeros(2, np.float32), frac,
+                         False, A.HALF_UP, A.HALF_UP, 32, 5, -(1 << 40), 1 << 40)
+    want = naive.add(a, b, 3, -2, m0[0], n[0], m0[1], n[1], frac, "half_up", 32, 5,
+                     -(1 << 40), 1 << 40)
+    np.testing.assert_array_equal(got, want)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from([np.uint8, np.int16]), st.sampled_from([np.int8, np.int32]),
        st.integers(0, (1 << 31) - 1), st.integers(0, (1 << 31) - 1), st.integers(-4, 60),
@@ -258,7 +282,8 @@ def test_float64_requant_path_ties_and_limits():
        st.sampled_from(["half_up", "half_away", "half_even"]), st.integers(0, 2 ** 32 - 1))
 def test_residual_add_equals_python_integers(da, db, m0a, m0b, na, nb, frac, zpa, zpb, rounding,
                                              seed):
-    """`residual_add` (the int64 kernel) against Python integers (`naive.add`) over input
+    """`residual_add` (the int64 kernel; half_up ones in float64 lanes where the host takes
+    that path and it is exact) against Python integers (`naive.add`) over input
     dtypes, zero points, shifts either way and the three roundings, extreme values included,
     where its int64 products fit (the simulator refuses the rest)."""
     ia, ib = np.iinfo(da), np.iinfo(db)
