@@ -25,8 +25,8 @@ so a single run never writes them out; for a layer at risk the buffer holds the 
 the positive product sums as two planes, which the risk epilogue reads as flat runs
 (`_conv_risk_kernel`, `kernels.fused_risk_task`). Speed (reports/BENCHMARKS.md): on VNNI
 about oneDNN's at batch 64 and ImageNet sizes, 5-8x less time per call at batch 1; on AVX2
-about fbgemm's (which saturates) and up to 2x oneDNN's exact path (whose 8-bit weights are
-split in two).
+about fbgemm's (which saturates), with no weight split (oneDNN's exact path there splits
+8-bit weights in two: twice the columns).
 
 Only compiled where numba compiles for the host CPU and it has VNNI or AVX2 (`ISA`;
 ``NPUSIM_TILES`` forces AVX2 or none): elsewhere the int8 engine keeps oneDNN. Grouped

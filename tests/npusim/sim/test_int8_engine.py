@@ -673,7 +673,8 @@ def test_risk_epilogue_sums_columns_past_int32_lanes():
 @functools.cache
 def _fused_risk_kernel():
     """A loop over `kernels.fused_risk_task`'s tasks (compiled on first use), each given its
-    block of the sums `g` (M, 2 * o_n) as two planes, as `int8_tiles._conv_risk_kernel` makes them."""
+    block of the sums `g` (M, 2 * o_n) as two planes, as `int8_tiles._conv_risk_kernel` makes
+    them."""
     import numba
 
     from npusim.sim import kernels as K
