@@ -87,6 +87,24 @@ def _dumps(obj: Any) -> str:
     return json.dumps(_jsonable(obj), sort_keys=False, allow_nan=False, separators=(",", ":"))
 
 
+_TIMEOUT_S = 60.0  # how long a connection waits for another one's lock
+
+
+def _set_wal(con: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the lock: where
+    two processes (or threads) create one store at once, SQLite answers "database is locked"
+    at once instead of waiting its busy timeout (8% of 300 paired creations here)."""
+    deadline = time.monotonic() + _TIMEOUT_S
+    while True:
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 class ResultsStore:
     """A SQLite file of sweep points: ``put`` commits one point, ``to_frame`` reads them all."""
 
@@ -99,8 +117,8 @@ class ResultsStore:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            self._con.execute("PRAGMA journal_mode=WAL")
+            self._con = sqlite3.connect(self.path, timeout=_TIMEOUT_S, isolation_level=None)
+            _set_wal(self._con)
             self._con.execute("PRAGMA synchronous=FULL")
             self._con.executescript(_SCHEMA)
             self._con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",

@@ -71,6 +71,31 @@ def test_claims_of_a_dead_client_on_this_host_are_recognised():
     assert not _owner_dead(f"elsewhere-{host}:{gone}:abc")  # another host: wait for stale_s
 
 
+def test_two_sweeps_creating_one_store_at_once_both_open_it(tmp_path):
+    """Two connections creating the same new store at the same moment (two sweeps started
+    together): SQLite answers the WAL switch with "database is locked" at once, without
+    waiting (about 8% of such pairs); the store retries it, so both open the store."""
+    errors = []
+
+    def open_store(path, barrier):
+        barrier.wait()
+        try:
+            with ResultsStore(path):
+                pass
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    for trial in range(100):
+        barrier = threading.Barrier(2)
+        threads = [threading.Thread(target=open_store, args=(tmp_path / f"{trial}.sqlite",
+                                                            barrier)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+
+
 def test_a_program_stored_between_the_look_and_the_claim_is_not_trained_again(tmp_path,
                                                                                monkeypatch):
     """The race of two sweeps sharing a store: sweep B finds no program, sweep A stores its
