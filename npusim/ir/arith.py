@@ -423,14 +423,17 @@ def _add_f64_kernel(a, b, zp_a, zp_b, k, zp, lo, hi, out):
             oi[j] = min(max(np.floor((ta + tb) * sf + 0.5) + zf, lf), hf)
 
 
-def _add_f64_factors(a_dtype, b_dtype, zp_a: int, zp_b: int, m0, n, frac: int):
+@functools.lru_cache(maxsize=256)
+def _add_f64_factors(a_dtype, b_dtype, zp_a: int, zp_b: int, m0: tuple, n: tuple, frac: int):
     """The float64 factors of a half_up residual add, or None where that path is not exact
     for every value of the inputs' dtypes: each input's ``|x - zp| * m0 * 2^left`` below
     2^51 (so each rescaled term, and their sum, is an exact float64 integer below 2^52, and
     adding 1/2 to it scaled by a power of two stays exact: `requant_span_f64`'s argument),
-    shifts of at most 52 places either way."""
+    shifts of at most 52 places either way. Made once per distinct add (~30 us each, as
+    `_add_params`); the kernel never writes the array."""
     out = []
-    for dt, zp, m, sh in ((a_dtype, zp_a, m0[0], n[0] - frac), (b_dtype, zp_b, m0[1], n[1] - frac)):
+    for dt, zp, m, sh in ((a_dtype, zp_a, m0[0], n[0] - frac),
+                          (b_dtype, zp_b, m0[1], n[1] - frac)):
         info = np.iinfo(dt)
         amax = max(abs(int(info.min) - zp), abs(int(info.max) - zp))
         if m < 0 or abs(sh) > _F64_SHIFT_MAX or amax * m * 2 ** max(-sh, 0) >= 2 ** 51:
@@ -495,15 +498,14 @@ def residual_add(a: np.ndarray, b: np.ndarray, zp_a: int, zp_b: int, m0: np.ndar
     a2 = np.ascontiguousarray(a).reshape(shape[0], -1)
     b2 = np.ascontiguousarray(b).reshape(shape[0], -1)
     out = np.empty(a2.shape, out_dtype)
+    m0s = tuple(int(v) for v in np.asarray(m0)[:2])
+    ns = tuple(int(v) for v in np.asarray(n)[:2])
     if not scale_float and code == HALF_UP and shift_code == HALF_UP and _ADD_F64:
-        k = _add_f64_factors(a2.dtype, b2.dtype, int(zp_a), int(zp_b),
-                             [int(v) for v in np.asarray(m0)[:2]],
-                             [int(v) for v in np.asarray(n)[:2]], int(frac))
+        k = _add_f64_factors(a2.dtype, b2.dtype, int(zp_a), int(zp_b), m0s, ns, int(frac))
         if k is not None:
             _add_f64_kernel(a2, b2, int(zp_a), int(zp_b), k, int(zp_y), int(lo), int(hi), out)
             return out.reshape(shape)
-    rq = _add_params(tuple(int(v) for v in np.asarray(m0)[:2]),
-                     tuple(int(v) for v in np.asarray(n)[:2]),
+    rq = _add_params(m0s, ns,
                      tuple(float(v) for v in np.asarray(mf, np.float32)[:2]), bool(scale_float),
                      int(code), int(mbits), int(zp_y), int(lo), int(hi))
     _add_kernel(a2, b2, int(zp_a), int(zp_b), rq, int(frac), int(shift_code), out)

@@ -149,7 +149,7 @@ class ResultsStore:
         for query in queries:
             con = None
             try:
-                con = sqlite3.connect(query, uri=True, timeout=60.0, isolation_level=None)
+                con = sqlite3.connect(query, uri=True, timeout=_TIMEOUT_S, isolation_level=None)
                 row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             except sqlite3.OperationalError as e:
                 if con is not None:
