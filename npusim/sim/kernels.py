@@ -5,6 +5,13 @@ only floats are in the `float` requantization mode and the int8 engine's sums, w
 as float32 holding exact integers (`npusim.sim.int8_engine`). Activations are channels last
 (N, H, W, C) in narrow dtypes; the order-faithful conv kernels take NCHW int64 copies. The rounding and wrap rules come from
 `npusim.ir.arith`, compiled into these kernels, so simulator and training library share them.
+
+Compile time: per-element helpers are inlined (``inline="always"``: a call per row made the
+epilogue 1.7-3x slower), but a task's whole body (`_epilogue_task`, `fused_risk_task`,
+`int8_tiles._tiles`, ...) is a plain njit function, called once per task: compiled once per
+signature and shared by every kernel that calls it, where inlined each caller typed and
+compiled it again. Code chosen by a dtype is chosen when the caller is typed
+(`_lanes_products`), so a signature holds only its own loops.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from npusim.ir.arith import (
     F64_EXACT_PRODUCT,
@@ -200,15 +209,18 @@ def _sat16(a, v, s, hi):
     the lane's wrapped sum; returns (result, 1 if the exact sum left the range). Branch-free
     int16 operations (the add overflowed the lane iff a and v share a sign that s lacks)."""
     ovf = ((a ^ s) & (v ^ s)) < 0
-    r = np.int16((a >> 15) ^ 32767) if ovf else s  # the lane's limit on a's side
+    keep = np.int16(ovf) - np.int16(1)  # all ones where s is the sum, else 0
+    r = np.int16((s & keep) | (((a >> 15) ^ 32767) & ~keep))  # else the limit on a's side
     return min(r, hi), np.int16(ovf | (r > hi))
 
 
-@numba.njit(inline="always")
-def _walk16_add(held, cnt, v, n, mode, hi):
+def _walk16_add(held, cnt, v, n, bits, mode, hi, shift):
     """`_walk_add` on int16 lanes holding values scaled to the top of the lane (a b-bit value
-    v is stored as v << (16 - b), so wrapping at b bits is the lane's own wrap): `hi` the
-    scaled maximum; `mode` WRAP or SATURATE."""
+    v is stored as v << (16 - b), so wrapping at b bits is the lane's own wrap), `v` first
+    shifted right by `shift` (to the acc level's scale; `bits` unused): `hi` the scaled
+    maximum; `mode` WRAP or SATURATE. Compiled as `_lanes_add` on int16 lanes."""
+    for o in range(n):
+        v[o] = v[o] >> shift
     if mode == WRAP:
         for o in range(n):
             a = held[o]
@@ -222,9 +234,9 @@ def _walk16_add(held, cnt, v, n, mode, hi):
             cnt[o] += f
 
 
-@numba.njit(inline="always")
-def _walk16_products(held, cnt, wrow, xv, n, mode, hi):
-    """`_walk16_add` of the products ``xv * wrow[:n]`` (weights pre-scaled)."""
+def _walk16_products(held, cnt, wrow, xv, n, bits, mode, hi):
+    """`_walk16_add` of the products ``xv * wrow[:n]`` (weights pre-scaled). Compiled as
+    `_lanes_products` on int16 lanes."""
     if mode == WRAP:
         for o in range(n):
             a = held[o]
@@ -238,6 +250,36 @@ def _walk16_products(held, cnt, wrow, xv, n, mode, hi):
             p = np.int16(xv * wrow[o])
             held[o], f = _sat16(a, p, np.int16(a + p), hi)
             cnt[o] += f
+
+
+def _lanes_products(held, cnt, wrow, xv, n, bits, mode, hi):
+    """`_walk16_products` on int16 lanes (`hi` their scaled top), else `_walk_products` at
+    `bits`: chosen by the lanes' dtype when the caller is compiled, so each of
+    `conv_walk_kernel`'s signatures holds only its own lanes' loops (compile time)."""
+
+
+@overload(_lanes_products, inline="always")
+def _ol_lanes_products(held, cnt, wrow, xv, n, bits, mode, hi):
+    if held.dtype == types.int16:
+        return _walk16_products
+
+    def products32(held, cnt, wrow, xv, n, bits, mode, hi):
+        _walk_products(held, cnt, wrow, xv, n, bits, mode)
+    return products32
+
+
+def _lanes_add(held, cnt, v, n, bits, mode, hi, shift):
+    """`_walk16_add` on int16 lanes, else `_walk_add` at `bits` (see `_lanes_products`)."""
+
+
+@overload(_lanes_add, inline="always")
+def _ol_lanes_add(held, cnt, v, n, bits, mode, hi, shift):
+    if held.dtype == types.int16:
+        return _walk16_add
+
+    def add32(held, cnt, v, n, bits, mode, hi, shift):
+        _walk_add(held, cnt, v, n, bits, mode)
+    return add32
 
 
 @numba.njit(inline="always")
@@ -310,12 +352,8 @@ def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, va
                     for k in range(K):
                         wrow = wt[g, k, o0:o0 + n]
                         for t in range(nt):
-                            if narrow:
-                                _walk16_products(acc[t], ca[t], wrow, patch[t, k], n, acc_mode,
-                                                 hi_acc)
-                            else:
-                                _walk_products(acc[t], ca[t], wrow, patch[t, k], n, acc_bits,
-                                               acc_mode)
+                            _lanes_products(acc[t], ca[t], wrow, patch[t, k], n, acc_bits,
+                                            acc_mode, hi_acc)
                 else:
                     for k0 in range(0, K, rows):
                         for t in range(nt):
@@ -323,20 +361,11 @@ def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, va
                         for k in range(k0, min(K, k0 + rows)):
                             wrow = wt[g, k, o0:o0 + n]
                             for t in range(nt):
-                                if narrow:
-                                    _walk16_products(ps[t], cp[t], wrow, patch[t, k], n,
-                                                     pe_mode, hi_pe)
-                                else:
-                                    _walk_products(ps[t], cp[t], wrow, patch[t, k], n,
-                                                   pe_bits, pe_mode)
-                        for t in range(nt):
-                            if narrow:
-                                pt = ps[t]
-                                for o in range(n):  # the chunk at the acc level's scale
-                                    pt[o] = pt[o] >> (sh_pe - sh_acc)
-                                _walk16_add(acc[t], ca[t], pt, n, acc_mode, hi_acc)
-                            else:
-                                _walk_add(acc[t], ca[t], ps[t], n, acc_bits, acc_mode)
+                                _lanes_products(ps[t], cp[t], wrow, patch[t, k], n, pe_bits,
+                                                pe_mode, hi_pe)
+                        for t in range(nt):  # the chunk added at the acc level's scale
+                            _lanes_add(acc[t], ca[t], ps[t], n, acc_bits, acc_mode, hi_acc,
+                                       sh_pe - sh_acc)
                 for t in range(nt):
                     for o in range(n):
                         vals[p0 + t, g * og + o0 + o] = np.int64(acc[t, o]) >> sh_acc
@@ -730,7 +759,7 @@ def window_sums_kernel(x, zp_x, stride, pad, ho, wo, s, cnt):
                     cnt[i, j, c] += gc[y, j, c]
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _depthwise_pixels(x, zp, w, stride, pad, wo, b, p_a, p_b, dst, row0):
     """Sums of image `b`'s output pixels p in [p_a, p_b) of a depthwise conv (see
     `depthwise_sums_kernel`) into rows ``p - row0`` of `dst`, int32 lanes across channels."""
@@ -802,7 +831,7 @@ def fused_task_pixels(t, nb, pixels):
     return b, blk, per, p_a, min(pixels, p_a + per)
 
 
-@numba.njit(inline="always")
+@numba.njit
 def fused_epilogue_task(gl, ms, gs, o_n, pixels, bias, lv, do_rq, rq, out, need, mnmx, sums,
                         wrap_bits, b, blk, per, p_a, p_b):
     """A fused kernel's task (`fused_task_pixels`) once its sums are in `gl` (row p - p_a):
@@ -898,7 +927,7 @@ def _flat_applies(do_rq, rq, wrap_bits, q, o_n):
     return do_rq and rq.f64 and wrap_bits <= 32 and q == o_n
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, per, b, blk,
                         g_row0):
     """`_epilogue_task` without risk or chunks, requantizing by ``rq.f64``'s float64 rule
@@ -992,7 +1021,7 @@ def _risk_thresholds(bias, acc_bits, pe_bits, pe_risk):
     return (np.int32(min(max(tp, -1), _I32_MAX)), np.int32(min(max(tn, -1), _I32_MAX)))
 
 
-@numba.njit(inline="always")
+@numba.njit
 def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, flags, mnmx,
                     sums, b, blk, p_a, p_b):
     """`gemm_epilogue_kernel`'s task with risk (no wrapping, no chunks) for a single
@@ -1108,7 +1137,7 @@ def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, 
                     dst[o] = acc[o]
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq, rq, out,
                    need_acc, need_pe, mnmx, sums, wrap_bits, nch, q, per, b, blk, chunked,
                    g_row0=0):
