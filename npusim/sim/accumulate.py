@@ -703,13 +703,10 @@ def _walk_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
     got = np.empty(len(points), np.int64)
     events = np.zeros((len(points), 2), np.int64)
     info = np.iinfo(x.dtype)
-    if padding and info.min <= zp_x <= info.max:  # padded in x's own dtype, read as NCHW
-        pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-        xp = np.pad(x, pad, constant_values=zp_x).transpose(0, 3, 1, 2)
-    elif padding:
-        xp = _pad(np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64), padding, zp_x)
-    else:
-        xp = x.transpose(0, 3, 1, 2)
+    if not (info.min <= zp_x <= info.max):  # the padding needs a wider dtype
+        x = x.astype(np.int64)
+    pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+    xp = np.pad(x, pad, constant_values=zp_x) if padding else np.ascontiguousarray(x)
     K.conv_points_kernel(xp, w, bias, stride, groups, zp_x, lv, points, got, events)
     st.pe_overflows = int(events[:, 0].sum())
     st.acc_overflows = int(events[:, 1].sum())

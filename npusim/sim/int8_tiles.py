@@ -227,7 +227,7 @@ def _pad_kernel(x, zp, pad, flat):
         dst[pad * c:(pad + w) * c] = xf[s0:s0 + w * c]
 
 
-@numba.njit
+@numba.njit(cache=True)
 def _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, dst, row0, q, pw, ps):
     """Sums of image `b`'s output pixels p in [p_a, p_b) (q columns) into the flat `dst`:
     column j of row ``r = p - row0`` at ``r * pw + j`` for ``j < pw``, at ``ps + r * pw + j -

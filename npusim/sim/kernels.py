@@ -8,9 +8,9 @@ as float32 holding exact integers (`npusim.sim.int8_engine`). Activations are ch
 
 Compile time: per-element helpers are inlined (``inline="always"``: a call per row made the
 epilogue 1.7-3x slower), but a task's whole body (`_epilogue_task`, `fused_risk_task`,
-`int8_tiles._tiles`, ...) is a plain njit function, called once per task: compiled once per
-signature and shared by every kernel that calls it, where inlined each caller typed and
-compiled it again. Code chosen by a dtype is chosen when the caller is typed
+`int8_tiles._tiles`, `_screen_pixels`, ...) is a plain njit function (cached on disk), called
+once per task: compiled once per signature and shared by every kernel and process that calls
+it, where inlined each caller typed and compiled it again. Code chosen by a dtype is chosen when the caller is typed
 (`_lanes_products`), so a signature holds only its own loops.
 """
 
@@ -136,13 +136,16 @@ def conv_kernel(x, w, bias, stride, groups, zp_x, lv, out, events):
 
 @numba.njit(parallel=True, cache=True)
 def conv_points_kernel(x, w, bias, stride, groups, zp_x, lv, points, vals, events):
-    """`conv_kernel` for a list of outputs only: points (M, 4) = (n, o, oy, ox)."""
+    """`conv_kernel` for a list of outputs only, points (M, 4) = (n, o, oy, ox), of pre-padded
+    channels-last `x` (N, Hp, Wp, C), read through an NCHW view (typed with any layout here:
+    one signature per dtype, where a view made by the caller had a layout per shape)."""
     og = w.shape[0] // groups
     cg = w.shape[1]
+    xt = x.transpose(0, 3, 1, 2)
     for m in numba.prange(points.shape[0]):
         b, o, oy, ox = points[m, 0], points[m, 1], points[m, 2], points[m, 3]
         acc, pe_ovf, acc_ovf = _accumulate_point(
-            x, w, bias, b, o, oy, ox, (o // og) * cg, stride, zp_x, lv)
+            xt, w, bias, b, o, oy, ox, (o // og) * cg, stride, zp_x, lv)
         vals[m] = acc
         events[m, 0] = pe_ovf
         events[m, 1] = acc_ovf
@@ -404,6 +407,9 @@ def chunk_reduce_kernel(gc, n, nch, q, g, sums):
             sums[b, c] = sm[c]
 
 
+_SCREEN_TASK = 16  # pixels per task of `screen_walk_kernel`
+
+
 @numba.njit(parallel=True, cache=True)
 def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, gc, size,
                        vals, events, chunks):
@@ -422,6 +428,17 @@ def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, 
     padding at zp_x; the weights in the k order as `wl` (O, K) and `wt` (K, O). Out: `vals`
     (len(pix), O) int64, `events` (len(pix), 2) (pe, acc) and `chunks` (len(pix), 2)
     (screened, walked) per pixel."""
+    P = pix.shape[0]
+    T = _SCREEN_TASK
+    for task in numba.prange((P + T - 1) // T):
+        _screen_pixels(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, task * T,
+                       min(P, task * T + T), ho, wo, gc, size, vals, events, chunks)
+
+
+@numba.njit(cache=True)
+def _screen_pixels(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, t0, t1, ho, wo, gc,
+                   size, vals, events, chunks):
+    """`screen_walk_kernel`'s task: the pixels ``pix[t0:t1]``."""
     O, K = wl.shape
     cg = K // (kh * kw)
     nch = (K + size - 1) // size
@@ -437,26 +454,28 @@ def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, 
     # the vectorized walk (`_walk_products`) adds in int32: levels within 30 bits, products
     # below 2^24 (the int8 engine's bound)
     vec = skip0 and acc_bits <= 30 and (not ws or pe_bits <= 30)
-    for t in numba.prange(pix.shape[0]):
+    patch = np.empty(K, np.int64)
+    acc = np.empty(O, np.int64)
+    ok = np.empty(O, np.bool_)
+    psv = np.empty(O, np.int64)
+    cp = np.empty(O, np.int64)
+    ca = np.empty(O, np.int64)
+    idx = np.empty(O, np.int64)  # the failing outputs of a chunk (the compact walk)
+    hc = np.empty(O, np.int32)  # their held values, pe chunk sums, event counts
+    pc = np.empty(O, np.int32)
+    cpc = np.empty(O, np.int32)
+    cac = np.empty(O, np.int32)
+    wc = np.empty(O, np.int32)
+    for t in range(t0, t1):
         m = pix[t]
         b = m // (ho * wo)
         r = m - b * ho * wo
         oy = r // wo
         ox = r - oy * wo
-        patch = np.empty(K, np.int64)
         have_patch = False  # built when a chunk first needs a walk (most pixels need none)
         row = gc[m]
-        acc = np.empty(O, np.int64)
-        ok = np.empty(O, np.bool_)
-        psv = np.empty(O, np.int64)
-        cp = np.zeros(O, np.int64)
-        ca = np.zeros(O, np.int64)
-        idx = np.empty(O, np.int64)  # the failing outputs of a chunk (the compact walk)
-        hc = np.empty(O, np.int32)  # their held values, pe chunk sums, event counts
-        pc = np.empty(O, np.int32)
-        cpc = np.empty(O, np.int32)
-        cac = np.empty(O, np.int32)
-        wc = np.empty(O, np.int32)
+        cp[:] = 0
+        ca[:] = 0
         pe_ev = 0
         acc_ev = 0
         for o in range(O):  # the bias preload at the acc level, from 0
@@ -759,7 +778,7 @@ def window_sums_kernel(x, zp_x, stride, pad, ho, wo, s, cnt):
                     cnt[i, j, c] += gc[y, j, c]
 
 
-@numba.njit
+@numba.njit(cache=True)
 def _depthwise_pixels(x, zp, w, stride, pad, wo, b, p_a, p_b, dst, row0):
     """Sums of image `b`'s output pixels p in [p_a, p_b) of a depthwise conv (see
     `depthwise_sums_kernel`) into rows ``p - row0`` of `dst`, int32 lanes across channels."""
@@ -831,7 +850,7 @@ def fused_task_pixels(t, nb, pixels):
     return b, blk, per, p_a, min(pixels, p_a + per)
 
 
-@numba.njit
+@numba.njit(cache=True)
 def fused_epilogue_task(gl, ms, gs, o_n, pixels, bias, lv, do_rq, rq, out, need, mnmx, sums,
                         wrap_bits, b, blk, per, p_a, p_b):
     """A fused kernel's task (`fused_task_pixels`) once its sums are in `gl` (row p - p_a):
@@ -927,7 +946,7 @@ def _flat_applies(do_rq, rq, wrap_bits, q, o_n):
     return do_rq and rq.f64 and wrap_bits <= 32 and q == o_n
 
 
-@numba.njit
+@numba.njit(cache=True)
 def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, per, b, blk,
                         g_row0):
     """`_epilogue_task` without risk or chunks, requantizing by ``rq.f64``'s float64 rule
@@ -1021,7 +1040,7 @@ def _risk_thresholds(bias, acc_bits, pe_bits, pe_risk):
     return (np.int32(min(max(tp, -1), _I32_MAX)), np.int32(min(max(tn, -1), _I32_MAX)))
 
 
-@numba.njit
+@numba.njit(cache=True)
 def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, flags, mnmx,
                     sums, b, blk, p_a, p_b):
     """`gemm_epilogue_kernel`'s task with risk (no wrapping, no chunks) for a single
@@ -1137,7 +1156,7 @@ def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, 
                     dst[o] = acc[o]
 
 
-@numba.njit
+@numba.njit(cache=True)
 def _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq, rq, out,
                    need_acc, need_pe, mnmx, sums, wrap_bits, nch, q, per, b, blk, chunked,
                    g_row0=0):

@@ -310,7 +310,9 @@ class Simulator:
         if images.dtype.kind not in "iu" or (images.size and (images.min() < lo or images.max() > hi)):
             raise SimulationError(f"images: expected integers in [{lo}, {hi}] ({in_spec.bits}-bit "
                                   f"{'signed' if in_spec.signed else 'unsigned'}), got {images.dtype}")
-        return images
+        # kept in the storage dtype like every tensor: the kernels see the types they are
+        # compiled for, whatever integer dtype the caller used
+        return images.astype(arith.storage_dtype(lo, hi), copy=False)
 
     def _run_node(self, program, i, p, vals, st, last_use, share=None, keep_all=True):
         """Run node `i` (plan `p`) on the tensors in `vals` (channels last (N, H, W, C) or

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npusim.sim import kernels as K
-from npusim.sim.accumulate import AccStats, _pad, _simulate_points, _walk_lanes
+from npusim.sim.accumulate import AccStats, _simulate_points, _walk_lanes
 from tests.npusim import naive
 from tests.npusim.programs import conv_program
 from tests.npusim.sim.helpers import equals_reference, narrow_npu
@@ -39,8 +39,9 @@ def layer(draw):
     bias = rng.integers(-3000, 3000, size=g * og)
     # product of the extremes, as the simulator's width check sees it
     prod_bits = max(abs(xlo - zp_x), abs(xhi - zp_x)).bit_length() + w_bits
-    return dict(x=x.astype(np.int16), w=w, bias=bias, stride=stride, pad=pad, groups=g,
-                zp_x=zp_x, prod_bits=prod_bits)
+    # the simulator's storage dtype (one compiled signature for tests and production)
+    return dict(x=x.astype(np.int8 if x_signed else np.uint8), w=w, bias=bias, stride=stride,
+                pad=pad, groups=g, zp_x=zp_x, prod_bits=prod_bits)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -70,9 +71,9 @@ def test_walk_equals_one_output_kernel(case, order, rows, pe_mode, acc_mode, dpe
     points = np.stack([b, oc, p // wo, p % wo], axis=1).astype(np.int64)
     want = np.empty(len(points), np.int64)
     ev = np.zeros((len(points), 2), np.int64)
-    xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.int64)
-    K.conv_points_kernel(_pad(xc, pad, case["zp_x"]), w, bias, s, case["groups"], case["zp_x"],
-                         lv, points, want, ev)
+    pads = ((0, 0), (pad, pad), (pad, pad), (0, 0))
+    xc = np.pad(x, pads, constant_values=case["zp_x"])  # channels last, padded
+    K.conv_points_kernel(xc, w, bias, s, case["groups"], case["zp_x"], lv, points, want, ev)
     np.testing.assert_array_equal(got, want)
     assert (got_st.pe_overflows, got_st.acc_overflows) == tuple(int(v) for v in ev.sum(axis=0))
 
