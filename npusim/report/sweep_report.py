@@ -59,6 +59,9 @@ OTHER_REPORTS = {
                         "accumulator widths (behind per_layer_sweep.md).",
     "qat_accuracy": "QAT top-1 on mnist5k for every method at W8A8 to W2A2: fake-quant, the "
                     "exported integer program, and the same under TFLite double rounding.",
+    "risk_bounds": "How many outputs a cheaper overflow-risk bound (one per block of output "
+                   "pixels, from a max-pooled input) flags against the exact positive sums, "
+                   "and what its convs cost (issue 20).",
     "seed_claims": "The seed papers' claims (LG-LSQ, DSQ, MARViN, pixel embedding, A2Q+) at "
                    "5-32 seeds, each judged by the 95 % Welch interval of the difference.",
     "seed_claims_a2q_body": "A2Q+ trained for body P against plain QAT run at body P with "
