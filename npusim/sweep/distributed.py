@@ -83,12 +83,21 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None,
         # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's
         # adaptive mmap threshold: every large tensor is then a fresh mmap, and training
         # ran 2.5x slower (measured: a QAT setting of resnet8 on digits, 5.0 s vs 2.0 s)
-        with dask.config.set({NO_TRIM_KEY: None}), \
-                LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                             host="127.0.0.1", dashboard_address=None,
-                             env=WORKER_ENV) as cluster, \
-                Client(cluster) as client:
-            yield client
+        # Dask's nannies also write their pre-spawn variables (OMP_NUM_THREADS=1 and the
+        # like) into this process's environment before they spawn: the caller's come back
+        # when the cluster closes, or every later subprocess would run on one thread
+        saved = dict(os.environ)
+        try:
+            with dask.config.set({NO_TRIM_KEY: None}), \
+                    LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                 host="127.0.0.1", dashboard_address=None,
+                                 env=WORKER_ENV) as cluster, \
+                    Client(cluster) as client:
+                yield client
+        finally:
+            for key in set(os.environ) - set(saved):
+                del os.environ[key]
+            os.environ.update(saved)
         return
     if scheduler_file is not None and not Path(scheduler_file).is_file():
         raise ValueError(f"--scheduler-file: {scheduler_file} not found")

@@ -152,6 +152,19 @@ def test_cluster_flags_are_checked_before_anything_runs(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- the cluster
 
+@pytest.mark.slow
+def test_a_local_cluster_leaves_the_callers_environment_as_it_was(monkeypatch):
+    """Dask's nannies write their pre-spawn variables (OMP_NUM_THREADS=1, ...) into the
+    starting process's environment; `cluster_client` restores the caller's on exit, so a
+    later subprocess does not run single-threaded."""
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(key, raising=False)
+    before = dict(os.environ)
+    with cluster_client(workers=1) as c:
+        assert c.submit(os.getenv, "OMP_NUM_THREADS").result() == "1"  # the worker's
+    assert dict(os.environ) == before
+
+
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory):
     return tmp_path_factory.mktemp("serial-cache"), tmp_path_factory.mktemp("worker-cache")
