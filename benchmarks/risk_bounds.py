@@ -74,6 +74,8 @@ def pooled(xu: np.ndarray, zp: int, g: int, s: int, p: int) -> np.ndarray:
 
 
 def study(cap, groups: list[int], repeats: int) -> pd.DataFrame:
+    """One row per captured layer: outputs flagged by the exact and the pooled bounds, and
+    the tiles' best times."""
     rows = []
     for i, (xu, zp, packed, s, p, o, bias, lv, pe_risk, flags) in enumerate(cap):
         g2 = T.conv(xu, zp, packed, s, p, np.int32).astype(np.int64)
@@ -84,8 +86,8 @@ def study(cap, groups: list[int], repeats: int) -> pd.DataFrame:
         exact = (Pp > tp) | (Pp - S > tn)
         assert np.array_equal(exact.reshape(-1, o), flags != 0), "flags differ from the kernel's"
         n, ho, wo, _ = S.shape
-        pos_packed = _positive_half(packed, o, xu.shape[3])
-        sum_packed = _sum_half(packed, o, xu.shape[3])
+        w = _unpacked(packed, xu.shape[3])
+        sum_packed, pos_packed = T.pack(w[:o].astype(np.int8)), T.pack(w[o:].astype(np.int8))
         row = {"layer": i, "channels_in": xu.shape[3], "channels_out": o, "out_hw": ho,
                "stride": s, "outputs": exact.size, "flagged_exact": int(exact.sum()),
                "exact_tile_ms": best_ms(lambda: T.conv(xu, zp, sum_packed, s, p, np.int32),
@@ -124,20 +126,15 @@ def _unpacked(packed: T.TileWeights, c: int) -> np.ndarray:
     return w
 
 
-def _sum_half(packed: T.TileWeights, o: int, c: int) -> T.TileWeights:
-    return T.pack(_unpacked(packed, c)[:o].astype(np.int8))
-
-
-def _positive_half(packed: T.TileWeights, o: int, c: int) -> T.TileWeights:
-    return T.pack(_unpacked(packed, c)[o:].astype(np.int8))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--groups", default="2,3,4")
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
+    if not T.available():
+        sys.exit("risk_bounds: needs the engine's own tiles (AVX2 or AVX-512 VNNI, numba "
+                 "compiling for the host); this host has neither")
     from npusim.data import load_dataset
 
     program = P.load_program(8)

@@ -64,7 +64,9 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None,
                    connect_timeout: str = "30s") -> Iterator["Client"]:
     """A Dask client: of a new LocalCluster of `workers` single-threaded processes on
     127.0.0.1, or of the running scheduler at `scheduler` (tcp://HOST:PORT) or described by
-    `scheduler_file`. Exactly one of the three must be given."""
+    `scheduler_file`. Exactly one of the three must be given. A local cluster leaves this
+    process's environment as it found it (Dask's nannies write OMP_NUM_THREADS=1 and the like
+    into it while they start workers)."""
     given = [n for n, v in (("--workers", workers), ("--scheduler", scheduler),
                             ("--scheduler-file", scheduler_file)) if v is not None]
     if len(given) != 1:
