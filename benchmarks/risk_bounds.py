@@ -85,7 +85,7 @@ def study(cap, groups: list[int], repeats: int) -> pd.DataFrame:
         tp, tn = th[:, 0], th[:, 1]
         exact = (Pp > tp) | (Pp - S > tn)
         assert np.array_equal(exact.reshape(-1, o), flags != 0), "flags differ from the kernel's"
-        n, ho, wo, _ = S.shape
+        ho, wo = S.shape[1:3]
         w = _unpacked(packed, xu.shape[3])
         sum_packed, pos_packed = T.pack(w[:o].astype(np.int8)), T.pack(w[o:].astype(np.int8))
         row = {"layer": i, "channels_in": xu.shape[3], "channels_out": o, "out_hw": ho,
