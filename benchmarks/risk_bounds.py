@@ -2,10 +2,11 @@
 
     python benchmarks/risk_bounds.py            # ResNet-20 W8A8, batch 64, 16-bit wrap (os)
 
-A layer at risk runs its conv with twice the columns (`int8_tiles._conv_risk_kernel`): the
-exact sums S and each output's positive product sum P = sum(max(w, 0) * (x - zp)), which flag
+The study that sized the engine's pooled bound (round 17: `int8_engine._pooled_bound`, G = 2).
+A layer at risk needs, besides the exact sums S, each output's positive product sum
+P = sum(max(w, 0) * (x - zp)) (twice the columns: `int8_tiles.conv_risk`), which flag
 the outputs whose running sum can leave the accumulator (``P > tp or P - S > tn``,
-`kernels._risk_thresholds`). A pixel-group bound replaces P by Pg >= P shared by a G x G block
+`kernels.risk_thresholds`). A pixel-group bound replaces P by Pg >= P shared by a G x G block
 of output pixels: the conv of max(w, 0) over the input max-pooled across the G x G patches
 (a dilated G x G max pool, then a conv at stride G * s): 1/G^2 of the pixels. This study
 counts, per at-risk layer, the outputs each bound flags (an output flagged by Pg but not by P
@@ -40,22 +41,21 @@ def best_ms(fn, repeats: int) -> float:
 
 def capture(program, images) -> list[tuple]:
     """The arguments of every two-plane risk conv of one 16-bit wrap run."""
-    cap, orig = [], T.conv_epilogue
+    cap, orig = [], T.conv_risk
 
-    def spy(xu, zp, packed, stride, padding, o_n, bias, lv, do_rq, rq, out, mnmx, sums,
-            wrap_bits, ms, pe_risk=False, flags=None):
-        r = orig(xu, zp, packed, stride, padding, o_n, bias, lv, do_rq, rq, out, mnmx, sums,
-                 wrap_bits, ms, pe_risk, flags)
-        if flags is not None:
-            cap.append((xu.copy(), zp, packed, stride, padding, o_n, bias.copy(), lv, pe_risk,
-                        flags.copy()))
+    def spy(xu, zp, packed, stride, padding, o_n, bias, lv, do_rq, rq, out, mnmx, sums, ms,
+            pe_risk, flags, bound=None, g=0):
+        r = orig(xu, zp, packed, stride, padding, o_n, bias, lv, do_rq, rq, out, mnmx, sums, ms,
+                 pe_risk, flags, bound, g)
+        cap.append((xu.copy(), zp, packed, stride, padding, o_n, bias.copy(), lv, pe_risk,
+                    flags.copy()))
         return r
 
-    T.conv_epilogue = spy
+    T.conv_risk = spy
     try:
         P.simulator_for("wrap", P.configs()["wrap"]).run(program, images)
     finally:
-        T.conv_epilogue = orig
+        T.conv_risk = orig
     return cap
 
 
@@ -80,7 +80,7 @@ def study(cap, groups: list[int], repeats: int) -> pd.DataFrame:
     for i, (xu, zp, packed, s, p, o, bias, lv, pe_risk, flags) in enumerate(cap):
         g2 = T.conv(xu, zp, packed, s, p, np.int32).astype(np.int64)
         S, Pp = g2[..., :o], g2[..., o:]
-        th = np.array([K._risk_thresholds(b, lv.acc_bits, lv.pe_bits, pe_risk) for b in bias],
+        th = np.array([K.risk_thresholds(b, lv.acc_bits, lv.pe_bits, pe_risk) for b in bias],
                       np.int64)
         tp, tn = th[:, 0], th[:, 1]
         exact = (Pp > tp) | (Pp - S > tn)

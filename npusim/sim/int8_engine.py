@@ -71,6 +71,15 @@ _SPOT_SHARE = 32  # and at most 1/32 of the conv's own products (scalar int64 pr
 _SPOT_OWN = 1 << 12
 _PAIR_MAX = 2 ** 15 - 1  # vpmaddubsw: two adjacent u8 x s8 products summed, saturated to int16
 _RADIX = 64  # weight split on pair-saturating CPUs: 2 * 255 * 32 <= _PAIR_MAX
+#: output pixels per side of a block sharing one bound on the positive product sums
+#: (`Int8Conv.bound`; reports/risk_bounds.md: 2 x 2 blocks cleared every pixel of
+#: ResNet-20's 16-channel layers at 16 bits, 3 x 3 not, at a quarter of the conv's cost)
+_BOUND_G = 2
+#: where the bound leaves more than this share of the pixels' positive sums to compute, the
+#: next `_BOUND_RETRY` calls of the plan run without it (reports/BENCHMARKS.md, round 17:
+#: break-even at ~1/3 on ResNet-20's 64-channel layers)
+_BOUND_SHARE = 0.5
+_BOUND_RETRY = 16
 
 
 def _cpu_flags() -> list[str]:
@@ -178,6 +187,14 @@ class Int8Conv:
     #: a conv whose sums may reach 2^24 (float32's exact range) as the sum of convs over
     #: ranges of input channels, each below 2^24: ((c0, c1, plan), ...), summed in int32
     parts: tuple = ()
+    #: with `signs`, on the engine's own tiles: the plan of the conv of max(w, 0) over the
+    #: input max-pooled across `_BOUND_G` x `_BOUND_G` output pixels' patches (stride
+    #: `_BOUND_G` * stride, no padding), an upper bound on their positive product sums
+    #: (`int8_conv_fused`); None: none
+    bound: object = None
+    #: calls of `int8_conv_fused` with risk left to run without `bound` (it computed the
+    #: positive sums of most pixels anyway the last time: `_BOUND_SHARE`)
+    bound_skip: list = field(default_factory=lambda: [0], repr=False, compare=False)
 
     @property
     def q(self) -> int:
@@ -240,16 +257,22 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
         packed = split.transpose(1, 0, *range(2, split.ndim)).reshape(-1, *wq.shape[1:])
         if xmax * int(np.abs(packed).reshape(len(packed), -1).sum(axis=1).max()) >= F32_EXACT:
             return None
-    return Int8Conv(_pack(packed, zp_x - sub, stride // subsample, padding, groups), wq, o, sub,
-                    zp_x, w.shape[2], w.shape[3], stride, padding, groups, signs, wnz, radix,
-                    subsample)
+    tiles = _pack(packed, zp_x - sub, stride // subsample, padding, groups, signs and not radix)
+    bound = None
+    if signs and not radix and isinstance(tiles, int8_tiles.TileWeights) and \
+            int8_tiles.risk_fusable(tiles, o):
+        bound = prepare_int8_conv(np.maximum(w, 0), _BOUND_G * stride, 0, 1, zp_x - sub,
+                                  lo - sub, hi - sub, kind=kind)
+    return Int8Conv(tiles, wq, o, sub, zp_x, w.shape[2], w.shape[3], stride, padding, groups,
+                    signs, wnz, radix, subsample, bound=bound)
 
 
-def _pack(wq: np.ndarray, zp_u8: int, stride: int, padding: int, groups: int):
+def _pack(wq: np.ndarray, zp_u8: int, stride: int, padding: int, groups: int,
+          signs: bool = False):
     """The weights for `_run`: packed for the engine's own tiles (`int8_tiles`, where they
-    run), else prepacked for oneDNN."""
+    run; sign columns in blocks within each half), else prepacked for oneDNN."""
     if int8_tiles.available():
-        return int8_tiles.pack(wq, groups)
+        return int8_tiles.pack(wq, groups, halves=signs)
     import torch
 
     return torch.ops.onednn.qconv_prepack(
@@ -415,26 +438,71 @@ def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n:
     """`int8_conv` for a `fusable` plan, its sums passed straight to the epilogue
     (`kernels.gemm_epilogue_kernel`'s arguments from `o_n` on, without chunks: it fills
     `out`, `mnmx`, `sums`, and with a risk (`flags` (M, o_n) uint8 given; ``fusable(plan,
-    risk=True)``, no wrapping) marks the flagged outputs in `flags`): `int8_tiles.conv_epilogue`
-    or `kernels.depthwise_epilogue_kernel`. A few rows' sums are spot-checked here; the
-    result holds no ``g`` (``verify`` it with `sums` as usual)."""
+    risk=True)``, no wrapping) marks the flagged outputs in `flags`): `int8_tiles.conv_epilogue`,
+    `int8_tiles.conv_risk` (with the plan's pooled bound where it has one: `_pooled_bound`;
+    the expected sums of the positive columns then cover the pixels it computed) or
+    `kernels.depthwise_epilogue_kernel`. A few rows' sums are spot-checked here; the result
+    holds no ``g`` (``verify`` it with `sums` as usual)."""
     n = x.shape[0]
     ho, wo = out_hw
     x, xu, expected, nonzero = _prologue(x, plan, out_hw)
     call = next(_CALLS)
     m_n = n * ho * wo
     ms = spot_rows(call, m_n)
-    if plan.dw is not None:
+    if flags is not None:
+        bound = None
+        if plan.bound is not None:
+            if plan.bound_skip[0]:
+                plan.bound_skip[0] -= 1
+            else:
+                bound = _pooled_bound(xu, plan, out_hw)
+        gs, win, share = int8_tiles.conv_risk(
+            xu, plan.zp_x - plan.sub, plan.packed, plan.stride, plan.padding, o_n, bias, lv,
+            do_rq, rq, out, mnmx, sums, ms, pe_risk, flags, bound, _BOUND_G)
+        if win is not None:  # the positive sums' columns sum over the pixels computed
+            _check_bound(bound, ms, gs[:, plan.o:], out_hw)
+            pos = np.empty((1, plan.o), np.int64)
+            K.column_sums_kernel(win[None], plan.wq_hwc[plan.o:], plan.o, plan.o, pos)
+            expected[plan.o:] = pos[0]
+            if share > _BOUND_SHARE:
+                plan.bound_skip[0] = _BOUND_RETRY
+    elif plan.dw is not None:
         gs = np.zeros((len(ms), plan.q), np.int32)
         K.depthwise_epilogue_kernel(x, plan.zp_x, plan.dw, plan.stride, plan.padding, ho, wo,
                                     o_n, bias, lv, do_rq, rq, out, int8_tiles.NO_NEED, mnmx, sums,
                                     wrap_bits, ms, gs)
     else:
         gs = int8_tiles.conv_epilogue(xu, plan.zp_x - plan.sub, plan.packed, plan.stride,
-                                plan.padding, o_n, bias, lv, do_rq, rq, out, mnmx, sums,
-                                wrap_bits, ms, pe_risk, flags)
+                                      plan.padding, o_n, bias, lv, do_rq, rq, out, mnmx, sums,
+                                      wrap_bits, ms)
     _spot_check_rows(x, plan, out_hw, m_n, ms, gs, call)
     return Int8Result(None, expected, nonzero)
+
+
+def _pooled_bound(xu: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> np.ndarray:
+    """(N, Hb, Wb, O) int32: per `_BOUND_G` x `_BOUND_G` block of output pixels an upper
+    bound on their positive product sums, by the checked conv `plan.bound` of the pooled
+    input (`int8_tiles.pooled_input`)."""
+    g = _BOUND_G
+    m = int8_tiles.pooled_input(xu, plan.zp_x - plan.sub, plan.padding, g, plan.stride)
+    hw = (-(-out_hw[0] // g), -(-out_hw[1] // g))
+    res = int8_conv(m, plan.bound, hw)
+    n, o = m.shape[0], plan.o
+    sums = np.empty((n, o), np.int64)
+    K.image_column_sums_kernel(res.g, n, sums)
+    res.verify(sums)
+    return res.g.astype(np.int32).reshape(n, *hw, o)
+
+
+def _check_bound(bound: np.ndarray, ms: np.ndarray, pos: np.ndarray,
+                 out_hw: tuple[int, int]) -> None:
+    """Raise InexactError unless the pooled bound is at or above the spot-checked rows' `ms`
+    positive sums `pos` (the check of the pooling, whose conv its column sums check)."""
+    for m, row in zip(ms, pos):
+        b, p = divmod(int(m), out_hw[0] * out_hw[1])
+        oy, ox = divmod(p, out_hw[1])
+        if (row > bound[b, oy // _BOUND_G, ox // _BOUND_G]).any():
+            raise InexactError("int8 engine: the pooled bound is below a positive product sum")
 
 
 def _combine(g: np.ndarray, plan: Int8Conv) -> np.ndarray:

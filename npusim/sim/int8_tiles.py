@@ -21,9 +21,10 @@ AVX2 the copy widens to int16). The tile is stored with the zero point's share s
 each 16-lane vector at its own offset (rows of q columns, or planes). `conv` returns the
 sums (`_conv_kernel`, tasks of 16 tiles in parallel); `conv_epilogue` hands each block of
 pixels' sums, in a local buffer, straight to the epilogue (`kernels.fused_epilogue_task`),
-so a single run never writes them out; for a layer at risk the buffer holds the sums and
-the positive product sums as two planes, which the risk epilogue reads as flat runs
-(`_conv_risk_kernel`, `kernels.fused_risk_task`). Speed (reports/BENCHMARKS.md): on VNNI
+so a single run never writes them out; for a layer at risk (`conv_risk`) the buffer holds
+the sums and the positive product sums as two planes, which the risk epilogue reads as flat
+runs (`_conv_risk_kernel`, `kernels.fused_risk_task`), the positive ones only for the
+pixels a pooled bound (`pooled_input`) does not clear. Speed (reports/BENCHMARKS.md): on VNNI
 about oneDNN's at batch 64 and ImageNet sizes, 5-8x less time per call at batch 1; on AVX2
 about fbgemm's (which saturates), with no weight split (oneDNN's exact path there splits
 8-bit weights in two: twice the columns).
@@ -47,7 +48,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from npusim.sim.kernels import fused_epilogue_task, fused_risk_task, fused_task_pixels
+from npusim.sim.kernels import fused_epilogue_task, fused_risk_task, fused_task_pixels, risk_thresholds
 
 
 def _host_isa() -> str | None:
@@ -228,16 +229,20 @@ def _pad_kernel(x, zp, pad, flat):
 
 
 @numba.njit(cache=True)
-def _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, dst, row0, q, pw, ps):
+def _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, dst, row0, q, pw, ps,
+           gb_a=0, gb_b=-1):
     """Sums of image `b`'s output pixels p in [p_a, p_b) (q columns) into the flat `dst`:
     column j of row ``r = p - row0`` at ``r * pw + j`` for ``j < pw``, at ``ps + r * pw + j -
     pw`` beyond (``pw = q``: rows of q columns; else two planes, ``pw % 16 == 0``); tiles of
-    mr pixels, per group its blocks of 16 * nv columns."""
+    mr pixels, per group its blocks of 16 * nv columns, of which the blocks (counted over the
+    groups) in [gb_a, gb_b) (-1: to the last)."""
     groups, ks = koff.shape
     qg = q // groups
     mr = _TILES[0][0] if nv == 1 else _TILES[1][0]
     nr = 16 * nv
     nb = (qg + nr - 1) // nr  # blocks per group
+    if gb_b < 0:
+        gb_b = groups * nb
     rows = np.empty(_MR_MAX, np.int64)
     orow = np.empty(_MR_MAX, np.int64)
     voff = np.empty(2, np.int64)
@@ -257,7 +262,7 @@ def _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, dst, row
                 oy += 1
         for r in range(m, mr):
             rows[r] = rows[m - 1]
-        for gb in range(groups * nb):
+        for gb in range(gb_a, gb_b):
             g = gb // nb
             col = g * qg + (gb - g * nb) * nr  # the block's first column
             o1 = min(nr, (g + 1) * qg - col)
@@ -320,20 +325,145 @@ def _conv_epilogue_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, q,
 
 @numba.njit(parallel=True, cache=True)
 def _conv_risk_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, o_n, bias, pe_risk,
-                      lv, do_rq, rq, out, flags, mnmx, sums, ms, gs):
-    """`_conv_epilogue_kernel` for a plan with sign columns (q = 2 * o_n, ``o_n % 16 == 0``)
-    and risk: the block's sums and positive product sums as two planes of a local buffer,
-    then `kernels.fused_risk_task` on them (`flags` (M, o_n): the flagged outputs)."""
+                      lv, do_rq, rq, out, flags, mnmx, sums, ms, gs, bound, g, kh, xwin):
+    """`_conv_epilogue_kernel` for a plan with sign columns (q = 2 * o_n, blocks of 16 * nv
+    columns within each half) and risk: per task the block's sums and positive product sums
+    P as two planes of a local buffer, then `kernels.fused_risk_task` on them (`flags`
+    (M, o_n): the flagged outputs).
+
+    With ``g > 0``, P only where a cheaper bound does not clear the pixel: `bound`
+    (N, Hb, Wb, o_n) int32 holds, per block of g x g output pixels, an upper bound Pg on the
+    positive sums of its pixels (`pooled_input`). The sums first; a pixel none of whose
+    outputs Pg flags (``Pg > tp or Pg - S > tn``, `kernels.risk_thresholds`) is not flagged
+    by its P <= Pg either: its P row is set to 0 (which flags nothing: ``-S <= Pg - S``), and
+    a task with no other pixel takes the exact epilogue (`kernels.fused_epilogue_task`) on
+    its sums alone. The other pixels, and the spot check's rows `ms`, get their exact P
+    (runs of pixels through `_tiles`). So the flags are those P gives, and the P column sums
+    cover the computed pixels only: their window sums of the operand (kh x kw x C, the order
+    of `wq_hwc`) are added up in ``xwin[b, blk, :-1]`` and the pixels counted in
+    ``xwin[b, blk, -1]`` for the check."""
     n, nb = mnmx.shape[0], mnmx.shape[1]
     pixels = ho * wo
+    nr = 16 * nv
+    half = o_n // nr  # column blocks of the sums; the positive sums' follow
+    row = wp * c
+    seg = xwin.shape[2] - 1  # kh * kw * c
+    run = seg // kh  # kw * c
+    no_need = np.zeros((2, 1, 1), np.uint8)  # never written without risk
     for t in numba.prange(n * nb):
         b, blk, per, p_a, p_b = fused_task_pixels(t, nb, pixels)
-        gl = np.empty(max(2 * (p_b - p_a) * o_n, 1), np.int32)
-        if p_b > p_a:
+        n_p = p_b - p_a
+        plane = n_p * o_n
+        gl = np.empty(max(2 * plane, 1), np.int32)
+        if g == 0:  # every pixel's P
+            if n_p > 0:
+                _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, gl, p_a,
+                       2 * o_n, o_n, plane, 0, 2 * half)
+            fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, flags,
+                            mnmx, sums, b, blk, p_a, p_b)
+            continue
+        xw = xwin[b, blk]
+        xw[:] = 0
+        if n_p > 0:
             _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, gl, p_a,
-                   2 * o_n, o_n, (p_b - p_a) * o_n)
+                   2 * o_n, o_n, plane, 0, half)
+            tp = np.empty(o_n, np.int32)
+            tn = np.empty(o_n, np.int32)
+            for o in range(o_n):
+                tp[o], tn[o] = risk_thresholds(bias[o], lv.acc_bits, lv.pe_bits, pe_risk)
+            need = np.zeros(n_p + 1, np.uint8)  # a sentinel 0 ends the last run
+            oy = p_a // wo
+            ox = p_a - oy * wo
+            for r in range(n_p):
+                pb = bound[b, oy // g, ox // g]
+                sr = gl[r * o_n:(r + 1) * o_n]
+                f = 0
+                for o in range(o_n):
+                    f |= (pb[o] > tp[o]) | (np.int32(pb[o] - sr[o]) > tn[o])
+                need[r] = f
+                ox += 1
+                if ox == wo:
+                    ox = 0
+                    oy += 1
+            m_a = b * pixels + p_a
+            for k in range(ms.shape[0]):
+                if m_a <= ms[k] < m_a + n_p:
+                    need[ms[k] - m_a] = 1
+            if not need.any():  # nothing flagged: the exact epilogue on the sums alone
+                flags[m_a:m_a + n_p] = 0
+                fused_epilogue_task(gl[:plane].reshape(n_p, o_n), ms, gs, o_n, pixels, bias,
+                                    lv, do_rq, rq, out, no_need, mnmx, sums, 0, b, blk, per,
+                                    p_a, p_b)
+                sums[b, blk, o_n:] = 0
+                continue
+            r = 0
+            while r < n_p:
+                if need[r] == 0:
+                    gl[plane + r * o_n:plane + (r + 1) * o_n] = 0
+                    r += 1
+                    continue
+                r1 = r
+                while need[r1]:
+                    r1 += 1
+                _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a + r, p_a + r1,
+                       gl, p_a, 2 * o_n, o_n, plane, half, 2 * half)
+                for p in range(p_a + r, p_a + r1):
+                    oy = p // wo
+                    base = ((b * hp + oy * stride) * wp + (p - oy * wo) * stride) * c
+                    for i in range(kh):
+                        src = flat[base + i * row:base + i * row + run]
+                        dst = xw[i * run:(i + 1) * run]
+                        for j in range(run):
+                            dst[j] += src[j]
+                xw[seg] += r1 - r
+                r = r1
         fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, flags,
                         mnmx, sums, b, blk, p_a, p_b)
+
+
+@numba.njit(parallel=True, cache=True)
+def _pool_kernel(x, zp, pad, g, s, m):
+    """``m[b, y, x] = max over dy, dx < g of xp[b, y + dy * s, x + dx * s]`` (per channel), xp
+    being uint8 NHWC `x` padded with `pad` rows and columns of `zp` (and with zp beyond); per
+    output row, each source row's columns as one run (the channels of a pixel alone are too
+    few for the vector lanes)."""
+    n, h, w, c = x.shape
+    hp, wp = m.shape[1], m.shape[2]
+    xf = x.reshape(-1)
+    mf = m.reshape(-1)
+    for t in numba.prange(n * hp):
+        b = t // hp
+        y = t - b * hp
+        dst = mf[t * wp * c:(t + 1) * wp * c]
+        dst[:] = 0
+        for dy in range(g):
+            ys = y + dy * s - pad
+            for dx in range(g):
+                # output column xo reads source column xo + dx * s - pad, where in [0, w)
+                x0 = max(0, pad - dx * s)
+                x1 = max(x0, min(wp, w + pad - dx * s))
+                if ys < 0 or ys >= h:
+                    x1 = x0
+                for j in range(x0 * c):  # padding
+                    dst[j] = max(dst[j], zp)
+                for j in range(x1 * c, wp * c):
+                    dst[j] = max(dst[j], zp)
+                if x1 > x0:
+                    d = dst[x0 * c:x1 * c]
+                    sr = xf[((b * h + ys) * w + x0 + dx * s - pad) * c:]
+                    for j in range(d.shape[0]):
+                        d[j] = max(d[j], sr[j])
+
+
+def pooled_input(xu: np.ndarray, zp: int, padding: int, g: int, stride: int) -> np.ndarray:
+    """uint8 NHWC `xu` padded at `zp` and max-pooled over g x g positions `stride` apart
+    (`_pool_kernel`): the conv of max(w, 0) over it at stride g * stride, no padding, gives
+    each block of g x g output pixels an upper bound on their positive product sums (inputs
+    at or above zp)."""
+    n, h, w, c = xu.shape
+    m = np.empty((n, h + 2 * padding, w + 2 * padding, c), np.uint8)
+    _pool_kernel(np.ascontiguousarray(xu), zp, padding, g, stride, m)
+    return m
 
 
 @dataclass(frozen=True)
@@ -352,11 +482,13 @@ class TileWeights:
     colsum: np.ndarray
 
 
-def pack(w: np.ndarray, groups: int = 1) -> TileWeights:
-    """Pack int8 weights `w` (q, C / groups, kh, kw) for `conv`."""
+def pack(w: np.ndarray, groups: int = 1, halves: bool = False) -> TileWeights:
+    """Pack int8 weights `w` (q, C / groups, kh, kw) for `conv`; with `halves` (sign columns)
+    no block of columns spans both halves (`conv_bound_risk` computes them apart)."""
     q, cg, kh, kw = w.shape
     qg = q // groups
-    nv = 2 if qg % 32 == 0 else 1  # blocks of 32 where they fill `out`'s rows, else of 16
+    # blocks of 32 where they fill `out`'s rows, else of 16
+    nv = 2 if qg % (64 if halves else 32) == 0 else 1
     nr = 16 * nv
     qp = -(-qg // nr) * nr  # per group
     wg = np.asarray(w).reshape(groups, qg, cg, kh, kw).transpose(0, 1, 3, 4, 2)
@@ -437,23 +569,46 @@ def conv(xu: np.ndarray, zp: int, packed: TileWeights, stride: int, padding: int
 
 def conv_epilogue(xu: np.ndarray, zp: int, packed: TileWeights, stride: int, padding: int,
                   o_n: int, bias: np.ndarray, lv, do_rq: bool, rq, out: np.ndarray,
-                  mnmx: np.ndarray, sums: np.ndarray, wrap_bits: int, ms: np.ndarray,
-                  pe_risk: bool = False, flags: np.ndarray | None = None) -> np.ndarray:
+                  mnmx: np.ndarray, sums: np.ndarray, wrap_bits: int,
+                  ms: np.ndarray) -> np.ndarray:
     """`conv` with its sums passed straight to the epilogue (`kernels.gemm_epilogue_kernel`'s
-    arguments, without chunks; with `flags` (M, o_n) uint8 given, with risk: `risk_fusable`
-    weights, no wrapping, the flagged outputs marked there, `kernels.fused_risk_task`):
-    fills `out`, `mnmx` and `sums` as that kernel does, keeps no sums, and returns those of
-    rows `ms` (len(ms), q) int32."""
+    arguments, without risk or chunks): fills `out`, `mnmx` and `sums` as that kernel does,
+    keeps no sums, and returns those of rows `ms` (len(ms), q) int32."""
     _, args = _kernel_args(xu, zp, packed, stride, padding)
     gs = np.zeros((len(ms), packed.q), np.int32)
-    if flags is not None:
-        assert risk_fusable(packed, o_n) and not wrap_bits
-        _conv_risk_kernel(*args, o_n, bias, pe_risk, lv, do_rq, rq, out, flags, mnmx, sums, ms,
-                          gs)
-    else:
-        _conv_epilogue_kernel(*args, packed.q, o_n, bias, lv, do_rq, rq, out, NO_NEED, mnmx,
-                              sums, wrap_bits, ms, gs)
+    _conv_epilogue_kernel(*args, packed.q, o_n, bias, lv, do_rq, rq, out, NO_NEED, mnmx, sums,
+                          wrap_bits, ms, gs)
     return gs
+
+
+def conv_risk(xu: np.ndarray, zp: int, packed: TileWeights, stride: int, padding: int,
+              o_n: int, bias: np.ndarray, lv, do_rq: bool, rq, out: np.ndarray,
+              mnmx: np.ndarray, sums: np.ndarray, ms: np.ndarray, pe_risk: bool,
+              flags: np.ndarray, bound: np.ndarray | None = None, g: int = 0):
+    """`conv_epilogue` with risk (`risk_fusable` weights, no wrapping; `_conv_risk_kernel`):
+    fills `out`, `mnmx`, `sums` and `flags` (M, o_n) uint8, 1 where an output is flagged.
+    With `bound` (N, Hb, Wb, o_n) int32, an upper bound on the positive product sums per
+    g x g block of output pixels, those are computed only for the pixels it does not clear
+    (the same flags and outputs). Returns (the rows `ms` of the sums (len(ms), q) int32; with
+    a bound, the window sums of x - zp (kh, kw, C) int64 over the pixels whose positive sums
+    were computed, images weighted as `Int8Result.expected` weights them, else None; the
+    share of pixels whose positive sums were computed)."""
+    assert risk_fusable(packed, o_n) and o_n % (16 * packed.nv) == 0
+    (n, ho, wo), args = _kernel_args(xu, zp, packed, stride, padding)
+    c = xu.shape[3]
+    gs = np.zeros((len(ms), packed.q), np.int32)
+    nb = mnmx.shape[1]
+    if bound is None:
+        _conv_risk_kernel(*args, o_n, bias, pe_risk, lv, do_rq, rq, out, flags, mnmx, sums, ms,
+                          gs, _NO_BOUND, 0, packed.kh, _NO_WIN)
+        return gs, None, 1.0
+    xwin = np.empty((n, nb, packed.kh * packed.kw * c + 1), np.int64)
+    _conv_risk_kernel(*args, o_n, bias, pe_risk, lv, do_rq, rq, out, flags, mnmx, sums, ms, gs,
+                      bound, g, packed.kh, xwin)
+    cnt = xwin[:, :, -1]
+    weights = 1 + np.arange(n, dtype=np.int64) % 4
+    win = weights @ xwin[:, :, :-1].sum(axis=1) - zp * int(weights @ cnt.sum(axis=1))
+    return gs, win.reshape(packed.kh, packed.kw, c), float(cnt.sum()) / max(n * ho * wo, 1)
 
 
 def risk_fusable(packed: TileWeights, o_n: int) -> bool:
@@ -464,3 +619,6 @@ def risk_fusable(packed: TileWeights, o_n: int) -> bool:
 
 #: the bound-bit arrays a fused epilogue never writes (it runs without risk)
 NO_NEED = np.zeros((2, 1, 1), np.uint8)
+#: `_conv_risk_kernel`'s bound and window-sum arrays where it runs without a bound
+_NO_BOUND = np.zeros((1, 1, 1, 1), np.int32)
+_NO_WIN = np.zeros((1, 1, 1), np.int64)

@@ -868,6 +868,20 @@ def fused_epilogue_task(gl, ms, gs, o_n, pixels, bias, lv, do_rq, rq, out, need,
                        False, m_a)
 
 
+@numba.njit(cache=True)
+def image_column_sums_kernel(g, n, out):
+    """``out[b, j]`` = the sum of column j of image b's rows of `g` (n * P rows, exact
+    integers), in int64 (NumPy's sum over the middle axis of (n, P, q) took 10x longer)."""
+    per = g.shape[0] // n
+    for b in range(n):
+        acc = out[b]
+        acc[:] = 0
+        for r in range(b * per, (b + 1) * per):
+            row = g[r]
+            for j in range(g.shape[1]):
+                acc[j] += np.int64(row[j])
+
+
 @numba.njit(cache=True)  # small: int64 in numba (an int64 NumPy matmul is slow, BLAS threads
 def column_sums_kernel(s, wq, og, o_n, out):  # would spin against torch's and numba's)
     """out[n, j] = sum over (i, j', c) of s[n, i, j', c] * wq[j, i, j', c] (`wq` (q, kh, kw,
@@ -1022,7 +1036,7 @@ _SUM32_RUNS = 127  # int32 lane sums of values below 2^24 fold into int64 after 
 
 
 @numba.njit(inline="always")
-def _risk_thresholds(bias, acc_bits, pe_bits, pe_risk):
+def risk_thresholds(bias, acc_bits, pe_bits, pe_risk):
     """(tp, tn): an output with positive and negative product sums ``pos, neg >= 0`` is
     flagged (`gemm_epilogue_kernel`'s ``need_acc > acc_bits``, or ``need_pe > pe_bits`` with
     `pe_risk`) exactly where ``pos > tp or neg > tn``: [bias - neg, bias + pos] leaves the
@@ -1048,7 +1062,7 @@ def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, 
     planes of ``(p_b - p_a) x o_n``: the sums, then the positive product sums (its columns
     o_n + o). Instead of every output's bound bits (kept where a sweep's configurations share
     them) it writes `flags` (M, o_n) uint8, 1 where that kernel would flag the output at
-    these widths (`_risk_thresholds`: two int32 compares). The planes make every loop a flat
+    these widths (`risk_thresholds`: two int32 compares). The planes make every loop a flat
     run of ``rep * o_n >= _FLAT_LANES`` outputs with the per-column parameters tiled
     (`_flat_epilogue_task`), each loop writing few arrays (a loop of all the work ran
     scalar: the vectorizer's run-time alias checks); the column sums run in int32 lanes,
@@ -1074,7 +1088,7 @@ def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, 
     fma = do_rq and rq.f64
     for i in range(n_l):
         o = i % o_n
-        tp[i], tn[i] = _risk_thresholds(bias[o], lv.acc_bits, lv.pe_bits, pe_risk)
+        tp[i], tn[i] = risk_thresholds(bias[o], lv.acc_bits, lv.pe_bits, pe_risk)
         if fma:
             kt[i], bt[i], good = requant_fma_terms(bias[o], rq.km[o], rq.sc[o])
             fma &= good

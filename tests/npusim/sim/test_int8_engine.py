@@ -339,6 +339,40 @@ def test_a_failed_check_falls_back_to_the_float_engine(monkeypatch, caplog):
     assert sum("recomputed with the float engine" in r.message for r in caplog.records) == 2
 
 
+@pytest.mark.skipif(not int8_tiles.available(), reason="the pooled bound runs on the own tiles")
+def test_a_pooled_bound_below_a_positive_sum_is_caught(monkeypatch, caplog):
+    """A layer at risk on the own tiles computes the positive product sums only where the
+    pooled bound does not clear the pixel; a bound from a wrong pooling (every input at the
+    zero point: 0 everywhere) would clear pixels that overflow. The spot-checked pixels'
+    positive sums, always computed, catch it: the layer is recomputed with the float
+    engine, with the very outputs and events of the run with the true bound."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, size=(2, 8, 6, 6))
+    w = rng.integers(-127, 128, size=(16, 8, 3, 3))
+    bias = rng.integers(-3000, 3000, size=16)
+    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
+    cfg = NPUConfig.preset("edge16").with_overrides({
+        "precision.acc_bits": 16, "precision.pe_acc_bits": 16, "precision.overflow": "wrap"})
+    good = Simulator(cfg).run(prog, x)
+    assert good.stats["acc_overflows"].sum() > 0
+    pooled = []
+    real = int8_tiles.pooled_input
+
+    def wrong(xu, zp, *a):
+        pooled.append(1)
+        return np.full_like(real(xu, zp, *a), zp)
+
+    monkeypatch.setattr(int8_tiles, "pooled_input", wrong)
+    with caplog.at_level("WARNING"):
+        bad = Simulator(cfg).run(prog, x)
+    assert pooled
+    assert any("the pooled bound is below a positive product sum" in r.message
+               for r in caplog.records)
+    np.testing.assert_array_equal(bad.outputs["y"], good.outputs["y"])
+    cols = ["acc_overflows", "pe_overflows", "acc_min", "acc_max"]
+    assert bad.stats[cols].equals(good.stats[cols])
+
+
 def test_exact_conv_uses_int8_only_where_the_engine_says(monkeypatch):
     """"auto" and "int8" compute through oneDNN; "float" never calls it; all agree."""
     rng = np.random.default_rng(1)
@@ -611,7 +645,7 @@ def test_epilogue_kernel_on_long_blocks(o_n, case):
 @pytest.mark.parametrize("pe_bits", [None, 12, 16, 26])
 def test_risk_thresholds_flag_exactly_where_the_bound_bits_exceed_the_widths(acc_bits,
                                                                             pe_bits):
-    """`kernels._risk_thresholds` (two int32 compares per output in the fused risk task)
+    """`kernels.risk_thresholds` (two int32 compares per output in the fused risk task)
     against the bound bits' definition (`arith.bits_needed`) at every edge: sums one or two
     either side of each range's limit, biases at 0, +-1, the limits (up to 2^51) and past
     2^31."""
@@ -627,7 +661,7 @@ def test_risk_thresholds_flag_exactly_where_the_bound_bits_exceed_the_widths(acc
 
     edge = 1 << min(acc_bits - 1, 51)  # the engine takes biases below 2^52
     for bias in (0, 1, -1, edge, -edge, 3 << 31, -(3 << 31)):
-        tp, tn = K._risk_thresholds(bias, acc_bits, pe, pe_risk)
+        tp, tn = K.risk_thresholds(bias, acc_bits, pe, pe_risk)
         ha, hp = 1 << (acc_bits - 1), 1 << (pe - 1)
         for pos in near(0, ha - 1 - bias, hp - 1, lim):
             for neg in near(0, bias + ha, hp, lim):

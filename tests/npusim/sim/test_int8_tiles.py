@@ -124,3 +124,126 @@ def test_npusim_tiles_chooses_or_refuses(monkeypatch):
     with pytest.raises(ValueError, match=r"^NPUSIM_TILES: expected auto, avx2 or none; "
                                          r"got 'avx512'$"):
         int8_tiles._host_isa()
+
+
+def _pooled_ref(x: np.ndarray, zp: int, pad: int, g: int, s: int) -> np.ndarray:
+    """`int8_tiles.pooled_input` in NumPy: x padded at zp (and with zp past its far edges),
+    max over the g x g shifts `s` apart."""
+    n, h, w, c = x.shape
+    e = (g - 1) * s
+    xp = np.full((n, h + 2 * pad + e, w + 2 * pad + e, c), zp, np.uint8)
+    xp[:, pad:pad + h, pad:pad + w] = x
+    hp, wp = h + 2 * pad, w + 2 * pad
+    return np.max([xp[:, dy * s:dy * s + hp, dx * s:dx * s + wp]
+                   for dy in range(g) for dx in range(g)], axis=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(1, 20),
+       st.integers(0, 2), st.integers(1, 4), st.integers(1, 3), st.integers(0, 255),
+       st.integers(0, 2 ** 32 - 1))
+def test_pooled_input_equals_numpy(n, h, w, c, pad, g, s, zp, seed):
+    x = np.random.default_rng(seed).integers(0, 256, (n, h, w, c), dtype=np.uint8)
+    np.testing.assert_array_equal(int8_tiles.pooled_input(x, zp, pad, g, s),
+                                  _pooled_ref(x, zp, pad, g, s))
+
+
+@st.composite
+def _risk_case(draw):
+    """A conv with sign columns at risk: inputs at or above the zero point, outputs in 16s or
+    32s, an accumulator narrow enough that some outputs are flagged and some are not."""
+    k = draw(st.sampled_from([1, 3]))
+    pad = draw(st.integers(0, k - 1))
+    h, wd = draw(st.integers(max(1, k - 2 * pad), 13)), draw(st.integers(max(1, k - 2 * pad), 13))
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 24))
+    o = draw(st.sampled_from([16, 32, 48, 64]))
+    stride, zp = draw(st.integers(1, 2)), draw(st.sampled_from([0, 3, 128]))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    x = rng.integers(zp, 256, (n, h, wd, c)).astype(np.uint8)
+    x[rng.random(x.shape) < draw(st.sampled_from([0.0, 0.5, 0.9]))] = zp  # sparse, as ReLUs
+    w = rng.integers(-128, 128, (o, c, k, k), dtype=np.int8)
+    bias = rng.integers(-4000, 4000, o)
+    bits = draw(st.integers(10, 22))
+    bound = draw(st.sampled_from(["pooled", "tight", "none_cleared"]))
+    return x, w, zp, stride, pad, bias, bits, bound, rng
+
+
+def _windows_conv(x: np.ndarray, w: np.ndarray, zp: int, stride: int, pad: int) -> np.ndarray:
+    """`_direct` (groups 1) as one int64 einsum over the padded input's windows."""
+    xp = np.pad(x.astype(np.int64) - zp, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, w.shape[2:], axis=(1, 2))
+    return np.einsum("nhwcij,ocij->nhwo", win[:, ::stride, ::stride], w.astype(np.int64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(_risk_case())
+def test_risk_conv_with_a_bound_equals_the_full_risk_conv(case):
+    """`conv_risk` with an upper bound on the positive product sums per 2 x 2 block of
+    output pixels (the pooled one; one at most a little above the exact sums, which clears
+    some pixels and not others; one that clears none) gives the outputs, flags, extremes and
+    sums' column sums of the conv that computes every positive sum; its positive columns sum
+    over the pixels the bound left to compute, whose window sums (and share) it returns."""
+    from npusim.sim import kernels as K
+    from npusim.sim.accumulate import _EPILOGUE_PIXELS, _NO_RQ, _blocks
+
+    x, w, zp, stride, pad, bias, bits, kind, rng = case
+    o = w.shape[0]
+    wq = np.concatenate([w, np.maximum(w, 0)])
+    packed = int8_tiles.pack(wq, halves=True)
+    exact = _windows_conv(x, wq, zp, stride, pad)
+    n, ho, wo = exact.shape[:3]
+    S, P = exact[..., :o], exact[..., o:]
+    g = 2
+    hb, wb = -(-ho // g), -(-wo // g)
+    blockmax = np.zeros((n, hb * g, wb * g, o), np.int64)
+    blockmax[:, :ho, :wo] = P
+    blockmax = blockmax.reshape(n, hb, g, wb, g, o).max(axis=(2, 4))
+    if kind == "pooled":
+        m = _pooled_ref(x, zp, pad, g, stride)
+        bound = _windows_conv(m, np.maximum(w, 0), zp, g * stride, 0)[:, :hb, :wb]
+    elif kind == "tight":
+        bound = blockmax + rng.integers(0, 3000, blockmax.shape)
+    else:
+        bound = np.full_like(blockmax, 1 << 30)
+    assert (bound >= blockmax).all()
+    bound = bound.astype(np.int32)
+    lv = K.LevelSpec(K.OS, 32, 32, K.MODE_CODES["wrap"], bits, K.MODE_CODES["wrap"])
+    pixels = ho * wo
+    nb = _blocks(n, pixels, _EPILOGUE_PIXELS)
+    ms = rng.integers(0, n * pixels, 4)
+    runs = []
+    for b in (None, bound):
+        arrays = (np.empty((n * pixels, o), np.int64), np.empty((n, nb, 4), np.int64),
+                  np.empty((n, nb, 2 * o), np.int64), np.empty((n * pixels, o), np.uint8))
+        gs, win, share = int8_tiles.conv_risk(x, zp, packed, stride, pad, o, bias, lv, False,
+                                              _NO_RQ.rec, arrays[0], arrays[1], arrays[2], ms,
+                                              False, arrays[3], b, g)
+        runs.append((arrays, gs, win, share))
+    (full, gs_full, _, _), (part, gs_part, win, share) = runs
+    for a, b in zip(full[:2] + full[3:], part[:2] + part[3:]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(full[2][..., :o], part[2][..., :o])
+    np.testing.assert_array_equal(gs_full, gs_part)
+    np.testing.assert_array_equal(gs_full, exact.reshape(-1, 2 * o)[ms])
+    # the pixels left to compute: those the bound flags (as the epilogue's thresholds do),
+    # and the spot-checked rows
+    th = np.array([K.risk_thresholds(bb, bits, 32, False) for bb in bias], np.int64)
+    pb = np.repeat(np.repeat(bound, g, axis=1), g, axis=2)[:, :ho, :wo].astype(np.int64)
+    need = ((pb > th[:, 0]) | (pb - S > th[:, 1])).any(axis=3).reshape(-1)
+    need[ms] = True
+    if kind == "none_cleared":
+        assert need.all()
+    assert share == pytest.approx(need.mean())
+    weights = 1 + np.arange(n) % 4
+    np.testing.assert_array_equal(
+        part[2][..., o:].sum(axis=1),
+        (P.reshape(n, pixels, o) * need.reshape(n, pixels, 1)).sum(axis=1))
+    xp = np.full((n, x.shape[1] + 2 * pad, x.shape[2] + 2 * pad, x.shape[3]), zp, np.int64)
+    xp[:, pad:pad + x.shape[1], pad:pad + x.shape[2]] = x
+    k = w.shape[2]
+    want = np.zeros((k, k, x.shape[3]), np.int64)
+    for i in np.flatnonzero(need):
+        b, p = divmod(int(i), pixels)
+        oy, ox = divmod(p, wo)
+        want += weights[b] * (xp[b, oy * stride:oy * stride + k, ox * stride:ox * stride + k] - zp)
+    np.testing.assert_array_equal(win, want)
