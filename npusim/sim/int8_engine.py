@@ -80,6 +80,11 @@ _BOUND_G = 2
 #: break-even at ~1/3 on ResNet-20's 64-channel layers)
 _BOUND_SHARE = 0.5
 _BOUND_RETRY = 16
+#: the bound's fixed costs (a second conv call, its checks, the pooling) pay only on calls
+#: with this many positive-sum products or more (ResNet-20 W8A8 at 16-bit wrap on AVX2,
+#: reports/BENCHMARKS.md round 17: batch 64 (115 M per layer) 7% faster, batches 8-32
+#: (14-58 M) even, batch 1 (1.8 M) 30% slower with it)
+_BOUND_MACS = 1 << 26
 
 
 def _cpu_flags() -> list[str]:
@@ -451,7 +456,7 @@ def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n:
     ms = spot_rows(call, m_n)
     if flags is not None:
         bound = None
-        if plan.bound is not None:
+        if plan.bound is not None and m_n * plan.wq[plan.o:].size >= _BOUND_MACS:
             if plan.bound_skip[0]:
                 plan.bound_skip[0] -= 1
             else:

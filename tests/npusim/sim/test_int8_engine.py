@@ -353,7 +353,9 @@ def test_a_pooled_bound_below_a_positive_sum_is_caught(monkeypatch, caplog):
     prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
     cfg = NPUConfig.preset("edge16").with_overrides({
         "precision.acc_bits": 16, "precision.pe_acc_bits": 16, "precision.overflow": "wrap"})
-    good = Simulator(cfg).run(prog, x)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(int8_engine, "_BOUND_MACS", 0)
+        good = Simulator(cfg).run(prog, x)
     assert good.stats["acc_overflows"].sum() > 0
     pooled = []
     real = int8_tiles.pooled_input
@@ -363,6 +365,7 @@ def test_a_pooled_bound_below_a_positive_sum_is_caught(monkeypatch, caplog):
         return np.full_like(real(xu, zp, *a), zp)
 
     monkeypatch.setattr(int8_tiles, "pooled_input", wrong)
+    monkeypatch.setattr(int8_engine, "_BOUND_MACS", 0)  # however small the layer
     with caplog.at_level("WARNING"):
         bad = Simulator(cfg).run(prog, x)
     assert pooled
@@ -429,13 +432,14 @@ def test_simulator_int8_engine_equals_float_engine_and_oracle(seed, dataflow, bi
        st.booleans(), st.sampled_from([(32, "wrap", True), (18, "wrap", False),
                                        (17, "wrap", False), (20, "saturate", True),
                                        (17, "wrap", True), (16, "saturate", True)]),
-       st.integers(0, 2), st.integers(1, 2), st.sampled_from([0, 3]))
-def test_fused_epilogue_equals_the_shared_sums(seed, kind, requant, acc, pad, stride, zp):
+       st.integers(0, 2), st.integers(1, 2), st.sampled_from([0, 3]), st.booleans())
+def test_fused_epilogue_equals_the_shared_sums(seed, kind, requant, acc, pad, stride, zp,
+                                               bounded):
     """A single configuration consumes the own kernels' sums where they are made
-    (`int8_engine.int8_conv_fused`: exact layers, wrapped ones without event counts, and on
-    VNNI layers with risk whose outputs come in 16s, their flags made there too); a
-    sweep keeps them to share (`run_many`): outputs and every statistic agree, event counts
-    included."""
+    (`int8_engine.int8_conv_fused`: exact layers, wrapped ones without event counts, and
+    layers with risk whose outputs come in 16s, their flags made there too, `bounded`: with
+    the pooled bound on the positive sums however small the layer); a sweep keeps them to
+    share (`run_many`): outputs and every statistic agree, event counts included."""
     from npusim.sim.simulator import run_many
 
     rng = np.random.default_rng(seed)
@@ -456,6 +460,8 @@ def test_fused_epilogue_equals_the_shared_sums(seed, kind, requant, acc, pad, st
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(accumulate, "int8_conv_fused", lambda *a: calls.append(1) or real(*a))
         mp.setattr(accumulate, "_fused_risk_entry", lambda *a: risky.append(1) or real_risky(*a))
+        if bounded:
+            mp.setattr(int8_engine, "_BOUND_MACS", 0)
         # no layer may pass only by the fallback (a failed check recomputes it, correctly)
         mp.setattr(accumulate.log, "warning", lambda *a, **k: warned.append(a))
         sim = Simulator(cfg, count_events=events)
