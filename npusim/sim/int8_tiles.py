@@ -484,7 +484,7 @@ class TileWeights:
 
 def pack(w: np.ndarray, groups: int = 1, halves: bool = False) -> TileWeights:
     """Pack int8 weights `w` (q, C / groups, kh, kw) for `conv`; with `halves` (sign columns)
-    no block of columns spans both halves (`conv_bound_risk` computes them apart)."""
+    no block of columns spans both halves (`conv_risk` computes them apart)."""
     q, cg, kh, kw = w.shape
     qg = q // groups
     # blocks of 32 where they fill `out`'s rows, else of 16
