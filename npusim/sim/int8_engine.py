@@ -467,7 +467,8 @@ def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n:
         if win is not None:  # the positive sums' columns sum over the pixels computed
             _check_bound(bound, ms, gs[:, plan.o:], out_hw)
             pos = np.empty((1, plan.o), np.int64)
-            K.column_sums_kernel(win[None], plan.wq_hwc[plan.o:], plan.o, plan.o, pos)
+            K.column_sums_kernel(np.tensordot(_image_weights(n), win, 1)[None],
+                                 plan.wq_hwc[plan.o:], plan.o, plan.o, pos)
             expected[plan.o:] = pos[0]
             if share > _BOUND_SHARE:
                 plan.bound_skip[0] = _BOUND_RETRY

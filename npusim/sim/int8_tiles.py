@@ -590,9 +590,9 @@ def conv_risk(xu: np.ndarray, zp: int, packed: TileWeights, stride: int, padding
     With `bound` (N, Hb, Wb, o_n) int32, an upper bound on the positive product sums per
     g x g block of output pixels, those are computed only for the pixels it does not clear
     (the same flags and outputs). Returns (the rows `ms` of the sums (len(ms), q) int32; with
-    a bound, the window sums of x - zp (kh, kw, C) int64 over the pixels whose positive sums
-    were computed, images weighted as `Int8Result.expected` weights them, else None; the
-    share of pixels whose positive sums were computed)."""
+    a bound, per image the window sums of x - zp (N, kh, kw, C) int64 over the pixels whose
+    positive sums were computed, else None; the share of pixels whose positive sums were
+    computed)."""
     assert risk_fusable(packed, o_n) and o_n % (16 * packed.nv) == 0
     (n, ho, wo), args = _kernel_args(xu, zp, packed, stride, padding)
     c = xu.shape[3]
@@ -605,10 +605,9 @@ def conv_risk(xu: np.ndarray, zp: int, packed: TileWeights, stride: int, padding
     xwin = np.empty((n, nb, packed.kh * packed.kw * c + 1), np.int64)
     _conv_risk_kernel(*args, o_n, bias, pe_risk, lv, do_rq, rq, out, flags, mnmx, sums, ms, gs,
                       bound, g, packed.kh, xwin)
-    cnt = xwin[:, :, -1]
-    weights = 1 + np.arange(n, dtype=np.int64) % 4
-    win = weights @ xwin[:, :, :-1].sum(axis=1) - zp * int(weights @ cnt.sum(axis=1))
-    return gs, win.reshape(packed.kh, packed.kw, c), float(cnt.sum()) / max(n * ho * wo, 1)
+    cnt = xwin[:, :, -1].sum(axis=1)
+    win = xwin[:, :, :-1].sum(axis=1) - zp * cnt[:, None]
+    return gs, win.reshape(n, packed.kh, packed.kw, c), float(cnt.sum()) / max(n * ho * wo, 1)
 
 
 def risk_fusable(packed: TileWeights, o_n: int) -> bool:
