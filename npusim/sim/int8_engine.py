@@ -420,10 +420,27 @@ def _prologue(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]):
     finally:
         if serial:
             numba.set_num_threads(threads)
-    expected = np.empty((1, plan.q), np.int64)
-    K.column_sums_kernel(s, plan.wq_hwc, plan.o // plan.groups, plan.o, expected)
+    expected = column_sums(s, plan.wq_hwc, plan.o // plan.groups, plan.o)
     nonzero = int((cnt.transpose(2, 0, 1) * plan.wnz).sum())
     return x, xu, expected[0], nonzero
+
+
+_DIGIT = 26  # `column_sums` splits window sums into base-2^26 digits where float64 needs it
+
+
+def column_sums(s: np.ndarray, wq: np.ndarray, og: int, o_n: int) -> np.ndarray:
+    """(N, q) int64: per image and column j, the sum over (i, j', c) of window sums
+    ``s[n, i, j', c]`` (int64) times the int8 weights ``wq[j, i, j', c]`` of its group's
+    channels (`kernels.column_sums_kernel`, C-contiguous operands), exact: where |s| * 128 * K
+    could reach 2^53 (float64's integers), s is split into s >> 26 and a low digit below
+    2^26, each summed alone."""
+    out = np.empty((s.shape[0], wq.shape[0]), np.int64)
+    if K.column_sums_kernel(s, wq, og, o_n, out):
+        return out
+    if wq.shape[1] * wq.shape[2] * wq.shape[3] >= 1 << 20:  # a low digit would not fit
+        raise ValueError(f"column_sums: over 2^20 products per column ({wq.shape})")
+    hi = s >> _DIGIT
+    return (column_sums(hi, wq, og, o_n) << _DIGIT) + column_sums(s - (hi << _DIGIT), wq, og, o_n)
 
 
 def fusable(plan: Int8Conv, risk: bool = False) -> bool:
@@ -466,10 +483,8 @@ def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n:
             do_rq, rq, out, mnmx, sums, ms, pe_risk, flags, bound, _BOUND_G)
         if win is not None:  # the positive sums' columns sum over the pixels computed
             _check_bound(bound, ms, gs[:, plan.o:], out_hw)
-            pos = np.empty((1, plan.o), np.int64)
-            K.column_sums_kernel(np.tensordot(_image_weights(n), win, 1)[None],
-                                 plan.wq_hwc[plan.o:], plan.o, plan.o, pos)
-            expected[plan.o:] = pos[0]
+            expected[plan.o:] = column_sums(np.tensordot(_image_weights(n), win, 1)[None],
+                                            plan.wq_hwc[plan.o:], plan.o, plan.o)[0]
             if share > _BOUND_SHARE:
                 plan.bound_skip[0] = _BOUND_RETRY
     elif plan.dw is not None:

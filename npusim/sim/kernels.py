@@ -882,27 +882,54 @@ def image_column_sums_kernel(g, n, out):
                 acc[j] += np.int64(row[j])
 
 
-@numba.njit(cache=True)  # small: int64 in numba (an int64 NumPy matmul is slow, BLAS threads
-def column_sums_kernel(s, wq, og, o_n, out):  # would spin against torch's and numba's)
+@numba.njit(inline="always")
+def _column_sums_block(sg, wf, og, o_n, out, j0, j1):
+    """`column_sums_kernel`'s columns [j0, j1) of one image (window sums `sg` per group)."""
+    k = wf.shape[1]
+    for jq in range(j0, j1):
+        sv = sg[(jq % o_n) // og]
+        wr = wf[jq]
+        acc = 0.0
+        for t in range(k):
+            acc += sv[t] * wr[t]
+        out[jq] = np.int64(acc)
+
+
+_COLUMN_BLOCK = 64  # columns per task of `column_sums_kernel`
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+def column_sums_kernel(s, wq, og, o_n, out):
     """out[n, j] = sum over (i, j', c) of s[n, i, j', c] * wq[j, i, j', c] (`wq` (q, kh, kw,
     C/groups) int8, channels innermost), column j reading the channels of its group: the sum
-    of column j's outputs over an image, from window sums. One int64 accumulator per channel
-    lane, summed at the end (a single running int64 sum did not vectorize: 3-4.5x slower on
-    the chunk plans' 16,384 columns)."""
+    of column j's outputs over an image, from window sums. In float64 lanes summed in any
+    order, exact where |s| * 128 * kh * kw * C/groups < 2^53 (every partial sum an integer
+    float64 holds); returns False, `out` untouched, where not (`int8_engine.column_sums` then
+    splits `s`). int64 lanes ran 3-6x slower: AVX2 has no 64-bit multiply."""
     N, kh, kw, C = s.shape
     q, cg = wq.shape[0], wq.shape[3]
-    lane = np.empty(cg, np.int64)
+    k = kh * kw * cg
+    sg = np.empty((N, C // cg, k), np.float64)  # per group, in the weights' (i, j, c) order
+    top = 0.0
     for b in range(N):
-        for jq in range(q):
-            c0 = ((jq % o_n) // og) * cg
-            lane[:] = 0
+        for g in range(C // cg):
+            t = 0
             for i in range(kh):
                 for j in range(kw):
-                    sr = s[b, i, j, c0:c0 + cg]
-                    wr = wq[jq, i, j]
                     for c in range(cg):
-                        lane[c] += sr[c] * np.int64(wr[c])
-            out[b, jq] = lane.sum()
+                        v = np.float64(s[b, i, j, g * cg + c])
+                        sg[b, g, t] = v
+                        top = max(top, abs(v))
+                        t += 1
+    if top * 128.0 * k >= 2.0 ** 53:
+        return False
+    wf = wq.reshape(q, k)
+    nb = (q + _COLUMN_BLOCK - 1) // _COLUMN_BLOCK
+    for task in numba.prange(N * nb):
+        b = task // nb
+        j0 = (task - b * nb) * _COLUMN_BLOCK
+        _column_sums_block(sg[b], wf, og, o_n, out[b], j0, min(q, j0 + _COLUMN_BLOCK))
+    return True
 
 
 @numba.njit(cache=True)  # a few pixels: a parallel launch would cost more than the work

@@ -131,20 +131,21 @@ def test_window_sums_equal_a_walk_over_every_output(n, h, wd, c, kh, kw, stride,
 @given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(1, 3),
        st.integers(1, 3), st.integers(1, 40), st.data())
 def test_column_sums_equal_a_product_sum_per_column(n, groups, og, kh, kw, cg, data):
-    """The verification's weight side (`kernels.column_sums_kernel`): per image and column,
-    the sum of window sums times the column's int8 weights over its group's channels, against
-    Python integers; extreme window sums (near the int64 products' range the engine allows)
-    and weights (-128, 127) included."""
-    from npusim.sim import kernels as K
+    """The verification's weight side (`int8_engine.column_sums`, float64 lanes): per image
+    and column, the sum of window sums times the column's int8 weights over its group's
+    channels, against Python integers; extreme window sums (2^46: split into digits, past
+    float64's integers) and weights (-128, 127) included."""
+    from npusim.sim.int8_engine import column_sums
 
     rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
-    top = data.draw(st.sampled_from([3, 2 ** 20, 2 ** 40]))
-    s = rng.choice([-top, top, 0, rng.integers(-top, top + 1)], size=(n, kh, kw, groups * cg))
+    top = data.draw(st.sampled_from([3, 2 ** 20, 2 ** 40, 2 ** 46]))
+    shape = (n, kh, kw, groups * cg)  # random values with every bit, some extremes and zeros
+    s = np.where(rng.random(shape) < 0.3, rng.choice([-top, top, 0], size=shape),
+                 rng.integers(-top, top + 1, size=shape))
     q = groups * og * data.draw(st.integers(1, 2))  # columns: groups repeat every o_n = q / reps
     o_n = data.draw(st.sampled_from([q, groups * og]))
     wq = rng.choice([-128, 127, 0, rng.integers(-128, 128)], size=(q, kh, kw, cg)).astype(np.int8)
-    out = np.full((n, q), 7, np.int64)
-    K.column_sums_kernel(s.astype(np.int64), wq, o_n // groups, o_n, out)
+    out = column_sums(s.astype(np.int64), wq, o_n // groups, o_n)
     for b in range(n):
         for jq in range(q):
             c0 = ((jq % o_n) // (o_n // groups)) * cg
