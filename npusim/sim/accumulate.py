@@ -150,8 +150,9 @@ def prepare_conv(engine: Engine, w: np.ndarray, bias: np.ndarray, stride: int, p
         cp = memo(("chunks", lv.order, lv.rows if lv.order != K.OS else 0),
                   lambda: screen.prepare_chunks(prep, w, lv, x_range, engine.int8_kind))
         if cp is not None:
-            hint = np.zeros(1, np.bool_)  # this preparation's own (`ChunkPlan.flagged`)
-            prep = dataclasses.replace(prep, chunks=dataclasses.replace(cp, flagged=hint))
+            # this preparation's own hints (`ChunkPlan.flagged`, `pooled_skip`)
+            prep = dataclasses.replace(prep, chunks=dataclasses.replace(
+                cp, flagged=np.zeros(1, np.bool_), pooled_skip=np.zeros(1, np.int64)))
     return prep
 
 
@@ -217,6 +218,8 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
             if share is None and int8_fusable(prep) and (short is not None
                                                          or not (pe_risk or acc_risk)):
                 return _fused_from_engine(x, prep, bias, requant, lv, short, out_hw, st)
+            if share is None and short is None and _pooled(prep, x.shape[0], out_hw):
+                return _pooled_from_engine(x, prep.chunks, bias, requant, lv, out_hw, st)
             if share is None and short is None and int8_fusable(prep, risk=True) and \
                     not _chunked(prep, x.shape[0], out_hw):
                 entry = _fused_risk_entry(x, prep, bias, requant, lv, pe_risk, out_hw)
@@ -341,6 +344,32 @@ def _chunked(prep: Int8Conv, n: int, out_hw) -> bool:
     outputs, and this one fits the chunk plan)."""
     cp = prep.chunks
     return cp is not None and cp.flagged[0] and screen.fits(cp, n, out_hw[0] * out_hw[1])
+
+
+def _pooled(prep: Int8Conv, n: int, out_hw) -> bool:
+    """The layer is screened with the pooled bound (`screen.pooled_screen`) in this call: it
+    is `_chunked` and has the pooled plans, and no pause after a batch that walked too many
+    chunks with it is running (this call counts the pause down)."""
+    cp = prep.chunks
+    if not _chunked(prep, n, out_hw) or cp.pooled is None:
+        return False
+    if cp.pooled_skip[0]:
+        cp.pooled_skip[0] -= 1
+        return False
+    return True
+
+
+def _pooled_from_engine(x, cp: screen.ChunkPlan, bias, requant, lv, out_hw, st):
+    """A chunked layer of a single configuration by `screen.pooled_screen`: every output
+    screened (values and events those of the order-faithful walk); its `sequential_outputs`
+    are the outputs the pooled bound flags."""
+    n, o = x.shape[0], cp.wl.shape[0]
+    vals, flagged = screen.pooled_screen(x, cp, bias, lv, st, out_hw)
+    cp.flagged[0] = flagged * _CHUNKS_PAY > vals.size
+    st.sequential_outputs = flagged
+    st.acc_min, st.acc_max = (int(vals.min()), int(vals.max())) if vals.size else (0, 0)
+    out = vals if requant is None else requant.apply_channels_last(vals)
+    return out.reshape(n, *out_hw, o), st
 
 
 def _shared_entry(share, x, prep, out_hw) -> _Shared:
@@ -529,7 +558,7 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
     if cp is not None and screen.fits(cp, n, pixels) and (gc is not None or many):
         if gc is None:  # an entry made without chunks (a quiet last batch, another config)
             gc = e.chunk_g[cp.size] = screen.chunk_sums(x, cp, out_hw)[0]
-        vals = screen.screened_pixels(x, cp, gc, bias, lv, pix, st, out_hw)
+        vals = screen.screened_pixels(x, cp, gc, bias, lv, pix, st, out_hw)[0]
     elif flat[1] * _ONE_BY_ONE <= len(pix) * o:  # a few per pixel: walked alone
         at = _flagged_outputs(e, lv, pe_risk, pix)
         vals = _walk_points(x, w, bias, stride, padding, groups, zp_x, lv, *at, st, out_hw)

@@ -74,7 +74,7 @@ _RADIX = 64  # weight split on pair-saturating CPUs: 2 * 255 * 32 <= _PAIR_MAX
 #: output pixels per side of a block sharing one bound on the positive product sums
 #: (`Int8Conv.bound`; reports/risk_bounds.md: 2 x 2 blocks cleared every pixel of
 #: ResNet-20's 16-channel layers at 16 bits, 3 x 3 not, at a quarter of the conv's cost)
-_BOUND_G = 2
+BOUND_G = 2
 #: where the bound leaves more than this share of the pixels' positive sums to compute, the
 #: next `_BOUND_RETRY` calls of the plan run without it (reports/BENCHMARKS.md, round 17:
 #: break-even at ~1/3 on ResNet-20's 64-channel layers)
@@ -193,8 +193,8 @@ class Int8Conv:
     #: ranges of input channels, each below 2^24: ((c0, c1, plan), ...), summed in int32
     parts: tuple = ()
     #: with `signs`, on the engine's own tiles: the plan of the conv of max(w, 0) over the
-    #: input max-pooled across `_BOUND_G` x `_BOUND_G` output pixels' patches (stride
-    #: `_BOUND_G` * stride, no padding), an upper bound on their positive product sums
+    #: input max-pooled across `BOUND_G` x `BOUND_G` output pixels' patches (stride
+    #: `BOUND_G` * stride, no padding), an upper bound on their positive product sums
     #: (`int8_conv_fused`); None: none
     bound: object = None
     #: calls of `int8_conv_fused` with risk left to run without `bound` (it computed the
@@ -266,7 +266,7 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
     bound = None
     if signs and not radix and isinstance(tiles, int8_tiles.TileWeights) and \
             int8_tiles.risk_fusable(tiles, o):
-        bound = prepare_int8_conv(np.maximum(w, 0), _BOUND_G * stride, 0, 1, zp_x - sub,
+        bound = prepare_int8_conv(np.maximum(w, 0), BOUND_G * stride, 0, 1, zp_x - sub,
                                   lo - sub, hi - sub, kind=kind)
     return Int8Conv(tiles, wq, o, sub, zp_x, w.shape[2], w.shape[3], stride, padding, groups,
                     signs, wnz, radix, subsample, bound=bound)
@@ -480,7 +480,7 @@ def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n:
                 bound = _pooled_bound(xu, plan, out_hw)
         gs, win, share = int8_tiles.conv_risk(
             xu, plan.zp_x - plan.sub, plan.packed, plan.stride, plan.padding, o_n, bias, lv,
-            do_rq, rq, out, mnmx, sums, ms, pe_risk, flags, bound, _BOUND_G)
+            do_rq, rq, out, mnmx, sums, ms, pe_risk, flags, bound, BOUND_G)
         if win is not None:  # the positive sums' columns sum over the pixels computed
             _check_bound(bound, ms, gs[:, plan.o:], out_hw)
             expected[plan.o:] = column_sums(np.tensordot(_image_weights(n), win, 1)[None],
@@ -501,18 +501,29 @@ def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n:
 
 
 def _pooled_bound(xu: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> np.ndarray:
-    """(N, Hb, Wb, O) int32: per `_BOUND_G` x `_BOUND_G` block of output pixels an upper
-    bound on their positive product sums, by the checked conv `plan.bound` of the pooled
-    input (`int8_tiles.pooled_input`)."""
-    g = _BOUND_G
-    m = int8_tiles.pooled_input(xu, plan.zp_x - plan.sub, plan.padding, g, plan.stride)
+    """(N, Hb, Wb, O) int32: per `BOUND_G` x `BOUND_G` block of output pixels an upper
+    bound on their positive product sums (`pooled_conv` with `plan.bound`)."""
+    return pooled_conv(xu, plan.bound, plan.zp_x - plan.sub, plan.padding, plan.stride, out_hw)
+
+
+def pooled_conv(xu: np.ndarray, plan: Int8Conv, zp_u8: int, padding: int, stride: int,
+                out_hw: tuple[int, int]) -> np.ndarray:
+    """(N, Hb, Wb, plan.q) int32, Hb x Wb the `BOUND_G` x `BOUND_G` blocks of the out_hw
+    output pixels of a conv (`stride`, `padding`) of uint8 NHWC `xu` (values at or above its
+    zero point `zp_u8`): the checked conv `plan` (non-negative weights, stride `BOUND_G` *
+    `stride`, no padding) of `xu` max-pooled across each block's patches
+    (`int8_tiles.pooled_input`), so at or above every sum of the block's pixels with those
+    weights. The caller checks that against a few pixels (the conv's own checks cannot see a
+    wrong pooling): `_check_bound`, `screen.pooled_screen`."""
+    g = BOUND_G
+    m = int8_tiles.pooled_input(xu, zp_u8, padding, g, stride)
     hw = (-(-out_hw[0] // g), -(-out_hw[1] // g))
-    res = int8_conv(m, plan.bound, hw)
-    n, o = m.shape[0], plan.o
-    sums = np.empty((n, o), np.int64)
+    res = int8_conv(m, plan, hw)
+    n = m.shape[0]
+    sums = np.empty((n, plan.q), np.int64)
     K.image_column_sums_kernel(res.g, n, sums)
     res.verify(sums)
-    return res.g.astype(np.int32).reshape(n, *hw, o)
+    return res.g.astype(np.int32, copy=False).reshape(n, *hw, plan.q)
 
 
 def _check_bound(bound: np.ndarray, ms: np.ndarray, pos: np.ndarray,
@@ -522,7 +533,7 @@ def _check_bound(bound: np.ndarray, ms: np.ndarray, pos: np.ndarray,
     for m, row in zip(ms, pos):
         b, p = divmod(int(m), out_hw[0] * out_hw[1])
         oy, ox = divmod(p, out_hw[1])
-        if (row > bound[b, oy // _BOUND_G, ox // _BOUND_G]).any():
+        if (row > bound[b, oy // BOUND_G, ox // BOUND_G]).any():
             raise InexactError("int8 engine: the pooled bound is below a positive product sum")
 
 

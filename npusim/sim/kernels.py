@@ -411,13 +411,17 @@ _SCREEN_TASK = 16  # pixels per task of `screen_walk_kernel`
 
 
 @numba.njit(parallel=True, cache=True)
-def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, gc, size,
-                       vals, events, chunks):
+def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, gc, gp, g,
+                       size, vals, events, chunks, flagged):
     """`_accumulate_point` for every output channel of the output pixels `pix` (flat m = (n,
     oy, ox)), chunk by chunk: the k order (c, i, j) cut into chunks of `size` products (whole
-    pe chunks: ``rows`` divides `size` in the ws/is order). Row m of `gc` holds per chunk j,
-    in columns [2jO, 2jO + O), its exact sum and in [2jO + O, 2(j+1)O) the sum `pos` of its
-    positive products (float32, exact integers); ``neg = sum - pos``. Every running sum in a
+    pe chunks: ``rows`` divides `size` in the ws/is order). With ``g == 0`` row m of `gc`
+    holds per chunk j, in columns [2jO, 2jO + O), its exact sum and in [2jO + O, 2(j+1)O) the
+    sum `pos` of its positive products (exact integers; `gp` unused); with ``g > 0``, `gc`
+    holds the sums alone (chunk j in columns [jO, (j+1)O)) and `pos` is replaced by an upper
+    bound on it shared by each g x g block of output pixels: row (n, oy // g, ox // g) of `gp`
+    (blocks of ``ceil(ho / g) x ceil(wo / g)`` per image), chunk j in columns [jO, (j+1)O).
+    ``neg = sum - pos``. Every running sum in a
     chunk lies in [s + neg, s + pos] (s: the held value at its start) and every pe-level chunk
     sum in [neg, pos]: where both fit their levels no addition can overflow, and the held
     value becomes s + sum exactly (wrap and saturate alike); elsewhere the chunk is walked
@@ -426,18 +430,21 @@ def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, 
     screen passed gets the same value and no event that way). The pixel's input patch is
     gathered only once some chunk of it needs a walk. Channels-last `x` (N, H, W, C),
     padding at zp_x; the weights in the k order as `wl` (O, K) and `wt` (K, O). Out: `vals`
-    (len(pix), O) int64, `events` (len(pix), 2) (pe, acc) and `chunks` (len(pix), 2)
-    (screened, walked) per pixel."""
+    (len(pix), O) int64, `events` (len(pix), 2) (pe, acc), `chunks` (len(pix), 2)
+    (screened, walked) and `flagged` (len(pix),): how many of the pixel's outputs have a
+    whole-sum bound [bias + neg, bias + pos] (pos, neg summed over the chunks) that leaves
+    the acc level's range, or a [neg, pos] that leaves the pe level's (ws/is)."""
     P = pix.shape[0]
     T = _SCREEN_TASK
     for task in numba.prange((P + T - 1) // T):
         _screen_pixels(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, task * T,
-                       min(P, task * T + T), ho, wo, gc, size, vals, events, chunks)
+                       min(P, task * T + T), ho, wo, gc, gp, g, size, vals, events, chunks,
+                       flagged)
 
 
 @numba.njit(cache=True)
 def _screen_pixels(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, t0, t1, ho, wo, gc,
-                   size, vals, events, chunks):
+                   gp, g, size, vals, events, chunks, flagged):
     """`screen_walk_kernel`'s task: the pixels ``pix[t0:t1]``."""
     O, K = wl.shape
     cg = K // (kh * kw)
@@ -466,6 +473,11 @@ def _screen_pixels(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, t0, t1, 
     cpc = np.empty(O, np.int32)
     cac = np.empty(O, np.int32)
     wc = np.empty(O, np.int32)
+    ptot = np.empty(O, np.int64)  # pos and the sum over the chunks (`flagged`)
+    stot = np.empty(O, np.int64)
+    ss = O if g else 2 * O  # columns per chunk in `gc`; pos at [jc * ss + po, ...) of `prow`
+    po = 0 if g else O
+    hb, wb = (ho + g - 1) // max(g, 1), (wo + g - 1) // max(g, 1)
     for t in range(t0, t1):
         m = pix[t]
         b = m // (ho * wo)
@@ -474,6 +486,9 @@ def _screen_pixels(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, t0, t1, 
         ox = r - oy * wo
         have_patch = False  # built when a chunk first needs a walk (most pixels need none)
         row = gc[m]
+        prow = gp[(b * hb + oy // g) * wb + ox // g] if g else row
+        ptot[:] = 0
+        stot[:] = 0
         cp[:] = 0
         ca[:] = 0
         pe_ev = 0
@@ -484,12 +499,15 @@ def _screen_pixels(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, t0, t1, 
             acc_ev += f
         walked = 0
         for jc in range(nch):
-            base = 2 * jc * O
+            base = jc * ss
+            pb = jc * ss + po
             nfail = 0
             for o in range(O):
                 sm = np.int64(np.int32(row[base + o]))
-                pos = np.int64(np.int32(row[base + O + o]))
+                pos = np.int64(np.int32(prow[pb + o]))
                 neg = sm - pos
+                ptot[o] += pos
+                stot[o] += sm
                 a = acc[o]
                 good = (a + pos <= acc_hi) & (a + neg >= acc_lo) & (pos <= pe_hi) & (neg >= pe_lo)
                 ok[o] = good
@@ -581,10 +599,15 @@ def _screen_pixels(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, t0, t1, 
                         a, f = _level_add(a, patch[k] * wr[k], acc_bits, acc_mode)
                         acc_ev += f
                 acc[o] = a
+        nflag = 0
         for o in range(O):
             vals[t, o] = acc[o]
             pe_ev += cp[o]
             acc_ev += ca[o]
+            p_, n_ = ptot[o], stot[o] - ptot[o]
+            nflag += (bias[o] + p_ > acc_hi) | (bias[o] + n_ < acc_lo) | (p_ > pe_hi) | \
+                (n_ < pe_lo)
+        flagged[t] = nflag
         events[t, 0] = pe_ev
         events[t, 1] = acc_ev
         chunks[t, 0] = nch * O - walked

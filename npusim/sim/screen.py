@@ -23,12 +23,22 @@ Layers with signed inputs, groups, a single chunk, or a batch whose chunk sums w
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from npusim.sim import kernels as K
-from npusim.sim.int8_engine import Int8Conv, Int8Result, int8_conv, prepare_int8_conv
+from npusim.sim.exact_conv import InexactError
+from npusim.sim.int8_engine import (
+    BOUND_G,
+    Int8Conv,
+    Int8Result,
+    int8_conv,
+    pooled_conv,
+    prepare_int8_conv,
+    spot_rows,
+)
 from npusim.sim.kernels import LevelSpec
 
 #: the most products per chunk (a 3x3 conv of 512 channels gets 32 channels, 288 products).
@@ -42,6 +52,10 @@ MIN_CHUNKS = 8
 _MIN_CHANNELS = 8
 #: the most chunk sums (pixels x columns, float32) one call keeps; larger batches walk
 _MAX_ELEMS = 1 << 26
+#: the pooled screen walks at most this share of the chunks, else the next `POOLED_RETRY`
+#: batches take the exact screen (reports/BENCHMARKS.md, round 18)
+POOLED_WALKS = 0.02
+POOLED_RETRY = 16
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,14 @@ class ChunkPlan:
     wl: np.ndarray
     wt: np.ndarray
     flagged: np.ndarray = field(default_factory=lambda: np.zeros(1, np.bool_))
+    #: the pooled screen's plans (`pooled_screen`): the chunks' sums alone (nch x O columns),
+    #: and the conv of their weights' positive parts over the pooled input
+    #: (`int8_engine.pooled_conv`); None: no pooled screen for this layer
+    sums: Int8Conv | None = None
+    pooled: Int8Conv | None = None
+    #: batches left to screen with the exact positive sums (`plan`) before the pooled
+    #: screen is tried again (it walked over `POOLED_WALKS` of the chunks; a mutable hint)
+    pooled_skip: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
 
 
 def chunk_channels(cg: int, khw: int, lv: LevelSpec, limit: int = CHUNK_PRODUCTS,
@@ -100,7 +122,18 @@ def prepare_chunks(prep: Int8Conv, w: np.ndarray, lv: LevelSpec, x_range: tuple[
     # the non-zero product count is the layer's own (not that of the doubled columns)
     plan = dataclasses.replace(plan, wnz=prep.wnz)
     wl = np.ascontiguousarray(w.reshape(o, -1), np.int64)
-    return ChunkPlan(plan, cc * kh * kw, nch, wl, np.ascontiguousarray(wl.T, np.int32))
+    ws = wc.reshape(nch * o, cc, kh, kw)
+    sums = prepare_int8_conv(ws, prep.stride, prep.padding, nch, prep.zp_x, x_range[0],
+                             x_range[1], kind=kind)
+    sub = plan.sub  # the pooled input is the uint8 operand (x - sub)
+    pooled = prepare_int8_conv(np.maximum(ws, 0), BOUND_G * prep.stride, 0, nch, prep.zp_x - sub,
+                               x_range[0] - sub, x_range[1] - sub, kind=kind)
+    if sums is None or pooled is None:
+        sums = pooled = None
+    else:
+        sums = dataclasses.replace(sums, wnz=prep.wnz)
+    return ChunkPlan(plan, cc * kh * kw, nch, wl, np.ascontiguousarray(wl.T, np.int32),
+                     sums=sums, pooled=pooled)
 
 
 def fits(cp: ChunkPlan, n: int, pixels: int) -> bool:
@@ -130,20 +163,88 @@ def chunked_result(res: Int8Result, nch: int) -> Int8Result:
 
 
 def screened_pixels(x: np.ndarray, cp: ChunkPlan, gc: np.ndarray, bias: np.ndarray,
-                    lv: LevelSpec, pix: np.ndarray, st, out_hw: tuple[int, int]) -> np.ndarray:
-    """`accumulate._simulate_pixels` by chunk screening: the order-faithful accumulators
-    (len(pix), O) of every output channel of the output pixels `pix` (flat (n, oy, ox)),
-    events and chunk counts into `st`."""
+                    lv: LevelSpec, pix: np.ndarray, st, out_hw: tuple[int, int],
+                    gp: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """`accumulate._simulate_pixels` by chunk screening: (the order-faithful accumulators
+    (len(pix), O) of every output channel of the output pixels `pix` (flat (n, oy, ox)), how
+    many of their outputs the bound flags); events and chunk counts into `st`. `gc`: the
+    chunked plan's sums and positive sums (`plan`), or with `gp` (the pooled bounds of
+    `pooled_screen`) the sums alone."""
     ho, wo = out_hw
     pix = np.asarray(pix, np.int64)
     o = cp.wl.shape[0]
     got = np.empty((len(pix), o), np.int64)
     events = np.zeros((len(pix), 2), np.int64)
     chunks = np.zeros((len(pix), 2), np.int64)
+    flagged = np.zeros(len(pix), np.int64)
     K.screen_walk_kernel(np.ascontiguousarray(x), cp.wl, cp.wt, np.asarray(bias, np.int64),
                          cp.plan.kh, cp.plan.kw, cp.plan.stride, cp.plan.padding, cp.plan.zp_x,
-                         lv, pix, ho, wo, gc, cp.size, got, events, chunks)
+                         lv, pix, ho, wo, gc, gc if gp is None else gp.astype(gc.dtype, copy=False),
+                         0 if gp is None else BOUND_G, cp.size, got, events, chunks, flagged)
     st.pe_overflows = int(events[:, 0].sum())
     st.acc_overflows = int(events[:, 1].sum())
     st.screened_chunks, st.walked_chunks = (int(v) for v in chunks.sum(axis=0))
-    return got
+    return got, int(flagged.sum())
+
+
+def pooled_screen(x: np.ndarray, cp: ChunkPlan, bias: np.ndarray, lv: LevelSpec, st,
+                  out_hw: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """`screened_pixels` of every output pixel, `pos` replaced by the pooled bound: the
+    chunks' sums by `cp.sums`, an upper bound on their positive sums per 2 x 2 block of
+    output pixels by `int8_engine.pooled_conv` with `cp.pooled` (both convs checked as
+    usual, about 1.3x the products of the exact sums instead of 2x). Values and events
+    equal the exact screen's; more chunks may be walked, and more outputs counted as
+    flagged (the bound is looser). Where over `POOLED_WALKS` of the chunks were walked, the
+    next `POOLED_RETRY` batches take the exact screen."""
+    n = x.shape[0]
+    ho, wo = out_hw
+    res = int8_conv(x, cp.sums, out_hw)
+    sums = np.empty((n, cp.sums.q), np.int64)
+    K.image_column_sums_kernel(res.g, n, sums)
+    res.verify(sums)
+    xu = x if x.dtype == np.uint8 and cp.sums.sub == 0 else \
+        K.to_u8_kernel(np.ascontiguousarray(x).reshape(-1), cp.sums.sub,
+                       np.empty(x.size, np.uint8)).reshape(x.shape)
+    gp = pooled_conv(xu, cp.pooled, cp.plan.zp_x - cp.sums.sub, cp.plan.padding,
+                     cp.plan.stride, out_hw)
+    _check_bound(x, cp, gp, out_hw, next(_CALLS))
+    st.nonzero_macs = res.nonzero_macs
+    vals, flagged = screened_pixels(x, cp, res.g, bias, lv, np.arange(n * ho * wo), st, out_hw,
+                                    gp.reshape(-1, gp.shape[-1]))
+    if st.walked_chunks > POOLED_WALKS * (st.screened_chunks + st.walked_chunks):
+        cp.pooled_skip[0] = POOLED_RETRY
+    return vals, flagged
+
+
+_CALLS = itertools.count(1)  # `_check_bound` calls in this process (each checks other pixels)
+_CHECK_COLUMNS = 16  # output columns `_check_bound` recomputes per pixel
+
+
+def _check_bound(x: np.ndarray, cp: ChunkPlan, gp: np.ndarray, out_hw: tuple[int, int],
+                 call: int) -> None:
+    """Raise InexactError unless the pooled bounds `gp` (N, Hb, Wb, nch * O) are at or above
+    the positive sums of every chunk of a few spot pixels, in up to `_CHECK_COLUMNS` columns
+    (recomputed in int64; both picked by `call`): a wrong pooling or geometry, which the
+    pooled conv's own checks cannot see, moves most bounds."""
+    n, _, _, c = x.shape
+    ho, wo = out_hw
+    o = cp.wl.shape[0]
+    kh, kw, s, pad, zp = (cp.plan.kh, cp.plan.kw, cp.plan.stride, cp.plan.padding,
+                          cp.plan.zp_x)
+    cols = np.arange(o) if o <= _CHECK_COLUMNS else \
+        (call * 40503 + np.arange(_CHECK_COLUMNS) * 2654435761) % o
+    wp = np.maximum(cp.wl[cols], 0).reshape(len(cols), cp.nch, cp.size)
+    for m in spot_rows(call, n * ho * wo):
+        b, r = divmod(int(m), ho * wo)
+        oy, ox = divmod(r, wo)
+        win = np.full((kh, kw, c), zp, np.int64)  # the pixel's window, padding at zp
+        for i in range(kh):
+            for j in range(kw):
+                y, xx = oy * s + i - pad, ox * s + j - pad
+                if 0 <= y < x.shape[1] and 0 <= xx < x.shape[2]:
+                    win[i, j] = x[b, y, xx]
+        patch = (win.transpose(2, 0, 1).reshape(cp.nch, cp.size) - zp)  # the k order (c, i, j)
+        pos = np.einsum("jk,ojk->jo", patch, wp)  # (nch, cols): x - zp >= 0 here
+        top = gp[b, oy // BOUND_G, ox // BOUND_G].reshape(cp.nch, o)[:, cols]
+        if (pos > top).any():
+            raise InexactError("screen: the pooled bound is below a chunk's positive sum")

@@ -108,9 +108,24 @@ def test_screen_kernel_walks_a_few_failing_outputs_together(case, order, rows, p
     check_screen(case, order, rows, per, pe_mode, acc_mode, dpe, dacc, 1.0, seed)
 
 
-def check_screen(case, order, rows, per, pe_mode, acc_mode, dpe, dacc, frac, seed):
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layer(), st.sampled_from(["os", "ws"]), st.integers(1, 6), st.integers(1, 4),
+       st.sampled_from(MODES), st.sampled_from(MODES), st.integers(0, 5), st.integers(0, 5),
+       st.integers(1, 3), st.sampled_from([0, 1, 1000]), st.integers(0, 2 ** 32 - 1))
+def test_screen_kernel_with_block_bounds(case, order, rows, per, pe_mode, acc_mode, dpe, dacc,
+                                         g, slack, seed):
+    """The sums alone and, per g x g block of output pixels, an upper bound on the positive
+    sums (the block's largest, plus 0, 1 or 1000): values and events still those of
+    `conv_points_kernel`, and the flagged outputs those of the looser bound."""
+    check_screen(case, order, rows, per, pe_mode, acc_mode, dpe, dacc, 1.0, seed, g, slack)
+
+
+def check_screen(case, order, rows, per, pe_mode, acc_mode, dpe, dacc, frac, seed, g=0,
+                 slack=0):
     """`screen_walk_kernel` on `case` against `conv_points_kernel`: values, event totals and
-    chunk counts of every channel of a random subset (`frac`) of pixels."""
+    chunk counts of every channel of a random subset (`frac`) of pixels, and the outputs the
+    whole-sum bound flags per pixel against NumPy. `g` > 0: the positive sums replaced by a
+    bound per g x g block of output pixels (the block's largest plus `slack`)."""
     x, w, bias, s, pad, zp = (case[k] for k in ("x", "w", "bias", "stride", "pad", "zp"))
     n, h, wd, _ = x.shape
     o, cg, kh, kw = w.shape
@@ -120,13 +135,31 @@ def check_screen(case, order, rows, per, pe_mode, acc_mode, dpe, dacc, frac, see
                      case["prod_bits"] + dacc, K.MODE_CODES[acc_mode])
     wm = w.reshape(o, -1)
     gc = chunk_table(patches(x, kh, kw, s, pad, zp), wm.T, size)
+    nch = -(-cg * kh * kw // size)
+    sm, pos = (gc.reshape(-1, nch, 2, o)[:, :, i].astype(np.int64) for i in (0, 1))
+    gp = gc
+    if g:  # per block (b, oy // g, ox // g): its pixels' largest positive sums, plus slack
+        hb, wb = -(-ho // g), -(-wo // g)
+        blk = np.full((n, hb * g, wb * g, nch, o), -1, np.int64)
+        blk[:, :ho, :wo] = pos.reshape(n, ho, wo, nch, o)
+        top = blk.reshape(n, hb, g, wb, g, nch, o).max(axis=(2, 4)) + slack
+        gp = top.reshape(n * hb * wb, nch * o).astype(np.float32)
+        pos = top[:, np.arange(ho)[:, None] // g, np.arange(wo)[None] // g].reshape(-1, nch, o)
+        gc = sm.reshape(-1, nch * o).astype(np.float32)
     pix = np.flatnonzero(np.random.default_rng(seed).random(n * ho * wo) < frac)
     vals = np.empty((len(pix), o), np.int64)
     events = np.zeros((len(pix), 2), np.int64)
     chunks = np.zeros((len(pix), 2), np.int64)
+    flagged = np.zeros(len(pix), np.int64)
     K.screen_walk_kernel(x, np.ascontiguousarray(wm), np.ascontiguousarray(wm.T, np.int32),
-                         bias.astype(np.int64), kh, kw, s, pad, zp, lv, pix, ho, wo, gc, size,
-                         vals, events, chunks)
+                         bias.astype(np.int64), kh, kw, s, pad, zp, lv, pix, ho, wo, gc, gp, g,
+                         size, vals, events, chunks, flagged)
+    p_, n_ = pos[pix].sum(axis=1), (sm - pos)[pix].sum(axis=1)  # (len(pix), O)
+    acc_hi, pe_hi = (1 << (lv.acc_bits - 1)) - 1, (1 << (lv.pe_bits - 1)) - 1
+    out = (bias + p_ > acc_hi) | (bias + n_ < -acc_hi - 1)
+    if order != "os":
+        out |= (p_ > pe_hi) | (n_ < -pe_hi - 1)
+    np.testing.assert_array_equal(flagged, out.sum(axis=1))
     b, p = np.divmod(np.repeat(pix, o), ho * wo)
     oc = np.tile(np.arange(o), len(pix))
     points = np.stack([b, oc, p // wo, p % wo], axis=1).astype(np.int64)
@@ -136,7 +169,6 @@ def check_screen(case, order, rows, per, pe_mode, acc_mode, dpe, dacc, frac, see
     K.conv_points_kernel(xc, w, bias.astype(np.int64), s, 1, zp, lv, points, want, ev)
     np.testing.assert_array_equal(vals.reshape(-1), want)
     np.testing.assert_array_equal(events.sum(axis=0), ev.sum(axis=0))
-    nch = -(-cg * kh * kw // size)
     np.testing.assert_array_equal(chunks.sum(axis=1), nch * o)
 
 
@@ -224,7 +256,67 @@ def test_simulator_screened_random(dataflow, rows, mode, bits, k, stride, requan
     x, w, bias = wide_case(seed, cg=cg, o=int(rng.integers(3, 20)), h=int(rng.integers(3, 8)))
     w = w[:, :, :k, :k]
     prog = conv_program(w, bias, x.shape[1:], padding=k // 2, stride=stride, requant=requant)
-    equals_reference(narrow_npu(dataflow, rows, bits, mode), prog, x)
+    equals_reference(narrow_npu(dataflow, rows, bits, mode), prog, x, runs=2)
+
+
+@pytest.mark.parametrize("dataflow, rows, mode, bits", [
+    ("os", 16, "wrap", 16), ("os", 16, "saturate", 17), ("ws", 16, "wrap", 17),
+    ("ws", 16, "saturate", 16), ("is", 9, "wrap", 18), ("ws", 8, "saturate", 19)])
+def test_pooled_screen_equals_reference(monkeypatch, dataflow, rows, mode, bits):
+    """A batch after one that flagged many outputs is screened whole with the pooled bound
+    (`screen.pooled_screen`: every chunk of every pixel screened or walked): outputs and
+    events equal the reference engine's, its flagged outputs are at least the exact bound's;
+    where it walked too many chunks the next batch takes the exact screen. Also with the
+    pause forced by a zero walk budget."""
+    x, w, bias = wide_case(bits)
+    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
+    cfg = narrow_npu(dataflow, rows, bits, mode)
+    first = equals_reference(cfg, prog, x).stats.iloc[0]
+    ref = Simulator(cfg, engine="reference").run(prog, x)
+    for walks in (screen.POOLED_WALKS, 0.0):
+        monkeypatch.setattr(screen, "POOLED_WALKS", walks)
+        sim = Simulator(cfg)
+        cp = next(p.prep for p in sim._plans_for(prog) if p.prep is not None).chunks
+        every = x.shape[0] * x.shape[2] * x.shape[3] * w.shape[0] * cp.nch  # all pixels
+        rows_seen, skips = [], []
+        for _ in range(3):
+            got = sim.run(prog, x)
+            np.testing.assert_array_equal(got.outputs["y"], ref.outputs["y"])
+            cols = ["pe_overflows", "acc_overflows", "acc_min", "acc_max"]
+            assert got.stats[cols].equals(ref.stats[cols])
+            rows_seen.append(got.stats.iloc[0])
+            skips.append(int(cp.pooled_skip[0]))
+        pooled = rows_seen[1]  # the first batch flagged many: the second is pooled
+        assert pooled["screened_chunks"] + pooled["walked_chunks"] == every
+        assert pooled["sequential_outputs"] >= first["sequential_outputs"]
+        assert pooled["walked_chunks"] >= first["walked_chunks"]
+        if pooled["walked_chunks"] > walks * every:  # paused: the third takes the exact screen
+            assert skips == [0, screen.POOLED_RETRY, screen.POOLED_RETRY - 1]
+            assert rows_seen[2]["walked_chunks"] == first["walked_chunks"]
+        else:
+            assert walks > 0 and skips == [0, 0, 0]
+
+
+def test_a_wrong_pooling_is_caught_in_the_pooled_screen(monkeypatch, caplog):
+    """A pooled input that misses its block's largest values (one pixel's patch only) gives
+    bounds below some chunks' positive sums: `screen._check_bound` raises, the layer is
+    recomputed by the float engine, outputs and events still the reference's."""
+    from npusim.sim import int8_tiles
+
+    real = int8_tiles.pooled_input
+    monkeypatch.setattr(int8_tiles, "pooled_input",
+                        lambda xu, zp, padding, g, stride: real(xu, zp, padding, 1, stride))
+    x, w, bias = wide_case(16)
+    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
+    cfg = narrow_npu("os", 16, 16, "wrap")
+    ref = Simulator(cfg, engine="reference").run(prog, x)
+    sim = Simulator(cfg)
+    sim.run(prog, x)  # flags many: the next batch takes the pooled screen
+    with caplog.at_level("WARNING"):
+        got = sim.run(prog, x)
+    assert "the pooled bound is below a chunk's positive sum" in caplog.text
+    np.testing.assert_array_equal(got.outputs["y"], ref.outputs["y"])
+    assert got.stats["acc_overflows"].equals(ref.stats["acc_overflows"])
 
 
 def test_zero_point_and_groups_keep_the_walk():
@@ -307,9 +399,10 @@ def test_run_many_shares_chunk_sums():
 
 @pytest.mark.parametrize("mode", ["wrap", "saturate"])
 def test_chunked_conv_follows_the_last_batch(mode):
-    """A batch that flags nothing makes the next batch start with the sign-column conv; a
-    flagging batch after it makes its chunk sums on demand: every batch equals the reference
-    engine, outputs and events, and the hint follows each batch."""
+    """A batch that flags nothing (screened whole with the pooled bound, the hint being set)
+    makes the next batch start with the sign-column conv; a flagging batch after it makes its
+    chunk sums on demand: every batch equals the reference engine, outputs and events, and
+    the hint follows each batch."""
     x, w, bias = wide_case(3)
     quiet = np.zeros_like(x)  # all-zero inputs: every sum is the bias, nothing flags
     prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
@@ -324,4 +417,4 @@ def test_chunked_conv_follows_the_last_batch(mode):
         assert got.stats[cols].equals(want.stats[cols])
         cp = next(p.prep for p in sim._plans_for(prog) if p.prep is not None).chunks
         seen.append((int(got.stats.iloc[0]["screened_chunks"] > 0), bool(cp.flagged[0])))
-    assert seen == [(1, True), (0, False), (1, True), (1, True)]
+    assert seen == [(1, True), (1, False), (1, True), (1, True)]
