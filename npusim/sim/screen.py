@@ -16,6 +16,12 @@ in [s + neg, s + pos] (s the held value at its start) and every pe-level chunk s
 pos]; where those fit the levels no addition can overflow and the held value becomes s + sum
 exactly (wrap and saturate alike), else that chunk of that output is walked product by
 product. Values and event counts are those of the walk (tests/npusim/sim/test_screen.py).
+
+`pooled_screen` (a single configuration, after a batch that flagged many outputs) screens
+every pixel with a cheaper `pos`: the chunks' sums alone, and per 2 x 2 block of output
+pixels an upper bound on their chunks' positive sums (`int8_engine.pooled_conv`), checked
+against a few pixels' exact ones (`_check_bound`).
+
 Layers with signed inputs, groups, a single chunk, or a batch whose chunk sums would not fit
 `_MAX_ELEMS` keep the full walk (`accumulate._simulate_points`).
 """
