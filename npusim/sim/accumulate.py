@@ -86,9 +86,10 @@ class Requant:
 
     def apply_channels_last(self, acc: np.ndarray) -> np.ndarray:
         """Requantize int64 accumulators (..., O), stored in `dtype`."""
-        flat = np.ascontiguousarray(acc).reshape(-1, acc.shape[-1])
-        chan = np.broadcast_to(np.arange(acc.shape[-1]), flat.shape).reshape(-1)
-        return self.apply_points(flat.reshape(-1), chan).reshape(acc.shape)
+        flat = np.ascontiguousarray(acc, np.int64).reshape(-1, acc.shape[-1])
+        out = np.empty(flat.shape, self.dtype)
+        K.requant_rows_kernel(flat, self.rec, out)
+        return out.reshape(acc.shape)
 
     def apply_points(self, vals: np.ndarray, chan: np.ndarray) -> np.ndarray:
         """Requantize int64 accumulators `vals`, each with the parameters of channel `chan`."""

@@ -1392,6 +1392,29 @@ def requant_points_kernel(vals, chan, rq, out):
                              rq.mbits, rq.zp, rq.lo, rq.hi)
 
 
+_REQUANT_ROWS = 64  # rows per task of `requant_rows_kernel`
+
+
+@numba.njit(parallel=True, cache=True)
+def requant_rows_kernel(vals, rq, out):
+    """``out[m, o]`` = requant of ``vals[m, o]`` (int64, channels last) with the parameters of
+    channel o of `rq`: per row `requant_span_f64` where the record allows it and that is
+    exact (an accumulator at or past 2^53 makes its product reach 2^52 unless m0 is 0, whose
+    product is 0 either way), else `requant_span` (constant-code loops; `requant_points_kernel`
+    branches on the code per element)."""
+    m_n, o_n = vals.shape
+    for t in numba.prange((m_n + _REQUANT_ROWS - 1) // _REQUANT_ROWS):
+        buf = np.empty(o_n, np.float64)
+        for m in range(t * _REQUANT_ROWS, min(m_n, (t + 1) * _REQUANT_ROWS)):
+            src = vals[m]
+            if rq.f64:
+                for o in range(o_n):
+                    buf[o] = src[o]
+                if requant_span_f64(buf, out[m], rq, 0, 1):
+                    continue
+            requant_span(src, out[m], rq, 0, 1)
+
+
 @numba.njit(parallel=True, cache=True)
 def nonzero_count_kernel(x, zp_x, out):
     """out[c, h, w] = number of images whose input at (c, h, w) differs from zp_x."""
@@ -1411,7 +1434,8 @@ __all__ = ["channels_last_kernel", "conv_kernel", "conv_points_kernel", "conv_wa
            "depthwise_sums_kernel", "depthwise_epilogue_kernel", "avgpool_float_kernel",
            "embed_kernel", "to_u8_kernel", "window_sums_kernel", "column_sums_kernel",
            "spot_check_kernel", "gemm_epilogue_kernel", "requant_points_kernel",
-           "nonzero_count_kernel", "LevelSpec", "MODE_CODES", "ORDER_CODES"]
+           "requant_rows_kernel", "nonzero_count_kernel", "LevelSpec", "MODE_CODES",
+           "ORDER_CODES"]
 
 
 @numba.njit(parallel=True, cache=True)

@@ -1,0 +1,57 @@
+"""`npusim.sim.accumulate`'s requantization of whole channels-last arrays against the
+independent oracle (tests/npusim/naive.py)."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from npusim.ir import arith as A
+from npusim.sim.accumulate import Requant
+from tests.npusim import naive
+
+CODES = {"half_away": A.TFLITE_DOUBLE, "half_up": A.HALF_UP, "half_even": A.HALF_EVEN}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 70), st.integers(1, 12), st.sampled_from([*sorted(CODES), "float"]),
+       st.sampled_from([8, 16, 32]), st.integers(2, 30), st.integers(0, 2 ** 32 - 1))
+def test_apply_channels_last_equals_the_oracle(m, o, rounding, mbits, acc_bits, seed):
+    """`Requant.apply_channels_last` (`kernels.requant_rows_kernel`: float64 lanes where the
+    record allows it and they are exact, else the int64 rule) per channel against the
+    oracle's per-element rule: every rounding, the float multiplier, rows past a task's 64,
+    accumulators whose products leave float64's exact range (the int64 fallback; visible
+    where the int32 output range does not clamp them), ties."""
+    rng = np.random.default_rng(seed)
+    top = (1 << (acc_bits - 1)) - 1
+    acc = rng.integers(-top - 1, top + 1, size=(m, o))
+    acc[rng.random((m, o)) < 0.2] = rng.choice([-top - 1, top, 0, 1 << (acc_bits - 2)])
+    m0 = rng.integers(0, 1 << (mbits - 1), size=o)
+    m0[rng.random(o) < 0.2] = (1 << (mbits - 1)) - 1
+    shift_top = 53 if rng.random() < 0.7 else 63  # within the float64 path's shifts, or not
+    n = rng.integers(max(0, mbits - 1 - (62 - acc_bits - mbits)), shift_top, size=o)
+    mf = rng.uniform(1e-6, 4.0, size=o).astype(np.float32)
+    zp = int(rng.integers(-20, 20))
+    lo, hi = (-128, 127) if rng.random() < 0.5 else (-(1 << 31), (1 << 31) - 1)  # unclamped
+    if rounding == "float":
+        rq = Requant.of(m0, n, mf, True, 0, mbits, zp, lo, hi)
+        want = naive.requantize_float(acc, mf, zp, lo, hi)
+    else:
+        rq = Requant.of(m0, n, mf, False, CODES[rounding], mbits, zp, lo, hi)
+        want = naive.requantize(acc, m0, n, rounding, mbits, zp, lo, hi)
+    got = rq.apply_channels_last(acc.reshape(1, m, o))
+    assert got.dtype == rq.dtype and got.shape == (1, m, o)
+    np.testing.assert_array_equal(got[0].astype(np.int64), want)
+
+
+def test_apply_channels_last_falls_back_where_float64_would_round():
+    """An accumulator just below a rounding tie whose product float64 cannot hold (2^55 +
+    2^29 - 1 at m0 = 1, shift 30: float64 rounds it onto the tie, and half_up then rounds
+    up): the int64 rule's result, as the oracle's; beside it a row float64 holds exactly."""
+    acc = np.array([[(1 << 55) + (1 << 29) - 1, 3 << 29], [5, -(3 << 29)]], np.int64)
+    m0, n = np.ones(2, np.int64), np.full(2, 30, np.int64)
+    rq = Requant.of(m0, n, np.ones(2, np.float32), False, A.HALF_UP, 32, 0, -(1 << 31),
+                    (1 << 31) - 1)
+    assert rq.rec.f64
+    want = naive.requantize(acc, m0, n, "half_up", 32, 0, -(1 << 31), (1 << 31) - 1)
+    assert want[0, 0] == 1 << 25  # not 2^25 + 1
+    np.testing.assert_array_equal(rq.apply_channels_last(acc).astype(np.int64), want)
