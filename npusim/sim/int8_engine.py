@@ -403,6 +403,25 @@ def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Res
     return Int8Result(g, expected, nonzero)
 
 
+def u8_operand(x: np.ndarray, plan: Int8Conv) -> np.ndarray:
+    """The uint8 operand of the plan's tiles, ``x - plan.sub`` (C-contiguous raw `x`; `x`
+    itself where that is the same, and for the depthwise kernel, which reads raw `x`)."""
+    if plan.dw is not None or (x.dtype == np.uint8 and plan.sub == 0):
+        return x
+    return K.to_u8_kernel(x.reshape(-1), plan.sub, np.empty(x.size, np.uint8)).reshape(x.shape)
+
+
+def checked_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Result:
+    """`int8_conv` with its sums verified at once (for callers that keep them): their column
+    sums per image against the window sums (`Int8Result.verify`)."""
+    res = int8_conv(x, plan, out_hw)
+    n = x.shape[0]
+    sums = np.empty((n, plan.q), np.int64)
+    K.image_column_sums_kernel(res.g, n, sums)
+    res.verify(sums)
+    return res
+
+
 def _prologue(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]):
     """What a call needs before the conv: (contiguous `x`, the uint8 operand, the expected
     column sums (`Int8Result.expected`), the non-zero product count)."""
@@ -414,8 +433,7 @@ def _prologue(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]):
     if serial:
         numba.set_num_threads(1)
     try:
-        xu = x if (plan.dw is not None or (x.dtype == np.uint8 and plan.sub == 0)) else \
-            K.to_u8_kernel(x.reshape(-1), plan.sub, np.empty(x.size, np.uint8)).reshape(x.shape)
+        xu = u8_operand(x, plan)
         s, cnt = _window_sums(x, plan, out_hw)
     finally:
         if serial:
@@ -518,12 +536,8 @@ def pooled_conv(xu: np.ndarray, plan: Int8Conv, zp_u8: int, padding: int, stride
     g = BOUND_G
     m = int8_tiles.pooled_input(xu, zp_u8, padding, g, stride)
     hw = (-(-out_hw[0] // g), -(-out_hw[1] // g))
-    res = int8_conv(m, plan, hw)
-    n = m.shape[0]
-    sums = np.empty((n, plan.q), np.int64)
-    K.image_column_sums_kernel(res.g, n, sums)
-    res.verify(sums)
-    return res.g.astype(np.int32, copy=False).reshape(n, *hw, plan.q)
+    res = checked_conv(m, plan, hw)
+    return res.g.astype(np.int32, copy=False).reshape(m.shape[0], *hw, plan.q)
 
 
 def _check_bound(bound: np.ndarray, ms: np.ndarray, pos: np.ndarray,

@@ -611,8 +611,8 @@ def conv_risk(xu: np.ndarray, zp: int, packed: TileWeights, stride: int, padding
 
 
 def risk_fusable(packed: TileWeights, o_n: int) -> bool:
-    """`conv_epilogue` can run with risk on these weights: sign columns (q = 2 * o_n) whose
-    halves are whole 16-lane vectors, in one group."""
+    """`conv_risk` can run on these weights: sign columns (q = 2 * o_n) whose halves are
+    whole 16-lane vectors, in one group."""
     return packed.groups == 1 and packed.q == 2 * o_n and o_n % 16 == 0
 
 

@@ -40,10 +40,12 @@ from npusim.sim.int8_engine import (
     BOUND_G,
     Int8Conv,
     Int8Result,
+    checked_conv,
     int8_conv,
     pooled_conv,
     prepare_int8_conv,
     spot_rows,
+    u8_operand,
 )
 from npusim.sim.kernels import LevelSpec
 
@@ -204,13 +206,8 @@ def pooled_screen(x: np.ndarray, cp: ChunkPlan, bias: np.ndarray, lv: LevelSpec,
     next `POOLED_RETRY` batches take the exact screen."""
     n = x.shape[0]
     ho, wo = out_hw
-    res = int8_conv(x, cp.sums, out_hw)
-    sums = np.empty((n, cp.sums.q), np.int64)
-    K.image_column_sums_kernel(res.g, n, sums)
-    res.verify(sums)
-    xu = x if x.dtype == np.uint8 and cp.sums.sub == 0 else \
-        K.to_u8_kernel(np.ascontiguousarray(x).reshape(-1), cp.sums.sub,
-                       np.empty(x.size, np.uint8)).reshape(x.shape)
+    res = checked_conv(x, cp.sums, out_hw)
+    xu = u8_operand(np.ascontiguousarray(x), cp.sums)
     gp = pooled_conv(xu, cp.pooled, cp.plan.zp_x - cp.sums.sub, cp.plan.padding,
                      cp.plan.stride, out_hw)
     _check_bound(x, cp, gp, out_hw, next(_CALLS))
