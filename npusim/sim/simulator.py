@@ -39,7 +39,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_PARALLEL_MIN_WORK = 1 << 24  # MACs (or outputs) of a node below which it runs on one thread
+_PARALLEL_MIN_WORK = 1 << 24  # a node's work (`node_work`) below which it runs on one thread
+#: multiply-accumulates one element read or written stands for (`node_work`): a residual
+#: add's output costs ~2.4 ns on one thread of the AVX2 EPYC, the engine's tiles ~15 GMAC/s
+_ELEM_WORK = 32
+
+
+def node_work(program: IntegerProgram, node: Node, n: int, macs: int) -> int:
+    """A node's work on a batch of `n` in multiply-accumulates, which decides its threads:
+    its MACs per image, or `_ELEM_WORK` per element it reads and writes (residual adds and
+    pools are passes over memory, and so are a conv's padding and window sums), whichever
+    is larger, times `n`."""
+    elems = sum(math.prod(program.tensors[t].shape) for t in (*node.inputs, node.output))
+    return n * max(macs, _ELEM_WORK * elems)
 
 
 def _channels_last(x: np.ndarray) -> np.ndarray:
@@ -324,11 +336,10 @@ class Simulator:
         threads = self._threads
         t0 = time.perf_counter()
         node = p.node
-        # small layers run on one thread: a parallel region waits for every worker, which
+        # small nodes run on one thread: a parallel region waits for every worker, which
         # costs more than the work when the machine is busy (torch does the same)
-        work = len(vals[node.inputs[0]]) * max(p.macs, math.prod(
-            program.tensors[node.output].shape))
-        want = 1 if work < _PARALLEL_MIN_WORK else threads
+        want = 1 if node_work(program, node, len(vals[node.inputs[0]]), p.macs) < \
+            _PARALLEL_MIN_WORK else threads
         if self._threads_set["n"] != want:
             numba.set_num_threads(want)
             self._threads_set["n"] = want
