@@ -200,6 +200,9 @@ class Int8Conv:
     #: calls of `int8_conv_fused` with risk left to run without `bound` (it computed the
     #: positive sums of most pixels anyway the last time: `_BOUND_SHARE`)
     bound_skip: list = field(default_factory=lambda: [0], repr=False, compare=False)
+    #: calls of a single configuration at risk left to walk every output pixel without the
+    #: engine (`accumulate._walked_layer`): its last call flagged nearly every pixel
+    walk_all: list = field(default_factory=lambda: [0], repr=False, compare=False)
 
     @property
     def q(self) -> int:
@@ -372,6 +375,17 @@ def _window_sums(x: np.ndarray, plan: "Int8Conv", out_hw: tuple[int, int]):
     return s, cnt
 
 
+def window_nonzero(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> int:
+    """The conv's products with both operands non-zero (`Int8Result.nonzero_macs`) from its
+    window counts, without the conv."""
+    return _nonzero(_window_sums(x, plan, out_hw)[1], plan)
+
+
+def _nonzero(cnt: np.ndarray, plan: Int8Conv) -> int:
+    """Products with both operands non-zero from the window counts `cnt` (`_window_sums`)."""
+    return int((cnt.transpose(2, 0, 1) * plan.wnz).sum())
+
+
 def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Result:
     """The exact sums of raw channels-last inputs `x` (N, H, W, C; any integer dtype; values in
     the range the plan was prepared for) under `plan`. Spot-checked here; call
@@ -439,8 +453,7 @@ def _prologue(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]):
         if serial:
             numba.set_num_threads(threads)
     expected = column_sums(s, plan.wq_hwc, plan.o // plan.groups, plan.o)
-    nonzero = int((cnt.transpose(2, 0, 1) * plan.wnz).sum())
-    return x, xu, expected[0], nonzero
+    return x, xu, expected[0], _nonzero(cnt, plan)
 
 
 _DIGIT = 26  # `column_sums` splits window sums into base-2^26 digits where float64 needs it

@@ -1,13 +1,18 @@
-"""`npusim.sim.accumulate`'s requantization of whole channels-last arrays against the
-independent oracle (tests/npusim/naive.py)."""
+"""`npusim.sim.accumulate`: the requantization of whole channels-last arrays against the
+independent oracle (tests/npusim/naive.py); a layer's path chosen from its last batch."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npusim.ir import arith as A
+from npusim.sim import int8_tiles
 from npusim.sim.accumulate import Requant
+from npusim.sim.simulator import Simulator
 from tests.npusim import naive
+from tests.npusim.programs import conv_program
+from tests.npusim.sim.helpers import narrow_npu
 
 CODES = {"half_away": A.TFLITE_DOUBLE, "half_up": A.HALF_UP, "half_even": A.HALF_EVEN}
 
@@ -55,3 +60,37 @@ def test_apply_channels_last_falls_back_where_float64_would_round():
     want = naive.requantize(acc, m0, n, "half_up", 32, 0, -(1 << 31), (1 << 31) - 1)
     assert want[0, 0] == 1 << 25  # not 2^25 + 1
     np.testing.assert_array_equal(rq.apply_channels_last(acc).astype(np.int64), want)
+
+
+@pytest.mark.skipif(not int8_tiles.available(), reason="the fused risk conv runs on the own tiles")
+@pytest.mark.parametrize("dataflow, mode", [("os", "wrap"), ("ws", "saturate")])
+def test_a_layer_that_flagged_every_pixel_walks_them_all_next(monkeypatch, dataflow, mode):
+    """A single configuration's layer without chunk sums (3 input channels) whose call flagged
+    every pixel walks all of them in its next `_WALK_ALL_RUN` calls without the engine's
+    conv, then runs the conv again: outputs, event counts, extremes and non-zero products
+    equal the reference engine's in every batch; a walked batch's `sequential_outputs` is
+    every output."""
+    from npusim.sim import accumulate
+
+    monkeypatch.setattr(accumulate, "_WALK_ALL_RUN", 2)
+    convs = []
+    real = accumulate.int8_conv_fused
+    monkeypatch.setattr(accumulate, "int8_conv_fused", lambda *a: convs.append(1) or real(*a))
+    rng = np.random.default_rng(3)
+    w = rng.integers(-127, 128, size=(16, 3, 5, 5))
+    prog = conv_program(w, rng.integers(-500, 500, size=16), (3, 12, 12), padding=2,
+                        requant=False)
+    cfg = narrow_npu(dataflow, 8, 16, mode)
+    sim, ref = Simulator(cfg), Simulator(cfg, engine="reference")
+    cols = ["pe_overflows", "acc_overflows", "acc_min", "acc_max", "nonzero_macs"]
+    seen = []
+    for seed in range(4):
+        x = np.random.default_rng(seed).integers(0, 256, size=(2, 3, 12, 12))
+        got, want = sim.run(prog, x), ref.run(prog, x)
+        np.testing.assert_array_equal(got.outputs["y"], want.outputs["y"])
+        assert got.stats[cols].equals(want.stats[cols])
+        assert got.stats["acc_overflows"].sum() + got.stats["pe_overflows"].sum() > 0
+        seen.append((len(convs), int(got.stats.iloc[0]["sequential_outputs"])))
+        convs.clear()
+    assert seen == [(1, seen[0][1]), (0, 2 * 12 * 12 * 16), (0, 2 * 12 * 12 * 16),
+                    (1, seen[3][1])]
