@@ -154,6 +154,28 @@ def test_column_sums_equal_a_product_sum_per_column(n, groups, og, kh, kw, cg, d
             assert out[b, jq] == want
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 3), st.sampled_from([1, 2, 4]), st.integers(200, 400),
+       st.sampled_from([3, 2 ** 20, 2 ** 46]), st.integers(0, 2 ** 32 - 1))
+def test_column_sums_of_many_columns_equal_int64(n, groups, q, top, seed):
+    """`column_sums` where its kernel runs several blocks of `kernels._COLUMN_BLOCK` columns
+    in parallel (the chunk plans' thousands of columns) against an int64 product sum (exact
+    here: |s| * 128 * 144 < 2^63)."""
+    from npusim.sim import kernels as K
+    from npusim.sim.int8_engine import column_sums
+
+    rng = np.random.default_rng(seed)
+    q = q // groups * groups
+    cg = 16
+    s = rng.integers(-top, top + 1, size=(n, 3, 3, groups * cg))
+    wq = rng.integers(-128, 128, size=(q, 3, 3, cg)).astype(np.int8)
+    assert -(-q // K._COLUMN_BLOCK) > 2
+    og = q // groups
+    want = np.stack([np.einsum("ijc,ijc->", s[b, :, :, (j // og) * cg:(j // og + 1) * cg],
+                               wq[j].astype(np.int64)) for b in range(n) for j in range(q)])
+    np.testing.assert_array_equal(column_sums(s, wq, og, q), want.reshape(n, q))
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(2, 8),
        st.sampled_from([1, 2, 3, 5]), st.integers(1, 3), st.data())
