@@ -45,13 +45,13 @@ _PARALLEL_MIN_WORK = 1 << 24  # a node's work (`node_work`) below which it runs 
 _ELEM_WORK = 32
 
 
-def node_work(program: IntegerProgram, node: Node, n: int, macs: int) -> int:
-    """A node's work on a batch of `n` in multiply-accumulates, which decides its threads:
-    its MACs per image, or `_ELEM_WORK` per element it reads and writes (residual adds and
+def node_work(program: IntegerProgram, node: Node, macs: int) -> int:
+    """A node's work per image in multiply-accumulates, which (times the batch) decides its
+    threads: its MACs, or `_ELEM_WORK` per element it reads and writes (residual adds and
     pools are passes over memory, and so are a conv's padding and window sums), whichever
-    is larger, times `n`."""
+    is larger."""
     elems = sum(math.prod(program.tensors[t].shape) for t in (*node.inputs, node.output))
-    return n * max(macs, _ELEM_WORK * elems)
+    return max(macs, _ELEM_WORK * elems)
 
 
 def _channels_last(x: np.ndarray) -> np.ndarray:
@@ -115,6 +115,7 @@ class _Plan:
     prec: "PrecisionConfig | None" = None
     k: int = 0
     macs: int = 0
+    work: int = 0  # per image (`node_work`): times the batch, it decides the node's threads
     bound_dtype: int = 0
     bound_l1: int = 0
     bound_l1_nobias: int = 0
@@ -207,6 +208,7 @@ class Simulator:
             p = _Plan(node, None, self.config.precision_for(node.name))
             if OPS[node.op].unit == "array":
                 self._plan_gemm(program, node, p)
+            p.work = node_work(program, node, p.macs)
             if OPS[node.op].requantizes(node):
                 try:
                     rq = self._memo_get(("requant", node.name, self.settings),
@@ -338,8 +340,7 @@ class Simulator:
         node = p.node
         # small nodes run on one thread: a parallel region waits for every worker, which
         # costs more than the work when the machine is busy (torch does the same)
-        want = 1 if node_work(program, node, len(vals[node.inputs[0]]), p.macs) < \
-            _PARALLEL_MIN_WORK else threads
+        want = 1 if len(vals[node.inputs[0]]) * p.work < _PARALLEL_MIN_WORK else threads
         if self._threads_set["n"] != want:
             numba.set_num_threads(want)
             self._threads_set["n"] = want

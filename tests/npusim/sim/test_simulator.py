@@ -197,16 +197,17 @@ def test_residual_add_matches_oracle(sa, sb, sy, frac, rounding, relu, seed):
 
 
 def test_memory_passes_of_a_big_batch_run_on_every_thread():
-    """`node_work` decides a node's threads: a residual add of 64 maps of 16 x 28 x 28 (no
-    MACs, ~2 ms of passes over memory on one thread) runs on every thread, the same add of
-    one image on one; a conv counts its MACs where they are more."""
+    """`node_work` (per image, times the batch) decides a node's threads: a residual add of
+    64 maps of 16 x 28 x 28 (no MACs, ~2 ms of passes over memory on one thread) runs on
+    every thread, the same add of one image on one; a conv counts its MACs where they are
+    more."""
     from npusim.sim import simulator as sim_mod
 
     prog = _add_program((16, 28, 28), 0.1, 0.2, 0.3)
     add = prog.nodes[1]
-    assert sim_mod.node_work(prog, add, 64, 0) >= sim_mod._PARALLEL_MIN_WORK
-    assert sim_mod.node_work(prog, add, 1, 0) < sim_mod._PARALLEL_MIN_WORK
-    assert sim_mod.node_work(prog, add, 1, 1 << 30) == 1 << 30
+    assert 64 * sim_mod.node_work(prog, add, 0) >= sim_mod._PARALLEL_MIN_WORK
+    assert sim_mod.node_work(prog, add, 0) < sim_mod._PARALLEL_MIN_WORK
+    assert sim_mod.node_work(prog, add, 1 << 30) == 1 << 30
     x = np.random.default_rng(0).integers(-128, 128, size=(64, 16, 28, 28))
     for n, want in ((64, None), (1, 1)):
         sim = Simulator(npu())
