@@ -372,7 +372,7 @@ def _pooled_from_engine(x, cp: screen.ChunkPlan, bias, requant, lv, out_hw, st):
     vals, flagged = screen.pooled_screen(x, cp, bias, lv, st, out_hw)
     cp.flagged[0] = flagged * _CHUNKS_PAY > vals.size
     st.sequential_outputs = flagged
-    st.acc_min, st.acc_max = (int(vals.min()), int(vals.max())) if vals.size else (0, 0)
+    _acc_range(vals, st)
     out = vals if requant is None else requant.apply_channels_last(vals)
     return out.reshape(n, *out_hw, o), st
 
@@ -608,7 +608,7 @@ def _walked_layer(x, w, bias, stride, padding, groups, zp_x, prep: Int8Conv, lv,
     vals = _simulate_pixels(x, w, bias, stride, padding, groups, zp_x, lv,
                             np.arange(n * ho * wo), st, out_hw)
     st.sequential_outputs = vals.size
-    st.acc_min, st.acc_max = (int(vals.min()), int(vals.max())) if vals.size else (0, 0)
+    _acc_range(vals, st)
     out = vals if requant is None else requant.apply_channels_last(vals)
     return out.reshape(n, ho, wo, o), st
 
