@@ -83,8 +83,11 @@ _BOUND_RETRY = 16
 #: the bound's fixed costs (a second conv call, its checks, the pooling) pay only on calls
 #: with this many positive-sum products or more (ResNet-20 W8A8 at 16-bit wrap on AVX2,
 #: reports/BENCHMARKS.md round 17: batch 64 (115 M per layer) 7% faster, batches 8-32
-#: (14-58 M) even, batch 1 (1.8 M) 30% slower with it)
-_BOUND_MACS = 1 << 26
+#: (14-58 M) even, batch 1 (1.8 M) 30% slower with it); on AVX-512 VNNI never: there
+#: ``vpdpbusd`` makes the positive sums half as dear per product, and the bound's passes
+#: cost more than they save even where it clears every pixel (round 20, a Xeon with VNNI:
+#: ResNet-20's 16-channel layers 1.5 -> 2.0 ms each with it, the b64 run 28 -> 37 ms)
+_BOUND_MACS = 1 << 26 if int8_tiles.ISA == "avx2" else 1 << 62
 
 
 def _cpu_flags() -> list[str]:
