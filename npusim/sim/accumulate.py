@@ -331,9 +331,11 @@ class _Shared:
     #: (M, O) uint8, non-zero where the output's bound leaves the widths of the one
     #: configuration that made it (`_fused_risk_entry`: no bound bits kept, none shared)
     flags: np.ndarray | None = None
+    flag_rows: np.ndarray | None = None  # with `flags`: (M,) int32, the flagged outputs per row
     chunk_g: dict = field(default_factory=dict)  # chunk size -> `screen.chunk_sums` of x
     nch: int = 1  # > 1: `res` holds the columns per chunk (`screen`), summed by the epilogue
-    #: the arrays of `_epilogue`'s pass (out, mnmx, sums, flags), made where the sums were
+    #: the arrays of `_epilogue`'s pass (out, mnmx, sums, flags, flag_rows), made where the
+    #: sums were
     pending: tuple | None = None
 
 
@@ -404,7 +406,7 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
     accumulators, of the unflagged ones, `_flagged`); with a risk, the per-output bound bits
     (a fused pass: its flags) are stored in `e`."""
     if e.pending is not None:
-        (out, mnmx, sums, e.flags), e.pending = e.pending, None
+        (out, mnmx, sums, e.flags, e.flag_rows), e.pending = e.pending, None
         return _epilogue_done(e, out, mnmx, sums, True, lv, pe_risk)
     o = e.prep.o
     risk = pe_risk or acc_risk
@@ -435,9 +437,10 @@ def _fused_risk_entry(x, prep: Int8Conv, bias, requant, lv, pe_risk, out_hw) -> 
     pixels = out_hw[0] * out_hw[1]
     rq, out, mnmx, sums = _epilogue_arrays(n, pixels, o, prep.q, requant)
     flags = np.empty((n * pixels, o), np.uint8)
+    rows = np.empty(n * pixels, np.int32)
     res = int8_conv_fused(x, prep, out_hw, o, np.asarray(bias, np.int64), lv,
-                          requant is not None, rq.rec, out, mnmx, sums, 0, pe_risk, flags)
-    return _Shared(x, prep, res, pending=(out, mnmx, sums, flags))
+                          requant is not None, rq.rec, out, mnmx, sums, 0, pe_risk, flags, rows)
+    return _Shared(x, prep, res, pending=(out, mnmx, sums, flags, rows))
 
 
 def _epilogue_arrays(n: int, pixels: int, o: int, q: int, requant):
@@ -503,10 +506,12 @@ def _flagged_outputs(e: _Shared, lv, pe_risk, pix) -> tuple[np.ndarray, np.ndarr
 def _flagged(e: _Shared, lv, pe_risk) -> tuple[np.ndarray, int]:
     """(the rows m = (n, pixel) with an output whose bound leaves this NPU's widths, the
     number of such outputs)."""
-    if e.flags is not None:
-        if not e.flags.any():
+    if e.flags is not None:  # counted per row by the kernel that flagged them
+        if not e.flag_rows.any():
             return _NONE_FLAGGED
-    elif e.need_max[0] <= lv.acc_bits and (not pe_risk or e.need_max[1] <= lv.pe_bits):
+        pix = np.flatnonzero(e.flag_rows)
+        return pix, int(e.flag_rows[pix].sum())
+    if e.need_max[0] <= lv.acc_bits and (not pe_risk or e.need_max[1] <= lv.pe_bits):
         return _NONE_FLAGGED
     per = np.count_nonzero(_flag_mask(e, lv, pe_risk), axis=1)
     return np.flatnonzero(per), int(per.sum())

@@ -490,11 +490,13 @@ def fusable(plan: Int8Conv, risk: bool = False) -> bool:
 def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n: int,
                     bias: np.ndarray, lv, do_rq: bool, rq, out: np.ndarray, mnmx: np.ndarray,
                     sums: np.ndarray, wrap_bits: int, pe_risk: bool = False,
-                    flags: np.ndarray | None = None) -> Int8Result:
+                    flags: np.ndarray | None = None,
+                    rows: np.ndarray | None = None) -> Int8Result:
     """`int8_conv` for a `fusable` plan, its sums passed straight to the epilogue
     (`kernels.gemm_epilogue_kernel`'s arguments from `o_n` on, without chunks: it fills
-    `out`, `mnmx`, `sums`, and with a risk (`flags` (M, o_n) uint8 given; ``fusable(plan,
-    risk=True)``, no wrapping) marks the flagged outputs in `flags`): `int8_tiles.conv_epilogue`,
+    `out`, `mnmx`, `sums`, and with a risk (`flags` (M, o_n) uint8 and `rows` (M,) int32
+    given; ``fusable(plan, risk=True)``, no wrapping) marks the flagged outputs in `flags`
+    and counts them per row in `rows`): `int8_tiles.conv_epilogue`,
     `int8_tiles.conv_risk` (with the plan's pooled bound where it has one: `_pooled_bound`;
     the expected sums of the positive columns then cover the pixels it computed) or
     `kernels.depthwise_epilogue_kernel`. A few rows' sums are spot-checked here; the result
@@ -514,7 +516,7 @@ def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n:
                 bound = _pooled_bound(xu, plan, out_hw)
         gs, win, share = int8_tiles.conv_risk(
             xu, plan.zp_x - plan.sub, plan.packed, plan.stride, plan.padding, o_n, bias, lv,
-            do_rq, rq, out, mnmx, sums, ms, pe_risk, flags, bound, BOUND_G)
+            do_rq, rq, out, mnmx, sums, ms, pe_risk, flags, rows, bound, BOUND_G)
         if win is not None:  # the positive sums' columns sum over the pixels computed
             _check_bound(bound, ms, gs[:, plan.o:], out_hw)
             expected[plan.o:] = column_sums(np.tensordot(_image_weights(n), win, 1)[None],

@@ -325,11 +325,11 @@ def _conv_epilogue_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, q,
 
 @numba.njit(parallel=True, cache=True)
 def _conv_risk_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, o_n, bias, pe_risk,
-                      lv, do_rq, rq, out, flags, mnmx, sums, ms, gs, bound, g, kh, xwin):
+                      lv, do_rq, rq, out, flags, rows, mnmx, sums, ms, gs, bound, g, kh, xwin):
     """`_conv_epilogue_kernel` for a plan with sign columns (q = 2 * o_n, blocks of 16 * nv
     columns within each half) and risk: per task the block's sums and positive product sums
     P as two planes of a local buffer, then `kernels.fused_risk_task` on them (`flags`
-    (M, o_n): the flagged outputs).
+    (M, o_n): the flagged outputs; `rows` (M,): how many per row).
 
     With ``g > 0``, P only where a cheaper bound does not clear the pixel: `bound`
     (N, Hb, Wb, o_n) int32 holds, per block of g x g output pixels, an upper bound Pg on the
@@ -360,7 +360,7 @@ def _conv_risk_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, o_n, b
                 _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, gl, p_a,
                        2 * o_n, o_n, plane, 0, 2 * half)
             fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, flags,
-                            mnmx, sums, b, blk, p_a, p_b)
+                            rows, mnmx, sums, b, blk, p_a, p_b)
             continue
         xw = xwin[b, blk]
         xw[:] = 0
@@ -391,6 +391,7 @@ def _conv_risk_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, o_n, b
                     need[ms[k] - m_a] = 1
             if not need.any():  # nothing flagged: the exact epilogue on the sums alone
                 flags[m_a:m_a + n_p] = 0
+                rows[m_a:m_a + n_p] = 0
                 fused_epilogue_task(gl[:plane].reshape(n_p, o_n), ms, gs, o_n, pixels, bias,
                                     lv, do_rq, rq, out, no_need, mnmx, sums, 0, b, blk, per,
                                     p_a, p_b)
@@ -418,7 +419,7 @@ def _conv_risk_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, o_n, b
                 xw[seg] += r1 - r
                 r = r1
         fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, flags,
-                        mnmx, sums, b, blk, p_a, p_b)
+                        rows, mnmx, sums, b, blk, p_a, p_b)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -584,9 +585,11 @@ def conv_epilogue(xu: np.ndarray, zp: int, packed: TileWeights, stride: int, pad
 def conv_risk(xu: np.ndarray, zp: int, packed: TileWeights, stride: int, padding: int,
               o_n: int, bias: np.ndarray, lv, do_rq: bool, rq, out: np.ndarray,
               mnmx: np.ndarray, sums: np.ndarray, ms: np.ndarray, pe_risk: bool,
-              flags: np.ndarray, bound: np.ndarray | None = None, g: int = 0):
+              flags: np.ndarray, rows: np.ndarray, bound: np.ndarray | None = None,
+              g: int = 0):
     """`conv_epilogue` with risk (`risk_fusable` weights, no wrapping; `_conv_risk_kernel`):
-    fills `out`, `mnmx`, `sums` and `flags` (M, o_n) uint8, 1 where an output is flagged.
+    fills `out`, `mnmx`, `sums`, `flags` (M, o_n) uint8, 1 where an output is flagged, and
+    `rows` (M,) int32, the flagged outputs per row.
     With `bound` (N, Hb, Wb, o_n) int32, an upper bound on the positive product sums per
     g x g block of output pixels, those are computed only for the pixels it does not clear
     (the same flags and outputs). Returns (the rows `ms` of the sums (len(ms), q) int32; with
@@ -599,12 +602,12 @@ def conv_risk(xu: np.ndarray, zp: int, packed: TileWeights, stride: int, padding
     gs = np.zeros((len(ms), packed.q), np.int32)
     nb = mnmx.shape[1]
     if bound is None:
-        _conv_risk_kernel(*args, o_n, bias, pe_risk, lv, do_rq, rq, out, flags, mnmx, sums, ms,
-                          gs, _NO_BOUND, 0, packed.kh, _NO_WIN)
+        _conv_risk_kernel(*args, o_n, bias, pe_risk, lv, do_rq, rq, out, flags, rows, mnmx, sums,
+                          ms, gs, _NO_BOUND, 0, packed.kh, _NO_WIN)
         return gs, None, 1.0
     xwin = np.empty((n, nb, packed.kh * packed.kw * c + 1), np.int64)
-    _conv_risk_kernel(*args, o_n, bias, pe_risk, lv, do_rq, rq, out, flags, mnmx, sums, ms, gs,
-                      bound, g, packed.kh, xwin)
+    _conv_risk_kernel(*args, o_n, bias, pe_risk, lv, do_rq, rq, out, flags, rows, mnmx, sums,
+                      ms, gs, bound, g, packed.kh, xwin)
     cnt = xwin[:, :, -1].sum(axis=1)
     win = xwin[:, :, :-1].sum(axis=1) - zp * cnt[:, None]
     return gs, win.reshape(n, packed.kh, packed.kw, c), float(cnt.sum()) / max(n * ho * wo, 1)

@@ -1105,14 +1105,15 @@ def risk_thresholds(bias, acc_bits, pe_bits, pe_risk):
 
 
 @numba.njit(cache=True)
-def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, flags, mnmx,
-                    sums, b, blk, p_a, p_b):
+def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, flags, rows,
+                    mnmx, sums, b, blk, p_a, p_b):
     """`gemm_epilogue_kernel`'s task with risk (no wrapping, no chunks) for a single
     configuration's fused kernel (`int8_tiles._conv_risk_kernel`), whose sums are in `gl` as two
     planes of ``(p_b - p_a) x o_n``: the sums, then the positive product sums (its columns
     o_n + o). Instead of every output's bound bits (kept where a sweep's configurations share
     them) it writes `flags` (M, o_n) uint8, 1 where that kernel would flag the output at
-    these widths (`risk_thresholds`: two int32 compares). The planes make every loop a flat
+    these widths (`risk_thresholds`: two int32 compares), and `rows` (M,) int32, how many
+    outputs of each row it flagged (counted only in runs with some). The planes make every loop a flat
     run of ``rep * o_n >= _FLAT_LANES`` outputs with the per-column parameters tiled
     (`_flat_epilogue_task`), each loop writing few arrays (a loop of all the work ran
     scalar: the vectorizer's run-time alias checks); the column sums run in int32 lanes,
@@ -1167,11 +1168,19 @@ def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, 
             hit |= f
             mnu[i] = min(mnu[i], _I32_MAX if f else vs[i])
             mxu[i] = max(mxu[i], _I32_MIN if f else vs[i])
+        r0 = m_a + c0 // o_n  # runs are whole rows: n_l and the plane are multiples of o_n
         if hit:
             for i in range(cnt):
                 f = fl[i] != 0
                 mnf[i] = min(mnf[i], vs[i] if f else _I32_MAX)
                 mxf[i] = max(mxf[i], vs[i] if f else _I32_MIN)
+            for r in range(cnt // o_n):
+                k = 0
+                for i in range(r * o_n, (r + 1) * o_n):
+                    k += fl[i]
+                rows[r0 + r] = k
+        else:
+            rows[r0:r0 + cnt // o_n] = 0
         for i in range(cnt):
             s32[i] += vs[i]
             p32[i] += ps[i]

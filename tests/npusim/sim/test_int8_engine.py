@@ -725,8 +725,10 @@ def test_risk_epilogue_sums_columns_past_int32_lanes():
                            arrays[1][0], arrays[1][1], arrays[2], arrays[3], 0, 1)
     got = [np.empty_like(a) for a in arrays]
     got[1] = np.empty((pixels, o_n), np.uint8)
-    _fused_risk_tasks(g, o_n, pixels, bias, False, lv, True, req.rec, *got,
-                      np.zeros(0, np.int64), np.zeros((0, 2 * o_n), np.int32))
+    rows = np.empty(pixels, np.int32)
+    _fused_risk_tasks(g, o_n, pixels, bias, False, lv, True, req.rec, got[0], got[1], rows,
+                      got[2], got[3], np.zeros(0, np.int64), np.zeros((0, 2 * o_n), np.int32))
+    np.testing.assert_array_equal(rows, got[1].sum(axis=1))
     np.testing.assert_array_equal(got[3][0, 0], g.astype(np.int64).sum(axis=0))
     assert got[3].max() > 1 << 32
     for a, b in zip(got, (arrays[0], arrays[1][0] > 26, arrays[2], arrays[3])):
@@ -743,18 +745,18 @@ def _fused_risk_kernel():
     from npusim.sim import kernels as K
 
     @numba.njit
-    def run(g, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, flags, mnmx, sums, ms, gs):
+    def run(g, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, flags, rows, mnmx, sums, ms, gs):
         n, nb = mnmx.shape[0], mnmx.shape[1]
         for t in range(n * nb):
             b, blk, per, p_a, p_b = K.fused_task_pixels(t, nb, pixels)
-            rows = p_b - p_a
-            gl = np.empty(max(2 * rows * o_n, 1), np.int32)
-            for r in range(rows):
+            n_p = p_b - p_a
+            gl = np.empty(max(2 * n_p * o_n, 1), np.int32)
+            for r in range(n_p):
                 for o in range(o_n):
                     gl[r * o_n + o] = np.int32(g[b * pixels + p_a + r, o])
-                    gl[(rows + r) * o_n + o] = np.int32(g[b * pixels + p_a + r, o_n + o])
+                    gl[(n_p + r) * o_n + o] = np.int32(g[b * pixels + p_a + r, o_n + o])
             K.fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out,
-                              flags, mnmx, sums, b, blk, p_a, p_b)
+                              flags, rows, mnmx, sums, b, blk, p_a, p_b)
 
     return run
 
@@ -814,10 +816,13 @@ def _check_epilogue(n, pixels, o_n, nch, case, bits, rounding, seed, small, bias
         got = [np.empty_like(a) for a in (out, need[0], mnmx, sums)]
         ms = rng.integers(0, m, 5)
         gs = np.zeros((len(ms), q), np.int32)
-        _fused_risk_tasks(g, o_n, pixels, bias, pe_risk, lv, do_rq, req.rec, *got, ms, gs)
+        rows = np.empty(m, np.int32)
+        _fused_risk_tasks(g, o_n, pixels, bias, pe_risk, lv, do_rq, req.rec, got[0], got[1],
+                          rows, got[2], got[3], ms, gs)
         flags = (need[0] > bits) | (pe_risk & (need[1] > pe_bits))
         for a, b in zip(got, (out, flags, mnmx, sums)):
             np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(rows, flags.sum(axis=1))
         np.testing.assert_array_equal(gs, g[ms])
 
     tot = g.astype(np.int64).reshape(m, nch, q).sum(axis=1)
@@ -923,9 +928,12 @@ def _crafted_epilogue(g, bias, m0, sh, wrap_bits):
     if not wrap_bits:  # the fused kernels' risk task (sign columns, nothing flagged at 32 bits)
         fused = np.empty_like(out)
         gp = np.concatenate([g, np.maximum(g, 0)], axis=1)
+        rows = np.full(pixels, -1, np.int32)
         _fused_risk_tasks(gp, o_n, pixels, bias, False, lv, True, req.rec, fused,
-                          np.empty((pixels, o_n), np.uint8), mnmx, np.empty((1, 1, 2 * o_n),
-                          np.int64), np.zeros(0, np.int64), np.zeros((0, 2 * o_n), np.int32))
+                          np.empty((pixels, o_n), np.uint8), rows, mnmx,
+                          np.empty((1, 1, 2 * o_n), np.int64), np.zeros(0, np.int64),
+                          np.zeros((0, 2 * o_n), np.int32))
+        assert not rows.any()
         np.testing.assert_array_equal(fused, want[:, :, 0])
     return out
 

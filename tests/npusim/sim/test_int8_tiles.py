@@ -214,10 +214,12 @@ def test_risk_conv_with_a_bound_equals_the_full_risk_conv(case):
     runs = []
     for b in (None, bound):
         arrays = (np.empty((n * pixels, o), np.int64), np.empty((n, nb, 4), np.int64),
-                  np.empty((n, nb, 2 * o), np.int64), np.empty((n * pixels, o), np.uint8))
+                  np.empty((n, nb, 2 * o), np.int64), np.empty((n * pixels, o), np.uint8),
+                  np.empty(n * pixels, np.int32))
         gs, win, share = int8_tiles.conv_risk(x, zp, packed, stride, pad, o, bias, lv, False,
                                               _NO_RQ.rec, arrays[0], arrays[1], arrays[2], ms,
-                                              False, arrays[3], b, g)
+                                              False, arrays[3], arrays[4], b, g)
+        np.testing.assert_array_equal(arrays[4], arrays[3].sum(axis=1))  # flags per row
         runs.append((arrays, gs, win, share))
     (full, gs_full, _, _), (part, gs_part, win, share) = runs
     for a, b in zip(full[:2] + full[3:], part[:2] + part[3:]):
