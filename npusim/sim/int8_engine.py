@@ -55,6 +55,7 @@ import numpy as np
 from npusim.sim import int8_tiles
 from npusim.sim import kernels as K
 from npusim.sim.exact_conv import F32_EXACT, InexactError
+from npusim.sim.threads import ELEM_WORK, parallel
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +333,6 @@ class Int8Result:
             raise InexactError("int8 engine: output sums disagree with the input window sums")
 
 
-_SERIAL_ELEMS = 1 << 22
 
 
 _I32_EXACT = 2 ** 31  # the split's parts are summed in int32
@@ -444,9 +444,8 @@ def _prologue(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]):
     column sums (`Int8Result.expected`), the non-zero product count)."""
     x = np.ascontiguousarray(x)
     threads = numba.get_num_threads()
-    # one pass over the input: below `_SERIAL_ELEMS` a parallel launch costs more than the
-    # pass (every worker must wake, which on a loaded machine takes a scheduler slice)
-    serial = threads > 1 and x.size < _SERIAL_ELEMS
+    # one pass over the input, on one thread where it is not worth more (`threads.parallel`)
+    serial = threads > 1 and not parallel(ELEM_WORK * x.size)
     if serial:
         numba.set_num_threads(1)
     try:

@@ -33,25 +33,21 @@ from npusim.sim import engines
 from npusim.sim import kernels as K
 from npusim.sim.accumulate import LevelSpec, Requant, conv_accumulate, prepare_conv
 from npusim.sim.int8_engine import Int8Conv
+from npusim.sim.threads import ELEM_WORK, parallel
 
 if TYPE_CHECKING:
     from npusim.hw.config import NPUConfig, PrecisionConfig
 
 log = logging.getLogger(__name__)
 
-_PARALLEL_MIN_WORK = 1 << 24  # a node's work (`node_work`) below which it runs on one thread
-#: multiply-accumulates one element read or written stands for (`node_work`): a residual
-#: add's output costs ~2.4 ns on one thread of the AVX2 EPYC, the engine's tiles ~15 GMAC/s
-_ELEM_WORK = 32
-
 
 def node_work(program: IntegerProgram, node: Node, macs: int) -> int:
     """A node's work per image in multiply-accumulates, which (times the batch) decides its
-    threads: its MACs, or `_ELEM_WORK` per element it reads and writes (residual adds and
-    pools are passes over memory, and so are a conv's padding and window sums), whichever
-    is larger."""
+    threads (`npusim.sim.threads.parallel`): its MACs, or `ELEM_WORK` per element it reads and
+    writes (residual adds and pools are passes over memory, and so are a conv's padding and
+    window sums), whichever is larger."""
     elems = sum(math.prod(program.tensors[t].shape) for t in (*node.inputs, node.output))
-    return max(macs, _ELEM_WORK * elems)
+    return max(macs, ELEM_WORK * elems)
 
 
 def _channels_last(x: np.ndarray) -> np.ndarray:
@@ -340,7 +336,7 @@ class Simulator:
         node = p.node
         # small nodes run on one thread: a parallel region waits for every worker, which
         # costs more than the work when the machine is busy (torch does the same)
-        want = 1 if len(vals[node.inputs[0]]) * p.work < _PARALLEL_MIN_WORK else threads
+        want = threads if parallel(len(vals[node.inputs[0]]) * p.work) else 1
         if self._threads_set["n"] != want:
             numba.set_num_threads(want)
             self._threads_set["n"] = want

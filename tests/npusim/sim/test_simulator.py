@@ -9,6 +9,7 @@ from npusim.hw.config import NPUConfig
 from npusim.ir.program import Node, TensorSpec
 from npusim.ir.requant import RequantSpec, node_requant
 from npusim.sim.simulator import SimulationError, Simulator
+from npusim.sim.threads import parallel
 from tests.npusim import naive
 from tests.npusim.programs import conv_program, finish
 
@@ -205,8 +206,8 @@ def test_memory_passes_of_a_big_batch_run_on_every_thread():
 
     prog = _add_program((16, 28, 28), 0.1, 0.2, 0.3)
     add = prog.nodes[1]
-    assert 64 * sim_mod.node_work(prog, add, 0) >= sim_mod._PARALLEL_MIN_WORK
-    assert sim_mod.node_work(prog, add, 0) < sim_mod._PARALLEL_MIN_WORK
+    assert parallel(64 * sim_mod.node_work(prog, add, 0))
+    assert not parallel(sim_mod.node_work(prog, add, 0))
     assert sim_mod.node_work(prog, add, 1 << 30) == 1 << 30
     x = np.random.default_rng(0).integers(-128, 128, size=(64, 16, 28, 28))
     for n, want in ((64, None), (1, 1)):
