@@ -640,7 +640,7 @@ def main() -> None:
     md = f"""# Simulator performance (issue 9)
 
 Command: `{cmd}`; started {started}.
-Machine: {os.cpu_count()} cores, {cpu_model()}, {platform.platform()}; torch {torch.__version__}
+Machine: {os.cpu_count()} cores, {cpu_model()}, {platform.platform()}; CPU flags: {cpu_flags()}; torch {torch.__version__}
 ({torch.get_num_threads()} threads, engine fbgemm), numba threads
 {__import__('numba').get_num_threads()}.
 Load average (1/5/15 min) at start {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, at end
