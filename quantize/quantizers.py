@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from npusim.ir.arith import int_range
+from quantize import lsq_kernels
 
 log = logging.getLogger(__name__)
 
@@ -536,11 +537,15 @@ class LSQQuantizer(Quantizer):
         """Round-backward slopes (dx path, ds path); None means STE's slope 1."""
         return None, None
 
+    def _ste_slopes(self) -> bool:
+        """`_slopes` gives STE's (None, None) whatever u: plain LSQ's gradients."""
+        return type(self)._slopes is LSQQuantizer._slopes
+
     def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         step = self._step()
         if not _needs_grad(x, self.step):
             return self._hard(x, _bcast(step.detach(), x))[2]
-        if type(self)._slopes is LSQQuantizer._slopes:  # plain LSQ: one fused autograd node
+        if self._ste_slopes():  # plain LSQ: one fused autograd node
             return _LSQFunction.apply(x, step, self.grad_scale(x), self._qmin, self._qmax)
         s_d = _bcast(step.detach(), x)
         u, q, hard = self._hard(x, s_d)
@@ -559,19 +564,27 @@ class LSQQuantizer(Quantizer):
 class _LSQFunction(torch.autograd.Function):
     """LSQ's forward and its closed-form backward (docs/methods.md) as one autograd node: the same
     values and gradients as the grafted surrogates, without their intermediate tensors
-    (which made a QAT epoch ~2x a float epoch)."""
+    (which made a QAT epoch ~2x a float epoch). CPU float32/float64 tensors with a step of
+    their dtype take one numba pass each way (`lsq_kernels`), others torch's ops."""
 
     @staticmethod
     def forward(ctx, x, step, g, qmin, qmax):  # noqa: D102
-        s = _bcast(step, x)
         ctx.save_for_backward(x, step)
         ctx.g, ctx.qmin, ctx.qmax = g, qmin, qmax
+        ctx.kernels = lsq_kernels.usable(x) and step.dtype == x.dtype
+        if ctx.kernels:
+            return lsq_kernels.forward(x, step.detach(), qmin, qmax)
+        s = _bcast(step, x)
         # round(x / s).clamp(qmin, qmax) * s, each step in place on the one new tensor
         return (x / s).round_().clamp_(qmin, qmax).mul_(s)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         x, step = ctx.saved_tensors
+        if ctx.kernels:
+            gx, gs = lsq_kernels.backward(x, step.detach(), grad, ctx.qmin, ctx.qmax,
+                                          ctx.needs_input_grad[0])
+            return gx, (gs * ctx.g if ctx.needs_input_grad[1] else None), None, None, None
         u = x / _bcast(step, x)
         inside = u.clamp(ctx.qmin, ctx.qmax) == u  # (u >= qmin) & (u <= qmax)
         gx = grad * inside if ctx.needs_input_grad[0] else None
@@ -725,6 +738,10 @@ class LGLSQQuantizer(LSQQuantizer):
 
     def _uses_k(self) -> bool:
         return bool(self.opts["asr"] or self.opts["ssg"])
+
+    def _ste_slopes(self) -> bool:
+        """Neither slope applies to this quantizer (no SSG, no ASR for its role): LSQ."""
+        return not (self.opts["ssg"] or (self.opts["asr"] and self.role in self.opts["asr_roles"]))
 
     def _slopes(self, u: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if not self._uses_k():
