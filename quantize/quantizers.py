@@ -741,7 +741,8 @@ class LGLSQQuantizer(LSQQuantizer):
 
     def _ste_slopes(self) -> bool:
         """Neither slope applies to this quantizer (no SSG, no ASR for its role): LSQ."""
-        return not (self.opts["ssg"] or (self.opts["asr"] and self.role in self.opts["asr_roles"]))
+        asr = self.opts["asr"] and self.role in self.opts["asr_roles"]
+        return not (self.opts["ssg"] or asr)
 
     def _slopes(self, u: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if not self._uses_k():

@@ -333,8 +333,6 @@ class Int8Result:
             raise InexactError("int8 engine: output sums disagree with the input window sums")
 
 
-
-
 _I32_EXACT = 2 ** 31  # the split's parts are summed in int32
 
 

@@ -1120,9 +1120,10 @@ def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, 
     folded into int64 every `_SUM32_RUNS` runs. A first loop only asks whether a run flags
     anything; the flags, their row counts and the flagged/unflagged split of the extremes
     are computed only in runs that do (a run that flags nothing: plain extremes, zeroed
-    flags; ResNet-20 b64's 16-channel layers, the whole risk kernel 1.22 -> 1.06-1.10 ms). Requantized by `requant_fma_one` where `_flat_epilogue_task` would be,
-    else (and for a block whose extremes fail its 2^52 test) by the integer rule. The rows
-    `ms` of the sums are copied to `gs` (len(ms), 2 * o_n) first."""
+    flags; ResNet-20 b64's 16-channel layers, the whole risk kernel 1.22 -> 1.06-1.20 ms).
+    Requantized by `requant_fma_one` where `_flat_epilogue_task` would be, else (and for a
+    block whose extremes fail its 2^52 test) by the integer rule. The rows `ms` of the sums
+    are copied to `gs` (len(ms), 2 * o_n) first."""
     n_p = p_b - p_a
     plane = n_p * o_n
     m_a = b * pixels + p_a

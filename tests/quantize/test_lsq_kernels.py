@@ -28,7 +28,8 @@ def _case(seed, dtype, per_channel, shape, qmin, qmax):
     s = rng.uniform(0.01, 2.0, c)
     sb = s.reshape(-1, *[1] * (len(shape) - 1)) if per_channel else s[0]
     k = rng.integers(qmin - 3, qmax + 4, shape).astype(np.float64)
-    x = np.where(rng.random(shape) < 0.3, (k + 0.5) * sb, rng.uniform(qmin - 5, qmax + 5, shape) * sb)
+    x = np.where(rng.random(shape) < 0.3, (k + 0.5) * sb,
+                 rng.uniform(qmin - 5, qmax + 5, shape) * sb)
     x[rng.random(shape) < 0.05] = 0.0
     flat = x.reshape(-1)
     if flat.size > 4:
