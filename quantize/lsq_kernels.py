@@ -14,9 +14,11 @@ import torch
 _BLOCK = 1 << 14  # elements per parallel task
 
 
-def usable(x: torch.Tensor) -> bool:
-    """The kernels take `x`: a CPU float32 or float64 tensor."""
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+def usable(x: torch.Tensor, step: torch.Tensor) -> bool:
+    """The kernels take `x` and `step`: CPU float32 or float64 tensors of one dtype (a step of
+    another dtype keeps torch's type promotion: its ops)."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and step.device.type == "cpu" and step.dtype == x.dtype)
 
 
 def _rows(t: torch.Tensor, c: int) -> np.ndarray:
@@ -51,6 +53,18 @@ def backward(x: torch.Tensor, step: torch.Tensor, grad: torch.Tensor, qmin: int,
     return (gx if want_gx else None), gs
 
 
+@numba.njit(inline="always")
+def _level(u, qmin, qmax):
+    """``round(u).clamp(qmin, qmax)`` as torch computes it: ties to even; comparisons, not
+    min/max, so a NaN stays NaN as torch's clamp keeps it."""
+    q = np.rint(u)
+    if q < qmin:
+        return qmin
+    if q > qmax:
+        return qmax
+    return q
+
+
 @numba.njit(parallel=True, cache=True)
 def _forward(x, s, qmin, qmax, out):
     c_n, m = x.shape
@@ -60,12 +74,7 @@ def _forward(x, s, qmin, qmax, out):
         b = t - c * nb
         sc = s[c]
         for i in range(b * _BLOCK, min(m, (b + 1) * _BLOCK)):
-            v = np.rint(x[c, i] / sc)
-            if v < qmin:  # comparisons, not min/max: a NaN stays NaN, as torch's clamp keeps it
-                v = qmin
-            elif v > qmax:
-                v = qmax
-            out[c, i] = v * sc
+            out[c, i] = _level(x[c, i] / sc, qmin, qmax) * sc
 
 
 # reassociation only (no reciprocals, no contraction, no finite-math assumptions): the step
@@ -88,10 +97,6 @@ def _backward(x, g, s, qmin, qmax, want_gx, gx, part):
             gi = g[c, i]
             if want_gx:
                 gx[c, i] = gi * (one if inside else zero)  # torch's grad * inside
-            q = np.rint(u)
-            if q < qmin:
-                q = qmin
-            elif q > qmax:
-                q = qmax
-            acc += (q - (u if inside else zero)) * gi  # a select: a non-finite u outside gives q
+            # a select, not a product: a non-finite u outside gives q
+            acc += (_level(u, qmin, qmax) - (u if inside else zero)) * gi
         part[c, b] = acc

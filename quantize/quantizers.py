@@ -571,7 +571,7 @@ class _LSQFunction(torch.autograd.Function):
     def forward(ctx, x, step, g, qmin, qmax):  # noqa: D102
         ctx.save_for_backward(x, step)
         ctx.g, ctx.qmin, ctx.qmax = g, qmin, qmax
-        ctx.kernels = lsq_kernels.usable(x) and step.dtype == x.dtype
+        ctx.kernels = lsq_kernels.usable(x, step)
         if ctx.kernels:
             return lsq_kernels.forward(x, step.detach(), qmin, qmax)
         s = _bcast(step, x)
@@ -739,16 +739,19 @@ class LGLSQQuantizer(LSQQuantizer):
     def _uses_k(self) -> bool:
         return bool(self.opts["asr"] or self.opts["ssg"])
 
+    def _asr(self) -> bool:
+        """ASR's slope replaces STE's for dx on this quantizer's role."""
+        return bool(self.opts["asr"] and self.role in self.opts["asr_roles"])
+
     def _ste_slopes(self) -> bool:
         """Neither slope applies to this quantizer (no SSG, no ASR for its role): LSQ."""
-        asr = self.opts["asr"] and self.role in self.opts["asr_roles"]
-        return not (self.opts["ssg"] or asr)
+        return not (self.opts["ssg"] or self._asr())
 
     def _slopes(self, u: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if not self._uses_k():
             return None, None
         slope = asr_slope(u, self.k.to(u.dtype))
-        asr = self.opts["asr"] and self.role in self.opts["asr_roles"]
+        asr = self._asr()
         slope_x = slope if asr else None
         if asr and self.role == "activation" and self.opts["asr_unit_rms"]:
             inside = (u >= self._qmin) & (u <= self._qmax)
