@@ -87,8 +87,9 @@ _BOUND_RETRY = 16
 #: (14-58 M) even, batch 1 (1.8 M) 30% slower with it); on AVX-512 VNNI never: there
 #: ``vpdpbusd`` makes the positive sums half as dear per product, and the bound's passes
 #: cost more than they save even where it clears every pixel (round 20, a Xeon with VNNI:
-#: ResNet-20's 16-channel layers 1.5 -> 2.0 ms each with it, the b64 run 28 -> 37 ms)
-_BOUND_MACS = 1 << 26 if int8_tiles.ISA == "avx2" else 1 << 62
+#: ResNet-20's 16-channel layers 1.5 -> 2.0 ms each with it, the b64 run 28 -> 37 ms).
+#: None: no plan gets a bound, and sign columns pack as one conv (`int8_tiles.pack`)
+_BOUND_MACS: int | None = 1 << 26 if int8_tiles.ISA == "avx2" else None
 
 
 def _cpu_flags() -> list[str]:
@@ -196,10 +197,10 @@ class Int8Conv:
     #: a conv whose sums may reach 2^24 (float32's exact range) as the sum of convs over
     #: ranges of input channels, each below 2^24: ((c0, c1, plan), ...), summed in int32
     parts: tuple = ()
-    #: with `signs`, on the engine's own tiles: the plan of the conv of max(w, 0) over the
-    #: input max-pooled across `BOUND_G` x `BOUND_G` output pixels' patches (stride
-    #: `BOUND_G` * stride, no padding), an upper bound on their positive product sums
-    #: (`int8_conv_fused`); None: none
+    #: with `signs`, on the engine's own tiles, where `_BOUND_MACS` is set: the plan of the
+    #: conv of max(w, 0) over the input max-pooled across `BOUND_G` x `BOUND_G` output
+    #: pixels' patches (stride `BOUND_G` * stride, no padding), an upper bound on their
+    #: positive product sums (`int8_conv_fused`); None: none
     bound: object = None
     #: calls of `int8_conv_fused` with risk left to run without `bound` (it computed the
     #: positive sums of most pixels anyway the last time: `_BOUND_SHARE`)
@@ -269,9 +270,10 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
         packed = split.transpose(1, 0, *range(2, split.ndim)).reshape(-1, *wq.shape[1:])
         if xmax * int(np.abs(packed).reshape(len(packed), -1).sum(axis=1).max()) >= F32_EXACT:
             return None
-    tiles = _pack(packed, zp_x - sub, stride // subsample, padding, groups, signs and not radix)
+    bounded = signs and not radix and _BOUND_MACS is not None
+    tiles = _pack(packed, zp_x - sub, stride // subsample, padding, groups, bounded)
     bound = None
-    if signs and not radix and isinstance(tiles, int8_tiles.TileWeights) and \
+    if bounded and isinstance(tiles, int8_tiles.TileWeights) and \
             int8_tiles.risk_fusable(tiles, o):
         bound = prepare_int8_conv(np.maximum(w, 0), BOUND_G * stride, 0, 1, zp_x - sub,
                                   lo - sub, hi - sub, kind=kind)
@@ -280,11 +282,12 @@ def prepare_int8_conv(w: np.ndarray, stride: int, padding: int, groups: int, zp_
 
 
 def _pack(wq: np.ndarray, zp_u8: int, stride: int, padding: int, groups: int,
-          signs: bool = False):
+          halves: bool = False):
     """The weights for `_run`: packed for the engine's own tiles (`int8_tiles`, where they
-    run; sign columns in blocks within each half), else prepacked for oneDNN."""
+    run; with `halves`, sign columns in blocks within each half), else prepacked for
+    oneDNN."""
     if int8_tiles.available():
-        return int8_tiles.pack(wq, groups, halves=signs)
+        return int8_tiles.pack(wq, groups, halves=halves)
     import torch
 
     return torch.ops.onednn.qconv_prepack(
@@ -506,7 +509,8 @@ def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n:
     ms = spot_rows(call, m_n)
     if flags is not None:
         bound = None
-        if plan.bound is not None and m_n * plan.wq[plan.o:].size >= _BOUND_MACS:
+        if plan.bound is not None and _BOUND_MACS is not None and \
+                m_n * plan.wq[plan.o:].size >= _BOUND_MACS:
             if plan.bound_skip[0]:
                 plan.bound_skip[0] -= 1
             else:

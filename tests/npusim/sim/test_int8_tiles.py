@@ -181,15 +181,16 @@ def test_risk_conv_with_a_bound_equals_the_full_risk_conv(case):
     """`conv_risk` with an upper bound on the positive product sums per 2 x 2 block of
     output pixels (the pooled one; one at most a little above the exact sums, which clears
     some pixels and not others; one that clears none) gives the outputs, flags, extremes and
-    sums' column sums of the conv that computes every positive sum; its positive columns sum
-    over the pixels the bound left to compute, whose window sums (and share) it returns."""
+    sums' column sums of the conv that computes every positive sum (whose weights need not
+    keep the halves apart: with 16 * odd outputs a block of 32 columns spans both); its
+    positive columns sum over the pixels the bound left to compute, whose window sums (and
+    share) it returns."""
     from npusim.sim import kernels as K
     from npusim.sim.accumulate import _EPILOGUE_PIXELS, _NO_RQ, _blocks
 
     x, w, zp, stride, pad, bias, bits, kind, rng = case
     o = w.shape[0]
     wq = np.concatenate([w, np.maximum(w, 0)])
-    packed = int8_tiles.pack(wq, halves=True)
     exact = _windows_conv(x, wq, zp, stride, pad)
     n, ho, wo = exact.shape[:3]
     S, P = exact[..., :o], exact[..., o:]
@@ -213,6 +214,8 @@ def test_risk_conv_with_a_bound_equals_the_full_risk_conv(case):
     ms = rng.integers(0, n * pixels, 4)
     runs = []
     for b in (None, bound):
+        packed = int8_tiles.pack(wq, halves=b is not None)
+        assert b is not None or packed.nv == 2  # the blocks of 32 columns
         arrays = (np.empty((n * pixels, o), np.int64), np.empty((n, nb, 4), np.int64),
                   np.empty((n, nb, 2 * o), np.int64), np.empty((n * pixels, o), np.uint8),
                   np.empty(n * pixels, np.int32))
