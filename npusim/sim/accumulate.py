@@ -37,6 +37,7 @@ import numpy as np
 from npusim.ir import arith
 from npusim.sim import kernels as K
 from npusim.sim import screen
+from npusim.sim import walk16
 from npusim.sim.engines import Engine
 from npusim.sim.exact_conv import F64_EXACT, InexactError, l1_bound
 from npusim.sim.int8_engine import Int8Conv, Int8Result, int8_conv, int8_conv_fused, window_nonzero
@@ -746,16 +747,47 @@ def _simulate_pixels(x, w, bias, stride, padding, groups, zp_x, lv, pix, st,
         return _walk_points(x, w, bias, stride, padding, groups, zp_x, lv, np.repeat(pix, o),
                             np.tile(np.arange(o), len(pix)), st, out_hw).reshape(len(pix), o)
     wt = w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)
-    if lanes is np.int16:  # scaled to the top of the lane (`kernels._walk16_add`)
-        wt = wt << (16 - (lv.pe_bits if lv.order != K.OS else lv.acc_bits))
-    wt = np.ascontiguousarray(wt, dtype=lanes)
     got = np.empty((len(pix), o), np.int64)
     events = np.zeros((len(pix), 2), np.int64)
-    K.conv_walk_kernel(np.ascontiguousarray(x), wt, np.asarray(bias, np.int64), kh, kw, stride,
-                       padding, zp_x, lv, pix, ho, wo, got, events)
+    x = np.ascontiguousarray(x)
+    if lanes is np.int16:  # scaled to the top of the lane, in registers (`walk16`)
+        _walk16(x, wt << (16 - (lv.pe_bits if lv.order != K.OS else lv.acc_bits)), bias, kh,
+                kw, stride, padding, zp_x, lv, pix, out_hw, got, events)
+    else:
+        K.conv_walk_kernel(x, np.ascontiguousarray(wt, dtype=lanes), np.asarray(bias, np.int64),
+                           kh, kw, stride, padding, zp_x, lv, pix, ho, wo, got, events)
     st.pe_overflows = int(events[:, 0].sum())
     st.acc_overflows = int(events[:, 1].sum())
     return got
+
+
+def _walk16(x, wt, bias, kh, kw, stride, padding, zp_x, lv, pix, out_hw, got, events,
+            direct: bool | None = None):
+    """`walk16.walk16_kernel` on the pixels `pix`: `wt` (G, K, og) scaled, padded here with
+    zero weights to whole blocks of `walk16.LANES`; the inputs straight from a padded int16
+    copy (`direct`; None: where the walked pixels' patches hold at least as many values as
+    the input), else each pixel's patch."""
+    g, k, og = wt.shape
+    og64 = -(-og // walk16.LANES) * walk16.LANES
+    wp16 = np.zeros((g, k, og64), np.int16)
+    wp16[:, :, :og] = wt
+    n, h, w, c = x.shape
+    if direct is None:
+        direct = len(pix) * k * g >= x.size
+    if direct:
+        xp = np.empty((n, h + 2 * padding, w + 2 * padding, c), np.int16)
+        walk16.pad16_kernel(x, zp_x, padding, xp)
+        i, j, cc = np.ix_(np.arange(kh), np.arange(kw), np.arange(c // g))
+        corner = ((i * xp.shape[2] + j) * c + cc).transpose(2, 0, 1).reshape(-1)  # k: (c, i, j)
+        koff = corner[None, :] + (np.arange(g) * (c // g))[:, None]
+    else:
+        xp, koff = _NO_COPY, np.arange(k, dtype=np.int64)[None, :]
+    walk16.walk16_kernel(x, xp, np.ascontiguousarray(koff, np.int64), wp16,
+                         np.asarray(bias, np.int64), kh, kw, stride, padding, zp_x, lv, pix,
+                         *out_hw, got, events)
+
+
+_NO_COPY = np.zeros((0, 1, 1, 1), np.int16)  # `_walk16` without the padded copy
 
 
 def _walk_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
