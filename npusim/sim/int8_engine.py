@@ -544,10 +544,10 @@ def _pooled_bound(xu: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> np
 
 
 def pooled_conv(xu: np.ndarray, plan: Int8Conv, zp_u8: int, padding: int, stride: int,
-                out_hw: tuple[int, int]) -> np.ndarray:
-    """(N, Hb, Wb, plan.q) int32, Hb x Wb the `BOUND_G` x `BOUND_G` blocks of the out_hw
-    output pixels of a conv (`stride`, `padding`) of uint8 NHWC `xu` (values at or above its
-    zero point `zp_u8`): the checked conv `plan` (non-negative weights, stride `BOUND_G` *
+                out_hw: tuple[int, int], dtype=np.int32) -> np.ndarray:
+    """(N, Hb, Wb, plan.q) `dtype` (int32, or the checked conv's own float32: no copy), Hb x
+    Wb the `BOUND_G` x `BOUND_G` blocks of the out_hw output pixels of a conv (`stride`,
+    `padding`) of uint8 NHWC `xu` (values at or above its zero point `zp_u8`): the checked conv `plan` (non-negative weights, stride `BOUND_G` *
     `stride`, no padding) of `xu` max-pooled across each block's patches
     (`int8_tiles.pooled_input`), so at or above every sum of the block's pixels with those
     weights. The caller checks that against a few pixels (the conv's own checks cannot see a
@@ -556,7 +556,7 @@ def pooled_conv(xu: np.ndarray, plan: Int8Conv, zp_u8: int, padding: int, stride
     m = int8_tiles.pooled_input(xu, zp_u8, padding, g, stride)
     hw = (-(-out_hw[0] // g), -(-out_hw[1] // g))
     res = checked_conv(m, plan, hw)
-    return res.g.astype(np.int32, copy=False).reshape(m.shape[0], *hw, plan.q)
+    return res.g.astype(dtype, copy=False).reshape(m.shape[0], *hw, plan.q)
 
 
 def _check_bound(bound: np.ndarray, ms: np.ndarray, pos: np.ndarray,

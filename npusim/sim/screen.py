@@ -209,7 +209,7 @@ def pooled_screen(x: np.ndarray, cp: ChunkPlan, bias: np.ndarray, lv: LevelSpec,
     res = checked_conv(x, cp.sums, out_hw)
     xu = u8_operand(np.ascontiguousarray(x), cp.sums)
     gp = pooled_conv(xu, cp.pooled, cp.plan.zp_x - cp.sums.sub, cp.plan.padding,
-                     cp.plan.stride, out_hw)
+                     cp.plan.stride, out_hw, res.g.dtype)
     _check_bound(x, cp, gp, out_hw, next(_CALLS))
     st.nonzero_macs = res.nonzero_macs
     vals, flagged = screened_pixels(x, cp, res.g, bias, lv, np.arange(n * ho * wo), st, out_hw,
@@ -237,17 +237,18 @@ def _check_bound(x: np.ndarray, cp: ChunkPlan, gp: np.ndarray, out_hw: tuple[int
     cols = np.arange(o) if o <= _CHECK_COLUMNS else \
         (call * 40503 + np.arange(_CHECK_COLUMNS) * 2654435761) % o
     wp = np.maximum(cp.wl[cols], 0).reshape(len(cols), cp.nch, cp.size)
-    for m in spot_rows(call, n * ho * wo):
-        b, r = divmod(int(m), ho * wo)
-        oy, ox = divmod(r, wo)
-        win = np.full((kh, kw, c), zp, np.int64)  # the pixel's window, padding at zp
-        for i in range(kh):
-            for j in range(kw):
-                y, xx = oy * s + i - pad, ox * s + j - pad
-                if 0 <= y < x.shape[1] and 0 <= xx < x.shape[2]:
-                    win[i, j] = x[b, y, xx]
-        patch = (win.transpose(2, 0, 1).reshape(cp.nch, cp.size) - zp)  # the k order (c, i, j)
-        pos = np.einsum("jk,ojk->jo", patch, wp)  # (nch, cols): x - zp >= 0 here
-        top = gp[b, oy // BOUND_G, ox // BOUND_G].reshape(cp.nch, o)[:, cols]
-        if (pos > top).any():
-            raise InexactError("screen: the pooled bound is below a chunk's positive sum")
+    h, w = x.shape[1], x.shape[2]
+    ms = spot_rows(call, n * ho * wo)
+    b, r = np.divmod(ms, ho * wo)
+    oy, ox = np.divmod(r, wo)
+    wins = np.full((len(ms), kh, kw, c), zp, np.int64)  # the pixels' windows, padding at zp
+    for t in range(len(ms)):
+        y0, x0 = oy[t] * s - pad, ox[t] * s - pad
+        ya, yb, xa, xb = max(y0, 0), min(y0 + kh, h), max(x0, 0), min(x0 + kw, w)
+        wins[t, ya - y0:yb - y0, xa - x0:xb - x0] = x[b[t], ya:yb, xa:xb]
+    # the k order (c, i, j); x - zp >= 0 here
+    patch = wins.transpose(0, 3, 1, 2).reshape(len(ms), cp.nch, cp.size) - zp
+    pos = np.einsum("pjk,ojk->pjo", patch, wp)  # (pixels, nch, cols)
+    top = gp[b, oy // BOUND_G, ox // BOUND_G].reshape(len(ms), cp.nch, o)[:, :, cols]
+    if (pos > top).any():
+        raise InexactError("screen: the pooled bound is below a chunk's positive sum")
