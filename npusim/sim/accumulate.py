@@ -36,8 +36,7 @@ import numpy as np
 
 from npusim.ir import arith
 from npusim.sim import kernels as K
-from npusim.sim import screen
-from npusim.sim import walk16
+from npusim.sim import lanes16, screen
 from npusim.sim.engines import Engine
 from npusim.sim.exact_conv import F64_EXACT, InexactError, l1_bound
 from npusim.sim.int8_engine import Int8Conv, Int8Result, int8_conv, int8_conv_fused, window_nonzero
@@ -372,7 +371,8 @@ def _pooled_from_engine(x, cp: screen.ChunkPlan, bias, requant, lv, out_hw, st):
     screened (values and events those of the order-faithful walk); its `sequential_outputs`
     are the outputs the pooled bound flags."""
     n, o = x.shape[0], cp.wl.shape[0]
-    vals, flagged = screen.pooled_screen(x, cp, bias, lv, st, out_hw)
+    vals, flagged = screen.pooled_screen(x, cp, bias, lv, st, out_hw,
+                                         _screen_shift(x, cp, bias, lv))
     cp.flagged[0] = flagged * _CHUNKS_PAY > vals.size
     st.sequential_outputs = flagged
     _acc_range(vals, st)
@@ -569,7 +569,8 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
     if cp is not None and screen.fits(cp, n, pixels) and (gc is not None or many):
         if gc is None:  # an entry made without chunks (a quiet last batch, another config)
             gc = e.chunk_g[cp.size] = screen.chunk_sums(x, cp, out_hw)[0]
-        vals = screen.screened_pixels(x, cp, gc, bias, lv, pix, st, out_hw)[0]
+        vals = screen.screened_pixels(x, cp, gc, bias, lv, pix, st, out_hw, None,
+                                      _screen_shift(x, cp, bias, lv))[0]
     elif flat[1] * _ONE_BY_ONE <= len(pix) * o:  # a few per pixel: walked alone
         at = _flagged_outputs(e, lv, pe_risk, pix)
         vals = _walk_points(x, w, bias, stride, padding, groups, zp_x, lv, *at, st, out_hw)
@@ -691,15 +692,16 @@ def _resimulate_at_risk(f: _FloatShared, w, bias, stride, padding, groups, zp_x,
 _LANE_LIMIT = 1 << 30  # every addend and held value of the int32 walk stays below this
 
 
-def _walk_lanes(x: np.ndarray, w: np.ndarray, bias: np.ndarray, zp_x: int, lv: LevelSpec):
+def _walk_lanes(x: np.ndarray, w: np.ndarray, bias: np.ndarray, zp_x: int, lv: LevelSpec,
+                wmax: int | None = None):
     """The lane dtype of `kernels.conv_walk_kernel` for this layer, or None where its lanes
     cannot hold it. int16: wrap/saturate levels of at most 16 bits (pe no wider than acc),
     every product and input fitting the narrowest level's scaled lane; int32: a wrapping or
     saturating level at most 30 bits, an exact level bounded by its worst case (|bias| + k *
-    max|product|) below 2^30."""
+    max|product|) below 2^30. `wmax`: max |w| where known."""
     k = int(np.prod(w.shape[1:]))
     xmax = max(abs(int(x.min(initial=0)) - zp_x), abs(int(x.max(initial=0)) - zp_x))
-    pmax = xmax * int(np.abs(w).max(initial=0))
+    pmax = xmax * (int(np.abs(w).max(initial=0)) if wmax is None else wmax)
     bmax = int(np.abs(bias).max(initial=0))
     ws = lv.order != K.OS
     widths = (lv.pe_bits, lv.acc_bits) if ws else (lv.acc_bits,)
@@ -750,9 +752,9 @@ def _simulate_pixels(x, w, bias, stride, padding, groups, zp_x, lv, pix, st,
     got = np.empty((len(pix), o), np.int64)
     events = np.zeros((len(pix), 2), np.int64)
     x = np.ascontiguousarray(x)
-    if lanes is np.int16:  # scaled to the top of the lane, in registers (`walk16`)
-        _walk16(x, wt << (16 - (lv.pe_bits if lv.order != K.OS else lv.acc_bits)), bias, kh,
-                kw, stride, padding, zp_x, lv, pix, out_hw, got, events)
+    if lanes is np.int16:  # scaled to the top of the lane, in registers (`lanes16`)
+        _walk16(x, lanes16.lane_weights(wt, _lane_shift(lv)), bias, kh, kw, stride, padding,
+                zp_x, lv, pix, out_hw, got, events)
     else:
         K.conv_walk_kernel(x, np.ascontiguousarray(wt, dtype=lanes), np.asarray(bias, np.int64),
                            kh, kw, stride, padding, zp_x, lv, pix, ho, wo, got, events)
@@ -761,30 +763,38 @@ def _simulate_pixels(x, w, bias, stride, padding, groups, zp_x, lv, pix, st,
     return got
 
 
+def _screen_shift(x: np.ndarray, cp: screen.ChunkPlan, bias, lv: LevelSpec) -> int | None:
+    """`screen.screened_pixels`' `shift`: the lanes' scale where this layer's levels fit
+    int16 lanes (the register walk), else None."""
+    return _lane_shift(lv) if _walk_lanes(x, cp.wl, bias, cp.plan.zp_x, lv,
+                                           cp.wmax) is np.int16 else None
+
+
+def _lane_shift(lv: LevelSpec) -> int:
+    """How far int16 lanes scale this layer's values: to the top of the narrower level."""
+    return 16 - (lv.pe_bits if lv.order != K.OS else lv.acc_bits)
+
+
 def _walk16(x, wt, bias, kh, kw, stride, padding, zp_x, lv, pix, out_hw, got, events,
             direct: bool | None = None):
-    """`walk16.walk16_kernel` on the pixels `pix`: `wt` (G, K, og) scaled, padded here with
-    zero weights to whole blocks of `walk16.LANES`; the inputs straight from a padded int16
-    copy (`direct`; None: where the walked pixels' patches hold at least as many values as
-    the input), else each pixel's patch."""
-    g, k, og = wt.shape
-    og64 = -(-og // walk16.LANES) * walk16.LANES
-    wp16 = np.zeros((g, k, og64), np.int16)
-    wp16[:, :, :og] = wt
+    """`kernels.walk16_kernel` on the pixels `pix`, `wt` (G, K, og64) from
+    `lanes16.lane_weights`; the inputs straight from a padded int16 copy (`direct`; None:
+    where the walked pixels' patches hold at least as many values as the input), else each
+    pixel's patch."""
+    g, k, _ = wt.shape
     n, h, w, c = x.shape
     if direct is None:
         direct = len(pix) * k * g >= x.size
     if direct:
         xp = np.empty((n, h + 2 * padding, w + 2 * padding, c), np.int16)
-        walk16.pad16_kernel(x, zp_x, padding, xp)
+        K.pad16_kernel(x, zp_x, padding, xp)
         i, j, cc = np.ix_(np.arange(kh), np.arange(kw), np.arange(c // g))
         corner = ((i * xp.shape[2] + j) * c + cc).transpose(2, 0, 1).reshape(-1)  # k: (c, i, j)
         koff = corner[None, :] + (np.arange(g) * (c // g))[:, None]
     else:
         xp, koff = _NO_COPY, np.arange(k, dtype=np.int64)[None, :]
-    walk16.walk16_kernel(x, xp, np.ascontiguousarray(koff, np.int64), wp16,
-                         np.asarray(bias, np.int64), kh, kw, stride, padding, zp_x, lv, pix,
-                         *out_hw, got, events)
+    K.walk16_kernel(x, xp, np.ascontiguousarray(koff, np.int64), wt, np.asarray(bias, np.int64),
+                    kh, kw, stride, padding, zp_x, lv, pix, *out_hw, got, events)
 
 
 _NO_COPY = np.zeros((0, 1, 1, 1), np.int16)  # `_walk16` without the padded copy

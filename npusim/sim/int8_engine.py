@@ -545,13 +545,13 @@ def _pooled_bound(xu: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> np
 
 def pooled_conv(xu: np.ndarray, plan: Int8Conv, zp_u8: int, padding: int, stride: int,
                 out_hw: tuple[int, int], dtype=np.int32) -> np.ndarray:
-    """(N, Hb, Wb, plan.q) `dtype` (int32, or the checked conv's own float32: no copy), Hb x
-    Wb the `BOUND_G` x `BOUND_G` blocks of the out_hw output pixels of a conv (`stride`,
-    `padding`) of uint8 NHWC `xu` (values at or above its zero point `zp_u8`): the checked conv `plan` (non-negative weights, stride `BOUND_G` *
-    `stride`, no padding) of `xu` max-pooled across each block's patches
-    (`int8_tiles.pooled_input`), so at or above every sum of the block's pixels with those
-    weights. The caller checks that against a few pixels (the conv's own checks cannot see a
-    wrong pooling): `_check_bound`, `screen.pooled_screen`."""
+    """(N, Hb, Wb, plan.q) `dtype` (int32, or the checked conv's own float32: no copy), Hb x Wb the
+    `BOUND_G` x `BOUND_G` blocks of the out_hw output pixels of a conv (`stride`, `padding`) of
+    uint8 NHWC `xu` (values at or above its zero point `zp_u8`): the checked conv `plan`
+    (non-negative weights, stride `BOUND_G` * `stride`, no padding) of `xu` max-pooled across
+    each block's patches (`int8_tiles.pooled_input`), so at or above every sum of the block's
+    pixels with those weights. The caller checks that against a few pixels (the conv's own
+    checks cannot see a wrong pooling): `_check_bound`, `screen.pooled_screen`."""
     g = BOUND_G
     m = int8_tiles.pooled_input(xu, zp_u8, padding, g, stride)
     hw = (-(-out_hw[0] // g), -(-out_hw[1] // g))

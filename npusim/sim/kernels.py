@@ -33,6 +33,7 @@ from npusim.ir.arith import (
     requant_span_f64,
     wrap,
 )
+from npusim.sim import lanes16 as L16
 
 EXACT, WRAP, SATURATE = 0, 1, 2
 MODE_CODES = {"exact": EXACT, "wrap": WRAP, "saturate": SATURATE}
@@ -379,6 +380,152 @@ def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, va
             events[p0 + t, 1] = acc_tot[t]
 
 
+def _lanes16_calls(mr: int):
+    """`lanes16.make_walk`'s six variants for `mr` pixels, and one inlined call choosing
+    among them by the level modes (os: the acc level's; ws/is: both)."""
+    os_w, os_s = (L16.make_walk(mr, False, w, w) for w in (True, False))
+    ws_ww, ws_ws, ws_sw, ws_ss = (L16.make_walk(mr, True, p, a) for p in (True, False)
+                                  for a in (True, False))
+
+    @numba.njit(inline="always")
+    def call(xs, rows, kg, k0, k1, pe_rows, wf, w_off, w_stride, held, ca, cp, h_off, h_stride,
+             hi_pe, hi_acc, shift, ws, pe_mode, acc_mode):
+        a = (xs, rows, kg, k0, k1, pe_rows, wf, w_off, w_stride, held, ca, cp, h_off, h_stride,
+             hi_pe, hi_acc, shift)
+        if not ws:
+            if acc_mode == WRAP:
+                os_w(*a)
+            else:
+                os_s(*a)
+        elif pe_mode == WRAP:
+            if acc_mode == WRAP:
+                ws_ww(*a)
+            else:
+                ws_ws(*a)
+        elif acc_mode == WRAP:
+            ws_sw(*a)
+        else:
+            ws_ss(*a)
+
+    return call
+
+
+_lanes16_4 = _lanes16_calls(4)  # `walk16_kernel`: 4 pixels per call
+_lanes16_1 = _lanes16_calls(1)  # `_screen_pixels`: one pixel's failing chunk
+_W16_TASK = 8  # pixels per task of `walk16_kernel`
+
+
+@numba.njit(parallel=True, cache=True)
+def pad16_kernel(x, zp, pad, out):
+    """`out` (N, H + 2 pad, W + 2 pad, C) int16 = channels-last ``x - zp``, 0 in the
+    padding."""
+    n, h, w, c = x.shape
+    hp = h + 2 * pad
+    for t in numba.prange(n * hp):
+        b = t // hp
+        y = t - b * hp
+        row = out[b, y].reshape(-1)
+        if y < pad or y >= h + pad:
+            row[:] = 0
+            continue
+        row[:pad * c] = 0
+        row[(pad + w) * c:] = 0
+        src = x[b, y - pad].reshape(-1)
+        d = row[pad * c:(pad + w) * c]
+        for j in range(w * c):
+            d[j] = np.int16(np.int32(src[j]) - zp)
+
+
+@numba.njit(parallel=True, cache=True)
+def walk16_kernel(x, xp, koff, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, vals,
+                  events):
+    """`conv_walk_kernel` on int16 lanes of wrap/saturate levels of at most 16 bits
+    (its `wt` conditions), the lanes in registers (`lanes16`). `wt` (G, K, og64) int16,
+    pre-scaled as there, each group's columns padded with zero weights to a multiple of
+    `L16.LANES` (the layer's og = O / G, O = ``vals.shape[1]``). Inputs: with ``xp.size`` the
+    padded int16 ``x - zp_x`` (`pad16_kernel`) and `koff` (G, K) each product's offset from a
+    pixel's corner there; else each pixel's patch from channels-last `x` (`koff` (1, K):
+    0..K-1). Accumulators into `vals` (len(pix), O) int64, events (len(pix), 2) (pe, acc)."""
+    G, K, og64 = wt.shape
+    o_all = vals.shape[1]
+    og = o_all // G
+    cg = K // (kh * kw)
+    ws = lv.order != OS
+    rows_pe = lv.rows
+    pe_bits, pe_mode, acc_bits, acc_mode = lv.pe_bits, lv.pe_mode, lv.acc_bits, lv.acc_mode
+    sh_acc = 16 - acc_bits
+    sh_pe = 16 - pe_bits if ws else sh_acc
+    hi_acc = min(((1 << (acc_bits - 1)) - 1) << sh_acc, 32767)
+    hi_pe = min(((1 << (pe_bits - 1)) - 1) << sh_pe, 32767)
+    direct = xp.size > 0
+    hp, wp, c_all = xp.shape[1], xp.shape[2], xp.shape[3]
+    pre = np.zeros(G * og64, np.int16)  # the bias preloaded at the acc level, scaled
+    pre_f = np.zeros(G * og64, np.int16)
+    for g in range(G):
+        for o in range(og):
+            v, f = _level_add(0, bias[g * og + o], acc_bits, acc_mode)
+            pre[g * og64 + o] = v << sh_acc
+            pre_f[g * og64 + o] = f
+    xf = xp.reshape(-1)
+    wf = wt.reshape(-1)
+    P = pix.shape[0]
+    for task in numba.prange((P + _W16_TASK - 1) // _W16_TASK):
+        p0 = task * _W16_TASK
+        nt = min(_W16_TASK, P - p0)
+        held = np.empty(_W16_TASK * og64, np.int16)
+        ca = np.empty(_W16_TASK * og64, np.int16)
+        cp = np.zeros(_W16_TASK * og64, np.int16)
+        rows = np.empty(_W16_TASK, np.int64)
+        patch = np.zeros(0 if direct else _W16_TASK * K, np.int16)
+        ev = np.zeros((_W16_TASK, 2), np.int64)
+        for t in range(nt):
+            m = pix[p0 + t]
+            b = m // (ho * wo)
+            r = m - b * ho * wo
+            oy = r // wo
+            ox = r - oy * wo
+            rows[t] = ((b * hp + oy * stride) * wp + ox * stride) * c_all if direct else t * K
+        for t in range(nt, _W16_TASK):  # a short task repeats its last pixel into scratch rows
+            rows[t] = rows[nt - 1]
+        for g in range(G):
+            if not direct:
+                for t in range(nt):
+                    m = pix[p0 + t]
+                    b = m // (ho * wo)
+                    r = m - b * ho * wo
+                    oy = r // wo
+                    _patch(x, b, oy, r - oy * wo, g * cg, cg, kh, kw, stride, pad, zp_x,
+                           patch[t * K:(t + 1) * K])
+            xs = xf if direct else patch
+            kg = koff[g] if direct else koff[0]
+            for t in range(_W16_TASK):
+                held[t * og64:(t + 1) * og64] = pre[g * og64:(g + 1) * og64]
+                ca[t * og64:(t + 1) * og64] = pre_f[g * og64:(g + 1) * og64]
+                cp[t * og64:(t + 1) * og64] = 0
+            for o0 in range(0, og64, L16.LANES):
+                w_off = g * K * og64 + o0
+                for t0 in range(0, nt, 4):
+                    rt = rows[t0:]
+                    h_off = t0 * og64 + o0
+                    _lanes16_4(xs, rt, kg, 0, K, rows_pe, wf, w_off, og64, held, ca, cp, h_off,
+                               og64, hi_pe, hi_acc, sh_pe - sh_acc, ws, pe_mode, acc_mode)
+            for t in range(nt):
+                d = vals[p0 + t, g * og:(g + 1) * og]
+                h = held[t * og64:t * og64 + og]
+                for o in range(og):
+                    d[o] = np.int64(h[o]) >> sh_acc
+                s_pe = 0
+                s_acc = 0
+                for o in range(og):
+                    s_pe += cp[t * og64 + o]
+                    s_acc += ca[t * og64 + o]
+                ev[t, 0] += s_pe
+                ev[t, 1] += s_acc
+        for t in range(nt):
+            events[p0 + t, 0] = ev[t, 0]
+            events[p0 + t, 1] = ev[t, 1]
+
+
 @numba.njit(parallel=True, cache=True)
 def chunk_reduce_kernel(gc, n, nch, q, g, sums):
     """From the chunked engine's sums `gc` (n * pixels, nch * q) float32 (exact integers,
@@ -411,8 +558,8 @@ _SCREEN_TASK = 16  # pixels per task of `screen_walk_kernel`
 
 
 @numba.njit(parallel=True, cache=True)
-def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, gc, gp, g,
-                       size, vals, events, chunks, flagged):
+def screen_walk_kernel(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, gc, gp,
+                       g, size, vals, events, chunks, flagged):
     """`_accumulate_point` for every output channel of the output pixels `pix` (flat m = (n,
     oy, ox)), chunk by chunk: the k order (c, i, j) cut into chunks of `size` products (whole
     pe chunks: ``rows`` divides `size` in the ws/is order). With ``g == 0`` row m of `gc`
@@ -429,7 +576,11 @@ def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, 
     SIMD lanes of their own; from O / 8, every output of the pixel at once (an output whose
     screen passed gets the same value and no event that way). The pixel's input patch is
     gathered only once some chunk of it needs a walk. Channels-last `x` (N, H, W, C),
-    padding at zp_x; the weights in the k order as `wl` (O, K) and `wt` (K, O). Out: `vals`
+    padding at zp_x; the weights in the k order as `wl` (O, K) and `wt` (K, O), and where the
+    levels fit int16 lanes (`conv_walk_kernel`'s conditions) `wt16` (K, O64) int16, scaled
+    as there and padded with zeros to whole blocks of `lanes16.LANES`: then a chunk that
+    enough outputs fail is walked in registers (`lanes16`), every block of 64 outputs that
+    holds a failing one, from the chunk's start (else ``wt16.shape[0] == 0``). Out: `vals`
     (len(pix), O) int64, `events` (len(pix), 2) (pe, acc), `chunks` (len(pix), 2)
     (screened, walked) and `flagged` (len(pix),): how many of the pixel's outputs have a
     whole-sum bound [bias + neg, bias + pos] (pos, neg summed over the chunks) that leaves
@@ -437,14 +588,14 @@ def screen_walk_kernel(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, 
     P = pix.shape[0]
     T = _SCREEN_TASK
     for task in numba.prange((P + T - 1) // T):
-        _screen_pixels(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, task * T,
+        _screen_pixels(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix, task * T,
                        min(P, task * T + T), ho, wo, gc, gp, g, size, vals, events, chunks,
                        flagged)
 
 
 @numba.njit(cache=True)
-def _screen_pixels(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, t0, t1, ho, wo, gc,
-                   gp, g, size, vals, events, chunks, flagged):
+def _screen_pixels(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix, t0, t1, ho, wo,
+                   gc, gp, g, size, vals, events, chunks, flagged):
     """`screen_walk_kernel`'s task: the pixels ``pix[t0:t1]``."""
     O, K = wl.shape
     cg = K // (kh * kw)
@@ -462,6 +613,20 @@ def _screen_pixels(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, t0, t1, 
     # below 2^24 (the int8 engine's bound)
     vec = skip0 and acc_bits <= 30 and (not ws or pe_bits <= 30)
     patch = np.empty(K, np.int64)
+    # the register walk (`lanes16`): one pixel's int16 patch, 64 lanes at the levels' scales
+    l16 = wt16.shape[0] > 0
+    o64 = wt16.shape[1]
+    wf16 = wt16.reshape(-1)
+    patch16 = np.empty(K, np.int16)
+    at0 = np.zeros(1, np.int64)
+    koff = np.arange(K)
+    held16 = np.empty(L16.LANES, np.int16)
+    ca16 = np.empty(L16.LANES, np.int16)
+    cp16 = np.empty(L16.LANES, np.int16)
+    sh_acc = 16 - acc_bits if l16 else 0
+    sh_pe = 16 - pe_bits if l16 and ws else sh_acc
+    hi_acc16 = min(acc_hi << sh_acc, 32767)
+    hi_pe16 = min(((1 << (pe_bits - 1)) - 1) << sh_pe, 32767) if l16 else 0
     acc = np.empty(O, np.int64)
     ok = np.empty(O, np.bool_)
     psv = np.empty(O, np.int64)
@@ -519,8 +684,36 @@ def _screen_pixels(x, wl, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, t0, t1, 
             if not have_patch:
                 _patch(x, b, oy, ox, 0, cg, kh, kw, stride, pad, zp_x, patch)
                 have_patch = True
+                for k in range(K if l16 else 0):
+                    patch16[k] = patch[k]
             k0 = jc * size
             k1 = min(K, k0 + size)
+            # in registers, every block with a failing output, where enough fail (walking a
+            # block costs all 64 lanes; the array walks below skip zero products): in the
+            # os order from 1/64 of the outputs, ws/is (a pe chunk's extra adds) from 1/8
+            # (ResNet-18 224 at 15 bits, reports/BENCHMARKS.md round 21)
+            if l16 and nfail * (8 if ws else 64) > O:
+                for o0 in range(0, o64, L16.LANES):
+                    o1 = min(O, o0 + L16.LANES)
+                    hit = 0
+                    for o in range(o0, o1):
+                        hit |= not ok[o]
+                    if not hit:
+                        continue
+                    held16[:] = 0
+                    ca16[:] = 0
+                    cp16[:] = 0
+                    for o in range(o0, o1):  # the held values at the chunk's start
+                        a = acc[o] - (np.int64(np.int32(row[base + o])) if ok[o] else 0)
+                        held16[o - o0] = a << sh_acc
+                    _lanes16_1(patch16, at0, koff, k0, k1, rows, wf16, o0, o64, held16, ca16,
+                               cp16, 0, L16.LANES, hi_pe16, hi_acc16, sh_pe - sh_acc, ws,
+                               pe_mode, acc_mode)
+                    for o in range(o0, o1):
+                        acc[o] = np.int64(held16[o - o0]) >> sh_acc
+                        ca[o] += ca16[o - o0]
+                        cp[o] += cp16[o - o0]
+                continue
             # many: walk every output of the pixel from the chunk's start (vectorized, zero
             # products skipped; measured faster than one by one from O / 8 failing outputs)
             if vec and nfail * 8 > O:

@@ -15,7 +15,9 @@ about what the flagging already did.
 in [s + neg, s + pos] (s the held value at its start) and every pe-level chunk sum in [neg,
 pos]; where those fit the levels no addition can overflow and the held value becomes s + sum
 exactly (wrap and saturate alike), else that chunk of that output is walked product by
-product. Values and event counts are those of the walk (tests/npusim/sim/test_screen.py).
+product (where the levels fit int16 lanes and enough outputs fail, every 64-output block that
+holds one in registers: `lanes16`). Values and event counts are those of the walk
+(tests/npusim/sim/test_screen.py).
 
 `pooled_screen` (a single configuration, after a batch that flagged many outputs) screens
 every pixel with a cheaper `pos`: the chunks' sums alone, and per 2 x 2 block of output
@@ -48,6 +50,7 @@ from npusim.sim.int8_engine import (
     u8_operand,
 )
 from npusim.sim.kernels import LevelSpec
+from npusim.sim.lanes16 import lane_weights
 
 #: the most products per chunk (a 3x3 conv of 512 channels gets 32 channels, 288 products).
 #: Smaller chunks screen tighter but make more chunk sums to write and read
@@ -92,6 +95,16 @@ class ChunkPlan:
     #: batches left to screen with the exact positive sums (`plan`) before the pooled
     #: screen is tried again (it walked over `POOLED_WALKS` of the chunks; a mutable hint)
     pooled_skip: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    #: the largest weight magnitude (whether the register walk's int16 lanes hold a product)
+    wmax: int = 0
+    #: the register walk's weights (`lanes16.lane_weights` of `wt`) per scale, made once
+    lanes: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def lane_weights(self, shift: int) -> np.ndarray:
+        """`wt` as the register walk reads it at this scale (cached)."""
+        if shift not in self.lanes:
+            self.lanes[shift] = lane_weights(self.wt, shift)
+        return self.lanes[shift]
 
 
 def chunk_channels(cg: int, khw: int, lv: LevelSpec, limit: int = CHUNK_PRODUCTS,
@@ -141,7 +154,7 @@ def prepare_chunks(prep: Int8Conv, w: np.ndarray, lv: LevelSpec, x_range: tuple[
     else:
         sums = dataclasses.replace(sums, wnz=prep.wnz)
     return ChunkPlan(plan, cc * kh * kw, nch, wl, np.ascontiguousarray(wl.T, np.int32),
-                     sums=sums, pooled=pooled)
+                     sums=sums, pooled=pooled, wmax=int(np.abs(wl).max(initial=0)))
 
 
 def fits(cp: ChunkPlan, n: int, pixels: int) -> bool:
@@ -172,12 +185,14 @@ def chunked_result(res: Int8Result, nch: int) -> Int8Result:
 
 def screened_pixels(x: np.ndarray, cp: ChunkPlan, gc: np.ndarray, bias: np.ndarray,
                     lv: LevelSpec, pix: np.ndarray, st, out_hw: tuple[int, int],
-                    gp: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+                    gp: np.ndarray | None = None, shift: int | None = None
+                    ) -> tuple[np.ndarray, int]:
     """`accumulate._simulate_pixels` by chunk screening: (the order-faithful accumulators
     (len(pix), O) of every output channel of the output pixels `pix` (flat (n, oy, ox)), how
     many of their outputs the bound flags); events and chunk counts into `st`. `gc`: the
     chunked plan's sums and positive sums (`plan`), or with `gp` (the pooled bounds of
-    `pooled_screen`) the sums alone."""
+    `pooled_screen`) the sums alone. `shift`: where the levels fit int16 lanes, their scale
+    (`accumulate._lane_shift`): failing chunks are then walked in registers."""
     ho, wo = out_hw
     pix = np.asarray(pix, np.int64)
     o = cp.wl.shape[0]
@@ -185,7 +200,8 @@ def screened_pixels(x: np.ndarray, cp: ChunkPlan, gc: np.ndarray, bias: np.ndarr
     events = np.zeros((len(pix), 2), np.int64)
     chunks = np.zeros((len(pix), 2), np.int64)
     flagged = np.zeros(len(pix), np.int64)
-    K.screen_walk_kernel(np.ascontiguousarray(x), cp.wl, cp.wt, np.asarray(bias, np.int64),
+    w16 = _NO_LANES if shift is None else cp.lane_weights(shift)
+    K.screen_walk_kernel(np.ascontiguousarray(x), cp.wl, cp.wt, w16, np.asarray(bias, np.int64),
                          cp.plan.kh, cp.plan.kw, cp.plan.stride, cp.plan.padding, cp.plan.zp_x,
                          lv, pix, ho, wo, gc, gc if gp is None else gp.astype(gc.dtype, copy=False),
                          0 if gp is None else BOUND_G, cp.size, got, events, chunks, flagged)
@@ -196,7 +212,7 @@ def screened_pixels(x: np.ndarray, cp: ChunkPlan, gc: np.ndarray, bias: np.ndarr
 
 
 def pooled_screen(x: np.ndarray, cp: ChunkPlan, bias: np.ndarray, lv: LevelSpec, st,
-                  out_hw: tuple[int, int]) -> tuple[np.ndarray, int]:
+                  out_hw: tuple[int, int], shift: int | None = None) -> tuple[np.ndarray, int]:
     """`screened_pixels` of every output pixel, `pos` replaced by the pooled bound: the
     chunks' sums by `cp.sums`, an upper bound on their positive sums per 2 x 2 block of
     output pixels by `int8_engine.pooled_conv` with `cp.pooled` (both convs checked as
@@ -213,12 +229,13 @@ def pooled_screen(x: np.ndarray, cp: ChunkPlan, bias: np.ndarray, lv: LevelSpec,
     _check_bound(x, cp, gp, out_hw, next(_CALLS))
     st.nonzero_macs = res.nonzero_macs
     vals, flagged = screened_pixels(x, cp, res.g, bias, lv, np.arange(n * ho * wo), st, out_hw,
-                                    gp.reshape(-1, gp.shape[-1]))
+                                    gp.reshape(-1, gp.shape[-1]), shift)
     if st.walked_chunks > POOLED_WALKS * (st.screened_chunks + st.walked_chunks):
         cp.pooled_skip[0] = POOLED_RETRY
     return vals, flagged
 
 
+_NO_LANES = np.zeros((0, 0), np.int16)  # `screened_pixels` without the register walk
 _CALLS = itertools.count(1)  # `_check_bound` calls in this process (each checks other pixels)
 _CHECK_COLUMNS = 16  # output columns `_check_bound` recomputes per pixel
 

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from npusim.hw.config import NPUConfig
 from npusim.sim import int8_engine, screen
 from npusim.sim import kernels as K
+from npusim.sim.accumulate import _walk_lanes
 from npusim.sim.int8_engine import Int8Support, prepare_int8_conv
+from npusim.sim.lanes16 import lane_weights
 from npusim.sim.simulator import Simulator
 from tests.npusim import naive
 from tests.npusim.programs import conv_program
@@ -108,6 +110,23 @@ def test_screen_kernel_walks_a_few_failing_outputs_together(case, order, rows, p
     check_screen(case, order, rows, per, pe_mode, acc_mode, dpe, dacc, 1.0, seed)
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(layer(), layer(few=True)), st.sampled_from(["os", "ws"]), st.integers(1, 6),
+       st.integers(1, 4), st.sampled_from(MODES[1:]), st.sampled_from(MODES[1:]),
+       st.integers(0, 2), st.integers(0, 2 ** 32 - 1))
+def test_screen_kernel_walks_failing_chunks_in_registers(case, order, rows, per, pe_mode,
+                                                         acc_mode, g, seed):
+    """Levels at 16 bits, wrap or saturate (int16 lanes hold them): the chunks two or more
+    outputs fail are walked in registers (`lanes16`); values, events, chunk counts and flags
+    equal the array-lane walk's and the one-output kernel's (`check_screen`), with the exact
+    positive sums or a block bound."""
+    lv = K.LevelSpec(K.ORDER_CODES[order], rows, 16, K.MODE_CODES[pe_mode], 16,
+                     K.MODE_CODES[acc_mode])
+    assert _walk_lanes(case["x"], case["w"], case["bias"], case["zp"], lv) is np.int16
+    check_screen(case, order, rows, per, pe_mode, acc_mode, 16 - case["prod_bits"],
+                 16 - case["prod_bits"], 1.0, seed, g)
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(layer(), st.sampled_from(["os", "ws"]), st.integers(1, 6), st.integers(1, 4),
        st.sampled_from(MODES), st.sampled_from(MODES), st.integers(0, 5), st.integers(0, 5),
@@ -147,13 +166,21 @@ def check_screen(case, order, rows, per, pe_mode, acc_mode, dpe, dacc, frac, see
         pos = top[:, np.arange(ho)[:, None] // g, np.arange(wo)[None] // g].reshape(-1, nch, o)
         gc = sm.reshape(-1, nch * o).astype(np.float32)
     pix = np.flatnonzero(np.random.default_rng(seed).random(n * ho * wo) < frac)
-    vals = np.empty((len(pix), o), np.int64)
-    events = np.zeros((len(pix), 2), np.int64)
-    chunks = np.zeros((len(pix), 2), np.int64)
-    flagged = np.zeros(len(pix), np.int64)
-    K.screen_walk_kernel(x, np.ascontiguousarray(wm), np.ascontiguousarray(wm.T, np.int32),
-                         bias.astype(np.int64), kh, kw, s, pad, zp, lv, pix, ho, wo, gc, gp, g,
-                         size, vals, events, chunks, flagged)
+    runs = []
+    # the failing chunks walked in array lanes, and (where the levels fit) in registers
+    lanes = [np.zeros((0, 0), np.int16)]
+    if _walk_lanes(x, w, bias, zp, lv) is np.int16:
+        lanes.append(lane_weights(wm.T, 16 - (lv.pe_bits if order != "os" else lv.acc_bits)))
+    for w16 in lanes:
+        runs.append([np.empty((len(pix), o), np.int64), np.zeros((len(pix), 2), np.int64),
+                     np.zeros((len(pix), 2), np.int64), np.zeros(len(pix), np.int64)])
+        K.screen_walk_kernel(x, np.ascontiguousarray(wm), np.ascontiguousarray(wm.T, np.int32),
+                             w16, bias.astype(np.int64), kh, kw, s, pad, zp, lv, pix, ho, wo,
+                             gc, gp, g, size, *runs[-1])
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+    vals, events, chunks, flagged = runs[-1]
     p_, n_ = pos[pix].sum(axis=1), (sm - pos)[pix].sum(axis=1)  # (len(pix), O)
     acc_hi, pe_hi = (1 << (lv.acc_bits - 1)) - 1, (1 << (lv.pe_bits - 1)) - 1
     out = (bias + p_ > acc_hi) | (bias + n_ < -acc_hi - 1)

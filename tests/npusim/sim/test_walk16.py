@@ -1,8 +1,8 @@
-"""The register-lane walk (`npusim.sim.walk16`, through `accumulate._walk16`) against the
-independent oracle (`tests.npusim.naive`: values and event totals over every pixel) and the
-array-lane walk (`kernels.conv_walk_kernel`: per-pixel event counts of a subset), both of its
-input feeds, every order and wrap/saturate pair, widths up to 16 bits, output channels in
-partial blocks of 64 and in several."""
+"""The register-lane walk (`kernels.walk16_kernel` on `npusim.sim.lanes16`, through
+`accumulate._walk16`) against the independent oracle (`tests.npusim.naive`: values and event
+totals over every pixel) and the array-lane walk (`kernels.conv_walk_kernel`: per-pixel event
+counts of a subset), both of its input feeds, every order and wrap/saturate pair, widths up to
+16 bits, output channels in partial blocks of 64 and in several."""
 
 import numpy as np
 from hypothesis import HealthCheck, event, given, settings
@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from npusim.sim import kernels as K
 from npusim.sim.accumulate import _walk16, _walk_lanes
+from npusim.sim.lanes16 import lane_weights
 from tests.npusim import naive
 
 LANE_MODES = ["wrap", "saturate"]
@@ -54,11 +55,11 @@ def test_walk16_equals_oracle_and_array_walk(case, order, rows, pe_mode, acc_mod
         w = np.clip(w, -63, 63)
     assert _walk_lanes(x, w, bias, zp, lv) is np.int16
     wt = w.reshape(g, o // g, -1).transpose(0, 2, 1)
-    wt = wt << (16 - (lv.pe_bits if order == "ws" else lv.acc_bits))
+    w16 = lane_weights(wt, 16 - (lv.pe_bits if order == "ws" else lv.acc_bits))
     every = np.arange(n * ho * wo)
     got = np.empty((len(every), o), np.int64)
     ev = np.zeros((len(every), 2), np.int64)
-    _walk16(x, wt, bias, kh, kw, s, pad, zp, lv, every, (ho, wo), got, ev, direct=True)
+    _walk16(x, w16, bias, kh, kw, s, pad, zp, lv, every, (ho, wo), got, ev, direct=True)
     names = {K.WRAP: "wrap", K.SATURATE: "saturate"}
     want, pe, acc = naive.conv2d_acc(x.transpose(0, 3, 1, 2), w, bias, s, pad, g, zp, order,
                                      rows, lv.pe_bits, names[lv.pe_mode], lv.acc_bits,
@@ -71,11 +72,11 @@ def test_walk16_equals_oracle_and_array_walk(case, order, rows, pe_mode, acc_mod
     pix = every[np.random.default_rng(seed).random(len(every)) < frac]
     sub = np.empty((len(pix), o), np.int64)
     sub_ev = np.zeros((len(pix), 2), np.int64)
-    _walk16(x, wt, bias, kh, kw, s, pad, zp, lv, pix, (ho, wo), sub, sub_ev, direct=False)
+    _walk16(x, w16, bias, kh, kw, s, pad, zp, lv, pix, (ho, wo), sub, sub_ev, direct=False)
     np.testing.assert_array_equal(sub, got[pix])
     arr = np.empty_like(sub)
     arr_ev = np.zeros_like(sub_ev)
-    K.conv_walk_kernel(x, np.ascontiguousarray(wt, np.int16), np.asarray(bias, np.int64), kh,
+    K.conv_walk_kernel(x, np.ascontiguousarray(w16[..., :o // g]), np.asarray(bias, np.int64), kh,
                        kw, s, pad, zp, lv, pix, ho, wo, arr, arr_ev)
     np.testing.assert_array_equal(sub, arr)
     np.testing.assert_array_equal(sub_ev, arr_ev)
