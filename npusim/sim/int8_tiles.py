@@ -327,9 +327,9 @@ def _conv_epilogue_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, q,
 def _conv_risk_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, o_n, bias, pe_risk,
                       lv, do_rq, rq, out, flags, rows, mnmx, sums, ms, gs, bound, g, kh, xwin):
     """`_conv_epilogue_kernel` for a plan with sign columns (q = 2 * o_n; with ``g > 0``
-    packed in blocks within each half) and risk: per task the block's sums and positive product sums
-    P as two planes of a local buffer, then `kernels.fused_risk_task` on them (`flags`
-    (M, o_n): the flagged outputs; `rows` (M,): how many per row).
+    packed in blocks within each half) and risk: per task the block's sums and positive
+    product sums P as two planes of a local buffer, then `kernels.fused_risk_task` on them
+    (`flags` (M, o_n): the flagged outputs; `rows` (M,): how many per row).
 
     With ``g > 0``, P only where a cheaper bound does not clear the pixel: `bound`
     (N, Hb, Wb, o_n) int32 holds, per block of g x g output pixels, an upper bound Pg on the

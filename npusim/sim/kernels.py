@@ -456,7 +456,7 @@ def walk16_kernel(x, xp, koff, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho,
     sh_acc = 16 - acc_bits
     sh_pe = 16 - pe_bits if ws else sh_acc
     hi_acc = min(((1 << (acc_bits - 1)) - 1) << sh_acc, 32767)
-    hi_pe = min(((1 << (pe_bits - 1)) - 1) << sh_pe, 32767)
+    hi_pe = min(((1 << (pe_bits - 1)) - 1) << sh_pe, 32767) if ws else 0  # os: no pe level
     direct = xp.size > 0
     hp, wp, c_all = xp.shape[1], xp.shape[2], xp.shape[3]
     pre = np.zeros(G * og64, np.int16)  # the bias preloaded at the acc level, scaled
@@ -626,7 +626,7 @@ def _screen_pixels(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix, t0
     sh_acc = 16 - acc_bits if l16 else 0
     sh_pe = 16 - pe_bits if l16 and ws else sh_acc
     hi_acc16 = min(acc_hi << sh_acc, 32767)
-    hi_pe16 = min(((1 << (pe_bits - 1)) - 1) << sh_pe, 32767) if l16 else 0
+    hi_pe16 = min(((1 << (pe_bits - 1)) - 1) << sh_pe, 32767) if l16 and ws else 0
     acc = np.empty(O, np.int64)
     ok = np.empty(O, np.bool_)
     psv = np.empty(O, np.int64)

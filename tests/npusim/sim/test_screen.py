@@ -116,10 +116,11 @@ def test_screen_kernel_walks_a_few_failing_outputs_together(case, order, rows, p
        st.integers(0, 2), st.integers(0, 2 ** 32 - 1))
 def test_screen_kernel_walks_failing_chunks_in_registers(case, order, rows, per, pe_mode,
                                                          acc_mode, g, seed):
-    """Levels at 16 bits, wrap or saturate (int16 lanes hold them): the chunks two or more
-    outputs fail are walked in registers (`lanes16`); values, events, chunk counts and flags
-    equal the array-lane walk's and the one-output kernel's (`check_screen`), with the exact
-    positive sums or a block bound."""
+    """Levels at 16 bits, wrap or saturate (int16 lanes hold them): the chunks that enough
+    outputs fail (os: from O / 64, so every failing chunk of these layers; ws: from O / 8) are
+    walked in registers (`lanes16`); values, events, chunk counts and flags equal the
+    array-lane walk's and the one-output kernel's (`check_screen`), with the exact positive
+    sums or a block bound."""
     lv = K.LevelSpec(K.ORDER_CODES[order], rows, 16, K.MODE_CODES[pe_mode], 16,
                      K.MODE_CODES[acc_mode])
     assert _walk_lanes(case["x"], case["w"], case["bias"], case["zp"], lv) is np.int16
