@@ -694,11 +694,12 @@ _LANE_LIMIT = 1 << 30  # every addend and held value of the int32 walk stays bel
 
 def _walk_lanes(x: np.ndarray, w: np.ndarray, bias: np.ndarray, zp_x: int, lv: LevelSpec,
                 wmax: int | None = None):
-    """The lane dtype of `kernels.conv_walk_kernel` for this layer, or None where its lanes
-    cannot hold it. int16: wrap/saturate levels of at most 16 bits (pe no wider than acc),
-    every product and input fitting the narrowest level's scaled lane; int32: a wrapping or
-    saturating level at most 30 bits, an exact level bounded by its worst case (|bias| + k *
-    max|product|) below 2^30. `wmax`: max |w| where known."""
+    """The lanes the walk of this layer takes, or None where neither holds it. int16
+    (`kernels.walk16_kernel`, in registers): wrap/saturate levels of at most 16 bits (pe no
+    wider than acc), every product and input fitting the narrowest level's scaled lane; int32: a
+    wrapping or saturating level at most 30 bits, an exact level bounded by its worst case
+    (|bias| + k * max|product|) below 2^30 (`kernels.conv_walk_kernel`). `wmax`: max |w| where
+    known."""
     k = int(np.prod(w.shape[1:]))
     xmax = max(abs(int(x.min(initial=0)) - zp_x), abs(int(x.max(initial=0)) - zp_x))
     pmax = xmax * (int(np.abs(w).max(initial=0)) if wmax is None else wmax)
@@ -739,8 +740,8 @@ def _simulate_pixels(x, w, bias, stride, padding, groups, zp_x, lv, pix, st,
                      out_hw) -> np.ndarray:
     """Order-faithful accumulators (len(pix), O) of every output channel of the output pixels
     `pix` (flat (n, oy, ox)) of channels-last `x`, events counted into `st`, vectorized across
-    channels (`kernels.conv_walk_kernel`); layers whose sums do not fit its lanes take the
-    one-output-at-a-time kernel."""
+    channels (`_walk_lanes`: `kernels.walk16_kernel` or `kernels.conv_walk_kernel`); layers
+    whose sums fit neither's lanes take the one-output-at-a-time kernel."""
     ho, wo = out_hw
     pix = np.asarray(pix, np.int64)
     o, cg, kh, kw = w.shape

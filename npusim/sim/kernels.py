@@ -10,8 +10,7 @@ Compile time: per-element helpers are inlined (``inline="always"``: a call per r
 epilogue 1.7-3x slower), but a task's whole body (`_epilogue_task`, `fused_risk_task`,
 `int8_tiles._tiles`, `_screen_pixels`, ...) is a plain njit function (cached on disk), called
 once per task: compiled once per signature and shared by every kernel and process that calls
-it, where inlined each caller typed and compiled it again. Code chosen by a dtype is chosen when the caller is typed
-(`_lanes_products`), so a signature holds only its own loops.
+it, where inlined each caller typed and compiled it again.
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import types
-from numba.extending import overload
 
 from npusim.ir.arith import (
     F64_EXACT_PRODUCT,
@@ -208,82 +205,12 @@ def _walk_products(held, cnt, wrow, xv, n, bits, mode):
 
 
 @numba.njit(inline="always")
-def _sat16(a, v, s, hi):
-    """Saturating ``a + v`` on int16 lanes whose top is `hi` (the bottom is the lane's): `s`
-    the lane's wrapped sum; returns (result, 1 if the exact sum left the range). Branch-free
-    int16 operations (the add overflowed the lane iff a and v share a sign that s lacks)."""
-    ovf = ((a ^ s) & (v ^ s)) < 0
-    keep = np.int16(ovf) - np.int16(1)  # all ones where s is the sum, else 0
-    r = np.int16((s & keep) | (((a >> 15) ^ 32767) & ~keep))  # else the limit on a's side
-    return min(r, hi), np.int16(ovf | (r > hi))
-
-
-def _walk16_add(held, cnt, v, n, bits, mode, hi, shift):
-    """`_walk_add` on int16 lanes holding values scaled to the top of the lane (a b-bit value
-    v is stored as v << (16 - b), so wrapping at b bits is the lane's own wrap), `v` first
-    shifted right by `shift` (to the acc level's scale; `bits` unused): `hi` the scaled
-    maximum; `mode` WRAP or SATURATE. Compiled as `_lanes_add` on int16 lanes."""
-    for o in range(n):
-        v[o] = v[o] >> shift
-    if mode == WRAP:
-        for o in range(n):
-            a = held[o]
-            s = np.int16(a + v[o])
-            cnt[o] += np.int16(((a ^ s) & (v[o] ^ s)) < 0)  # a signed overflow of the add
-            held[o] = s
-    else:
-        for o in range(n):
-            a = held[o]
-            held[o], f = _sat16(a, v[o], np.int16(a + v[o]), hi)
-            cnt[o] += f
-
-
-def _walk16_products(held, cnt, wrow, xv, n, bits, mode, hi):
-    """`_walk16_add` of the products ``xv * wrow[:n]`` (weights pre-scaled). Compiled as
-    `_lanes_products` on int16 lanes."""
-    if mode == WRAP:
-        for o in range(n):
-            a = held[o]
-            p = np.int16(xv * wrow[o])
-            s = np.int16(a + p)
-            cnt[o] += np.int16(((a ^ s) & (p ^ s)) < 0)
-            held[o] = s
-    else:
-        for o in range(n):
-            a = held[o]
-            p = np.int16(xv * wrow[o])
-            held[o], f = _sat16(a, p, np.int16(a + p), hi)
-            cnt[o] += f
-
-
-def _lanes_products(held, cnt, wrow, xv, n, bits, mode, hi):
-    """`_walk16_products` on int16 lanes (`hi` their scaled top), else `_walk_products` at
-    `bits`: chosen by the lanes' dtype when the caller is compiled, so each of
-    `conv_walk_kernel`'s signatures holds only its own lanes' loops (compile time)."""
-
-
-@overload(_lanes_products, inline="always")
-def _ol_lanes_products(held, cnt, wrow, xv, n, bits, mode, hi):
-    if held.dtype == types.int16:
-        return _walk16_products
-
-    def products32(held, cnt, wrow, xv, n, bits, mode, hi):
-        _walk_products(held, cnt, wrow, xv, n, bits, mode)
-    return products32
-
-
-def _lanes_add(held, cnt, v, n, bits, mode, hi, shift):
-    """`_walk16_add` on int16 lanes, else `_walk_add` at `bits` (see `_lanes_products`)."""
-
-
-@overload(_lanes_add, inline="always")
-def _ol_lanes_add(held, cnt, v, n, bits, mode, hi, shift):
-    if held.dtype == types.int16:
-        return _walk16_add
-
-    def add32(held, cnt, v, n, bits, mode, hi, shift):
-        _walk_add(held, cnt, v, n, bits, mode)
-    return add32
+def _pixel(m, ho, wo):
+    """Flat output pixel m = (n, oy, ox) of ho x wo pixels per image: (n, oy, ox)."""
+    b = m // (ho * wo)
+    r = m - b * ho * wo
+    oy = r // wo
+    return b, oy, r - oy * wo
 
 
 @numba.njit(inline="always")
@@ -310,19 +237,12 @@ def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, va
     output pixels `pix` (flat m = (n, oy, ox)) at once, vectorized across output channels.
     Channels-last `x` (N, H, W, C), padding at zp_x; `wt` (groups, K, O/groups) in the k order
     (c, i, j); accumulators into `vals` (len(pix), O) int64, events (len(pix), 2) (pe, acc)
-    per pixel. The lanes have `wt`'s dtype: int32 (the caller proves every running sum and
-    addend fits 31 bits), or int16 for wrap/saturate levels of at most 16 bits (pe no wider
-    than acc) with values scaled to the top of the lane (`_walk16_add`), `wt` pre-scaled by
-    ``16 - acc_bits`` (os) or ``16 - pe_bits`` (ws/is), fewer than 2^15 additions per level."""
+    per pixel. int32 lanes (`wt` int32): the caller proves every running sum and addend fits
+    31 bits (levels that fit int16 lanes take `walk16_kernel`)."""
     G, K, og = wt.shape
     cg = K // (kh * kw)
     order, rows = lv.order, lv.rows
     pe_bits, pe_mode, acc_bits, acc_mode = lv.pe_bits, lv.pe_mode, lv.acc_bits, lv.acc_mode
-    narrow = wt.itemsize == 2
-    sh_acc = 16 - acc_bits if narrow else 0
-    sh_pe = 16 - pe_bits if narrow and order != OS else 0
-    hi_acc = np.int16(min(((1 << (acc_bits - 1)) - 1) << sh_acc, 32767))  # narrow lanes only
-    hi_pe = np.int16(min(((1 << (pe_bits - 1)) - 1) << sh_pe, 32767))
     P = pix.shape[0]
     T = _WALK_TILE
     L = _WALK_LANES
@@ -338,26 +258,22 @@ def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, va
         acc_tot = np.zeros(T, np.int64)
         for g in range(G):
             for t in range(nt):
-                m = pix[p0 + t]
-                b = m // (ho * wo)
-                r = m - b * ho * wo
-                oy = r // wo
-                ox = r - oy * wo
+                b, oy, ox = _pixel(pix[p0 + t], ho, wo)
                 _patch(x, b, oy, ox, g * cg, cg, kh, kw, stride, pad, zp_x, patch[t])
             for o0 in range(0, og, L):
                 n = min(L, og - o0)
                 for t in range(nt):
                     for o in range(n):  # the bias preload at the acc level, from 0
                         v, f = _level_add(0, bias[g * og + o0 + o], acc_bits, acc_mode)
-                        acc[t, o] = v << sh_acc
+                        acc[t, o] = v
                         ca[t, o] = f
                         cp[t, o] = 0
                 if order == OS:
                     for k in range(K):
                         wrow = wt[g, k, o0:o0 + n]
                         for t in range(nt):
-                            _lanes_products(acc[t], ca[t], wrow, patch[t, k], n, acc_bits,
-                                            acc_mode, hi_acc)
+                            _walk_products(acc[t], ca[t], wrow, patch[t, k], n, acc_bits,
+                                           acc_mode)
                 else:
                     for k0 in range(0, K, rows):
                         for t in range(nt):
@@ -365,14 +281,13 @@ def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, va
                         for k in range(k0, min(K, k0 + rows)):
                             wrow = wt[g, k, o0:o0 + n]
                             for t in range(nt):
-                                _lanes_products(ps[t], cp[t], wrow, patch[t, k], n, pe_bits,
-                                                pe_mode, hi_pe)
-                        for t in range(nt):  # the chunk added at the acc level's scale
-                            _lanes_add(acc[t], ca[t], ps[t], n, acc_bits, acc_mode, hi_acc,
-                                       sh_pe - sh_acc)
+                                _walk_products(ps[t], cp[t], wrow, patch[t, k], n, pe_bits,
+                                               pe_mode)
+                        for t in range(nt):  # the chunk added at the acc level
+                            _walk_add(acc[t], ca[t], ps[t], n, acc_bits, acc_mode)
                 for t in range(nt):
                     for o in range(n):
-                        vals[p0 + t, g * og + o0 + o] = np.int64(acc[t, o]) >> sh_acc
+                        vals[p0 + t, g * og + o0 + o] = acc[t, o]
                         pe_tot[t] += cp[t, o]
                         acc_tot[t] += ca[t, o]
         for t in range(nt):
@@ -479,22 +394,15 @@ def walk16_kernel(x, xp, koff, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho,
         patch = np.zeros(0 if direct else _W16_TASK * K, np.int16)
         ev = np.zeros((_W16_TASK, 2), np.int64)
         for t in range(nt):
-            m = pix[p0 + t]
-            b = m // (ho * wo)
-            r = m - b * ho * wo
-            oy = r // wo
-            ox = r - oy * wo
+            b, oy, ox = _pixel(pix[p0 + t], ho, wo)
             rows[t] = ((b * hp + oy * stride) * wp + ox * stride) * c_all if direct else t * K
         for t in range(nt, _W16_TASK):  # a short task repeats its last pixel into scratch rows
             rows[t] = rows[nt - 1]
         for g in range(G):
             if not direct:
                 for t in range(nt):
-                    m = pix[p0 + t]
-                    b = m // (ho * wo)
-                    r = m - b * ho * wo
-                    oy = r // wo
-                    _patch(x, b, oy, r - oy * wo, g * cg, cg, kh, kw, stride, pad, zp_x,
+                    b, oy, ox = _pixel(pix[p0 + t], ho, wo)
+                    _patch(x, b, oy, ox, g * cg, cg, kh, kw, stride, pad, zp_x,
                            patch[t * K:(t + 1) * K])
             xs = xf if direct else patch
             kg = koff[g] if direct else koff[0]
@@ -645,10 +553,7 @@ def _screen_pixels(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix, t0
     hb, wb = (ho + g - 1) // max(g, 1), (wo + g - 1) // max(g, 1)
     for t in range(t0, t1):
         m = pix[t]
-        b = m // (ho * wo)
-        r = m - b * ho * wo
-        oy = r // wo
-        ox = r - oy * wo
+        b, oy, ox = _pixel(m, ho, wo)
         have_patch = False  # built when a chunk first needs a walk (most pixels need none)
         row = gc[m]
         prow = gp[(b * hb + oy // g) * wb + ox // g] if g else row
@@ -1161,11 +1066,7 @@ def spot_check_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, ms, gs, cal
     n_pix = ms.shape[0]
     n_cols = min(q, max(1, budget // (n_pix * kh * kw * cg)))
     for t in range(n_pix):
-        m = ms[t]
-        b = m // (ho * wo)
-        p = m - b * ho * wo
-        oy = p // wo
-        ox = p - oy * wo
+        b, oy, ox = _pixel(ms[t], ho, wo)
         for u in range(n_cols):
             jq = u if n_cols == q else (call * 40503 + u * 2654435761) % q
             c0 = ((jq % o_n) // og) * cg

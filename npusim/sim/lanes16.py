@@ -7,13 +7,14 @@ is LLVM IR in a numba intrinsic, as `int8_tiles`' conv tiles are: ``mr`` pixels 
 vectors of 32 int16 lanes stay in registers across the k-steps, and each k-step is a weight
 load per vector, a broadcast per pixel and per lane a multiply, an add, and the overflow
 test and count (wrap: the add overflowed the lane iff both operands' signs differ from the
-sum's; saturate: ``llvm.sadd.sat``, clamped to the level's scaled top). The rules are
-`kernels._walk16_add`'s (values scaled to the top of the lane, so a b-bit level wraps or
-saturates as the lane does), the order `kernels._accumulate_point`'s: os adds every product
-at the acc level; ws/is sums chunks of `rows` products at the pe level, then adds each chunk
-at the acc level. Used by `kernels.walk16_kernel` (whole pixels, 4 at a time) and
-`kernels.screen_walk_kernel` (the chunks its screen cannot clear, one pixel at a time). The
-generic vector IR compiles on any target; on AVX-512 a vector is one zmm register.
+sum's; saturate: ``llvm.sadd.sat``, clamped to the level's scaled top). A b-bit value v is
+held as v << (16 - b), so a b-bit level wraps or saturates as the lane does; the order is
+`kernels._accumulate_point`'s: os adds every product at the acc level; ws/is sums chunks of
+`rows` products at the pe level, then adds each chunk at the acc level. Used by
+`kernels.walk16_kernel` (whole pixels, 4 at a time; the array-lane walk keeps the levels
+int16 lanes cannot hold) and `kernels.screen_walk_kernel` (the chunks its screen cannot
+clear, one pixel at a time). The generic vector IR compiles on any target; on AVX-512 a
+vector is one zmm register.
 
 ResNet-18 224's stem at 16-bit wrap (25,088 pixels x 64 channels x 147 products, a Xeon with
 AVX-512): 12.5 -> 3.9 ms; compiled for AVX2 only (``NUMBA_CPU_NAME=haswell``) on the same

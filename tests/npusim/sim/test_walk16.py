@@ -1,8 +1,8 @@
 """The register-lane walk (`kernels.walk16_kernel` on `npusim.sim.lanes16`, through
 `accumulate._walk16`) against the independent oracle (`tests.npusim.naive`: values and event
-totals over every pixel) and the array-lane walk (`kernels.conv_walk_kernel`: per-pixel event
-counts of a subset), both of its input feeds, every order and wrap/saturate pair, widths up to
-16 bits, output channels in partial blocks of 64 and in several."""
+totals over every pixel) and the one-output kernel (`kernels.conv_points_kernel`: values and
+per-pixel event counts of a subset), both of its input feeds, every order and wrap/saturate
+pair, widths up to 16 bits, output channels in partial blocks of 64 and in several."""
 
 import numpy as np
 from hypothesis import HealthCheck, event, given, settings
@@ -68,16 +68,21 @@ def test_walk16_equals_oracle_and_array_walk(case, order, rows, pe_mode, acc_mod
     event(f"overflows: {'yes' if ev.any() else 'no'}")
     assert (int(ev[:, 0].sum()) if order == "ws" else 0, int(ev[:, 1].sum())) == \
         (pe if order == "ws" else 0, acc)
-    # a subset through the patches: the same rows, and the array-lane walk's events per pixel
+    # a subset through the patches: the same rows, and per pixel the events of the
+    # one-output kernel (`conv_points_kernel`) summed over the pixel's channels
     pix = every[np.random.default_rng(seed).random(len(every)) < frac]
     sub = np.empty((len(pix), o), np.int64)
     sub_ev = np.zeros((len(pix), 2), np.int64)
     _walk16(x, w16, bias, kh, kw, s, pad, zp, lv, pix, (ho, wo), sub, sub_ev, direct=False)
     np.testing.assert_array_equal(sub, got[pix])
-    arr = np.empty_like(sub)
-    arr_ev = np.zeros_like(sub_ev)
-    K.conv_walk_kernel(x, np.ascontiguousarray(w16[..., :o // g]), np.asarray(bias, np.int64), kh,
-                       kw, s, pad, zp, lv, pix, ho, wo, arr, arr_ev)
-    np.testing.assert_array_equal(sub, arr)
-    np.testing.assert_array_equal(sub_ev, arr_ev)
-    np.testing.assert_array_equal(ev[pix], arr_ev)
+    b, p = np.divmod(np.repeat(pix, o), ho * wo)
+    points = np.stack([b, np.tile(np.arange(o), len(pix)), p // wo, p % wo], axis=1)
+    one = np.empty(len(points), np.int64)
+    one_ev = np.zeros((len(points), 2), np.int64)
+    xc = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=zp)
+    K.conv_points_kernel(xc, w, np.asarray(bias, np.int64), s, g, zp, lv,
+                         np.ascontiguousarray(points, np.int64), one, one_ev)
+    np.testing.assert_array_equal(sub.reshape(-1), one)
+    per_pixel = one_ev.reshape(len(pix), o, 2).sum(axis=1)
+    np.testing.assert_array_equal(sub_ev, per_pixel)
+    np.testing.assert_array_equal(ev[pix], per_pixel)
