@@ -48,7 +48,13 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from npusim.sim.kernels import fused_epilogue_task, fused_risk_task, fused_task_pixels, risk_thresholds
+from npusim.sim.kernels import (
+    fused_epilogue_task,
+    fused_risk_task,
+    fused_task_pixels,
+    risk_flag,
+    risk_thresholds,
+)
 
 
 def _host_isa() -> str | None:
@@ -379,7 +385,7 @@ def _conv_risk_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, o_n, b
                 sr = gl[r * o_n:(r + 1) * o_n]
                 f = 0
                 for o in range(o_n):
-                    f |= (pb[o] > tp[o]) | (np.int32(pb[o] - sr[o]) > tn[o])
+                    f |= risk_flag(pb[o], sr[o], tp[o], tn[o])
                 need[r] = f
                 ox += 1
                 if ox == wo:

@@ -1198,6 +1198,13 @@ def risk_thresholds(bias, acc_bits, pe_bits, pe_risk):
     return (np.int32(min(max(tp, -1), _I32_MAX)), np.int32(min(max(tn, -1), _I32_MAX)))
 
 
+@numba.njit(inline="always")
+def risk_flag(pos, s, tp, tn):
+    """Whether an output with product sum `s` and positive product sum `pos` (int32) is
+    flagged at the thresholds `risk_thresholds` gave: ``pos > tp or pos - s > tn``."""
+    return (pos > tp) | (np.int32(pos - s) > tn)
+
+
 @numba.njit(cache=True)
 def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, flags, rows,
                     mnmx, sums, b, blk, p_a, p_b):
@@ -1260,11 +1267,11 @@ def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, 
         fl = ff[at:at + cnt]
         hit = 0  # (a bool here made this loop 4x slower)
         for i in range(cnt):  # int32 lanes: numba computes int32 - int32 in int64
-            hit |= (ps[i] > tp[i]) | (np.int32(ps[i] - vs[i]) > tn[i])
+            hit |= risk_flag(ps[i], vs[i], tp[i], tn[i])
         r0 = m_a + c0 // o_n  # runs are whole rows: n_l and the plane are multiples of o_n
         if hit:  # flags and the flagged/unflagged split only in runs that flag some
             for i in range(cnt):
-                f = (ps[i] > tp[i]) | (np.int32(ps[i] - vs[i]) > tn[i])
+                f = risk_flag(ps[i], vs[i], tp[i], tn[i])
                 fl[i] = f
                 mnu[i] = min(mnu[i], _I32_MAX if f else vs[i])
                 mxu[i] = max(mxu[i], _I32_MIN if f else vs[i])
