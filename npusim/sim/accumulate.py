@@ -84,12 +84,16 @@ class Requant:
         """Storage dtype of the requantized values (they lie in [lo, hi])."""
         return arith.storage_dtype(self.rec.lo, self.rec.hi)
 
-    def apply_channels_last(self, acc: np.ndarray) -> np.ndarray:
-        """Requantize int64 accumulators (..., O), stored in `dtype`."""
+    def apply_channels_last(self, acc: np.ndarray) -> tuple[np.ndarray, int, int]:
+        """Requantize int64 accumulators (..., O), stored in `dtype`: (the output, min and max
+        of `acc`, found in the same pass; 0, 0 for none)."""
         flat = np.ascontiguousarray(acc, np.int64).reshape(-1, acc.shape[-1])
         out = np.empty(flat.shape, self.dtype)
-        K.requant_rows_kernel(flat, self.rec, out)
-        return out.reshape(acc.shape)
+        if not flat.size:
+            return out.reshape(acc.shape), 0, 0
+        ext = np.empty((-(-len(flat) // K.REQUANT_ROWS), 2), np.int64)
+        K.requant_rows_kernel(flat, self.rec, out, ext)
+        return out.reshape(acc.shape), int(ext[:, 0].min()), int(ext[:, 1].max())
 
     def apply_points(self, vals: np.ndarray, chan: np.ndarray) -> np.ndarray:
         """Requantize int64 accumulators `vals`, each with the parameters of channel `chan`."""
@@ -250,7 +254,7 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
         K.conv_kernel(_pad(f.xc, padding, zp_x), w, bias, stride, groups, zp_x, lv, acc, events)
         st.pe_overflows, st.acc_overflows = int(events[:, 0].sum()), int(events[:, 1].sum())
         st.sequential_outputs = acc.size
-        return _finish(acc, requant), _acc_range(acc, st)
+        return _output(acc.transpose(0, 2, 3, 1), requant, st), st
     if f.acc is None:
         f.acc = engine.exact_conv(f.xs, w, stride, padding, groups, f.bound,
                                   int8=not engine_failed)
@@ -258,30 +262,37 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
     if short is not None:
         acc = arith.wrap(f.acc, short) if short else f.acc
         st.pe_overflows = st.acc_overflows = None
-        return _finish(acc, requant), _acc_range(acc, st)
+        return _output(acc.transpose(0, 2, 3, 1), requant, st), st
     if pe_risk or acc_risk:
         acc = f.acc.copy()
         _resimulate_at_risk(f, w, bias, stride, padding, groups, zp_x, lv, pe_risk, acc, st,
                             engine, not engine_failed)
         if st.pe_overflows or st.acc_overflows:
-            return _finish(acc, requant), _acc_range(acc, st)
+            return _output(acc.transpose(0, 2, 3, 1), requant, st), st
     # exact (no addition wrapped or saturated): one output object for every configuration
     key = None if requant is None else requant.key()
     if key not in f.outs:
-        f.outs[key] = _finish(f.acc, requant)
-    _acc_range(f.acc, st)
-    return f.outs[key], st
+        f.outs[key] = (_output(f.acc.transpose(0, 2, 3, 1), requant, st), st.acc_min,
+                       st.acc_max)
+    out, st.acc_min, st.acc_max = f.outs[key]
+    return out, st
 
 
-def _finish(acc: np.ndarray, requant: Requant | None) -> np.ndarray:
-    """NCHW accumulators to the channels-last output (requantized when `requant`)."""
-    acc = acc.transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(acc) if requant is None else requant.apply_channels_last(acc)
+def _output(acc: np.ndarray, requant: Requant | None, st: AccStats) -> np.ndarray:
+    """Channels-last accumulators (..., O) as the layer's output (requantized when
+    `requant`, else as they are, contiguous), their extremes into `st`: one pass over them."""
+    if requant is None:
+        acc = np.ascontiguousarray(acc)
+        _acc_range(acc, st)
+        return acc
+    out, st.acc_min, st.acc_max = requant.apply_channels_last(acc)
+    return out
 
 
 def _acc_range(acc: np.ndarray, st: AccStats) -> AccStats:
-    st.acc_min = int(acc.min()) if acc.size else 0
-    st.acc_max = int(acc.max()) if acc.size else 0
+    """`st` with the extremes of the accumulators `acc` (0, 0 where there are none)."""
+    lo, hi = K.extremes_kernel(np.ascontiguousarray(acc).reshape(-1)) if acc.size else (0, 0)
+    st.acc_min, st.acc_max = int(lo), int(hi)
     return st
 
 
@@ -298,7 +309,7 @@ class _FloatShared:
     nonzero_macs: int
     acc: np.ndarray | None = None
     sign_sums: tuple | None = None
-    outs: dict = field(default_factory=dict)  # requant key -> output
+    outs: dict = field(default_factory=dict)  # requant key -> (output, acc min, acc max)
 
 
 def _float_entry(share, x, w, stride, padding, groups, zp_x, out_hw) -> _FloatShared:
@@ -375,9 +386,7 @@ def _pooled_from_engine(x, cp: screen.ChunkPlan, bias, requant, lv, out_hw, st):
                                          _screen_shift(x, cp, bias, lv))
     cp.flagged[0] = flagged * _CHUNKS_PAY > vals.size
     st.sequential_outputs = flagged
-    _acc_range(vals, st)
-    out = vals if requant is None else requant.apply_channels_last(vals)
-    return out.reshape(n, *out_hw, o), st
+    return _output(vals, requant, st).reshape(n, *out_hw, o), st
 
 
 def _shared_entry(share, x, prep, out_hw) -> _Shared:
@@ -587,11 +596,12 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
         return out, st
     if out is None:  # the unflagged outputs' range at these widths: one epilogue pass
         out, mm, _ = _epilogue(e, bias, requant, lv, pe_risk, acc_risk, n, pixels)
-    st.acc_min, st.acc_max = min(mm[2], int(vals.min())), max(mm[3], int(vals.max()))
     if at is not None:  # the flagged outputs alone
         out.reshape(-1, o)[at] = vals if requant is None else requant.apply_points(vals, at[1])
+        _acc_range(vals, st)
     else:  # every output of the flagged pixels
-        out.reshape(-1, o)[pix] = vals if requant is None else requant.apply_channels_last(vals)
+        out.reshape(-1, o)[pix] = _output(vals, requant, st)
+    st.acc_min, st.acc_max = min(mm[2], st.acc_min), max(mm[3], st.acc_max)
     return out.reshape(n, ho, wo, o), st
 
 
@@ -615,9 +625,7 @@ def _walked_layer(x, w, bias, stride, padding, groups, zp_x, prep: Int8Conv, lv,
     vals = _simulate_pixels(x, w, bias, stride, padding, groups, zp_x, lv,
                             np.arange(n * ho * wo), st, out_hw)
     st.sequential_outputs = vals.size
-    _acc_range(vals, st)
-    out = vals if requant is None else requant.apply_channels_last(vals)
-    return out.reshape(n, ho, wo, o), st
+    return _output(vals, requant, st).reshape(n, ho, wo, o), st
 
 
 _I64_MAX = np.iinfo(np.int64).max

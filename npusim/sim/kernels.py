@@ -989,18 +989,48 @@ def fused_epilogue_task(gl, ms, gs, o_n, pixels, bias, lv, do_rq, rq, out, need,
                        False, m_a)
 
 
-@numba.njit(cache=True)
+_SUM_COLUMNS = 64  # columns per task of `image_column_sums_kernel`
+
+
+@numba.njit(parallel=True, cache=True)
 def image_column_sums_kernel(g, n, out):
     """``out[b, j]`` = the sum of column j of image b's rows of `g` (n * P rows, exact
-    integers), in int64 (NumPy's sum over the middle axis of (n, P, q) took 10x longer)."""
+    integers), in int64, tasks of `_SUM_COLUMNS` columns (NumPy's sum over the middle axis
+    of (n, P, q) took 10x longer)."""
     per = g.shape[0] // n
-    for b in range(n):
-        acc = out[b]
-        acc[:] = 0
+    q = g.shape[1]
+    nb = (q + _SUM_COLUMNS - 1) // _SUM_COLUMNS
+    for t in numba.prange(n * nb):
+        b = t // nb
+        j0 = (t - b * nb) * _SUM_COLUMNS
+        j1 = min(q, j0 + _SUM_COLUMNS)
+        acc = np.zeros(_SUM_COLUMNS, np.int64)
         for r in range(b * per, (b + 1) * per):
-            row = g[r]
-            for j in range(g.shape[1]):
+            row = g[r, j0:j1]
+            for j in range(j1 - j0):
                 acc[j] += np.int64(row[j])
+        out[b, j0:j1] = acc[:j1 - j0]
+
+
+_EXTREME_BLOCK = 1 << 16  # values per task of `extremes_kernel`
+
+
+@numba.njit(parallel=True, cache=True)
+def extremes_kernel(a):
+    """(min, max) of a non-empty flat integer array, in one parallel pass."""
+    nb = (a.shape[0] + _EXTREME_BLOCK - 1) // _EXTREME_BLOCK
+    lo = np.empty(nb, np.int64)
+    hi = np.empty(nb, np.int64)
+    for t in numba.prange(nb):
+        blk = a[t * _EXTREME_BLOCK:(t + 1) * _EXTREME_BLOCK]
+        mn = np.int64(blk[0])
+        mx = mn
+        for v in blk:
+            mn = min(mn, np.int64(v))
+            mx = max(mx, np.int64(v))
+        lo[t] = mn
+        hi[t] = mx
+    return lo.min(), hi.max()
 
 
 @numba.njit(inline="always")
@@ -1510,27 +1540,35 @@ def requant_points_kernel(vals, chan, rq, out):
                              rq.mbits, rq.zp, rq.lo, rq.hi)
 
 
-_REQUANT_ROWS = 64  # rows per task of `requant_rows_kernel`
+REQUANT_ROWS = 64  # rows per task of `requant_rows_kernel`
 
 
 @numba.njit(parallel=True, cache=True)
-def requant_rows_kernel(vals, rq, out):
+def requant_rows_kernel(vals, rq, out, ext):
     """``out[m, o]`` = requant of ``vals[m, o]`` (int64, channels last) with the parameters of
     channel o of `rq`: per row `requant_span_f64` where the record allows it and that is
     exact (an accumulator at or past 2^53 makes its product reach 2^52 unless m0 is 0, whose
     product is 0 either way), else `requant_span` (constant-code loops; `requant_points_kernel`
-    branches on the code per element)."""
+    branches on the code per element). ``ext[t]`` = (min, max) of task t's rows of `vals`
+    (tasks of `REQUANT_ROWS` rows; the pass that reads them anyway)."""
     m_n, o_n = vals.shape
-    for t in numba.prange((m_n + _REQUANT_ROWS - 1) // _REQUANT_ROWS):
+    for t in numba.prange((m_n + REQUANT_ROWS - 1) // REQUANT_ROWS):
         buf = np.empty(o_n, np.float64)
-        for m in range(t * _REQUANT_ROWS, min(m_n, (t + 1) * _REQUANT_ROWS)):
+        lo = vals[t * REQUANT_ROWS, 0]
+        hi = lo
+        for m in range(t * REQUANT_ROWS, min(m_n, (t + 1) * REQUANT_ROWS)):
             src = vals[m]
+            for o in range(o_n):
+                lo = min(lo, src[o])
+                hi = max(hi, src[o])
             if rq.f64:
                 for o in range(o_n):
                     buf[o] = src[o]
                 if requant_span_f64(buf, out[m], rq, 0, 1):
                     continue
             requant_span(src, out[m], rq, 0, 1)
+        ext[t, 0] = lo
+        ext[t, 1] = hi
 
 
 @numba.njit(parallel=True, cache=True)
@@ -1551,7 +1589,8 @@ __all__ = ["channels_last_kernel", "conv_kernel", "conv_points_kernel", "conv_wa
            "chunk_reduce_kernel", "screen_walk_kernel", "pool_kernel", "maxpool_kernel",
            "depthwise_sums_kernel", "depthwise_epilogue_kernel", "avgpool_float_kernel",
            "embed_kernel", "to_u8_kernel", "window_sums_kernel", "column_sums_kernel",
-           "spot_check_kernel", "gemm_epilogue_kernel", "requant_points_kernel",
+           "spot_check_kernel", "gemm_epilogue_kernel", "image_column_sums_kernel",
+           "extremes_kernel", "requant_points_kernel",
            "requant_rows_kernel", "nonzero_count_kernel", "LevelSpec", "MODE_CODES",
            "ORDER_CODES"]
 

@@ -55,8 +55,11 @@ from npusim.sim.lanes16 import lane_weights
 #: the most products per chunk (a 3x3 conv of 512 channels gets 32 channels, 288 products).
 #: Smaller chunks screen tighter but make more chunk sums to write and read
 CHUNK_PRODUCTS = 300
-#: chunks per output wanted (fewer where `min_channels` allows no more): a short reduction
-#: (ResNet-18's 576-product layer1 convs) needs short chunks to screen well at 15 bits
+#: chunks per output wanted at 15 bits (fewer where `min_channels` allows no more): a short
+#: reduction (ResNet-18's 576-product layer1 convs) needs short chunks to screen well there.
+#: Each bit wider doubles the room a chunk's running sums have, so half as many are wanted
+#: (`wanted_chunks`; at 16 bits 4 chunks of 144 products walked 3 of 1.6 M chunks there, and
+#: half the chunk sums to make and read: reports/BENCHMARKS.md, round 22)
 MIN_CHUNKS = 8
 #: the fewest input channels per chunk (oneDNN's conv of groups of 1-3 channels, the 7x7
 #: stem's chunks, ran ~30x slower than the walk it was to save)
@@ -107,11 +110,20 @@ class ChunkPlan:
         return self.lanes[shift]
 
 
+def wanted_chunks(lv: LevelSpec) -> int:
+    """Chunks per output wanted at these levels' widths: `MIN_CHUNKS` at 15 bits or fewer,
+    half as many per bit above (the narrowest level's), at least 2."""
+    bits = lv.acc_bits if lv.order == K.OS else min(lv.acc_bits, lv.pe_bits)
+    return max(2, MIN_CHUNKS >> max(0, bits - 15))
+
+
 def chunk_channels(cg: int, khw: int, lv: LevelSpec, limit: int = CHUNK_PRODUCTS,
-                   min_channels: int = _MIN_CHANNELS, min_chunks: int = MIN_CHUNKS) -> int:
+                   min_channels: int = _MIN_CHANNELS, min_chunks: int | None = None) -> int:
     """Input channels per chunk: the most that divide `cg`, keep a chunk within `limit`
     products and (ws/is) a multiple of ``lv.rows``, with at least two chunks, `min_chunks`
-    where `min_channels` and the pe chunks allow; 0 if none."""
+    (default `wanted_chunks`) where `min_channels` and the pe chunks allow; 0 if none."""
+    if min_chunks is None:
+        min_chunks = wanted_chunks(lv)
     cap = min(cg // 2, max(cg // min_chunks, min_channels))
     for cc in [*range(cap, min_channels - 1, -1), *range(cap + 1, cg // 2 + 1)]:
         size = cc * khw
@@ -124,7 +136,7 @@ def chunk_channels(cg: int, khw: int, lv: LevelSpec, limit: int = CHUNK_PRODUCTS
 def prepare_chunks(prep: Int8Conv, w: np.ndarray, lv: LevelSpec, x_range: tuple[int, int],
                    kind: str, limit: int = CHUNK_PRODUCTS,
                    min_channels: int = _MIN_CHANNELS,
-                   min_chunks: int = MIN_CHUNKS) -> ChunkPlan | None:
+                   min_chunks: int | None = None) -> ChunkPlan | None:
     """The chunked plan of a layer whose int8 plan `prep` has sign columns, or None (groups,
     no chunk size that fits, or the engine cannot prove the chunked conv exact)."""
     if not prep.signs or prep.groups != 1:

@@ -43,9 +43,10 @@ def test_apply_channels_last_equals_the_oracle(m, o, rounding, mbits, acc_bits, 
     else:
         rq = Requant.of(m0, n, mf, False, CODES[rounding], mbits, zp, lo, hi)
         want = naive.requantize(acc, m0, n, rounding, mbits, zp, lo, hi)
-    got = rq.apply_channels_last(acc.reshape(1, m, o))
+    got, lo, hi = rq.apply_channels_last(acc.reshape(1, m, o))
     assert got.dtype == rq.dtype and got.shape == (1, m, o)
     np.testing.assert_array_equal(got[0].astype(np.int64), want)
+    assert (lo, hi) == ((int(acc.min()), int(acc.max())) if acc.size else (0, 0))
 
 
 def test_apply_channels_last_falls_back_where_float64_would_round():
@@ -59,7 +60,7 @@ def test_apply_channels_last_falls_back_where_float64_would_round():
     assert rq.rec.f64
     want = naive.requantize(acc, m0, n, "half_up", 32, 0, -(1 << 31), (1 << 31) - 1)
     assert want[0, 0] == 1 << 25  # not 2^25 + 1
-    np.testing.assert_array_equal(rq.apply_channels_last(acc).astype(np.int64), want)
+    np.testing.assert_array_equal(rq.apply_channels_last(acc)[0].astype(np.int64), want)
 
 
 @pytest.mark.skipif(not int8_tiles.available(), reason="the fused risk conv runs on the own tiles")

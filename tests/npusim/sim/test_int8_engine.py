@@ -176,6 +176,36 @@ def test_column_sums_of_many_columns_equal_int64(n, groups, q, top, seed):
     np.testing.assert_array_equal(column_sums(s, wq, og, q), want.reshape(n, q))
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 300), st.integers(1, 200), st.integers(0, 2 ** 32 - 1))
+def test_image_column_sums_equal_numpy(n, rows, q, seed):
+    """`kernels.image_column_sums_kernel` (tasks of `_SUM_COLUMNS` columns per image) against
+    NumPy's int64 sum of each image's rows, on float32 integers up to 2^24."""
+    from npusim.sim import kernels as K
+
+    rng = np.random.default_rng(seed)
+    g = rng.integers(-2 ** 24, 2 ** 24 + 1, size=(n * rows, q)).astype(np.float32)
+    out = np.full((n, q), 7, np.int64)
+    K.image_column_sums_kernel(g, n, out)
+    np.testing.assert_array_equal(out, g.astype(np.int64).reshape(n, rows, q).sum(axis=1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3 * (1 << 16) + 5), st.sampled_from([np.int64, np.int32, np.int16]),
+       st.integers(0, 2 ** 32 - 1))
+def test_extremes_kernel_equals_numpy(size, dtype, seed):
+    """`kernels.extremes_kernel` (one pass in blocks of `_EXTREME_BLOCK`) against NumPy's
+    min and max, the extremes planted in any block, the last one included."""
+    from npusim.sim import kernels as K
+
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    a = rng.integers(-1000, 1000, size=size).astype(dtype)
+    a[rng.integers(0, size)] = info.min
+    a[rng.integers(0, size)] = info.max if rng.random() < 0.5 else 1000
+    assert K.extremes_kernel(a) == (a.min(), a.max())
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(2, 8),
        st.sampled_from([1, 2, 3, 5]), st.integers(1, 3), st.data())

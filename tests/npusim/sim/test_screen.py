@@ -228,8 +228,14 @@ def test_engine_chunk_sums(n, cg, k, stride, o, seed):
 
 def test_chunk_channels():
     """Whole input channels, within the product limit, whole pe chunks, two chunks at least,
-    `MIN_CHUNKS` where the channels allow."""
-    os_, ws16 = K.LevelSpec(K.OS, 1, 16, 1, 16, 1), K.LevelSpec(K.WS, 16, 16, 1, 16, 1)
+    `MIN_CHUNKS` at 15 bits where the channels allow, half as many per bit wider."""
+    os_, ws16 = K.LevelSpec(K.OS, 1, 15, 1, 15, 1), K.LevelSpec(K.WS, 16, 16, 1, 16, 1)
+    os16, os18 = os_._replace(acc_bits=16), os_._replace(acc_bits=18)
+    assert [screen.wanted_chunks(lv) for lv in (os_._replace(acc_bits=12), os_, os16, os18)] \
+        == [8, 8, 4, 2]
+    assert screen.wanted_chunks(ws16._replace(pe_bits=15)) == 8  # the narrower level
+    assert screen.chunk_channels(64, 9, os16) == 16  # 4 chunks of 144 products
+    assert screen.chunk_channels(64, 9, os18) == 32  # 2 chunks
     assert screen.chunk_channels(512, 9, os_) == 32  # 288 products, 16 chunks
     assert screen.chunk_channels(512, 9, ws16) == 32  # 288 = 18 pe chunks of 16
     assert screen.chunk_channels(64, 9, os_) == 8  # 8 chunks
