@@ -279,10 +279,11 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
 
 
 def _output(acc: np.ndarray, requant: Requant | None, st: AccStats) -> np.ndarray:
-    """Channels-last accumulators (..., O) as the layer's output (requantized when
-    `requant`, else as they are, contiguous), their extremes into `st`: one pass over them."""
+    """Channels-last accumulators (..., O) of any integer dtype as the layer's output
+    (requantized when `requant`, else as they are, int64), their extremes into `st`: one pass
+    over them."""
     if requant is None:
-        acc = np.ascontiguousarray(acc)
+        acc = np.ascontiguousarray(acc, np.int64)
         _acc_range(acc, st)
         return acc
     out, st.acc_min, st.acc_max = requant.apply_channels_last(acc)
@@ -746,7 +747,8 @@ def _simulate_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
 
 def _simulate_pixels(x, w, bias, stride, padding, groups, zp_x, lv, pix, st,
                      out_hw) -> np.ndarray:
-    """Order-faithful accumulators (len(pix), O) of every output channel of the output pixels
+    """Order-faithful accumulators (len(pix), O) (int64; int16 from int16 lanes, whose levels
+    are 16 bits at most) of every output channel of the output pixels
     `pix` (flat (n, oy, ox)) of channels-last `x`, events counted into `st`, vectorized across
     channels (`_walk_lanes`: `kernels.walk16_kernel` or `kernels.conv_walk_kernel`); layers
     whose sums fit neither's lanes take the one-output-at-a-time kernel."""
@@ -758,7 +760,9 @@ def _simulate_pixels(x, w, bias, stride, padding, groups, zp_x, lv, pix, st,
         return _walk_points(x, w, bias, stride, padding, groups, zp_x, lv, np.repeat(pix, o),
                             np.tile(np.arange(o), len(pix)), st, out_hw).reshape(len(pix), o)
     wt = w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)
-    got = np.empty((len(pix), o), np.int64)
+    # int16 lanes hold levels of at most 16 bits, so their values fit int16 (a quarter of
+    # the memory to write and read back)
+    got = np.empty((len(pix), o), lanes if lanes is np.int16 else np.int64)
     events = np.zeros((len(pix), 2), np.int64)
     x = np.ascontiguousarray(x)
     if lanes is np.int16:  # scaled to the top of the lane, in registers (`lanes16`)

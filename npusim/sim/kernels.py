@@ -1549,24 +1549,28 @@ def requant_rows_kernel(vals, rq, out, ext):
     channel o of `rq`: per row `requant_span_f64` where the record allows it and that is
     exact (an accumulator at or past 2^53 makes its product reach 2^52 unless m0 is 0, whose
     product is 0 either way), else `requant_span` (constant-code loops; `requant_points_kernel`
-    branches on the code per element). ``ext[t]`` = (min, max) of task t's rows of `vals`
-    (tasks of `REQUANT_ROWS` rows; the pass that reads them anyway)."""
+    branches on the code per element). `vals` may be any integer dtype (int16 from the
+    register walk). ``ext[t]`` = (min, max) of task t's rows of `vals` (tasks of
+    `REQUANT_ROWS` rows; the pass that reads them anyway)."""
     m_n, o_n = vals.shape
     for t in numba.prange((m_n + REQUANT_ROWS - 1) // REQUANT_ROWS):
         buf = np.empty(o_n, np.float64)
-        lo = vals[t * REQUANT_ROWS, 0]
+        row = np.empty(o_n, np.int64)
+        lo = np.int64(vals[t * REQUANT_ROWS, 0])
         hi = lo
         for m in range(t * REQUANT_ROWS, min(m_n, (t + 1) * REQUANT_ROWS)):
             src = vals[m]
             for o in range(o_n):
-                lo = min(lo, src[o])
-                hi = max(hi, src[o])
+                v = np.int64(src[o])
+                row[o] = v
+                lo = min(lo, v)
+                hi = max(hi, v)
             if rq.f64:
                 for o in range(o_n):
-                    buf[o] = src[o]
+                    buf[o] = row[o]
                 if requant_span_f64(buf, out[m], rq, 0, 1):
                     continue
-            requant_span(src, out[m], rq, 0, 1)
+            requant_span(row, out[m], rq, 0, 1)
         ext[t, 0] = lo
         ext[t, 1] = hi
 
