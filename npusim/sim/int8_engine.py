@@ -296,11 +296,14 @@ def _pack(wq: np.ndarray, zp_u8: int, stride: int, padding: int, groups: int,
 
 
 def _run(xu: np.ndarray, zp_u8: int, packed, q: int, stride: int, padding: int,
-         groups: int) -> np.ndarray:
+         groups: int, sums: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """The conv of uint8 NHWC `xu` (zero point zp_u8) by the engine's VNNI kernel or oneDNN
-    (as `_pack` chose): float32 (N, Ho, Wo, q)."""
+    (as `_pack` chose): (float32 (N, Ho, Wo, q); with `sums`, where the engine's own kernel
+    runs, its column sums per image (N, q) int64, made as it wrote them, else None)."""
     if isinstance(packed, int8_tiles.TileWeights):
-        return int8_tiles.conv(xu, zp_u8, packed, stride, padding)
+        if sums:
+            return int8_tiles.conv(xu, zp_u8, packed, stride, padding, sums=True)
+        return int8_tiles.conv(xu, zp_u8, packed, stride, padding), None
     import torch
 
     tx = torch.from_numpy(np.ascontiguousarray(xu)).permute(0, 3, 1, 2)  # NCHW view, NHWC data
@@ -308,7 +311,7 @@ def _run(xu: np.ndarray, zp_u8: int, packed, q: int, stride: int, padding: int,
         tx, 1.0, zp_u8, packed, *_unit_scales(q), None,
         [stride] * 2, [padding] * 2, [1, 1], groups, 1.0, 0, torch.float32, "none", [], "")
     y = y.permute(0, 2, 3, 1)
-    return (y if y.is_contiguous() else y.contiguous()).numpy()
+    return (y if y.is_contiguous() else y.contiguous()).numpy(), None
 
 
 @functools.lru_cache(maxsize=64)
@@ -329,6 +332,9 @@ class Int8Result:
     g: np.ndarray | None  # None: consumed where it was made (`int8_conv_fused`)
     expected: np.ndarray  # (q,) int64: sum over images b of (1 + b % 4) * (column sums of b)
     nonzero_macs: int
+    #: (N, q) int64: the column sums of `g` per image where the conv made them as it wrote
+    #: `g` (`int8_conv` with `sums`, the engine's own tiles), else None
+    sums: np.ndarray | None = None
 
     def verify(self, sums: np.ndarray) -> None:
         """Raise InexactError unless `sums` (N, q), the column sums of `g` per image, match."""
@@ -390,10 +396,12 @@ def _nonzero(cnt: np.ndarray, plan: Int8Conv) -> int:
     return int((cnt.transpose(2, 0, 1) * plan.wnz).sum())
 
 
-def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Result:
+def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int],
+              sums: bool = False) -> Int8Result:
     """The exact sums of raw channels-last inputs `x` (N, H, W, C; any integer dtype; values in
     the range the plan was prepared for) under `plan`. Spot-checked here; call
-    ``result.verify`` with the per-image column sums of ``g`` (the epilogue computes them)."""
+    ``result.verify`` with the per-image column sums of ``g`` (the epilogue computes them;
+    with `sums`, the engine's own tiles as they write them: ``result.sums``)."""
     n, _, _, c = x.shape
     ho, wo = out_hw
     if plan.parts:  # exact sums of each part (checked there), added in int32
@@ -408,17 +416,19 @@ def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Res
         return Int8Result(g, expected, nonzero)
     x, xu, expected, nonzero = _prologue(x, plan, out_hw)
     q, sk = plan.q, plan.subsample
+    made = None
     if plan.dw is not None:
         g = np.empty((n * ho * wo, q), np.float32)
         K.depthwise_sums_kernel(x, plan.zp_x, plan.dw, plan.stride, plan.padding, ho, wo, g)
     else:
-        g = _run(xu[:, ::sk, ::sk] if sk > 1 else xu, plan.zp_x - plan.sub, plan.packed,
-                 2 * q if plan.radix else q, plan.stride // sk, plan.padding, plan.groups)
+        g, made = _run(xu[:, ::sk, ::sk] if sk > 1 else xu, plan.zp_x - plan.sub, plan.packed,
+                       2 * q if plan.radix else q, plan.stride // sk, plan.padding,
+                       plan.groups, sums and not plan.radix)  # (radix: halves combined first)
         g = g.reshape(n * ho * wo, g.shape[-1])
     if plan.radix:  # radix * hi + lo: a multiple of 64 plus an integer, exact below 2^24
         g = _combine(g, plan)
     _spot_check(x, plan, out_hw, g)
-    return Int8Result(g, expected, nonzero)
+    return Int8Result(g, expected, nonzero, made)
 
 
 def u8_operand(x: np.ndarray, plan: Int8Conv) -> np.ndarray:
@@ -432,10 +442,11 @@ def u8_operand(x: np.ndarray, plan: Int8Conv) -> np.ndarray:
 def checked_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8Result:
     """`int8_conv` with its sums verified at once (for callers that keep them): their column
     sums per image against the window sums (`Int8Result.verify`)."""
-    res = int8_conv(x, plan, out_hw)
-    n = x.shape[0]
-    sums = np.empty((n, plan.q), np.int64)
-    K.image_column_sums_kernel(res.g, n, sums)
+    res = int8_conv(x, plan, out_hw, sums=True)
+    sums = res.sums
+    if sums is None:  # not made by the conv: one pass over its sums
+        sums = np.empty((x.shape[0], plan.q), np.int64)
+        K.image_column_sums_kernel(res.g, x.shape[0], sums)
     res.verify(sums)
     return res
 
@@ -647,7 +658,7 @@ def _self_test(w_max: int = 127) -> bool:
                 x = np.full((n, h, h, c), xv)
                 w = np.full((o, c // g, k, k), wv)
             y = _run((x - sub).astype(np.uint8), zp - sub, _pack(w, zp - sub, s, p, g), o, s, p,
-                     g)
+                     g)[0]
             if not np.array_equal(y.astype(np.int64), _ref_nhwc(x, w, zp, s, p, g)):
                 return False
     return True

@@ -294,20 +294,37 @@ def _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, dst, row
                         d[j if j < pw else j + ps - pw] = part[r * nr + o]
 
 
+def _tasks(pixels: int, nv: int) -> int:
+    """Tasks per image of `_conv_kernel` (`_TILES_PER_TASK` tiles of the tile height)."""
+    span = (_TILES[0][0] if nv == 1 else _TILES[1][0]) * _TILES_PER_TASK
+    return (pixels + span - 1) // span
+
+
 @numba.njit(parallel=True, cache=True)
-def _conv_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, out):
+def _conv_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, out, csum):
     """``out[(n*ho + oy)*wo + ox, o] = sum (x - zp) * w`` (see `_tiles`, `conv`) over tasks
-    of `_TILES_PER_TASK` tiles."""
+    of `_TILES_PER_TASK` tiles; with rows in `csum` (one per task, image by image), each
+    task's column sums of what it wrote there, read back while in cache (the engine's
+    check)."""
     n = out.shape[0] // (ho * wo)
     pix = ho * wo
+    q = out.shape[1]
     mr = _TILES[0][0] if nv == 1 else _TILES[1][0]
     span = mr * _TILES_PER_TASK
     tasks = (pix + span - 1) // span
     for task in numba.prange(n * tasks):
         b = task // tasks
         p_a = (task - b * tasks) * span
-        _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, min(pix, p_a + span),
-               out.reshape(-1), -b * pix, out.shape[1], out.shape[1], 0)
+        p_b = min(pix, p_a + span)
+        _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b,
+               out.reshape(-1), -b * pix, q, q, 0)
+        if csum.shape[0]:
+            acc = np.zeros(q, np.int64)
+            for r in range(b * pix + p_a, b * pix + p_b):
+                row = out[r]
+                for j in range(q):
+                    acc[j] += np.int64(row[j])
+            csum[task] = acc
 
 
 @numba.njit(parallel=True, cache=True)
@@ -566,14 +583,18 @@ def _kernel_args(xu: np.ndarray, zp: int, packed: TileWeights, stride: int, padd
 
 
 def conv(xu: np.ndarray, zp: int, packed: TileWeights, stride: int, padding: int,
-         dtype=np.float32) -> np.ndarray:
+         dtype=np.float32, sums: bool = False):
     """The exact sums of the conv of uint8 NHWC `xu` (zero point `zp`, padding reads it) with
     `packed` as `dtype` (N, Ho, Wo, q): float32 (what the int8 engine passes on; exact below
-    2^24, which its plans prove) or int32. Only where `available`."""
+    2^24, which its plans prove) or int32. With `sums`: (those, their column sums per image
+    (N, q) int64, made by the kernel as it writes them). Only where `available`."""
     (n, ho, wo), args = _kernel_args(xu, zp, packed, stride, padding)
     out = np.empty((n * ho * wo, packed.q), dtype)
-    _conv_kernel(*args, out)
-    return out.reshape(n, ho, wo, packed.q)
+    tasks = _tasks(ho * wo, packed.nv)
+    csum = np.empty((n * tasks if sums else 0, packed.q), np.int64)
+    _conv_kernel(*args, out, csum)
+    out = out.reshape(n, ho, wo, packed.q)
+    return (out, csum.reshape(n, tasks, packed.q).sum(axis=1)) if sums else out
 
 
 def conv_epilogue(xu: np.ndarray, zp: int, packed: TileWeights, stride: int, padding: int,

@@ -324,9 +324,10 @@ def test_verification_catches_one_wrong_value(monkeypatch):
     real = int8_engine._run
 
     def saturating(*a):
-        y = real(*a).copy()
+        y, _ = real(*a)
+        y = y.copy()
         y[1, 4, 2, 3] -= 3
-        return y
+        return y, None
 
     monkeypatch.setattr(int8_engine, "_run", saturating)
     monkeypatch.setattr(int8_engine, "_spot_check", lambda *a: None)  # the sums alone
@@ -339,8 +340,8 @@ def test_spot_check_catches_misplaced_values(monkeypatch):
     """Rows and columns of the output swapped (the sums cannot see it): the spot check does."""
     x, w, plan = _case()
     real = int8_engine._run
-    monkeypatch.setattr(int8_engine, "_run", lambda *a: np.ascontiguousarray(
-        real(*a).transpose(0, 2, 1, 3)))
+    monkeypatch.setattr(int8_engine, "_run", lambda *a: (np.ascontiguousarray(
+        real(*a)[0].transpose(0, 2, 1, 3)), None))
     with pytest.raises(InexactError):
         int8_conv(x, plan, (6, 6))
 
@@ -353,8 +354,8 @@ def test_spot_check_on_a_column_subset_catches_misplaced_values(monkeypatch):
     monkeypatch.setattr(int8_engine, "_CALLS", itertools.count(1))  # the same picks every run
     int8_conv(x, plan, (6, 6))  # exact: passes
     real = int8_engine._run
-    monkeypatch.setattr(int8_engine, "_run", lambda *a: np.ascontiguousarray(
-        real(*a).transpose(0, 2, 1, 3)))
+    monkeypatch.setattr(int8_engine, "_run", lambda *a: (np.ascontiguousarray(
+        real(*a)[0].transpose(0, 2, 1, 3)), None))
     with pytest.raises(InexactError):
         int8_conv(x, plan, (6, 6))
 
@@ -372,17 +373,23 @@ def test_a_failed_check_falls_back_to_the_float_engine(monkeypatch, caplog):
     good = Simulator(cfg).run(prog, x).outputs["y"]
     real = int8_engine._run
 
-    def wrong(*a):
-        y = real(*a).copy()
+    def off(packed):  # one weight byte off in the engine's own kernel: its column is wrong
+        wb = packed.wb.copy()
+        wb[0] += 1
+        return dataclasses.replace(packed, wb=wb)
+
+    def wrong(xu, zp, packed, *a):  # the column sums the kernel makes see its wrong values
+        if isinstance(packed, int8_tiles.TileWeights):
+            return real(xu, zp, off(packed), *a)
+        y, sums = real(xu, zp, packed, *a)  # oneDNN: one value off
+        y = y.copy()
         y[0, 2, 3, 1] += 1
-        return y
+        return y, sums
 
     real_fused = int8_tiles.conv_epilogue
 
-    def wrong_fused(xu, zp, packed, *a):  # one weight byte off: its column's sums are wrong
-        wb = packed.wb.copy()
-        wb[0] += 1
-        return real_fused(xu, zp, dataclasses.replace(packed, wb=wb), *a)
+    def wrong_fused(xu, zp, packed, *a):
+        return real_fused(xu, zp, off(packed), *a)
 
     monkeypatch.setattr(int8_engine, "_run", wrong)
     monkeypatch.setattr(int8_tiles, "conv_epilogue", wrong_fused)  # a single run's fused path

@@ -72,16 +72,20 @@ def _case(draw):
 
 
 @settings(max_examples=150, deadline=None)
-@given(_case(), st.sampled_from([np.int32, np.float32]))
-def test_conv_equals_direct_int64(case, dtype):
+@given(_case(), st.sampled_from([np.int32, np.float32]), st.booleans())
+def test_conv_equals_direct_int64(case, dtype, sums):
     """Random shapes (channels and outputs not multiples of the tile, segments of bytes not
     multiples of 4, groups, strides, padding, every zero point), random and extreme
-    operands."""
+    operands; with `sums`, the column sums per image the kernel makes as it writes (images
+    of up to 144 pixels: one or two tasks each)."""
     x, w, zp, stride, pad, groups = case
     want = _direct(x, w, zp, stride, pad, groups)
     if dtype == np.float32 and np.abs(want).max(initial=0) >= 2 ** 24:
         dtype = np.int32  # float32 holds the sums exactly only below 2^24 (the engine's bound)
-    got = int8_tiles.conv(x, zp, int8_tiles.pack(w, groups), stride, pad, dtype)
+    got = int8_tiles.conv(x, zp, int8_tiles.pack(w, groups), stride, pad, dtype, sums=sums)
+    if sums:
+        got, col = got
+        np.testing.assert_array_equal(col, want.sum(axis=(1, 2)))
     assert got.dtype == dtype
     np.testing.assert_array_equal(got.astype(np.int64), want)
 
