@@ -838,6 +838,7 @@ def to_u8_kernel(x, sub, out):
 
 
 _FOLD_IMAGES = 1 << 16  # images folded in int32 before a flush: 4 * 255 * 2^16 < 2^31
+_FOLD16 = 32  # images folded in int16 lanes before a flush into int32: 4 * 255 * 32 < 2^15
 
 
 @numba.njit(parallel=True, cache=True)
@@ -847,12 +848,14 @@ def window_sums_kernel(x, zp_x, stride, pad, ho, wo, s, cnt):
     ``s[i, j, c]`` = the sum, images weighted ``1 + n % 4``, of ``x - zp_x`` and
     ``cnt[i, j, c]`` the number of inputs ``!= zp_x``, over the input positions that weight
     position meets across all outputs (padding contributes nothing). Each input row folds
-    the images in int32 lanes (in blocks of `_FOLD_IMAGES`) and sums, per weight column j,
+    the images in int16 lanes (blocks of `_FOLD16`; ResNet-20's b64 layers 1.5x faster than
+    int32 lanes), those in int32 (blocks of `_FOLD_IMAGES`), and sums, per weight column j,
     the input columns j meets; then, per weight row i, the rows i meets are added up. No
     array larger than (H, kw, C)."""
     N, H, W, C = x.shape
     kh, kw = s.shape[0], s.shape[1]
-    zp = np.int32(zp_x)
+    # x - zp_x in int16 lanes: both wrapped to 16 bits, their difference (within 255) exact
+    zp16 = np.int16(zp_x & 0xFFFF)
     # the zero point in x's dtype: zp_x itself, or (not one of its values) zp_x wrapped by a
     # multiple of 2^8 or more, which no input within 255 of zp_x equals either
     zpx = x.dtype.type(zp_x)
@@ -863,18 +866,27 @@ def window_sums_kernel(x, zp_x, stride, pad, ho, wo, s, cnt):
     for y in numba.prange(H):
         rs = np.empty((W, C), np.int32)
         rc = np.empty((W, C), np.int32)
+        hs = np.empty(wc, np.int16)
+        hc = np.empty(wc, np.int16)
         rsf = rs.reshape(-1)  # an input row as one run of W * C lanes
         rcf = rc.reshape(-1)
         for b0 in range(0, N, _FOLD_IMAGES):
             rsf[:] = 0
             rcf[:] = 0
-            for b in range(b0, min(N, b0 + _FOLD_IMAGES)):
-                r = np.int32(1 + b % 4)
-                src = xf[(b * H + y) * wc:(b * H + y + 1) * wc]
-                for i in range(wc):  # int32 lanes, the count on x's own values: 1.1-1.5x
-                    xv = src[i]
-                    rsf[i] += np.int32(r * np.int32(np.int32(xv) - zp))
-                    rcf[i] += np.int32(xv != zpx)
+            b_end = min(N, b0 + _FOLD_IMAGES)
+            for b1 in range(b0, b_end, _FOLD16):
+                hs[:] = 0
+                hc[:] = 0
+                for b in range(b1, min(b_end, b1 + _FOLD16)):
+                    r = np.int16(1 + b % 4)
+                    src = xf[(b * H + y) * wc:(b * H + y + 1) * wc]
+                    for i in range(wc):  # the count on x's own values: 1.1-1.5x
+                        xv = src[i]
+                        hs[i] += np.int16(r * np.int16(np.int16(xv) - zp16))
+                        hc[i] += np.int16(xv != zpx)
+                for i in range(wc):
+                    rsf[i] += hs[i]
+                    rcf[i] += hc[i]
             for j in range(kw):
                 q0 = max(0, (pad - j + stride - 1) // stride)
                 q1 = min(wo - 1, (W - 1 + pad - j) // stride)

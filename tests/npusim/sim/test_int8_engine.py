@@ -127,6 +127,35 @@ def test_window_sums_equal_a_walk_over_every_output(n, h, wd, c, kh, kw, stride,
     np.testing.assert_array_equal(cnt, want_c)
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from([31, 32, 33, 64, 70]), st.integers(1, 3), st.integers(1, 3),
+       st.sampled_from([np.uint8, np.int8, np.int16]), st.booleans(), st.integers(0, 2 ** 32 - 1))
+def test_window_sums_of_many_images_equal_numpy(n, k, stride, dt, extreme, seed):
+    """`kernels.window_sums_kernel` past one int16 fold (`_FOLD16` images), every input at
+    255 from its zero point (the int16 lanes' largest sums) or random, against NumPy over
+    the zero-point-padded input."""
+    from npusim.sim import kernels as K
+
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dt)
+    zp = int(info.min) if dt != np.uint8 else 0
+    top = zp + 255
+    x = np.full((n, 5, 6, 3), top, dt) if extreme else \
+        rng.integers(zp, top + 1, size=(n, 5, 6, 3)).astype(dt)
+    pad = k // 2
+    ho, wo = (5 + 2 * pad - k) // stride + 1, (6 + 2 * pad - k) // stride + 1
+    s = np.zeros((k, k, 3), np.int64)
+    cnt = np.zeros((k, k, 3), np.int64)
+    K.window_sums_kernel(x, zp, stride, pad, ho, wo, s, cnt)
+    xp = np.pad(x.astype(np.int64) - zp, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    r = 1 + np.arange(n) % 4
+    for i in range(k):
+        for j in range(k):
+            win = xp[:, i:i + stride * ho:stride, j:j + stride * wo:stride]
+            assert (s[i, j] == np.einsum("b,bhwc->c", r, win)).all()
+            assert (cnt[i, j] == (win != 0).sum(axis=(0, 1, 2))).all()
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(1, 3),
        st.integers(1, 3), st.integers(1, 40), st.data())
