@@ -85,9 +85,10 @@ class Requant:
         return arith.storage_dtype(self.rec.lo, self.rec.hi)
 
     def apply_channels_last(self, acc: np.ndarray) -> tuple[np.ndarray, int, int]:
-        """Requantize int64 accumulators (..., O), stored in `dtype`: (the output, min and max
-        of `acc`, found in the same pass; 0, 0 for none)."""
-        flat = np.ascontiguousarray(acc, np.int64).reshape(-1, acc.shape[-1])
+        """Requantize integer accumulators (..., O) (int64, or the register walk's int16),
+        stored in `dtype`: (the output, min and max of `acc`, found in the same pass; 0, 0
+        for none)."""
+        flat = np.ascontiguousarray(acc).reshape(-1, acc.shape[-1])
         out = np.empty(flat.shape, self.dtype)
         if not flat.size:
             return out.reshape(acc.shape), 0, 0
