@@ -1557,13 +1557,13 @@ REQUANT_ROWS = 64  # rows per task of `requant_rows_kernel`
 
 @numba.njit(parallel=True, cache=True)
 def requant_rows_kernel(vals, rq, out, ext):
-    """``out[m, o]`` = requant of ``vals[m, o]`` (int64, channels last) with the parameters of
-    channel o of `rq`: per row `requant_span_f64` where the record allows it and that is
-    exact (an accumulator at or past 2^53 makes its product reach 2^52 unless m0 is 0, whose
-    product is 0 either way), else `requant_span` (constant-code loops; `requant_points_kernel`
-    branches on the code per element). `vals` may be any integer dtype (int16 from the
-    register walk). ``ext[t]`` = (min, max) of task t's rows of `vals` (tasks of
-    `REQUANT_ROWS` rows; the pass that reads them anyway)."""
+    """``out[m, o]`` = requant of ``vals[m, o]`` (integers of any dtype, int16 from the
+    register walk; channels last) with the parameters of channel o of `rq`: per row
+    `requant_span_f64` where the record allows it and that is exact (an accumulator at or
+    past 2^53 makes its product reach 2^52 unless m0 is 0, whose product is 0 either way),
+    else `requant_span` on the row in int64 (constant-code loops; `requant_points_kernel`
+    branches on the code per element). ``ext[t]`` = (min, max) of task t's rows of `vals`
+    (tasks of `REQUANT_ROWS` rows; the pass that reads them anyway)."""
     m_n, o_n = vals.shape
     for t in numba.prange((m_n + REQUANT_ROWS - 1) // REQUANT_ROWS):
         buf = np.empty(o_n, np.float64)

@@ -129,16 +129,18 @@ def test_window_sums_equal_a_walk_over_every_output(n, h, wd, c, kh, kw, stride,
 
 @settings(max_examples=30, deadline=None)
 @given(st.sampled_from([31, 32, 33, 64, 70]), st.integers(1, 3), st.integers(1, 3),
-       st.sampled_from([np.uint8, np.int8, np.int16]), st.booleans(), st.integers(0, 2 ** 32 - 1))
+       st.sampled_from([np.uint8, np.int8, np.int16, np.int32]), st.booleans(),
+       st.integers(0, 2 ** 32 - 1))
 def test_window_sums_of_many_images_equal_numpy(n, k, stride, dt, extreme, seed):
     """`kernels.window_sums_kernel` past one int16 fold (`_FOLD16` images), every input at
     255 from its zero point (the int16 lanes' largest sums) or random, against NumPy over
-    the zero-point-padded input."""
+    the zero-point-padded input; int32 inputs whose values cross 2^15 (the lanes take
+    ``x - zp`` modulo 2^16)."""
     from npusim.sim import kernels as K
 
     rng = np.random.default_rng(seed)
     info = np.iinfo(dt)
-    zp = int(info.min) if dt != np.uint8 else 0
+    zp = {np.uint8: 0, np.int32: 32700}.get(dt, int(info.min))
     top = zp + 255
     x = np.full((n, 5, 6, 3), top, dt) if extreme else \
         rng.integers(zp, top + 1, size=(n, 5, 6, 3)).astype(dt)
