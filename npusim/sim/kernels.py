@@ -325,6 +325,19 @@ def _lanes16_calls(mr: int):
     return call
 
 
+@numba.njit(inline="always")
+def _lane16_scales(lv):
+    """The register walk's scales and scaled tops for levels of at most 16 bits (a b-bit
+    value held as v << (16 - b), `lanes16`): (sh_acc, sh_pe, hi_pe, hi_acc); the os order
+    has no pe level (sh_pe = sh_acc, hi_pe 0)."""
+    ws = lv.order != OS
+    sh_acc = 16 - lv.acc_bits
+    sh_pe = 16 - lv.pe_bits if ws else sh_acc
+    hi_acc = min(((1 << (lv.acc_bits - 1)) - 1) << sh_acc, 32767)
+    hi_pe = min(((1 << (lv.pe_bits - 1)) - 1) << sh_pe, 32767) if ws else 0
+    return sh_acc, sh_pe, hi_pe, hi_acc
+
+
 _lanes16_4 = _lanes16_calls(4)  # `walk16_kernel`: 4 pixels per call
 _lanes16_1 = _lanes16_calls(1)  # `_screen_pixels`: one pixel's failing chunk
 _W16_TASK = 8  # pixels per task of `walk16_kernel`
@@ -367,11 +380,8 @@ def walk16_kernel(x, xp, koff, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho,
     cg = K // (kh * kw)
     ws = lv.order != OS
     rows_pe = lv.rows
-    pe_bits, pe_mode, acc_bits, acc_mode = lv.pe_bits, lv.pe_mode, lv.acc_bits, lv.acc_mode
-    sh_acc = 16 - acc_bits
-    sh_pe = 16 - pe_bits if ws else sh_acc
-    hi_acc = min(((1 << (acc_bits - 1)) - 1) << sh_acc, 32767)
-    hi_pe = min(((1 << (pe_bits - 1)) - 1) << sh_pe, 32767) if ws else 0  # os: no pe level
+    pe_mode, acc_bits, acc_mode = lv.pe_mode, lv.acc_bits, lv.acc_mode
+    sh_acc, sh_pe, hi_pe, hi_acc = _lane16_scales(lv)
     direct = xp.size > 0
     hp, wp, c_all = xp.shape[1], xp.shape[2], xp.shape[3]
     pre = np.zeros(G * og64, np.int16)  # the bias preloaded at the acc level, scaled
@@ -531,10 +541,7 @@ def _screen_pixels(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix, t0
     held16 = np.empty(L16.LANES, np.int16)
     ca16 = np.empty(L16.LANES, np.int16)
     cp16 = np.empty(L16.LANES, np.int16)
-    sh_acc = 16 - acc_bits if l16 else 0
-    sh_pe = 16 - pe_bits if l16 and ws else sh_acc
-    hi_acc16 = min(acc_hi << sh_acc, 32767)
-    hi_pe16 = min(((1 << (pe_bits - 1)) - 1) << sh_pe, 32767) if l16 and ws else 0
+    sh_acc, sh_pe, hi_pe16, hi_acc16 = _lane16_scales(lv) if l16 else (0, 0, 0, 0)
     acc = np.empty(O, np.int64)
     ok = np.empty(O, np.bool_)
     psv = np.empty(O, np.int64)

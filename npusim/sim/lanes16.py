@@ -105,16 +105,22 @@ def make_walk(mr: int, ws: bool, pe_wrap: bool, acc_wrap: bool):
                     for r in range(mr)]
             wraps, hi = (pe_wrap, hi_pe) if ws else (acc_wrap, hi_acc)
 
+            def open_loop(name, start):
+                """A loop block `name` and its exit, the builder placed in the loop: (the
+                block before it, the loop block, the exit, the index phi from `start`)."""
+                before = builder.block
+                body = builder.append_basic_block(name)
+                after = builder.append_basic_block(name + "_done")
+                builder.branch(body)
+                builder.position_at_end(body)
+                i = builder.phi(_I64)
+                i.add_incoming(start, before)
+                return before, body, after, i
+
             def products(c0, c1, sums0, cnts0):
                 """The k-steps [c0, c1) added to `sums0` at the level the products meet
                 (os: acc; ws: pe), overflows into `cnts0`: (sums, counts) after them."""
-                before = builder.block
-                loop = builder.append_basic_block("walk_k")
-                after = builder.append_basic_block("walk_k_done")
-                builder.branch(loop)
-                builder.position_at_end(loop)
-                k = builder.phi(_I64)
-                k.add_incoming(c0, before)
+                before, loop, after, k = open_loop("walk_k", c0)
                 sums = grid(lambda r, v: builder.phi(_V))
                 cnts = grid(lambda r, v: builder.phi(_V))
                 wbase = builder.add(w_off, builder.mul(k, w_stride))
@@ -142,13 +148,7 @@ def make_walk(mr: int, ws: bool, pe_wrap: bool, acc_wrap: bool):
                 held, ca_ = products(k0, k1, held0, ca0)
                 stores = ((held, ha), (ca_, caa))
             else:  # pe chunks of `pe_rows` k-steps, each added at the acc level's scale
-                entry = builder.block
-                outer = builder.append_basic_block("walk_chunk")
-                done = builder.append_basic_block("walk_done")
-                builder.branch(outer)
-                builder.position_at_end(outer)
-                c0 = builder.phi(_I64)
-                c0.add_incoming(k0, entry)
+                entry, outer, done, c0 = open_loop("walk_chunk", k0)
                 acc = grid(lambda r, v: builder.phi(_V))
                 cac = grid(lambda r, v: builder.phi(_V))
                 cpc = grid(lambda r, v: builder.phi(_V))
