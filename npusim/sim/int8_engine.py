@@ -414,7 +414,7 @@ def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int],
             expected += r.expected
             nonzero += r.nonzero_macs
         return Int8Result(g, expected, nonzero)
-    x, xu, expected, nonzero = _prologue(x, plan, out_hw)
+    x, xu, expected, nonzero = prologue(x, plan, out_hw)
     q, sk = plan.q, plan.subsample
     made = None
     if plan.dw is not None:
@@ -451,7 +451,7 @@ def checked_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8
     return res
 
 
-def _prologue(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]):
+def prologue(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]):
     """What a call needs before the conv: (contiguous `x`, the uint8 operand, the expected
     column sums (`Int8Result.expected`), the non-zero product count)."""
     x = np.ascontiguousarray(x)
@@ -514,7 +514,7 @@ def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n:
     holds no ``g`` (``verify`` it with `sums` as usual)."""
     n = x.shape[0]
     ho, wo = out_hw
-    x, xu, expected, nonzero = _prologue(x, plan, out_hw)
+    x, xu, expected, nonzero = prologue(x, plan, out_hw)
     call = next(_CALLS)
     m_n = n * ho * wo
     ms = spot_rows(call, m_n)
@@ -544,7 +544,7 @@ def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n:
         gs = int8_tiles.conv_epilogue(xu, plan.zp_x - plan.sub, plan.packed, plan.stride,
                                       plan.padding, o_n, bias, lv, do_rq, rq, out, mnmx, sums,
                                       wrap_bits, ms)
-    _spot_check_rows(x, plan, out_hw, m_n, ms, gs, call)
+    spot_check_rows(x, plan, out_hw, m_n, ms, gs, call)
     return Int8Result(None, expected, nonzero)
 
 
@@ -602,7 +602,7 @@ def _spot_check(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], g: np.nd
     still checked by the column sums, `Int8Result.verify`)."""
     call = next(_CALLS)
     ms = spot_rows(call, len(g))
-    _spot_check_rows(x, plan, out_hw, len(g), ms, g[ms], call)
+    spot_check_rows(x, plan, out_hw, len(g), ms, g[ms], call)
 
 
 def spot_rows(call: int, m_n: int) -> np.ndarray:
@@ -612,7 +612,7 @@ def spot_rows(call: int, m_n: int) -> np.ndarray:
                     if m_n else [], np.int64)
 
 
-def _spot_check_rows(x, plan: Int8Conv, out_hw, m_n: int, ms, gs, call: int) -> None:
+def spot_check_rows(x, plan: Int8Conv, out_hw, m_n: int, ms, gs, call: int) -> None:
     """`_spot_check` of the rows `ms` of the engine's sums, `gs` (len(ms), q), of `m_n` rows."""
     if not len(ms):  # an empty batch
         return

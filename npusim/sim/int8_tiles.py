@@ -54,6 +54,7 @@ from npusim.sim.kernels import (
     fused_task_pixels,
     risk_flag,
     risk_thresholds,
+    screen_pixels_task,
 )
 
 
@@ -443,6 +444,75 @@ def _conv_risk_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, o_n, b
                 r = r1
         fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, flags,
                         rows, mnmx, sums, b, blk, p_a, p_b)
+
+
+#: the most chunk sums (float32) one task of `_screen_conv_kernel` keeps (2 MB, an L2's
+#: worth: its pixels' rows are read back while in cache). Smaller tasks cost tile efficiency:
+#: ResNet-18 224 b2 at 16 bits, its 8 screened layers 10.5 ms at 2^17, 8.8-9.0 at 2^19-2^21
+_SCREEN_BLOCK = 1 << 19
+
+
+@numba.njit(parallel=True, cache=True)
+def _screen_conv_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, span, csum, ms, gs,
+                        x, wl, wt, wt16, bias, kh, kw, pad, zp_x, lv, pix, gp, g, size, vals,
+                        events, chunks, flagged):
+    """`_conv_kernel`'s chunk sums consumed where they are made: per task (image, block of
+    `span` pixels) the block's sums in a local buffer, column block by column block (each
+    block's weights read once per task: a layer4 chunked conv has 2.4 MB of them), their
+    column sums into ``csum[task]`` and the spot rows `ms` into `gs` (the engine's checks),
+    then `kernels.screen_pixels_task` on the block (``pix`` = every row m, in order)."""
+    pixels = ho * wo
+    n = x.shape[0]
+    q = csum.shape[1]
+    groups, ks = koff.shape
+    nr = 16 * nv
+    nbk = (q // groups + nr - 1) // nr
+    tasks = (pixels + span - 1) // span
+    for task in numba.prange(n * tasks):
+        b = task // tasks
+        p_a = (task - b * tasks) * span
+        p_b = min(pixels, p_a + span)
+        n_p = p_b - p_a
+        gl = np.empty(n_p * q, np.float32)
+        for gb in range(groups * nbk):
+            _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, gl, p_a, q, q,
+                   0, gb, gb + 1)
+        acc = np.zeros(q, np.int64)
+        for r in range(n_p):
+            row = gl[r * q:(r + 1) * q]
+            for j in range(q):
+                acc[j] += np.int64(row[j])
+        csum[task] = acc
+        m_a = b * pixels + p_a
+        for k in range(ms.shape[0]):
+            if m_a <= ms[k] < m_a + n_p:
+                gs[k] = gl[(ms[k] - m_a) * q:(ms[k] - m_a + 1) * q]
+        screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix, m_a,
+                           m_a + n_p, ho, wo, gl.reshape(n_p, q), m_a, gp, g, size, vals, events,
+                           chunks, flagged)
+
+
+def screen_conv(xu: np.ndarray, zp: int, packed: TileWeights, stride: int, padding: int,
+                ms: np.ndarray, screen_args: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """`conv`'s chunk sums (`packed`: a `screen.ChunkPlan`'s conv) screened by
+    `kernels.screen_pixels_task` where they are made, never stored: `screen_args` are that
+    task's arguments from `x` to `flagged` without ``stride``, ``pix``, ``t0``, ``t1``,
+    ``ho``, ``wo``, ``gc`` and ``row0`` (outputs filled for every pixel). Returns (the
+    column sums per image (N, q) int64, the rows `ms` of the sums (len(ms), q) float32) for
+    the engine's checks, which the caller must pass before using the outputs."""
+    (n, ho, wo), args = _kernel_args(xu, zp, packed, stride, padding)
+    q = packed.q
+    pixels = ho * wo
+    tasks = max(1, -(-pixels * q // _SCREEN_BLOCK), -(-2 // n))  # two tasks at least
+    span = -(-pixels // tasks)
+    tasks = -(-pixels // span)
+    csum = np.empty((n * tasks, q), np.int64)
+    gs = np.zeros((len(ms), q), np.float32)
+    x, wl, wt, wt16, bias, kh, kw, pad, zp_x, lv, gp, g, size, vals, events, chunks, \
+        flagged = screen_args
+    _screen_conv_kernel(*args, span, csum, ms, gs, x, wl, wt, wt16, bias, kh, kw, pad, zp_x,
+                        lv, np.arange(n * pixels), gp, g, size, vals, events, chunks, flagged)
+    return csum.reshape(n, tasks, q).sum(axis=1), gs
 
 
 @numba.njit(parallel=True, cache=True)

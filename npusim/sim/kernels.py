@@ -8,7 +8,7 @@ as float32 holding exact integers (`npusim.sim.int8_engine`). Activations are ch
 
 Compile time: per-element helpers are inlined (``inline="always"``: a call per row made the
 epilogue 1.7-3x slower), but a task's whole body (`_epilogue_task`, `fused_risk_task`,
-`int8_tiles._tiles`, `_screen_pixels`, ...) is a plain njit function (cached on disk), called
+`int8_tiles._tiles`, `screen_pixels_task`, ...) is a plain njit function (cached on disk), called
 once per task: compiled once per signature and shared by every kernel and process that calls
 it, where inlined each caller typed and compiled it again.
 """
@@ -231,6 +231,43 @@ def _patch(x, b, oy, ox, c0, cg, kh, kw, stride, pad, zp_x, patch):
                 k += 1
 
 
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def pooled_bound_kernel(x, wl, cols, size, kh, kw, stride, pad, zp_x, ms, ho, wo, gp, g):
+    """Whether the pooled bounds `gp` (rows (n, oy // g, ox // g), blocks of ``ceil(ho / g)
+    x ceil(wo / g)`` per image; chunk j's O columns at ``j * O``) are at or above the sum of
+    the positive products of every chunk of `size` products (the k order (c, i, j) of `wl`
+    (O, K)) of the output pixels `ms`, in the output columns `cols`: recomputed from `x`
+    (channels last, padding at zp_x, values at or above it) in float64, exact (each sum
+    below 2^53). A few pixels: one thread."""
+    O, K = wl.shape
+    nch = K // size
+    hb, wb = (ho + g - 1) // g, (wo + g - 1) // g
+    patch = np.empty(K, np.int64)
+    pf = np.empty((len(ms), K), np.float64)
+    tops = np.empty(len(ms), np.int64)
+    for t in range(len(ms)):
+        b, oy, ox = _pixel(ms[t], ho, wo)
+        _patch(x, b, oy, ox, 0, K // (kh * kw), kh, kw, stride, pad, zp_x, patch)
+        for k in range(K):
+            pf[t, k] = np.float64(patch[k])
+        tops[t] = (b * hb + oy // g) * wb + ox // g
+    wp = np.empty(K, np.float64)
+    for o in cols:
+        for k in range(K):
+            wp[k] = np.float64(max(wl[o, k], 0))
+        for t in range(len(ms)):
+            pt = pf[t]
+            for jc in range(nch):
+                wc = wp[jc * size:(jc + 1) * size]
+                pc = pt[jc * size:(jc + 1) * size]
+                acc = 0.0
+                for k in range(size):
+                    acc += wc[k] * pc[k]
+                if acc > np.float64(gp[tops[t], jc * O + o]):
+                    return False
+    return True
+
+
 @numba.njit(parallel=True, cache=True)
 def conv_walk_kernel(x, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, vals, events):
     """The order-faithful accumulation of `_accumulate_point` for every output channel of the
@@ -339,7 +376,7 @@ def _lane16_scales(lv):
 
 
 _lanes16_4 = _lanes16_calls(4)  # `walk16_kernel`: 4 pixels per call
-_lanes16_1 = _lanes16_calls(1)  # `_screen_pixels`: one pixel's failing chunk
+_lanes16_1 = _lanes16_calls(1)  # `screen_pixels_task`: one pixel's failing chunk
 _W16_TASK = 8  # pixels per task of `walk16_kernel`
 
 
@@ -506,15 +543,16 @@ def screen_walk_kernel(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
     P = pix.shape[0]
     T = _SCREEN_TASK
     for task in numba.prange((P + T - 1) // T):
-        _screen_pixels(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix, task * T,
-                       min(P, task * T + T), ho, wo, gc, gp, g, size, vals, events, chunks,
+        screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix, task * T,
+                       min(P, task * T + T), ho, wo, gc, 0, gp, g, size, vals, events, chunks,
                        flagged)
 
 
 @numba.njit(cache=True)
-def _screen_pixels(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix, t0, t1, ho, wo,
-                   gc, gp, g, size, vals, events, chunks, flagged):
-    """`screen_walk_kernel`'s task: the pixels ``pix[t0:t1]``."""
+def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix, t0, t1, ho, wo,
+                   gc, row0, gp, g, size, vals, events, chunks, flagged):
+    """`screen_walk_kernel`'s task: the pixels ``pix[t0:t1]``, pixel m's chunk sums in row
+    ``m - row0`` of `gc` (`int8_tiles.screen_conv`: a task's own block of them)."""
     O, K = wl.shape
     cg = K // (kh * kw)
     nch = (K + size - 1) // size
@@ -562,7 +600,7 @@ def _screen_pixels(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix, t0
         m = pix[t]
         b, oy, ox = _pixel(m, ho, wo)
         have_patch = False  # built when a chunk first needs a walk (most pixels need none)
-        row = gc[m]
+        row = gc[m - row0]
         prow = gp[(b * hb + oy // g) * wb + ox // g] if g else row
         ptot[:] = 0
         stot[:] = 0

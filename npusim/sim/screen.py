@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from npusim.sim import int8_tiles
 from npusim.sim import kernels as K
 from npusim.sim.exact_conv import InexactError
 from npusim.sim.int8_engine import (
@@ -46,8 +47,9 @@ from npusim.sim.int8_engine import (
     int8_conv,
     pooled_conv,
     prepare_int8_conv,
+    prologue,
+    spot_check_rows,
     spot_rows,
-    u8_operand,
 )
 from npusim.sim.kernels import LevelSpec
 from npusim.sim.lanes16 import lane_weights
@@ -231,53 +233,78 @@ def pooled_screen(x: np.ndarray, cp: ChunkPlan, bias: np.ndarray, lv: LevelSpec,
     usual, about 1.3x the products of the exact sums instead of 2x). Values and events
     equal the exact screen's; more chunks may be walked, and more outputs counted as
     flagged (the bound is looser). Where over `POOLED_WALKS` of the chunks were walked, the
-    next `POOLED_RETRY` batches take the exact screen."""
+    next `POOLED_RETRY` batches take the exact screen. On the engine's own tiles the chunk
+    sums are screened where they are made (`int8_tiles.screen_conv`), never stored."""
     n = x.shape[0]
     ho, wo = out_hw
-    res = checked_conv(x, cp.sums, out_hw)
-    xu = u8_operand(np.ascontiguousarray(x), cp.sums)
-    gp = pooled_conv(xu, cp.pooled, cp.plan.zp_x - cp.sums.sub, cp.plan.padding,
-                     cp.plan.stride, out_hw, res.g.dtype)
+    plan = cp.sums
+    x, xu, expected, st.nonzero_macs = prologue(x, plan, out_hw)
+    gp = pooled_conv(xu, cp.pooled, cp.plan.zp_x - plan.sub, cp.plan.padding,
+                     cp.plan.stride, out_hw, np.float32)
+    gp = gp.reshape(-1, gp.shape[-1])
     _check_bound(x, cp, gp, out_hw, next(_CALLS))
-    st.nonzero_macs = res.nonzero_macs
-    vals, flagged = screened_pixels(x, cp, res.g, bias, lv, np.arange(n * ho * wo), st, out_hw,
-                                    gp.reshape(-1, gp.shape[-1]), shift)
+    if _fused(plan):
+        vals, flagged = _fused_screen(x, xu, cp, expected, bias, lv, st, out_hw, gp, shift)
+    else:
+        res = checked_conv(x, plan, out_hw)
+        vals, flagged = screened_pixels(x, cp, res.g, bias, lv, np.arange(n * ho * wo), st,
+                                        out_hw, gp, shift)
     if st.walked_chunks > POOLED_WALKS * (st.screened_chunks + st.walked_chunks):
         cp.pooled_skip[0] = POOLED_RETRY
     return vals, flagged
 
 
+def _fused(plan: Int8Conv) -> bool:
+    """The plan's chunk sums can be screened where the engine's tiles make them."""
+    return isinstance(plan.packed, int8_tiles.TileWeights) and not plan.parts and \
+        not plan.radix and plan.subsample == 1
+
+
+def _fused_screen(x, xu, cp: ChunkPlan, expected, bias, lv, st, out_hw, gp, shift):
+    """`pooled_screen`'s chunk sums and screen in one kernel (`int8_tiles.screen_conv`):
+    the outputs are returned only once the sums pass the engine's checks (column sums
+    against the window sums, a few pixels recomputed in int64)."""
+    n = x.shape[0]
+    ho, wo = out_hw
+    plan = cp.sums
+    o = cp.wl.shape[0]
+    m_n = n * ho * wo
+    vals = np.empty((m_n, o), np.int64)
+    events = np.zeros((m_n, 2), np.int64)
+    chunks = np.zeros((m_n, 2), np.int64)
+    flagged = np.zeros(m_n, np.int64)
+    w16 = _NO_LANES if shift is None else cp.lane_weights(shift)
+    call = next(_CALLS)
+    ms = spot_rows(call, m_n)
+    sums, gs = int8_tiles.screen_conv(
+        xu, plan.zp_x - plan.sub, plan.packed, plan.stride, plan.padding, ms,
+        (x, cp.wl, cp.wt, w16, np.asarray(bias, np.int64), plan.kh, plan.kw, plan.padding,
+         plan.zp_x, lv, gp, BOUND_G, cp.size, vals, events, chunks, flagged))
+    Int8Result(None, expected, 0).verify(sums)
+    spot_check_rows(x, plan, out_hw, m_n, ms, gs, call)
+    st.pe_overflows = int(events[:, 0].sum())
+    st.acc_overflows = int(events[:, 1].sum())
+    st.screened_chunks, st.walked_chunks = (int(v) for v in chunks.sum(axis=0))
+    return vals, int(flagged.sum())
+
+
 _NO_LANES = np.zeros((0, 0), np.int16)  # `screened_pixels` without the register walk
-_CALLS = itertools.count(1)  # `_check_bound` calls in this process (each checks other pixels)
+_CALLS = itertools.count(1)  # `_check_bound` and spot check calls here (each checks other pixels)
 _CHECK_COLUMNS = 16  # output columns `_check_bound` recomputes per pixel
 
 
 def _check_bound(x: np.ndarray, cp: ChunkPlan, gp: np.ndarray, out_hw: tuple[int, int],
                  call: int) -> None:
-    """Raise InexactError unless the pooled bounds `gp` (N, Hb, Wb, nch * O) are at or above
-    the positive sums of every chunk of a few spot pixels, in up to `_CHECK_COLUMNS` columns
-    (recomputed in int64; both picked by `call`): a wrong pooling or geometry, which the
-    pooled conv's own checks cannot see, moves most bounds."""
-    n, _, _, c = x.shape
+    """Raise InexactError unless the pooled bounds `gp` (N * Hb * Wb, nch * O) are at or
+    above the positive sums of every chunk of a few spot pixels, in up to `_CHECK_COLUMNS`
+    columns (both picked by `call`; `kernels.pooled_bound_kernel`): a wrong pooling or
+    geometry, which the pooled conv's own checks cannot see, moves most bounds."""
+    n = x.shape[0]
     ho, wo = out_hw
     o = cp.wl.shape[0]
-    kh, kw, s, pad, zp = (cp.plan.kh, cp.plan.kw, cp.plan.stride, cp.plan.padding,
-                          cp.plan.zp_x)
     cols = np.arange(o) if o <= _CHECK_COLUMNS else \
         (call * 40503 + np.arange(_CHECK_COLUMNS) * 2654435761) % o
-    wp = np.maximum(cp.wl[cols], 0).reshape(len(cols), cp.nch, cp.size)
-    h, w = x.shape[1], x.shape[2]
-    ms = spot_rows(call, n * ho * wo)
-    b, r = np.divmod(ms, ho * wo)
-    oy, ox = np.divmod(r, wo)
-    wins = np.full((len(ms), kh, kw, c), zp, np.int64)  # the pixels' windows, padding at zp
-    for t in range(len(ms)):
-        y0, x0 = oy[t] * s - pad, ox[t] * s - pad
-        ya, yb, xa, xb = max(y0, 0), min(y0 + kh, h), max(x0, 0), min(x0 + kw, w)
-        wins[t, ya - y0:yb - y0, xa - x0:xb - x0] = x[b[t], ya:yb, xa:xb]
-    # the k order (c, i, j); x - zp >= 0 here
-    patch = wins.transpose(0, 3, 1, 2).reshape(len(ms), cp.nch, cp.size) - zp
-    pos = np.einsum("pjk,ojk->pjo", patch, wp)  # (pixels, nch, cols)
-    top = gp[b, oy // BOUND_G, ox // BOUND_G].reshape(len(ms), cp.nch, o)[:, :, cols]
-    if (pos > top).any():
+    if not K.pooled_bound_kernel(x, cp.wl, cols, cp.size, cp.plan.kh, cp.plan.kw,
+                                 cp.plan.stride, cp.plan.padding, cp.plan.zp_x,
+                                 spot_rows(call, n * ho * wo), ho, wo, gp, BOUND_G):
         raise InexactError("screen: the pooled bound is below a chunk's positive sum")

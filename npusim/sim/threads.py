@@ -1,5 +1,5 @@
 """When a pass is worth more than one thread: the one rule the simulator's nodes
-(`simulator.node_work`) and the int8 engine's input passes (`int8_engine._prologue`) share."""
+(`simulator.node_work`) and the int8 engine's input passes (`int8_engine.prologue`) share."""
 
 #: work (multiply-accumulates) below which a pass runs on one thread: a parallel region waits
 #: for every worker, which costs more than the work when the machine is busy (torch does the

@@ -3,13 +3,15 @@ one-output-at-a-time kernel, the reference engine and the independent oracle: va
 pe/acc event counts, both levels, every overflow mode, narrow widths where most outputs
 overflow, chunk boundaries (a partial last chunk), bias and zero points."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npusim.hw.config import NPUConfig
-from npusim.sim import int8_engine, screen
+from npusim.sim import int8_engine, int8_tiles, screen
 from npusim.sim import kernels as K
 from npusim.sim.accumulate import _walk_lanes
 from npusim.sim.int8_engine import Int8Support, prepare_int8_conv
@@ -226,6 +228,64 @@ def test_engine_chunk_sums(n, cg, k, stride, o, seed):
     assert res.nonzero_macs == full.nonzero_macs
 
 
+@pytest.mark.skipif(not int8_tiles.available(), reason="the fused screen runs on the own tiles")
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 3), st.sampled_from([16, 32]), st.sampled_from([1, 3]), st.integers(1, 2),
+       st.sampled_from([3, 16, 40]), st.sampled_from(["os", "ws"]), st.sampled_from(MODES[1:]),
+       st.integers(14, 18), st.sampled_from([1 << 6, 1 << 10, 1 << 19]),
+       st.integers(0, 2 ** 32 - 1))
+def test_fused_screen_equals_the_screen_kernel(n, cg, k, stride, o, order, mode, bits, block,
+                                               seed):
+    """`int8_tiles.screen_conv` (chunk sums screened where the tiles make them, tasks of a few
+    pixels to whole images) against `screen_walk_kernel` on NumPy's chunk sums with the same
+    block bounds: values, events, chunk counts and flagged outputs; its column sums per
+    image and spot rows against NumPy's."""
+    rng = np.random.default_rng(seed)
+    h = int(rng.integers(k, 9))
+    x = rng.choice([0, 255, 3, rng.integers(0, 256)], size=(n, h, h + 1, cg)).astype(np.uint8)
+    w = rng.choice([-127, 127, 0, -1, 40, rng.integers(-127, 128)],
+                   size=(o, cg, k, k)).astype(np.int64)
+    bias = rng.integers(-5000, 5000, size=o)
+    pad = k // 2
+    lv = K.LevelSpec(K.ORDER_CODES[order], 8, bits, K.MODE_CODES[mode], bits, K.MODE_CODES[mode])
+    kind = int8_engine.probe().kind
+    prep = prepare_int8_conv(w, stride, pad, 1, 0, 0, 255, signs=True, kind=kind)
+    cp = screen.prepare_chunks(prep, w, lv, (0, 255), kind, limit=8 * k * k, min_channels=8)
+    assert cp is not None and cp.sums is not None and screen._fused(cp.sums)
+    ho, wo = (h + 2 * pad - k) // stride + 1, (h + 1 + 2 * pad - k) // stride + 1
+    wm = w.reshape(o, -1)
+    table = chunk_table(patches(x, k, k, stride, pad, 0), wm.T, cp.size)  # (M, nch * 2O)
+    sm, pos = (table.reshape(-1, cp.nch, 2, o)[:, :, i].astype(np.int64) for i in (0, 1))
+    g = screen.BOUND_G
+    hb, wb = -(-ho // g), -(-wo // g)
+    blk = np.zeros((n, hb * g, wb * g, cp.nch, o), np.int64)
+    blk[:, :ho, :wo] = pos.reshape(n, ho, wo, cp.nch, o)
+    gp = blk.reshape(n, hb, g, wb, g, cp.nch * o).max(axis=(2, 4)).reshape(n * hb * wb, -1)
+    gp = (gp + rng.integers(0, 3)).astype(np.float32)
+    gc = sm.reshape(-1, cp.nch * o).astype(np.float32)
+    m_n = n * ho * wo
+    runs = []
+    for fused in (True, False):
+        out = [np.empty((m_n, o), np.int64), np.zeros((m_n, 2), np.int64),
+               np.zeros((m_n, 2), np.int64), np.zeros(m_n, np.int64)]
+        args = (x, cp.wl, cp.wt, screen._NO_LANES, bias.astype(np.int64), k, k, pad, 0, lv, gp,
+                g, cp.size, *out)
+        if fused:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(int8_tiles, "_SCREEN_BLOCK", block)
+                ms = int8_engine.spot_rows(seed % 1000, m_n)
+                sums, gs = int8_tiles.screen_conv(x, 0, cp.sums.packed, stride, pad, ms, args)
+            np.testing.assert_array_equal(sums, gc.astype(np.int64).reshape(n, -1, gc.shape[1])
+                                          .sum(axis=1))
+            np.testing.assert_array_equal(gs, gc[ms])
+        else:
+            K.screen_walk_kernel(*args[:7], stride, *args[7:10], np.arange(m_n), ho, wo, gc,
+                                 *args[10:])
+        runs.append(out)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_chunk_channels():
     """Whole input channels, within the product limit, whole pe chunks, two chunks at least,
     `MIN_CHUNKS` at 15 bits where the channels allow, half as many per bit wider."""
@@ -409,6 +469,32 @@ def test_chunk_check_catches_wrong_chunk_sums(monkeypatch, caplog, how):
             row[["sequential_outputs", "screened_chunks", "walked_chunks"]].to_dict()
         np.testing.assert_array_equal(fast.outputs["y"], ref.outputs["y"])
         assert fast.stats["acc_overflows"].equals(ref.stats["acc_overflows"])
+
+
+@pytest.mark.skipif(not int8_tiles.available(), reason="the fused screen runs on the own tiles")
+def test_fused_screen_catches_a_wrong_weight(monkeypatch, caplog):
+    """The pooled screen's chunk sums made by a kernel with one weight byte off (its column
+    sums, made where the sums are screened, see it): the layer is recomputed with the float
+    engine, outputs and events the reference engine's."""
+    real = int8_tiles.screen_conv
+
+    def wrong(xu, zp, packed, *a):
+        wb = packed.wb.copy()
+        wb[0] = 1 if wb[0] != 1 else 2
+        return real(xu, zp, dataclasses.replace(packed, wb=wb), *a)
+
+    monkeypatch.setattr(int8_tiles, "screen_conv", wrong)
+    x, w, bias = wide_case(16)
+    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
+    cfg = narrow_npu("os", 16, 16, "wrap")
+    ref = Simulator(cfg, engine="reference").run(prog, x)
+    sim = Simulator(cfg)
+    sim.run(prog, x)  # flags many: the next batch takes the pooled screen
+    with caplog.at_level("WARNING"):
+        got = sim.run(prog, x)
+    assert "recomputed with the float engine" in caplog.text
+    np.testing.assert_array_equal(got.outputs["y"], ref.outputs["y"])
+    assert got.stats["acc_overflows"].equals(ref.stats["acc_overflows"])
 
 
 def test_run_many_shares_chunk_sums():

@@ -12,7 +12,7 @@ def test_parallel_is_the_work_line():
 @pytest.mark.parametrize("images, serial", [(1, True), (41, True), (42, False), (64, False)])
 def test_the_engines_input_pass_takes_every_thread_where_the_rule_says(monkeypatch, images,
                                                                         serial):
-    """`int8_engine._prologue` runs its pass over the input (the uint8 operand, the window
+    """`int8_engine.prologue` runs its pass over the input (the uint8 operand, the window
     sums) on one thread below the line `threads.parallel` draws for `ELEM_WORK` per element,
     the line the simulator's nodes use: 16 x 28 x 28 maps serially up to 41 of them, on every
     thread from 42 (ResNet-20's 16-channel layers at batch 64: 2^19.6 elements)."""
@@ -24,7 +24,7 @@ def test_the_engines_input_pass_takes_every_thread_where_the_rule_says(monkeypat
     calls = []
     monkeypatch.setattr(int8_engine.numba, "get_num_threads", lambda: 2)
     monkeypatch.setattr(int8_engine.numba, "set_num_threads", calls.append)
-    _, _, expected, _ = int8_engine._prologue(x, plan, (28, 28))
+    _, _, expected, _ = int8_engine.prologue(x, plan, (28, 28))
     assert calls == ([1, 2] if serial else [])
     wq = plan.wq.reshape(16, -1).astype(np.int64)  # the expected column sums all the same
     xp = np.pad(x.astype(np.int64) * (1 + np.arange(images) % 4)[:, None, None, None],
