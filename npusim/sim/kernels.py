@@ -512,6 +512,43 @@ def chunk_reduce_kernel(gc, n, nch, q, g, sums):
 _SCREEN_TASK = 16  # pixels per task of `screen_walk_kernel`
 
 
+@numba.njit(inline="always")
+def _screen_chunk(row, prow, base, pb, acc, ok, O, acc_hi, acc_lo, pe_hi, pe_lo):
+    """One chunk's tests of every output (`screen_walk_kernel`): `ok`, the passing outputs'
+    held values advanced by the chunk's sum; returns how many failed."""
+    nfail = 0
+    for o in range(O):
+        sm = np.int64(np.int32(row[base + o]))
+        pos = np.int64(np.int32(prow[pb + o]))
+        neg = sm - pos
+        a = acc[o]
+        good = (a + pos <= acc_hi) & (a + neg >= acc_lo) & (pos <= pe_hi) & (neg >= pe_lo)
+        ok[o] = good
+        acc[o] = a + sm if good else a
+        nfail += not good
+    return nfail
+
+
+@numba.njit(inline="always")
+def _chunk_total(row, o, ss, nch):
+    """The sum over chunks j of ``row[j * ss + o]`` (int64)."""
+    t = 0
+    for jc in range(nch):
+        t += np.int64(np.int32(row[jc * ss + o]))
+    return t
+
+
+@numba.njit(inline="always")
+def _chunk_totals(row, off, ss, nch, out):
+    """``out[o] = sum over chunks j of row[j * ss + off + o]`` (int64; len(out) = O)."""
+    out[:] = 0
+    O = out.shape[0]
+    for jc in range(nch):
+        r = row[jc * ss + off:jc * ss + off + O]
+        for o in range(O):
+            out[o] += np.int64(np.int32(r[o]))
+
+
 @numba.njit(parallel=True, cache=True)
 def screen_walk_kernel(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix, ho, wo, gc, gp,
                        g, size, vals, events, chunks, flagged):
@@ -544,13 +581,13 @@ def screen_walk_kernel(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
     T = _SCREEN_TASK
     for task in numba.prange((P + T - 1) // T):
         screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix, task * T,
-                       min(P, task * T + T), ho, wo, gc, 0, gp, g, size, vals, events, chunks,
-                       flagged)
+                           min(P, task * T + T), ho, wo, gc, 0, gp, g, size, vals, events,
+                           chunks, flagged)
 
 
 @numba.njit(cache=True)
-def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix, t0, t1, ho, wo,
-                   gc, row0, gp, g, size, vals, events, chunks, flagged):
+def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix, t0, t1, ho,
+                       wo, gc, row0, gp, g, size, vals, events, chunks, flagged):
     """`screen_walk_kernel`'s task: the pixels ``pix[t0:t1]``, pixel m's chunk sums in row
     ``m - row0`` of `gc` (`int8_tiles.screen_conv`: a task's own block of them)."""
     O, K = wl.shape
@@ -591,46 +628,43 @@ def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
     cpc = np.empty(O, np.int32)
     cac = np.empty(O, np.int32)
     wc = np.empty(O, np.int32)
-    ptot = np.empty(O, np.int64)  # pos and the sum over the chunks (`flagged`)
-    stot = np.empty(O, np.int64)
+    dirty = np.empty(O, np.bool_)  # walked in some chunk: its whole sum recomputed,
+    fix = np.empty(O, np.int64)  # what it adds to held - preload (0 for the others)
+    pown = np.empty(O, np.int64)  # with g == 0: pos summed over the chunks (`flagged`)
+    hb, wb = (ho + g - 1) // max(g, 1), (wo + g - 1) // max(g, 1)
+    blk_row = -1  # with g > 0: the block row `pcache` holds, its blocks' pos totals
+    pcache = np.empty((wb if g else 0, O), np.int64)
+    pvalid = np.zeros(wb if g else 0, np.bool_)
     ss = O if g else 2 * O  # columns per chunk in `gc`; pos at [jc * ss + po, ...) of `prow`
     po = 0 if g else O
-    hb, wb = (ho + g - 1) // max(g, 1), (wo + g - 1) // max(g, 1)
+    pre = np.empty(O, np.int64)  # the bias preload at the acc level, from 0 (every pixel's)
+    pre_ev = 0
+    for o in range(O):
+        pre[o], f = _level_add(0, bias[o], acc_bits, acc_mode)
+        pre_ev += f
+    cp[:] = 0  # walks' events, reset after a pixel that walked
+    ca[:] = 0
+    dirty[:] = False
+    fix[:] = 0
     for t in range(t0, t1):
         m = pix[t]
         b, oy, ox = _pixel(m, ho, wo)
         have_patch = False  # built when a chunk first needs a walk (most pixels need none)
         row = gc[m - row0]
         prow = gp[(b * hb + oy // g) * wb + ox // g] if g else row
-        ptot[:] = 0
-        stot[:] = 0
-        cp[:] = 0
-        ca[:] = 0
         pe_ev = 0
-        acc_ev = 0
-        for o in range(O):  # the bias preload at the acc level, from 0
-            v, f = _level_add(0, bias[o], acc_bits, acc_mode)
-            acc[o] = v
-            acc_ev += f
+        acc_ev = pre_ev
+        acc[:] = pre
         walked = 0
         for jc in range(nch):
             base = jc * ss
             pb = jc * ss + po
-            nfail = 0
-            for o in range(O):
-                sm = np.int64(np.int32(row[base + o]))
-                pos = np.int64(np.int32(prow[pb + o]))
-                neg = sm - pos
-                ptot[o] += pos
-                stot[o] += sm
-                a = acc[o]
-                good = (a + pos <= acc_hi) & (a + neg >= acc_lo) & (pos <= pe_hi) & (neg >= pe_lo)
-                ok[o] = good
-                acc[o] = a + sm if good else a
-                nfail += not good
+            nfail = _screen_chunk(row, prow, base, pb, acc, ok, O, acc_hi, acc_lo, pe_hi, pe_lo)
             walked += nfail
             if nfail == 0:
                 continue
+            for o in range(O):
+                dirty[o] |= not ok[o]
             if not have_patch:
                 _patch(x, b, oy, ox, 0, cg, kh, kw, stride, pad, zp_x, patch)
                 have_patch = True
@@ -742,14 +776,40 @@ def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
                         a, f = _level_add(a, patch[k] * wr[k], acc_bits, acc_mode)
                         acc_ev += f
                 acc[o] = a
+        # the whole-sum bound's totals: pos per pixel, or per block (made once, kept for
+        # the block row)
+        if g:
+            if b * hb + oy // g != blk_row:
+                blk_row = b * hb + oy // g
+                pvalid[:] = False
+            bx = ox // g
+            if not pvalid[bx]:
+                _chunk_totals(prow, 0, O, nch, pcache[bx])
+                pvalid[bx] = True
+            ptot = pcache[bx]
+        else:
+            ptot = pown
+            _chunk_totals(row, O, 2 * O, nch, ptot)
+        if walked:  # a walked output's sum over the chunks, summed again
+            for o in range(O):
+                if dirty[o]:
+                    fix[o] = _chunk_total(row, o, ss, nch) - (acc[o] - pre[o])
         nflag = 0
         for o in range(O):
-            vals[t, o] = acc[o]
-            pe_ev += cp[o]
-            acc_ev += ca[o]
-            p_, n_ = ptot[o], stot[o] - ptot[o]
+            a = acc[o]
+            vals[t, o] = a
+            p_ = ptot[o]
+            n_ = a - pre[o] + fix[o] - p_  # the sum over the chunks, less pos
             nflag += (bias[o] + p_ > acc_hi) | (bias[o] + n_ < acc_lo) | (p_ > pe_hi) | \
                 (n_ < pe_lo)
+        if walked:
+            for o in range(O):
+                pe_ev += cp[o]
+                acc_ev += ca[o]
+            cp[:] = 0
+            ca[:] = 0
+            dirty[:] = False
+            fix[:] = 0
         flagged[t] = nflag
         events[t, 0] = pe_ev
         events[t, 1] = acc_ev
