@@ -257,22 +257,25 @@ def _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, dst, row
     part = np.empty(_MR_MAX * 32, dst.dtype)  # a tile that does not fill the rows
     for v in range(2):
         whole_off[v] = 16 * v
-    oy = p_a // wo  # the next pixel, stepped along (no division per pixel)
-    ox = p_a - oy * wo
-    for p0 in range(p_a, p_b, mr):
-        m = min(mr, p_b - p0)  # pixels in this tile; a short one repeats its last pixel
-        for r in range(m):
-            rows[r] = ((b * hp + oy * stride) * wp + ox * stride) * c
-            ox += 1
-            if ox == wo:
-                ox = 0
-                oy += 1
-        for r in range(m, mr):
-            rows[r] = rows[m - 1]
-        for gb in range(gb_a, gb_b):
-            g = gb // nb
-            col = g * qg + (gb - g * nb) * nr  # the block's first column
-            o1 = min(nr, (g + 1) * qg - col)
+    # column blocks outer: a block's weights (k-steps x 64 * nv bytes) stay in L1 while
+    # every tile of pixels reads them (pixel tiles outer streamed all the weights once per
+    # tile: a layer4 conv's 2.4 MB per 6 pixels)
+    for gb in range(gb_a, gb_b):
+        g = gb // nb
+        col = g * qg + (gb - g * nb) * nr  # the block's first column
+        o1 = min(nr, (g + 1) * qg - col)
+        oy = p_a // wo  # the next pixel, stepped along (no division per pixel)
+        ox = p_a - oy * wo
+        for p0 in range(p_a, p_b, mr):
+            m = min(mr, p_b - p0)  # pixels in this tile; a short one repeats its last pixel
+            for r in range(m):
+                rows[r] = ((b * hp + oy * stride) * wp + ox * stride) * c
+                ox += 1
+                if ox == wo:
+                    ox = 0
+                    oy += 1
+            for r in range(m, mr):
+                rows[r] = rows[m - 1]
             whole = m == mr and o1 == nr
             planes = whole and ps != 0  # else each row's vectors 16 apart from its column
             for r in range(mr):
@@ -457,16 +460,12 @@ def _screen_conv_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, span
                         x, wl, wt, wt16, bias, kh, kw, pad, zp_x, lv, pix, gp, g, size, vals,
                         events, chunks, flagged):
     """`_conv_kernel`'s chunk sums consumed where they are made: per task (image, block of
-    `span` pixels) the block's sums in a local buffer, column block by column block (each
-    block's weights read once per task: a layer4 chunked conv has 2.4 MB of them), their
-    column sums into ``csum[task]`` and the spot rows `ms` into `gs` (the engine's checks),
-    then `kernels.screen_pixels_task` on the block (``pix`` = every row m, in order)."""
+    `span` pixels) the block's sums in a local buffer, their column sums into
+    ``csum[task]`` and the spot rows `ms` into `gs` (the engine's checks), then
+    `kernels.screen_pixels_task` on the block (``pix`` = every row m, in order)."""
     pixels = ho * wo
     n = x.shape[0]
     q = csum.shape[1]
-    groups, ks = koff.shape
-    nr = 16 * nv
-    nbk = (q // groups + nr - 1) // nr
     tasks = (pixels + span - 1) // span
     for task in numba.prange(n * tasks):
         b = task // tasks
@@ -474,9 +473,7 @@ def _screen_conv_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, span
         p_b = min(pixels, p_a + span)
         n_p = p_b - p_a
         gl = np.empty(n_p * q, np.float32)
-        for gb in range(groups * nbk):
-            _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, gl, p_a, q, q,
-                   0, gb, gb + 1)
+        _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, gl, p_a, q, q, 0)
         acc = np.zeros(q, np.int64)
         for r in range(n_p):
             row = gl[r * q:(r + 1) * q]
