@@ -500,7 +500,7 @@ def screen_conv(xu: np.ndarray, zp: int, packed: TileWeights, stride: int, paddi
     (n, ho, wo), args = _kernel_args(xu, zp, packed, stride, padding)
     q = packed.q
     pixels = ho * wo
-    tasks = max(1, -(-pixels * q // _SCREEN_BLOCK), -(-2 // n))  # two tasks at least
+    tasks = max(1, -(-pixels * q // _SCREEN_BLOCK), -(-2 // max(n, 1)))  # two at least
     span = -(-pixels // tasks)
     tasks = -(-pixels // span)
     csum = np.empty((n * tasks, q), np.int64)

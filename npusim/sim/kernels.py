@@ -628,8 +628,8 @@ def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
     cpc = np.empty(O, np.int32)
     cac = np.empty(O, np.int32)
     wc = np.empty(O, np.int32)
-    dirty = np.empty(O, np.bool_)  # walked in some chunk: its whole sum recomputed,
-    fix = np.empty(O, np.int64)  # what it adds to held - preload (0 for the others)
+    dirty = np.empty(O, np.bool_)  # walked in some chunk: its sum over the chunks made again
+    fix = np.empty(O, np.int64)  # that sum less (held - preload); 0 for the others
     pown = np.empty(O, np.int64)  # with g == 0: pos summed over the chunks (`flagged`)
     hb, wb = (ho + g - 1) // max(g, 1), (wo + g - 1) // max(g, 1)
     blk_row = -1  # with g > 0: the block row `pcache` holds, its blocks' pos totals

@@ -50,6 +50,7 @@ from npusim.sim.int8_engine import (
     prologue,
     spot_check_rows,
     spot_rows,
+    u8_operand,
 )
 from npusim.sim.kernels import LevelSpec
 from npusim.sim.lanes16 import lane_weights
@@ -238,16 +239,22 @@ def pooled_screen(x: np.ndarray, cp: ChunkPlan, bias: np.ndarray, lv: LevelSpec,
     n = x.shape[0]
     ho, wo = out_hw
     plan = cp.sums
-    x, xu, expected, st.nonzero_macs = prologue(x, plan, out_hw)
+    fused = _fused(plan)
+    if fused:  # the sums' checks made up front, the conv inside the screen
+        x, xu, expected, st.nonzero_macs = prologue(x, plan, out_hw)
+    else:
+        x = np.ascontiguousarray(x)
+        xu = u8_operand(x, plan)
     gp = pooled_conv(xu, cp.pooled, cp.plan.zp_x - plan.sub, cp.plan.padding,
                      cp.plan.stride, out_hw, np.float32)
     gp = gp.reshape(-1, gp.shape[-1])
     _check_bound(x, cp, gp, out_hw, next(_CALLS))
-    if _fused(plan):
+    if fused:
         vals, flagged = _fused_screen(x, xu, cp, plan, expected, bias, lv, st, out_hw, gp,
                                       BOUND_G, shift)
     else:
         res = checked_conv(x, plan, out_hw)
+        st.nonzero_macs = res.nonzero_macs
         vals, flagged = screened_pixels(x, cp, res.g, bias, lv, np.arange(n * ho * wo), st,
                                         out_hw, gp, shift)
     if st.walked_chunks > POOLED_WALKS * (st.screened_chunks + st.walked_chunks):
