@@ -812,24 +812,27 @@ def _walk16(x, wt, bias, kh, kw, stride, padding, zp_x, lv, pix, out_hw, got, ev
 
 
 _NO_COPY = np.zeros((0, 1, 1, 1), np.int16)  # `_walk16` without the padded copy
+#: products per chunk of `_walk_points`' screen (ResNet-18 224 at 16 bits, its few flagged
+#: outputs of 1,152 products: reports/BENCHMARKS.md, round 23)
+_POINT_CHUNK = 64
 
 
 def _walk_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
                  out_hw) -> np.ndarray:
     """Order-faithful accumulators of the outputs at output pixels `m` (flat (n, oy, ox)) and
-    channels `oc` of channels-last `x`, one by one (`kernels.conv_points_kernel`), their
-    events counted into `st`."""
+    channels `oc` of channels-last `x`, one by one, each screened in chunks of about
+    `_POINT_CHUNK` products (`kernels.points_screen_kernel`: a chunk that cannot overflow is
+    added at once), their events counted into `st`."""
     ho, wo = out_hw
     b, p = np.divmod(np.asarray(m, np.int64), ho * wo)
     points = np.stack([b, np.asarray(oc, np.int64), p // wo, p % wo], axis=1)
     got = np.empty(len(points), np.int64)
     events = np.zeros((len(points), 2), np.int64)
-    info = np.iinfo(x.dtype)
-    if not (info.min <= zp_x <= info.max):  # the padding needs a wider dtype
-        x = x.astype(np.int64)
-    pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-    xp = np.pad(x, pad, constant_values=zp_x) if padding else np.ascontiguousarray(x)
-    K.conv_points_kernel(xp, w, bias, stride, groups, zp_x, lv, points, got, events)
+    o, _, kh, kw = w.shape
+    size = _POINT_CHUNK if lv.order == K.OS else lv.rows * max(1, _POINT_CHUNK // lv.rows)
+    K.points_screen_kernel(np.ascontiguousarray(x), np.ascontiguousarray(w.reshape(o, -1)),
+                           bias, kh, kw, stride, padding, zp_x, groups, lv, points, size, got,
+                           events)
     st.pe_overflows = int(events[:, 0].sum())
     st.acc_overflows = int(events[:, 1].sum())
     return got

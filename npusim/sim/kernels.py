@@ -149,6 +149,62 @@ def conv_points_kernel(x, w, bias, stride, groups, zp_x, lv, points, vals, event
         events[m, 1] = acc_ovf
 
 
+@numba.njit(parallel=True, cache=True)
+def points_screen_kernel(x, wl, bias, kh, kw, stride, pad, zp_x, groups, lv, points, size,
+                         vals, events):
+    """`conv_points_kernel`'s outputs, each screened chunk by chunk instead of walked whole:
+    its products (the k order (c, i, j) of `wl` (O, K), raw channels-last `x`, padding at
+    zp_x) cut into chunks of `size` (whole pe chunks: ``rows`` divides it in the ws/is
+    order); where every running sum a chunk can make, in [s + neg, s + pos] at the acc level
+    and [neg, pos] at the pe level (`screen_walk_kernel`'s test), fits, the held value takes
+    the chunk's sum at once (its sum and positive sum vectorized), else the chunk is walked
+    product by product. Values and events are the walk's."""
+    O, K = wl.shape
+    og = O // groups
+    cg = K // (kh * kw)
+    ws = lv.order != OS
+    rows = lv.rows
+    pe_bits, pe_mode, acc_bits, acc_mode = lv.pe_bits, lv.pe_mode, lv.acc_bits, lv.acc_mode
+    acc_hi = (1 << (acc_bits - 1)) - 1
+    acc_lo = -acc_hi - 1
+    pe_hi = (1 << (pe_bits - 1)) - 1 if ws else _I64_MAX
+    pe_lo = -pe_hi - 1
+    for m in numba.prange(points.shape[0]):
+        b, o, oy, ox = points[m, 0], points[m, 1], points[m, 2], points[m, 3]
+        patch = np.empty(K, np.int64)
+        _patch(x, b, oy, ox, (o // og) * cg, cg, kh, kw, stride, pad, zp_x, patch)
+        wr = wl[o]
+        held, acc_ev = _level_add(0, bias[o], acc_bits, acc_mode)
+        pe_ev = 0
+        for k0 in range(0, K, size):
+            k1 = min(K, k0 + size)
+            sm = 0
+            pos = 0
+            for k in range(k0, k1):
+                p = patch[k] * wr[k]
+                sm += p
+                pos += max(p, 0)
+            neg = sm - pos
+            if held + pos <= acc_hi and held + neg >= acc_lo and pos <= pe_hi and neg >= pe_lo:
+                held += sm
+                continue
+            if ws:
+                for c0 in range(k0, k1, rows):
+                    ps = 0
+                    for k in range(c0, min(k1, c0 + rows)):
+                        ps, f = _level_add(ps, patch[k] * wr[k], pe_bits, pe_mode)
+                        pe_ev += f
+                    held, f = _level_add(held, ps, acc_bits, acc_mode)
+                    acc_ev += f
+            else:
+                for k in range(k0, k1):
+                    held, f = _level_add(held, patch[k] * wr[k], acc_bits, acc_mode)
+                    acc_ev += f
+        vals[m] = held
+        events[m, 0] = pe_ev
+        events[m, 1] = acc_ev
+
+
 _WALK_TILE = 8  # pixels per task of `conv_walk_kernel` (they share each weight row)
 _WALK_LANES = 128  # output channels per block (the tile's running sums stay in L1)
 
@@ -218,17 +274,19 @@ def _patch(x, b, oy, ox, c0, cg, kh, kw, stride, pad, zp_x, patch):
     """The products' input operands of output pixel (b, oy, ox) in the k order (c, i, j),
     channels c0..c0+cg of channels-last `x`: ``x - zp_x``, 0 in the padding, into `patch`."""
     H, W = x.shape[1], x.shape[2]
-    k = 0
-    for c in range(cg):
-        for i in range(kh):
-            iy = oy * stride + i - pad
-            for j in range(kw):
-                ix = ox * stride + j - pad
-                if iy < 0 or iy >= H or ix < 0 or ix >= W:
-                    patch[k] = 0
-                else:
-                    patch[k] = np.int64(x[b, iy, ix, c0 + c]) - zp_x
-                k += 1
+    khw = kh * kw
+    for i in range(kh):  # each position's channels read as one run (channels last)
+        iy = oy * stride + i - pad
+        for j in range(kw):
+            ix = ox * stride + j - pad
+            t = i * kw + j
+            if iy < 0 or iy >= H or ix < 0 or ix >= W:
+                for c in range(cg):
+                    patch[c * khw + t] = 0
+            else:
+                src = x[b, iy, ix, c0:c0 + cg]
+                for c in range(cg):
+                    patch[c * khw + t] = np.int64(src[c]) - zp_x
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})

@@ -1,12 +1,15 @@
 """The lane-vectorized order-faithful kernel (`kernels.conv_walk_kernel`, reached through
-`accumulate._simulate_points`) against the one-output-at-a-time kernel and the independent
-oracle: values and event counts, both levels, every dataflow and overflow mode."""
+`accumulate._simulate_points`) and the chunk-screened one-output walk
+(`kernels.points_screen_kernel`, through `accumulate._walk_points`) against the
+one-output-at-a-time kernel and the independent oracle: values and event counts, both
+levels, every dataflow and overflow mode."""
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from npusim.sim import accumulate
 from npusim.sim import kernels as K
 from npusim.sim.accumulate import AccStats, _simulate_points, _walk_lanes
 from tests.npusim import naive
@@ -69,6 +72,43 @@ def test_walk_equals_one_output_kernel(case, order, rows, pe_mode, acc_mode, dpe
                            (ho, wo))
     b, p = np.divmod(m, ho * wo)
     points = np.stack([b, oc, p // wo, p % wo], axis=1).astype(np.int64)
+    want = np.empty(len(points), np.int64)
+    ev = np.zeros((len(points), 2), np.int64)
+    pads = ((0, 0), (pad, pad), (pad, pad), (0, 0))
+    xc = np.pad(x, pads, constant_values=case["zp_x"])  # channels last, padded
+    K.conv_points_kernel(xc, w, bias, s, case["groups"], case["zp_x"], lv, points, want, ev)
+    np.testing.assert_array_equal(got, want)
+    assert (got_st.pe_overflows, got_st.acc_overflows) == tuple(int(v) for v in ev.sum(axis=0))
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(layer(), st.sampled_from(["os", "ws"]), st.integers(1, 20), st.sampled_from(MODES),
+       st.sampled_from(MODES), st.integers(0, 6), st.integers(0, 6), st.sampled_from([1, 3, 64]),
+       st.floats(0.1, 1.0), st.integers(0, 2 ** 32 - 1))
+def test_screened_points_equal_one_output_kernel(monkeypatch, case, order, rows, pe_mode,
+                                                 acc_mode, dpe, dacc, chunk, frac, seed):
+    """`accumulate._walk_points` (each output screened in chunks, `points_screen_kernel`;
+    chunks of 1 to 64 products, so partial and whole-chunk adds both happen) against
+    `conv_points_kernel` on the same random outputs: values and event totals."""
+    monkeypatch.setattr(accumulate, "_POINT_CHUNK", chunk)  # set anew by every example
+    x, w, bias = case["x"], case["w"], case["bias"]
+    n, h, wd, _ = x.shape
+    o, _, kh, kw = w.shape
+    s, pad = case["stride"], case["pad"]
+    ho, wo = (h + 2 * pad - kh) // s + 1, (wd + 2 * pad - kw) // s + 1
+    lv = K.LevelSpec(K.ORDER_CODES[order], rows, case["prod_bits"] + dpe, K.MODE_CODES[pe_mode],
+                     case["prod_bits"] + dacc, K.MODE_CODES[acc_mode])
+    rng = np.random.default_rng(seed)
+    b = rng.integers(0, n, 40)
+    p = rng.integers(0, ho * wo, 40)
+    oc = rng.integers(0, o, 40)
+    points = np.stack([b, oc, p // wo, p % wo], axis=1).astype(np.int64)
+    keep = rng.random(40) < frac
+    points, m, oc = points[keep], (b * ho * wo + p)[keep], oc[keep]
+    got_st = AccStats()
+    got = accumulate._walk_points(x, w, bias, s, pad, case["groups"], case["zp_x"], lv, m, oc,
+                                  got_st, (ho, wo))
     want = np.empty(len(points), np.int64)
     ev = np.zeros((len(points), 2), np.int64)
     pads = ((0, 0), (pad, pad), (pad, pad), (0, 0))
