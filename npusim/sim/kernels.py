@@ -136,7 +136,8 @@ def conv_kernel(x, w, bias, stride, groups, zp_x, lv, out, events):
 def conv_points_kernel(x, w, bias, stride, groups, zp_x, lv, points, vals, events):
     """`conv_kernel` for a list of outputs only, points (M, 4) = (n, o, oy, ox), of pre-padded
     channels-last `x` (N, Hp, Wp, C), read through an NCHW view (typed with any layout here:
-    one signature per dtype, where a view made by the caller had a layout per shape)."""
+    one signature per dtype, where a view made by the caller had a layout per shape). The
+    tests' one-output reference for the faster walks (`points_screen_kernel`, the lanes)."""
     og = w.shape[0] // groups
     cg = w.shape[1]
     xt = x.transpose(0, 3, 1, 2)
