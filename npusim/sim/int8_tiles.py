@@ -304,6 +304,17 @@ def _tasks(pixels: int, nv: int) -> int:
     return (pixels + span - 1) // span
 
 
+@numba.njit(inline="always")
+def _column_sums(rows, out):
+    """``out[j]`` = the sum of column j of the 2-D `rows` (exact integers), in int64: a
+    task's sums read back while in cache (the engine's check)."""
+    out[:] = 0
+    for r in range(rows.shape[0]):
+        row = rows[r]
+        for j in range(row.shape[0]):
+            out[j] += np.int64(row[j])
+
+
 @numba.njit(parallel=True, cache=True)
 def _conv_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, out, csum):
     """``out[(n*ho + oy)*wo + ox, o] = sum (x - zp) * w`` (see `_tiles`, `conv`) over tasks
@@ -323,12 +334,7 @@ def _conv_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, out, csum):
         _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b,
                out.reshape(-1), -b * pix, q, q, 0)
         if csum.shape[0]:
-            acc = np.zeros(q, np.int64)
-            for r in range(b * pix + p_a, b * pix + p_b):
-                row = out[r]
-                for j in range(q):
-                    acc[j] += np.int64(row[j])
-            csum[task] = acc
+            _column_sums(out[b * pix + p_a:b * pix + p_b], csum[task])
 
 
 @numba.njit(parallel=True, cache=True)
@@ -474,12 +480,7 @@ def _screen_conv_kernel(flat, hp, wp, c, stride, ho, wo, koff, wb, nv, zpw, span
         n_p = p_b - p_a
         gl = np.empty(n_p * q, np.float32)
         _tiles(flat, hp, wp, c, stride, wo, koff, wb, nv, zpw, b, p_a, p_b, gl, p_a, q, q, 0)
-        acc = np.zeros(q, np.int64)
-        for r in range(n_p):
-            row = gl[r * q:(r + 1) * q]
-            for j in range(q):
-                acc[j] += np.int64(row[j])
-        csum[task] = acc
+        _column_sums(gl.reshape(n_p, q), csum[task])
         m_a = b * pixels + p_a
         for k in range(ms.shape[0]):
             if m_a <= ms[k] < m_a + n_p:

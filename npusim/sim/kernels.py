@@ -73,6 +73,42 @@ def _level_add(held, v, bits, mode):
 
 
 @numba.njit(inline="always")
+def _level_bounds(lv):
+    """(acc_hi, acc_lo, pe_hi, pe_lo) of `lv`'s levels; the pe level's unbounded in the os
+    order (it has none)."""
+    acc_hi = (1 << (lv.acc_bits - 1)) - 1
+    pe_hi = (1 << (lv.pe_bits - 1)) - 1 if lv.order != OS else _I64_MAX
+    return acc_hi, -acc_hi - 1, pe_hi, -pe_hi - 1
+
+
+@numba.njit(inline="always")
+def _walk_one(patch, wr, k0, k1, a, lv, skip0):
+    """One output's products ``patch[k] * wr[k]``, k in [k0, k1) (k0 a pe chunk's start in
+    the ws/is order), added to its held value `a` as `_accumulate_point` adds them (zero
+    products skipped where `skip0`: wrap/saturate levels, where they change nothing).
+    Returns (held value, pe events, acc events)."""
+    pe_ev = 0
+    acc_ev = 0
+    if lv.order != OS:
+        for c0 in range(k0, k1, lv.rows):
+            ps = 0
+            for k in range(c0, min(k1, c0 + lv.rows)):
+                if skip0 and patch[k] == 0:
+                    continue
+                ps, f = _level_add(ps, patch[k] * wr[k], lv.pe_bits, lv.pe_mode)
+                pe_ev += f
+            a, f = _level_add(a, ps, lv.acc_bits, lv.acc_mode)
+            acc_ev += f
+    else:
+        for k in range(k0, k1):
+            if skip0 and patch[k] == 0:
+                continue
+            a, f = _level_add(a, patch[k] * wr[k], lv.acc_bits, lv.acc_mode)
+            acc_ev += f
+    return a, pe_ev, acc_ev
+
+
+@numba.njit(inline="always")
 def _accumulate_point(x, w, bias, b, o, oy, ox, c0, stride, zp_x, lv):
     """Order-faithful accumulation of one output (docs/architecture.md): bias preloaded at the acc level;
     `os` adds each product in k order at acc_bits; `ws`/`is` sums chunks of `rows` products
@@ -163,19 +199,14 @@ def points_screen_kernel(x, wl, bias, kh, kw, stride, pad, zp_x, groups, lv, poi
     O, K = wl.shape
     og = O // groups
     cg = K // (kh * kw)
-    ws = lv.order != OS
-    rows = lv.rows
-    pe_bits, pe_mode, acc_bits, acc_mode = lv.pe_bits, lv.pe_mode, lv.acc_bits, lv.acc_mode
-    acc_hi = (1 << (acc_bits - 1)) - 1
-    acc_lo = -acc_hi - 1
-    pe_hi = (1 << (pe_bits - 1)) - 1 if ws else _I64_MAX
-    pe_lo = -pe_hi - 1
+    acc_hi, acc_lo, pe_hi, pe_lo = _level_bounds(lv)
+    skip0 = lv.acc_mode != EXACT and (lv.order == OS or lv.pe_mode != EXACT)
     for m in numba.prange(points.shape[0]):
         b, o, oy, ox = points[m, 0], points[m, 1], points[m, 2], points[m, 3]
         patch = np.empty(K, np.int64)
         _patch(x, b, oy, ox, (o // og) * cg, cg, kh, kw, stride, pad, zp_x, patch)
         wr = wl[o]
-        held, acc_ev = _level_add(0, bias[o], acc_bits, acc_mode)
+        held, acc_ev = _level_add(0, bias[o], lv.acc_bits, lv.acc_mode)
         pe_ev = 0
         for k0 in range(0, K, size):
             k1 = min(K, k0 + size)
@@ -189,18 +220,9 @@ def points_screen_kernel(x, wl, bias, kh, kw, stride, pad, zp_x, groups, lv, poi
             if held + pos <= acc_hi and held + neg >= acc_lo and pos <= pe_hi and neg >= pe_lo:
                 held += sm
                 continue
-            if ws:
-                for c0 in range(k0, k1, rows):
-                    ps = 0
-                    for k in range(c0, min(k1, c0 + rows)):
-                        ps, f = _level_add(ps, patch[k] * wr[k], pe_bits, pe_mode)
-                        pe_ev += f
-                    held, f = _level_add(held, ps, acc_bits, acc_mode)
-                    acc_ev += f
-            else:
-                for k in range(k0, k1):
-                    held, f = _level_add(held, patch[k] * wr[k], acc_bits, acc_mode)
-                    acc_ev += f
+            held, fp, fa = _walk_one(patch, wr, k0, k1, held, lv, skip0)
+            pe_ev += fp
+            acc_ev += fa
         vals[m] = held
         events[m, 0] = pe_ev
         events[m, 1] = acc_ev
@@ -655,10 +677,7 @@ def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
     ws = lv.order != OS
     rows = lv.rows
     pe_bits, pe_mode, acc_bits, acc_mode = lv.pe_bits, lv.pe_mode, lv.acc_bits, lv.acc_mode
-    acc_hi = (1 << (acc_bits - 1)) - 1
-    acc_lo = -acc_hi - 1
-    pe_hi = (1 << (pe_bits - 1)) - 1 if ws else _I64_MAX
-    pe_lo = -pe_hi - 1
+    acc_hi, acc_lo, pe_hi, pe_lo = _level_bounds(lv)
     # wrap/saturate levels keep every held value in range, so a zero product changes nothing
     skip0 = acc_mode != EXACT and (not ws or pe_mode != EXACT)
     # the vectorized walk (`_walk_products`) adds in int32: levels within 30 bits, products
@@ -816,25 +835,9 @@ def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
             for o in range(O):
                 if ok[o]:
                     continue
-                a = acc[o]
-                wr = wl[o]
-                if ws:
-                    for c0 in range(k0, k1, rows):
-                        ps = 0
-                        for k in range(c0, min(k1, c0 + rows)):
-                            if skip0 and patch[k] == 0:
-                                continue
-                            ps, f = _level_add(ps, patch[k] * wr[k], pe_bits, pe_mode)
-                            pe_ev += f
-                        a, f = _level_add(a, ps, acc_bits, acc_mode)
-                        acc_ev += f
-                else:
-                    for k in range(k0, k1):
-                        if skip0 and patch[k] == 0:
-                            continue
-                        a, f = _level_add(a, patch[k] * wr[k], acc_bits, acc_mode)
-                        acc_ev += f
-                acc[o] = a
+                acc[o], fp, fa = _walk_one(patch, wl[o], k0, k1, acc[o], lv, skip0)
+                pe_ev += fp
+                acc_ev += fa
         # the whole-sum bound's totals: pos per pixel, or per block (made once, kept for
         # the block row)
         if g:

@@ -391,6 +391,22 @@ def test_pooled_screen_equals_reference(monkeypatch, dataflow, rows, mode, bits)
             assert walks > 0 and skips == [0, 0, 0]
 
 
+def pooled_batch_equals_reference(caplog, warning: str) -> None:
+    """A 16-bit wrap layer's second batch (the first flags many outputs: it takes the pooled
+    screen) logs `warning` and still equals the reference engine, outputs and events."""
+    x, w, bias = wide_case(16)
+    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
+    cfg = narrow_npu("os", 16, 16, "wrap")
+    ref = Simulator(cfg, engine="reference").run(prog, x)
+    sim = Simulator(cfg)
+    sim.run(prog, x)
+    with caplog.at_level("WARNING"):
+        got = sim.run(prog, x)
+    assert warning in caplog.text
+    np.testing.assert_array_equal(got.outputs["y"], ref.outputs["y"])
+    assert got.stats["acc_overflows"].equals(ref.stats["acc_overflows"])
+
+
 def test_a_wrong_pooling_is_caught_in_the_pooled_screen(monkeypatch, caplog):
     """A pooled input that misses its block's largest values (one pixel's patch only) gives
     bounds below some chunks' positive sums: `screen._check_bound` raises, the layer is
@@ -400,17 +416,7 @@ def test_a_wrong_pooling_is_caught_in_the_pooled_screen(monkeypatch, caplog):
     real = int8_tiles.pooled_input
     monkeypatch.setattr(int8_tiles, "pooled_input",
                         lambda xu, zp, padding, g, stride: real(xu, zp, padding, 1, stride))
-    x, w, bias = wide_case(16)
-    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
-    cfg = narrow_npu("os", 16, 16, "wrap")
-    ref = Simulator(cfg, engine="reference").run(prog, x)
-    sim = Simulator(cfg)
-    sim.run(prog, x)  # flags many: the next batch takes the pooled screen
-    with caplog.at_level("WARNING"):
-        got = sim.run(prog, x)
-    assert "the pooled bound is below a chunk's positive sum" in caplog.text
-    np.testing.assert_array_equal(got.outputs["y"], ref.outputs["y"])
-    assert got.stats["acc_overflows"].equals(ref.stats["acc_overflows"])
+    pooled_batch_equals_reference(caplog, "the pooled bound is below a chunk's positive sum")
 
 
 def test_zero_point_and_groups_keep_the_walk():
@@ -484,17 +490,7 @@ def test_fused_screen_catches_a_wrong_weight(monkeypatch, caplog):
         return real(xu, zp, dataclasses.replace(packed, wb=wb), *a)
 
     monkeypatch.setattr(int8_tiles, "screen_conv", wrong)
-    x, w, bias = wide_case(16)
-    prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
-    cfg = narrow_npu("os", 16, 16, "wrap")
-    ref = Simulator(cfg, engine="reference").run(prog, x)
-    sim = Simulator(cfg)
-    sim.run(prog, x)  # flags many: the next batch takes the pooled screen
-    with caplog.at_level("WARNING"):
-        got = sim.run(prog, x)
-    assert "recomputed with the float engine" in caplog.text
-    np.testing.assert_array_equal(got.outputs["y"], ref.outputs["y"])
-    assert got.stats["acc_overflows"].equals(ref.stats["acc_overflows"])
+    pooled_batch_equals_reference(caplog, "recomputed with the float engine")
 
 
 def test_run_many_shares_chunk_sums():

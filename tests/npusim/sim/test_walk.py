@@ -47,6 +47,16 @@ def layer(draw):
                 pad=pad, groups=g, zp_x=zp_x, prod_bits=prod_bits)
 
 
+def geometry(case, order, rows, pe_mode, acc_mode, dpe, dacc):
+    """(ho, wo, the `LevelSpec`) of a `layer` case: levels `dpe` / `dacc` bits above its
+    widest product."""
+    (_, h, wd, _), (_, _, kh, kw) = case["x"].shape, case["w"].shape
+    s, pad = case["stride"], case["pad"]
+    lv = K.LevelSpec(K.ORDER_CODES[order], rows, case["prod_bits"] + dpe, K.MODE_CODES[pe_mode],
+                     case["prod_bits"] + dacc, K.MODE_CODES[acc_mode])
+    return (h + 2 * pad - kh) // s + 1, (wd + 2 * pad - kw) // s + 1, lv
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(layer(), st.sampled_from(["os", "ws"]), st.integers(1, 20), st.sampled_from(MODES),
        st.sampled_from(MODES), st.integers(0, 6), st.integers(0, 6), st.floats(0.1, 1.0),
@@ -56,12 +66,9 @@ def test_walk_equals_one_output_kernel(case, order, rows, pe_mode, acc_mode, dpe
     """Values and per-call event totals of the outputs of a random subset of pixels (every
     channel of each), against `conv_points_kernel` on the same outputs."""
     x, w, bias = case["x"], case["w"], case["bias"]
-    n, h, wd, _ = x.shape
-    o, _, kh, kw = w.shape
+    n, o = x.shape[0], w.shape[0]
     s, pad = case["stride"], case["pad"]
-    ho, wo = (h + 2 * pad - kh) // s + 1, (wd + 2 * pad - kw) // s + 1
-    lv = K.LevelSpec(K.ORDER_CODES[order], rows, case["prod_bits"] + dpe, K.MODE_CODES[pe_mode],
-                     case["prod_bits"] + dacc, K.MODE_CODES[acc_mode])
+    ho, wo, lv = geometry(case, order, rows, pe_mode, acc_mode, dpe, dacc)
     assert _walk_lanes(x, w, bias, case["zp_x"], lv) is not None
     rng = np.random.default_rng(seed)
     pix = np.flatnonzero(rng.random(n * ho * wo) < frac)
@@ -93,12 +100,9 @@ def test_screened_points_equal_one_output_kernel(monkeypatch, case, order, rows,
     `conv_points_kernel` on the same random outputs: values and event totals."""
     monkeypatch.setattr(accumulate, "_POINT_CHUNK", chunk)  # set anew by every example
     x, w, bias = case["x"], case["w"], case["bias"]
-    n, h, wd, _ = x.shape
-    o, _, kh, kw = w.shape
+    n, o = x.shape[0], w.shape[0]
     s, pad = case["stride"], case["pad"]
-    ho, wo = (h + 2 * pad - kh) // s + 1, (wd + 2 * pad - kw) // s + 1
-    lv = K.LevelSpec(K.ORDER_CODES[order], rows, case["prod_bits"] + dpe, K.MODE_CODES[pe_mode],
-                     case["prod_bits"] + dacc, K.MODE_CODES[acc_mode])
+    ho, wo, lv = geometry(case, order, rows, pe_mode, acc_mode, dpe, dacc)
     rng = np.random.default_rng(seed)
     b = rng.integers(0, n, 40)
     p = rng.integers(0, ho * wo, 40)
