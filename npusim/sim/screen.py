@@ -250,8 +250,7 @@ def pooled_screen(x: np.ndarray, cp: ChunkPlan, bias: np.ndarray, lv: LevelSpec,
     gp = gp.reshape(-1, gp.shape[-1])
     _check_bound(x, cp, gp, out_hw, next(_CALLS))
     if fused:
-        vals, flagged = _fused_screen(x, xu, cp, plan, expected, bias, lv, st, out_hw, gp,
-                                      BOUND_G, shift)
+        vals, flagged = _fused_screen(x, xu, cp, expected, bias, lv, st, out_hw, gp, shift)
     else:
         res = checked_conv(x, plan, out_hw)
         st.nonzero_macs = res.nonzero_macs
@@ -268,12 +267,12 @@ def _fused(plan: Int8Conv) -> bool:
         not plan.radix and plan.subsample == 1
 
 
-def _fused_screen(x, xu, cp: ChunkPlan, plan: Int8Conv, expected, bias, lv, st, out_hw, gp,
-                  g: int, shift):
-    """Chunk sums (`plan`: `cp.plan`, or `cp.sums` with the bounds `gp` of g x g blocks) and
-    screen in one kernel (`int8_tiles.screen_conv`): the outputs are returned only once the
-    sums pass the engine's checks (column sums against the window sums, a few pixels
-    recomputed in int64)."""
+def _fused_screen(x, xu, cp: ChunkPlan, expected, bias, lv, st, out_hw, gp, shift):
+    """`pooled_screen`'s chunk sums (`cp.sums`) and screen against the block bounds `gp` in
+    one kernel (`int8_tiles.screen_conv`): the outputs are returned only once the sums pass
+    the engine's checks (column sums against the window sums, a few pixels recomputed in
+    int64)."""
+    plan = cp.sums
     n = x.shape[0]
     ho, wo = out_hw
     o = cp.wl.shape[0]
@@ -288,7 +287,7 @@ def _fused_screen(x, xu, cp: ChunkPlan, plan: Int8Conv, expected, bias, lv, st, 
     sums, gs = int8_tiles.screen_conv(
         xu, plan.zp_x - plan.sub, plan.packed, plan.stride, plan.padding, ms,
         (x, cp.wl, cp.wt, w16, np.asarray(bias, np.int64), plan.kh, plan.kw, plan.padding,
-         plan.zp_x, lv, gp, g, cp.size, vals, events, chunks, flagged))
+         plan.zp_x, lv, gp, BOUND_G, cp.size, vals, events, chunks, flagged))
     Int8Result(None, expected, 0).verify(sums)
     spot_check_rows(x, plan, out_hw, m_n, ms, gs, call)
     st.pe_overflows = int(events[:, 0].sum())
