@@ -236,15 +236,22 @@ def test_cli_sweep_on_a_running_cluster(client, serial, tmp_path, capsys):
         pd.testing.assert_frame_equal(rows(store.to_frame(serial["point_hash"])), rows(serial))
 
 
-def _worker_running(client, prefix: str, timeout: float = 300.0) -> str:
-    """The address of a worker processing a task whose key starts with `prefix`."""
+def _worker_running(client, prefix: str, sweep: threading.Thread, out: dict,
+                    timeout: float = 300.0) -> str:
+    """The address of a worker processing a task whose key starts with `prefix` while the
+    `sweep` thread runs; fails at once, with the sweep's error (``out["error"]``), where the
+    sweep ends first."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         for addr, keys in client.processing().items():
             if any(str(k).startswith(prefix) for k in keys):
                 return addr
+        if not sweep.is_alive():
+            raise AssertionError(f"the sweep ended before a {prefix} task was seen: "
+                                 f"{out.get('error', 'it finished')!r}")
         time.sleep(0.05)
-    raise AssertionError(f"no {prefix} task started within {timeout} s")
+    raise AssertionError(f"no {prefix} task started within {timeout} s; the scheduler: "
+                         f"{client.processing()}")
 
 
 @pytest.mark.slow
@@ -262,7 +269,7 @@ def test_a_worker_killed_mid_sweep_loses_and_duplicates_nothing(client, serial, 
 
     th = threading.Thread(target=run)
     th.start()
-    victim = _worker_running(client, "train-")
+    victim = _worker_running(client, "train-", th, out)
     pid = client.run(os.getpid, workers=[victim])[victim]
     os.kill(pid, signal.SIGKILL)
     th.join(timeout=900)
