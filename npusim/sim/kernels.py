@@ -31,6 +31,7 @@ from npusim.ir.arith import (
     wrap,
 )
 from npusim.sim import lanes16 as L16
+from npusim.sim import lanes32 as L32
 
 EXACT, WRAP, SATURATE = 0, 1, 2
 MODE_CODES = {"exact": EXACT, "wrap": WRAP, "saturate": SATURATE}
@@ -611,6 +612,24 @@ def _screen_chunk(row, prow, base, pb, acc, ok, O, acc_hi, acc_lo, pe_hi, pe_lo)
 
 
 @numba.njit(inline="always")
+def _screen_chunk32(row, prow, base, pb, held, ok, O, acc_hi, acc_lo, pe_hi, pe_lo):
+    """`_screen_chunk` on int32 held values (`lanes32.screen_blocks`; its conditions: the
+    levels' bounds as int32)."""
+    nb = O // L32.LANES
+    nfail = L32.screen_blocks(row, prow, base, pb, held, ok, nb, acc_hi, acc_lo, pe_hi, pe_lo)
+    for o in range(nb * L32.LANES, O):
+        sm = np.int32(row[base + o])
+        pos = np.int32(prow[pb + o])
+        neg = sm - pos
+        a = held[o]
+        good = (a + pos <= acc_hi) & (a + neg >= acc_lo) & (pos <= pe_hi) & (neg >= pe_lo)
+        ok[o] = good
+        held[o] = a + sm if good else a
+        nfail += not good
+    return nfail
+
+
+@numba.njit(inline="always")
 def _chunk_total(row, o, ss, nch):
     """The sum over chunks j of ``row[j * ss + o]`` (int64)."""
     t = 0
@@ -683,6 +702,13 @@ def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
     # the vectorized walk (`_walk_products`) adds in int32: levels within 30 bits, products
     # below 2^24 (the int8 engine's bound)
     vec = skip0 and acc_bits <= 30 and (not ws or pe_bits <= 30)
+    # so do the chunk tests (`lanes32`): held values in `acc32`, copied to `acc` for a walk
+    acc32 = np.empty(O, np.int32)
+    i32 = (1 << 30) - 1  # any bound past the int32 values tested (|sums| < 2^25) acts as this
+    hi32 = np.int32(min(max(acc_hi, -i32), i32))
+    lo32 = np.int32(min(max(acc_lo, -i32), i32))
+    phi32 = np.int32(min(max(pe_hi, -i32), i32))
+    plo32 = np.int32(min(max(pe_lo, -i32), i32))
     patch = np.empty(K, np.int64)
     # the register walk (`lanes16`): one pixel's int16 patch, 64 lanes at the levels' scales
     l16 = wt16.shape[0] > 0
@@ -720,6 +746,9 @@ def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
     for o in range(O):
         pre[o], f = _level_add(0, bias[o], acc_bits, acc_mode)
         pre_ev += f
+    pre32 = np.empty(O, np.int32)
+    for o in range(O if vec else 0):
+        pre32[o] = pre[o]
     cp[:] = 0  # walks' events, reset after a pixel that walked
     ca[:] = 0
     dirty[:] = False
@@ -732,15 +761,31 @@ def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
         prow = gp[(b * hb + oy // g) * wb + ox // g] if g else row
         pe_ev = 0
         acc_ev = pre_ev
-        acc[:] = pre
+        in32 = vec  # whether acc32 holds the current values (else acc)
+        if vec:
+            acc32[:] = pre32
+        else:
+            acc[:] = pre
         walked = 0
         for jc in range(nch):
             base = jc * ss
             pb = jc * ss + po
-            nfail = _screen_chunk(row, prow, base, pb, acc, ok, O, acc_hi, acc_lo, pe_hi, pe_lo)
+            if vec:
+                if not in32:
+                    for o in range(O):
+                        acc32[o] = acc[o]
+                    in32 = True
+                nfail = _screen_chunk32(row, prow, base, pb, acc32, ok, O, hi32, lo32, phi32,
+                                        plo32)
+            else:
+                nfail = _screen_chunk(row, prow, base, pb, acc, ok, O, acc_hi, acc_lo, pe_hi,
+                                      pe_lo)
             walked += nfail
             if nfail == 0:
                 continue
+            if in32:  # the walks below on acc
+                acc[:] = acc32
+                in32 = False
             for o in range(O):
                 dirty[o] |= not ok[o]
             if not have_patch:
@@ -838,6 +883,8 @@ def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
                 acc[o], fp, fa = _walk_one(patch, wl[o], k0, k1, acc[o], lv, skip0)
                 pe_ev += fp
                 acc_ev += fa
+        if in32:
+            acc[:] = acc32
         # the whole-sum bound's totals: pos per pixel, or per block (made once, kept for
         # the block row)
         if g:
