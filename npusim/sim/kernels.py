@@ -629,6 +629,11 @@ def _screen_chunk32(row, prow, base, pb, held, ok, O, acc_hi, acc_lo, pe_hi, pe_
     return nfail
 
 
+#: `lanes32.make_run`'s variants: with extremes and requantization, either, neither
+_run_xr, _run_x, _run_r, _run = (L32.make_run(x, r) for x, r in ((True, True), (True, False),
+                                                                  (False, True), (False, False)))
+
+
 @numba.njit(inline="always")
 def _chunk_total(row, o, ss, nch):
     """The sum over chunks j of ``row[j * ss + o]`` (int64)."""
@@ -1388,6 +1393,7 @@ def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, pe
     if not ok:
         return False
     sm = np.zeros(n_l, np.int64)
+    s32 = np.zeros(n_l, np.int32)  # folded into sm every `_SUM32_RUNS` runs
     mn = np.full(n_l, _I32_MAX, np.int32)  # raw sums, or the wrapped accumulators
     mx = np.full(n_l, _I32_MIN, np.int32)
     zp, lo, hi = np.float64(rq.zp), np.float64(rq.lo), np.float64(rq.hi)
@@ -1395,17 +1401,27 @@ def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, pe
     df = out.reshape(-1)
     m_a = b * pixels + p_a
     n_el = (p_b - p_a) * o_n
+    runs = 0
     for c0 in range(0, n_el, n_l):
         cnt = min(n_l, n_el - c0)
         gs = gf[(m_a - g_row0) * o_n + c0:]
         ds = df[m_a * o_n + c0:]
-        if raw:
-            for i in range(cnt):
+        if raw:  # 16 lanes at a time (`lanes32.make_run`), then the rest
+            nb = cnt // L32.LANES
+            _run_xr(gf, (m_a - g_row0) * o_n + c0, mn, mx, s32, kt, bf, zp, lo, hi, df,
+                    m_a * o_n + c0, nb)
+            for i in range(nb * L32.LANES, cnt):
                 v = np.int32(gs[i])
-                sm[i] += v
+                s32[i] += v
                 mn[i] = min(mn[i], v)
                 mx[i] = max(mx[i], v)
                 ds[i] = requant_fma_one(np.float64(v), kt[i], bf[i], zp, lo, hi)
+            runs += 1
+            if runs == _SUM32_RUNS:
+                runs = 0
+                for i in range(n_l):
+                    sm[i] += s32[i]
+                    s32[i] = 0
         else:
             for i in range(cnt):
                 v = np.int32(gs[i])
@@ -1421,7 +1437,7 @@ def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, pe
     exact = True
     for i in range(n_l):
         o = i % o_n
-        sums[b, blk, o] += sm[i]
+        sums[b, blk, o] += sm[i] + s32[i]
         if mn[i] <= mx[i]:  # some pixel in this lane
             a0 = mn[i] + (bias[o] if raw else 0)
             a1 = mx[i] + (bias[o] if raw else 0)
@@ -1521,8 +1537,10 @@ def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, 
         ps = gl[plane + c0:plane + c0 + cnt]
         at = m_a * o_n + c0
         fl = ff[at:at + cnt]
-        hit = 0  # (a bool here made this loop 4x slower)
-        for i in range(cnt):  # int32 lanes: numba computes int32 - int32 in int64
+        nb = cnt // L32.LANES  # 16 lanes at a time (`lanes32`), then the rest
+        r16 = nb * L32.LANES
+        hit = L32.risk_hit(vs, ps, tp, tn, nb)
+        for i in range(r16, cnt):
             hit |= risk_flag(ps[i], vs[i], tp[i], tn[i])
         r0 = m_a + c0 // o_n  # runs are whole rows: n_l and the plane are multiples of o_n
         if hit:  # flags and the flagged/unflagged split only in runs that flag some
@@ -1540,15 +1558,26 @@ def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, 
                 for i in range(r * o_n, (r + 1) * o_n):
                     k += fl[i]
                 rows[r0 + r] = k
-        else:
-            for i in range(cnt):
+            if fma:  # the sums and requantization (`lanes32.make_run`)
+                _run_r(gl, c0, mnu, mxu, s32, kt, bt, zp, lo, hi, df, at, nb)
+            else:
+                _run(gl, c0, mnu, mxu, s32, kt, bt, zp, lo, hi, df, at, nb)
+        else:  # with the plain extremes
+            if fma:
+                _run_xr(gl, c0, mnu, mxu, s32, kt, bt, zp, lo, hi, df, at, nb)
+            else:
+                _run_x(gl, c0, mnu, mxu, s32, kt, bt, zp, lo, hi, df, at, nb)
+            for i in range(r16, cnt):
                 mnu[i] = min(mnu[i], vs[i])
                 mxu[i] = max(mxu[i], vs[i])
             fl[:] = 0
             rows[r0:r0 + cnt // o_n] = 0
-        for i in range(cnt):
+        _run(gl, plane + c0, mnu, mxu, p32, kt, bt, zp, lo, hi, df, at, nb)
+        for i in range(r16, cnt):
             s32[i] += vs[i]
             p32[i] += ps[i]
+            if fma:
+                df[at + i] = requant_fma_one(np.float64(vs[i]), kt[i], bt[i], zp, lo, hi)
         runs += 1
         if runs == _SUM32_RUNS:
             runs = 0
@@ -1557,10 +1586,6 @@ def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, 
                 sp[i] += p32[i]
                 s32[i] = 0
                 p32[i] = 0
-        if fma:
-            ds = df[at:at + cnt]
-            for i in range(cnt):
-                ds[i] = requant_fma_one(np.float64(vs[i]), kt[i], bt[i], zp, lo, hi)
     t = mnmx[b, blk]
     t[0], t[1], t[2], t[3] = _I64_MAX, _I64_MIN, _I64_MAX, _I64_MIN
     for o in range(2 * o_n):

@@ -1,15 +1,22 @@
-"""The chunk screen's test on 16 int32 lanes (issue 20): LLVM IR in a numba intrinsic.
+"""Hot loops on 16 int32 lanes (issue 20): LLVM IR in numba intrinsics.
 
-`kernels.screen_pixels_task` tests every output of a chunk: with s its held value, ``sum``
-the chunk's sum and ``pos`` (an upper bound on) its positive product sum, the chunk passes
-where ``s + pos`` and ``s + sum - pos`` stay within the acc level and ``pos``, ``sum - pos``
-within the pe level; a passing output's held value becomes ``s + sum``. numba vectorizes that
-loop in int64 lanes of 256-bit vectors; here it runs in int32 lanes, 16 to a vector (one zmm
-on AVX-512, two ymm on AVX2). Exact where int32 holds every value: held values within
-levels of at most 30 bits (wrap or saturate, so they never leave them), chunk sums and
-positive sums below 2^24 (the int8 engine's float32 sums). ResNet-18 224's screened layers
-(captured chunk sums, one thread, in cache): 0.48 -> 0.19 ns per test; int64 lanes in
-512-bit vectors 0.40.
+numba vectorizes the simulator's loops in 256-bit vectors, and where a loop mixes int32 and
+int64 (numba computes int32 - int32 in int64) or float64, in 4 or 8 lanes; here a vector is
+16 int32 lanes (one zmm on AVX-512, two ymm on AVX2), float64 work 16 lanes as two or four
+registers. Exact where int32 holds every value, which each function states.
+
+- `screen_blocks`, the chunk screen's test (`kernels.screen_pixels_task`): with s an output's
+  held value, ``sum`` a chunk's sum and ``pos`` (an upper bound on) its positive product sum,
+  the chunk passes where ``s + pos`` and ``s + sum - pos`` stay within the acc level and
+  ``pos``, ``sum - pos`` within the pe level; a passing output's held value becomes
+  ``s + sum``. For wrap or saturate levels of at most 30 bits (held values never leave them)
+  and sums below 2^24 (the int8 engine's). ResNet-18 224's screened layers (captured chunk
+  sums, one thread, in cache): 0.48 -> 0.19 ns per test; int64 lanes in 512-bit vectors 0.40.
+- `make_run`, an epilogue's run of outputs (`kernels.fused_risk_task`,
+  `kernels._flat_epilogue_task`): int32 column sums, extremes, and the float64
+  requantization `arith.requant_fma_one`; `risk_hit`, the risk epilogue's early out (does a
+  run flag anything). ResNet-20 b64 16-bit wrap, the risk epilogues alone (captured sums):
+  5.3 -> 4.3 ms a run.
 """
 
 from __future__ import annotations
@@ -94,5 +101,140 @@ def screen_blocks(typingctx, row, prow, base, pb, held, ok, blocks, acc_hi, acc_
         res.add_incoming(ir.Constant(_I64, 0), entry)
         res.add_incoming(fails_next, loop)
         return res
+
+    return sig, codegen
+
+
+_VD = ir.VectorType(ir.DoubleType(), LANES)
+
+
+def make_run(extremes: bool, requant: bool):
+    """An epilogue's run of sums on 16 int32 lanes (`kernels.fused_risk_task`,
+    `kernels._flat_epilogue_task`), as a numba intrinsic ``run(vs, v0, mn, mx, s32, kt, bf,
+    zp, lo, hi, ds, d0, blocks)``: for i < 16 * `blocks` (``blocks > 0`` or none) and v =
+    ``vs[v0 + i]`` (int32, or float32 holding an integer): ``s32[i] += v``; with `extremes`,
+    ``mn[i] = min(mn[i], v)`` and ``mx[i] = max(mx[i], v)`` (int32); with `requant`,
+    ``ds[d0 + i] = min(max(floor(fma(v, kt[i], bf[i])) + zp, lo), hi)``
+    (`arith.requant_fma_one`, float64 lanes; the clamp within ds' integer type). The caller
+    keeps every access in bounds and the sums within int32."""
+
+    @intrinsic
+    def run(typingctx, vs, v0, mn, mx, s32, kt, bf, zp, lo, hi, ds, d0, blocks):
+        sig = types.void(vs, v0, mn, mx, s32, kt, bf, zp, lo, hi, ds, d0, blocks)
+
+        def codegen(context, builder, signature, args):
+            va, na, xa, sa, ka, ba, da = (
+                context.make_array(signature.args[i])(context, builder, args[i])
+                for i in (0, 2, 3, 4, 5, 6, 10))
+            v0, d0, blocks = args[1], args[11], args[12]
+            out_ty = context.get_data_type(signature.args[10].dtype)
+            vout = ir.VectorType(out_ty, LANES)
+
+            def splat(v):
+                vt = ir.VectorType(v.type, LANES)
+                return builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(vt, ir.Undefined), v,
+                                           ir.Constant(_I32, 0)),
+                    ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(_I32, LANES), None))
+
+            zp, lo, hi = (splat(args[i]) for i in (7, 8, 9))
+
+            def ptr(data, off, ty):
+                return builder.bitcast(builder.gep(data, [off]), ty.as_pointer())
+
+            def load(data, off, ty, align):
+                ld = builder.load(ptr(data, off, ty))
+                ld.align = align
+                return ld
+
+            def store(val, data, off, align):
+                builder.store(val, ptr(data, off, val.type)).align = align
+
+            def call(name, ty, *vals):
+                fn = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(ty, [v.type for v in vals]), name)
+                return builder.call(fn, list(vals))
+
+            entry = builder.block
+            loop = builder.append_basic_block("run_block")
+            done = builder.append_basic_block("run_done")
+            builder.cbranch(builder.icmp_signed(">", blocks, ir.Constant(_I64, 0)), loop, done)
+            builder.position_at_end(loop)
+            i = builder.phi(_I64)
+            o = builder.mul(i, ir.Constant(_I64, LANES))
+            if isinstance(signature.args[0].dtype, types.Float):
+                v = builder.fptosi(load(va.data, builder.add(v0, o), _VF, 4), _VI)
+            else:
+                v = load(va.data, builder.add(v0, o), _VI, 4)
+            store(builder.add(load(sa.data, o, _VI, 4), v), sa.data, o, 4)
+            if extremes:
+                a = load(na.data, o, _VI, 4)
+                store(builder.select(builder.icmp_signed("<", v, a), v, a), na.data, o, 4)
+                a = load(xa.data, o, _VI, 4)
+                store(builder.select(builder.icmp_signed(">", v, a), v, a), xa.data, o, 4)
+            if requant:
+                f = call("llvm.fma.v16f64", _VD, builder.sitofp(v, _VD),
+                         load(ka.data, o, _VD, 8), load(ba.data, o, _VD, 8))
+                f = builder.fadd(call("llvm.floor.v16f64", _VD, f), zp)
+                f = builder.select(builder.fcmp_ordered(">", f, lo), f, lo)
+                f = builder.select(builder.fcmp_ordered("<", f, hi), f, hi)
+                q = builder.fptosi(f, _VI)
+                if out_ty.width < 32:
+                    q = builder.trunc(q, vout)
+                elif out_ty.width > 32:
+                    q = builder.sext(q, vout)
+                store(q, da.data, builder.add(d0, o), 1)
+            i_next = builder.add(i, ir.Constant(_I64, 1))
+            i.add_incoming(ir.Constant(_I64, 0), entry)
+            i.add_incoming(i_next, loop)
+            builder.cbranch(builder.icmp_signed("<", i_next, blocks), loop, done)
+            builder.position_at_end(done)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return run
+
+
+@intrinsic
+def risk_hit(typingctx, vs, ps, tp, tn, blocks):
+    """Whether any i < 16 * `blocks` has ``ps[i] > tp[i] or ps[i] - vs[i] > tn[i]`` (int32
+    lanes; `kernels.risk_flag`, whose sums' difference int32 holds)."""
+    sig = types.boolean(vs, ps, tp, tn, blocks)
+
+    def codegen(context, builder, signature, args):
+        va, pa, ta, na = (context.make_array(signature.args[i])(context, builder, args[i])
+                          for i in range(4))
+        blocks = args[4]
+
+        def load(data, off):
+            ld = builder.load(builder.bitcast(builder.gep(data, [off]), _VI.as_pointer()))
+            ld.align = 4
+            return ld
+
+        entry = builder.block
+        loop = builder.append_basic_block("hit_block")
+        done = builder.append_basic_block("hit_done")
+        builder.cbranch(builder.icmp_signed(">", blocks, ir.Constant(_I64, 0)), loop, done)
+        builder.position_at_end(loop)
+        i = builder.phi(_I64)
+        acc = builder.phi(ir.VectorType(_I1, LANES))
+        o = builder.mul(i, ir.Constant(_I64, LANES))
+        v, p, t, n = (load(a.data, o) for a in (va, pa, ta, na))
+        f = builder.or_(builder.icmp_signed(">", p, t),
+                        builder.icmp_signed(">", builder.sub(p, v), n))
+        acc_next = builder.or_(acc, f)
+        i_next = builder.add(i, ir.Constant(_I64, 1))
+        i.add_incoming(ir.Constant(_I64, 0), entry)
+        i.add_incoming(i_next, loop)
+        acc.add_incoming(ir.Constant(ir.VectorType(_I1, LANES), None), entry)
+        acc.add_incoming(acc_next, loop)
+        builder.cbranch(builder.icmp_signed("<", i_next, blocks), loop, done)
+        builder.position_at_end(done)
+        res = builder.phi(ir.VectorType(_I1, LANES))
+        res.add_incoming(ir.Constant(ir.VectorType(_I1, LANES), None), entry)
+        res.add_incoming(acc_next, loop)
+        bits = builder.bitcast(res, _I16)
+        return builder.icmp_unsigned("!=", bits, ir.Constant(_I16, 0))
 
     return sig, codegen

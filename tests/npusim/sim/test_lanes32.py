@@ -1,13 +1,17 @@
-"""The chunk screen's test on int32 lanes (`npusim.sim.lanes32`, through `kernels._screen_chunk32`)
-against the rule written out in Python integers, at the levels' edges (ties) included."""
+"""The int32-lane intrinsics of `npusim.sim.lanes32` against plain rules: the chunk screen's
+test (through `kernels._screen_chunk32`) in Python integers at the levels' edges (ties)
+included, the risk epilogue's early out against `kernels.risk_flag`, the epilogue runs against
+NumPy."""
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npusim.sim import kernels as K
+from npusim.sim import lanes32 as L32
 
 _BIG = (1 << 30) - 1  # the kernel's stand-in for an unbounded pe level (os order)
 
@@ -56,3 +60,83 @@ def test_screen_chunk32_equals_the_rule(case, at):
     assert ok.tolist() == want_ok
     assert got.tolist() == want
     assert nfail == o - sum(want_ok)
+
+
+@numba.njit
+def _hit(vs, ps, tp, tn):
+    return L32.risk_hit(vs, ps, tp, tn, len(vs) // L32.LANES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 5), st.integers(0, 2 ** 32 - 1), st.integers(0, 3))
+def test_risk_hit_equals_the_flags(blocks, seed, edge):
+    """`lanes32.risk_hit` against `kernels.risk_flag` per output (the fused risk epilogue's
+    early out): sums and positive sums below 2^24, thresholds from -1 to 2^31 - 1, and at most
+    one output on an edge of one of the two tests (or past it by one)."""
+    rng = np.random.default_rng(seed)
+    n = blocks * L32.LANES
+    vs = rng.integers(-(1 << 24) + 1, 1 << 24, n).astype(np.int32)
+    ps = np.maximum(vs, 0) + rng.integers(0, 1 << 20, n).astype(np.int32)
+    ps = np.minimum(ps, (1 << 24) - 1).astype(np.int32)
+    tp = (ps.astype(np.int64) + rng.integers(1, 1 << 30, n)).clip(-1, 2 ** 31 - 1).astype(np.int32)
+    tn = (ps.astype(np.int64) - vs + rng.integers(1, 1 << 30, n)).clip(-1, 2 ** 31 - 1).astype(np.int32)
+    if n and edge:  # one output on (0) or past (1) an edge of pos <= tp (edge 1) or pos - s <= tn
+        i = int(rng.integers(0, n))
+        d = int(rng.integers(0, 2))
+        if edge == 1:
+            tp[i] = ps[i] - d
+        elif edge == 2:
+            tn[i] = ps[i] - vs[i] - d
+    want = any(bool(K.risk_flag(p, v, a, b)) for p, v, a, b in zip(ps, vs, tp, tn))
+    assert _hit(vs, ps, tp, tn) == want
+
+
+def _run_variant(extremes, requant):
+    run = L32.make_run(extremes, requant)
+
+    @numba.njit
+    def call(vs, v0, mn, mx, s32, kt, bf, zp, lo, hi, ds, d0):
+        run(vs, v0, mn, mx, s32, kt, bf, zp, lo, hi, ds, d0, len(mn) // L32.LANES)
+
+    return call
+
+
+_RUNS = {(x, r): _run_variant(x, r) for x in (False, True) for r in (False, True)}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 4), st.booleans(), st.booleans(), st.sampled_from(["i32", "f32"]),
+       st.sampled_from([np.int8, np.uint8, np.int16, np.int32, np.int64]),
+       st.integers(0, 2 ** 32 - 1))
+def test_make_run_equals_numpy(blocks, extremes, requant, src, out_dtype, seed):
+    """`lanes32.make_run`'s four variants against NumPy: the sums, the extremes, and the
+    requantization `arith.requant_fma_one` (a float64 fused multiply-add, its floor, the zero
+    point and the clamp to the output type), at offsets into longer rows."""
+    from npusim.ir.arith import requant_fma_one
+
+    rng = np.random.default_rng(seed)
+    n = blocks * L32.LANES
+    v0, d0 = int(rng.integers(0, 9)), int(rng.integers(0, 9))
+    v = rng.integers(-(1 << 24) + 1, 1 << 24, n)
+    vs = np.zeros(n + v0 + 3, np.int32 if src == "i32" else np.float32)
+    vs[v0:v0 + n] = v
+    info = np.iinfo(out_dtype)
+    lo, hi = float(max(info.min, -(1 << 31))), float(min(info.max, (1 << 31) - 1))
+    zp = float(rng.integers(0, 3) * (hi - lo) // 4 + lo) if out_dtype != np.int64 else 0.0
+    kt = rng.choice([2.0 ** -e for e in range(0, 30)], n) * rng.integers(1, 1 << 20, n)
+    bf = np.floor(rng.normal(0, 1e4, n)) + 0.5
+    mn = rng.integers(-(1 << 20), 1 << 20, n).astype(np.int32)
+    mx = rng.integers(-(1 << 20), 1 << 20, n).astype(np.int32)
+    s32 = rng.integers(-(1 << 26), 1 << 26, n).astype(np.int32)
+    ds = np.zeros(n + d0 + 2, out_dtype)
+    want_mn = np.minimum(mn, v) if extremes else mn.copy()
+    want_mx = np.maximum(mx, v) if extremes else mx.copy()
+    want_s = s32 + v
+    want_ds = ds.copy()
+    if requant:
+        want_ds[d0:d0 + n] = [requant_fma_one(float(a), k, b, zp, lo, hi)
+                              for a, k, b in zip(v, kt, bf)]
+    _RUNS[extremes, requant](vs, v0, mn, mx, s32, kt, bf, zp, lo, hi, ds, d0)
+    assert mn.tolist() == want_mn.tolist() and mx.tolist() == want_mx.tolist()
+    assert s32.tolist() == want_s.tolist()
+    assert ds.tolist() == want_ds.tolist()
