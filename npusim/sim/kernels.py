@@ -1385,11 +1385,12 @@ def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, pe
     kt = np.empty(n_l, np.float64)  # `requant_fma_terms`, the bias folded in where raw
     bf = np.empty(n_l, np.float64)
     ok = True
-    for i in range(n_l):
-        o = i % o_n
-        bt[i] = bias[o]
-        kt[i], bf[i], good = requant_fma_terms(bias[o] if raw else 0, rq.km[o], rq.sc[o])
+    for o in range(o_n):  # per column, then tiled
+        bt[o] = bias[o]
+        kt[o], bf[o], good = requant_fma_terms(bias[o] if raw else 0, rq.km[o], rq.sc[o])
         ok &= good
+    for i in range(o_n, n_l):
+        bt[i], kt[i], bf[i] = bt[i - o_n], kt[i - o_n], bf[i - o_n]
     if not ok:
         return False
     sm = np.zeros(n_l, np.int64)
@@ -1513,12 +1514,13 @@ def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, 
     kt = np.empty(n_l, np.float64)  # `requant_fma_terms`, the bias folded in
     bt = np.empty(n_l, np.float64)
     fma = do_rq and rq.f64
-    for i in range(n_l):
-        o = i % o_n
-        tp[i], tn[i] = risk_thresholds(bias[o], lv.acc_bits, lv.pe_bits, pe_risk)
+    for o in range(o_n):  # per column, then tiled
+        tp[o], tn[o] = risk_thresholds(bias[o], lv.acc_bits, lv.pe_bits, pe_risk)
         if fma:
-            kt[i], bt[i], good = requant_fma_terms(bias[o], rq.km[o], rq.sc[o])
+            kt[o], bt[o], good = requant_fma_terms(bias[o], rq.km[o], rq.sc[o])
             fma &= good
+    for i in range(o_n, n_l):
+        tp[i], tn[i], kt[i], bt[i] = tp[i - o_n], tn[i - o_n], kt[i - o_n], bt[i - o_n]
     sm = np.zeros(n_l, np.int64)
     sp = np.zeros(n_l, np.int64)
     s32 = np.zeros(n_l, np.int32)
@@ -1531,32 +1533,33 @@ def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, 
     ff = flags.reshape(-1)
     df = out.reshape(-1)
     runs = 0
+    ff[m_a * o_n:m_a * o_n + plane] = 0  # runs that flag some write theirs
+    rows[m_a:m_a + n_p] = 0
     for c0 in range(0, plane, n_l):
         cnt = min(n_l, plane - c0)
-        vs = gl[c0:c0 + cnt]
-        ps = gl[plane + c0:plane + c0 + cnt]
+        p0 = plane + c0
         at = m_a * o_n + c0
-        fl = ff[at:at + cnt]
         nb = cnt // L32.LANES  # 16 lanes at a time (`lanes32`), then the rest
         r16 = nb * L32.LANES
-        hit = L32.risk_hit(vs, ps, tp, tn, nb)
+        hit = L32.risk_hit(gl, c0, p0, tp, tn, nb)
         for i in range(r16, cnt):
-            hit |= risk_flag(ps[i], vs[i], tp[i], tn[i])
+            hit |= risk_flag(gl[p0 + i], gl[c0 + i], tp[i], tn[i])
         r0 = m_a + c0 // o_n  # runs are whole rows: n_l and the plane are multiples of o_n
         if hit:  # flags and the flagged/unflagged split only in runs that flag some
             for i in range(cnt):
-                f = risk_flag(ps[i], vs[i], tp[i], tn[i])
-                fl[i] = f
-                mnu[i] = min(mnu[i], _I32_MAX if f else vs[i])
-                mxu[i] = max(mxu[i], _I32_MIN if f else vs[i])
+                v = gl[c0 + i]
+                f = risk_flag(gl[p0 + i], v, tp[i], tn[i])
+                ff[at + i] = f
+                mnu[i] = min(mnu[i], _I32_MAX if f else v)
+                mxu[i] = max(mxu[i], _I32_MIN if f else v)
             for i in range(cnt):
-                f = fl[i] != 0
-                mnf[i] = min(mnf[i], vs[i] if f else _I32_MAX)
-                mxf[i] = max(mxf[i], vs[i] if f else _I32_MIN)
+                f = ff[at + i] != 0
+                mnf[i] = min(mnf[i], gl[c0 + i] if f else _I32_MAX)
+                mxf[i] = max(mxf[i], gl[c0 + i] if f else _I32_MIN)
             for r in range(cnt // o_n):
                 k = 0
-                for i in range(r * o_n, (r + 1) * o_n):
-                    k += fl[i]
+                for i in range(at + r * o_n, at + (r + 1) * o_n):
+                    k += ff[i]
                 rows[r0 + r] = k
             if fma:  # the sums and requantization (`lanes32.make_run`)
                 _run_r(gl, c0, mnu, mxu, s32, kt, bt, zp, lo, hi, df, at, nb)
@@ -1568,16 +1571,14 @@ def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, 
             else:
                 _run_x(gl, c0, mnu, mxu, s32, kt, bt, zp, lo, hi, df, at, nb)
             for i in range(r16, cnt):
-                mnu[i] = min(mnu[i], vs[i])
-                mxu[i] = max(mxu[i], vs[i])
-            fl[:] = 0
-            rows[r0:r0 + cnt // o_n] = 0
-        _run(gl, plane + c0, mnu, mxu, p32, kt, bt, zp, lo, hi, df, at, nb)
+                mnu[i] = min(mnu[i], gl[c0 + i])
+                mxu[i] = max(mxu[i], gl[c0 + i])
+        _run(gl, p0, mnu, mxu, p32, kt, bt, zp, lo, hi, df, at, nb)
         for i in range(r16, cnt):
-            s32[i] += vs[i]
-            p32[i] += ps[i]
+            s32[i] += gl[c0 + i]
+            p32[i] += gl[p0 + i]
             if fma:
-                df[at + i] = requant_fma_one(np.float64(vs[i]), kt[i], bt[i], zp, lo, hi)
+                df[at + i] = requant_fma_one(np.float64(gl[c0 + i]), kt[i], bt[i], zp, lo, hi)
         runs += 1
         if runs == _SUM32_RUNS:
             runs = 0

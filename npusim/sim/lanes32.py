@@ -197,15 +197,16 @@ def make_run(extremes: bool, requant: bool):
 
 
 @intrinsic
-def risk_hit(typingctx, vs, ps, tp, tn, blocks):
-    """Whether any i < 16 * `blocks` has ``ps[i] > tp[i] or ps[i] - vs[i] > tn[i]`` (int32
-    lanes; `kernels.risk_flag`, whose sums' difference int32 holds)."""
-    sig = types.boolean(vs, ps, tp, tn, blocks)
+def risk_hit(typingctx, g, v0, p0, tp, tn, blocks):
+    """Whether any i < 16 * `blocks` has ``p > tp[i] or p - v > tn[i]`` with ``v = g[v0 + i]``
+    and ``p = g[p0 + i]`` (int32 lanes; `kernels.risk_flag`, whose sums' difference int32
+    holds)."""
+    sig = types.boolean(g, v0, p0, tp, tn, blocks)
 
     def codegen(context, builder, signature, args):
-        va, pa, ta, na = (context.make_array(signature.args[i])(context, builder, args[i])
-                          for i in range(4))
-        blocks = args[4]
+        ga, ta, na = (context.make_array(signature.args[i])(context, builder, args[i])
+                      for i in (0, 3, 4))
+        v0, p0, blocks = args[1], args[2], args[5]
 
         def load(data, off):
             ld = builder.load(builder.bitcast(builder.gep(data, [off]), _VI.as_pointer()))
@@ -220,7 +221,8 @@ def risk_hit(typingctx, vs, ps, tp, tn, blocks):
         i = builder.phi(_I64)
         acc = builder.phi(ir.VectorType(_I1, LANES))
         o = builder.mul(i, ir.Constant(_I64, LANES))
-        v, p, t, n = (load(a.data, o) for a in (va, pa, ta, na))
+        v, p = load(ga.data, builder.add(v0, o)), load(ga.data, builder.add(p0, o))
+        t, n = load(ta.data, o), load(na.data, o)
         f = builder.or_(builder.icmp_signed(">", p, t),
                         builder.icmp_signed(">", builder.sub(p, v), n))
         acc_next = builder.or_(acc, f)

@@ -64,7 +64,8 @@ def test_screen_chunk32_equals_the_rule(case, at):
 
 @numba.njit
 def _hit(vs, ps, tp, tn):
-    return L32.risk_hit(vs, ps, tp, tn, len(vs) // L32.LANES)
+    g = np.concatenate((np.zeros(3, np.int32), vs, np.zeros(5, np.int32), ps))
+    return L32.risk_hit(g, 3, len(vs) + 8, tp, tn, len(vs) // L32.LANES)
 
 
 @settings(max_examples=300, deadline=None)
