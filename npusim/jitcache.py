@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 #: the modules that define jitted code (numba njit, register_jitable, intrinsic), package paths
-JIT_SOURCES = ("ir/arith.py", "sim/kernels.py", "sim/int8_tiles.py", "sim/lanes16.py")
+JIT_SOURCES = ("ir/arith.py", "sim/kernels.py", "sim/int8_tiles.py", "sim/lanes16.py",
+               "sim/lanes32.py")
 _PACKAGE = Path(__file__).resolve().parent
 
 
