@@ -1214,7 +1214,7 @@ def fused_epilogue_task(gl, ms, gs, o_n, pixels, bias, lv, do_rq, rq, out, need,
         if m_a <= ms[k] < m_b:
             gs[k] = gl[ms[k] - m_a]
     if not (_flat_applies(do_rq, rq, wrap_bits, gl.shape[1], o_n) and _flat_epilogue_task(
-            gl, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, per, b, blk, m_a)):
+            gl, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, per, b, blk, m_a, True)):
         _epilogue_task(gl, o_n, pixels, bias, False, False, lv.acc_bits, lv.pe_bits, do_rq, rq,
                        out, need[0], need[1], mnmx, sums, wrap_bits, 1, gl.shape[1], per, b, blk,
                        False, m_a)
@@ -1367,7 +1367,7 @@ def _flat_applies(do_rq, rq, wrap_bits, q, o_n):
 
 @numba.njit(cache=True)
 def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, per, b, blk,
-                        g_row0):
+                        g_row0, small):
     """`_epilogue_task` without risk or chunks, requantizing by ``rq.f64``'s float64 rule
     (one fused multiply-add per output, `requant_fma_one`), for ``wrap_bits <= 32``: the
     block's rows of `g` and `out` (contiguous, ``q = o_n`` columns) as flat runs of
@@ -1375,7 +1375,11 @@ def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, pe
     so every loop fills the vector lanes (a loop of one pixel's 16 outputs ran in the
     compiler's scalar remainder: 1.7x slower). Returns False, with the task unfinished, when
     some product ``|bias * km|`` (before any work) or ``|acc * km|`` reaches 2^52; the
-    block's extremes decide the latter: the float product is monotone in ``|acc|``."""
+    block's extremes decide the latter: the float product is monotone in ``|acc|``.
+    The raw runs go 16 outputs at a time (`lanes32.make_run`), the column sums in int32 lanes
+    folded into int64 every `_SUM32_RUNS` runs where every sum is below 2^24 (`small`: a fused
+    kernel's sums, or float32 ones), else after every run (an int32 plan split over input
+    channels, whose sums may pass 2^24)."""
     p_a = blk * per
     p_b = min(pixels, p_a + per)
     rep = max(1, (_FLAT_LANES + o_n - 1) // o_n)
@@ -1394,7 +1398,10 @@ def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, pe
     if not ok:
         return False
     sm = np.zeros(n_l, np.int64)
-    s32 = np.zeros(n_l, np.int32)  # folded into sm every `_SUM32_RUNS` runs
+    # folded into sm every `_SUM32_RUNS` runs where the sums are below 2^24 (`small`: a fused
+    # kernel's, or float32), else after each (an int32 plan split over input channels)
+    s32 = np.zeros(n_l, np.int32)
+    fold = _SUM32_RUNS if small else 1
     mn = np.full(n_l, _I32_MAX, np.int32)  # raw sums, or the wrapped accumulators
     mx = np.full(n_l, _I32_MIN, np.int32)
     zp, lo, hi = np.float64(rq.zp), np.float64(rq.lo), np.float64(rq.hi)
@@ -1418,7 +1425,7 @@ def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, pe
                 mx[i] = max(mx[i], v)
                 ds[i] = requant_fma_one(np.float64(v), kt[i], bf[i], zp, lo, hi)
             runs += 1
-            if runs == _SUM32_RUNS:
+            if runs == fold:
                 runs = 0
                 for i in range(n_l):
                     sm[i] += s32[i]
@@ -1777,7 +1784,8 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
             _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq, rq, out,
                            need_acc, need_pe, mnmx, sums, wrap_bits, nch, q, per, b, blk, True)
         elif risk or not (_flat_applies(do_rq, rq, wrap_bits, q, o_n) and _flat_epilogue_task(
-                g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, per, b, blk, 0)):
+                g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, per, b, blk, 0,
+                g.dtype == np.dtype(np.float32))):
             _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq, rq, out,
                            need_acc, need_pe, mnmx, sums, wrap_bits, 1, q, per, b, blk, False)
 
