@@ -32,6 +32,7 @@ _I1, _I8, _I16, _I32, _I64 = (ir.IntType(b) for b in (1, 8, 16, 32, 64))
 _VI = ir.VectorType(_I32, LANES)
 _VF = ir.VectorType(ir.FloatType(), LANES)
 _VB8 = ir.VectorType(_I8, LANES)
+_VD = ir.VectorType(ir.DoubleType(), LANES)
 
 
 @intrinsic
@@ -104,8 +105,6 @@ def screen_blocks(typingctx, row, prow, base, pb, held, ok, blocks, acc_hi, acc_
 
     return sig, codegen
 
-
-_VD = ir.VectorType(ir.DoubleType(), LANES)
 
 
 def make_run(extremes: bool, requant: bool):

@@ -43,6 +43,8 @@ def chunk(draw):
 @settings(max_examples=300, deadline=None)
 @given(chunk(), st.integers(0, 3))
 def test_screen_chunk32_equals_the_rule(case, at):
+    """`kernels._screen_chunk32` (16-lane blocks, then the rest) against the chunk test in
+    Python integers: which outputs pass, their held values, the count that failed."""
     held, sums, pos, (hi, lo, phi, plo) = case
     o = len(held)
     # the chunk's sums and positive sums at offsets in longer rows, as the kernel reads them
