@@ -595,11 +595,12 @@ _SCREEN_TASK = 16  # pixels per task of `screen_walk_kernel`
 
 
 @numba.njit(inline="always")
-def _screen_chunk(row, prow, base, pb, acc, ok, O, acc_hi, acc_lo, pe_hi, pe_lo):
-    """One chunk's tests of every output (`screen_walk_kernel`): `ok`, the passing outputs'
-    held values advanced by the chunk's sum; returns how many failed."""
+def _screen_chunk(row, prow, base, pb, acc, ok, o0, O, acc_hi, acc_lo, pe_hi, pe_lo):
+    """One chunk's tests of the outputs o0..O-1 (`screen_walk_kernel`): `ok`, the passing
+    outputs' held values `acc` (int64, or int32 where the levels hold them) advanced by the
+    chunk's sum; returns how many failed."""
     nfail = 0
-    for o in range(O):
+    for o in range(o0, O):
         sm = np.int64(np.int32(row[base + o]))
         pos = np.int64(np.int32(prow[pb + o]))
         neg = sm - pos
@@ -613,20 +614,12 @@ def _screen_chunk(row, prow, base, pb, acc, ok, O, acc_hi, acc_lo, pe_hi, pe_lo)
 
 @numba.njit(inline="always")
 def _screen_chunk32(row, prow, base, pb, held, ok, O, acc_hi, acc_lo, pe_hi, pe_lo):
-    """`_screen_chunk` on int32 held values (`lanes32.screen_blocks`; its conditions: the
-    levels' bounds as int32)."""
+    """`_screen_chunk` on int32 held values, 16 lanes at a time (`lanes32.screen_blocks`; its
+    conditions: the levels' bounds as int32), the rest by `_screen_chunk` itself."""
     nb = O // L32.LANES
     nfail = L32.screen_blocks(row, prow, base, pb, held, ok, nb, acc_hi, acc_lo, pe_hi, pe_lo)
-    for o in range(nb * L32.LANES, O):
-        sm = np.int32(row[base + o])
-        pos = np.int32(prow[pb + o])
-        neg = sm - pos
-        a = held[o]
-        good = (a + pos <= acc_hi) & (a + neg >= acc_lo) & (pos <= pe_hi) & (neg >= pe_lo)
-        ok[o] = good
-        held[o] = a + sm if good else a
-        nfail += not good
-    return nfail
+    return nfail + _screen_chunk(row, prow, base, pb, held, ok, nb * L32.LANES, O, acc_hi,
+                                 acc_lo, pe_hi, pe_lo)
 
 
 #: `lanes32.make_run`'s variants: with extremes and requantization, either, neither
@@ -783,8 +776,8 @@ def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
                 nfail = _screen_chunk32(row, prow, base, pb, acc32, ok, O, hi32, lo32, phi32,
                                         plo32)
             else:
-                nfail = _screen_chunk(row, prow, base, pb, acc, ok, O, acc_hi, acc_lo, pe_hi,
-                                      pe_lo)
+                nfail = _screen_chunk(row, prow, base, pb, acc, ok, 0, O, acc_hi, acc_lo,
+                                      pe_hi, pe_lo)
             walked += nfail
             if nfail == 0:
                 continue

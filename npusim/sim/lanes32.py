@@ -35,6 +35,64 @@ _VB8 = ir.VectorType(_I8, LANES)
 _VD = ir.VectorType(ir.DoubleType(), LANES)
 
 
+def _splat(builder, v):
+    """`v` in each of the 16 lanes of a vector of its type."""
+    vt = ir.VectorType(v.type, LANES)
+    return builder.shuffle_vector(
+        builder.insert_element(ir.Constant(vt, ir.Undefined), v, ir.Constant(_I32, 0)),
+        ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(_I32, LANES), None))
+
+
+def _ptr(builder, data, off, ty):
+    """A pointer of type `ty` to element `off` of an array's `data`."""
+    return builder.bitcast(builder.gep(data, [off]), ty.as_pointer())
+
+
+def _load(builder, data, off, ty, align):
+    ld = builder.load(_ptr(builder, data, off, ty))
+    ld.align = align
+    return ld
+
+
+def _store(builder, val, data, off, align):
+    builder.store(val, _ptr(builder, data, off, val.type)).align = align
+
+
+def _blocks(builder, blocks, name, init, body):
+    """A loop over the blocks i < `blocks` (none where ``blocks <= 0``): ``body(o, carried)``,
+    o = 16 i the block's first lane and `carried` the loop's values (starting at `init`),
+    emits a block's work and returns the carried values' next ones. Returns the carried
+    values after the loop."""
+    entry = builder.block
+    loop = builder.append_basic_block(name)
+    done = builder.append_basic_block(name + "_done")
+    builder.cbranch(builder.icmp_signed(">", blocks, ir.Constant(_I64, 0)), loop, done)
+    builder.position_at_end(loop)
+    i = builder.phi(_I64)
+    carried = [builder.phi(v.type) for v in init]
+    nxt = body(builder.mul(i, ir.Constant(_I64, LANES)), carried)
+    tail = builder.block
+    i_next = builder.add(i, ir.Constant(_I64, 1))
+    for phi, first, then in ((i, ir.Constant(_I64, 0), i_next), *zip(carried, init, nxt)):
+        phi.add_incoming(first, entry)
+        phi.add_incoming(then, tail)
+    builder.cbranch(builder.icmp_signed("<", i_next, blocks), loop, done)
+    builder.position_at_end(done)
+    out = []
+    for first, then in zip(init, nxt):
+        res = builder.phi(first.type)
+        res.add_incoming(first, entry)
+        res.add_incoming(then, tail)
+        out.append(res)
+    return out
+
+
+def _as_i32(builder, v):
+    """An integer argument as int32 (the caller keeps it within)."""
+    w = v.type.width
+    return builder.trunc(v, _I32) if w > 32 else builder.sext(v, _I32) if w < 32 else v
+
+
 @intrinsic
 def screen_blocks(typingctx, row, prow, base, pb, held, ok, blocks, acc_hi, acc_lo, pe_hi,
                   pe_lo):
@@ -50,61 +108,29 @@ def screen_blocks(typingctx, row, prow, base, pb, held, ok, blocks, acc_hi, acc_
         ra, pa, ha, oa = (context.make_array(signature.args[i])(context, builder, args[i])
                           for i in (0, 1, 4, 5))
         base, pb, blocks = args[2], args[3], args[6]
-
-        def splat(v):
-            v = builder.trunc(v, _I32) if v.type.width > 32 else builder.sext(v, _I32) \
-                if v.type.width < 32 else v
-            return builder.shuffle_vector(
-                builder.insert_element(ir.Constant(_VI, ir.Undefined), v, ir.Constant(_I32, 0)),
-                ir.Constant(_VI, ir.Undefined), ir.Constant(ir.VectorType(_I32, LANES), None))
-
-        acc_hi, acc_lo, pe_hi, pe_lo = (splat(args[i]) for i in (7, 8, 9, 10))
-
-        def ptr(data, off, ty):
-            return builder.bitcast(builder.gep(data, [off]), ty.as_pointer())
-
-        def load(data, off, ty, align):
-            ld = builder.load(ptr(data, off, ty))
-            ld.align = align
-            return ld
-
-        entry = builder.block
-        loop = builder.append_basic_block("screen_block")
-        done = builder.append_basic_block("screen_done")
-        builder.cbranch(builder.icmp_signed(">", blocks, ir.Constant(_I64, 0)), loop, done)
-        builder.position_at_end(loop)
-        i = builder.phi(_I64)
-        fails = builder.phi(_I64)
-        o = builder.mul(i, ir.Constant(_I64, LANES))
-        sm = builder.fptosi(load(ra.data, builder.add(base, o), _VF, 4), _VI)
-        pos = builder.fptosi(load(pa.data, builder.add(pb, o), _VF, 4), _VI)
-        s = load(ha.data, o, _VI, 4)
-        neg = builder.sub(sm, pos)
-        good = builder.and_(
-            builder.and_(builder.icmp_signed("<=", builder.add(s, pos), acc_hi),
-                         builder.icmp_signed(">=", builder.add(s, neg), acc_lo)),
-            builder.and_(builder.icmp_signed("<=", pos, pe_hi),
-                         builder.icmp_signed(">=", neg, pe_lo)))
-        builder.store(builder.select(good, builder.add(s, sm), s), ptr(ha.data, o, _VI)).align = 4
-        builder.store(builder.zext(good, _VB8), ptr(oa.data, o, _VB8)).align = 1
+        acc_hi, acc_lo, pe_hi, pe_lo = (_splat(builder, _as_i32(builder, args[i]))
+                                        for i in (7, 8, 9, 10))
         popcount = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(_I16, [_I16]), "llvm.ctpop.i16")
-        bad = builder.call(popcount, [builder.bitcast(builder.not_(good), _I16)])
-        fails_next = builder.add(fails, builder.zext(bad, _I64))
-        i_next = builder.add(i, ir.Constant(_I64, 1))
-        i.add_incoming(ir.Constant(_I64, 0), entry)
-        i.add_incoming(i_next, loop)
-        fails.add_incoming(ir.Constant(_I64, 0), entry)
-        fails.add_incoming(fails_next, loop)
-        builder.cbranch(builder.icmp_signed("<", i_next, blocks), loop, done)
-        builder.position_at_end(done)
-        res = builder.phi(_I64)
-        res.add_incoming(ir.Constant(_I64, 0), entry)
-        res.add_incoming(fails_next, loop)
-        return res
+
+        def block(o, carried):
+            sm = builder.fptosi(_load(builder, ra.data, builder.add(base, o), _VF, 4), _VI)
+            pos = builder.fptosi(_load(builder, pa.data, builder.add(pb, o), _VF, 4), _VI)
+            s = _load(builder, ha.data, o, _VI, 4)
+            neg = builder.sub(sm, pos)
+            good = builder.and_(
+                builder.and_(builder.icmp_signed("<=", builder.add(s, pos), acc_hi),
+                             builder.icmp_signed(">=", builder.add(s, neg), acc_lo)),
+                builder.and_(builder.icmp_signed("<=", pos, pe_hi),
+                             builder.icmp_signed(">=", neg, pe_lo)))
+            _store(builder, builder.select(good, builder.add(s, sm), s), ha.data, o, 4)
+            _store(builder, builder.zext(good, _VB8), oa.data, o, 1)
+            bad = builder.call(popcount, [builder.bitcast(builder.not_(good), _I16)])
+            return [builder.add(carried[0], builder.zext(bad, _I64))]
+
+        return _blocks(builder, blocks, "screen_block", [ir.Constant(_I64, 0)], block)[0]
 
     return sig, codegen
-
 
 
 def make_run(extremes: bool, requant: bool):
@@ -126,68 +152,44 @@ def make_run(extremes: bool, requant: bool):
                 context.make_array(signature.args[i])(context, builder, args[i])
                 for i in (0, 2, 3, 4, 5, 6, 10))
             v0, d0, blocks = args[1], args[11], args[12]
+            floats = isinstance(signature.args[0].dtype, types.Float)
             out_ty = context.get_data_type(signature.args[10].dtype)
             vout = ir.VectorType(out_ty, LANES)
-
-            def splat(v):
-                vt = ir.VectorType(v.type, LANES)
-                return builder.shuffle_vector(
-                    builder.insert_element(ir.Constant(vt, ir.Undefined), v,
-                                           ir.Constant(_I32, 0)),
-                    ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(_I32, LANES), None))
-
-            zp, lo, hi = (splat(args[i]) for i in (7, 8, 9))
-
-            def ptr(data, off, ty):
-                return builder.bitcast(builder.gep(data, [off]), ty.as_pointer())
-
-            def load(data, off, ty, align):
-                ld = builder.load(ptr(data, off, ty))
-                ld.align = align
-                return ld
-
-            def store(val, data, off, align):
-                builder.store(val, ptr(data, off, val.type)).align = align
+            zp, lo, hi = (_splat(builder, args[i]) for i in (7, 8, 9))
 
             def call(name, ty, *vals):
                 fn = cgutils.get_or_insert_function(
                     builder.module, ir.FunctionType(ty, [v.type for v in vals]), name)
                 return builder.call(fn, list(vals))
 
-            entry = builder.block
-            loop = builder.append_basic_block("run_block")
-            done = builder.append_basic_block("run_done")
-            builder.cbranch(builder.icmp_signed(">", blocks, ir.Constant(_I64, 0)), loop, done)
-            builder.position_at_end(loop)
-            i = builder.phi(_I64)
-            o = builder.mul(i, ir.Constant(_I64, LANES))
-            if isinstance(signature.args[0].dtype, types.Float):
-                v = builder.fptosi(load(va.data, builder.add(v0, o), _VF, 4), _VI)
-            else:
-                v = load(va.data, builder.add(v0, o), _VI, 4)
-            store(builder.add(load(sa.data, o, _VI, 4), v), sa.data, o, 4)
-            if extremes:
-                a = load(na.data, o, _VI, 4)
-                store(builder.select(builder.icmp_signed("<", v, a), v, a), na.data, o, 4)
-                a = load(xa.data, o, _VI, 4)
-                store(builder.select(builder.icmp_signed(">", v, a), v, a), xa.data, o, 4)
-            if requant:
-                f = call("llvm.fma.v16f64", _VD, builder.sitofp(v, _VD),
-                         load(ka.data, o, _VD, 8), load(ba.data, o, _VD, 8))
-                f = builder.fadd(call("llvm.floor.v16f64", _VD, f), zp)
-                f = builder.select(builder.fcmp_ordered(">", f, lo), f, lo)
-                f = builder.select(builder.fcmp_ordered("<", f, hi), f, hi)
-                q = builder.fptosi(f, _VI)
-                if out_ty.width < 32:
-                    q = builder.trunc(q, vout)
-                elif out_ty.width > 32:
-                    q = builder.sext(q, vout)
-                store(q, da.data, builder.add(d0, o), 1)
-            i_next = builder.add(i, ir.Constant(_I64, 1))
-            i.add_incoming(ir.Constant(_I64, 0), entry)
-            i.add_incoming(i_next, loop)
-            builder.cbranch(builder.icmp_signed("<", i_next, blocks), loop, done)
-            builder.position_at_end(done)
+            def block(o, carried):
+                if floats:
+                    v = builder.fptosi(_load(builder, va.data, builder.add(v0, o), _VF, 4), _VI)
+                else:
+                    v = _load(builder, va.data, builder.add(v0, o), _VI, 4)
+                _store(builder, builder.add(_load(builder, sa.data, o, _VI, 4), v), sa.data, o, 4)
+                if extremes:
+                    a = _load(builder, na.data, o, _VI, 4)
+                    _store(builder, builder.select(builder.icmp_signed("<", v, a), v, a),
+                           na.data, o, 4)
+                    a = _load(builder, xa.data, o, _VI, 4)
+                    _store(builder, builder.select(builder.icmp_signed(">", v, a), v, a),
+                           xa.data, o, 4)
+                if requant:
+                    f = call("llvm.fma.v16f64", _VD, builder.sitofp(v, _VD),
+                             _load(builder, ka.data, o, _VD, 8), _load(builder, ba.data, o, _VD, 8))
+                    f = builder.fadd(call("llvm.floor.v16f64", _VD, f), zp)
+                    f = builder.select(builder.fcmp_ordered(">", f, lo), f, lo)
+                    f = builder.select(builder.fcmp_ordered("<", f, hi), f, hi)
+                    q = builder.fptosi(f, _VI)
+                    if out_ty.width < 32:
+                        q = builder.trunc(q, vout)
+                    elif out_ty.width > 32:
+                        q = builder.sext(q, vout)
+                    _store(builder, q, da.data, builder.add(d0, o), 1)
+                return []
+
+            _blocks(builder, blocks, "run_block", [], block)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -207,35 +209,16 @@ def risk_hit(typingctx, g, v0, p0, tp, tn, blocks):
                       for i in (0, 3, 4))
         v0, p0, blocks = args[1], args[2], args[5]
 
-        def load(data, off):
-            ld = builder.load(builder.bitcast(builder.gep(data, [off]), _VI.as_pointer()))
-            ld.align = 4
-            return ld
+        def block(o, carried):
+            v = _load(builder, ga.data, builder.add(v0, o), _VI, 4)
+            p = _load(builder, ga.data, builder.add(p0, o), _VI, 4)
+            f = builder.or_(
+                builder.icmp_signed(">", p, _load(builder, ta.data, o, _VI, 4)),
+                builder.icmp_signed(">", builder.sub(p, v), _load(builder, na.data, o, _VI, 4)))
+            return [builder.or_(carried[0], f)]
 
-        entry = builder.block
-        loop = builder.append_basic_block("hit_block")
-        done = builder.append_basic_block("hit_done")
-        builder.cbranch(builder.icmp_signed(">", blocks, ir.Constant(_I64, 0)), loop, done)
-        builder.position_at_end(loop)
-        i = builder.phi(_I64)
-        acc = builder.phi(ir.VectorType(_I1, LANES))
-        o = builder.mul(i, ir.Constant(_I64, LANES))
-        v, p = load(ga.data, builder.add(v0, o)), load(ga.data, builder.add(p0, o))
-        t, n = load(ta.data, o), load(na.data, o)
-        f = builder.or_(builder.icmp_signed(">", p, t),
-                        builder.icmp_signed(">", builder.sub(p, v), n))
-        acc_next = builder.or_(acc, f)
-        i_next = builder.add(i, ir.Constant(_I64, 1))
-        i.add_incoming(ir.Constant(_I64, 0), entry)
-        i.add_incoming(i_next, loop)
-        acc.add_incoming(ir.Constant(ir.VectorType(_I1, LANES), None), entry)
-        acc.add_incoming(acc_next, loop)
-        builder.cbranch(builder.icmp_signed("<", i_next, blocks), loop, done)
-        builder.position_at_end(done)
-        res = builder.phi(ir.VectorType(_I1, LANES))
-        res.add_incoming(ir.Constant(ir.VectorType(_I1, LANES), None), entry)
-        res.add_incoming(acc_next, loop)
-        bits = builder.bitcast(res, _I16)
-        return builder.icmp_unsigned("!=", bits, ir.Constant(_I16, 0))
+        flags = _blocks(builder, blocks, "hit_block",
+                        [ir.Constant(ir.VectorType(_I1, LANES), None)], block)[0]
+        return builder.icmp_unsigned("!=", builder.bitcast(flags, _I16), ir.Constant(_I16, 0))
 
     return sig, codegen

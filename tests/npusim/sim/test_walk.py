@@ -57,6 +57,20 @@ def geometry(case, order, rows, pe_mode, acc_mode, dpe, dacc):
     return (h + 2 * pad - kh) // s + 1, (wd + 2 * pad - kw) // s + 1, lv
 
 
+def equals_one_output_kernel(case, lv, points, got, got_st) -> None:
+    """`got` and the event totals in `got_st` equal `conv_points_kernel` on the outputs
+    `points` ((n, o, oy, ox) rows) of the layer `case`."""
+    pad = case["pad"]
+    want = np.empty(len(points), np.int64)
+    ev = np.zeros((len(points), 2), np.int64)
+    pads = ((0, 0), (pad, pad), (pad, pad), (0, 0))
+    xc = np.pad(case["x"], pads, constant_values=case["zp_x"])  # channels last, padded
+    K.conv_points_kernel(xc, case["w"], case["bias"], case["stride"], case["groups"],
+                         case["zp_x"], lv, points, want, ev)
+    np.testing.assert_array_equal(got, want)
+    assert (got_st.pe_overflows, got_st.acc_overflows) == tuple(int(v) for v in ev.sum(axis=0))
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(layer(), st.sampled_from(["os", "ws"]), st.integers(1, 20), st.sampled_from(MODES),
        st.sampled_from(MODES), st.integers(0, 6), st.integers(0, 6), st.floats(0.1, 1.0),
@@ -79,13 +93,7 @@ def test_walk_equals_one_output_kernel(case, order, rows, pe_mode, acc_mode, dpe
                            (ho, wo))
     b, p = np.divmod(m, ho * wo)
     points = np.stack([b, oc, p // wo, p % wo], axis=1).astype(np.int64)
-    want = np.empty(len(points), np.int64)
-    ev = np.zeros((len(points), 2), np.int64)
-    pads = ((0, 0), (pad, pad), (pad, pad), (0, 0))
-    xc = np.pad(x, pads, constant_values=case["zp_x"])  # channels last, padded
-    K.conv_points_kernel(xc, w, bias, s, case["groups"], case["zp_x"], lv, points, want, ev)
-    np.testing.assert_array_equal(got, want)
-    assert (got_st.pe_overflows, got_st.acc_overflows) == tuple(int(v) for v in ev.sum(axis=0))
+    equals_one_output_kernel(case, lv, points, got, got_st)
 
 
 @settings(max_examples=150, deadline=None,
@@ -113,13 +121,7 @@ def test_screened_points_equal_one_output_kernel(monkeypatch, case, order, rows,
     got_st = AccStats()
     got = accumulate._walk_points(x, w, bias, s, pad, case["groups"], case["zp_x"], lv, m, oc,
                                   got_st, (ho, wo))
-    want = np.empty(len(points), np.int64)
-    ev = np.zeros((len(points), 2), np.int64)
-    pads = ((0, 0), (pad, pad), (pad, pad), (0, 0))
-    xc = np.pad(x, pads, constant_values=case["zp_x"])  # channels last, padded
-    K.conv_points_kernel(xc, w, bias, s, case["groups"], case["zp_x"], lv, points, want, ev)
-    np.testing.assert_array_equal(got, want)
-    assert (got_st.pe_overflows, got_st.acc_overflows) == tuple(int(v) for v in ev.sum(axis=0))
+    equals_one_output_kernel(case, lv, points, got, got_st)
 
 
 def test_walk_refuses_sums_beyond_its_lanes():
