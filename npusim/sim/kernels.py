@@ -1380,6 +1380,13 @@ _FLAT_LANES = 64  # `_flat_epilogue_task`'s loops run over at least this many ou
 
 
 @numba.njit(inline="always")
+def _row_risk_applies(do_rq, rq, q, o_n):
+    """`_row_risk_task` serves this call with risk (no wrapping, no chunks): requantized by
+    the float64 rule, outputs in whole 16-lane blocks."""
+    return do_rq and rq.f64 and q == 2 * o_n and o_n % L32.LANES == 0
+
+
+@numba.njit(inline="always")
 def _flat_applies(do_rq, rq, wrap_bits, q, o_n):
     """`_flat_epilogue_task` serves this call (without risk or chunks): requantized by the
     float64 rule, wrapped (if at all) into int32, one column per output."""
@@ -1478,6 +1485,75 @@ def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, pe
 
 
 _SUM32_RUNS = 127  # int32 lane sums of values below 2^24 fold into int64 after this many
+
+
+@numba.njit(cache=True)
+def _row_risk_task(g, o_n, pixels, bias, pe_risk, acc_bits, pe_bits, rq, out, need_acc,
+                   need_pe, mnmx, sums, per, b, blk, small):
+    """`_epilogue_task` with risk (no wrapping, no chunks) for ``o_n`` a multiple of 16,
+    requantizing by ``rq.f64``'s float64 rule (`requant_fma_one`): each row's ``2 o_n`` sums
+    (outputs, then positive product sums) in 16-lane blocks, the outputs' extremes, column
+    sums and requantization by `lanes32.make_run`, the bound bits and the unflagged extremes
+    by `lanes32.need_bits` (the per-pixel task's loops of 16 ran at 2.4 ns an output). The
+    column sums in int32 lanes, folded every `_SUM32_RUNS` rows where every sum is below 2^24
+    (`small`), else after every row. Returns False, with the task unfinished, where a product
+    ``|bias * km|`` or ``|acc * km|`` reaches 2^52 (`_flat_epilogue_task`)."""
+    p_a = blk * per
+    p_b = min(pixels, p_a + per)
+    q = 2 * o_n
+    kt = np.empty(o_n, np.float64)  # `requant_fma_terms`, the bias folded in
+    bt = np.empty(o_n, np.float64)
+    bf = np.empty(o_n, np.float64)
+    for o in range(o_n):
+        bf[o] = np.float64(bias[o])
+        kt[o], bt[o], good = requant_fma_terms(bias[o], rq.km[o], rq.sc[o])
+        if not good:
+            return False
+    sm = np.zeros(q, np.int64)
+    s32 = np.zeros(q, np.int32)
+    mn = np.full(o_n, _I32_MAX, np.int32)  # raw sums: all, and the unflagged
+    mx = np.full(o_n, _I32_MIN, np.int32)
+    mnu = np.full(o_n, _I32_MAX, np.int32)
+    mxu = np.full(o_n, _I32_MIN, np.int32)
+    ps = s32[o_n:]
+    zp, lo, hi = np.float64(rq.zp), np.float64(rq.lo), np.float64(rq.hi)
+    gf = g.reshape(-1)
+    df = out.reshape(-1)
+    fa = need_acc.reshape(-1)
+    fp = need_pe.reshape(-1)
+    nb = o_n // L32.LANES
+    pe_lim = np.int64(pe_bits if pe_risk else 127)
+    fold = _SUM32_RUNS if small else 1
+    rows = 0
+    for m in range(b * pixels + p_a, b * pixels + p_b):
+        v0 = m * q
+        d0 = m * o_n
+        _run_xr(gf, v0, mn, mx, s32, kt, bt, zp, lo, hi, df, d0, nb)
+        _run(gf, v0 + o_n, mn, mx, ps, kt, bt, zp, lo, hi, df, d0, nb)
+        L32.need_bits(gf, v0, v0 + o_n, bf, fa, fp, d0, np.int64(acc_bits), pe_lim, mnu, mxu,
+                      nb)
+        rows += 1
+        if rows == fold:
+            rows = 0
+            for j in range(q):
+                sm[j] += s32[j]
+                s32[j] = 0
+    t = mnmx[b, blk]
+    t[0], t[1], t[2], t[3] = _I64_MAX, _I64_MIN, _I64_MAX, _I64_MIN
+    exact = True
+    for j in range(q):
+        sums[b, blk, j] = sm[j] + s32[j]
+    for o in range(o_n):
+        if mn[o] <= mx[o]:  # some pixel in this block
+            a0 = mn[o] + bias[o]
+            a1 = mx[o] + bias[o]
+            t[0] = min(t[0], a0)
+            t[1] = max(t[1], a1)
+            exact &= max(-a0, a1) * rq.km[o] < F64_EXACT_PRODUCT
+        if mnu[o] <= mxu[o]:  # some output not flagged
+            t[2] = min(t[2], mnu[o] + bias[o])
+            t[3] = max(t[3], mxu[o] + bias[o])
+    return exact
 
 
 @numba.njit(inline="always")
@@ -1804,7 +1880,14 @@ def gemm_epilogue_kernel(g, o_n, pixels, bias, risk, pe_risk, lv, do_rq, rq, out
         if nch > 1:  # two copies of the task, each with its branch folded away
             _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq, rq, out,
                            need_acc, need_pe, mnmx, sums, wrap_bits, nch, q, per, b, blk, True)
-        elif risk or not (_flat_applies(do_rq, rq, wrap_bits, q, o_n) and _flat_epilogue_task(
+        elif risk:
+            if not (_row_risk_applies(do_rq, rq, q, o_n) and _row_risk_task(
+                    g, o_n, pixels, bias, pe_risk, acc_bits, pe_bits, rq, out, need_acc,
+                    need_pe, mnmx, sums, per, b, blk, g.dtype == np.dtype(np.float32))):
+                _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq,
+                               rq, out, need_acc, need_pe, mnmx, sums, wrap_bits, 1, q, per, b,
+                               blk, False)
+        elif not (_flat_applies(do_rq, rq, wrap_bits, q, o_n) and _flat_epilogue_task(
                 g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, per, b, blk, 0,
                 g.dtype == np.dtype(np.float32))):
             _epilogue_task(g, o_n, pixels, bias, risk, pe_risk, acc_bits, pe_bits, do_rq, rq, out,

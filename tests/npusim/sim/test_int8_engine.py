@@ -702,7 +702,7 @@ def test_probe_reports_a_broken_private_op(monkeypatch):
 
 @settings(max_examples=150, deadline=None)
 @given(st.integers(1, 3), st.sampled_from([1, 2, 5, 7, 23, 40]),
-       st.sampled_from([1, 2, 3, 4, 17]), st.integers(1, 3),
+       st.sampled_from([1, 2, 3, 4, 16, 17, 32]), st.integers(1, 3),
        st.sampled_from(["exact", "signs", "risk", "risk_pe", "wrap"]),
        st.sampled_from([8, 16, 20, 40]),
        st.sampled_from(["half_up", "half_away", "half_even"]), st.data())
@@ -712,7 +712,8 @@ def test_epilogue_kernel_equals_a_walk_over_every_output(n, pixels, o_n, nch, ca
     asked) requantized, the bits each output's bounds need (float64 lanes in the kernel), the
     extremes of all and of the unflagged accumulators, and the check's column sums (per
     chunk weighted 1..nch), on sums up to 2^24 and biases up to 2^52, blocks of one pixel to
-    several of the flat task's runs (`kernels._flat_epilogue_task`). "signs": the sign
+    several of the flat task's runs (`kernels._flat_epilogue_task`), risk with outputs in
+    16-lane blocks (`kernels._row_risk_task`) and without. "signs": the sign
     columns of a plan shared with a risky configuration, read by a configuration without risk
     (only the check's sums take them)."""
     # |chunk sum| of every chunk together below 2^24, as the engine's bound; or small sums and
@@ -730,7 +731,8 @@ def test_epilogue_kernel_equals_a_walk_over_every_output(n, pixels, o_n, nch, ca
 @pytest.mark.parametrize("case", ["risk", "risk_pe", "exact", "wrap"])
 def test_epilogue_kernel_on_long_blocks(o_n, case):
     """The epilogue on blocks of many pixels (the flat task's runs, `kernels._flat_epilogue_task`,
-    meet each lane many times; with risk, the per-pixel task), some outputs flagged and some
+    meet each lane many times; with risk, the per-pixel task, and at 16 outputs the row task,
+    `kernels._row_risk_task`, past its int32 sums' fold), some outputs flagged and some
     not, at either level (sums below 2^19, an 18-bit acc and a 14-bit pe level, half_up: the
     float64 paths), in one block and in several."""
     for nb in (1, 3):
@@ -767,12 +769,15 @@ def test_risk_thresholds_flag_exactly_where_the_bound_bits_exceed_the_widths(acc
                 assert (pos > tp or neg > tn) == want, (bias, pos, neg)
 
 
-def test_risk_epilogue_sums_columns_past_int32_lanes():
+@pytest.mark.parametrize("m0, shift", [(1 << 30, 40), (1 << 20, 30)])
+def test_risk_epilogue_sums_columns_past_int32_lanes(m0, shift):
     """Blocks of 300 pixels x 64 outputs, every sum near 2^24: each lane of the fused risk
-    task (`kernels.fused_risk_task`) meets 300 of them, far past what its int32 column-sum
-    lanes hold, so they must fold into int64 (`kernels._SUM32_RUNS`); its column sums,
-    extremes and outputs against the epilogue kernel's, which `_check_epilogue` holds to
-    Python integers."""
+    task (`kernels.fused_risk_task`) and of the epilogue kernel's row task
+    (`kernels._row_risk_task`) meets 300 of them, far past what their int32 column-sum lanes
+    hold, so they must fold into int64 (`kernels._SUM32_RUNS`); the column sums against
+    NumPy's, the fused task's extremes and outputs against the epilogue kernel's, which
+    `_check_epilogue` holds to Python integers. With m0 = 2^30 the products pass 2^52 and both
+    take the integer rule; with 2^20 the float64 one."""
     from npusim.ir import arith
     from npusim.sim import kernels as K
     from npusim.sim.accumulate import Requant
@@ -784,7 +789,7 @@ def test_risk_epilogue_sums_columns_past_int32_lanes():
     neg[:, ::4] = lim - rng.integers(0, 10, (pixels, o_n // 4))
     g = np.concatenate([pos - neg, pos], axis=1).astype(np.float32)
     bias = rng.integers(-5000, 5000, o_n)
-    req = Requant.of(np.full(o_n, 1 << 30), np.full(o_n, 40), np.zeros(o_n, np.float32),
+    req = Requant.of(np.full(o_n, m0), np.full(o_n, shift), np.zeros(o_n, np.float32),
                      False, arith.rounding_code("half_up", "fixed"), 32, 0, -128, 127)
     lv = K.LevelSpec(K.OS, 16, 32, K.MODE_CODES["wrap"], 26, K.MODE_CODES["wrap"])
     arrays = [np.empty((pixels, o_n), np.int8), np.empty((2, pixels, o_n), np.uint8),
@@ -797,7 +802,7 @@ def test_risk_epilogue_sums_columns_past_int32_lanes():
     _fused_risk_tasks(g, o_n, pixels, bias, False, lv, True, req.rec, got[0], got[1], rows,
                       got[2], got[3], np.zeros(0, np.int64), np.zeros((0, 2 * o_n), np.int32))
     np.testing.assert_array_equal(rows, got[1].sum(axis=1))
-    np.testing.assert_array_equal(got[3][0, 0], g.astype(np.int64).sum(axis=0))
+    np.testing.assert_array_equal(arrays[3][0, 0], g.astype(np.int64).sum(axis=0))
     assert got[3].max() > 1 << 32
     for a, b in zip(got, (arrays[0], arrays[1][0] > 26, arrays[2], arrays[3])):
         np.testing.assert_array_equal(a, b)

@@ -143,3 +143,59 @@ def test_make_run_equals_numpy(blocks, extremes, requant, src, out_dtype, seed):
     assert mn.tolist() == want_mn.tolist() and mx.tolist() == want_mx.tolist()
     assert s32.tolist() == want_s.tolist()
     assert ds.tolist() == want_ds.tolist()
+
+
+@numba.njit
+def _need(g, v0, p0, bf, na, np_, d0, acc_lim, pe_lim, mnu, mxu):
+    L32.need_bits(g, v0, p0, bf, na, np_, d0, acc_lim, pe_lim, mnu, mxu, len(mnu) // L32.LANES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 4), st.sampled_from(["i32", "f32"]), st.integers(2, 40),
+       st.one_of(st.none(), st.integers(2, 30)), st.integers(0, 2 ** 32 - 1))
+def test_need_bits_equals_the_bound_bits(blocks, src, acc_bits, pe_bits, seed):
+    """`lanes32.need_bits` against `arith.bits_needed` in Python integers: the bits of
+    ``[bias - neg, bias + pos]`` (0 included) and of ``[-neg, pos]`` for sums below 2^24 and
+    biases up to 2^52, a quarter of the bounds placed on a power of two or one either side
+    (where a width changes), a quarter within [-1, 0] (1 bit), and the unflagged outputs'
+    extremes at the limits given."""
+    from npusim.ir import arith
+
+    rng = np.random.default_rng(seed)
+    n = blocks * L32.LANES
+    lim = (1 << 24) - 1
+
+    def near_pow2(k):  # 2^e - 1 + d, d in -1..1: the last value of a width and its neighbours
+        return (1 << rng.integers(0, 24, k)) - 1 + rng.integers(-1, 2, k)
+
+    pos = rng.integers(0, lim + 1, n)
+    neg = rng.integers(0, lim + 1, n)
+    edge = rng.integers(0, 4, n)
+    pos = np.where(edge == 1, near_pow2(n), np.where(edge == 3, 0, pos)).clip(0, lim)
+    neg = np.where(edge == 2, near_pow2(n) + 1, np.where(edge == 3, rng.integers(0, 2, n),
+                                                         neg)).clip(0, lim)
+    bias = rng.choice([0, 1, -1, 5000, -(1 << 23), (1 << 31), (1 << 52) - 1, -(1 << 52) + 1], n)
+    bias = np.where(edge == 3, rng.integers(-1, 1, n), bias)  # bounds of 0 and -1: 1 bit
+    bias = np.where((edge != 3) & (rng.random(n) < 0.3), (1 << rng.integers(0, 40, n)) - pos - 1 +
+                    rng.integers(-1, 2, n), bias)
+    v0, p0, d0 = int(rng.integers(0, 5)), n + 7, int(rng.integers(0, 5))
+    g = np.zeros(2 * n + 9, np.int32 if src == "i32" else np.float32)
+    g[v0:v0 + n] = pos - neg
+    g[p0:p0 + n] = pos
+    na = np.zeros(n + d0 + 3, np.uint8)
+    np_ = np.zeros(n + d0 + 3, np.uint8)
+    mnu = rng.integers(-(1 << 20), 1 << 20, n).astype(np.int32)
+    mxu = rng.integers(-(1 << 20), 1 << 20, n).astype(np.int32)
+    want_mn, want_mx = mnu.tolist(), mxu.tolist()
+    pe_lim = 127 if pe_bits is None else pe_bits
+    _need(g, v0, p0, bias.astype(np.float64), na, np_, d0, acc_bits, pe_lim, mnu, mxu)
+    for i in range(n):
+        b, p, ng = int(bias[i]), int(pos[i]), int(neg[i])
+        a = arith.bits_needed(min(b - ng, 0), max(b + p, 0))
+        e = arith.bits_needed(-ng, p)
+        assert (na[d0 + i], np_[d0 + i]) == (a, e), (b, p, ng)
+        if a <= acc_bits and e <= pe_lim:
+            want_mn[i] = min(want_mn[i], p - ng)
+            want_mx[i] = max(want_mx[i], p - ng)
+    assert not na[:d0].any() and not na[d0 + n:].any() and not np_[d0 + n:].any()
+    assert mnu.tolist() == want_mn and mxu.tolist() == want_mx
