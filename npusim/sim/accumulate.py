@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -820,19 +821,26 @@ _POINT_CHUNK = 64
 def _walk_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
                  out_hw) -> np.ndarray:
     """Order-faithful accumulators of the outputs at output pixels `m` (flat (n, oy, ox)) and
-    channels `oc` of channels-last `x`, one by one, each screened in chunks of about
-    `_POINT_CHUNK` products (`kernels.points_screen_kernel`: a chunk that cannot overflow is
-    added at once), their events counted into `st`."""
+    channels `oc` of channels-last `x`, one by one, each screened in chunks of whole input
+    channels, about `_POINT_CHUNK` products (`kernels.points_screen_kernel`: a chunk that
+    cannot overflow is added at once), their events counted into `st`."""
     ho, wo = out_hw
     b, p = np.divmod(np.asarray(m, np.int64), ho * wo)
     points = np.stack([b, np.asarray(oc, np.int64), p // wo, p % wo], axis=1)
     got = np.empty(len(points), np.int64)
     events = np.zeros((len(points), 2), np.int64)
-    o, _, kh, kw = w.shape
-    size = _POINT_CHUNK if lv.order == K.OS else lv.rows * max(1, _POINT_CHUNK // lv.rows)
-    K.points_screen_kernel(np.ascontiguousarray(x), np.ascontiguousarray(w.reshape(o, -1)),
-                           bias, kh, kw, stride, padding, zp_x, groups, lv, points, size, got,
-                           events)
+    o, cg, kh, kw = w.shape
+    khw = kh * kw
+    unit = 1 if lv.order == K.OS else lv.rows // math.gcd(lv.rows, khw)  # whole pe chunks
+    gch = unit * max(1, _POINT_CHUNK // (unit * khw))
+    # int32 lanes where every per-channel sum (kh * kw products) fits them
+    info = np.iinfo(x.dtype)
+    xmax = max(abs(int(info.min) - zp_x), abs(int(info.max) - zp_x))
+    wide = xmax * int(np.abs(w).max(initial=0)) * khw >= 1 << 31
+    wt = np.ascontiguousarray(w.reshape(o, cg, khw).transpose(0, 2, 1),
+                              np.int64 if wide else np.int32)
+    K.points_screen_kernel(np.ascontiguousarray(x), wt, bias, kh, kw, stride, padding, zp_x,
+                           groups, lv, points, gch, got, events)
     st.pe_overflows = int(events[:, 0].sum())
     st.acc_overflows = int(events[:, 1].sum())
     return got
