@@ -510,8 +510,13 @@ def _flag_mask(e: _Shared, lv, pe_risk, rows=slice(None)) -> np.ndarray:
     return mask
 
 
-def _flagged_outputs(e: _Shared, lv, pe_risk, pix) -> tuple[np.ndarray, np.ndarray]:
-    """(rows m, channels) of the flagged outputs in the rows `pix` (`_flagged`'s)."""
+def _flagged_outputs(e: _Shared, lv, pe_risk, pix, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows m, channels) of the `count` flagged outputs in the rows `pix` (`_flagged`'s)."""
+    if e.flags is not None:  # one pass over those rows' flags (`np.nonzero` made a mask first)
+        at = np.empty(count, np.int64), np.empty(count, np.int64)
+        if K.flagged_points_kernel(e.flags, pix, *at) != count:
+            raise AssertionError("the flagged outputs' count disagrees with their flags")
+        return at
     r, c = np.nonzero(_flag_mask(e, lv, pe_risk, pix))
     return pix[r], c
 
@@ -584,8 +589,9 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
         vals = screen.screened_pixels(x, cp, gc, bias, lv, pix, st, out_hw, None,
                                       _screen_shift(x, cp, bias, lv))[0]
     elif flat[1] * _ONE_BY_ONE <= len(pix) * o:  # a few per pixel: walked alone
-        at = _flagged_outputs(e, lv, pe_risk, pix)
-        vals = _walk_points(x, w, bias, stride, padding, groups, zp_x, lv, *at, st, out_hw)
+        at = _flagged_outputs(e, lv, pe_risk, pix, flat[1])
+        vals = _walk_points(x, w, bias, stride, padding, groups, zp_x, lv, *at, st, out_hw,
+                            e.prep.point_w)
     else:
         vals = _simulate_pixels(x, w, bias, stride, padding, groups, zp_x, lv, pix, st, out_hw)
         if e.flags is not None and len(pix) >= _WALK_ALL * n * pixels:
@@ -819,11 +825,12 @@ _POINT_CHUNK = 64
 
 
 def _walk_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
-                 out_hw) -> np.ndarray:
+                 out_hw, memo: list | None = None) -> np.ndarray:
     """Order-faithful accumulators of the outputs at output pixels `m` (flat (n, oy, ox)) and
     channels `oc` of channels-last `x`, one by one, each screened in chunks of whole input
     channels, about `_POINT_CHUNK` products (`kernels.points_screen_kernel`: a chunk that
-    cannot overflow is added at once), their events counted into `st`."""
+    cannot overflow is added at once), their events counted into `st`; `memo`
+    (`Int8Conv.point_w`) keeps the kernel's weights between calls."""
     ho, wo = out_hw
     b, p = np.divmod(np.asarray(m, np.int64), ho * wo)
     points = np.stack([b, np.asarray(oc, np.int64), p // wo, p % wo], axis=1)
@@ -833,12 +840,19 @@ def _walk_points(x, w, bias, stride, padding, groups, zp_x, lv, m, oc, st,
     khw = kh * kw
     unit = 1 if lv.order == K.OS else lv.rows // math.gcd(lv.rows, khw)  # whole pe chunks
     gch = unit * max(1, _POINT_CHUNK // (unit * khw))
-    # int32 lanes where every per-channel sum (kh * kw products) fits them
-    info = np.iinfo(x.dtype)
-    xmax = max(abs(int(info.min) - zp_x), abs(int(info.max) - zp_x))
-    wide = xmax * int(np.abs(w).max(initial=0)) * khw >= 1 << 31
-    wt = np.ascontiguousarray(w.reshape(o, cg, khw).transpose(0, 2, 1),
-                              np.int64 if wide else np.int32)
+    key = (x.dtype, zp_x)
+    if memo is None or memo[0] is None or memo[0][0] != key:
+        # int32 lanes where every per-channel sum (kh * kw products) fits them
+        info = np.iinfo(x.dtype)
+        xmax = max(abs(int(info.min) - zp_x), abs(int(info.max) - zp_x))
+        wide = xmax * int(np.abs(w).max(initial=0)) * khw >= 1 << 31
+        made = (key, np.ascontiguousarray(w.reshape(o, cg, khw).transpose(0, 2, 1),
+                                          np.int64 if wide else np.int32))
+        if memo is None:
+            memo = [made]
+        else:
+            memo[0] = made
+    wt = memo[0][1]
     K.points_screen_kernel(np.ascontiguousarray(x), wt, bias, kh, kw, stride, padding, zp_x,
                            groups, lv, points, gch, got, events)
     st.pe_overflows = int(events[:, 0].sum())

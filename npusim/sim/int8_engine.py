@@ -208,6 +208,9 @@ class Int8Conv:
     #: calls of a single configuration at risk left to walk every output pixel without the
     #: engine (`accumulate._walked_layer`): its last call flagged nearly every pixel
     walk_all: list = field(default_factory=lambda: [0], repr=False, compare=False)
+    #: `accumulate._walk_points`' weights for this layer, made on its first call: [(input
+    #: dtype, zero point, weights)] (the layer's few flagged outputs, each call)
+    point_w: list = field(default_factory=lambda: [None], repr=False, compare=False)
 
     @property
     def q(self) -> int:

@@ -1991,6 +1991,40 @@ def requant_rows_kernel(vals, rq, out, ext):
         ext[t, 1] = hi
 
 
+@numba.njit(cache=True)
+def flagged_points_kernel(flags, pix, m_out, c_out):
+    """The non-zero entries of `flags` (M, O) uint8 in the rows `pix`, row by row and column
+    by column: their rows into `m_out` and columns into `c_out` (as many as there are),
+    eight flags at a time where they are all zero (a row holds one or two of its outputs
+    flagged where this is used). Returns how many (those past the outputs' length counted,
+    not written)."""
+    O = flags.shape[1]
+    n = m_out.shape[0]
+    k = 0
+    for p in pix:
+        row = flags[p]
+        c0 = 0
+        if O % 8 == 0:
+            words = row.view(np.uint64)
+            for i in range(O // 8):
+                if words[i] == 0:
+                    continue
+                for c in range(8 * i, 8 * i + 8):
+                    if row[c]:
+                        if k < n:
+                            m_out[k] = p
+                            c_out[k] = c
+                        k += 1
+            c0 = O
+        for c in range(c0, O):
+            if row[c]:
+                if k < n:
+                    m_out[k] = p
+                    c_out[k] = c
+                k += 1
+    return k
+
+
 @numba.njit(parallel=True, cache=True)
 def nonzero_count_kernel(x, zp_x, out):
     """out[c, h, w] = number of images whose input at (c, h, w) differs from zp_x."""
@@ -2010,8 +2044,8 @@ __all__ = ["channels_last_kernel", "conv_kernel", "conv_points_kernel", "conv_wa
            "depthwise_sums_kernel", "depthwise_epilogue_kernel", "avgpool_float_kernel",
            "embed_kernel", "to_u8_kernel", "window_sums_kernel", "column_sums_kernel",
            "spot_check_kernel", "gemm_epilogue_kernel", "image_column_sums_kernel",
-           "extremes_kernel", "requant_points_kernel",
-           "requant_rows_kernel", "nonzero_count_kernel", "LevelSpec", "MODE_CODES",
+           "extremes_kernel", "requant_points_kernel", "requant_rows_kernel",
+           "nonzero_count_kernel", "flagged_points_kernel", "LevelSpec", "MODE_CODES",
            "ORDER_CODES"]
 
 

@@ -98,3 +98,26 @@ def test_a_layer_that_flagged_every_pixel_walks_them_all_next(monkeypatch, dataf
         convs.clear()
     assert seen == [(1, seen[0][1]), (0, 2 * 12 * 12 * 16), (0, 2 * 12 * 12 * 16),
                     (1, seen[3][1])]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 12), st.sampled_from([1, 3, 8, 16, 24, 70]), st.floats(0.0, 0.3),
+       st.integers(0, 2 ** 32 - 1))
+def test_flagged_points_equal_numpys_nonzero(m, o, density, seed):
+    """`kernels.flagged_points_kernel` (the few flagged outputs' coordinates, eight flags at a
+    time where they are all zero) against `np.nonzero` on random flags of some rows, whole
+    words of eight and a remainder; a count short of the flags writes only what fits."""
+    from npusim.sim import kernels as K
+
+    rng = np.random.default_rng(seed)
+    flags = (rng.random((m, o)) < density).astype(np.uint8) * rng.integers(1, 256, (m, o))
+    flags = flags.astype(np.uint8)
+    pix = np.flatnonzero(rng.random(m) < 0.7)
+    r, c = np.nonzero(flags[pix])
+    got = np.full(len(r), -1, np.int64), np.full(len(r), -1, np.int64)
+    assert K.flagged_points_kernel(flags, pix, *got) == len(r)
+    assert got[0].tolist() == pix[r].tolist() and got[1].tolist() == c.tolist()
+    if len(r):
+        short = np.full(len(r) - 1, -1, np.int64), np.full(len(r) - 1, -1, np.int64)
+        assert K.flagged_points_kernel(flags, pix, *short) == len(r)
+        assert short[1].tolist() == c[:-1].tolist()
