@@ -143,7 +143,8 @@ def prepare_conv(engine: Engine, w: np.ndarray, bias: np.ndarray, stride: int, p
     float64 lanes cannot hold `bias` exactly: `_bias_fits`). `packed(key, make)`, if given,
     returns ``make()`` or a stored result of it for the same layer and `key` (the weight
     packing does not depend on the accumulator widths, the chunked plan only on the
-    dataflow's order and rows; each preparation gets its own `ChunkPlan.flagged` hint)."""
+    dataflow's order and rows and its chunk size; each preparation gets its own
+    `ChunkPlan.flagged` hint)."""
     if not _bias_fits(bias):
         return None
     pe_risk, acc_risk = risks(lv, static_bits, static_bits_nobias)
@@ -154,7 +155,9 @@ def prepare_conv(engine: Engine, w: np.ndarray, bias: np.ndarray, stride: int, p
     prep = memo(signs, lambda: engine.prepare_int8(w, stride, padding, groups, zp_x, x_range,
                                                    signs))
     if prep is not None and prep.signs:
-        cp = memo(("chunks", lv.order, lv.rows if lv.order != K.OS else 0),
+        # keyed by the chunk size too: it depends on the widths (`screen.chunk_channels`)
+        cc = screen.chunk_channels(w.shape[1], w.shape[2] * w.shape[3], lv)
+        cp = memo(("chunks", lv.order, lv.rows if lv.order != K.OS else 0, cc),
                   lambda: screen.prepare_chunks(prep, w, lv, x_range, engine.int8_kind))
         if cp is not None:
             # this preparation's own hints (`ChunkPlan.flagged`, `pooled_skip`)

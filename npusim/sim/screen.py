@@ -58,6 +58,12 @@ from npusim.sim.lanes16 import lane_weights
 #: the most products per chunk (a 3x3 conv of 512 channels gets 32 channels, 288 products).
 #: Smaller chunks screen tighter but make more chunk sums to write and read
 CHUNK_PRODUCTS = 300
+#: the most products per chunk where a level is 15 bits or narrower (where a size fits it):
+#: there a chunk of 288 products failed its screen often enough that walking it cost more
+#: than twice the chunk sums (ResNet-18 224 b2 at 15 bits, 16 channels of 144 products in
+#: layer4: os wrap 7.4 -> 6.6x fbgemm, ws saturate 7.5 -> 6.6x, ws wrap 8.5 -> 7.5x; at 16
+#: bits no gain, at 80 products 25% slower: reports/BENCHMARKS.md, round 25)
+NARROW_CHUNK_PRODUCTS = 150
 #: chunks per output wanted at 15 bits (fewer where `min_channels` allows no more): a short
 #: reduction (ResNet-18's 576-product layer1 convs) needs short chunks to screen well there.
 #: Each bit wider doubles the room a chunk's running sums have, so half as many are wanted
@@ -113,18 +119,28 @@ class ChunkPlan:
         return self.lanes[shift]
 
 
+def _narrowest(lv: LevelSpec) -> int:
+    """The width of the narrowest level that adds (the pe level only in the ws/is order)."""
+    return lv.acc_bits if lv.order == K.OS else min(lv.acc_bits, lv.pe_bits)
+
+
 def wanted_chunks(lv: LevelSpec) -> int:
     """Chunks per output wanted at these levels' widths: `MIN_CHUNKS` at 15 bits or fewer,
     half as many per bit above (the narrowest level's), at least 2."""
-    bits = lv.acc_bits if lv.order == K.OS else min(lv.acc_bits, lv.pe_bits)
-    return max(2, MIN_CHUNKS >> max(0, bits - 15))
+    return max(2, MIN_CHUNKS >> max(0, _narrowest(lv) - 15))
 
 
-def chunk_channels(cg: int, khw: int, lv: LevelSpec, limit: int = CHUNK_PRODUCTS,
+def chunk_channels(cg: int, khw: int, lv: LevelSpec, limit: int | None = None,
                    min_channels: int = _MIN_CHANNELS, min_chunks: int | None = None) -> int:
     """Input channels per chunk: the most that divide `cg`, keep a chunk within `limit`
-    products and (ws/is) a multiple of ``lv.rows``, with at least two chunks, `min_chunks`
-    (default `wanted_chunks`) where `min_channels` and the pe chunks allow; 0 if none."""
+    products (default `NARROW_CHUNK_PRODUCTS` at 15 bits or fewer where some size fits it,
+    else `CHUNK_PRODUCTS`) and (ws/is) a multiple of ``lv.rows``, with at least two chunks,
+    `min_chunks` (default `wanted_chunks`) where `min_channels` and the pe chunks allow; 0
+    if none."""
+    if limit is None:
+        cc = chunk_channels(cg, khw, lv, NARROW_CHUNK_PRODUCTS, min_channels, min_chunks) \
+            if _narrowest(lv) <= 15 else 0
+        return cc or chunk_channels(cg, khw, lv, CHUNK_PRODUCTS, min_channels, min_chunks)
     if min_chunks is None:
         min_chunks = wanted_chunks(lv)
     cap = min(cg // 2, max(cg // min_chunks, min_channels))
@@ -137,7 +153,7 @@ def chunk_channels(cg: int, khw: int, lv: LevelSpec, limit: int = CHUNK_PRODUCTS
 
 
 def prepare_chunks(prep: Int8Conv, w: np.ndarray, lv: LevelSpec, x_range: tuple[int, int],
-                   kind: str, limit: int = CHUNK_PRODUCTS,
+                   kind: str, limit: int | None = None,
                    min_channels: int = _MIN_CHANNELS,
                    min_chunks: int | None = None) -> ChunkPlan | None:
     """The chunked plan of a layer whose int8 plan `prep` has sign columns, or None (groups,

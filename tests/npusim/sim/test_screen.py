@@ -287,8 +287,9 @@ def test_fused_screen_equals_the_screen_kernel(n, cg, k, stride, o, order, mode,
 
 
 def test_chunk_channels():
-    """Whole input channels, within the product limit, whole pe chunks, two chunks at least,
-    `MIN_CHUNKS` at 15 bits where the channels allow, half as many per bit wider."""
+    """Whole input channels, within the product limit (halved at 15 bits or fewer where a
+    size fits it), whole pe chunks, two chunks at least, `MIN_CHUNKS` at 15 bits where the
+    channels allow, half as many per bit wider."""
     os_, ws16 = K.LevelSpec(K.OS, 1, 15, 1, 15, 1), K.LevelSpec(K.WS, 16, 16, 1, 16, 1)
     os16, os18 = os_._replace(acc_bits=16), os_._replace(acc_bits=18)
     assert [screen.wanted_chunks(lv) for lv in (os_._replace(acc_bits=12), os_, os16, os18)] \
@@ -296,8 +297,13 @@ def test_chunk_channels():
     assert screen.wanted_chunks(ws16._replace(pe_bits=15)) == 8  # the narrower level
     assert screen.chunk_channels(64, 9, os16) == 16  # 4 chunks of 144 products
     assert screen.chunk_channels(64, 9, os18) == 32  # 2 chunks
-    assert screen.chunk_channels(512, 9, os_) == 32  # 288 products, 16 chunks
+    assert screen.chunk_channels(512, 9, os16) == 32  # 288 products, 16 chunks
+    assert screen.chunk_channels(512, 9, os_) == 16  # 15 bits: 144 products, 32 chunks
     assert screen.chunk_channels(512, 9, ws16) == 32  # 288 = 18 pe chunks of 16
+    assert screen.chunk_channels(512, 9, ws16._replace(pe_bits=15)) == 16  # 144 = 9 x 16
+    # 15 bits, pe chunks of 32: no size within 150 products, so the usual limit
+    assert screen.chunk_channels(512, 9, ws16._replace(pe_bits=15, rows=32)) == 32
+    assert screen.chunk_channels(512, 9, os_, limit=300) == 32
     assert screen.chunk_channels(64, 9, os_) == 8  # 8 chunks
     assert screen.chunk_channels(64, 9, ws16._replace(rows=7)) == 0  # 7 divides no 9 * 2^k
     assert screen.chunk_channels(256, 1, os_) == 32  # 1x1 conv: 8 chunks
