@@ -120,4 +120,4 @@ def test_flagged_points_equal_numpys_nonzero(m, o, density, seed):
     if len(r):
         short = np.full(len(r) - 1, -1, np.int64), np.full(len(r) - 1, -1, np.int64)
         assert K.flagged_points_kernel(flags, pix, *short) == len(r)
-        assert short[1].tolist() == c[:-1].tolist()
+        assert short[0].tolist() == pix[r][:-1].tolist() and short[1].tolist() == c[:-1].tolist()
