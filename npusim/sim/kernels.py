@@ -768,6 +768,9 @@ def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
     at0 = np.zeros(1, np.int64)
     koff = np.arange(K)
     held16 = np.empty(L16.LANES, np.int16)
+    # the compact register walk's weights: row k, lane f the f-th failing output's
+    wc16 = np.empty((K if l16 else 0, L16.LANES), np.int16)
+    wc16f = wc16.reshape(-1)
     ca16 = np.empty(L16.LANES, np.int16)
     cp16 = np.empty(L16.LANES, np.int16)
     sh_acc, sh_pe, hi_pe16, hi_acc16 = _lane16_scales(lv) if l16 else (0, 0, 0, 0)
@@ -833,11 +836,6 @@ def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
             walked += nfail
             if nfail == 0:
                 continue
-            if in32:  # the walks below on acc
-                acc[:] = acc32
-                in32 = False
-            for o in range(O):
-                dirty[o] |= not ok[o]
             if not have_patch:
                 _patch(x, b, oy, ox, 0, cg, kh, kw, stride, pad, zp_x, patch)
                 have_patch = True
@@ -845,6 +843,50 @@ def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
                     patch16[k] = patch[k]
             k0 = jc * size
             k1 = min(K, k0 + size)
+            if l16 and not ws and nfail <= L16.LANES:
+                # os: the failing outputs alone, in registers, their weights gathered into
+                # the lanes of one call, their held values where they are (the blocks that
+                # hold them walked all 64 lanes each, after copying every held value out of
+                # the int32 lanes and back: ResNet-18 224's layer4 at 15 bits, ~11 of 512
+                # outputs failing a chunk; in ws/is, with a pe chunk's extra adds, the int32
+                # array lanes below stayed faster)
+                nf = 0
+                for o in range(O):
+                    if not ok[o]:
+                        idx[nf] = o
+                        nf += 1
+                for f in range(nf):
+                    o = idx[f]
+                    dirty[o] = True
+                    held16[f] = (acc32[o] if in32 else acc[o]) << sh_acc
+                    ca16[f] = 0
+                    cp16[f] = 0
+                # lanes past nf hold stale weights, their results unread; each output's
+                # weights read as one run of its row of `wl` (a column of `wt16` took a
+                # cache line per product: about half of a layer4 call's 5.3-6.6 ms at 15
+                # bits, 1.5 without any walk)
+                for f in range(nf):
+                    src = wl[idx[f]]
+                    for k in range(k0, k1):
+                        wc16[k, f] = src[k] << sh_pe
+                _lanes16_1(patch16, at0, koff, k0, k1, rows, wc16f, 0, L16.LANES, held16, ca16,
+                           cp16, 0, L16.LANES, hi_pe16, hi_acc16, sh_pe - sh_acc, ws, pe_mode,
+                           acc_mode)
+                for f in range(nf):
+                    o = idx[f]
+                    v = np.int64(held16[f]) >> sh_acc
+                    if in32:
+                        acc32[o] = v
+                    else:
+                        acc[o] = v
+                    ca[o] += ca16[f]
+                    cp[o] += cp16[f]
+                continue
+            if in32:  # the walks below on acc
+                acc[:] = acc32
+                in32 = False
+            for o in range(O):
+                dirty[o] |= not ok[o]
             # in registers, every block with a failing output, where enough fail (walking a
             # block costs all 64 lanes; the array walks below skip zero products): in the
             # os order from 1/64 of the outputs, ws/is (a pe chunk's extra adds) from 1/8

@@ -130,6 +130,21 @@ def test_screen_kernel_walks_failing_chunks_in_registers(case, order, rows, per,
                  16 - case["prod_bits"], 1.0, seed, g)
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(layer(), layer(few=True)), st.integers(1, 4), st.sampled_from(MODES[1:]),
+       st.integers(0, 7), st.integers(0, 2), st.integers(0, 2 ** 32 - 1))
+def test_screen_kernel_walks_narrow_levels_in_registers(case, per, mode, d, g, seed):
+    """The os order at 8 to 15 bits with products of at most 8 (inputs 0..15 at zero point
+    0, weights within +-7): int16 lanes hold the levels scaled to their top, so a register
+    walk must scale each held value in and out (the failing outputs gathered into one call's
+    lanes, or whole blocks of them); as above."""
+    case = dict(case, x=(case["x"].astype(np.int64) % 16).astype(np.uint8), zp=0,
+                w=np.clip(case["w"], -7, 7), prod_bits=8)
+    lv = K.LevelSpec(K.OS, 1, 8 + d, K.MODE_CODES[mode], 8 + d, K.MODE_CODES[mode])
+    assert _walk_lanes(case["x"], case["w"], case["bias"], 0, lv) is np.int16
+    check_screen(case, "os", 1, per, mode, mode, d, d, 1.0, seed, g)
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(layer(), st.sampled_from(["os", "ws"]), st.integers(1, 6), st.integers(1, 4),
        st.sampled_from(MODES), st.sampled_from(MODES), st.integers(0, 5), st.integers(0, 5),
