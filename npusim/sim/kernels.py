@@ -1480,6 +1480,17 @@ def _row_risk_applies(do_rq, rq, q, o_n):
     return do_rq and rq.f64 and q == 2 * o_n and o_n % L32.LANES == 0
 
 
+_SUM32_RUNS = 127  # int32 lane sums of values below 2^24 fold into int64 after this many
+
+
+@numba.njit(inline="always")
+def _fold32(sm, s32):
+    """Fold the int32 lane sums `s32` into the int64 `sm` and zero them."""
+    for i in range(s32.shape[0]):
+        sm[i] += s32[i]
+        s32[i] = 0
+
+
 @numba.njit(inline="always")
 def _flat_applies(do_rq, rq, wrap_bits, q, o_n):
     """`_flat_epilogue_task` serves this call (without risk or chunks): requantized by the
@@ -1549,9 +1560,7 @@ def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, pe
             runs += 1
             if runs == fold:
                 runs = 0
-                for i in range(n_l):
-                    sm[i] += s32[i]
-                    s32[i] = 0
+                _fold32(sm, s32)
         else:
             for i in range(cnt):
                 v = np.int32(gs[i])
@@ -1578,7 +1587,6 @@ def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, pe
     return exact
 
 
-_SUM32_RUNS = 127  # int32 lane sums of values below 2^24 fold into int64 after this many
 
 
 @numba.njit(cache=True)
@@ -1629,9 +1637,7 @@ def _row_risk_task(g, o_n, pixels, bias, pe_risk, acc_bits, pe_bits, rq, out, ne
         rows += 1
         if rows == fold:
             rows = 0
-            for j in range(q):
-                sm[j] += s32[j]
-                s32[j] = 0
+            _fold32(sm, s32)
     t = mnmx[b, blk]
     t[0], t[1], t[2], t[3] = _I64_MAX, _I64_MIN, _I64_MAX, _I64_MIN
     exact = True
@@ -1780,11 +1786,8 @@ def fused_risk_task(gl, ms, gs, o_n, pixels, bias, pe_risk, lv, do_rq, rq, out, 
         runs += 1
         if runs == _SUM32_RUNS:
             runs = 0
-            for i in range(n_l):
-                sm[i] += s32[i]
-                sp[i] += p32[i]
-                s32[i] = 0
-                p32[i] = 0
+            _fold32(sm, s32)
+            _fold32(sp, p32)
     t = mnmx[b, blk]
     t[0], t[1], t[2], t[3] = _I64_MAX, _I64_MIN, _I64_MAX, _I64_MIN
     for o in range(2 * o_n):
@@ -2041,29 +2044,29 @@ def flagged_points_kernel(flags, pix, m_out, c_out):
     flagged where this is used). Returns how many (those past the outputs' length counted,
     not written)."""
     O = flags.shape[1]
-    n = m_out.shape[0]
     k = 0
     for p in pix:
         row = flags[p]
-        c0 = 0
         if O % 8 == 0:
             words = row.view(np.uint64)
             for i in range(O // 8):
-                if words[i] == 0:
-                    continue
-                for c in range(8 * i, 8 * i + 8):
-                    if row[c]:
-                        if k < n:
-                            m_out[k] = p
-                            c_out[k] = c
-                        k += 1
-            c0 = O
-        for c in range(c0, O):
-            if row[c]:
-                if k < n:
-                    m_out[k] = p
-                    c_out[k] = c
-                k += 1
+                if words[i] != 0:
+                    k = _flagged_in(row, p, 8 * i, 8 * i + 8, m_out, c_out, k)
+        else:
+            k = _flagged_in(row, p, 0, O, m_out, c_out, k)
+    return k
+
+
+@numba.njit(inline="always")
+def _flagged_in(row, p, c_a, c_b, m_out, c_out, k):
+    """`flagged_points_kernel`'s scan of columns [c_a, c_b) of row p, its outputs from `k` on;
+    returns the next `k`."""
+    for c in range(c_a, c_b):
+        if row[c]:
+            if k < m_out.shape[0]:
+                m_out[k] = p
+                c_out[k] = c
+            k += 1
     return k
 
 
