@@ -406,7 +406,7 @@ def _shared_entry(share, x, prep, out_hw) -> _Shared:
                 return e
     cp = prep.chunks
     if _chunked(prep, x.shape[0], out_hw):  # the sign columns per chunk (the epilogue sums them)
-        e = _Shared(x, prep, screen.chunked_result(int8_conv(x, cp.plan, out_hw), cp.nch),
+        e = _Shared(x, prep, screen.chunked_result(int8_conv(x, cp.plan, out_hw), cp.plan, cp.nch),
                     nch=cp.nch)
         e.chunk_g[cp.size] = e.res.g
     else:
@@ -426,7 +426,7 @@ def _epilogue(e: _Shared, bias, requant, lv, pe_risk, acc_risk, n, pixels, wrap_
         return _epilogue_done(e, out, mnmx, sums, True, lv, pe_risk)
     o = e.prep.o
     risk = pe_risk or acc_risk
-    rq, out, mnmx, sums = _epilogue_arrays(n, pixels, o, len(e.res.expected), requant)
+    rq, out, mnmx, sums = _epilogue_arrays(n, pixels, o, e.res.q, requant)
     need = np.empty((2, n * pixels, o) if risk else (2, 1, 1), np.uint8)
     K.gemm_epilogue_kernel(e.res.g, o, pixels, np.asarray(bias, np.int64), risk, pe_risk, lv,
                            requant is not None, rq.rec, out, need[0], need[1], mnmx, sums,
@@ -588,7 +588,7 @@ def _from_engine(e: _Shared, x, w, bias, stride, padding, groups, zp_x, out_hw, 
     gc = None if cp is None else e.chunk_g.get(cp.size)
     if cp is not None and screen.fits(cp, n, pixels) and (gc is not None or many):
         if gc is None:  # an entry made without chunks (a quiet last batch, another config)
-            gc = e.chunk_g[cp.size] = screen.chunk_sums(x, cp, out_hw)[0]
+            gc = e.chunk_g[cp.size] = screen.chunk_sums(x, cp, out_hw)
         vals = screen.screened_pixels(x, cp, gc, bias, lv, pix, st, out_hw, None,
                                       _screen_shift(x, cp, bias, lv))[0]
     elif flat[1] * _ONE_BY_ONE <= len(pix) * o:  # a few per pixel: walked alone

@@ -33,10 +33,17 @@ oneDNN any more, and its grouped path ran ~100x slower.
 Trust, in three layers: the engine is used only with its own tiles, or oneDNN on a CPU
 that reports VNNI/AMX (or AVX2, within the pair bound), after a self-test on random and
 extreme operands (the all-255 x 127 patterns that break saturating paths) over strides,
-padding, zero points and groups; and every call is verified, (1) for every output column,
-the sum of its outputs over the batch (images weighted 1..4) against the same sum computed
-from the inputs' window sums (per weight position, exact int64; `kernels.window_sums_kernel`),
-which catches any wrong value, and (2) a spot check of a few output pixels (different ones
+padding, zero points and groups; and every call is verified, (1) the sums of every output
+column over the batch (images weighted 1..4), projected by two fixed vectors of random odd
+int64 multipliers modulo 2^64 (`ColumnCheck`), against the same projections of the exact
+sums, computed from the inputs' window sums (per weight position, exact int64;
+`kernels.window_sums_kernel`) and the weights' projections, made once per plan
+(`weights_projection`): a wrong value in one column always changes both projections (its
+multipliers are odd); wrong values in several columns, all multiples of 2^v and no higher
+power, cancel in one projection for at most a 2^(v-63) share of the multipliers (in both,
+its square), and a fault does not know the multipliers; the per-call cost is one product per weight
+position and input channel instead of one per weight (ResNet-18 224 at 2 images: 3 of 37
+ms); and (2) a spot check of a few output pixels (different ones
 each call), all columns, recomputed in int64, which catches misplaced values (a permutation
 keeps the sums). A failed check raises `InexactError`; the caller (`npusim.sim.engines`, the
 one place that chooses engines) recomputes the layer with the float engine. torch is
@@ -211,6 +218,8 @@ class Int8Conv:
     #: `accumulate._walk_points`' weights for this layer, made on its first call: [(input
     #: dtype, zero point, weights)] (the layer's few flagged outputs, each call)
     point_w: list = field(default_factory=lambda: [None], repr=False, compare=False)
+    #: the check's weight side per projection (`weights_projection`), made once
+    proj: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def q(self) -> int:
@@ -325,24 +334,89 @@ def _unit_scales(q: int):
     return torch.ones(q), torch.zeros(q, dtype=torch.int64)
 
 
+#: independent random projections of a call's column sums that its check compares
+#: (`ColumnCheck`)
+_PROJECTIONS = 2
+
+
+@functools.lru_cache(maxsize=None)
+def projection(q: int) -> np.ndarray:
+    """(`_PROJECTIONS`, q) int64: the check's fixed odd multipliers of q columns (seeded by q,
+    read only; odd, so a wrong value in one column always changes a projection)."""
+    rng = np.random.default_rng([0x5EED, q])
+    r = rng.integers(-(1 << 62), 1 << 62, (_PROJECTIONS, q), dtype=np.int64) * 2 + 1
+    r.flags.writeable = False
+    return r
+
+
+@dataclass(frozen=True)
+class ColumnCheck:
+    """The check of a result's q columns: their image-weighted sums over the batch (images
+    weighted ``1 + n % 4``) projected by `r` (P, q) int64 must equal `e` (P,) int64, the same
+    projections of the exact sums, computed from the inputs' window sums and the weights
+    (`own_check`); both modulo 2^64 (int64 arithmetic wraps)."""
+
+    r: np.ndarray
+    e: np.ndarray
+
+    def verify(self, sums: np.ndarray) -> None:
+        """Raise InexactError unless `sums` (N, q), the column sums per image, project to `e`."""
+        if not np.array_equal(self.r @ (_image_weights(len(sums)) @ sums), self.e):
+            raise InexactError("int8 engine: output sums disagree with the input window sums")
+
+
 @dataclass
 class Int8Result:
     """The engine's raw sums: ``g`` (N*Ho*Wo, q) float32 (exact integers; int32 for a plan
-    split over input channels, whose sums may pass 2^24), per column the
-    image-weighted sum of the outputs an exact engine must produce (`verify`), and the number
-    of products with both operands non-zero."""
+    split over input channels, whose sums may pass 2^24), the check their column sums must
+    pass (`verify`), and the number of products with both operands non-zero."""
 
     g: np.ndarray | None  # None: consumed where it was made (`int8_conv_fused`)
-    expected: np.ndarray  # (q,) int64: sum over images b of (1 + b % 4) * (column sums of b)
+    check: ColumnCheck
     nonzero_macs: int
     #: (N, q) int64: the column sums of `g` per image where the conv made them as it wrote
     #: `g` (`int8_conv` with `sums`, the engine's own tiles), else None
     sums: np.ndarray | None = None
+    #: (1, kh, kw, C) int64: the inputs' image-weighted window sums (`_window_sums`), from
+    #: which other checks of these sums are made (`screen.chunked_result`)
+    window: np.ndarray | None = None
+
+    @property
+    def q(self) -> int:
+        """The columns the check covers."""
+        return self.check.r.shape[1]
 
     def verify(self, sums: np.ndarray) -> None:
         """Raise InexactError unless `sums` (N, q), the column sums of `g` per image, match."""
-        if not np.array_equal(_image_weights(len(sums)) @ sums, self.expected):
-            raise InexactError("int8 engine: output sums disagree with the input window sums")
+        self.check.verify(sums)
+
+
+def weights_projection(plan: "Int8Conv", key: str, r: np.ndarray) -> np.ndarray:
+    """(P, kh, kw, C) int64 ``u``: per weight position and input channel, the sum over the
+    columns reading it of ``r[p, column] * weight`` (modulo 2^64; `kernels.projection_kernel`),
+    so that `r` projects a call's exact column sums to ``sum(u * window sums)``; made once
+    per plan and `key` (`r` is a fixed function of the plan and key)."""
+    u = plan.proj.get(key)
+    if u is None:
+        _, kh, kw, cg = plan.wq_hwc.shape
+        u = np.zeros((len(r), kh, kw, plan.groups * cg), np.int64)
+        K.projection_kernel(np.ascontiguousarray(r, np.int64), plan.wq_hwc,
+                            plan.o // plan.groups, plan.o, u)
+        u.flags.writeable = False
+        plan.proj[key] = u
+    return u
+
+
+def project(u: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """(P,) int64: ``sum(u[p] * s)`` modulo 2^64 (`weights_projection`'s `u`, window sums `s`
+    of shape (1, kh, kw, C))."""
+    return u.reshape(len(u), -1) @ s.reshape(-1)
+
+
+def own_check(plan: "Int8Conv", s: np.ndarray) -> ColumnCheck:
+    """The check of all `plan.q` columns of a call whose window sums are `s`."""
+    r = projection(plan.q)
+    return ColumnCheck(r, project(weights_projection(plan, "own", r), s))
 
 
 _I32_EXACT = 2 ** 31  # the split's parts are summed in int32
@@ -409,15 +483,18 @@ def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int],
     ho, wo = out_hw
     if plan.parts:  # exact sums of each part (checked there), added in int32
         g = np.zeros((n * ho * wo, plan.q), np.int32)
-        expected = np.zeros(plan.q, np.int64)
+        e = np.zeros(_PROJECTIONS, np.int64)  # the parts' projections (one `projection(q)`)
+        windows = []
         nonzero = 0
         for c0, c1, part in plan.parts:
             r = int8_conv(x[..., c0:c1], part, out_hw)
             g += r.g.astype(np.int32)
-            expected += r.expected
+            e += r.check.e
+            windows.append(r.window)
             nonzero += r.nonzero_macs
-        return Int8Result(g, expected, nonzero)
-    x, xu, expected, nonzero = prologue(x, plan, out_hw)
+        return Int8Result(g, ColumnCheck(projection(plan.q), e), nonzero,
+                          window=np.concatenate(windows, axis=3))
+    x, xu, s, nonzero = prologue(x, plan, out_hw)
     q, sk = plan.q, plan.subsample
     made = None
     if plan.dw is not None:
@@ -431,7 +508,7 @@ def int8_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int],
     if plan.radix:  # radix * hi + lo: a multiple of 64 plus an integer, exact below 2^24
         g = _combine(g, plan)
     _spot_check(x, plan, out_hw, g)
-    return Int8Result(g, expected, nonzero, made)
+    return Int8Result(g, own_check(plan, s), nonzero, made, s)
 
 
 def u8_operand(x: np.ndarray, plan: Int8Conv) -> np.ndarray:
@@ -455,8 +532,8 @@ def checked_conv(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> Int8
 
 
 def prologue(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]):
-    """What a call needs before the conv: (contiguous `x`, the uint8 operand, the expected
-    column sums (`Int8Result.expected`), the non-zero product count)."""
+    """What a call needs before the conv: (contiguous `x`, the uint8 operand, the window sums
+    its check is made from (`own_check`), the non-zero product count)."""
     x = np.ascontiguousarray(x)
     threads = numba.get_num_threads()
     # one pass over the input, on one thread where it is not worth more (`threads.parallel`)
@@ -469,26 +546,7 @@ def prologue(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]):
     finally:
         if serial:
             numba.set_num_threads(threads)
-    expected = column_sums(s, plan.wq_hwc, plan.o // plan.groups, plan.o)
-    return x, xu, expected[0], _nonzero(cnt, plan)
-
-
-_DIGIT = 26  # `column_sums` splits window sums into base-2^26 digits where float64 needs it
-
-
-def column_sums(s: np.ndarray, wq: np.ndarray, og: int, o_n: int) -> np.ndarray:
-    """(N, q) int64: per image and column j, the sum over (i, j', c) of window sums
-    ``s[n, i, j', c]`` (int64) times the int8 weights ``wq[j, i, j', c]`` of its group's
-    channels (`kernels.column_sums_kernel`, C-contiguous operands), exact: where |s| * 128 * K
-    could reach 2^53 (float64's integers), s is split into s >> 26 and a low digit below
-    2^26, each summed alone."""
-    out = np.empty((s.shape[0], wq.shape[0]), np.int64)
-    if K.column_sums_kernel(s, wq, og, o_n, out):
-        return out
-    if wq.shape[1] * wq.shape[2] * wq.shape[3] >= 1 << 20:  # a low digit would not fit
-        raise ValueError(f"column_sums: over 2^20 products per column ({wq.shape})")
-    hi = s >> _DIGIT
-    return (column_sums(hi, wq, og, o_n) << _DIGIT) + column_sums(s - (hi << _DIGIT), wq, og, o_n)
+    return x, xu, s, _nonzero(cnt, plan)
 
 
 def fusable(plan: Int8Conv, risk: bool = False) -> bool:
@@ -517,7 +575,8 @@ def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n:
     holds no ``g`` (``verify`` it with `sums` as usual)."""
     n = x.shape[0]
     ho, wo = out_hw
-    x, xu, expected, nonzero = prologue(x, plan, out_hw)
+    x, xu, s, nonzero = prologue(x, plan, out_hw)
+    check = own_check(plan, s)
     call = next(_CALLS)
     m_n = n * ho * wo
     ms = spot_rows(call, m_n)
@@ -534,8 +593,11 @@ def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n:
             do_rq, rq, out, mnmx, sums, ms, pe_risk, flags, rows, bound, BOUND_G)
         if win is not None:  # the positive sums' columns sum over the pixels computed
             _check_bound(bound, ms, gs[:, plan.o:], out_hw)
-            expected[plan.o:] = column_sums(np.tensordot(_image_weights(n), win, 1)[None],
-                                            plan.wq_hwc[plan.o:], plan.o, plan.o)[0]
+            # the sums' columns over every pixel, the positive columns' over those computed
+            sums_r = np.where(np.arange(plan.q) < plan.o, check.r, 0)
+            check = ColumnCheck(check.r, project(weights_projection(plan, "sums", sums_r), s)
+                                + project(weights_projection(plan, "pos", check.r - sums_r),
+                                          np.tensordot(_image_weights(n), win, 1)))
             if share > _BOUND_SHARE:
                 plan.bound_skip[0] = _BOUND_RETRY
     elif plan.dw is not None:
@@ -548,7 +610,7 @@ def int8_conv_fused(x: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int], o_n:
                                       plan.padding, o_n, bias, lv, do_rq, rq, out, mnmx, sums,
                                       wrap_bits, ms)
     spot_check_rows(x, plan, out_hw, m_n, ms, gs, call)
-    return Int8Result(None, expected, nonzero)
+    return Int8Result(None, check, nonzero)
 
 
 def _pooled_bound(xu: np.ndarray, plan: Int8Conv, out_hw: tuple[int, int]) -> np.ndarray:

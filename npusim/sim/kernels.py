@@ -1379,54 +1379,23 @@ def extremes_kernel(a):
     return lo.min(), hi.max()
 
 
-@numba.njit(inline="always")
-def _column_sums_block(sg, wf, og, o_n, out, j0, j1):
-    """`column_sums_kernel`'s columns [j0, j1) of one image (window sums `sg` per group)."""
-    k = wf.shape[1]
-    for jq in range(j0, j1):
-        sv = sg[(jq % o_n) // og]
-        wr = wf[jq]
-        acc = 0.0
-        for t in range(k):
-            acc += sv[t] * wr[t]
-        out[jq] = np.int64(acc)
-
-
-_COLUMN_BLOCK = 64  # columns per task of `column_sums_kernel`
-
-
-@numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
-def column_sums_kernel(s, wq, og, o_n, out):
-    """out[n, j] = sum over (i, j', c) of s[n, i, j', c] * wq[j, i, j', c] (`wq` (q, kh, kw,
-    C/groups) int8, channels innermost), column j reading the channels of its group: the sum
-    of column j's outputs over an image, from window sums. In float64 lanes summed in any
-    order, exact where |s| * 128 * kh * kw * C/groups < 2^53 (every partial sum an integer
-    float64 holds); returns False, `out` untouched, where not (`int8_engine.column_sums` then
-    splits `s`). int64 lanes ran 3-6x slower: AVX2 has no 64-bit multiply."""
-    N, kh, kw, C = s.shape
-    q, cg = wq.shape[0], wq.shape[3]
-    k = kh * kw * cg
-    sg = np.empty((N, C // cg, k), np.float64)  # per group, in the weights' (i, j, c) order
-    top = 0.0
-    for b in range(N):
-        for g in range(C // cg):
-            t = 0
+@numba.njit(cache=True)
+def projection_kernel(r, wq, og, o_n, u):
+    """u[p, i, j, g * cg + c] = the sum over the columns jq of group g (``(jq % o_n) // og``)
+    of r[p, jq] * wq[jq, i, j, c], in int64 that wraps (modulo 2^64): the weight side of the
+    engine's projected column-sum check (`int8_engine.weights_projection`). `u` (P, kh, kw,
+    C) zeroed by the caller; `wq` (q, kh, kw, cg) int8."""
+    q, kh, kw, cg = wq.shape
+    for p in range(r.shape[0]):
+        for jq in range(q):
+            rv = r[p, jq]
+            c0 = ((jq % o_n) // og) * cg
             for i in range(kh):
                 for j in range(kw):
+                    up = u[p, i, j, c0:c0 + cg]
+                    wv = wq[jq, i, j]
                     for c in range(cg):
-                        v = np.float64(s[b, i, j, g * cg + c])
-                        sg[b, g, t] = v
-                        top = max(top, abs(v))
-                        t += 1
-    if top * 128.0 * k >= 2.0 ** 53:
-        return False
-    wf = wq.reshape(q, k)
-    nb = (q + _COLUMN_BLOCK - 1) // _COLUMN_BLOCK
-    for task in numba.prange(N * nb):
-        b = task // nb
-        j0 = (task - b * nb) * _COLUMN_BLOCK
-        _column_sums_block(sg[b], wf, og, o_n, out[b], j0, min(q, j0 + _COLUMN_BLOCK))
-    return True
+                        up[c] += rv * np.int64(wv[c])
 
 
 @numba.njit(cache=True)  # a few pixels: a parallel launch would cost more than the work
@@ -2087,7 +2056,7 @@ def nonzero_count_kernel(x, zp_x, out):
 __all__ = ["channels_last_kernel", "conv_kernel", "conv_points_kernel", "conv_walk_kernel",
            "chunk_reduce_kernel", "screen_walk_kernel", "pool_kernel", "maxpool_kernel",
            "depthwise_sums_kernel", "depthwise_epilogue_kernel", "avgpool_float_kernel",
-           "embed_kernel", "to_u8_kernel", "window_sums_kernel", "column_sums_kernel",
+           "embed_kernel", "to_u8_kernel", "window_sums_kernel", "projection_kernel",
            "spot_check_kernel", "gemm_epilogue_kernel", "image_column_sums_kernel",
            "extremes_kernel", "requant_points_kernel", "requant_rows_kernel",
            "nonzero_count_kernel", "flagged_points_kernel", "LevelSpec", "MODE_CODES",

@@ -41,16 +41,21 @@ from npusim.sim import kernels as K
 from npusim.sim.exact_conv import InexactError
 from npusim.sim.int8_engine import (
     BOUND_G,
+    ColumnCheck,
     Int8Conv,
     Int8Result,
     checked_conv,
     int8_conv,
+    own_check,
     pooled_conv,
     prepare_int8_conv,
+    project,
+    projection,
     prologue,
     spot_check_rows,
     spot_rows,
     u8_operand,
+    weights_projection,
 )
 from npusim.sim.kernels import LevelSpec
 from npusim.sim.lanes16 import lane_weights
@@ -196,25 +201,25 @@ def fits(cp: ChunkPlan, n: int, pixels: int) -> bool:
     return n * pixels * cp.plan.q <= _MAX_ELEMS
 
 
-def chunk_sums(x: np.ndarray, cp: ChunkPlan, out_hw: tuple[int, int]):
-    """(the chunk sums (N*Ho*Wo, nch * 2O) float32, verified; an `Int8Result` of their
-    totals over the chunks: the columns of the sign-column plan, for the epilogue)."""
+def chunk_sums(x: np.ndarray, cp: ChunkPlan, out_hw: tuple[int, int]) -> np.ndarray:
+    """The chunk sums (N*Ho*Wo, nch * 2O) float32, verified."""
     res = int8_conv(x, cp.plan, out_hw)
-    n = x.shape[0]
-    q = cp.plan.q // cp.nch
-    g = np.empty((res.g.shape[0], q), np.float32)
-    sums = np.empty((n, cp.plan.q), np.int64)
-    K.chunk_reduce_kernel(res.g, n, cp.nch, q, g, sums)
+    sums = np.empty((x.shape[0], cp.plan.q), np.int64)
+    K.image_column_sums_kernel(res.g, x.shape[0], sums)
     res.verify(sums)
-    return res.g, Int8Result(g, res.expected.reshape(cp.nch, q).sum(axis=0), res.nonzero_macs)
+    return res.g
 
 
-def chunked_result(res: Int8Result, nch: int) -> Int8Result:
-    """The chunked conv's result as the epilogue checks it: per column, the expected sum
-    over the chunks, then the expected sum with chunk j weighted j + 1."""
-    exp = res.expected.reshape(nch, -1)
-    weighted = (np.arange(1, nch + 1, dtype=np.int64)[:, None] * exp).sum(axis=0)
-    return Int8Result(res.g, np.concatenate([exp.sum(axis=0), weighted]), res.nonzero_macs)
+def chunked_result(res: Int8Result, plan: Int8Conv, nch: int) -> Int8Result:
+    """The chunked conv's result (`plan`, `nch` chunks of q columns) as the epilogue checks
+    it: q columns of the sums over the chunks, then q of the sums with chunk j weighted j + 1
+    (so values moved between chunks are seen), projected by ``[r1 | r2] = projection(2q)``,
+    which is the projection ``r1 + (j + 1) * r2`` of the plan's own columns."""
+    q = plan.q // nch
+    r = projection(2 * q)
+    r_plan = (r[:, None, :q] + np.arange(1, nch + 1)[:, None] * r[:, None, q:]).reshape(len(r), -1)
+    u = weights_projection(plan, "chunks", r_plan)
+    return Int8Result(res.g, ColumnCheck(r, project(u, res.window)), res.nonzero_macs)
 
 
 def screened_pixels(x: np.ndarray, cp: ChunkPlan, gc: np.ndarray, bias: np.ndarray,
@@ -260,7 +265,7 @@ def pooled_screen(x: np.ndarray, cp: ChunkPlan, bias: np.ndarray, lv: LevelSpec,
     plan = cp.sums
     fused = _fused(plan)
     if fused:  # the sums' checks made up front, the conv inside the screen
-        x, xu, expected, st.nonzero_macs = prologue(x, plan, out_hw)
+        x, xu, win, st.nonzero_macs = prologue(x, plan, out_hw)
     else:
         x = np.ascontiguousarray(x)
         xu = u8_operand(x, plan)
@@ -269,7 +274,8 @@ def pooled_screen(x: np.ndarray, cp: ChunkPlan, bias: np.ndarray, lv: LevelSpec,
     gp = gp.reshape(-1, gp.shape[-1])
     _check_bound(x, cp, gp, out_hw, next(_CALLS))
     if fused:
-        vals, flagged = _fused_screen(x, xu, cp, expected, bias, lv, st, out_hw, gp, shift)
+        vals, flagged = _fused_screen(x, xu, cp, own_check(plan, win), bias, lv, st, out_hw,
+                                       gp, shift)
     else:
         res = checked_conv(x, plan, out_hw)
         st.nonzero_macs = res.nonzero_macs
@@ -286,7 +292,7 @@ def _fused(plan: Int8Conv) -> bool:
         not plan.radix and plan.subsample == 1
 
 
-def _fused_screen(x, xu, cp: ChunkPlan, expected, bias, lv, st, out_hw, gp, shift):
+def _fused_screen(x, xu, cp: ChunkPlan, check, bias, lv, st, out_hw, gp, shift):
     """`pooled_screen`'s chunk sums (`cp.sums`) and screen against the block bounds `gp` in
     one kernel (`int8_tiles.screen_conv`): the outputs are returned only once the sums pass
     the engine's checks (column sums against the window sums, a few pixels recomputed in
@@ -307,7 +313,7 @@ def _fused_screen(x, xu, cp: ChunkPlan, expected, bias, lv, st, out_hw, gp, shif
         xu, plan.zp_x - plan.sub, plan.packed, plan.stride, plan.padding, ms,
         (x, cp.wl, cp.wt, w16, np.asarray(bias, np.int64), plan.kh, plan.kw, plan.padding,
          plan.zp_x, lv, gp, BOUND_G, cp.size, vals, events, chunks, flagged))
-    Int8Result(None, expected, 0).verify(sums)
+    check.verify(sums)
     spot_check_rows(x, plan, out_hw, m_n, ms, gs, call)
     st.pe_overflows = int(events[:, 0].sum())
     st.acc_overflows = int(events[:, 1].sum())

@@ -158,53 +158,78 @@ def test_window_sums_of_many_images_equal_numpy(n, k, stride, dt, extreme, seed)
             assert (cnt[i, j] == (win != 0).sum(axis=(0, 1, 2))).all()
 
 
-@settings(max_examples=200, deadline=None)
+def _wrap64(v: int) -> int:
+    """A Python integer modulo 2^64 as a signed int64."""
+    return (v + 2 ** 63) % 2 ** 64 - 2 ** 63
+
+
+@settings(max_examples=150, deadline=None)
 @given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(1, 3),
        st.integers(1, 3), st.integers(1, 40), st.data())
-def test_column_sums_equal_a_product_sum_per_column(n, groups, og, kh, kw, cg, data):
-    """The verification's weight side (`int8_engine.column_sums`, float64 lanes): per image
-    and column, the sum of window sums times the column's int8 weights over its group's
-    channels, against Python integers; extreme window sums (2^46: split into digits, past
-    float64's integers) and weights (-128, 127) included."""
-    from npusim.sim.int8_engine import column_sums
+def test_projected_check_equals_python_integers(n, groups, og, kh, kw, cg, data):
+    """The check's weight side (`int8_engine.weights_projection`, `project`): the projection
+    of every image's exact column sums (window sums times the column's int8 weights over its
+    group's channels) by random int64 multipliers, modulo 2^64, against Python integers;
+    extreme window sums (2^46), multipliers (±2^63) and weights (-128, 127) included."""
+    from npusim.sim.int8_engine import project, weights_projection
 
     rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
-    top = data.draw(st.sampled_from([3, 2 ** 20, 2 ** 40, 2 ** 46]))
+    top = data.draw(st.sampled_from([3, 2 ** 20, 2 ** 46]))
     shape = (n, kh, kw, groups * cg)  # random values with every bit, some extremes and zeros
     s = np.where(rng.random(shape) < 0.3, rng.choice([-top, top, 0], size=shape),
                  rng.integers(-top, top + 1, size=shape))
     q = groups * og * data.draw(st.integers(1, 2))  # columns: groups repeat every o_n = q / reps
     o_n = data.draw(st.sampled_from([q, groups * og]))
-    wq = rng.choice([-128, 127, 0, rng.integers(-128, 128)], size=(q, kh, kw, cg)).astype(np.int8)
-    out = column_sums(s.astype(np.int64), wq, o_n // groups, o_n)
+    wq = rng.choice([-128, 127, 0, rng.integers(-128, 128)], size=(q, cg, kh, kw))
+    plan = int8_engine.Int8Conv(None, wq, o_n, 0, 0, kh, kw, 1, 0, groups, False,
+                                np.zeros(1, np.int64))
+    ends = [-2 ** 63, 2 ** 63 - 1, 1, -1]
+    r = np.where(rng.random((2, q)) < 0.2, rng.choice(ends, size=(2, q)),
+                 rng.integers(-2 ** 63, 2 ** 63 - 1, size=(2, q), dtype=np.int64))
+    u = weights_projection(plan, "test", r)
     for b in range(n):
-        for jq in range(q):
-            c0 = ((jq % o_n) // (o_n // groups)) * cg
-            want = sum(int(s[b, i, j, c0 + c]) * int(wq[jq, i, j, c]) for i in range(kh)
-                       for j in range(kw) for c in range(cg))
-            assert out[b, jq] == want
+        got = project(u, s[b:b + 1])
+        for p in range(2):
+            want = 0
+            for jq in range(q):
+                c0 = ((jq % o_n) // (o_n // groups)) * cg
+                col = sum(int(s[b, i, j, c0 + c]) * int(wq[jq, c, i, j]) for i in range(kh)
+                          for j in range(kw) for c in range(cg))
+                want += int(r[p, jq]) * col
+            assert int(got[p]) == _wrap64(want)
 
 
-@settings(max_examples=30, deadline=None)
-@given(st.integers(1, 3), st.sampled_from([1, 2, 4]), st.integers(200, 400),
-       st.sampled_from([3, 2 ** 20, 2 ** 46]), st.integers(0, 2 ** 32 - 1))
-def test_column_sums_of_many_columns_equal_int64(n, groups, q, top, seed):
-    """`column_sums` where its kernel runs several blocks of `kernels._COLUMN_BLOCK` columns
-    in parallel (the chunk plans' thousands of columns) against an int64 product sum (exact
-    here: |s| * 128 * 144 < 2^63)."""
-    from npusim.sim import kernels as K
-    from npusim.sim.int8_engine import column_sums
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 64), st.sampled_from([1, 3, 2 ** 20, 2 ** 43]),
+       st.integers(0, 61), st.integers(0, 2 ** 32 - 1))
+def test_column_check_sees_any_wrong_column(n, q, top, bit, seed):
+    """`ColumnCheck.verify` passes the exact per-image column sums and fails them with any one
+    column changed, by an odd amount or by a multiple of a high power of two (the odd
+    multipliers see it modulo 2^64: image weights up to 4 keep 2^61 * 4 below 2^64), and with
+    values moved between two columns."""
+    from npusim.sim.int8_engine import ColumnCheck, projection
 
     rng = np.random.default_rng(seed)
-    q = q // groups * groups
-    cg = 16
-    s = rng.integers(-top, top + 1, size=(n, 3, 3, groups * cg))
-    wq = rng.integers(-128, 128, size=(q, 3, 3, cg)).astype(np.int8)
-    assert -(-q // K._COLUMN_BLOCK) > 2
-    og = q // groups
-    want = np.stack([np.einsum("ijc,ijc->", s[b, :, :, (j // og) * cg:(j // og + 1) * cg],
-                               wq[j].astype(np.int64)) for b in range(n) for j in range(q)])
-    np.testing.assert_array_equal(column_sums(s, wq, og, q), want.reshape(n, q))
+    sums = rng.integers(-top, top + 1, size=(n, q))
+    r = projection(q)
+    assert r.shape == (2, q) and (r & 1).all()  # odd: no power of two below 2^64 vanishes
+    c = (1 + np.arange(n) % 4) @ sums
+    e = np.array([_wrap64(sum(int(r[p, j]) * int(c[j]) for j in range(q))) for p in range(2)],
+                 np.int64)
+    check = ColumnCheck(r, e)
+    check.verify(sums)
+    b, j = rng.integers(0, n), rng.integers(0, q)
+    for delta in (1, -3, 1 << bit):
+        bad = sums.copy()
+        bad[b, j] += delta
+        with pytest.raises(InexactError):
+            check.verify(bad)
+    if q > 1:  # a value moved to another column
+        bad = sums.copy()
+        bad[b, j] -= 5
+        bad[b, (j + 1) % q] += 5
+        with pytest.raises(InexactError):
+            check.verify(bad)
 
 
 @settings(max_examples=40, deadline=None)
@@ -428,6 +453,40 @@ def test_a_failed_check_falls_back_to_the_float_engine(monkeypatch, caplog):
         np.testing.assert_array_equal(Simulator(cfg).run(prog, x).outputs["y"], good)
         np.testing.assert_array_equal(engines.exact_conv(x, w, 1, 1), ref_conv(x, w, 1, 1))
     assert sum("recomputed with the float engine" in r.message for r in caplog.records) == 2
+
+
+@pytest.mark.skipif(not int8_tiles.available(), reason="the pooled bound runs on the own tiles")
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_pooled_bound_that_clears_some_pixels_passes_the_checks(monkeypatch, n):
+    """Where the pooled bound clears some pixels but not all (inputs 0-2 on the left, whose
+    window sums the check must leave out, 255 on the right), the positive columns' check
+    covers only the pixels computed: the layer passes its checks (no fallback) with the
+    outputs and events of the run without the bound."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 3, size=(n, 8, 8, 8))
+    x[..., 5:] = 255
+    w = rng.integers(-127, 128, size=(16, 8, 3, 3))
+    prog = conv_program(w, rng.integers(-300, 300, size=16), x.shape[1:], padding=1,
+                        requant=False)
+    cfg = NPUConfig.preset("edge16").with_overrides({
+        "precision.acc_bits": 16, "precision.pe_acc_bits": 16, "precision.overflow": "wrap"})
+    good = Simulator(cfg).run(prog, x)
+    shares, warned = [], []
+    real = int8_tiles.conv_risk
+
+    def risk(*a):
+        out = real(*a)
+        shares.append(out[2])
+        return out
+
+    monkeypatch.setattr(int8_tiles, "conv_risk", risk)
+    monkeypatch.setattr(int8_engine, "_BOUND_MACS", 0)
+    monkeypatch.setattr(accumulate.log, "warning", lambda *a, **k: warned.append(a))
+    got = Simulator(cfg).run(prog, x)
+    assert shares and 0 < shares[0] < 1 and not warned
+    np.testing.assert_array_equal(got.outputs["y"], good.outputs["y"])
+    cols = ["acc_overflows", "pe_overflows", "acc_min", "acc_max"]
+    assert got.stats[cols].equals(good.stats[cols]) and good.stats["acc_overflows"].sum() > 0
 
 
 @pytest.mark.skipif(not int8_tiles.available(), reason="the pooled bound runs on the own tiles")

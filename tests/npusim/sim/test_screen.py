@@ -14,6 +14,7 @@ from npusim.hw.config import NPUConfig
 from npusim.sim import int8_engine, int8_tiles, screen
 from npusim.sim import kernels as K
 from npusim.sim.accumulate import _walk_lanes
+from npusim.sim.exact_conv import InexactError
 from npusim.sim.int8_engine import Int8Support, prepare_int8_conv
 from npusim.sim.lanes16 import lane_weights
 from npusim.sim.simulator import Simulator
@@ -234,13 +235,30 @@ def test_engine_chunk_sums(n, cg, k, stride, o, seed):
                                min_channels=1, min_chunks=2)
     assert cp is not None and cp.nch == 2 and cp.size == cg // 2 * k * k
     ho = (5 + 2 * pad - k) // stride + 1
-    gc, res = screen.chunk_sums(x, cp, (ho, ho))
+    gc = screen.chunk_sums(x, cp, (ho, ho))
     pt = patches(x, k, k, stride, pad, 0)
     np.testing.assert_array_equal(gc, chunk_table(pt, w.reshape(o, -1).T, cp.size))
     full = int8_engine.int8_conv(x, prep, (ho, ho))
-    np.testing.assert_array_equal(res.g, full.g)
-    np.testing.assert_array_equal(res.expected, full.expected)
-    assert res.nonzero_macs == full.nonzero_macs
+    per = gc.astype(np.int64).reshape(len(gc), cp.nch, 2 * o)
+    np.testing.assert_array_equal(per.sum(axis=1), full.g)
+    # the epilogue's check of the chunked conv: per image, the totals over the chunks and the
+    # totals with chunk j weighted j + 1; a value moved between chunks fails it
+    res = screen.chunked_result(int8_engine.int8_conv(x, cp.plan, (ho, ho)), cp.plan, cp.nch)
+    assert res.nonzero_macs == full.nonzero_macs  # the layer's own products
+
+    def image_sums(v):
+        img = v.reshape(n, -1, cp.nch, 2 * o).sum(axis=1)
+        return np.concatenate([img.sum(axis=1), np.einsum("j,njc->nc", np.arange(1, 3), img)], 1)
+
+    res.verify(image_sums(per))
+    if per.any():
+        moved = per.copy()
+        m, c = np.argwhere(per[:, 0] != 0)[0] if per[:, 0].any() else np.argwhere(per[:, 1])[0]
+        src = 0 if per[:, 0].any() else 1
+        moved[m, 1 - src, c] += moved[m, src, c]
+        moved[m, src, c] = 0
+        with pytest.raises(InexactError):
+            res.verify(image_sums(moved))
 
 
 @pytest.mark.skipif(not int8_tiles.available(), reason="the fused screen runs on the own tiles")
