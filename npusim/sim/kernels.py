@@ -743,6 +743,11 @@ def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
     O, K = wl.shape
     cg = K // (kh * kw)
     nch = (K + size - 1) // size
+    # chunks of whole input channels: a walked chunk's patch is built alone, not the pixel's
+    # whole patch (ResNet-18 224's layer4 at 16 bits, 190-715 chunks walked of 802,816: its
+    # captured screens alternated 1.18-1.38 -> 1.11-1.25 ms; the same at 15 bits)
+    by_chunk = size % (kh * kw) == 0 and K % size == 0
+    cc = size // (kh * kw)
     ws = lv.order != OS
     rows = lv.rows
     pe_bits, pe_mode, acc_bits, acc_mode = lv.pe_bits, lv.pe_mode, lv.acc_bits, lv.acc_mode
@@ -809,7 +814,7 @@ def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
     for t in range(t0, t1):
         m = pix[t]
         b, oy, ox = _pixel(m, ho, wo)
-        have_patch = False  # built when a chunk first needs a walk (most pixels need none)
+        have_patch = False  # the whole patch built (`by_chunk` False: on a first walk)
         row = gc[m - row0]
         prow = gp[(b * hb + oy // g) * wb + ox // g] if g else row
         pe_ev = 0
@@ -836,13 +841,17 @@ def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
             walked += nfail
             if nfail == 0:
                 continue
-            if not have_patch:
+            k0 = jc * size
+            k1 = min(K, k0 + size)
+            if by_chunk:  # the chunk's channels alone (a walked pixel walks few chunks)
+                _patch(x, b, oy, ox, jc * cc, cc, kh, kw, stride, pad, zp_x, patch[k0:k1])
+                for k in range(k0, k1 if l16 else k0):
+                    patch16[k] = patch[k]
+            elif not have_patch:
                 _patch(x, b, oy, ox, 0, cg, kh, kw, stride, pad, zp_x, patch)
                 have_patch = True
                 for k in range(K if l16 else 0):
                     patch16[k] = patch[k]
-            k0 = jc * size
-            k1 = min(K, k0 + size)
             if l16 and not ws and nfail <= L16.LANES:
                 # os: the failing outputs alone, in registers, their weights gathered into
                 # the lanes of one call, their held values where they are (the blocks that
@@ -864,7 +873,7 @@ def screen_pixels_task(x, wl, wt, wt16, bias, kh, kw, stride, pad, zp_x, lv, pix
                 # lanes past nf hold stale weights, their results unread; each output's
                 # weights read as one run of its row of `wl` (a column of `wt16` took a
                 # cache line per product: about half of a layer4 call's 5.3-6.6 ms at 15
-                # bits, 1.5 without any walk)
+                # bits, 1.5 without any walk; an int16 copy of `wl` gained nothing)
                 for f in range(nf):
                     src = wl[idx[f]]
                     for k in range(k0, k1):
