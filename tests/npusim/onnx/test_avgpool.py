@@ -5,7 +5,7 @@ count_include_pad included."""
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
@@ -73,6 +73,12 @@ def cases(draw):
     scale = st.one_of(st.integers(-8, 2).map(lambda e: F32(2.0 ** e)),
                       st.floats(2.0**-10, 0.5, width=32).map(F32))
     s_x, s_y = draw(scale), draw(scale)
+    # a window that is the whole input runs as ORT's global pool, whose MLAS kernel refuses
+    # ("parameter out of computation range") a scale s_x / (s_y * k * k) in float32 outside
+    # [2^-32, 256): ORT gives no reference there (found by Hypothesis: k = h = w = 2,
+    # s_x = 1, s_y = 2^-10)
+    ratio = F32(s_x) / (F32(s_y) * F32(k * k))
+    assume(not (k == h == w and p == 0) or 2.0 ** -32 <= ratio < 256)
     zp_x, zp_y = draw(st.integers(lo, hi)), draw(st.integers(lo, hi))
     seed = draw(st.integers(0, 2**31))
     x = np.random.default_rng(seed).integers(lo, hi + 1, size=(draw(st.integers(1, 2)),
