@@ -371,25 +371,26 @@ def _chunked(prep: Int8Conv, n: int, out_hw) -> bool:
 
 
 def _pooled(prep: Int8Conv, n: int, out_hw) -> bool:
-    """The layer is screened with the pooled bound (`screen.pooled_screen`) in this call: it
-    is `_chunked` and has the pooled plans, and no pause after a batch that walked too many
-    chunks with it is running (this call counts the pause down)."""
+    """The layer is screened by `screen.pooled_screen` in this call: it is `_chunked` and
+    has the pooled plans, and either no pause after a batch that walked too many chunks
+    with the pooled bound is running, or the exact screen runs on the engine's tiles."""
     cp = prep.chunks
     if not _chunked(prep, n, out_hw) or cp.pooled is None:
         return False
-    if cp.pooled_skip[0]:
-        cp.pooled_skip[0] -= 1
-        return False
-    return True
+    return not cp.pooled_skip[0] or screen.fused(cp.plan)
 
 
 def _pooled_from_engine(x, cp: screen.ChunkPlan, bias, requant, lv, out_hw, st):
     """A chunked layer of a single configuration by `screen.pooled_screen`: every output
-    screened (values and events those of the order-faithful walk); its `sequential_outputs`
-    are the outputs the pooled bound flags."""
+    screened (values and events those of the order-faithful walk), with the exact positive
+    sums while a pause of the pooled bound runs (this call counts it down); its
+    `sequential_outputs` are the outputs the bound flags."""
     n, o = x.shape[0], cp.wl.shape[0]
+    exact = bool(cp.pooled_skip[0])
+    if exact:
+        cp.pooled_skip[0] -= 1
     vals, flagged = screen.pooled_screen(x, cp, bias, lv, st, out_hw,
-                                         _screen_shift(x, cp, bias, lv))
+                                         _screen_shift(x, cp, bias, lv), exact)
     cp.flagged[0] = flagged * _CHUNKS_PAY > vals.size
     st.sequential_outputs = flagged
     return _output(vals, requant, st).reshape(n, *out_hw, o), st

@@ -81,11 +81,13 @@ _MIN_CHANNELS = 8
 #: the most chunk sums (pixels x columns, float32) one call keeps; larger batches walk
 _MAX_ELEMS = 1 << 26
 #: the pooled screen walks at most this share of the chunks, else the next `POOLED_RETRY`
-#: batches take the exact screen (reports/BENCHMARKS.md, round 18: 2%; round 25, since the
-#: register walk: ResNet-18 224's layer4 at 15 bits walked 2.2-2.7% with the pooled bound,
-#: 1.1-1.2% with the exact sums, and the pooled screen was the faster, 8.3 against 11.2 ms a
-#: layer; the b2 run 74.7-76.5 -> 68.8-73.4 ms)
-POOLED_WALKS = 0.05
+#: batches take the exact positive sums, screened where the engine's tiles make them
+#: (`pooled_screen` with `exact`; they cost about what the pooled conv saves: ResNet-18 224
+#: b2 at 16 bits, layer4 walking 0.02-0.09% with the pooled bound, 2.26-2.45 ms a layer
+#: pooled, 2.21-2.33 exact; at 15 bits a walked chunk costs ~0.3 us, and the exact sums
+#: walk 1.5-5x fewer: layer1.0.conv1, 1.26% of its chunks pooled, 8.35 -> 5.28 ms, layer4
+#: (2.2-2.7%) 5.3-6.1 -> 4.8-5.2, layer3 (0.12-0.45%) -0.5 to +0.2; round 26)
+POOLED_WALKS = 0.0025
 POOLED_RETRY = 16
 
 
@@ -251,53 +253,58 @@ def screened_pixels(x: np.ndarray, cp: ChunkPlan, gc: np.ndarray, bias: np.ndarr
 
 
 def pooled_screen(x: np.ndarray, cp: ChunkPlan, bias: np.ndarray, lv: LevelSpec, st,
-                  out_hw: tuple[int, int], shift: int | None = None) -> tuple[np.ndarray, int]:
+                  out_hw: tuple[int, int], shift: int | None = None,
+                  exact: bool = False) -> tuple[np.ndarray, int]:
     """`screened_pixels` of every output pixel, `pos` replaced by the pooled bound: the
     chunks' sums by `cp.sums`, an upper bound on their positive sums per 2 x 2 block of
     output pixels by `int8_engine.pooled_conv` with `cp.pooled` (both convs checked as
     usual, about 1.3x the products of the exact sums instead of 2x). Values and events
     equal the exact screen's; more chunks may be walked, and more outputs counted as
-    flagged (the bound is looser). Where over `POOLED_WALKS` of the chunks were walked, the
-    next `POOLED_RETRY` batches take the exact screen. On the engine's own tiles the chunk
-    sums are screened where they are made (`int8_tiles.screen_conv`), never stored."""
+    flagged (the bound is looser). With `exact`, the exact positive sums instead (`cp.plan`:
+    twice the columns, no pooled conv, fewer walks). Where the pooled bound walked over
+    `POOLED_WALKS` of the chunks, the next `POOLED_RETRY` batches take the exact sums. On
+    the engine's own tiles the chunk sums are screened where they are made
+    (`int8_tiles.screen_conv`), never stored."""
     n = x.shape[0]
     ho, wo = out_hw
-    plan = cp.sums
-    fused = _fused(plan)
-    if fused:  # the sums' checks made up front, the conv inside the screen
+    plan = cp.plan if exact else cp.sums
+    on_tiles = fused(plan)
+    if on_tiles:  # the sums' checks made up front, the conv inside the screen
         x, xu, win, st.nonzero_macs = prologue(x, plan, out_hw)
     else:
         x = np.ascontiguousarray(x)
         xu = u8_operand(x, plan)
-    gp = pooled_conv(xu, cp.pooled, cp.plan.zp_x - plan.sub, cp.plan.padding,
-                     cp.plan.stride, out_hw, np.float32)
-    gp = gp.reshape(-1, gp.shape[-1])
-    _check_bound(x, cp, gp, out_hw, next(_CALLS))
-    if fused:
-        vals, flagged = _fused_screen(x, xu, cp, own_check(plan, win), bias, lv, st, out_hw,
-                                       gp, shift)
+    gp = None
+    if not exact:
+        gp = pooled_conv(xu, cp.pooled, cp.plan.zp_x - plan.sub, cp.plan.padding,
+                         cp.plan.stride, out_hw, np.float32)
+        gp = gp.reshape(-1, gp.shape[-1])
+        _check_bound(x, cp, gp, out_hw, next(_CALLS))
+    if on_tiles:
+        vals, flagged = _fused_screen(x, xu, cp, plan, own_check(plan, win), bias, lv, st,
+                                       out_hw, gp, shift)
     else:
         res = checked_conv(x, plan, out_hw)
         st.nonzero_macs = res.nonzero_macs
         vals, flagged = screened_pixels(x, cp, res.g, bias, lv, np.arange(n * ho * wo), st,
                                         out_hw, gp, shift)
-    if st.walked_chunks > POOLED_WALKS * (st.screened_chunks + st.walked_chunks):
+    if not exact and st.walked_chunks > POOLED_WALKS * (st.screened_chunks + st.walked_chunks):
         cp.pooled_skip[0] = POOLED_RETRY
     return vals, flagged
 
 
-def _fused(plan: Int8Conv) -> bool:
+def fused(plan: Int8Conv) -> bool:
     """The plan's chunk sums can be screened where the engine's tiles make them."""
     return isinstance(plan.packed, int8_tiles.TileWeights) and not plan.parts and \
         not plan.radix and plan.subsample == 1
 
 
-def _fused_screen(x, xu, cp: ChunkPlan, check, bias, lv, st, out_hw, gp, shift):
-    """`pooled_screen`'s chunk sums (`cp.sums`) and screen against the block bounds `gp` in
-    one kernel (`int8_tiles.screen_conv`): the outputs are returned only once the sums pass
-    the engine's checks (column sums against the window sums, a few pixels recomputed in
+def _fused_screen(x, xu, cp: ChunkPlan, plan: Int8Conv, check, bias, lv, st, out_hw, gp, shift):
+    """`pooled_screen`'s chunk sums (`plan`: `cp.sums`, or `cp.plan` with the positive
+    sums, `gp` None) and screen against the block bounds `gp` in one kernel
+    (`int8_tiles.screen_conv`): the outputs are returned only once the sums pass the
+    engine's checks (column sums against the window sums, a few pixels recomputed in
     int64)."""
-    plan = cp.sums
     n = x.shape[0]
     ho, wo = out_hw
     o = cp.wl.shape[0]
@@ -312,7 +319,8 @@ def _fused_screen(x, xu, cp: ChunkPlan, check, bias, lv, st, out_hw, gp, shift):
     sums, gs = int8_tiles.screen_conv(
         xu, plan.zp_x - plan.sub, plan.packed, plan.stride, plan.padding, ms,
         (x, cp.wl, cp.wt, w16, np.asarray(bias, np.int64), plan.kh, plan.kw, plan.padding,
-         plan.zp_x, lv, gp, BOUND_G, cp.size, vals, events, chunks, flagged))
+         plan.zp_x, lv, _NO_BOUND if gp is None else gp, 0 if gp is None else BOUND_G,
+         cp.size, vals, events, chunks, flagged))
     check.verify(sums)
     spot_check_rows(x, plan, out_hw, m_n, ms, gs, call)
     st.pe_overflows = int(events[:, 0].sum())
@@ -322,6 +330,7 @@ def _fused_screen(x, xu, cp: ChunkPlan, check, bias, lv, st, out_hw, gp, shift):
 
 
 _NO_LANES = np.zeros((0, 0), np.int16)  # `screened_pixels` without the register walk
+_NO_BOUND = np.zeros((0, 0), np.float32)  # `_fused_screen` with the exact positive sums
 _CALLS = itertools.count(1)  # `_check_bound` and spot check calls here (each checks other pixels)
 _CHECK_COLUMNS = 16  # output columns `_check_bound` recomputes per pixel
 

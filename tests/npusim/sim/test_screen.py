@@ -284,7 +284,7 @@ def test_fused_screen_equals_the_screen_kernel(n, cg, k, stride, o, order, mode,
     kind = int8_engine.probe().kind
     prep = prepare_int8_conv(w, stride, pad, 1, 0, 0, 255, signs=True, kind=kind)
     cp = screen.prepare_chunks(prep, w, lv, (0, 255), kind, limit=8 * k * k, min_channels=8)
-    assert cp is not None and cp.sums is not None and screen._fused(cp.sums)
+    assert cp is not None and cp.sums is not None and screen.fused(cp.sums)
     ho, wo = (h + 2 * pad - k) // stride + 1, (h + 1 + 2 * pad - k) // stride + 1
     wm = w.reshape(o, -1)
     table = chunk_table(patches(x, k, k, stride, pad, 0), wm.T, cp.size)  # (M, nch * 2O)
@@ -399,8 +399,8 @@ def test_pooled_screen_equals_reference(monkeypatch, dataflow, rows, mode, bits)
     """A batch after one that flagged many outputs is screened whole with the pooled bound
     (`screen.pooled_screen`: every chunk of every pixel screened or walked): outputs and
     events equal the reference engine's, its flagged outputs are at least the exact bound's;
-    where it walked too many chunks the next batch takes the exact screen. Also with the
-    pause forced by a zero walk budget."""
+    where it walked too many chunks the next batch takes the exact screen (on the engine's
+    tiles every pixel, as it is made). Also with the pause forced by a zero walk budget."""
     x, w, bias = wide_case(bits)
     prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
     cfg = narrow_npu(dataflow, rows, bits, mode)
@@ -426,6 +426,9 @@ def test_pooled_screen_equals_reference(monkeypatch, dataflow, rows, mode, bits)
         if pooled["walked_chunks"] > walks * every:  # paused: the third takes the exact screen
             assert skips == [0, screen.POOLED_RETRY, screen.POOLED_RETRY - 1]
             assert rows_seen[2]["walked_chunks"] == first["walked_chunks"]
+            if screen.fused(cp.plan):  # on the tiles, every pixel's chunks screened
+                exact = rows_seen[2]
+                assert exact["screened_chunks"] + exact["walked_chunks"] == every
         else:
             assert walks > 0 and skips == [0, 0, 0]
 
