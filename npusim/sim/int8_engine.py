@@ -41,11 +41,11 @@ sums, computed from the inputs' window sums (per weight position, exact int64;
 (`weights_projection`): a wrong value in one column always changes both projections (its
 multipliers are odd); wrong values in several columns, all multiples of 2^v and no higher
 power, cancel in one projection for at most a 2^(v-63) share of the multipliers (in both,
-its square), and a fault does not know the multipliers; the per-call cost is one product per weight
-position and input channel instead of one per weight (ResNet-18 224 at 2 images: 3 of 37
-ms); and (2) a spot check of a few output pixels (different ones
-each call), all columns, recomputed in int64, which catches misplaced values (a permutation
-keeps the sums). A failed check raises `InexactError`; the caller (`npusim.sim.engines`, the
+its square), and a fault does not know the multipliers; a call costs one product per
+weight position and input channel, where checking each column against the window sums cost
+one per weight (ResNet-18 224 at 2 images: 3 of 37 ms); and (2) a spot check of a few
+output pixels (different ones each call), all columns, recomputed in int64, which catches
+misplaced values (a permutation keeps the sums). A failed check raises `InexactError`; the caller (`npusim.sim.engines`, the
 one place that chooses engines) recomputes the layer with the float engine. torch is
 imported lazily and is optional."""
 

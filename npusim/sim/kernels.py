@@ -615,34 +615,6 @@ def walk16_kernel(x, xp, koff, wt, bias, kh, kw, stride, pad, zp_x, lv, pix, ho,
             events[p0 + t, 1] = ev[t, 1]
 
 
-@numba.njit(parallel=True, cache=True)
-def chunk_reduce_kernel(gc, n, nch, q, g, sums):
-    """From the chunked engine's sums `gc` (n * pixels, nch * q) float32 (exact integers,
-    chunk j in columns [j*q, (j+1)*q)): their total over the chunks ``g`` (n * pixels, q)
-    float32 (exact: the caller's bound keeps every total below 2^24) and every column's
-    sum per image ``sums`` (n, nch * q) int64 (the engine's check)."""
-    pixels = gc.shape[0] // n
-    for b in numba.prange(n):
-        sm = np.zeros(nch * q, np.int64)
-        tot = np.empty(q, np.int32)
-        for p in range(b * pixels, (b + 1) * pixels):
-            src = gc[p]
-            for c in range(q):  # exact integers below 2^24: int32 lanes
-                v = np.int32(src[c])
-                tot[c] = v
-                sm[c] += v
-            for jc in range(1, nch):
-                for c in range(q):
-                    v = np.int32(src[jc * q + c])
-                    tot[c] += v
-                    sm[jc * q + c] += v
-            dst = g[p]
-            for c in range(q):
-                dst[c] = np.float32(tot[c])
-        for c in range(nch * q):
-            sums[b, c] = sm[c]
-
-
 _SCREEN_TASK = 16  # pixels per task of `screen_walk_kernel`
 
 
@@ -2075,7 +2047,7 @@ def nonzero_count_kernel(x, zp_x, out):
 
 
 __all__ = ["channels_last_kernel", "conv_kernel", "conv_points_kernel", "conv_walk_kernel",
-           "chunk_reduce_kernel", "screen_walk_kernel", "pool_kernel", "maxpool_kernel",
+           "screen_walk_kernel", "pool_kernel", "maxpool_kernel",
            "depthwise_sums_kernel", "depthwise_epilogue_kernel", "avgpool_float_kernel",
            "embed_kernel", "to_u8_kernel", "window_sums_kernel", "projection_kernel",
            "spot_check_kernel", "gemm_epilogue_kernel", "image_column_sums_kernel",

@@ -219,7 +219,8 @@ def chunked_result(res: Int8Result, plan: Int8Conv, nch: int) -> Int8Result:
     which is the projection ``r1 + (j + 1) * r2`` of the plan's own columns."""
     q = plan.q // nch
     r = projection(2 * q)
-    r_plan = (r[:, None, :q] + np.arange(1, nch + 1)[:, None] * r[:, None, q:]).reshape(len(r), -1)
+    chunk = np.arange(1, nch + 1)[:, None]  # (nch, 1): chunk j's weight j + 1
+    r_plan = (r[:, None, :q] + chunk * r[:, None, q:]).reshape(len(r), nch * q)
     u = weights_projection(plan, "chunks", r_plan)
     return Int8Result(res.g, ColumnCheck(r, project(u, res.window)), res.nonzero_macs)
 
