@@ -45,9 +45,9 @@ its square), and a fault does not know the multipliers; a call costs one product
 weight position and input channel, where checking each column against the window sums cost
 one per weight (ResNet-18 224 at 2 images: 3 of 37 ms); and (2) a spot check of a few
 output pixels (different ones each call), all columns, recomputed in int64, which catches
-misplaced values (a permutation keeps the sums). A failed check raises `InexactError`; the caller (`npusim.sim.engines`, the
-one place that chooses engines) recomputes the layer with the float engine. torch is
-imported lazily and is optional."""
+misplaced values (a permutation keeps the sums). A failed check raises `InexactError`; the
+caller (`npusim.sim.engines`, the one place that chooses engines) recomputes the layer with
+the float engine. torch is imported lazily and is optional."""
 
 from __future__ import annotations
 
@@ -393,15 +393,29 @@ class Int8Result:
 
 def weights_projection(plan: "Int8Conv", key: str, r: np.ndarray) -> np.ndarray:
     """(P, kh, kw, C) int64 ``u``: per weight position and input channel, the sum over the
-    columns reading it of ``r[p, column] * weight`` (modulo 2^64; `kernels.projection_kernel`),
-    so that `r` projects a call's exact column sums to ``sum(u * window sums)``; made once
-    per plan and `key` (`r` is a fixed function of the plan and key)."""
+    columns reading it of ``r[p, column] * weight`` (modulo 2^64), so that `r` projects a
+    call's exact column sums to ``sum(u * window sums)``; made once per plan and `key` (`r`
+    is a fixed function of the plan and key). Per group, one float64 product of `r`'s four
+    16-bit limbs by the weights (exact: every sum below 2^16 * 128 * 2^20 < 2^53 for up to
+    2^20 columns a group), the limbs' sums then shifted into place in int64 (wrapping)."""
     u = plan.proj.get(key)
     if u is None:
-        _, kh, kw, cg = plan.wq_hwc.shape
-        u = np.zeros((len(r), kh, kw, plan.groups * cg), np.int64)
-        K.projection_kernel(np.ascontiguousarray(r, np.int64), plan.wq_hwc,
-                            plan.o // plan.groups, plan.o, u)
+        q, kh, kw, cg = plan.wq_hwc.shape
+        if q // plan.groups >= 1 << 20:
+            raise ValueError(f"weights_projection: over 2^20 columns a group ({q})")
+        p_n = len(r)
+        group = (np.arange(q) % plan.o) // (plan.o // plan.groups)
+        limbs = (np.asarray(r, np.int64)[:, :, None] >> (16 * np.arange(4))) & 0xFFFF
+        limbs = limbs.transpose(0, 2, 1).reshape(4 * p_n, q).astype(np.float64)  # (p, limb)
+        w = plan.wq_hwc.reshape(q, kh * kw * cg)
+        u = np.empty((p_n, plan.groups, kh * kw * cg), np.int64)
+        shift = (np.int64(1) << (16 * np.arange(4, dtype=np.int64)))[None, :, None]
+        for g in range(plan.groups):
+            cols = np.flatnonzero(group == g)
+            part = (limbs[:, cols] @ w[cols].astype(np.float64)).astype(np.int64)
+            u[:, g] = (part.reshape(p_n, 4, -1) * shift).sum(axis=1)  # wraps modulo 2^64
+        u = np.ascontiguousarray(u.reshape(p_n, plan.groups, kh, kw, cg).transpose(0, 2, 3, 1, 4)
+                                 .reshape(p_n, kh, kw, plan.groups * cg))
         u.flags.writeable = False
         plan.proj[key] = u
     return u

@@ -1372,25 +1372,6 @@ def extremes_kernel(a):
     return lo.min(), hi.max()
 
 
-@numba.njit(cache=True)
-def projection_kernel(r, wq, og, o_n, u):
-    """u[p, i, j, g * cg + c] = the sum over the columns jq of group g (``(jq % o_n) // og``)
-    of r[p, jq] * wq[jq, i, j, c], in int64 that wraps (modulo 2^64): the weight side of the
-    engine's projected column-sum check (`int8_engine.weights_projection`). `u` (P, kh, kw,
-    C) zeroed by the caller; `wq` (q, kh, kw, cg) int8."""
-    q, kh, kw, cg = wq.shape
-    for p in range(r.shape[0]):
-        for jq in range(q):
-            rv = r[p, jq]
-            c0 = ((jq % o_n) // og) * cg
-            for i in range(kh):
-                for j in range(kw):
-                    up = u[p, i, j, c0:c0 + cg]
-                    wv = wq[jq, i, j]
-                    for c in range(cg):
-                        up[c] += rv * np.int64(wv[c])
-
-
 @numba.njit(cache=True)  # a few pixels: a parallel launch would cost more than the work
 def spot_check_kernel(x, wq, zp_x, stride, pad, groups, o_n, ho, wo, ms, gs, call, budget):
     """Recompute output pixels `ms` (rows m = (n, pixel)) in int64 and return whether they all
@@ -2049,7 +2030,7 @@ def nonzero_count_kernel(x, zp_x, out):
 __all__ = ["channels_last_kernel", "conv_kernel", "conv_points_kernel", "conv_walk_kernel",
            "screen_walk_kernel", "pool_kernel", "maxpool_kernel",
            "depthwise_sums_kernel", "depthwise_epilogue_kernel", "avgpool_float_kernel",
-           "embed_kernel", "to_u8_kernel", "window_sums_kernel", "projection_kernel",
+           "embed_kernel", "to_u8_kernel", "window_sums_kernel",
            "spot_check_kernel", "gemm_epilogue_kernel", "image_column_sums_kernel",
            "extremes_kernel", "requant_points_kernel", "requant_rows_kernel",
            "nonzero_count_kernel", "flagged_points_kernel", "LevelSpec", "MODE_CODES",
