@@ -373,11 +373,15 @@ def _chunked(prep: Int8Conv, n: int, out_hw) -> bool:
 def _pooled(prep: Int8Conv, n: int, out_hw) -> bool:
     """The layer is screened by `screen.pooled_screen` in this call: it is `_chunked` and
     has the pooled plans, and either no pause after a batch that walked too many chunks
-    with the pooled bound is running, or the exact screen runs on the engine's tiles."""
+    with the pooled bound is running, or the exact screen runs on the engine's tiles
+    (`_pooled_from_engine` counts the pause down; elsewhere this call does)."""
     cp = prep.chunks
     if not _chunked(prep, n, out_hw) or cp.pooled is None:
         return False
-    return not cp.pooled_skip[0] or screen.fused(cp.plan)
+    if cp.pooled_skip[0] and not screen.fused(cp.plan):
+        cp.pooled_skip[0] -= 1
+        return False
+    return True
 
 
 def _pooled_from_engine(x, cp: screen.ChunkPlan, bias, requant, lv, out_hw, st):

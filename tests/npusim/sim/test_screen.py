@@ -392,15 +392,20 @@ def test_simulator_screened_random(dataflow, rows, mode, bits, k, stride, requan
     equals_reference(narrow_npu(dataflow, rows, bits, mode), prog, x, runs=2)
 
 
+@pytest.mark.parametrize("on_tiles", [True, False])
 @pytest.mark.parametrize("dataflow, rows, mode, bits", [
     ("os", 16, "wrap", 16), ("os", 16, "saturate", 17), ("ws", 16, "wrap", 17),
     ("ws", 16, "saturate", 16), ("is", 9, "wrap", 18), ("ws", 8, "saturate", 19)])
-def test_pooled_screen_equals_reference(monkeypatch, dataflow, rows, mode, bits):
+def test_pooled_screen_equals_reference(monkeypatch, dataflow, rows, mode, bits, on_tiles):
     """A batch after one that flagged many outputs is screened whole with the pooled bound
     (`screen.pooled_screen`: every chunk of every pixel screened or walked): outputs and
     events equal the reference engine's, its flagged outputs are at least the exact bound's;
     where it walked too many chunks the next batch takes the exact screen (on the engine's
-    tiles every pixel, as it is made). Also with the pause forced by a zero walk budget."""
+    tiles every pixel, as it is made). Also with the pause forced by a zero walk budget, and
+    (`on_tiles` False) as where the engine's tiles do not make the sums: there the pause
+    counts down without the pooled screen."""
+    if not on_tiles:
+        monkeypatch.setattr(screen, "fused", lambda plan: False)
     x, w, bias = wide_case(bits)
     prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
     cfg = narrow_npu(dataflow, rows, bits, mode)
