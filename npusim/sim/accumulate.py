@@ -228,8 +228,11 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int,
             if share is None and int8_fusable(prep) and (short is not None
                                                          or not (pe_risk or acc_risk)):
                 return _fused_from_engine(x, prep, bias, requant, lv, short, out_hw, st)
-            if share is None and short is None and _pooled(prep, x.shape[0], out_hw):
-                return _pooled_from_engine(x, prep.chunks, bias, requant, lv, out_hw, st)
+            exact = None if share is not None or short is not None else \
+                _pooled(prep, x.shape[0], out_hw)
+            if exact is not None:
+                return _pooled_from_engine(x, prep.chunks, bias, requant, lv, out_hw, st,
+                                           exact)
             if share is None and short is None and prep.walk_all[0]:
                 prep.walk_all[0] -= 1
                 return _walked_layer(x, w, bias, stride, padding, groups, zp_x, prep, lv,
@@ -370,29 +373,27 @@ def _chunked(prep: Int8Conv, n: int, out_hw) -> bool:
     return cp is not None and cp.flagged[0] and screen.fits(cp, n, out_hw[0] * out_hw[1])
 
 
-def _pooled(prep: Int8Conv, n: int, out_hw) -> bool:
-    """The layer is screened by `screen.pooled_screen` in this call: it is `_chunked` and
-    has the pooled plans, and either no pause after a batch that walked too many chunks
-    with the pooled bound is running, or the exact screen runs on the engine's tiles
-    (`_pooled_from_engine` counts the pause down; elsewhere this call does)."""
+def _pooled(prep: Int8Conv, n: int, out_hw) -> bool | None:
+    """How `screen.pooled_screen` screens this layer in this call: None (not at all: it is
+    not `_chunked` or has no pooled plans, or a pause after a batch that walked too many
+    chunks with the pooled bound runs and the engine's tiles do not make the exact sums),
+    False (the pooled bound) or True (the exact sums, on the tiles, while the pause runs).
+    A running pause is counted down here, either way."""
     cp = prep.chunks
     if not _chunked(prep, n, out_hw) or cp.pooled is None:
+        return None
+    if not cp.pooled_skip[0]:
         return False
-    if cp.pooled_skip[0] and not screen.fused(cp.plan):
-        cp.pooled_skip[0] -= 1
-        return False
-    return True
+    cp.pooled_skip[0] -= 1
+    return True if screen.fused(cp.plan) else None
 
 
-def _pooled_from_engine(x, cp: screen.ChunkPlan, bias, requant, lv, out_hw, st):
-    """A chunked layer of a single configuration by `screen.pooled_screen`: every output
-    screened (values and events those of the order-faithful walk), with the exact positive
-    sums while a pause of the pooled bound runs (this call counts it down); its
-    `sequential_outputs` are the outputs the bound flags."""
+def _pooled_from_engine(x, cp: screen.ChunkPlan, bias, requant, lv, out_hw, st, exact: bool):
+    """A chunked layer of a single configuration by `screen.pooled_screen` (the pooled
+    bound, or with `exact` the exact positive sums): every output screened (values and
+    events those of the order-faithful walk); its `sequential_outputs` are the outputs the
+    bound flags."""
     n, o = x.shape[0], cp.wl.shape[0]
-    exact = bool(cp.pooled_skip[0])
-    if exact:
-        cp.pooled_skip[0] -= 1
     vals, flagged = screen.pooled_screen(x, cp, bias, lv, st, out_hw,
                                          _screen_shift(x, cp, bias, lv), exact)
     cp.flagged[0] = flagged * _CHUNKS_PAY > vals.size

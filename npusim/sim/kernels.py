@@ -1530,8 +1530,6 @@ def _flat_epilogue_task(g, o_n, pixels, bias, rq, out, mnmx, sums, wrap_bits, pe
     return exact
 
 
-
-
 @numba.njit(cache=True)
 def _row_risk_task(g, o_n, pixels, bias, pe_risk, acc_bits, pe_bits, rq, out, need_acc,
                    need_pe, mnmx, sums, per, b, blk, small):

@@ -505,8 +505,9 @@ def test_chunk_check_catches_wrong_chunk_sums(monkeypatch, caplog, how):
         return res
 
     monkeypatch.setattr(accumulate, "int8_conv", broken)  # the chunked conv up front
-    monkeypatch.setattr(screen, "int8_conv", broken)  # or on demand (a layer's first batch)
-    monkeypatch.setattr(int8_engine, "int8_conv", broken)  # or the pooled bound's conv (oneDNN: the sums)
+    # or on demand (a layer's first batch: `checked_conv`), or the pooled bound's conv
+    # (oneDNN: the sums)
+    monkeypatch.setattr(int8_engine, "int8_conv", broken)
     x, w, bias = wide_case(16)
     prog = conv_program(w, bias, x.shape[1:], padding=1, requant=False)
     cfg = NPUConfig.preset("edge16").with_overrides(
